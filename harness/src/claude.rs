@@ -1,0 +1,1 @@
+//! claude (to be written)

@@ -1,0 +1,1 @@
+//! codex (to be written)

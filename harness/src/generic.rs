@@ -1,0 +1,1 @@
+//! generic (to be written)

@@ -1,0 +1,15 @@
+//! What corral knows about each agent CLI (a *harness*): how to start it in
+//! its headless structured mode, how to read its output into events and
+//! token usage, and how to deliver a message to it. Also the scripted model
+//! server (`mock_llm`) that stands in for a model provider on loopback.
+//!
+//! This crate depends on no other corral crate.
+
+pub mod aider;
+pub mod claude;
+pub mod codex;
+pub mod event;
+pub mod gemini;
+pub mod generic;
+pub mod mock_llm;
+pub mod opencode;

@@ -1,0 +1,1 @@
+//! mock_llm (to be written)
