@@ -1,0 +1,125 @@
+//! The command line, as typed: clap definitions only. What each command
+//! does lives in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "A supervisor for coding agents: each in its own git worktree and PTY")]
+pub struct Cli {
+    /// Run as if corral was started in this folder.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start an agent in its own worktree and PTY; prints its address and task id.
+    Spawn {
+        /// The agent's name; it lives at /root/NAME (or under --parent).
+        name: String,
+        /// The instruction for the agent (also in its environment as CORRAL_TASK).
+        #[arg(long, default_value = "")]
+        task: String,
+        /// Nest the agent under this agent's address.
+        #[arg(long, value_name = "ADDRESS")]
+        parent: Option<String>,
+        /// Branch the worktree from this commit, branch or tag (default HEAD).
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// The agent's command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// The agent tree: address, state, pid, runtime, exit.
+    Ps {
+        /// Include agents whose worktrees `gc` removed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An agent's recent output while it runs, its final output and exit when done.
+    View {
+        address: String,
+        /// How many lines of output to show.
+        #[arg(long, default_value_t = 20)]
+        lines: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything an agent printed, byte for byte.
+    Logs {
+        address: String,
+        /// Keep printing new output until the agent ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// The event stream as JSON lines.
+    Events {
+        /// Keep streaming new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this seq.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Only events of this agent and the agents below it.
+        #[arg(long, value_name = "PREFIX")]
+        agent: Option<String>,
+        /// Accepted for symmetry; events are always JSON.
+        #[arg(long, hide = true)]
+        json: bool,
+    },
+    /// Stop an agent and every agent below it.
+    Stop {
+        address: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 10.0)]
+        grace: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block until the agents end; the exit code says how (see the README).
+    Wait {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        /// Give up after this many seconds (exit code 124).
+        #[arg(long)]
+        timeout: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect this terminal to an agent's PTY; Ctrl-] detaches.
+    Attach { address: String },
+    /// Remove the worktrees of agents that ended; their branches stay.
+    Gc {
+        /// Also remove worktrees with uncommitted changes.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon in the foreground (clients start it on demand).
+    Daemon,
+    /// Stop the daemon; agents keep running and the next command re-adopts them.
+    Shutdown,
+    /// A demo: scripted agents working in parallel on a scratch repository.
+    Demo {
+        /// Keep the scratch repository and print where it is.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The scripted agent used by the demo and the tests (see `fake_agent`).
+    FakeAgent {
+        /// Steps separated by `;`, for example "progress 5 10; write a.txt hi; commit done; exit 0".
+        script: String,
+    },
+    /// Internal: the per-agent monitor process.
+    #[command(hide = true)]
+    Monitor { dir: PathBuf },
+}

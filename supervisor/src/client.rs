@@ -1,0 +1,155 @@
+//! The client side of the protocol: finding, starting and talking to the
+//! repository's daemon.
+//!
+//! Any command starts the daemon when none answers: it runs `corral daemon`
+//! in a new session with its output in `daemon.log`, and waits for the
+//! socket. Two clients racing to start it are fine: the daemon lock lets
+//! one win and the other exits at once.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::paths::StateDir;
+use crate::protocol::{read_frame, write_frame, Request, Response, PROTOCOL_VERSION};
+
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+/// Refuses a state folder or socket that belongs to another user: talking
+/// to someone else's daemon would run agents with their rights.
+pub fn check_owner(state: &StateDir) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    for path in [state.dir.clone(), state.socket()] {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.uid() != me {
+                return Err(Error::new(
+                    ErrorKind::NotOwner,
+                    format!(
+                        "{} is owned by uid {}, not by you (uid {me}); corral will not use another user's daemon",
+                        path.display(),
+                        meta.uid()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects to the daemon, starting it if none runs.
+    pub fn connect(state: &StateDir) -> Result<Client> {
+        check_owner(state)?;
+        if let Ok(client) = Client::try_connect(state) {
+            return Ok(client);
+        }
+        state.create()?;
+        check_owner(state)?;
+        start_daemon(state)?;
+        let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+        loop {
+            match Client::try_connect(state) {
+                Ok(client) => return Ok(client),
+                Err(err) if err.kind == ErrorKind::Other && err.message.starts_with("this daemon speaks") => {
+                    return Err(err)
+                }
+                Err(err) if Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(state.daemon_log()).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    return Err(Error::new(
+                        ErrorKind::DaemonUnavailable,
+                        format!(
+                            "the daemon did not answer on {} within {} s ({err}); its log says: {}",
+                            state.socket().display(),
+                            DAEMON_START_TIMEOUT.as_secs(),
+                            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                        ),
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Connects to a running daemon; never starts one.
+    pub fn connect_existing(state: &StateDir) -> Result<Client> {
+        check_owner(state)?;
+        Client::try_connect(state)
+    }
+
+    fn try_connect(state: &StateDir) -> Result<Client> {
+        let stream = UnixStream::connect(state.socket())
+            .map_err(|e| Error::new(ErrorKind::DaemonUnavailable, format!("{}: {e}", state.socket().display())))?;
+        let mut client = Client { stream };
+        match client.request(&Request::Hello { version: PROTOCOL_VERSION })? {
+            Response::Hello { .. } => Ok(client),
+            other => Err(Error::other(format!("unexpected answer to hello: {other:?}"))),
+        }
+    }
+
+    /// Sends a request and reads one response; a `Response::Error` becomes `Err`.
+    pub fn request(&mut self, request: &Request) -> Result<Response> {
+        write_frame(&mut self.stream, request).map_err(|e| lost(&e))?;
+        self.next()?.ok_or_else(|| lost(&"the daemon closed the connection"))
+    }
+
+    /// Reads the next response of a stream; `None` when the daemon hung up.
+    pub fn next(&mut self) -> Result<Option<Response>> {
+        match read_frame::<Response>(&mut self.stream).map_err(|e| lost(&e))? {
+            Some(Response::Error(err)) => Err(err),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends a request without reading (for streams).
+    pub fn send(&mut self, request: &Request) -> Result<()> {
+        write_frame(&mut self.stream, request).map_err(|e| lost(&e))
+    }
+}
+
+fn lost(why: &dyn std::fmt::Display) -> Error {
+    Error::new(ErrorKind::DaemonUnavailable, format!("lost the daemon connection: {why}"))
+}
+
+fn start_daemon(state: &StateDir) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.daemon_log())
+        .map_err(|e| Error::io("cannot open", &state.daemon_log(), e))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("-C")
+        .arg(&state.repo_root)
+        .arg("daemon")
+        .current_dir(&state.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe. The daemon gets its own session,
+    // so closing the terminal that started it does not stop it.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| Error::new(ErrorKind::DaemonUnavailable, format!("cannot start the daemon: {e}")))?;
+    // Reap it in the background if it exits while we run (it lost the lock
+    // race, say); once we exit, init adopts it.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(())
+}

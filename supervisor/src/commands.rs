@@ -1,0 +1,435 @@
+//! What each `corral` command does, on the client side.
+//!
+//! Commands resolve addresses relative to the caller: a person or script
+//! is `/root`; an agent started by corral is its own address
+//! (`CORRAL_ADDRESS`), so `corral spawn helper` inside `/root/lead` makes
+//! `/root/lead/helper`. Errors print one line and exit with the code of
+//! their kind (README, "Exit codes").
+
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::address::{validate_name, Address};
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+use crate::error::{Error, ErrorKind, Result};
+use crate::lifecycle::{AgentRecord, WAIT_TIMED_OUT};
+use crate::output::clean_line;
+use crate::paths::StateDir;
+use crate::protocol::{Request, Response, SpawnRequest};
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("corral: {}", err.message);
+            err.kind.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let start = match &cli.dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().map_err(|e| Error::other(format!("cannot read the current folder: {e}")))?,
+    };
+    let state = || StateDir::discover(&start);
+    match cli.command {
+        Command::Monitor { dir } => {
+            crate::monitor::run(&dir).map_err(|e| Error::other(format!("monitor: {e:#}")))?;
+            Ok(0)
+        }
+        Command::FakeAgent { script } => Ok(crate::fake_agent::run(&script)),
+        Command::Demo { keep } => crate::demo::run(keep),
+        Command::Daemon => {
+            crate::daemon::run(state()?).map_err(|e| Error::other(format!("daemon: {e:#}")))?;
+            Ok(0)
+        }
+        Command::Spawn { name, task, parent, base, json, command } => {
+            validate_name(&name)?;
+            let caller = caller();
+            let parent = match parent {
+                Some(text) => Address::resolve(&text, &caller)?,
+                None => caller,
+            };
+            let state = state()?;
+            let env = std::env::vars().collect();
+            let request = SpawnRequest { name, parent: Some(parent.to_string()), task, command, base, env };
+            let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(request))? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string(&spawned).expect("serializes"));
+            } else {
+                println!(
+                    "{} {}  (pid {}, branch {}, worktree {})",
+                    spawned.address,
+                    spawned.task_id,
+                    spawned.pid,
+                    spawned.branch,
+                    spawned.worktree.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Ps { all, json } => {
+            let Response::Agents { agents } = Client::connect(&state()?)?.request(&Request::List { all })? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+            } else {
+                print!("{}", render_tree(&agents));
+            }
+            Ok(0)
+        }
+        Command::View { address, lines, json } => {
+            let (agent, log, _) = info(&state()?, &address)?;
+            let output = tail_lines(&log, lines);
+            if json {
+                let value = serde_json::json!({ "agent": agent, "output": output });
+                println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+            } else {
+                println!("{}", describe(&agent));
+                for line in output {
+                    println!("  {line}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Logs { address, follow } => logs(&state()?, &address, follow),
+        Command::Events { follow, since, agent, json: _ } => {
+            let agent = agent.map(|a| Address::resolve(&a, &caller())).transpose()?.map(|a| a.to_string());
+            events(&state()?, since, follow, agent)
+        }
+        Command::Stop { address, grace, json } => {
+            let address = Address::resolve(&address, &caller())?;
+            let request = Request::Stop { address: address.to_string(), grace_secs: grace };
+            let Response::Stopped { agents } = Client::connect(&state()?)?.request(&request)? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+            } else {
+                for agent in &agents {
+                    println!("{}", describe(agent));
+                }
+            }
+            Ok(0)
+        }
+        Command::Wait { addresses, timeout, json } => {
+            let caller = caller();
+            let addresses = addresses
+                .iter()
+                .map(|a| Address::resolve(a, &caller).map(|a| a.to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            let request = Request::Wait { addresses, timeout_secs: timeout };
+            let Response::Waited { agents, timed_out } = Client::connect(&state()?)?.request(&request)? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+            } else {
+                for agent in &agents {
+                    println!("{}", describe(agent));
+                }
+            }
+            let worst = agents.iter().map(|a| a.state.wait_code()).max().unwrap_or(0);
+            Ok(if timed_out { WAIT_TIMED_OUT } else { worst })
+        }
+        Command::Attach { address } => attach(&state()?, &address),
+        Command::Gc { force, json } => {
+            let Response::Gc { removed, kept } = Client::connect(&state()?)?.request(&Request::Gc { force })? else {
+                return Err(unexpected());
+            };
+            if json {
+                let value = serde_json::json!({ "removed": removed, "kept": kept });
+                println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+            } else {
+                for entry in &removed {
+                    println!("removed {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
+                }
+                for entry in &kept {
+                    println!("kept {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
+                }
+                if removed.is_empty() && kept.is_empty() {
+                    println!("nothing to remove");
+                }
+            }
+            Ok(0)
+        }
+        Command::Shutdown => {
+            let state = state()?;
+            crate::client::check_owner(&state)?;
+            if !state.socket().exists() {
+                println!("no daemon runs for {}", state.repo_root.display());
+                return Ok(0);
+            }
+            match Client::connect_existing(&state) {
+                Ok(mut client) => {
+                    client.request(&Request::Shutdown)?;
+                    println!("daemon stopped; agents keep running");
+                }
+                Err(_) => println!("no daemon runs for {}", state.repo_root.display()),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The caller's own address: `/root` for a person, or the agent's.
+fn caller() -> Address {
+    std::env::var("CORRAL_ADDRESS").ok().and_then(|a| Address::parse(&a).ok()).unwrap_or_else(Address::root)
+}
+
+fn unexpected() -> Error {
+    Error::other("the daemon gave an unexpected answer")
+}
+
+fn info(state: &StateDir, address: &str) -> Result<(AgentRecord, PathBuf, PathBuf)> {
+    let address = Address::resolve(address, &caller())?;
+    match Client::connect(state)?.request(&Request::Info { address: address.to_string() })? {
+        Response::Info { agent, log, monitor_socket } => Ok((*agent, log, monitor_socket)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// One line saying where an agent is and how it ended.
+pub fn describe(agent: &AgentRecord) -> String {
+    let mut text = format!("{} {}", agent.address, agent.state.as_str());
+    if let Some(pid) = agent.pid {
+        text.push_str(&format!(" pid {pid}"));
+    }
+    if let Some(runtime) = agent.runtime_secs(Utc::now()) {
+        text.push_str(&format!(" runtime {}", human_secs(runtime)));
+    }
+    match (agent.exit_code, agent.signal) {
+        (Some(code), _) => text.push_str(&format!(" exit {code}")),
+        (None, Some(signal)) => text.push_str(&format!(" signal {signal}")),
+        _ => {}
+    }
+    if let Some(reason) = &agent.reason {
+        text.push_str(&format!(" ({reason})"));
+    }
+    text
+}
+
+pub fn human_secs(secs: f64) -> String {
+    let whole = secs as u64;
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else if whole < 3600 {
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60)
+    }
+}
+
+/// `corral ps`: the tree, children indented under their parents.
+pub fn render_tree(agents: &[AgentRecord]) -> String {
+    let now = Utc::now();
+    let mut rows =
+        vec![["ADDRESS".to_string(), "STATE".into(), "PID".into(), "RUNTIME".into(), "EXIT".into(), "TASK".into()]];
+    for agent in agents {
+        let indent = "  ".repeat(agent.address.depth().saturating_sub(1));
+        let exit = match (agent.exit_code, agent.signal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => format!("sig{signal}"),
+            _ => "-".into(),
+        };
+        let mut task: String = agent.task.chars().take(48).collect();
+        if agent.task.chars().count() > 48 {
+            task.push('…');
+        }
+        rows.push([
+            format!("{indent}{}", agent.address),
+            agent.state.as_str().to_string(),
+            agent.pid.map_or("-".into(), |p| p.to_string()),
+            agent.runtime_secs(now).map_or("-".into(), human_secs),
+            exit,
+            task,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == row.len() - 1 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if agents.is_empty() {
+        out.push_str("(no agents)\n");
+    }
+    out
+}
+
+/// The last `count` readable lines of a log.
+fn tail_lines(log: &Path, count: usize) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(log) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let lines: Vec<String> = bytes.split(|&b| b == b'\n').map(clean_line).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].to_vec()
+}
+
+fn logs(state: &StateDir, address: &str, follow: bool) -> Result<i32> {
+    let (agent, log, _) = info(state, address)?;
+    let mut file = std::fs::File::open(&log).map_err(|e| Error::io("cannot open", &log, e))?;
+    let mut out = std::io::stdout().lock();
+    let copy = |file: &mut std::fs::File, out: &mut std::io::StdoutLock| -> Result<()> {
+        match std::io::copy(file, out).and_then(|_| out.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => Err(Error::other(format!("cannot write the log out: {e}"))),
+        }
+    };
+    copy(&mut file, &mut out)?;
+    if !follow || agent.state.is_terminal() {
+        return Ok(0);
+    }
+    // A second connection waits for the end; this one copies as output grows.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (state, address) = (state.clone(), agent.address.to_string());
+    std::thread::spawn(move || {
+        let result = Client::connect(&state)
+            .and_then(|mut c| c.request(&Request::Wait { addresses: vec![address], timeout_secs: None }));
+        let _ = done_tx.send(result.is_ok());
+    });
+    loop {
+        let ended = done_rx.recv_timeout(Duration::from_millis(50)).is_ok();
+        copy(&mut file, &mut out)?;
+        if ended {
+            return Ok(0);
+        }
+    }
+}
+
+fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>) -> Result<i32> {
+    let mut client = Client::connect(state)?;
+    client.send(&Request::Events { since, follow, agent })?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        match client.next()? {
+            Some(Response::Event { event }) => {
+                let line = serde_json::to_string(&event).expect("serializes");
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    return Ok(0); // The reader went away (`| head`).
+                }
+            }
+            Some(Response::End) => return Ok(0),
+            Some(_) => return Err(unexpected()),
+            None => {
+                return Err(Error::new(ErrorKind::DaemonUnavailable, "the daemon closed the event stream"));
+            }
+        }
+    }
+}
+
+/// Ctrl-]: the detach key, as in telnet.
+const DETACH_KEY: u8 = 0x1d;
+
+fn attach(state: &StateDir, address: &str) -> Result<i32> {
+    let (agent, _, socket) = info(state, address)?;
+    if agent.state.is_terminal() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "{} has ended ({}); `corral logs {}` shows its output",
+                agent.address,
+                agent.state.as_str(),
+                agent.address
+            ),
+        ));
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(|e| Error::other(format!("cannot reach the monitor of {}: {e}", agent.address)))?;
+    stream.write_all(b"{\"role\":\"attach\",\"replay\":8192}\n").map_err(|e| Error::other(e.to_string()))?;
+    let stdin = std::io::stdin();
+    let raw = stdin.is_terminal().then(RawTerminal::enable).transpose()?;
+    if raw.is_some() {
+        eprint!("attached to {} (Ctrl-] detaches)\r\n", agent.address);
+    }
+    let mut from_agent = stream.try_clone().map_err(|e| Error::other(e.to_string()))?;
+    let printer = std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut buf = [0u8; 8192];
+        loop {
+            match from_agent.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut input = stdin.lock();
+    let mut buf = [0u8; 1024];
+    let detached = loop {
+        if printer.is_finished() {
+            break false;
+        }
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => n,
+        };
+        if let Some(at) = buf[..n].iter().position(|&b| b == DETACH_KEY) {
+            let _ = stream.write_all(&buf[..at]);
+            break true;
+        }
+        if stream.write_all(&buf[..n]).is_err() {
+            break false;
+        }
+    };
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = printer.join();
+    drop(raw);
+    if detached {
+        eprintln!("\ndetached from {}", agent.address);
+    } else {
+        eprintln!("\n{} ended", agent.address);
+    }
+    Ok(0)
+}
+
+/// Puts the terminal in raw mode; restores it when dropped.
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    fn enable() -> Result<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).map_err(|e| Error::other(format!("cannot read the terminal mode: {e}")))?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).map_err(|e| Error::other(format!("cannot set raw mode: {e}")))?;
+        Ok(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
+}

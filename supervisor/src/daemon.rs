@@ -1,0 +1,834 @@
+//! The daemon: one per repository, the single writer of the journal.
+//!
+//! It accepts client requests on `daemon.sock`, starts agents (worktree,
+//! then monitor), keeps one connection to every monitor, turns what
+//! monitors report into events, and answers from the agent table, which is
+//! the fold of the journal. It owns no agent process: monitors do, so the
+//! daemon can die and come back. On start it re-adopts every agent the
+//! journal says is running: a live monitor is reconnected (same pid,
+//! output caught up from the log), a finished one is read from its exit
+//! record, and a vanished one is marked Lost.
+//!
+//! Every change is journaled (and fsynced) before the client hears of it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::address::Address;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Event, EventBody};
+use crate::journal::{Draft, Journal, JournalReader};
+use crate::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable};
+use crate::monitor::{self, ExitRecord, MonitorCommand, MonitorMessage, MonitorSpec};
+use crate::output::OutputCursor;
+use crate::paths::{AgentDir, StateDir};
+use crate::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
+use crate::worktree;
+
+/// How long a new monitor may take to come up.
+const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Inner {
+    state: StateDir,
+    exe: PathBuf,
+    journal: Mutex<Journal>,
+    table: Mutex<AgentTable>,
+    /// Addresses with a spawn in flight, and the next agent id.
+    reserved: Mutex<(HashSet<Address>, u64)>,
+    /// The newest journal seq; changes wake followers and waiters.
+    seq: watch::Sender<u64>,
+    /// Command channels to the monitors the daemon is connected to.
+    monitors: Mutex<HashMap<Address, mpsc::UnboundedSender<MonitorCommand>>>,
+    /// Serializes git changes (worktree add and remove).
+    git: tokio::sync::Mutex<()>,
+}
+
+/// Runs the daemon in the foreground until `Shutdown` or a signal.
+pub fn run(state: StateDir) -> anyhow::Result<()> {
+    state.create()?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(state.lock())?;
+    if nix::fcntl::Flock::lock(lock.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+        let pid = std::fs::read_to_string(state.pid_file()).unwrap_or_default();
+        eprintln!("corral: a daemon already runs for this repository (pid {})", pid.trim());
+        return Ok(());
+    }
+    // The lock is held for the life of the process: keep the guard alive.
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", state.lock().display()))?;
+    crate::client::check_owner(&state)?;
+    std::fs::write(state.pid_file(), std::process::id().to_string())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(serve(state))
+}
+
+async fn serve(state: StateDir) -> anyhow::Result<()> {
+    let (journal, events) = Journal::open(&state.journal())?;
+    let mut table = AgentTable::default();
+    for event in &events {
+        table.apply(event);
+    }
+    let next_id = table.last_id + 1;
+    let (seq, _) = watch::channel(journal.last_seq());
+    let inner = Arc::new(Inner {
+        exe: std::env::current_exe()?,
+        state: state.clone(),
+        journal: Mutex::new(journal),
+        table: Mutex::new(table),
+        reserved: Mutex::new((HashSet::new(), next_id)),
+        seq,
+        monitors: Mutex::new(HashMap::new()),
+        git: tokio::sync::Mutex::new(()),
+    });
+    inner
+        .commit(vec![Draft {
+            agent: None,
+            parent: None,
+            task: None,
+            body: EventBody::DaemonStarted { pid: std::process::id() },
+        }])
+        .await?;
+    adopt_all(&inner).await;
+
+    let socket = state.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    eprintln!("corral: daemon {} serving {}", std::process::id(), socket.display());
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (inner, stop_tx) = (inner.clone(), stop_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = serve_client(inner, stream, stop_tx).await {
+                        eprintln!("corral: client connection: {err}");
+                    }
+                });
+            }
+            _ = stop_rx.changed() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    eprintln!("corral: daemon {} stopped; agents keep running", std::process::id());
+    Ok(())
+}
+
+impl Inner {
+    /// Journals the drafts (fsynced), then applies them to the table and
+    /// wakes followers. The one way state changes.
+    async fn commit(self: &Arc<Self>, drafts: Vec<Draft>) -> Result<Vec<Event>> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.commit_blocking(drafts))
+            .await
+            .map_err(|e| Error::other(format!("journal writer failed: {e}")))?
+    }
+
+    fn commit_blocking(&self, drafts: Vec<Draft>) -> Result<Vec<Event>> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut journal = self.journal.lock().unwrap();
+        let events = journal.append(drafts)?;
+        let mut table = self.table.lock().unwrap();
+        for event in &events {
+            table.apply(event);
+        }
+        drop(table);
+        self.seq.send_replace(journal.last_seq());
+        Ok(events)
+    }
+
+    fn record(&self, address: &Address) -> Option<AgentRecord> {
+        self.table.lock().unwrap().agents.get(address).cloned()
+    }
+
+    fn draft(&self, record: &AgentRecord, body: EventBody) -> Draft {
+        Draft {
+            agent: Some(record.address.clone()),
+            parent: Some(record.parent.clone()),
+            task: Some(record.task_id.clone()),
+            body,
+        }
+    }
+
+    fn find(&self, text: &str) -> Result<AgentRecord> {
+        let address = Address::parse(text)?;
+        self.record(&address).ok_or_else(|| {
+            Error::new(ErrorKind::UnknownAddress, format!("no agent at {address} (see `corral ps --all`)"))
+        })
+    }
+}
+
+async fn serve_client(inner: Arc<Inner>, stream: UnixStream, stop: watch::Sender<bool>) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    match framed::read::<Request>(&mut reader).await? {
+        Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
+            framed::write(&mut writer, &Response::Hello { version: PROTOCOL_VERSION, pid: std::process::id() }).await?;
+        }
+        Some(Request::Hello { version }) => {
+            let message = format!(
+                "this daemon speaks protocol {PROTOCOL_VERSION}, the client {version}: run `corral shutdown` with the old binary and retry"
+            );
+            return framed::write(&mut writer, &Response::Error(Error::other(message))).await;
+        }
+        _ => return Ok(()),
+    }
+    while let Some(request) = framed::read::<Request>(&mut reader).await? {
+        match request {
+            Request::Events { since, follow, agent } => {
+                return stream_events(&inner, &mut reader, &mut writer, since, follow, agent).await;
+            }
+            Request::Shutdown => {
+                framed::write(&mut writer, &Response::Ok).await?;
+                let _ = stop.send(true);
+                return Ok(());
+            }
+            request => {
+                let response = handle(&inner, request).await.unwrap_or_else(Response::Error);
+                framed::write(&mut writer, &response).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
+    match request {
+        Request::Spawn(spawn) => spawn_agent(inner, spawn).await.map(Response::Spawned),
+        Request::List { all } => {
+            let table = inner.table.lock().unwrap();
+            let agents = table.agents.values().filter(|a| all || !a.removed).cloned().collect();
+            Ok(Response::Agents { agents })
+        }
+        Request::Info { address } => {
+            let agent = inner.find(&address)?;
+            let dir = inner.state.agent(agent.id);
+            Ok(Response::Info { log: dir.log(), monitor_socket: dir.socket(), agent: Box::new(agent) })
+        }
+        Request::Stop { address, grace_secs } => stop(inner, &address, grace_secs).await,
+        Request::Wait { addresses, timeout_secs } => wait(inner, &addresses, timeout_secs).await,
+        Request::Gc { force } => gc(inner, force).await,
+        Request::Hello { .. } | Request::Events { .. } | Request::Shutdown => Err(Error::other("unexpected request")),
+    }
+}
+
+// ---- spawn -----------------------------------------------------------------
+
+async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawned> {
+    let parent = match &request.parent {
+        Some(text) => Address::parse(text)?,
+        None => Address::root(),
+    };
+    if !parent.is_root() && inner.record(&parent).is_none() {
+        return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
+    }
+    let address = parent.child(&request.name)?;
+    if request.command.is_empty() {
+        return Err(Error::other("no command given: `corral spawn NAME -- COMMAND [ARGS]`"));
+    }
+    check_command(&request.command[0], &request.env)?;
+
+    // Reserve the address and an id, so concurrent spawns cannot clash.
+    let id = {
+        let mut reserved = inner.reserved.lock().unwrap();
+        let taken = inner.table.lock().unwrap().agents.contains_key(&address);
+        if taken || reserved.0.contains(&address) {
+            return Err(Error::new(ErrorKind::Duplicate, format!("an agent named {address} already exists")));
+        }
+        reserved.0.insert(address.clone());
+        reserved.1 += 1;
+        reserved.1 - 1
+    };
+    let result = spawn_reserved(inner, &request, &parent, &address, id).await;
+    inner.reserved.lock().unwrap().0.remove(&address);
+    result
+}
+
+/// The address is reserved; make the worktree and start the monitor.
+async fn spawn_reserved(
+    inner: &Arc<Inner>,
+    request: &SpawnRequest,
+    parent: &Address,
+    address: &Address,
+    id: u64,
+) -> Result<Spawned> {
+    let repo = inner.state.repo_root.clone();
+    let branch = address.branch();
+    let git_name = format!("corral-{}", address.flat());
+    let worktree_path = inner.state.worktrees.join(address.flat());
+    let task_id = format!("t-{id}");
+
+    // Validate against git before anything is made.
+    let base = {
+        let (repo, base, branch) = (repo.clone(), request.base.clone(), branch.clone());
+        blocking(move || {
+            let commit = worktree::resolve_base(&repo, base.as_deref())?;
+            worktree::ensure_branch_free(&repo, &branch)?;
+            Ok(commit)
+        })
+        .await?
+    };
+
+    let spawned = Draft {
+        agent: Some(address.clone()),
+        parent: Some(parent.clone()),
+        task: Some(task_id.clone()),
+        body: EventBody::Spawned {
+            id,
+            task_text: request.task.clone(),
+            command: request.command.clone(),
+            branch: branch.clone(),
+            worktree: worktree_path.clone(),
+            base: base.clone(),
+        },
+    };
+    inner.commit(vec![spawned]).await?;
+    let record = inner.record(address).expect("just spawned");
+
+    let fail = |reason: String| {
+        let inner = inner.clone();
+        let record = record.clone();
+        async move {
+            let _ = inner.commit(vec![inner.draft(&record, EventBody::SpawnFailed { reason })]).await;
+        }
+    };
+
+    {
+        let _git = inner.git.lock().await;
+        let (repo, name, branch, path, base) =
+            (repo.clone(), git_name.clone(), branch.clone(), worktree_path.clone(), base.clone());
+        if let Err(err) = blocking(move || worktree::create(&repo, &name, &branch, &base, &path)).await {
+            fail(err.message.clone()).await;
+            return Err(err);
+        }
+    }
+
+    let agent_dir = inner.state.agent(id);
+    let launched = launch_monitor(inner, &agent_dir, request, &record).await;
+    let launched = match launched {
+        Ok(launched) => launched,
+        Err(err) => {
+            let _git = inner.git.lock().await;
+            let (repo, name, branch, path) = (repo.clone(), git_name.clone(), branch.clone(), worktree_path.clone());
+            let _ = blocking(move || worktree::discard(&repo, &name, &branch, &path)).await;
+            fail(err.message.clone()).await;
+            return Err(err);
+        }
+    };
+    let (pid, monitor_pid) = launched.pids();
+    inner.commit(vec![inner.draft(&record, EventBody::Started { pid, monitor_pid })]).await?;
+    let record = inner.record(address).expect("started");
+    start_watcher(inner, record, launched.stream());
+    Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
+}
+
+/// Refuses a command that is not on the agent's PATH (or not a file).
+fn check_command(program: &str, env: &BTreeMap<String, String>) -> Result<()> {
+    let not_found = || Error::new(ErrorKind::CommandNotFound, format!("command not found: {program}"));
+    if program.contains('/') {
+        // Relative paths resolve in the worktree, which does not exist yet.
+        if Path::new(program).is_absolute() && !Path::new(program).exists() {
+            return Err(not_found());
+        }
+        return Ok(());
+    }
+    let path = env.get("PATH").cloned().unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        let candidate = dir.join(program);
+        std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Writes the monitor's spec, starts the monitor in its own session, and
+/// waits until it reports the agent running.
+async fn launch_monitor(
+    inner: &Arc<Inner>,
+    agent_dir: &AgentDir,
+    request: &SpawnRequest,
+    record: &AgentRecord,
+) -> Result<Launched> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut env = request.env.clone();
+    env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
+    env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
+    env.insert("CORRAL_PARENT".into(), record.parent.to_string());
+    env.insert("CORRAL_TASK_ID".into(), record.task_id.clone());
+    env.insert("CORRAL_TASK".into(), record.task.clone());
+    env.insert("CORRAL_SOCKET".into(), inner.state.socket().display().to_string());
+    env.insert("CORRAL_BRANCH".into(), record.branch.clone());
+    env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
+    let spec = MonitorSpec {
+        command: request.command.clone(),
+        cwd: record.worktree.clone(),
+        env,
+        raw: false,
+        rows: 50,
+        cols: 160,
+    };
+    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| Error::io("cannot create", &agent_dir.dir, e))?;
+    let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(agent_dir.spec())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &spec_bytes))
+        .map_err(|e| Error::io("cannot write", &agent_dir.spec(), e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent_dir.monitor_log())
+        .map_err(|e| Error::io("cannot open", &agent_dir.monitor_log(), e))?;
+
+    let mut command = tokio::process::Command::new(&inner.exe);
+    command
+        .arg("monitor")
+        .arg(&agent_dir.dir)
+        .current_dir(&inner.state.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the monitor gets its own session
+    // so no terminal signal meant for the daemon reaches it.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| Error::other(format!("cannot start the monitor: {e}")))?;
+
+    let deadline = Instant::now() + MONITOR_START_TIMEOUT;
+    let outcome = loop {
+        if let Ok(stream) = UnixStream::connect(agent_dir.socket()).await {
+            match tokio::time::timeout(Duration::from_secs(5), hello_monitor(stream)).await {
+                Ok(Ok((stream, MonitorMessage::Status { pid, monitor_pid, exit: None, .. }))) if pid != 0 => {
+                    break Ok(Launched::Running { stream, pid, monitor_pid });
+                }
+                // Not started yet, or ended already: look again below.
+                _ => {}
+            }
+        }
+        if let Some(exit) = monitor::read_exit_record(agent_dir) {
+            if exit.error.is_some() {
+                break Err(start_error(&request.command, &exit));
+            }
+            // It ran, and ended before the first connect.
+            let monitor_pid =
+                std::fs::read_to_string(agent_dir.monitor_pid()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            break Ok(Launched::Ended { pid: exit.pid, monitor_pid });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if monitor::read_exit_record(agent_dir).is_none() {
+                let tail = std::fs::read_to_string(agent_dir.monitor_log()).unwrap_or_default();
+                break Err(Error::other(format!(
+                    "the monitor exited ({status}) before the agent started: {}",
+                    tail.trim()
+                )));
+            }
+            continue;
+        }
+        if Instant::now() > deadline {
+            let _ = child.start_kill();
+            break Err(Error::other("the monitor did not come up within 20 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The daemon reaps the monitors it started; adopted ones belong to init.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    outcome
+}
+
+/// What starting a monitor gave.
+enum Launched {
+    /// The agent runs; the stream is the daemon's connection to its monitor.
+    Running { stream: UnixStream, pid: u32, monitor_pid: u32 },
+    /// The agent ran and ended before the daemon could connect.
+    Ended { pid: u32, monitor_pid: u32 },
+}
+
+impl Launched {
+    fn pids(&self) -> (u32, u32) {
+        match self {
+            Launched::Running { pid, monitor_pid, .. } | Launched::Ended { pid, monitor_pid } => (*pid, *monitor_pid),
+        }
+    }
+
+    fn stream(self) -> Option<UnixStream> {
+        match self {
+            Launched::Running { stream, .. } => Some(stream),
+            Launched::Ended { .. } => None,
+        }
+    }
+}
+
+fn start_error(command: &[String], record: &ExitRecord) -> Error {
+    Error::new(
+        ErrorKind::CommandNotFound,
+        format!("cannot start {:?}: {}", command.join(" "), record.error.clone().unwrap_or_default()),
+    )
+}
+
+/// Says hello to a monitor as the daemon and reads its status line.
+async fn hello_monitor(mut stream: UnixStream) -> std::io::Result<(UnixStream, MonitorMessage)> {
+    stream.write_all(b"{\"role\":\"daemon\"}\n").await?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    // Read exactly one line, byte by byte, so nothing after it is consumed.
+    loop {
+        use tokio::io::AsyncReadExt;
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let message = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
+    Ok((stream, message))
+}
+
+// ---- watching monitors -----------------------------------------------------
+
+/// Starts the task that follows one monitor until its agent has ended.
+/// With no stream (the agent already ended), it settles from the exit record.
+fn start_watcher(inner: &Arc<Inner>, record: AgentRecord, stream: Option<UnixStream>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    inner.monitors.lock().unwrap().insert(record.address.clone(), tx.clone());
+    if record.stop_requested {
+        // A stop arrived while the agent was starting.
+        let _ = tx.send(MonitorCommand::Stop { grace_secs: 10.0 });
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let address = record.address.clone();
+        watch_monitor(&inner, record, stream, rx).await;
+        inner.monitors.lock().unwrap().remove(&address);
+    });
+}
+
+async fn watch_monitor(
+    inner: &Arc<Inner>,
+    record: AgentRecord,
+    stream: Option<UnixStream>,
+    mut commands: mpsc::UnboundedReceiver<MonitorCommand>,
+) {
+    let agent_dir = inner.state.agent(record.id);
+    let mut cursor = OutputCursor::new(agent_dir.log(), record.log_offset);
+    // Catch up on output written while nobody watched.
+    flush_output(inner, &record, &mut cursor, None, false).await;
+    let exit = match stream {
+        Some(stream) => follow_monitor(inner, &record, &mut cursor, stream, &mut commands).await,
+        None => monitor::read_exit_record(&agent_dir),
+    };
+    flush_output(inner, &record, &mut cursor, None, true).await;
+    settle(inner, record, exit).await;
+}
+
+/// Relays commands to the monitor and output from it until the agent ends;
+/// returns its exit record (None if the monitor vanished without one).
+async fn follow_monitor(
+    inner: &Arc<Inner>,
+    record: &AgentRecord,
+    cursor: &mut OutputCursor,
+    stream: UnixStream,
+    commands: &mut mpsc::UnboundedReceiver<MonitorCommand>,
+) -> Option<ExitRecord> {
+    let agent_dir = inner.state.agent(record.id);
+    let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
+                    Ok(MonitorMessage::Output { log_len }) => {
+                        flush_output(inner, record, cursor, Some(log_len), false).await;
+                    }
+                    Ok(MonitorMessage::Exit { record }) => return Some(record),
+                    Ok(MonitorMessage::Status { .. }) => {}
+                    Err(err) => eprintln!("corral: {}: bad monitor message {line:?}: {err}", record.address),
+                },
+                // The monitor went away: its exit record says how it ended.
+                Ok(None) | Err(_) => return monitor::read_exit_record(&agent_dir),
+            },
+            Some(command) = commands.recv() => {
+                let mut line = serde_json::to_vec(&command).expect("commands serialize");
+                line.push(b'\n');
+                // A failed write shows up as the end of the read side.
+                let _ = writer.write_all(&line).await;
+            }
+        }
+    }
+}
+
+/// Settles an ended agent: its last output, then its exit.
+async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord>) {
+    let current = inner.record(&record.address).unwrap_or(record);
+    let body = match exit {
+        Some(exit) => exited_body(&exit, current.stop_requested),
+        None => EventBody::Exited {
+            state: AgentState::Lost,
+            code: None,
+            signal: None,
+            reason: Some("its monitor vanished without an exit record".into()),
+        },
+    };
+    if let Err(err) = inner.commit(vec![inner.draft(&current, body)]).await {
+        eprintln!("corral: {}: cannot record the exit: {err}", current.address);
+    }
+}
+
+fn exited_body(exit: &ExitRecord, stop_requested: bool) -> EventBody {
+    let state = classify_exit(exit.code, exit.signal, stop_requested || exit.stop_requested);
+    let reason = match (state, exit.code, exit.signal) {
+        (AgentState::Stopped, _, _) => Some("stopped on request".to_string()),
+        (_, _, Some(signal)) => Some(format!("killed by signal {signal}")),
+        (AgentState::Failed, Some(code), _) => Some(format!("exited with code {code}")),
+        _ => None,
+    };
+    EventBody::Exited { state, code: exit.code, signal: exit.signal, reason }
+}
+
+/// Reads new output up to `upto` (or the end of the log) and journals it.
+async fn flush_output(
+    inner: &Arc<Inner>,
+    record: &AgentRecord,
+    cursor: &mut OutputCursor,
+    upto: Option<u64>,
+    last: bool,
+) {
+    let lines = match cursor.read(upto, last) {
+        Ok(lines) => lines,
+        Err(err) => {
+            eprintln!("corral: {}: cannot read output: {err}", record.address);
+            return;
+        }
+    };
+    if lines.is_empty() {
+        return;
+    }
+    let drafts = lines
+        .into_iter()
+        .map(|line| {
+            inner.draft(record, EventBody::Output { text: line.text, offset: line.offset, skipped: line.skipped })
+        })
+        .collect();
+    if let Err(err) = inner.commit(drafts).await {
+        eprintln!("corral: {}: cannot journal output: {err}", record.address);
+    }
+}
+
+// ---- adoption --------------------------------------------------------------
+
+/// Reconnects to every agent the journal says is starting or running.
+async fn adopt_all(inner: &Arc<Inner>) {
+    let live: Vec<AgentRecord> =
+        inner.table.lock().unwrap().agents.values().filter(|a| !a.state.is_terminal()).cloned().collect();
+    for record in live {
+        adopt(inner, record).await;
+    }
+}
+
+async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
+    let agent_dir = inner.state.agent(record.id);
+    if let Ok(stream) = UnixStream::connect(agent_dir.socket()).await {
+        if let Ok((stream, MonitorMessage::Status { pid, monitor_pid, exit, .. })) = hello_monitor(stream).await {
+            if pid != 0 && exit.is_none() {
+                let _ = inner.commit(vec![inner.draft(&record, EventBody::Adopted { pid, monitor_pid })]).await;
+                let record = inner.record(&record.address).unwrap_or(record);
+                start_watcher(inner, record, Some(stream));
+                return;
+            }
+        }
+    }
+    // No live monitor: the exit record tells how the agent ended.
+    if let Some(exit) = monitor::read_exit_record(&agent_dir) {
+        let mut cursor = OutputCursor::new(agent_dir.log(), record.log_offset);
+        flush_output(inner, &record, &mut cursor, None, true).await;
+        if record.state == AgentState::Starting && exit.error.is_some() {
+            discard_unstarted(inner, &record, "it could not be started").await;
+            return;
+        }
+        let body = exited_body(&exit, record.stop_requested);
+        let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+        return;
+    }
+    if record.state == AgentState::Starting {
+        // The daemon died between making the worktree and starting the agent.
+        discard_unstarted(inner, &record, "the daemon stopped before the agent started").await;
+        return;
+    }
+    let body = EventBody::Exited {
+        state: AgentState::Lost,
+        code: None,
+        signal: None,
+        reason: Some("its monitor vanished without an exit record".into()),
+    };
+    let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+}
+
+async fn discard_unstarted(inner: &Arc<Inner>, record: &AgentRecord, why: &str) {
+    let _git = inner.git.lock().await;
+    let (repo, name, branch, path) = (
+        inner.state.repo_root.clone(),
+        format!("corral-{}", record.address.flat()),
+        record.branch.clone(),
+        record.worktree.clone(),
+    );
+    let _ = blocking(move || worktree::discard(&repo, &name, &branch, &path)).await;
+    let _ = inner.commit(vec![inner.draft(record, EventBody::SpawnFailed { reason: why.into() })]).await;
+}
+
+// ---- stop, wait, gc --------------------------------------------------------
+
+async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Response> {
+    let top = inner.find(address)?;
+    let grace_secs = if grace_secs.is_finite() { grace_secs.max(0.0) } else { 10.0 };
+    let targets: Vec<AgentRecord> = {
+        let table = inner.table.lock().unwrap();
+        table.subtree(&top.address).into_iter().filter(|a| !a.state.is_terminal()).cloned().collect()
+    };
+    let drafts = targets
+        .iter()
+        .filter(|a| !a.stop_requested)
+        .map(|a| inner.draft(a, EventBody::StopRequested { grace_secs }))
+        .collect();
+    inner.commit(drafts).await?;
+    for agent in &targets {
+        let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
+        if let Some(sender) = sender {
+            let _ = sender.send(MonitorCommand::Stop { grace_secs });
+        }
+    }
+    let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
+    // The monitor escalates to SIGKILL after the grace; allow for a slow box.
+    let limit = Duration::from_secs_f64(grace_secs) + Duration::from_secs(30);
+    let (agents, _) = wait_for(inner, &addresses, Some(limit)).await;
+    let mut all: Vec<AgentRecord> = inner.table.lock().unwrap().subtree(&top.address).into_iter().cloned().collect();
+    all.retain(|a| addresses.contains(&a.address) || a.address == top.address);
+    let _ = agents;
+    Ok(Response::Stopped { agents: all })
+}
+
+async fn wait(inner: &Arc<Inner>, addresses: &[String], timeout_secs: Option<f64>) -> Result<Response> {
+    let mut wanted = Vec::new();
+    for text in addresses {
+        wanted.push(inner.find(text)?.address);
+    }
+    let timeout = timeout_secs.filter(|t| t.is_finite() && *t >= 0.0).map(Duration::from_secs_f64);
+    let (agents, timed_out) = wait_for(inner, &wanted, timeout).await;
+    Ok(Response::Waited { agents, timed_out })
+}
+
+/// Waits until every address has ended, or the timeout passes.
+async fn wait_for(inner: &Arc<Inner>, addresses: &[Address], timeout: Option<Duration>) -> (Vec<AgentRecord>, bool) {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seq = inner.seq.subscribe();
+    loop {
+        seq.borrow_and_update();
+        let records: Vec<AgentRecord> = {
+            let table = inner.table.lock().unwrap();
+            addresses.iter().filter_map(|a| table.agents.get(a).cloned()).collect()
+        };
+        if records.iter().all(|r| r.state.is_terminal()) {
+            return (records, false);
+        }
+        let changed = seq.changed();
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return (records, true);
+                }
+            }
+            None => {
+                let _ = changed.await;
+            }
+        }
+    }
+}
+
+async fn gc(inner: &Arc<Inner>, force: bool) -> Result<Response> {
+    let candidates: Vec<AgentRecord> =
+        inner.table.lock().unwrap().agents.values().filter(|a| a.state.is_terminal() && !a.removed).cloned().collect();
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    let _git = inner.git.lock().await;
+    for agent in candidates {
+        let (repo, name, path) =
+            (inner.state.repo_root.clone(), format!("corral-{}", agent.address.flat()), agent.worktree.clone());
+        let entry = |why: String| GcEntry { address: agent.address.to_string(), worktree: agent.worktree.clone(), why };
+        match blocking(move || worktree::remove(&repo, &name, &path, force)).await {
+            Ok(()) => {
+                inner
+                    .commit(vec![inner.draft(&agent, EventBody::Removed { worktree: agent.worktree.clone() })])
+                    .await?;
+                removed.push(entry(format!("{}; branch {} kept", agent.state.as_str(), agent.branch)));
+            }
+            Err(err) => kept.push(entry(err.message)),
+        }
+    }
+    Ok(Response::Gc { removed, kept })
+}
+
+// ---- events ----------------------------------------------------------------
+
+async fn stream_events(
+    inner: &Arc<Inner>,
+    client_reader: &mut tokio::net::unix::OwnedReadHalf,
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    since: u64,
+    follow: bool,
+    agent: Option<String>,
+) -> std::io::Result<()> {
+    let filter = match agent.as_deref().map(Address::parse).transpose() {
+        Ok(filter) => filter,
+        Err(err) => return framed::write(writer, &Response::Error(err)).await,
+    };
+    let mut seq = inner.seq.subscribe();
+    let mut reader = JournalReader::open(&inner.state.journal(), since).map_err(std::io::Error::other)?;
+    let mut hangup = [0u8; 1];
+    loop {
+        seq.borrow_and_update();
+        for event in reader.read_new().map_err(std::io::Error::other)? {
+            let wanted = match (&filter, &event.agent) {
+                (None, _) => true,
+                (Some(prefix), Some(agent)) => agent.is_within(prefix),
+                (Some(_), None) => false,
+            };
+            if wanted {
+                framed::write(writer, &Response::Event { event: Box::new(event) }).await?;
+            }
+        }
+        if !follow {
+            return framed::write(writer, &Response::End).await;
+        }
+        tokio::select! {
+            _ = seq.changed() => {}
+            // The client hung up.
+            _ = tokio::io::AsyncReadExt::read(client_reader, &mut hangup) => return Ok(()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::other(format!("a worker thread failed: {e}")))?
+}

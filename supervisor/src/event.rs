@@ -1,0 +1,120 @@
+//! The event schema: one JSON object a line in the journal and on
+//! `corral events`.
+//!
+//! ```json
+//! {"v":1,"seq":42,"ts":"2026-11-21T10:00:00.000Z","agent":"/root/api","parent":"/root",
+//!  "task":"t-7","type":"exited","state":"succeeded","code":0}
+//! ```
+//!
+//! Every change to an agent is an event; the daemon's state is a fold over
+//! the journal (see `lifecycle`). `v` is bumped when a field changes
+//! meaning; new fields and new types may appear without a bump, so readers
+//! must ignore what they do not know.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+
+pub const EVENT_VERSION: u32 = 1;
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u32,
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The daemon started (and re-adopted what was running).
+    DaemonStarted { pid: u32 },
+    /// An agent was accepted; its worktree and branch are being made.
+    Spawned { id: u64, task_text: String, command: Vec<String>, branch: String, worktree: PathBuf, base: String },
+    /// The agent could not be started; nothing of it is left.
+    SpawnFailed { reason: String },
+    /// The agent process runs under its monitor.
+    Started { pid: u32, monitor_pid: u32 },
+    /// A restarted daemon found the agent still running.
+    Adopted { pid: u32, monitor_pid: u32 },
+    /// A line the agent printed (ANSI removed, shortened). `offset` is where
+    /// the line ends in the agent's output log; `skipped` counts lines left
+    /// out since the previous output event (the log keeps every byte).
+    Output {
+        text: String,
+        offset: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped: u64,
+    },
+    /// Someone asked the agent (and its subtree) to stop.
+    StopRequested { grace_secs: f64 },
+    /// The agent's last process is gone.
+    Exited {
+        state: crate::lifecycle::AgentState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// `corral gc` removed the agent's worktree; its branch stays.
+    Removed { worktree: PathBuf },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl EventBody {
+    /// The event's `type` field as written in JSON.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventBody::DaemonStarted { .. } => "daemon_started",
+            EventBody::Spawned { .. } => "spawned",
+            EventBody::SpawnFailed { .. } => "spawn_failed",
+            EventBody::Started { .. } => "started",
+            EventBody::Adopted { .. } => "adopted",
+            EventBody::Output { .. } => "output",
+            EventBody::StopRequested { .. } => "stop_requested",
+            EventBody::Exited { .. } => "exited",
+            EventBody::Removed { .. } => "removed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_flat_with_type_tag() {
+        let event = Event {
+            v: 1,
+            seq: 7,
+            ts: "2026-11-21T10:00:00Z".parse().unwrap(),
+            agent: Some(Address::parse("/root/api").unwrap()),
+            parent: Some(Address::root()),
+            task: Some("t-1".into()),
+            body: EventBody::Started { pid: 10, monitor_pid: 9 },
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""type":"started""#), "{json}");
+        assert!(json.contains(r#""agent":"/root/api""#), "{json}");
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, event);
+    }
+}

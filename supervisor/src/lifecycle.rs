@@ -1,0 +1,304 @@
+//! The lifecycle of one agent, as a plain state machine.
+//!
+//! ```text
+//! Pending -> Starting -> Running -> Succeeded | Failed | Stopped | Lost
+//! ```
+//!
+//! An agent's record is the fold of its events (`AgentRecord::apply`): the
+//! daemon rebuilds every record from the journal when it starts, so this is
+//! the one place that says what an event means for an agent. Nothing here
+//! touches processes or files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::event::{Event, EventBody};
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Waiting for a slot.
+    Pending,
+    /// Worktree and monitor being made.
+    Starting,
+    /// The agent's process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, or was killed by a signal nobody asked for.
+    Failed,
+    /// Stopped on request; none of its processes is left.
+    Stopped,
+    /// Its monitor vanished and no exit record was found.
+    Lost,
+}
+
+impl AgentState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AgentState::Succeeded | AgentState::Failed | AgentState::Stopped | AgentState::Lost)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Pending => "pending",
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Succeeded => "succeeded",
+            AgentState::Failed => "failed",
+            AgentState::Stopped => "stopped",
+            AgentState::Lost => "lost",
+        }
+    }
+
+    /// The exit code `corral wait` gives for an agent that ended this way
+    /// (README, "Exit codes"). With several agents, `wait` exits with the
+    /// largest.
+    pub fn wait_code(self) -> i32 {
+        match self {
+            AgentState::Succeeded => 0,
+            AgentState::Failed => 20,
+            AgentState::Stopped => 21,
+            AgentState::Lost => 22,
+            AgentState::Pending | AgentState::Starting | AgentState::Running => WAIT_TIMED_OUT,
+        }
+    }
+}
+
+/// `corral wait --timeout` ran out before every agent ended.
+pub const WAIT_TIMED_OUT: i32 = 124;
+
+/// Everything known about one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub address: Address,
+    pub parent: Address,
+    /// Names the agent's folder in the state folder.
+    pub id: u64,
+    pub task_id: String,
+    pub task: String,
+    pub command: Vec<String>,
+    pub branch: String,
+    pub worktree: PathBuf,
+    /// The commit the branch started from.
+    pub base: String,
+    pub state: AgentState,
+    pub pid: Option<u32>,
+    pub monitor_pid: Option<u32>,
+    pub spawned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub stop_requested: bool,
+    /// Its worktree was removed by `corral gc`.
+    pub removed: bool,
+    /// How far into the output log events have been made.
+    pub log_offset: u64,
+}
+
+impl AgentRecord {
+    /// The record a `spawned` event creates.
+    pub fn from_spawned(event: &Event) -> Option<AgentRecord> {
+        let EventBody::Spawned { id, task_text, command, branch, worktree, base } = &event.body else {
+            return None;
+        };
+        let address = event.agent.clone()?;
+        Some(AgentRecord {
+            parent: event.parent.clone().or_else(|| address.parent()).unwrap_or_else(Address::root),
+            address,
+            id: *id,
+            task_id: event.task.clone().unwrap_or_default(),
+            task: task_text.clone(),
+            command: command.clone(),
+            branch: branch.clone(),
+            worktree: worktree.clone(),
+            base: base.clone(),
+            state: AgentState::Starting,
+            pid: None,
+            monitor_pid: None,
+            spawned_at: event.ts,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            stop_requested: false,
+            removed: false,
+            log_offset: 0,
+        })
+    }
+
+    /// Applies one of this agent's events. Events that do not fit the
+    /// current state (an `exited` after the agent already ended) are
+    /// ignored: the first word on how an agent ended stands.
+    pub fn apply(&mut self, event: &Event) {
+        match &event.body {
+            EventBody::Started { pid, monitor_pid } | EventBody::Adopted { pid, monitor_pid } => {
+                if !self.state.is_terminal() {
+                    self.state = AgentState::Running;
+                    self.pid = Some(*pid);
+                    self.monitor_pid = Some(*monitor_pid);
+                    if self.started_at.is_none() {
+                        self.started_at = Some(event.ts);
+                    }
+                }
+            }
+            EventBody::Output { offset, .. } => self.log_offset = self.log_offset.max(*offset),
+            EventBody::StopRequested { .. } => self.stop_requested = true,
+            EventBody::Exited { state, code, signal, reason } => {
+                if !self.state.is_terminal() {
+                    self.state = *state;
+                    self.exit_code = *code;
+                    self.signal = *signal;
+                    self.reason = reason.clone();
+                    self.ended_at = Some(event.ts);
+                }
+            }
+            EventBody::Removed { .. } => self.removed = true,
+            EventBody::DaemonStarted { .. } | EventBody::Spawned { .. } | EventBody::SpawnFailed { .. } => {}
+        }
+    }
+
+    /// Seconds the agent has run (until now, or until it ended).
+    pub fn runtime_secs(&self, now: DateTime<Utc>) -> Option<f64> {
+        let start = self.started_at?;
+        let end = self.ended_at.unwrap_or(now);
+        Some((end - start).num_milliseconds().max(0) as f64 / 1000.0)
+    }
+}
+
+/// How an ended agent's exit status maps to a terminal state.
+pub fn classify_exit(code: Option<i32>, signal: Option<i32>, stop_requested: bool) -> AgentState {
+    if stop_requested {
+        return AgentState::Stopped;
+    }
+    match (code, signal) {
+        (Some(0), _) => AgentState::Succeeded,
+        _ => AgentState::Failed,
+    }
+}
+
+/// All agents, folded from a journal.
+#[derive(Debug, Default, Clone)]
+pub struct AgentTable {
+    pub agents: BTreeMap<Address, AgentRecord>,
+    /// The largest agent id seen, so new ids never reuse a folder.
+    pub last_id: u64,
+}
+
+impl AgentTable {
+    pub fn apply(&mut self, event: &Event) {
+        if let EventBody::Spawned { id, .. } = &event.body {
+            self.last_id = self.last_id.max(*id);
+            if let Some(record) = AgentRecord::from_spawned(event) {
+                self.agents.insert(record.address.clone(), record);
+            }
+            return;
+        }
+        let Some(address) = &event.agent else { return };
+        if let EventBody::SpawnFailed { .. } = &event.body {
+            // A failed spawn leaves nothing behind, the address included.
+            if self.agents.get(address).is_some_and(|a| a.state == AgentState::Starting) {
+                self.agents.remove(address);
+            }
+            return;
+        }
+        if let Some(record) = self.agents.get_mut(address) {
+            record.apply(event);
+        }
+    }
+
+    /// The agent and every agent below it, parents before children.
+    pub fn subtree(&self, top: &Address) -> Vec<&AgentRecord> {
+        self.agents.values().filter(|a| a.address.is_within(top)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, agent: &str, body: EventBody) -> Event {
+        Event {
+            v: 1,
+            seq,
+            ts: Utc::now(),
+            agent: Some(Address::parse(agent).unwrap()),
+            parent: None,
+            task: Some("t-1".into()),
+            body,
+        }
+    }
+
+    fn spawned(seq: u64, agent: &str, id: u64) -> Event {
+        event(
+            seq,
+            agent,
+            EventBody::Spawned {
+                id,
+                task_text: "do it".into(),
+                command: vec!["true".into()],
+                branch: "corral/root/a".into(),
+                worktree: "/tmp/wt".into(),
+                base: "abc".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn runs_to_success() {
+        let mut table = AgentTable::default();
+        table.apply(&spawned(1, "/root/a", 1));
+        assert_eq!(table.agents[&Address::parse("/root/a").unwrap()].state, AgentState::Starting);
+        table.apply(&event(2, "/root/a", EventBody::Started { pid: 10, monitor_pid: 9 }));
+        let exited = EventBody::Exited { state: AgentState::Succeeded, code: Some(0), signal: None, reason: None };
+        table.apply(&event(3, "/root/a", exited));
+        let a = &table.agents[&Address::parse("/root/a").unwrap()];
+        assert_eq!(a.state, AgentState::Succeeded);
+        assert_eq!(a.pid, Some(10));
+        assert_eq!(a.exit_code, Some(0));
+    }
+
+    #[test]
+    fn first_exit_stands() {
+        let mut table = AgentTable::default();
+        table.apply(&spawned(1, "/root/a", 1));
+        table.apply(&event(
+            2,
+            "/root/a",
+            EventBody::Exited { state: AgentState::Failed, code: Some(3), signal: None, reason: None },
+        ));
+        table.apply(&event(
+            3,
+            "/root/a",
+            EventBody::Exited { state: AgentState::Lost, code: None, signal: None, reason: None },
+        ));
+        table.apply(&event(4, "/root/a", EventBody::Started { pid: 1, monitor_pid: 1 }));
+        let a = &table.agents[&Address::parse("/root/a").unwrap()];
+        assert_eq!((a.state, a.exit_code), (AgentState::Failed, Some(3)));
+    }
+
+    #[test]
+    fn failed_spawn_frees_the_address() {
+        let mut table = AgentTable::default();
+        table.apply(&spawned(1, "/root/a", 4));
+        table.apply(&event(2, "/root/a", EventBody::SpawnFailed { reason: "disk full".into() }));
+        assert!(table.agents.is_empty());
+        assert_eq!(table.last_id, 4);
+    }
+
+    #[test]
+    fn exit_classification() {
+        assert_eq!(classify_exit(Some(0), None, false), AgentState::Succeeded);
+        assert_eq!(classify_exit(Some(2), None, false), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(9), false), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(15), true), AgentState::Stopped);
+        assert_eq!(classify_exit(Some(0), None, true), AgentState::Stopped);
+    }
+}

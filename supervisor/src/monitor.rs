@@ -1,0 +1,482 @@
+//! The monitor: one small process per agent, like conmon beside CRI-O.
+//!
+//! It owns the agent's PTY master, appends everything the agent prints to
+//! `output.log`, takes input and commands on `monitor.sock`, reaps the
+//! agent, and writes the exit record (`exit.json`) before it goes. It runs
+//! in its own session and does not depend on the daemon: when the daemon
+//! dies, the agent keeps running, its output keeps reaching the log, and
+//! its real exit status waits in `exit.json` for the next daemon.
+//!
+//! The monitor is a child subreaper, so descendants that escape the agent's
+//! process group with `setsid` become its children when their parent dies;
+//! `process::descendants` finds the rest. The agent has ended when none of
+//! its processes is left, never before.
+//!
+//! Socket protocol: the peer sends one JSON line saying what it is:
+//! - `{"role":"daemon"}`: the monitor sends JSON lines `status` (at once),
+//!   `output` (the log grew) and `exit` (the agent's last process is gone);
+//!   the daemon may send `{"t":"stop","grace_secs":N}` and
+//!   `{"t":"input","data":"text"}`.
+//! - `{"role":"attach","replay":BYTES}`: raw bytes both ways: the last
+//!   BYTES of the log then everything new, and keystrokes into the PTY.
+//!
+//! Plain threads, no async runtime: a monitor is idle almost always, and a
+//! hundred of them should cost little memory.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::AgentDir;
+use crate::process;
+
+/// What the monitor runs. Written by the daemon to `spec.json` (mode 0600:
+/// the environment may hold API keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    pub command: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// Raw mode, no echo: for harnesses that speak JSON lines over the PTY.
+    #[serde(default)]
+    pub raw: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// How the agent ended. Written once, atomically, to `exit.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stop_requested: bool,
+    /// Set when the agent could not be started at all.
+    pub error: Option<String>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// Messages from the monitor to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum MonitorMessage {
+    Status { pid: u32, monitor_pid: u32, log_len: u64, exit: Option<ExitRecord> },
+    Output { log_len: u64 },
+    Exit { record: ExitRecord },
+}
+
+/// Commands from the daemon to the monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum MonitorCommand {
+    Stop { grace_secs: f64 },
+    Input { data: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct Hello {
+    role: String,
+    #[serde(default)]
+    replay: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    pid: u32,
+    log_len: u64,
+    output_closed: bool,
+    stop_requested: bool,
+    exit: Option<ExitRecord>,
+    /// Peers being served; the monitor waits for them before it exits.
+    peers: usize,
+}
+
+/// Runs the monitor for the agent in `dir` until the agent has ended.
+pub fn run(dir: &Path) -> anyhow::Result<()> {
+    let agent = AgentDir { dir: dir.to_path_buf() };
+    let spec: MonitorSpec = serde_json::from_slice(
+        &std::fs::read(agent.spec()).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", agent.spec().display()))?,
+    )?;
+    process::become_subreaper()?;
+    let me = std::process::id();
+    std::fs::write(agent.monitor_pid(), me.to_string())?;
+
+    let _ = std::fs::remove_file(agent.socket());
+    let listener = UnixListener::bind(agent.socket())?;
+    let mut log = OpenOptions::new().create(true).append(true).open(agent.log())?;
+    let initial_len = log.seek(SeekFrom::End(0))?;
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            pid: 0,
+            log_len: initial_len,
+            output_closed: false,
+            stop_requested: false,
+            exit: None,
+            peers: 0,
+        }),
+        changed: Condvar::new(),
+    });
+
+    let started = start_agent(&spec);
+    let (pty, pid) = match started {
+        Ok(started) => started,
+        Err(err) => {
+            // Nothing ran: record why, in the log too, so `corral view` shows it.
+            let _ = writeln!(log, "corral: cannot start {:?}: {err}", spec.command);
+            let record = ExitRecord {
+                pid: 0,
+                code: Some(127),
+                signal: None,
+                stop_requested: false,
+                error: Some(err.to_string()),
+                ended_at: Utc::now(),
+            };
+            write_exit_record(&agent, &record)?;
+            finish(&shared, &agent, listener, record, Duration::from_millis(500));
+            return Ok(());
+        }
+    };
+    shared.state.lock().unwrap().pid = pid;
+
+    let writer = Arc::new(Mutex::new(pty.writer));
+    spawn_output_pump(pty.reader, log, shared.clone());
+    spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone());
+    spawn_signal_watcher(shared.clone());
+
+    // Reap until every descendant is gone. When the agent itself exits,
+    // whatever it left behind is stopped too.
+    let mut status: Option<(Option<i32>, Option<i32>)> = None;
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
+                status = Some((Some(code), None));
+                spawn_leftover_sweeper();
+            }
+            Ok(nix::sys::wait::WaitStatus::Signaled(p, signal, _)) if p.as_raw() as u32 == pid => {
+                status = Some((None, Some(signal as i32)));
+                spawn_leftover_sweeper();
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break, // ECHILD: nothing of the agent is left.
+        }
+    }
+    drop(pty.master);
+    // All writers of the PTY are gone; wait for the pump to drain it.
+    {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut state = shared.state.lock().unwrap();
+        while !state.output_closed && Instant::now() < deadline {
+            state = shared.changed.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+    let (code, signal) = status.unwrap_or((None, None));
+    let record = ExitRecord {
+        pid,
+        code,
+        signal,
+        stop_requested: shared.state.lock().unwrap().stop_requested,
+        error: None,
+        ended_at: Utc::now(),
+    };
+    write_exit_record(&agent, &record)?;
+    finish(&shared, &agent, listener, record, Duration::from_secs(2));
+    Ok(())
+}
+
+struct Pty {
+    master: Box<dyn portable_pty::MasterPty + Send>,
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+}
+
+fn start_agent(spec: &MonitorSpec) -> anyhow::Result<(Pty, u32)> {
+    use portable_pty::{CommandBuilder, PtySize};
+    let Some(program) = spec.command.first() else {
+        anyhow::bail!("empty command");
+    };
+    let pair = portable_pty::native_pty_system().openpty(PtySize {
+        rows: spec.rows,
+        cols: spec.cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    })?;
+    if spec.raw {
+        if let Some(fd) = pair.master.as_raw_fd() {
+            make_raw(fd)?;
+        }
+    }
+    let mut command = CommandBuilder::new(program);
+    command.args(&spec.command[1..]);
+    command.cwd(&spec.cwd);
+    command.env_clear();
+    for (key, value) in &spec.env {
+        command.env(key, value);
+    }
+    let child = pair.slave.spawn_command(command)?;
+    let pid = child.process_id().ok_or_else(|| anyhow::anyhow!("the agent has no pid"))?;
+    // The monitor reaps with waitpid(-1); the handle must not wait too.
+    std::mem::forget(child);
+    drop(pair.slave);
+    let reader = pair.master.try_clone_reader()?;
+    let writer = pair.master.take_writer()?;
+    Ok((Pty { master: pair.master, reader, writer }, pid))
+}
+
+/// Raw mode without echo, so JSON lines pass through the PTY unchanged in
+/// both directions and input lines are not capped at 4095 bytes.
+fn make_raw(fd: std::os::fd::RawFd) -> anyhow::Result<()> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    // SAFETY: the fd belongs to the PTY master, open for the monitor's life.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut termios = tcgetattr(fd)?;
+    cfmakeraw(&mut termios);
+    tcsetattr(fd, SetArg::TCSANOW, &termios)?;
+    Ok(())
+}
+
+/// Copies PTY output into the log, byte for byte, and tells waiters.
+fn spawn_output_pump(mut reader: Box<dyn Read + Send>, mut log: File, shared: Arc<Shared>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(err) = log.write_all(&buf[..n]) {
+                        eprintln!("corral monitor: cannot write the output log: {err}");
+                    }
+                    let mut state = shared.state.lock().unwrap();
+                    state.log_len += n as u64;
+                    shared.changed.notify_all();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break, // EIO: every holder of the PTY's other side is gone.
+            }
+        }
+        let _ = log.sync_data();
+        shared.state.lock().unwrap().output_closed = true;
+        shared.changed.notify_all();
+    });
+}
+
+fn spawn_acceptor(
+    listener: UnixListener,
+    agent: AgentDir,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (agent, shared, writer) = (agent.clone(), shared.clone(), writer.clone());
+            shared.state.lock().unwrap().peers += 1;
+            std::thread::spawn(move || {
+                if let Err(err) = serve_connection(stream, &agent, &shared, &writer) {
+                    if err.kind() != std::io::ErrorKind::BrokenPipe {
+                        eprintln!("corral monitor: connection ended: {err}");
+                    }
+                }
+                shared.state.lock().unwrap().peers -= 1;
+                shared.changed.notify_all();
+            });
+        }
+    });
+}
+
+fn serve_connection(
+    stream: UnixStream,
+    agent: &AgentDir,
+    shared: &Arc<Shared>,
+    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+) -> std::io::Result<()> {
+    let mut lines = BufReader::new(stream.try_clone()?);
+    let mut first = String::new();
+    lines.read_line(&mut first)?;
+    let hello: Hello = serde_json::from_str(&first).map_err(std::io::Error::other)?;
+    match hello.role.as_str() {
+        "daemon" => serve_daemon(stream, lines, shared, writer),
+        "attach" => serve_attach(stream, lines, agent, shared, writer, hello.replay),
+        other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
+    }
+}
+
+fn serve_daemon(
+    mut stream: UnixStream,
+    lines: BufReader<UnixStream>,
+    shared: &Arc<Shared>,
+    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+) -> std::io::Result<()> {
+    // Commands arrive on their own thread; this one reports.
+    let (shared_in, writer_in) = (shared.clone(), writer.clone());
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<MonitorCommand>(&line) {
+                Ok(MonitorCommand::Stop { grace_secs }) => request_stop(&shared_in, grace_secs),
+                Ok(MonitorCommand::Input { data }) => {
+                    let mut w = writer_in.lock().unwrap();
+                    let _ = w.write_all(data.as_bytes()).and_then(|()| w.flush());
+                }
+                Err(err) => eprintln!("corral monitor: bad command {line:?}: {err}"),
+            }
+        }
+    });
+    let mut sent_len;
+    {
+        let state = shared.state.lock().unwrap();
+        sent_len = state.log_len;
+        let status = MonitorMessage::Status {
+            pid: state.pid,
+            monitor_pid: std::process::id(),
+            log_len: state.log_len,
+            exit: state.exit.clone(),
+        };
+        drop(state);
+        send(&mut stream, &status)?;
+    }
+    loop {
+        let state = shared.state.lock().unwrap();
+        let state = shared.changed.wait_while(state, |s| s.log_len == sent_len && s.exit.is_none()).unwrap();
+        let (log_len, exit) = (state.log_len, state.exit.clone());
+        drop(state);
+        if log_len != sent_len {
+            sent_len = log_len;
+            send(&mut stream, &MonitorMessage::Output { log_len })?;
+        }
+        if let Some(record) = exit {
+            send(&mut stream, &MonitorMessage::Exit { record })?;
+            return Ok(());
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, message: &MonitorMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+fn serve_attach(
+    mut stream: UnixStream,
+    mut input: BufReader<UnixStream>,
+    agent: &AgentDir,
+    shared: &Arc<Shared>,
+    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+    replay: u64,
+) -> std::io::Result<()> {
+    let writer = writer.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut w = writer.lock().unwrap();
+                    if w.write_all(&buf[..n]).and_then(|()| w.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut log = File::open(agent.log())?;
+    let mut offset = shared.state.lock().unwrap().log_len.saturating_sub(replay);
+    log.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (len, done) = {
+            let state = shared.state.lock().unwrap();
+            let state = shared.changed.wait_while(state, |s| s.log_len == offset && s.exit.is_none()).unwrap();
+            (state.log_len, state.exit.is_some())
+        };
+        while offset < len {
+            let want = ((len - offset) as usize).min(buf.len());
+            let n = log.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+            offset += n as u64;
+        }
+        if done && offset >= len {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for
+/// the agent's group and every descendant that left it.
+fn request_stop(shared: &Arc<Shared>, grace_secs: f64) {
+    let pid = {
+        let mut state = shared.state.lock().unwrap();
+        if state.exit.is_some() {
+            return;
+        }
+        state.stop_requested = true;
+        state.pid
+    };
+    let grace = Duration::from_secs_f64(grace_secs.max(0.0));
+    std::thread::spawn(move || {
+        process::stop_tree(std::process::id(), Some(pid), grace, Duration::from_secs(10));
+    });
+}
+
+fn spawn_signal_watcher(shared: Arc<Shared>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else { return };
+    std::thread::spawn(move || {
+        // A monitor told to go stops its agent first, with the default grace.
+        if signals.forever().next().is_some() {
+            request_stop(&shared, 10.0);
+        }
+    });
+}
+
+/// Once the agent's main process has exited, whatever it left running is
+/// part of it no longer: stop it (a short grace, then SIGKILL).
+fn spawn_leftover_sweeper() {
+    std::thread::spawn(|| {
+        process::stop_tree(std::process::id(), None, Duration::from_secs(1), Duration::from_secs(10));
+    });
+}
+
+fn write_exit_record(agent: &AgentDir, record: &ExitRecord) -> std::io::Result<()> {
+    let tmp = agent.dir.join("exit.json.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, agent.exit())?;
+    File::open(&agent.dir)?.sync_all()
+}
+
+/// Publishes the exit record to connected peers, removes the socket, and
+/// waits (at most `linger`) until every peer has been sent the end.
+fn finish(shared: &Arc<Shared>, agent: &AgentDir, listener: UnixListener, record: ExitRecord, linger: Duration) {
+    let _ = std::fs::remove_file(agent.socket());
+    drop(listener);
+    let deadline = Instant::now() + linger;
+    let mut state = shared.state.lock().unwrap();
+    state.exit = Some(record);
+    shared.changed.notify_all();
+    while state.peers > 0 && Instant::now() < deadline {
+        state = shared.changed.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+    }
+}
+
+/// Reads an exit record, if the monitor wrote one.
+pub fn read_exit_record(agent: &AgentDir) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(agent.exit()).ok()?).ok()
+}

@@ -1,0 +1,155 @@
+//! Where corral keeps things for one repository.
+//!
+//! ```text
+//! <git common dir>/corral/          state folder, mode 0700
+//!     daemon.sock                   the daemon's socket, mode 0600
+//!     daemon.lock                   held (flock) by the one live daemon
+//!     daemon.pid, daemon.log
+//!     events.jsonl                  the event journal
+//!     agents/<id>/                  one folder per agent
+//!         spec.json                 what the monitor runs (command, env, cwd)
+//!         output.log                everything the agent wrote to its PTY
+//!         monitor.sock, monitor.pid, monitor.log
+//!         exit.json                 the exit record, written by the monitor
+//! <worktree root>/<repo>-<hash>/<flat address>   the worktrees
+//! ```
+//!
+//! Worktrees live outside the repository's own folders (Claude Code, for
+//! one, refuses to edit files under `.git`): by default under
+//! `$XDG_DATA_HOME/corral/worktrees` (`~/.local/share/...`), or wherever
+//! `CORRAL_WORKTREE_ROOT` points.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The paths of one repository's corral state.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    /// The repository's main working folder (or the common dir if bare).
+    pub repo_root: PathBuf,
+    /// The state folder itself.
+    pub dir: PathBuf,
+    /// Where this repository's agents get their worktrees.
+    pub worktrees: PathBuf,
+}
+
+impl StateDir {
+    /// Finds the repository that contains `start` and its state paths.
+    /// Creates nothing.
+    pub fn discover(start: &Path) -> Result<StateDir> {
+        let repo = git2::Repository::discover(start).map_err(|_| {
+            Error::new(
+                ErrorKind::NotARepository,
+                format!(
+                    "{} is not inside a git repository (corral keeps each agent in a git worktree; run `git init` first)",
+                    start.display()
+                ),
+            )
+        })?;
+        let common = repo.commondir().to_path_buf();
+        let common = common.canonicalize().unwrap_or(common);
+        let repo_root = if repo.is_bare() {
+            common.clone()
+        } else {
+            // The main worktree is the parent of the common dir (`.git`).
+            common.parent().map(Path::to_path_buf).unwrap_or_else(|| common.clone())
+        };
+        Ok(StateDir::new(repo_root, common.join("corral")))
+    }
+
+    pub fn new(repo_root: PathBuf, dir: PathBuf) -> StateDir {
+        let worktrees = worktree_root().join(repo_slug(&repo_root));
+        StateDir { repo_root, dir, worktrees }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("daemon.sock")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("daemon.pid")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+    pub fn agents(&self) -> PathBuf {
+        self.dir.join("agents")
+    }
+    pub fn agent(&self, id: u64) -> AgentDir {
+        AgentDir { dir: self.agents().join(id.to_string()) }
+    }
+
+    /// Creates the state folder (mode 0700) if missing.
+    pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [&self.dir, &self.agents()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io("cannot create", dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// One agent's folder in the state folder.
+#[derive(Debug, Clone)]
+pub struct AgentDir {
+    pub dir: PathBuf,
+}
+
+impl AgentDir {
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("output.log")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("monitor.sock")
+    }
+    pub fn monitor_pid(&self) -> PathBuf {
+        self.dir.join("monitor.pid")
+    }
+    pub fn monitor_log(&self) -> PathBuf {
+        self.dir.join("monitor.log")
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+}
+
+/// The folder under which all repositories' worktrees live.
+pub fn worktree_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("CORRAL_WORKTREE_ROOT").filter(|v| !v.is_empty()) {
+        return PathBuf::from(root);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    data.join("corral").join("worktrees")
+}
+
+/// `<repo name>-<8 hex digits of a hash of its path>`: readable, and two
+/// repositories with the same name do not share a folder.
+fn repo_slug(repo_root: &Path) -> String {
+    let name = repo_root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "repo".into());
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut hash: u32 = 0x811c9dc5;
+    for byte in repo_root.as_os_str().as_encoded_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x01000193);
+    }
+    format!("{name}-{hash:08x}")
+}

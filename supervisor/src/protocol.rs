@@ -1,0 +1,178 @@
+//! The wire protocol between `corral` clients and the daemon.
+//!
+//! A frame is a 4-byte big-endian length and that many bytes of JSON, at
+//! most `MAX_FRAME` bytes. The client opens with `Request::Hello`; the
+//! daemon answers `Response::Hello` with its protocol version, and a client
+//! that speaks another version stops there with a clear message. Then one
+//! request gets one response, except the follow requests (`Logs`, `Events`
+//! with `follow`), which get a stream of frames ending in `Response::End`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::event::Event;
+use crate::lifecycle::AgentRecord;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Hello {
+        version: u32,
+    },
+    Spawn(SpawnRequest),
+    List {
+        all: bool,
+    },
+    /// One agent's record and where its files are (`view`, `logs`, `attach`).
+    Info {
+        address: String,
+    },
+    Events {
+        since: u64,
+        follow: bool,
+        agent: Option<String>,
+    },
+    Stop {
+        address: String,
+        grace_secs: f64,
+    },
+    Wait {
+        addresses: Vec<String>,
+        timeout_secs: Option<f64>,
+    },
+    Gc {
+        force: bool,
+    },
+    /// Stops the daemon; agents keep running under their monitors.
+    Shutdown,
+}
+
+/// Everything needed to start one agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub name: String,
+    /// Absolute address of the parent; `/root` when absent.
+    pub parent: Option<String>,
+    pub task: String,
+    pub command: Vec<String>,
+    pub base: Option<String>,
+    /// The client's environment: the agent runs with it (plus CORRAL_*).
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Hello { version: u32, pid: u32 },
+    Spawned(Spawned),
+    Agents { agents: Vec<AgentRecord> },
+    Info { agent: Box<AgentRecord>, log: PathBuf, monitor_socket: PathBuf },
+    Event { event: Box<Event> },
+    Stopped { agents: Vec<AgentRecord> },
+    Waited { agents: Vec<AgentRecord>, timed_out: bool },
+    Gc { removed: Vec<GcEntry>, kept: Vec<GcEntry> },
+    Ok,
+    End,
+    Error(Error),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spawned {
+    pub address: String,
+    pub task_id: String,
+    pub branch: String,
+    pub worktree: PathBuf,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcEntry {
+    pub address: String,
+    pub worktree: PathBuf,
+    pub why: String,
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    out.write_all(&(body.len() as u32).to_be_bytes())?;
+    out.write_all(&body)?;
+    out.flush()
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit")));
+    }
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map(Some).map_err(std::io::Error::other)
+}
+
+/// The same framing on tokio streams, for the daemon.
+pub mod framed {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    pub async fn write<T: Serialize>(out: &mut (impl tokio::io::AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
+        let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        out.write_all(&frame).await?;
+        out.flush().await
+    }
+
+    pub async fn read<T: for<'de> Deserialize<'de>>(
+        input: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> std::io::Result<Option<T>> {
+        let mut len = [0u8; 4];
+        match input.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(std::io::Error::other(format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit")));
+        }
+        let mut body = vec![0u8; len];
+        input.read_exact(&mut body).await?;
+        serde_json::from_slice(&body).map(Some).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_cap() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Hello { version: 1 }).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        assert!(matches!(back, Request::Hello { version: 1 }));
+
+        let mut huge = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let err = read_frame::<Request>(&mut huge.as_slice()).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+        assert!(read_frame::<Request>(&mut [].as_slice()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! Git worktrees and branches for agents.
+//!
+//! Only this module calls git2. A worktree is made whole or not at all: if
+//! any step fails, the branch, the folder and git's administrative entry
+//! made so far are removed again. Removal never throws away work: a
+//! worktree with uncommitted changes is kept unless forced.
+//!
+//! git2's `Repository` is `Send` but not `Sync`: every function opens its
+//! own, and callers run these on blocking threads.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// What `create` made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub base_commit: String,
+    pub path: PathBuf,
+}
+
+fn open(repo: &Path) -> Result<git2::Repository> {
+    git2::Repository::open(repo)
+        .map_err(|e| Error::other(format!("cannot open the repository {}: {}", repo.display(), e.message())))
+}
+
+/// Resolves `base` (default HEAD) to a commit id, or says why not.
+pub fn resolve_base(repo: &Path, base: Option<&str>) -> Result<String> {
+    let repo = open(repo)?;
+    let spec = base.unwrap_or("HEAD");
+    let object = repo.revparse_single(spec).map_err(|_| {
+        if base.is_none() {
+            Error::new(ErrorKind::BadBaseRef, "the repository has no commits yet: make a first commit, or pass --base")
+        } else {
+            Error::new(ErrorKind::BadBaseRef, format!("--base {spec:?} names no commit in this repository"))
+        }
+    })?;
+    let commit = object
+        .peel_to_commit()
+        .map_err(|_| Error::new(ErrorKind::BadBaseRef, format!("--base {spec:?} does not point at a commit")))?;
+    Ok(commit.id().to_string())
+}
+
+/// Fails if `branch` already exists.
+pub fn ensure_branch_free(repo: &Path, branch: &str) -> Result<()> {
+    let repo = open(repo)?;
+    if repo.find_branch(branch, git2::BranchType::Local).is_ok() {
+        return Err(Error::new(
+            ErrorKind::Duplicate,
+            format!("branch {branch} already exists (an earlier agent's work is kept there); delete it with `git branch -D {branch}` or pick another name"),
+        ));
+    }
+    Ok(())
+}
+
+/// The current branch of the repository's main worktree, if any.
+pub fn current_branch(repo: &Path) -> Option<String> {
+    let repo = open(repo).ok()?;
+    let head = repo.head().ok()?;
+    head.shorthand().map(str::to_string).filter(|_| head.is_branch())
+}
+
+/// Makes branch `branch` at `base_commit` and a worktree for it at `path`,
+/// registered in git as `name`. All or nothing.
+pub fn create(repo_path: &Path, name: &str, branch: &str, base_commit: &str, path: &Path) -> Result<Created> {
+    let repo = open(repo_path)?;
+    if path.exists() {
+        return Err(Error::new(
+            ErrorKind::Duplicate,
+            format!("the worktree folder {} already exists; remove it or pick another name", path.display()),
+        ));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+    }
+    let oid = git2::Oid::from_str(base_commit).map_err(|e| Error::other(e.message().to_string()))?;
+    let commit = repo.find_commit(oid).map_err(|e| Error::new(ErrorKind::BadBaseRef, e.message().to_string()))?;
+    let branch_ref = repo.branch(branch, &commit, false).map_err(|e| {
+        if e.code() == git2::ErrorCode::Exists {
+            Error::new(ErrorKind::Duplicate, format!("branch {branch} already exists"))
+        } else {
+            Error::other(format!("cannot create branch {branch}: {}", e.message()))
+        }
+    })?;
+    let mut options = git2::WorktreeAddOptions::new();
+    options.reference(Some(branch_ref.get()));
+    match repo.worktree(name, path, Some(&options)) {
+        Ok(_) => Ok(Created { base_commit: base_commit.to_string(), path: path.to_path_buf() }),
+        Err(err) => {
+            undo_create(&repo, name, branch, path);
+            Err(Error::other(format!("cannot create the worktree {}: {}", path.display(), err.message())))
+        }
+    }
+}
+
+/// Removes what a failed or abandoned `create` made. Only for worktrees
+/// no agent has run in: the branch goes too.
+pub fn discard(repo_path: &Path, name: &str, branch: &str, path: &Path) -> Result<()> {
+    let repo = open(repo_path)?;
+    undo_create(&repo, name, branch, path);
+    Ok(())
+}
+
+fn undo_create(repo: &git2::Repository, name: &str, branch: &str, path: &Path) {
+    let _ = std::fs::remove_dir_all(path);
+    prune_admin(repo, name);
+    if let Ok(mut b) = repo.find_branch(branch, git2::BranchType::Local) {
+        let _ = b.delete();
+    }
+}
+
+fn prune_admin(repo: &git2::Repository, name: &str) {
+    if let Ok(worktree) = repo.find_worktree(name) {
+        let mut options = git2::WorktreePruneOptions::new();
+        options.valid(true).working_tree(true).locked(true);
+        let _ = worktree.prune(Some(&mut options));
+    }
+    let _ = std::fs::remove_dir_all(repo.path().join("worktrees").join(name));
+}
+
+/// Files in the worktree that are modified or untracked (not ignored).
+pub fn uncommitted(path: &Path) -> Result<Vec<String>> {
+    let repo = git2::Repository::open(path)
+        .map_err(|e| Error::other(format!("cannot open the worktree {}: {}", path.display(), e.message())))?;
+    let mut options = git2::StatusOptions::new();
+    options.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+    let statuses = repo.statuses(Some(&mut options)).map_err(|e| Error::other(e.message().to_string()))?;
+    Ok(statuses.iter().filter_map(|s| s.path().map(str::to_string)).collect())
+}
+
+/// Removes the worktree folder and git's entry for it; the branch stays.
+/// Refuses when the worktree holds uncommitted work, unless `force`.
+pub fn remove(repo_path: &Path, name: &str, path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        let dirty = uncommitted(path)?;
+        if !dirty.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "{} has uncommitted changes ({}{}); commit them or use --force",
+                    path.display(),
+                    dirty.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                    if dirty.len() > 3 { ", ..." } else { "" }
+                ),
+            ));
+        }
+    }
+    let repo = open(repo_path)?;
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))?;
+    }
+    prune_admin(&repo, name);
+    Ok(())
+}
+
+/// Number of commits on `branch` that `base` does not have.
+pub fn commits_ahead(repo_path: &Path, branch: &str, base: &str) -> Result<usize> {
+    let repo = open(repo_path)?;
+    let tip = repo
+        .find_branch(branch, git2::BranchType::Local)
+        .and_then(|b| b.get().peel_to_commit())
+        .map_err(|e| Error::other(format!("branch {branch}: {}", e.message())))?;
+    let base = git2::Oid::from_str(base).map_err(|e| Error::other(e.message().to_string()))?;
+    let (ahead, _) = repo.graph_ahead_behind(tip.id(), base).map_err(|e| Error::other(e.message().to_string()))?;
+    Ok(ahead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_with_commit() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        std::fs::write(dir.path().join("README"), "hi\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("README")).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "first", &tree, &[]).unwrap();
+        dir
+    }
+
+    #[test]
+    fn creates_and_removes() {
+        let repo = repo_with_commit();
+        let wts = tempfile::tempdir().unwrap();
+        let base = resolve_base(repo.path(), None).unwrap();
+        let path = wts.path().join("a");
+        create(repo.path(), "corral-a", "corral/root/a", &base, &path).unwrap();
+        assert!(path.join("README").exists());
+        assert!(ensure_branch_free(repo.path(), "corral/root/a").is_err());
+
+        std::fs::write(path.join("new.txt"), "x").unwrap();
+        let err = remove(repo.path(), "corral-a", &path, false).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Refused);
+        assert!(err.message.contains("new.txt"), "{err}");
+        remove(repo.path(), "corral-a", &path, true).unwrap();
+        assert!(!path.exists());
+        // The branch is kept.
+        assert!(ensure_branch_free(repo.path(), "corral/root/a").is_err());
+    }
+
+    #[test]
+    fn failed_create_leaves_nothing() {
+        let repo = repo_with_commit();
+        let base = resolve_base(repo.path(), None).unwrap();
+        // A worktree path whose parent is a file cannot be created.
+        let blocker = repo.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let err = create(repo.path(), "corral-b", "corral/root/b", &base, &blocker.join("wt"));
+        assert!(err.is_err());
+        ensure_branch_free(repo.path(), "corral/root/b").unwrap();
+        assert!(!repo.path().join(".git/worktrees/corral-b").exists());
+    }
+
+    #[test]
+    fn bad_base_is_named() {
+        let repo = repo_with_commit();
+        let err = resolve_base(repo.path(), Some("no-such-ref")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadBaseRef);
+        assert!(err.message.contains("no-such-ref"));
+    }
+}
