@@ -23,6 +23,7 @@
 //! | `pwd` | prints `pwd DIR` |
 //! | `tty` | prints `isatty true` or `isatty false` for stdin and stdout |
 //! | `env NAME` | prints `NAME=value` |
+//! | `wait-file PATH` | waits until PATH exists (tests use it to hold an agent at a known point) |
 //! | `echo-input [N]` | reads N lines (default: until end of input) and prints `got LINE` for each |
 
 use std::io::{BufRead, Write};
@@ -107,6 +108,7 @@ pub fn parse(script: &str) -> Result<Vec<Vec<String>>, String> {
             "tty",
             "env",
             "echo-input",
+            "wait-file",
         ];
         if !known.contains(&step[0].as_str()) {
             return Err(format!("unknown step {:?} (known: {})", step[0], known.join(", ")));
@@ -215,6 +217,12 @@ fn step_run(step: &[String]) -> Option<i32> {
         "env" => {
             let name = step.get(1).map(String::as_str).unwrap_or("CORRAL_ADDRESS");
             let _ = writeln!(out, "{name}={}", std::env::var(name).unwrap_or_default());
+        }
+        "wait-file" => {
+            let path = std::path::Path::new(step.get(1).map(String::as_str).unwrap_or("go"));
+            while !path.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         "echo-input" => {
             let limit: Option<usize> = step.get(1).map(|_| number(step, 1, None));
