@@ -1,1 +1,269 @@
-//! aider (to be written)
+//! Aider, which has no structured output: its plain text is read line by
+//! line, cleaned like the generic harness ([`crate::generic::clean_line`]:
+//! terminal escapes stripped, lossy UTF-8), and its usage report is parsed
+//! into [`HarnessEvent::Usage`]. Every other line with text on it becomes
+//! `Progress`; empty lines are skipped. Aider prints no session id and no
+//! end-of-task marker, so this parser never reports `SessionStarted` or
+//! `Result`: the process's exit says how the task ended.
+//!
+//! ## The usage report
+//!
+//! After each model call Aider prints (aider `base_coder.py`,
+//! `calculate_and_show_tokens_and_cost`):
+//!
+//! ```text
+//! Tokens: 2.3k sent, 440 received. Cost: $0.00061 message, $0.00061 session.
+//! Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received.
+//! Cost: $0.05 message, $0.12 session.
+//! ```
+//!
+//! The `cache write` and `cache hit` parts appear only when non-zero; the
+//! cost part is missing when the model has no known price, and goes to a
+//! line of its own when both cache parts are present. Figures are rounded by
+//! Aider's `format_tokens`: below 1000 exact, below 10 000 one decimal with
+//! `k` (`2.3k`), above that whole thousands (`12k`); an `M` suffix is read
+//! too. So token totals are as exact as Aider prints them, no more.
+//!
+//! Mapping: Aider's "sent" is every input token of the call (it adds the
+//! cache-write tokens into it itself; for DeepSeek- and OpenAI-style
+//! providers the prompt count already holds the cache hits), so `input =
+//! sent - cache write - cache hit` (clamped at zero), `cache_write = cache
+//! write`, `cache_read = cache hit`, `output = received`. Token figures are
+//! per message and are added up. The cost counted is the **session** figure,
+//! a running total for the Aider process: only its growth is added. A new
+//! Aider process for the same agent starts its session figure at zero again:
+//! its start banner (`Aider v0.86.1`) starts a new count, and a session
+//! figure lower than the last one counts in full even without a banner. A
+//! report with only a message cost adds that.
+
+use crate::event::{progress, Cumulative, HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals};
+use crate::generic::clean_line;
+
+/// Parser for Aider's plain-text output. One per agent.
+#[derive(Debug, Default)]
+pub struct AiderParser {
+    ledger: Ledger,
+    session_cost: Cumulative,
+    /// Aider processes seen (start banners), the scope of the session cost.
+    process: u64,
+}
+
+/// Token figures of one `Tokens:` report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TokenReport {
+    sent: u64,
+    cache_write: u64,
+    cache_hit: u64,
+    received: u64,
+}
+
+/// Cost figures of one `Cost:` report, in US dollars.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct CostReport {
+    message: Option<f64>,
+    session: Option<f64>,
+}
+
+/// "2.3k" → 2300, "12k" → 12000, "1.5M" → 1 500 000, "440" → 440.
+fn parse_count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (number, scale) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1e3),
+        (i, 'm' | 'M') => (&s[..i], 1e6),
+        _ => (s, 1.0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| (value * scale).round() as u64)
+}
+
+/// The `Tokens: ...` part of a line (up to `Cost:` or the end).
+fn parse_tokens(text: &str) -> Option<TokenReport> {
+    let mut report = TokenReport::default();
+    let mut saw_sent = false;
+    let mut saw_received = false;
+    for item in text.split(',') {
+        let item = item.trim().trim_end_matches('.').trim();
+        let (number, label) = item.split_once(' ')?;
+        let value = parse_count(number)?;
+        match label.trim() {
+            "sent" => {
+                report.sent = value;
+                saw_sent = true;
+            }
+            "cache write" => report.cache_write = value,
+            "cache hit" => report.cache_hit = value,
+            "received" => {
+                report.received = value;
+                saw_received = true;
+            }
+            _ => return None,
+        }
+    }
+    (saw_sent && saw_received).then_some(report)
+}
+
+/// The `$a message, $b session.` part of a `Cost:` report.
+fn parse_cost(text: &str) -> Option<CostReport> {
+    let mut report = CostReport::default();
+    for item in text.split(',') {
+        let item = item.trim().trim_end_matches('.').trim();
+        let (number, label) = item.split_once(' ')?;
+        let value: f64 = number.trim().strip_prefix('$')?.parse().ok()?;
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        match label.trim() {
+            "message" => report.message = Some(value),
+            "session" => report.session = Some(value),
+            _ => return None,
+        }
+    }
+    (report.message.is_some() || report.session.is_some()).then_some(report)
+}
+
+/// Aider's start banner, `Aider v0.86.1`.
+fn is_banner(text: &str) -> bool {
+    text.strip_prefix("Aider v").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+impl AiderParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Usage event for a report with `tokens` and/or `cost`.
+    fn report(&mut self, tokens: Option<TokenReport>, cost: Option<CostReport>) -> Option<HarnessEvent> {
+        let delta = tokens.map_or(TokenUsage::default(), |r| TokenUsage {
+            input: r.sent.saturating_sub(r.cache_write).saturating_sub(r.cache_hit),
+            output: r.received,
+            cache_read: r.cache_hit,
+            cache_write: r.cache_write,
+        });
+        let cost_delta = match cost {
+            Some(CostReport { session: Some(session), .. }) => {
+                self.session_cost.advance(&self.process.to_string(), None, Some(session)).1
+            }
+            Some(CostReport { message: Some(message), session: None }) => Some(message),
+            _ => None,
+        };
+        let total = self.ledger.total().saturating_add(delta);
+        let cost_total = cost_delta.map(|d| self.ledger.totals().cost_usd.unwrap_or(0.0) + d);
+        self.ledger.set(total, cost_total, true, true)
+    }
+}
+
+impl Parser for AiderParser {
+    fn feed_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
+        let Some(text) = clean_line(line) else {
+            return Vec::new();
+        };
+        if let Some(rest) = text.strip_prefix("Tokens:") {
+            let (tokens_part, cost_part) = match rest.split_once("Cost:") {
+                Some((t, c)) => (t, Some(c)),
+                None => (rest, None),
+            };
+            if let Some(tokens) = parse_tokens(tokens_part) {
+                let cost = cost_part.and_then(parse_cost);
+                return self.report(Some(tokens), cost).into_iter().collect();
+            }
+        } else if let Some(rest) = text.strip_prefix("Cost:") {
+            if let Some(cost) = parse_cost(rest) {
+                return self.report(None, Some(cost)).into_iter().collect();
+            }
+        } else if is_banner(&text) {
+            self.process += 1;
+        }
+        progress(&text).into_iter().collect()
+    }
+
+    fn totals(&self) -> UsageTotals {
+        self.ledger.totals()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
+        TokenUsage { input, output, cache_read, cache_write }
+    }
+
+    #[test]
+    fn k_and_m_suffixes() {
+        assert_eq!(parse_count("440"), Some(440));
+        assert_eq!(parse_count("2.3k"), Some(2300));
+        assert_eq!(parse_count("12k"), Some(12_000));
+        assert_eq!(parse_count("9.9k"), Some(9900));
+        assert_eq!(parse_count("1.5M"), Some(1_500_000));
+        assert_eq!(parse_count("0.1k"), Some(100));
+        assert_eq!(parse_count("k"), None);
+        assert_eq!(parse_count("-1"), None);
+        assert_eq!(parse_count("lots"), None);
+    }
+
+    #[test]
+    fn report_with_cache_parts_and_cost_on_the_next_line() {
+        let mut p = AiderParser::new();
+        let events = p.feed_line(b"Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received.");
+        // input 12000 - 1200 - 3400 = 7400.
+        assert_eq!(
+            events,
+            vec![HarnessEvent::Usage {
+                delta: t(7400, 440, 3400, 1200),
+                total: t(7400, 440, 3400, 1200),
+                cost_usd: None,
+                settled: true
+            }]
+        );
+        p.feed_line(b"Cost: $0.05 message, $0.12 session.");
+        assert_eq!(p.totals().cost_usd, Some(0.12));
+    }
+
+    #[test]
+    fn session_cost_counts_growth_and_restarts() {
+        let mut p = AiderParser::new();
+        p.feed_line(b"Tokens: 1k sent, 10 received. Cost: $0.01 message, $0.01 session.");
+        p.feed_line(b"Tokens: 2k sent, 20 received. Cost: $0.02 message, $0.03 session.");
+        // Tokens per message add up: 1000+2000 in, 10+20 out.
+        assert_eq!(p.totals().tokens, t(3000, 30, 0, 0));
+        assert!((p.totals().cost_usd.unwrap() - 0.03).abs() < 1e-12);
+        // A new Aider process: session figure starts again, counted in full.
+        p.feed_line(b"Tokens: 500 sent, 5 received. Cost: $0.004 message, $0.004 session.");
+        assert!((p.totals().cost_usd.unwrap() - 0.034).abs() < 1e-12);
+        assert_eq!(p.totals().tokens, t(3500, 35, 0, 0));
+    }
+
+    #[test]
+    fn a_start_banner_starts_a_new_session_cost() {
+        let mut p = AiderParser::new();
+        p.feed_line(b"Tokens: 1k sent, 10 received. Cost: $0.01 message, $0.01 session.");
+        // A new Aider process: its session figure 0.02 covers the old 0.01,
+        // but the banner says it starts from zero: 0.01 + 0.02.
+        assert_eq!(p.feed_line(b"Aider v0.86.1"), vec![HarnessEvent::Progress { text: "Aider v0.86.1".into() }]);
+        p.feed_line(b"Tokens: 2k sent, 20 received. Cost: $0.02 message, $0.02 session.");
+        assert!((p.totals().cost_usd.unwrap() - 0.03).abs() < 1e-12);
+        assert!(!is_banner("Aider version"));
+    }
+
+    #[test]
+    fn report_without_price_and_coloured_lines() {
+        let mut p = AiderParser::new();
+        let events = p.feed_line(b"\x1b[2mTokens: 3.1k sent, 12 received.\x1b[0m");
+        assert_eq!(
+            events,
+            vec![HarnessEvent::Usage {
+                delta: t(3100, 12, 0, 0),
+                total: t(3100, 12, 0, 0),
+                cost_usd: None,
+                settled: true
+            }]
+        );
+        // Look-alikes that are not reports stay text.
+        assert_eq!(
+            p.feed_line(b"Tokens: are great"),
+            vec![HarnessEvent::Progress { text: "Tokens: are great".into() }]
+        );
+        assert!(p.feed_line(b"").is_empty());
+    }
+}

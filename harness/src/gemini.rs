@@ -1,1 +1,264 @@
-//! gemini (to be written)
+//! Gemini CLI in its headless structured mode: `gemini -p ...
+//! --output-format stream-json`. Reads its JSON lines into
+//! [`HarnessEvent`]s and keeps the agent's token usage. Gemini reports no
+//! cost: [`Parser::totals`] has `cost_usd: None`.
+//!
+//! Lines and what they become (google-gemini/gemini-cli,
+//! `packages/core/src/output/types.ts`):
+//!
+//! - `init` → `SessionStarted` (session id, model).
+//! - `message` from the assistant → `Progress` (chunks when `delta` is
+//!   true), also gathered (bounded) as the run's reply; a `user` message
+//!   starts a new reply.
+//! - `tool_use` → `ToolUse` (`tool_id`, `tool_name`, summary of
+//!   `parameters`); `tool_result` → `ToolResult` (error when `status` is
+//!   `error`; summary of `output` or `error.message`).
+//! - `error` (a warning or non-fatal error; a fatal one ends in a failed
+//!   `result`) → `Progress` "error: ...".
+//! - `result` → a settled `Usage` when it has `stats`, then `Result`
+//!   (success when `status` is `success`; otherwise reason `error.type` or
+//!   `error`, text `error.message`; on success the gathered reply).
+//! - Anything else is ignored; non-JSON lines as described in
+//!   [`crate::event`].
+//!
+//! ## Usage: only on `result.stats`
+//!
+//! `stats` aggregates the process's session metrics across models
+//! (`StreamJsonFormatter.convertToStreamStats`): `input_tokens` is the
+//! prompt tokens, of which `cached` were cache hits and `input` were not
+//! (`input = input_tokens - cached`); `output_tokens` is the candidates
+//! tokens; `total_tokens` is Gemini's `totalTokenCount`, which also holds
+//! the thinking tokens and the tool-use prompt tokens that `stats` does not
+//! list. Mapping: `input = input` (or `input_tokens - cached`), `cache_read
+//! = cached`, `output = output_tokens + (total_tokens - input_tokens -
+//! output_tokens)`: the unlisted rest is counted as output, since thinking
+//! tokens make most of it and bill as output. Older CLIs print only
+//! `total_tokens`; with no breakdown, all of it counts as `input` (prompts
+//! dominate a coding agent's spend), so budgets still see it.
+//!
+//! The stats are running totals for the session: the CLI's telemetry
+//! accumulates over the whole process, and on `--resume` it is hydrated from
+//! the saved conversation (`UiTelemetryService.hydrate`: "used when
+//! resuming a session to restore token counts"). So, like Codex's, the
+//! figures are kept per session id (from `init`) and only their growth
+//! counts; figures lower than the previous ones for the session (a version
+//! that does not hydrate) count in full, and so does a new session.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::{
+    json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
+    HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, RESULT_TEXT_MAX_CHARS, SUMMARY_MAX_CHARS,
+};
+
+/// Parser for Gemini CLI `stream-json` output. One per agent.
+#[derive(Debug, Default)]
+pub struct GeminiParser {
+    ledger: Ledger,
+    cumulative: Cumulative,
+    session_id: Option<String>,
+    /// The assistant's reply in this run, bounded.
+    reply: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    session_id: Option<Value>,
+    model: Option<Value>,
+    role: Option<Value>,
+    content: Option<Value>,
+    tool_name: Option<Value>,
+    tool_id: Option<Value>,
+    parameters: Option<Value>,
+    status: Option<Value>,
+    output: Option<Value>,
+    error: Option<Value>,
+    message: Option<Value>,
+    stats: Option<Value>,
+}
+
+fn as_str(v: &Option<Value>) -> Option<&str> {
+    v.as_ref().and_then(Value::as_str)
+}
+
+/// `result.stats` → tokens (see the module doc for the mapping); `None`
+/// when the stats hold no token figure at all.
+pub(crate) fn gemini_usage(stats: &Value) -> Option<TokenUsage> {
+    let has = |k: &str| stats.get(k).is_some_and(Value::is_number);
+    if !["total_tokens", "input_tokens", "output_tokens", "cached", "input"].iter().any(|k| has(k)) {
+        return None;
+    }
+    let total = json_count(stats.get("total_tokens"));
+    let prompt = json_count(stats.get("input_tokens"));
+    let candidates = json_count(stats.get("output_tokens"));
+    let cached = json_count(stats.get("cached"));
+    let breakdown = has("input_tokens") || has("output_tokens") || has("cached") || has("input");
+    if !breakdown {
+        return Some(TokenUsage { input: total, ..TokenUsage::default() });
+    }
+    let input = if has("input") { json_count(stats.get("input")) } else { prompt.saturating_sub(cached) };
+    let unlisted = total.saturating_sub(prompt.saturating_add(candidates));
+    Some(TokenUsage { input, output: candidates.saturating_add(unlisted), cache_read: cached, cache_write: 0 })
+}
+
+impl GeminiParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn on_message(&mut self, line: &Line) -> Vec<HarnessEvent> {
+        match as_str(&line.role) {
+            Some("assistant") => {
+                let Some(text) = as_str(&line.content) else {
+                    return Vec::new();
+                };
+                if self.reply.len() < RESULT_TEXT_MAX_CHARS * 4 {
+                    self.reply.push_str(text);
+                }
+                progress(text).into_iter().collect()
+            }
+            Some("user") => {
+                self.reply.clear();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_result(&mut self, line: &Line) -> Vec<HarnessEvent> {
+        let mut events = Vec::new();
+        if let Some(tokens) = line.stats.as_ref().and_then(gemini_usage) {
+            let scope = self.session_id.as_deref().unwrap_or("");
+            let (growth, _) = self.cumulative.advance(scope, Some(tokens), None);
+            let total = self.ledger.total().saturating_add(growth);
+            events.extend(self.ledger.set(total, None, true, true));
+        }
+        let success = as_str(&line.status) == Some("success");
+        let error = line.error.as_ref();
+        let reason =
+            (!success).then(|| error.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("error").to_owned());
+        let text = match error.and_then(|e| e.get("message")).and_then(Value::as_str) {
+            Some(message) if !success => result_text(message),
+            _ => result_text(&self.reply),
+        };
+        self.reply.clear();
+        events.push(HarnessEvent::Result { success, reason, text, session_id: self.session_id.clone() });
+        events
+    }
+}
+
+impl Parser for GeminiParser {
+    fn feed_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
+        let parsed: Line = match parse_object(line) {
+            Ok(parsed) => parsed,
+            Err(events) => return events,
+        };
+        match as_str(&parsed.kind) {
+            Some("init") => {
+                let session_id = as_str(&parsed.session_id).map(str::to_owned);
+                self.session_id = session_id.clone();
+                self.reply.clear();
+                vec![HarnessEvent::SessionStarted { session_id, model: as_str(&parsed.model).map(str::to_owned) }]
+            }
+            Some("message") => self.on_message(&parsed),
+            Some("tool_use") => vec![HarnessEvent::ToolUse {
+                id: as_str(&parsed.tool_id).map(str::to_owned),
+                name: as_str(&parsed.tool_name).unwrap_or("tool").to_owned(),
+                summary: parsed.parameters.as_ref().map(summarize_input).unwrap_or_default(),
+            }],
+            Some("tool_result") => {
+                let is_error = as_str(&parsed.status) == Some("error");
+                let error_message = parsed.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str);
+                let summary = match (error_message, parsed.output.as_ref()) {
+                    (Some(m), _) if is_error => one_line(m, SUMMARY_MAX_CHARS),
+                    (_, Some(output)) => summarize_output(output),
+                    (Some(m), None) => one_line(m, SUMMARY_MAX_CHARS),
+                    (None, None) => String::new(),
+                };
+                vec![HarnessEvent::ToolResult { id: as_str(&parsed.tool_id).map(str::to_owned), is_error, summary }]
+            }
+            Some("error") => {
+                as_str(&parsed.message).and_then(|m| progress(&format!("error: {m}"))).into_iter().collect()
+            }
+            Some("result") => self.on_result(&parsed),
+            _ => Vec::new(),
+        }
+    }
+
+    fn totals(&self) -> UsageTotals {
+        self.ledger.totals()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
+        TokenUsage { input, output, cache_read, cache_write }
+    }
+
+    #[test]
+    fn stats_mapping() {
+        let v: Value =
+            serde_json::from_str(r#"{"total_tokens":120,"input_tokens":100,"output_tokens":5,"cached":60,"input":40}"#)
+                .unwrap();
+        // input 40, cache 60, output 5 + (120-100-5 = 15 unlisted thinking/tool).
+        assert_eq!(gemini_usage(&v), Some(t(40, 20, 60, 0)));
+        let v: Value = serde_json::from_str(r#"{"total_tokens":77}"#).unwrap();
+        assert_eq!(gemini_usage(&v), Some(t(77, 0, 0, 0)));
+        let v: Value = serde_json::from_str(r#"{"duration_ms":5}"#).unwrap();
+        assert_eq!(gemini_usage(&v), None);
+    }
+
+    #[test]
+    fn resumed_session_counts_only_growth() {
+        let mut p = GeminiParser::new();
+        let init = r#"{"type":"init","session_id":"s1","model":"g"}"#;
+        p.feed_line(init.as_bytes());
+        p.feed_line(br#"{"type":"result","status":"success","stats":{"total_tokens":110,"input_tokens":100,"output_tokens":10,"cached":0,"input":100}}"#);
+        // `--resume`: the stats were hydrated and grew by 50 in, 5 out.
+        p.feed_line(init.as_bytes());
+        p.feed_line(br#"{"type":"result","status":"success","stats":{"total_tokens":165,"input_tokens":150,"output_tokens":15,"cached":0,"input":150}}"#);
+        assert_eq!(p.totals().tokens, t(150, 15, 0, 0));
+    }
+
+    #[test]
+    fn failed_result_carries_error_type_and_message() {
+        let mut p = GeminiParser::new();
+        let events = p.feed_line(
+            br#"{"type":"result","status":"error","error":{"type":"FatalTurnLimitedError","message":"too many turns"}}"#,
+        );
+        assert_eq!(
+            events,
+            vec![HarnessEvent::Result {
+                success: false,
+                reason: Some("FatalTurnLimitedError".into()),
+                text: Some("too many turns".into()),
+                session_id: None
+            }]
+        );
+    }
+
+    #[test]
+    fn tools_become_use_and_result() {
+        let mut p = GeminiParser::new();
+        let events = p.feed_line(
+            br#"{"type":"tool_use","tool_name":"read_file","tool_id":"t1","parameters":{"file_path":"a.txt"}}"#,
+        );
+        assert_eq!(
+            events,
+            vec![HarnessEvent::ToolUse { id: Some("t1".into()), name: "read_file".into(), summary: "a.txt".into() }]
+        );
+        let events = p.feed_line(
+            br#"{"type":"tool_result","tool_id":"t1","status":"error","error":{"type":"x","message":"no such file"}}"#,
+        );
+        assert_eq!(
+            events,
+            vec![HarnessEvent::ToolResult { id: Some("t1".into()), is_error: true, summary: "no such file".into() }]
+        );
+    }
+}

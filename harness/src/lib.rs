@@ -13,3 +13,6 @@ pub mod gemini;
 pub mod generic;
 pub mod mock_llm;
 pub mod opencode;
+
+pub use claude::user_message_line;
+pub use event::{parser_for, HarnessEvent, Parser, TokenUsage, UsageTotals};

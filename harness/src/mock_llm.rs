@@ -1,1 +1,0 @@
-//! mock_llm (to be written)
