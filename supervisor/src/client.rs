@@ -97,11 +97,11 @@ impl Client {
     /// Sends a request and reads one response; a `Response::Error` becomes `Err`.
     pub fn request(&mut self, request: &Request) -> Result<Response> {
         write_frame(&mut self.stream, request).map_err(|e| lost(&e))?;
-        self.next()?.ok_or_else(|| lost(&"the daemon closed the connection"))
+        self.receive()?.ok_or_else(|| lost(&"the daemon closed the connection"))
     }
 
     /// Reads the next response of a stream; `None` when the daemon hung up.
-    pub fn next(&mut self) -> Result<Option<Response>> {
+    pub fn receive(&mut self) -> Result<Option<Response>> {
         match read_frame::<Response>(&mut self.stream).map_err(|e| lost(&e))? {
             Some(Response::Error(err)) => Err(err),
             other => Ok(other),

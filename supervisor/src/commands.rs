@@ -327,7 +327,7 @@ fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>) -> 
     client.send(&Request::Events { since, follow, agent })?;
     let mut out = std::io::stdout().lock();
     loop {
-        match client.next()? {
+        match client.receive()? {
             Some(Response::Event { event }) => {
                 let line = serde_json::to_string(&event).expect("serializes");
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

@@ -98,7 +98,7 @@ fn follow_until_done(state: &StateDir, started: Instant) -> Result<()> {
     let mut running: BTreeMap<String, bool> = AGENTS.iter().map(|(n, _, _)| (format!("/root/{n}"), true)).collect();
     let mut out = std::io::stdout().lock();
     while running.values().any(|r| *r) {
-        let Some(Response::Event { event }) = client.next()? else {
+        let Some(Response::Event { event }) = client.receive()? else {
             return Err(Error::other("the event stream ended early"));
         };
         let Some(agent) = event.agent.as_ref().map(|a| a.to_string()) else { continue };

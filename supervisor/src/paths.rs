@@ -129,7 +129,8 @@ impl AgentDir {
 /// The folder under which all repositories' worktrees live.
 pub fn worktree_root() -> PathBuf {
     if let Some(root) = std::env::var_os("CORRAL_WORKTREE_ROOT").filter(|v| !v.is_empty()) {
-        return PathBuf::from(root);
+        let root = PathBuf::from(root);
+        return root.canonicalize().unwrap_or(root);
     }
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
