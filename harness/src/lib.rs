@@ -11,6 +11,7 @@ pub mod codex;
 pub mod event;
 pub mod gemini;
 pub mod generic;
+pub mod launch;
 pub mod mock_llm;
 pub mod opencode;
 

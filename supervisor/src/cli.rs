@@ -30,11 +30,49 @@ pub enum Command {
         /// Branch the worktree from this commit, branch or tag (default HEAD).
         #[arg(long, value_name = "REF")]
         base: Option<String>,
+        /// The agent CLI: claude, codex, gemini, opencode, aider, or generic (any command).
+        #[arg(long, default_value = "generic")]
+        harness: String,
+        /// The model, passed to the agent CLI.
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long)]
         json: bool,
-        /// The agent's command and its arguments.
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        /// For the generic harness, the command and its arguments; for
+        /// another harness, extra arguments for its CLI.
+        #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Queue a message for a running agent (delivered in order, never dropped).
+    Send {
+        address: String,
+        text: String,
+        /// Who it is from (default: your own address, `/root` for a person).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Token and cost totals of a saved agent transcript.
+    Usage {
+        /// The CLI that wrote the transcript: claude, codex, gemini, opencode, aider.
+        #[arg(long)]
+        harness: String,
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve scripted model responses (Anthropic Messages and OpenAI Responses APIs) on loopback.
+    MockLlm {
+        /// The script: JSON steps, one per model request (see the README).
+        #[arg(long)]
+        script: PathBuf,
+        /// The port on 127.0.0.1 (default: any free one, printed on start).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Append every request received to this file as a JSON line.
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// The agent tree: address, state, pid, runtime, exit.
     Ps {
@@ -122,4 +160,12 @@ pub enum Command {
     /// Internal: the per-agent monitor process.
     #[command(hide = true)]
     Monitor { dir: PathBuf },
+    /// Internal: puts the agent's stdin in place, then execs it (runs in its PTY).
+    #[command(hide = true)]
+    ExecAgent {
+        #[arg(long)]
+        stdin: PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }

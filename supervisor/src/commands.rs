@@ -49,7 +49,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::daemon::run(state()?).map_err(|e| Error::other(format!("daemon: {e:#}")))?;
             Ok(0)
         }
-        Command::Spawn { name, task, parent, base, json, command } => {
+        Command::ExecAgent { stdin, command } => Ok(crate::monitor::exec_agent(&stdin, &command)),
+        Command::MockLlm { script, port, record } => {
+            let script = corral_harness::mock_llm::Script::load(&script).map_err(|e| Error::other(e.to_string()))?;
+            corral_harness::mock_llm::serve_blocking(script, ([127, 0, 0, 1], port).into(), record)
+                .map_err(|e| Error::other(format!("mock-llm: {e}")))?;
+            Ok(0)
+        }
+        Command::Usage { harness, file, json } => usage(&harness, &file, json),
+        Command::Send { address, text, from, json } => {
+            let caller = caller();
+            let to = Address::resolve(&address, &caller)?.to_string();
+            let from = from.unwrap_or_else(|| caller.to_string());
+            let Response::Sent { message_id } =
+                Client::connect(&state()?)?.request(&Request::Send { to, from, text })?
+            else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::json!({ "message_id": message_id }));
+            } else {
+                println!("{message_id}");
+            }
+            Ok(0)
+        }
+        Command::Spawn { name, task, parent, base, harness, model, json, command } => {
             validate_name(&name)?;
             let caller = caller();
             let parent = match parent {
@@ -58,7 +82,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             let state = state()?;
             let env = std::env::vars().collect();
-            let request = SpawnRequest { name, parent: Some(parent.to_string()), task, command, base, env };
+            let request = SpawnRequest {
+                name,
+                parent: Some(parent.to_string()),
+                task,
+                harness: Some(harness),
+                model,
+                command,
+                base,
+                env,
+            };
             let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(request))? else {
                 return Err(unexpected());
             };
@@ -181,6 +214,39 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `corral usage`: a saved transcript's token and cost totals.
+fn usage(harness: &str, file: &Path, json: bool) -> Result<i32> {
+    let Some(mut parser) = corral_harness::parser_for(harness).filter(|_| harness != "generic") else {
+        return Err(Error::new(
+            ErrorKind::BadHarness,
+            format!("no usage parser for harness {harness:?} (known: claude, codex, gemini, opencode, aider)"),
+        ));
+    };
+    let bytes = std::fs::read(file).map_err(|e| Error::io("cannot read", file, e))?;
+    for line in bytes.split(|&b| b == b'\n') {
+        parser.feed_line(line.strip_suffix(b"\r").unwrap_or(line));
+    }
+    let totals = parser.totals();
+    let t = totals.tokens;
+    if json {
+        let value = serde_json::json!({
+            "input": t.input, "output": t.output, "cache_read": t.cache_read, "cache_write": t.cache_write,
+            "cost_usd": totals.cost_usd,
+        });
+        println!("{value}");
+    } else {
+        println!("input       {:>12}", t.input);
+        println!("output      {:>12}", t.output);
+        println!("cache read  {:>12}", t.cache_read);
+        println!("cache write {:>12}", t.cache_write);
+        match totals.cost_usd {
+            Some(cost) => println!("cost        {:>12}", format!("${cost:.6}")),
+            None => println!("cost        {:>12}", "unknown"),
+        }
+    }
+    Ok(0)
+}
+
 /// The caller's own address: `/root` for a person, or the agent's.
 fn caller() -> Address {
     std::env::var("CORRAL_ADDRESS").ok().and_then(|a| Address::parse(&a).ok()).unwrap_or_else(Address::root)
@@ -212,10 +278,29 @@ pub fn describe(agent: &AgentRecord) -> String {
         (None, Some(signal)) => text.push_str(&format!(" signal {signal}")),
         _ => {}
     }
+    if agent.usage.total() > 0 {
+        let u = agent.usage;
+        text.push_str(&format!(
+            " tokens in {} out {} cache read {} write {}",
+            u.input, u.output, u.cache_read, u.cache_write
+        ));
+    }
+    if let Some(cost) = agent.cost_usd {
+        text.push_str(&format!(" cost ${cost:.4}"));
+    }
     if let Some(reason) = &agent.reason {
         text.push_str(&format!(" ({reason})"));
     }
     text
+}
+
+/// 1234 -> 1.2k, 1234567 -> 1.2M.
+pub fn human_count(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
 }
 
 pub fn human_secs(secs: f64) -> String {
@@ -232,8 +317,8 @@ pub fn human_secs(secs: f64) -> String {
 /// `corral ps`: the tree, children indented under their parents.
 pub fn render_tree(agents: &[AgentRecord]) -> String {
     let now = Utc::now();
-    let mut rows =
-        vec![["ADDRESS".to_string(), "STATE".into(), "PID".into(), "RUNTIME".into(), "EXIT".into(), "TASK".into()]];
+    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "TASK"];
+    let mut rows = vec![header.map(String::from)];
     for agent in agents {
         let indent = "  ".repeat(agent.address.depth().saturating_sub(1));
         let exit = match (agent.exit_code, agent.signal) {
@@ -251,10 +336,12 @@ pub fn render_tree(agents: &[AgentRecord]) -> String {
             agent.pid.map_or("-".into(), |p| p.to_string()),
             agent.runtime_secs(now).map_or("-".into(), human_secs),
             exit,
+            if agent.usage.total() == 0 { "-".into() } else { human_count(agent.usage.total()) },
+            agent.cost_usd.map_or("-".into(), |c| format!("${c:.4}")),
             task,
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::address::Address;
 use crate::error::{Error, ErrorKind, Result};
@@ -27,10 +27,11 @@ use crate::event::{Event, EventBody};
 use crate::journal::{Draft, Journal, JournalReader};
 use crate::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable};
 use crate::monitor::{self, ExitRecord, MonitorCommand, MonitorMessage, MonitorSpec};
-use crate::output::OutputCursor;
+use crate::output::{clean_line, Limiter, LineCursor};
 use crate::paths::{AgentDir, StateDir};
 use crate::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
 use crate::worktree;
+use corral_harness::launch::{delivery, message_input, Delivery, Launch};
 
 /// How long a new monitor may take to come up.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,7 +46,7 @@ struct Inner {
     /// The newest journal seq; changes wake followers and waiters.
     seq: watch::Sender<u64>,
     /// Command channels to the monitors the daemon is connected to.
-    monitors: Mutex<HashMap<Address, mpsc::UnboundedSender<MonitorCommand>>>,
+    monitors: Mutex<HashMap<Address, mpsc::UnboundedSender<AgentCommand>>>,
     /// Serializes git changes (worktree add and remove).
     git: tokio::sync::Mutex<()>,
 }
@@ -219,6 +220,23 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
         Request::Stop { address, grace_secs } => stop(inner, &address, grace_secs).await,
         Request::Wait { addresses, timeout_secs } => wait(inner, &addresses, timeout_secs).await,
         Request::Gc { force } => gc(inner, force).await,
+        Request::Send { to, from, text } => {
+            let agent = inner.find(&to)?;
+            let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
+            let Some(sender) = sender else {
+                return Err(Error::new(
+                    ErrorKind::Refused,
+                    format!("{} is {}; only a running agent takes messages", agent.address, agent.state.as_str()),
+                ));
+            };
+            let (reply, answer) = oneshot::channel();
+            sender
+                .send(AgentCommand::Send { from, text, reply })
+                .map_err(|_| Error::new(ErrorKind::Refused, format!("{} has ended", agent.address)))?;
+            let message_id =
+                answer.await.map_err(|_| Error::new(ErrorKind::Refused, format!("{} has ended", agent.address)))??;
+            Ok(Response::Sent { message_id })
+        }
         Request::Hello { .. } | Request::Events { .. } | Request::Shutdown => Err(Error::other("unexpected request")),
     }
 }
@@ -234,10 +252,8 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
     }
     let address = parent.child(&request.name)?;
-    if request.command.is_empty() {
-        return Err(Error::other("no command given: `corral spawn NAME -- COMMAND [ARGS]`"));
-    }
-    check_command(&request.command[0], &request.env)?;
+    let launch = build_launch(&request)?;
+    check_command(&launch.argv[0], &request.env)?;
 
     // Reserve the address and an id, so concurrent spawns cannot clash.
     let id = {
@@ -250,7 +266,7 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         reserved.1 += 1;
         reserved.1 - 1
     };
-    let result = spawn_reserved(inner, &request, &parent, &address, id).await;
+    let result = spawn_reserved(inner, &request, &launch, &parent, &address, id).await;
     inner.reserved.lock().unwrap().0.remove(&address);
     result
 }
@@ -259,6 +275,7 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
 async fn spawn_reserved(
     inner: &Arc<Inner>,
     request: &SpawnRequest,
+    launch: &Launch,
     parent: &Address,
     address: &Address,
     id: u64,
@@ -286,8 +303,9 @@ async fn spawn_reserved(
         task: Some(task_id.clone()),
         body: EventBody::Spawned {
             id,
+            harness: request.harness.clone().unwrap_or_else(|| "generic".into()),
             task_text: request.task.clone(),
-            command: request.command.clone(),
+            command: launch.argv.clone(),
             branch: branch.clone(),
             worktree: worktree_path.clone(),
             base: base.clone(),
@@ -315,7 +333,7 @@ async fn spawn_reserved(
     }
 
     let agent_dir = inner.state.agent(id);
-    let launched = launch_monitor(inner, &agent_dir, request, &record).await;
+    let launched = launch_monitor(inner, &agent_dir, request, launch, &record).await;
     let launched = match launched {
         Ok(launched) => launched,
         Err(err) => {
@@ -331,6 +349,17 @@ async fn spawn_reserved(
     let record = inner.record(address).expect("started");
     start_watcher(inner, record, launched.stream());
     Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
+}
+
+/// The harness's command line for this request.
+fn build_launch(request: &SpawnRequest) -> Result<Launch> {
+    let harness = request.harness.as_deref().unwrap_or("generic");
+    let program = match corral_harness::launch::program_variable(harness) {
+        Some(variable) => request.env.get(variable).cloned().unwrap_or_else(|| harness.to_string()),
+        None => String::new(),
+    };
+    corral_harness::launch::launch(harness, &program, &request.task, request.model.as_deref(), &request.command)
+        .map_err(|why| Error::new(ErrorKind::BadHarness, why))
 }
 
 /// Refuses a command that is not on the agent's PATH (or not a file).
@@ -361,6 +390,7 @@ async fn launch_monitor(
     inner: &Arc<Inner>,
     agent_dir: &AgentDir,
     request: &SpawnRequest,
+    launch: &Launch,
     record: &AgentRecord,
 ) -> Result<Launched> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -374,10 +404,12 @@ async fn launch_monitor(
     env.insert("CORRAL_BRANCH".into(), record.branch.clone());
     env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
     let spec = MonitorSpec {
-        command: request.command.clone(),
+        command: launch.argv.clone(),
         cwd: record.worktree.clone(),
         env,
-        raw: false,
+        raw: launch.raw_pty,
+        input: launch.input.into(),
+        first_input: launch.first_input.clone(),
         rows: 50,
         cols: 160,
     };
@@ -510,6 +542,14 @@ async fn hello_monitor(mut stream: UnixStream) -> std::io::Result<(UnixStream, M
 
 // ---- watching monitors -----------------------------------------------------
 
+/// What the rest of the daemon asks of one agent's watcher. Sends go
+/// through the watcher so that message ids and delivery order are decided
+/// in one place, in order.
+enum AgentCommand {
+    Stop { grace_secs: f64 },
+    Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
+}
+
 /// Starts the task that follows one monitor until its agent has ended.
 /// With no stream (the agent already ended), it settles from the exit record.
 fn start_watcher(inner: &Arc<Inner>, record: AgentRecord, stream: Option<UnixStream>) {
@@ -517,7 +557,7 @@ fn start_watcher(inner: &Arc<Inner>, record: AgentRecord, stream: Option<UnixStr
     inner.monitors.lock().unwrap().insert(record.address.clone(), tx.clone());
     if record.stop_requested {
         // A stop arrived while the agent was starting.
-        let _ = tx.send(MonitorCommand::Stop { grace_secs: 10.0 });
+        let _ = tx.send(AgentCommand::Stop { grace_secs: 10.0 });
     }
     let inner = inner.clone();
     tokio::spawn(async move {
@@ -527,21 +567,94 @@ fn start_watcher(inner: &Arc<Inner>, record: AgentRecord, stream: Option<UnixStr
     });
 }
 
+/// Turns an agent's output log into events: `output` lines for a plain
+/// CLI, the harness parser's events for a structured one.
+struct OutputReader {
+    cursor: LineCursor,
+    parser: Option<Box<dyn corral_harness::Parser>>,
+    limiter: Limiter,
+}
+
+impl OutputReader {
+    /// A reader that resumes after the last journaled line. The parser is
+    /// brought to the same state by reading the log up to there again.
+    fn resume(record: &AgentRecord, log: PathBuf) -> OutputReader {
+        let parser = if record.harness == "generic" { None } else { corral_harness::parser_for(&record.harness) };
+        let mut reader = OutputReader { cursor: LineCursor::new(log.clone(), 0), parser, limiter: Limiter::default() };
+        match reader.parser.as_mut() {
+            Some(parser) if record.log_offset > 0 => {
+                if let Ok(lines) = reader.cursor.read(Some(record.log_offset), false) {
+                    for line in lines {
+                        parser.feed_line(trim_cr(&line.bytes));
+                    }
+                }
+            }
+            _ => reader.cursor = LineCursor::new(log, record.log_offset),
+        }
+        reader
+    }
+
+    /// The events for the lines written up to `upto` (or the end).
+    fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<EventBody>> {
+        let mut bodies = Vec::new();
+        for line in self.cursor.read(upto, last)? {
+            let Some(parser) = self.parser.as_mut() else {
+                let text = clean_line(&line.bytes);
+                if text.is_empty() {
+                    continue;
+                }
+                if let Some(skipped) = self.limiter.admit() {
+                    bodies.push(EventBody::Output { text, offset: line.offset, skipped });
+                }
+                continue;
+            };
+            for event in parser.feed_line(trim_cr(&line.bytes)) {
+                let mut body = EventBody::from_harness(event, line.offset);
+                // Only chatter is rate-limited; usage, tools and results never are.
+                if let EventBody::Progress { skipped, .. } = &mut body {
+                    match self.limiter.admit() {
+                        Some(n) => *skipped = n,
+                        None => continue,
+                    }
+                }
+                bodies.push(body);
+            }
+        }
+        if last {
+            let skipped = self.limiter.take_skipped();
+            if skipped > 0 {
+                // Say how many lines were left out, even with nothing after them.
+                bodies.push(EventBody::Output { text: String::new(), offset: self.cursor.offset(), skipped });
+            }
+        }
+        Ok(bodies)
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 async fn watch_monitor(
     inner: &Arc<Inner>,
     record: AgentRecord,
     stream: Option<UnixStream>,
-    mut commands: mpsc::UnboundedReceiver<MonitorCommand>,
+    mut commands: mpsc::UnboundedReceiver<AgentCommand>,
 ) {
     let agent_dir = inner.state.agent(record.id);
-    let mut cursor = OutputCursor::new(agent_dir.log(), record.log_offset);
-    // Catch up on output written while nobody watched.
-    flush_output(inner, &record, &mut cursor, None, false).await;
+    let mut reader = OutputReader::resume(&record, agent_dir.log());
     let exit = match stream {
-        Some(stream) => follow_monitor(inner, &record, &mut cursor, stream, &mut commands).await,
+        Some(stream) => follow_monitor(inner, &record, &mut reader, stream, &mut commands).await,
         None => monitor::read_exit_record(&agent_dir),
     };
-    flush_output(inner, &record, &mut cursor, None, true).await;
+    flush_output(inner, &record, &mut reader, None, true).await;
+    // Whoever still waits to send learns the agent has ended.
+    commands.close();
+    while let Some(command) = commands.recv().await {
+        if let AgentCommand::Send { reply, .. } = command {
+            let _ = reply.send(Err(Error::new(ErrorKind::Refused, format!("{} has ended", record.address))));
+        }
+    }
     settle(inner, record, exit).await;
 }
 
@@ -550,19 +663,28 @@ async fn watch_monitor(
 async fn follow_monitor(
     inner: &Arc<Inner>,
     record: &AgentRecord,
-    cursor: &mut OutputCursor,
+    reader: &mut OutputReader,
     stream: UnixStream,
-    commands: &mut mpsc::UnboundedReceiver<MonitorCommand>,
+    commands: &mut mpsc::UnboundedReceiver<AgentCommand>,
 ) -> Option<ExitRecord> {
     let agent_dir = inner.state.agent(record.id);
-    let (reader, mut writer) = stream.into_split();
-    let mut lines = BufReader::new(reader).lines();
+    let (monitor_out, mut monitor_in) = stream.into_split();
+    let mut lines = BufReader::new(monitor_out).lines();
+    // Catch up on output written while nobody watched, and on messages
+    // accepted but not delivered before a daemon restart.
+    flush_output(inner, record, reader, None, false).await;
+    let pending = inner.record(&record.address).map(|r| r.pending_messages).unwrap_or_default();
+    for message in pending {
+        let _ = deliver(inner, &record.address, &mut monitor_in, &message.message_id, &message.text).await;
+    }
+    close_input_if_done(inner, &record.address, &mut monitor_in).await;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
                     Ok(MonitorMessage::Output { log_len }) => {
-                        flush_output(inner, record, cursor, Some(log_len), false).await;
+                        flush_output(inner, record, reader, Some(log_len), false).await;
+                        close_input_if_done(inner, &record.address, &mut monitor_in).await;
                     }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
@@ -571,13 +693,76 @@ async fn follow_monitor(
                 // The monitor went away: its exit record says how it ended.
                 Ok(None) | Err(_) => return monitor::read_exit_record(&agent_dir),
             },
-            Some(command) = commands.recv() => {
-                let mut line = serde_json::to_vec(&command).expect("commands serialize");
-                line.push(b'\n');
-                // A failed write shows up as the end of the read side.
-                let _ = writer.write_all(&line).await;
+            Some(command) = commands.recv() => match command {
+                AgentCommand::Stop { grace_secs } => {
+                    // A failed write shows up as the end of the read side.
+                    let _ = send_monitor(&mut monitor_in, &MonitorCommand::Stop { grace_secs }).await;
+                }
+                AgentCommand::Send { from, text, reply } => {
+                    let result = accept_message(inner, &record.address, &mut monitor_in, from, text).await;
+                    let _ = reply.send(result);
+                }
             }
         }
+    }
+}
+
+async fn send_monitor(monitor: &mut tokio::net::unix::OwnedWriteHalf, command: &MonitorCommand) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(command).expect("commands serialize");
+    line.push(b'\n');
+    monitor.write_all(&line).await
+}
+
+/// Journals a message for the agent (so it is never lost), then delivers it.
+async fn accept_message(
+    inner: &Arc<Inner>,
+    address: &Address,
+    monitor: &mut tokio::net::unix::OwnedWriteHalf,
+    from: String,
+    text: String,
+) -> Result<String> {
+    let record =
+        inner.record(address).ok_or_else(|| Error::new(ErrorKind::UnknownAddress, format!("no agent at {address}")))?;
+    if let Delivery::Refuse(why) = delivery(&record.harness) {
+        return Err(Error::new(ErrorKind::Refused, format!("{address} cannot take messages: {why}")));
+    }
+    if record.input_closed || record.state.is_terminal() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{address} has finished its task and its input is closed; `corral assign` gives it a new one"),
+        ));
+    }
+    let message_id = format!("{}-m{}", record.task_id, record.messages_sent + 1);
+    let sent =
+        EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text: text.clone() };
+    inner.commit(vec![inner.draft(&record, sent)]).await?;
+    deliver(inner, address, monitor, &message_id, &text).await?;
+    Ok(message_id)
+}
+
+/// Writes a journaled message into the agent's input.
+async fn deliver(
+    inner: &Arc<Inner>,
+    address: &Address,
+    monitor: &mut tokio::net::unix::OwnedWriteHalf,
+    message_id: &str,
+    text: &str,
+) -> Result<()> {
+    let record = inner.record(address).ok_or_else(|| Error::other("agent vanished"))?;
+    let data = message_input(&record.harness, text, record.session_id.as_deref());
+    send_monitor(monitor, &MonitorCommand::Input { data })
+        .await
+        .map_err(|e| Error::other(format!("cannot reach the monitor of {address}: {e}; the message stays queued")))?;
+    inner.commit(vec![inner.draft(&record, EventBody::MessageDelivered { message_id: message_id.into() })]).await?;
+    Ok(())
+}
+
+/// A JSON-lines agent that has answered all it was given gets its input
+/// closed, so the CLI ends.
+async fn close_input_if_done(inner: &Arc<Inner>, address: &Address, monitor: &mut tokio::net::unix::OwnedWriteHalf) {
+    let Some(record) = inner.record(address) else { return };
+    if record.input_done() && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok() {
+        let _ = inner.commit(vec![inner.draft(&record, EventBody::InputClosed {})]).await;
     }
 }
 
@@ -585,7 +770,7 @@ async fn follow_monitor(
 async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord>) {
     let current = inner.record(&record.address).unwrap_or(record);
     let body = match exit {
-        Some(exit) => exited_body(&exit, current.stop_requested),
+        Some(exit) => exited_body(&exit, &current),
         None => EventBody::Exited {
             state: AgentState::Lost,
             code: None,
@@ -598,12 +783,16 @@ async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord
     }
 }
 
-fn exited_body(exit: &ExitRecord, stop_requested: bool) -> EventBody {
-    let state = classify_exit(exit.code, exit.signal, stop_requested || exit.stop_requested);
-    let reason = match (state, exit.code, exit.signal) {
-        (AgentState::Stopped, _, _) => Some("stopped on request".to_string()),
-        (_, _, Some(signal)) => Some(format!("killed by signal {signal}")),
-        (AgentState::Failed, Some(code), _) => Some(format!("exited with code {code}")),
+fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
+    let stop_requested = record.stop_requested || exit.stop_requested;
+    let state = classify_exit(exit.code, exit.signal, stop_requested, record.result.as_ref());
+    let reason = match (state, exit.code, exit.signal, &record.result) {
+        (AgentState::Stopped, _, _, _) => Some("stopped on request".to_string()),
+        (_, _, Some(signal), _) => Some(format!("killed by signal {signal}")),
+        (AgentState::Failed, Some(0), _, Some((false, reason))) => {
+            Some(reason.clone().unwrap_or_else(|| "the agent reported an error".into()))
+        }
+        (AgentState::Failed, Some(code), _, _) => Some(format!("exited with code {code}")),
         _ => None,
     };
     EventBody::Exited { state, code: exit.code, signal: exit.signal, reason }
@@ -613,26 +802,21 @@ fn exited_body(exit: &ExitRecord, stop_requested: bool) -> EventBody {
 async fn flush_output(
     inner: &Arc<Inner>,
     record: &AgentRecord,
-    cursor: &mut OutputCursor,
+    reader: &mut OutputReader,
     upto: Option<u64>,
     last: bool,
 ) {
-    let lines = match cursor.read(upto, last) {
-        Ok(lines) => lines,
+    let bodies = match reader.read(upto, last) {
+        Ok(bodies) => bodies,
         Err(err) => {
             eprintln!("corral: {}: cannot read output: {err}", record.address);
             return;
         }
     };
-    if lines.is_empty() {
+    if bodies.is_empty() {
         return;
     }
-    let drafts = lines
-        .into_iter()
-        .map(|line| {
-            inner.draft(record, EventBody::Output { text: line.text, offset: line.offset, skipped: line.skipped })
-        })
-        .collect();
+    let drafts = bodies.into_iter().map(|body| inner.draft(record, body)).collect();
     if let Err(err) = inner.commit(drafts).await {
         eprintln!("corral: {}: cannot journal output: {err}", record.address);
     }
@@ -663,13 +847,14 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
     }
     // No live monitor: the exit record tells how the agent ended.
     if let Some(exit) = monitor::read_exit_record(&agent_dir) {
-        let mut cursor = OutputCursor::new(agent_dir.log(), record.log_offset);
-        flush_output(inner, &record, &mut cursor, None, true).await;
+        let mut reader = OutputReader::resume(&record, agent_dir.log());
+        flush_output(inner, &record, &mut reader, None, true).await;
         if record.state == AgentState::Starting && exit.error.is_some() {
             discard_unstarted(inner, &record, "it could not be started").await;
             return;
         }
-        let body = exited_body(&exit, record.stop_requested);
+        let record = inner.record(&record.address).unwrap_or(record);
+        let body = exited_body(&exit, &record);
         let _ = inner.commit(vec![inner.draft(&record, body)]).await;
         return;
     }
@@ -717,7 +902,7 @@ async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Resp
     for agent in &targets {
         let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
         if let Some(sender) = sender {
-            let _ = sender.send(MonitorCommand::Stop { grace_secs });
+            let _ = sender.send(AgentCommand::Stop { grace_secs });
         }
     }
     let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();

@@ -60,6 +60,8 @@ pub fn run(keep: bool) -> Result<i32> {
             name: (*name).into(),
             parent: None,
             task: (*task).into(),
+            harness: None,
+            model: None,
             command: vec![exe.display().to_string(), "fake-agent".into(), (*script).into()],
             base: None,
             env: std::env::vars().collect(),

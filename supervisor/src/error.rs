@@ -30,6 +30,8 @@ pub enum ErrorKind {
     CommandNotFound,
     /// A request the daemon cannot carry out in the current state.
     Refused,
+    /// An unknown harness, or a harness launch that cannot be built.
+    BadHarness,
 }
 
 impl ErrorKind {
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::DaemonUnavailable => 9,
             ErrorKind::CommandNotFound => 10,
             ErrorKind::Refused => 11,
+            ErrorKind::BadHarness => 12,
         }
     }
 }

@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use corral_harness::{HarnessEvent, TokenUsage};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
@@ -41,15 +42,35 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
     /// The daemon started (and re-adopted what was running).
-    DaemonStarted { pid: u32 },
+    DaemonStarted {
+        pid: u32,
+    },
     /// An agent was accepted; its worktree and branch are being made.
-    Spawned { id: u64, task_text: String, command: Vec<String>, branch: String, worktree: PathBuf, base: String },
+    Spawned {
+        id: u64,
+        /// Which agent CLI this is (see `corral_harness::launch`).
+        #[serde(default = "generic")]
+        harness: String,
+        task_text: String,
+        command: Vec<String>,
+        branch: String,
+        worktree: PathBuf,
+        base: String,
+    },
     /// The agent could not be started; nothing of it is left.
-    SpawnFailed { reason: String },
+    SpawnFailed {
+        reason: String,
+    },
     /// The agent process runs under its monitor.
-    Started { pid: u32, monitor_pid: u32 },
+    Started {
+        pid: u32,
+        monitor_pid: u32,
+    },
     /// A restarted daemon found the agent still running.
-    Adopted { pid: u32, monitor_pid: u32 },
+    Adopted {
+        pid: u32,
+        monitor_pid: u32,
+    },
     /// A line the agent printed (ANSI removed, shortened). `offset` is where
     /// the line ends in the agent's output log; `skipped` counts lines left
     /// out since the previous output event (the log keeps every byte).
@@ -59,8 +80,66 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "is_zero")]
         skipped: u64,
     },
+    /// The agent CLI began a session (from its own output).
+    SessionStarted {
+        session_id: Option<String>,
+        model: Option<String>,
+        offset: u64,
+    },
+    /// What the agent says it is doing (assistant text, reasoning).
+    Progress {
+        text: String,
+        offset: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped: u64,
+    },
+    /// The agent called a tool; `summary` is a short form of its input.
+    ToolUse {
+        id: Option<String>,
+        name: String,
+        summary: String,
+        offset: u64,
+    },
+    ToolResult {
+        id: Option<String>,
+        is_error: bool,
+        summary: String,
+        offset: u64,
+    },
+    /// Token usage: `delta` since the previous usage event, `total` for the
+    /// agent so far. `settled` marks the CLI's own final figures.
+    Usage {
+        delta: TokenUsage,
+        total: TokenUsage,
+        cost_usd: Option<f64>,
+        settled: bool,
+        offset: u64,
+    },
+    /// The agent CLI's final word on its task.
+    Result {
+        success: bool,
+        reason: Option<String>,
+        text: Option<String>,
+        session_id: Option<String>,
+        offset: u64,
+    },
+    /// A message was accepted for the agent (persisted before delivery).
+    MessageSent {
+        message_id: String,
+        from: String,
+        to: String,
+        text: String,
+    },
+    /// The message reached the agent's input.
+    MessageDelivered {
+        message_id: String,
+    },
+    /// Corral closed the agent's input: its task is done and no message waits.
+    InputClosed {},
     /// Someone asked the agent (and its subtree) to stop.
-    StopRequested { grace_secs: f64 },
+    StopRequested {
+        grace_secs: f64,
+    },
     /// The agent's last process is gone.
     Exited {
         state: crate::lifecycle::AgentState,
@@ -72,11 +151,17 @@ pub enum EventBody {
         reason: Option<String>,
     },
     /// `corral gc` removed the agent's worktree; its branch stays.
-    Removed { worktree: PathBuf },
+    Removed {
+        worktree: PathBuf,
+    },
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn generic() -> String {
+    "generic".into()
 }
 
 impl EventBody {
@@ -92,6 +177,49 @@ impl EventBody {
             EventBody::StopRequested { .. } => "stop_requested",
             EventBody::Exited { .. } => "exited",
             EventBody::Removed { .. } => "removed",
+            EventBody::SessionStarted { .. } => "session_started",
+            EventBody::Progress { .. } => "progress",
+            EventBody::ToolUse { .. } => "tool_use",
+            EventBody::ToolResult { .. } => "tool_result",
+            EventBody::Usage { .. } => "usage",
+            EventBody::Result { .. } => "result",
+            EventBody::MessageSent { .. } => "message_sent",
+            EventBody::MessageDelivered { .. } => "message_delivered",
+            EventBody::InputClosed {} => "input_closed",
+        }
+    }
+
+    /// Where in the agent's output log the line behind this event ends.
+    pub fn log_offset(&self) -> Option<u64> {
+        match self {
+            EventBody::Output { offset, .. }
+            | EventBody::SessionStarted { offset, .. }
+            | EventBody::Progress { offset, .. }
+            | EventBody::ToolUse { offset, .. }
+            | EventBody::ToolResult { offset, .. }
+            | EventBody::Usage { offset, .. }
+            | EventBody::Result { offset, .. } => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// The journal form of what a harness parser saw in the line ending at `offset`.
+    pub fn from_harness(event: HarnessEvent, offset: u64) -> EventBody {
+        match event {
+            HarnessEvent::SessionStarted { session_id, model } => {
+                EventBody::SessionStarted { session_id, model, offset }
+            }
+            HarnessEvent::Progress { text } => EventBody::Progress { text, offset, skipped: 0 },
+            HarnessEvent::ToolUse { id, name, summary } => EventBody::ToolUse { id, name, summary, offset },
+            HarnessEvent::ToolResult { id, is_error, summary } => {
+                EventBody::ToolResult { id, is_error, summary, offset }
+            }
+            HarnessEvent::Usage { delta, total, cost_usd, settled } => {
+                EventBody::Usage { delta, total, cost_usd, settled, offset }
+            }
+            HarnessEvent::Result { success, reason, text, session_id } => {
+                EventBody::Result { success, reason, text, session_id, offset }
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use corral_harness::TokenUsage;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
@@ -100,12 +101,38 @@ pub struct AgentRecord {
     pub removed: bool,
     /// How far into the output log events have been made.
     pub log_offset: u64,
+    /// Which agent CLI runs (see `corral_harness::launch`).
+    pub harness: String,
+    /// Tokens used so far, from the harness's usage events.
+    pub usage: TokenUsage,
+    pub cost_usd: Option<f64>,
+    pub session_id: Option<String>,
+    /// The CLI's last result: success, and its reason when not.
+    pub result: Option<(bool, Option<String>)>,
+    pub results: u64,
+    /// Messages accepted but not yet delivered, oldest first.
+    pub pending_messages: Vec<PendingMessage>,
+    pub messages_sent: u64,
+    /// A message reached the agent since its last result.
+    pub delivered_since_result: bool,
+    /// Messages reached the agent during its last turn, so another turn
+    /// follows that result.
+    pub turn_pending: bool,
+    pub input_closed: bool,
+}
+
+/// A message waiting for delivery; it survives a daemon restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingMessage {
+    pub message_id: String,
+    pub from: String,
+    pub text: String,
 }
 
 impl AgentRecord {
     /// The record a `spawned` event creates.
     pub fn from_spawned(event: &Event) -> Option<AgentRecord> {
-        let EventBody::Spawned { id, task_text, command, branch, worktree, base } = &event.body else {
+        let EventBody::Spawned { id, harness, task_text, command, branch, worktree, base } = &event.body else {
             return None;
         };
         let address = event.agent.clone()?;
@@ -131,6 +158,17 @@ impl AgentRecord {
             stop_requested: false,
             removed: false,
             log_offset: 0,
+            harness: harness.clone(),
+            usage: TokenUsage::default(),
+            cost_usd: None,
+            session_id: None,
+            result: None,
+            results: 0,
+            pending_messages: Vec::new(),
+            messages_sent: 0,
+            delivered_since_result: false,
+            turn_pending: false,
+            input_closed: false,
         })
     }
 
@@ -138,6 +176,9 @@ impl AgentRecord {
     /// current state (an `exited` after the agent already ended) are
     /// ignored: the first word on how an agent ended stands.
     pub fn apply(&mut self, event: &Event) {
+        if let Some(offset) = event.body.log_offset() {
+            self.log_offset = self.log_offset.max(offset);
+        }
         match &event.body {
             EventBody::Started { pid, monitor_pid } | EventBody::Adopted { pid, monitor_pid } => {
                 if !self.state.is_terminal() {
@@ -149,7 +190,44 @@ impl AgentRecord {
                     }
                 }
             }
-            EventBody::Output { offset, .. } => self.log_offset = self.log_offset.max(*offset),
+            EventBody::SessionStarted { session_id, .. } => {
+                if session_id.is_some() {
+                    self.session_id = session_id.clone();
+                }
+            }
+            EventBody::Usage { total, cost_usd, .. } => {
+                self.usage = *total;
+                if cost_usd.is_some() {
+                    self.cost_usd = *cost_usd;
+                }
+            }
+            EventBody::Result { success, reason, session_id, .. } => {
+                self.result = Some((*success, reason.clone()));
+                self.results += 1;
+                // A message that arrived during this turn is answered in the next.
+                self.turn_pending = self.delivered_since_result;
+                self.delivered_since_result = false;
+                if session_id.is_some() {
+                    self.session_id = session_id.clone();
+                }
+            }
+            EventBody::MessageSent { message_id, from, text, .. } => {
+                self.messages_sent += 1;
+                self.pending_messages.push(PendingMessage {
+                    message_id: message_id.clone(),
+                    from: from.clone(),
+                    text: text.clone(),
+                });
+            }
+            EventBody::MessageDelivered { message_id } => {
+                self.pending_messages.retain(|m| &m.message_id != message_id);
+                self.delivered_since_result = true;
+            }
+            EventBody::InputClosed {} => self.input_closed = true,
+            EventBody::Output { .. }
+            | EventBody::Progress { .. }
+            | EventBody::ToolUse { .. }
+            | EventBody::ToolResult { .. } => {}
             EventBody::StopRequested { .. } => self.stop_requested = true,
             EventBody::Exited { state, code, signal, reason } => {
                 if !self.state.is_terminal() {
@@ -165,6 +243,18 @@ impl AgentRecord {
         }
     }
 
+    /// True when a JSON-lines agent has answered everything it was given:
+    /// its input should be closed so the CLI ends.
+    pub fn input_done(&self) -> bool {
+        corral_harness::launch::delivery(&self.harness) == corral_harness::launch::Delivery::StdinJson
+            && self.results > 0
+            && !self.turn_pending
+            && !self.delivered_since_result
+            && self.pending_messages.is_empty()
+            && !self.input_closed
+            && !self.state.is_terminal()
+    }
+
     /// Seconds the agent has run (until now, or until it ended).
     pub fn runtime_secs(&self, now: DateTime<Utc>) -> Option<f64> {
         let start = self.started_at?;
@@ -174,12 +264,19 @@ impl AgentRecord {
 }
 
 /// How an ended agent's exit status maps to a terminal state.
-pub fn classify_exit(code: Option<i32>, signal: Option<i32>, stop_requested: bool) -> AgentState {
+/// A harness agent that exits 0 after reporting a failed result failed.
+pub fn classify_exit(
+    code: Option<i32>,
+    signal: Option<i32>,
+    stop_requested: bool,
+    result: Option<&(bool, Option<String>)>,
+) -> AgentState {
     if stop_requested {
         return AgentState::Stopped;
     }
-    match (code, signal) {
-        (Some(0), _) => AgentState::Succeeded,
+    match (code, signal, result) {
+        (Some(0), _, Some((false, _))) => AgentState::Failed,
+        (Some(0), _, _) => AgentState::Succeeded,
         _ => AgentState::Failed,
     }
 }
@@ -242,6 +339,7 @@ mod tests {
             agent,
             EventBody::Spawned {
                 id,
+                harness: "generic".into(),
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),
@@ -294,11 +392,56 @@ mod tests {
     }
 
     #[test]
+    fn input_closes_only_when_every_message_is_answered() {
+        let mut table = AgentTable::default();
+        let mut spawned = spawned(1, "/root/c", 1);
+        if let EventBody::Spawned { harness, .. } = &mut spawned.body {
+            *harness = "claude".into();
+        }
+        table.apply(&spawned);
+        table.apply(&event(2, "/root/c", EventBody::Started { pid: 10, monitor_pid: 9 }));
+        let address = Address::parse("/root/c").unwrap();
+        let result = |seq| {
+            event(
+                seq,
+                "/root/c",
+                EventBody::Result { success: true, reason: None, text: None, session_id: None, offset: 0 },
+            )
+        };
+        let sent = |seq, id: &str| {
+            let body = EventBody::MessageSent {
+                message_id: id.into(),
+                from: "/root".into(),
+                to: "/root/c".into(),
+                text: "x".into(),
+            };
+            event(seq, "/root/c", body)
+        };
+        let delivered = |seq, id: &str| event(seq, "/root/c", EventBody::MessageDelivered { message_id: id.into() });
+        assert!(!table.agents[&address].input_done(), "no result yet");
+        // Two messages arrive during the first turn.
+        table.apply(&sent(3, "m1"));
+        table.apply(&delivered(4, "m1"));
+        table.apply(&sent(5, "m2"));
+        table.apply(&delivered(6, "m2"));
+        table.apply(&result(7));
+        assert!(!table.agents[&address].input_done(), "a turn for the messages follows");
+        table.apply(&result(8));
+        assert!(table.agents[&address].input_done());
+        // A message accepted but not delivered keeps the input open.
+        table.apply(&sent(9, "m3"));
+        assert!(!table.agents[&address].input_done());
+    }
+
+    #[test]
     fn exit_classification() {
-        assert_eq!(classify_exit(Some(0), None, false), AgentState::Succeeded);
-        assert_eq!(classify_exit(Some(2), None, false), AgentState::Failed);
-        assert_eq!(classify_exit(None, Some(9), false), AgentState::Failed);
-        assert_eq!(classify_exit(None, Some(15), true), AgentState::Stopped);
-        assert_eq!(classify_exit(Some(0), None, true), AgentState::Stopped);
+        assert_eq!(classify_exit(Some(0), None, false, None), AgentState::Succeeded);
+        assert_eq!(classify_exit(Some(2), None, false, None), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(9), false, None), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(15), true, None), AgentState::Stopped);
+        assert_eq!(classify_exit(Some(0), None, true, None), AgentState::Stopped);
+        let failed = (false, Some("error_max_turns".to_string()));
+        assert_eq!(classify_exit(Some(0), None, false, Some(&failed)), AgentState::Failed);
+        assert_eq!(classify_exit(Some(0), None, false, Some(&(true, None))), AgentState::Succeeded);
     }
 }

@@ -47,8 +47,39 @@ pub struct MonitorSpec {
     /// Raw mode, no echo: for harnesses that speak JSON lines over the PTY.
     #[serde(default)]
     pub raw: bool,
+    /// Where the agent's standard input comes from.
+    #[serde(default)]
+    pub input: InputMode,
+    /// Written to the agent's input as soon as it starts (a task given as
+    /// the first message).
+    #[serde(default)]
+    pub first_input: Option<String>,
     pub rows: u16,
     pub cols: u16,
+}
+
+/// Where an agent's standard input comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    /// The PTY, like a terminal.
+    #[default]
+    Pty,
+    /// A FIFO (`stdin.fifo`) the monitor writes to and can close, so the
+    /// agent sees the end of its input.
+    Pipe,
+    /// `/dev/null`.
+    Null,
+}
+
+impl From<corral_harness::launch::Input> for InputMode {
+    fn from(input: corral_harness::launch::Input) -> InputMode {
+        match input {
+            corral_harness::launch::Input::Pty => InputMode::Pty,
+            corral_harness::launch::Input::Pipe => InputMode::Pipe,
+            corral_harness::launch::Input::Null => InputMode::Null,
+        }
+    }
 }
 
 /// How the agent ended. Written once, atomically, to `exit.json`.
@@ -76,8 +107,20 @@ pub enum MonitorMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum MonitorCommand {
-    Stop { grace_secs: f64 },
-    Input { data: String },
+    Stop {
+        grace_secs: f64,
+    },
+    Input {
+        data: String,
+    },
+    /// Close the agent's input (a FIFO): it will read end-of-file.
+    CloseInput,
+}
+
+/// What the input thread does next, in order.
+enum InputOp {
+    Write(Vec<u8>),
+    Close,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +172,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         changed: Condvar::new(),
     });
 
-    let started = start_agent(&spec);
+    let started = start_agent(&spec, &agent);
     let (pty, pid) = match started {
         Ok(started) => started,
         Err(err) => {
@@ -151,8 +194,12 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     shared.state.lock().unwrap().pid = pid;
 
     let writer = Arc::new(Mutex::new(pty.writer));
+    let input = spawn_input_writer(writer.clone(), pty.fifo);
+    if let Some(first) = &spec.first_input {
+        let _ = input.send(InputOp::Write(first.clone().into_bytes()));
+    }
     spawn_output_pump(pty.reader, log, shared.clone());
-    spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone());
+    spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), input);
     spawn_signal_watcher(shared.clone());
 
     // Reap until every descendant is gone. When the agent itself exits,
@@ -200,13 +247,31 @@ struct Pty {
     master: Box<dyn portable_pty::MasterPty + Send>,
     reader: Box<dyn Read + Send>,
     writer: Box<dyn Write + Send>,
+    /// The write end of the agent's stdin FIFO, in `InputMode::Pipe`.
+    fifo: Option<File>,
 }
 
-fn start_agent(spec: &MonitorSpec) -> anyhow::Result<(Pty, u32)> {
+fn start_agent(spec: &MonitorSpec, agent: &AgentDir) -> anyhow::Result<(Pty, u32)> {
     use portable_pty::{CommandBuilder, PtySize};
-    let Some(program) = spec.command.first() else {
+    if spec.command.is_empty() {
         anyhow::bail!("empty command");
+    }
+    // Stdin other than the PTY goes through `corral exec-agent`, which puts
+    // it in place and then execs the agent (same pid).
+    let (argv, fifo) = match spec.input {
+        InputMode::Pty => (spec.command.clone(), None),
+        InputMode::Null => (shim_argv(Path::new("/dev/null"), &spec.command)?, None),
+        InputMode::Pipe => {
+            let path = agent.dir.join("stdin.fifo");
+            let _ = std::fs::remove_file(&path);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR)?;
+            // Read and write: opening does not wait for the reader, and the
+            // agent sees end-of-file only when the monitor closes it.
+            let fifo = OpenOptions::new().read(true).write(true).open(&path)?;
+            (shim_argv(&path, &spec.command)?, Some(fifo))
+        }
     };
+    let program = &argv[0];
     let pair = portable_pty::native_pty_system().openpty(PtySize {
         rows: spec.rows,
         cols: spec.cols,
@@ -219,7 +284,7 @@ fn start_agent(spec: &MonitorSpec) -> anyhow::Result<(Pty, u32)> {
         }
     }
     let mut command = CommandBuilder::new(program);
-    command.args(&spec.command[1..]);
+    command.args(&argv[1..]);
     command.cwd(&spec.cwd);
     command.env_clear();
     for (key, value) in &spec.env {
@@ -232,7 +297,77 @@ fn start_agent(spec: &MonitorSpec) -> anyhow::Result<(Pty, u32)> {
     drop(pair.slave);
     let reader = pair.master.try_clone_reader()?;
     let writer = pair.master.take_writer()?;
-    Ok((Pty { master: pair.master, reader, writer }, pid))
+    Ok((Pty { master: pair.master, reader, writer, fifo }, pid))
+}
+
+fn shim_argv(stdin: &Path, command: &[String]) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe()?;
+    let mut argv = vec![exe.display().to_string(), "exec-agent".into(), "--stdin".into(), stdin.display().to_string()];
+    argv.push("--".into());
+    argv.extend(command.iter().cloned());
+    Ok(argv)
+}
+
+/// `corral exec-agent --stdin PATH -- COMMAND...`: runs inside the PTY,
+/// opens PATH as standard input, then execs the agent in its place.
+pub fn exec_agent(stdin: &Path, command: &[String]) -> i32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let Some(program) = command.first() else {
+        eprintln!("corral exec-agent: no command");
+        return 127;
+    };
+    match File::open(stdin) {
+        Ok(file) => {
+            // SAFETY: dup2 onto fd 0 of this single-threaded process.
+            if unsafe { libc::dup2(file.as_raw_fd(), 0) } < 0 {
+                eprintln!(
+                    "corral exec-agent: cannot use {} as stdin: {}",
+                    stdin.display(),
+                    std::io::Error::last_os_error()
+                );
+                return 127;
+            }
+        }
+        Err(err) => {
+            eprintln!("corral exec-agent: cannot open {}: {err}", stdin.display());
+            return 127;
+        }
+    }
+    let err = std::process::Command::new(program).args(&command[1..]).exec();
+    eprintln!("corral exec-agent: cannot run {program}: {err}");
+    127
+}
+
+/// One thread writes the agent's input, in order, so a slow reader never
+/// holds up the monitor (a stop command, say).
+fn spawn_input_writer(pty: Arc<Mutex<Box<dyn Write + Send>>>, fifo: Option<File>) -> std::sync::mpsc::Sender<InputOp> {
+    let (tx, rx) = std::sync::mpsc::channel::<InputOp>();
+    std::thread::spawn(move || {
+        let mut fifo = fifo;
+        let piped = fifo.is_some();
+        for op in rx {
+            match op {
+                InputOp::Write(bytes) if piped => {
+                    let Some(file) = fifo.as_mut() else {
+                        eprintln!("corral monitor: input already closed; {} bytes not written", bytes.len());
+                        continue;
+                    };
+                    if let Err(err) = file.write_all(&bytes).and_then(|()| file.flush()) {
+                        eprintln!("corral monitor: cannot write the agent's input: {err}");
+                    }
+                }
+                InputOp::Write(bytes) => {
+                    let mut w = pty.lock().unwrap();
+                    if let Err(err) = w.write_all(&bytes).and_then(|()| w.flush()) {
+                        eprintln!("corral monitor: cannot type into the PTY: {err}");
+                    }
+                }
+                InputOp::Close => fifo = None,
+            }
+        }
+    });
+    tx
 }
 
 /// Raw mode without echo, so JSON lines pass through the PTY unchanged in
@@ -277,14 +412,15 @@ fn spawn_acceptor(
     agent: AgentDir,
     shared: Arc<Shared>,
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    input: std::sync::mpsc::Sender<InputOp>,
 ) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let (agent, shared, writer) = (agent.clone(), shared.clone(), writer.clone());
+            let (agent, shared, writer, input) = (agent.clone(), shared.clone(), writer.clone(), input.clone());
             shared.state.lock().unwrap().peers += 1;
             std::thread::spawn(move || {
-                if let Err(err) = serve_connection(stream, &agent, &shared, &writer) {
+                if let Err(err) = serve_connection(stream, &agent, &shared, &writer, input) {
                     if err.kind() != std::io::ErrorKind::BrokenPipe {
                         eprintln!("corral monitor: connection ended: {err}");
                     }
@@ -301,13 +437,14 @@ fn serve_connection(
     agent: &AgentDir,
     shared: &Arc<Shared>,
     writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+    input: std::sync::mpsc::Sender<InputOp>,
 ) -> std::io::Result<()> {
     let mut lines = BufReader::new(stream.try_clone()?);
     let mut first = String::new();
     lines.read_line(&mut first)?;
     let hello: Hello = serde_json::from_str(&first).map_err(std::io::Error::other)?;
     match hello.role.as_str() {
-        "daemon" => serve_daemon(stream, lines, shared, writer),
+        "daemon" => serve_daemon(stream, lines, shared, input),
         "attach" => serve_attach(stream, lines, agent, shared, writer, hello.replay),
         other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
     }
@@ -317,18 +454,20 @@ fn serve_daemon(
     mut stream: UnixStream,
     lines: BufReader<UnixStream>,
     shared: &Arc<Shared>,
-    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+    input: std::sync::mpsc::Sender<InputOp>,
 ) -> std::io::Result<()> {
     // Commands arrive on their own thread; this one reports.
-    let (shared_in, writer_in) = (shared.clone(), writer.clone());
+    let shared_in = shared.clone();
     std::thread::spawn(move || {
         for line in lines.lines() {
             let Ok(line) = line else { break };
             match serde_json::from_str::<MonitorCommand>(&line) {
                 Ok(MonitorCommand::Stop { grace_secs }) => request_stop(&shared_in, grace_secs),
                 Ok(MonitorCommand::Input { data }) => {
-                    let mut w = writer_in.lock().unwrap();
-                    let _ = w.write_all(data.as_bytes()).and_then(|()| w.flush());
+                    let _ = input.send(InputOp::Write(data.into_bytes()));
+                }
+                Ok(MonitorCommand::CloseInput) => {
+                    let _ = input.send(InputOp::Close);
                 }
                 Err(err) => eprintln!("corral monitor: bad command {line:?}: {err}"),
             }

@@ -8,6 +8,7 @@
 //!
 //! Every event records where its line ends in the log; a restarted daemon
 //! resumes reading after the last one, so no line is reported twice.
+//! `LineCursor` splits the log into lines; `Limiter` keeps the rate.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,34 +21,34 @@ const BURST: f64 = 100.0;
 /// Read at most this much per call, so a flood is handled in slices.
 const MAX_READ: u64 = 4 * 1024 * 1024;
 
-/// One line for the journal.
+/// One complete line of the log (without its `\n`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    pub text: String,
+pub struct RawLine {
+    pub bytes: Vec<u8>,
     /// Where the line ends in the log.
     pub offset: u64,
-    /// Lines left out before this one.
-    pub skipped: u64,
 }
 
-/// Reads an agent's log from where the last event left off.
-pub struct OutputCursor {
+/// Reads an agent's log line by line from where the last event left off.
+pub struct LineCursor {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
-    tokens: f64,
-    refilled: Instant,
-    skipped: u64,
 }
 
-impl OutputCursor {
-    pub fn new(path: PathBuf, offset: u64) -> OutputCursor {
-        OutputCursor { path, offset, partial: Vec::new(), tokens: BURST, refilled: Instant::now(), skipped: 0 }
+impl LineCursor {
+    pub fn new(path: PathBuf, offset: u64) -> LineCursor {
+        LineCursor { path, offset, partial: Vec::new() }
     }
 
-    /// Reads up to `upto` (or to the end of the log) and returns the lines
-    /// to journal. With `last`, an unfinished final line counts as a line.
-    pub fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<Line>> {
+    /// How far complete lines have been read.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads up to `upto` (or to the end of the log) and returns the
+    /// complete lines. With `last`, an unfinished final line counts too.
+    pub fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<RawLine>> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -56,56 +57,70 @@ impl OutputCursor {
         let end = file.metadata()?.len();
         let end = upto.map_or(end, |u| u.min(end));
         let mut lines = Vec::new();
-        let read_from = self.offset + self.partial.len() as u64;
-        if end > read_from {
+        loop {
+            let read_from = self.offset + self.partial.len() as u64;
+            if end <= read_from {
+                break;
+            }
             file.seek(SeekFrom::Start(read_from))?;
             let mut chunk = Vec::new();
             (&mut file).take((end - read_from).min(MAX_READ)).read_to_end(&mut chunk)?;
+            if chunk.is_empty() {
+                break;
+            }
             let mut start = 0;
             for (i, &byte) in chunk.iter().enumerate() {
                 if byte == b'\n' {
                     self.partial.extend_from_slice(&chunk[start..i]);
-                    let line = std::mem::take(&mut self.partial);
-                    self.offset += line.len() as u64 + 1;
-                    self.push(&line, &mut lines);
+                    let bytes = std::mem::take(&mut self.partial);
+                    self.offset += bytes.len() as u64 + 1;
+                    lines.push(RawLine { bytes, offset: self.offset });
                     start = i + 1;
                 }
             }
             self.partial.extend_from_slice(&chunk[start..]);
-            if read_from + (chunk.len() as u64) < end {
-                // More than one slice waiting: the caller will be told again
-                // by the next notice, or by `last`.
-                let mut rest = self.read(upto, last)?;
-                lines.append(&mut rest);
-                return Ok(lines);
-            }
         }
         if last && !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.offset += line.len() as u64;
-            self.push(&line, &mut lines);
-        }
-        if last && self.skipped > 0 {
-            // Say how many lines were left out, even with nothing after them.
-            lines.push(Line { text: String::new(), offset: self.offset, skipped: std::mem::take(&mut self.skipped) });
+            let bytes = std::mem::take(&mut self.partial);
+            self.offset += bytes.len() as u64;
+            lines.push(RawLine { bytes, offset: self.offset });
         }
         Ok(lines)
     }
+}
 
-    fn push(&mut self, raw: &[u8], out: &mut Vec<Line>) {
-        let text = clean_line(raw);
-        if text.is_empty() {
-            return;
-        }
+/// At most `RATE` lines a second on average, in bursts of `BURST`; counts
+/// what it turns away.
+pub struct Limiter {
+    tokens: f64,
+    refilled: Instant,
+    skipped: u64,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter { tokens: BURST, refilled: Instant::now(), skipped: 0 }
+    }
+}
+
+impl Limiter {
+    /// `Some(lines skipped before this one)` when this line may go to the
+    /// journal, `None` when it is left out (and counted).
+    pub fn admit(&mut self) -> Option<u64> {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
         self.refilled = now;
         if self.tokens < 1.0 {
             self.skipped += 1;
-            return;
+            return None;
         }
         self.tokens -= 1.0;
-        out.push(Line { text, offset: self.offset, skipped: std::mem::take(&mut self.skipped) });
+        Some(std::mem::take(&mut self.skipped))
+    }
+
+    /// Lines left out since the last admitted one.
+    pub fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
     }
 }
 
@@ -186,32 +201,36 @@ mod tests {
         let path = dir.path().join("log");
         let mut file = File::create(&path).unwrap();
         file.write_all(b"one\r\ntwo\r\nthr").unwrap();
-        let mut cursor = OutputCursor::new(path.clone(), 0);
+        let mut cursor = LineCursor::new(path.clone(), 0);
         let lines = cursor.read(None, false).unwrap();
-        assert_eq!(lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+        let texts: Vec<String> = lines.iter().map(|l| clean_line(&l.bytes)).collect();
+        assert_eq!(texts, ["one", "two"]);
         assert_eq!(lines[1].offset, 10);
         file.write_all(b"ee\r\n").unwrap();
         let lines = cursor.read(None, false).unwrap();
-        assert_eq!(lines[0].text, "three");
+        assert_eq!(clean_line(&lines[0].bytes), "three");
         // A new cursor from the last offset sees nothing twice.
-        let mut again = OutputCursor::new(path, lines[0].offset);
+        let mut again = LineCursor::new(path, lines[0].offset);
         assert!(again.read(None, true).unwrap().is_empty());
     }
 
     #[test]
-    fn floods_are_counted_not_journaled() {
+    fn reads_large_logs_in_slices_and_limits_floods() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut body = Vec::new();
-        for i in 0..10_000 {
+        for i in 0..600_000 {
             writeln!(body, "line {i}").unwrap();
         }
+        assert!(body.len() as u64 > MAX_READ);
         std::fs::write(&path, &body).unwrap();
-        let mut cursor = OutputCursor::new(path, 0);
-        let lines = cursor.read(None, true).unwrap();
-        assert!(lines.len() < 200, "{} lines journaled", lines.len());
-        let told: u64 =
-            lines.iter().map(|l| 1 + l.skipped).sum::<u64>() - u64::from(lines.last().unwrap().text.is_empty());
-        assert_eq!(told, 10_000);
+        let lines = LineCursor::new(path, 0).read(None, true).unwrap();
+        assert_eq!(lines.len(), 600_000);
+        assert_eq!(lines.last().unwrap().offset, body.len() as u64);
+
+        let mut limiter = Limiter::default();
+        let admitted = (0..10_000).filter_map(|_| limiter.admit()).count();
+        assert!(admitted < 200, "{admitted} lines admitted");
+        assert_eq!(admitted as u64 + limiter.take_skipped(), 10_000);
     }
 }

@@ -59,7 +59,7 @@ impl StateDir {
     }
 
     pub fn new(repo_root: PathBuf, dir: PathBuf) -> StateDir {
-        let worktrees = worktree_root().join(repo_slug(&repo_root));
+        let worktrees = worktrees_for(&worktree_root(), &repo_root);
         StateDir { repo_root, dir, worktrees }
     }
 
@@ -138,6 +138,12 @@ pub fn worktree_root() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(std::env::temp_dir);
     data.join("corral").join("worktrees")
+}
+
+/// The folder holding one repository's worktrees under a worktree root:
+/// agent `/root/a/b` of that repository works in `<this>/a.b`.
+pub fn worktrees_for(worktree_root: &Path, repo_root: &Path) -> PathBuf {
+    worktree_root.join(repo_slug(repo_root))
 }
 
 /// `<repo name>-<8 hex digits of a hash of its path>`: readable, and two

@@ -50,6 +50,12 @@ pub enum Request {
     Gc {
         force: bool,
     },
+    /// Queues a message for a running agent; answered with its id.
+    Send {
+        to: String,
+        from: String,
+        text: String,
+    },
     /// Stops the daemon; agents keep running under their monitors.
     Shutdown,
 }
@@ -61,6 +67,12 @@ pub struct SpawnRequest {
     /// Absolute address of the parent; `/root` when absent.
     pub parent: Option<String>,
     pub task: String,
+    /// The agent CLI (default `generic`: `command` is the whole command).
+    #[serde(default)]
+    pub harness: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// For `generic`, the command; for another harness, extra arguments.
     pub command: Vec<String>,
     pub base: Option<String>,
     /// The client's environment: the agent runs with it (plus CORRAL_*).
@@ -78,6 +90,7 @@ pub enum Response {
     Stopped { agents: Vec<AgentRecord> },
     Waited { agents: Vec<AgentRecord>, timed_out: bool },
     Gc { removed: Vec<GcEntry>, kept: Vec<GcEntry> },
+    Sent { message_id: String },
     Ok,
     End,
     Error(Error),

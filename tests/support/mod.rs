@@ -111,6 +111,17 @@ impl TestRepo {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Where the agent at `/root/<flat>` gets its worktree (flat: `a.b`
+    /// for `/root/a/b`), known before it is spawned.
+    pub fn worktree_of(&self, flat: &str) -> PathBuf {
+        let repo = self.repo.canonicalize().unwrap();
+        let root = self.worktrees.canonicalize().unwrap_or_else(|_| {
+            std::fs::create_dir_all(&self.worktrees).unwrap();
+            self.worktrees.canonicalize().unwrap()
+        });
+        corral::paths::worktrees_for(&root, &repo).join(flat)
+    }
+
     /// The state folder corral uses for this repository.
     pub fn state_dir(&self) -> PathBuf {
         self.repo.join(".git/corral")

@@ -1,0 +1,188 @@
+//! How each agent CLI is started and spoken to: its headless command line,
+//! where its input comes from, and how a message reaches it.
+//!
+//! | harness | command | input | a message is |
+//! |---|---|---|---|
+//! | claude | `claude -p --output-format stream-json --verbose --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
+//! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | not deliverable while a turn runs (see `Delivery::Refuse`) |
+//! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
+//! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
+//! | aider | `aider --yes-always --no-pretty ... --message TASK` | none | not deliverable |
+//! | generic | the command given | the PTY | typed into the PTY |
+//!
+//! Structured (JSON-lines) harnesses run in a raw PTY without echo, so
+//! their output passes unchanged and nothing is echoed into it.
+
+/// The harnesses corral knows.
+pub const HARNESSES: &[&str] = &["claude", "codex", "gemini", "opencode", "aider", "generic"];
+
+/// Where the agent's standard input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The PTY, like a terminal: keystrokes and `corral attach`.
+    Pty,
+    /// A pipe the supervisor writes to and closes when the task is done
+    /// (closing is how a JSON-lines CLI learns there is nothing more).
+    Pipe,
+    /// Nothing (`/dev/null`).
+    Null,
+}
+
+/// How a message from `corral send` reaches a running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A JSON user message line on stdin (Claude Code stream-json input);
+    /// the CLI queues it for its next turn.
+    StdinJson,
+    /// The text typed into the PTY, then Enter.
+    TypeIntoPty,
+    /// This harness takes no input while it runs; the reason says why.
+    Refuse(&'static str),
+}
+
+/// Everything needed to start one agent with a harness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub raw_pty: bool,
+    pub input: Input,
+    /// Written to the agent's input as soon as it starts.
+    pub first_input: Option<String>,
+}
+
+/// The environment variable that names a harness's binary (else its usual
+/// name on PATH).
+pub fn program_variable(harness: &str) -> Option<&'static str> {
+    Some(match harness {
+        "claude" => "CORRAL_CLAUDE_BIN",
+        "codex" => "CORRAL_CODEX_BIN",
+        "gemini" => "CORRAL_GEMINI_BIN",
+        "opencode" => "CORRAL_OPENCODE_BIN",
+        "aider" => "CORRAL_AIDER_BIN",
+        _ => return None,
+    })
+}
+
+/// How messages reach an agent of this harness.
+pub fn delivery(harness: &str) -> Delivery {
+    match harness {
+        "claude" => Delivery::StdinJson,
+        "generic" => Delivery::TypeIntoPty,
+        "codex" => Delivery::Refuse("codex exec takes no input while its turn runs"),
+        "gemini" => Delivery::Refuse("gemini -p takes no input while it runs"),
+        "opencode" => Delivery::Refuse("opencode run takes no input while it runs"),
+        "aider" => Delivery::Refuse("aider --message takes no input while it runs"),
+        _ => Delivery::Refuse("unknown harness"),
+    }
+}
+
+/// The line written to an agent's input to deliver `text`.
+pub fn message_input(harness: &str, text: &str, session_id: Option<&str>) -> String {
+    match harness {
+        "claude" => format!("{}\n", crate::claude::user_message_line(text, session_id)),
+        _ => format!("{text}\r"),
+    }
+}
+
+fn push(argv: &mut Vec<String>, args: &[&str]) {
+    argv.extend(args.iter().map(|a| a.to_string()));
+}
+
+/// Builds the launch of `harness` for `task`. `program` is the CLI binary
+/// (see [`program_variable`]); `extra` goes after corral's own arguments.
+/// For `generic`, `extra` is the whole command.
+pub fn launch(
+    harness: &str,
+    program: &str,
+    task: &str,
+    model: Option<&str>,
+    extra: &[String],
+) -> Result<Launch, String> {
+    let mut argv = vec![program.to_string()];
+    let structured = |argv: Vec<String>, input, first_input| Launch { argv, raw_pty: true, input, first_input };
+    match harness {
+        "claude" => {
+            push(&mut argv, &["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]);
+            push(&mut argv, &["--permission-mode", "acceptEdits"]);
+            if let Some(model) = model {
+                push(&mut argv, &["--model", model]);
+            }
+            argv.extend(extra.iter().cloned());
+            let first = format!("{}\n", crate::claude::user_message_line(task, None));
+            Ok(structured(argv, Input::Pipe, Some(first)))
+        }
+        "codex" => {
+            push(&mut argv, &["exec", "--json", "--skip-git-repo-check"]);
+            if let Some(model) = model {
+                push(&mut argv, &["--model", model]);
+            }
+            argv.extend(extra.iter().cloned());
+            argv.push(task.to_string());
+            Ok(structured(argv, Input::Null, None))
+        }
+        "gemini" => {
+            push(&mut argv, &["--output-format", "stream-json"]);
+            if let Some(model) = model {
+                push(&mut argv, &["--model", model]);
+            }
+            argv.extend(extra.iter().cloned());
+            push(&mut argv, &["-p", task]);
+            Ok(structured(argv, Input::Null, None))
+        }
+        "opencode" => {
+            push(&mut argv, &["run", "--format", "json"]);
+            if let Some(model) = model {
+                push(&mut argv, &["--model", model]);
+            }
+            argv.extend(extra.iter().cloned());
+            argv.push(task.to_string());
+            Ok(structured(argv, Input::Null, None))
+        }
+        "aider" => {
+            push(&mut argv, &["--yes-always", "--no-pretty", "--no-stream"]);
+            if let Some(model) = model {
+                push(&mut argv, &["--model", model]);
+            }
+            argv.extend(extra.iter().cloned());
+            push(&mut argv, &["--message", task]);
+            Ok(Launch { argv, raw_pty: false, input: Input::Null, first_input: None })
+        }
+        "generic" => {
+            if extra.is_empty() {
+                return Err("the generic harness needs a command: `corral spawn NAME -- COMMAND [ARGS]`".into());
+            }
+            Ok(Launch { argv: extra.to_vec(), raw_pty: false, input: Input::Pty, first_input: None })
+        }
+        other => Err(format!("unknown harness {other:?} (known: {})", HARNESSES.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claude_reads_its_task_from_stdin() {
+        let launch =
+            launch("claude", "/bin/claude", "fix it", Some("sonnet"), &["--max-turns".into(), "3".into()]).unwrap();
+        assert_eq!(launch.input, Input::Pipe);
+        assert!(launch.raw_pty);
+        assert_eq!(&launch.argv[launch.argv.len() - 4..], ["--model", "sonnet", "--max-turns", "3"]);
+        let first = launch.first_input.unwrap();
+        assert!(first.ends_with('\n') && first.contains("\"fix it\""), "{first}");
+    }
+
+    #[test]
+    fn codex_takes_the_task_last_and_no_stdin() {
+        let launch = launch("codex", "codex", "do", None, &["-c".into(), "model=x".into()]).unwrap();
+        assert_eq!(launch.argv, ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "do"]);
+        assert_eq!(launch.input, Input::Null);
+    }
+
+    #[test]
+    fn generic_needs_a_command_and_unknown_is_named() {
+        assert!(launch("generic", "", "t", None, &[]).unwrap_err().contains("needs a command"));
+        assert!(launch("cursor", "", "t", None, &[]).unwrap_err().contains("unknown harness \"cursor\""));
+        assert_eq!(delivery("claude"), Delivery::StdinJson);
+    }
+}
