@@ -4,7 +4,7 @@
 //! | harness | command | input | a message is |
 //! |---|---|---|---|
 //! | claude | `claude -p --output-format stream-json --verbose --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
-//! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | not deliverable while a turn runs (see `Delivery::Refuse`) |
+//! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
 //! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
 //! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
 //! | aider | `aider --yes-always --no-pretty ... --message TASK` | none | not deliverable |
@@ -36,6 +36,9 @@ pub enum Delivery {
     StdinJson,
     /// The text typed into the PTY, then Enter.
     TypeIntoPty,
+    /// A follow-up process once the current one ends, continuing the same
+    /// session ([`resume_argv`]).
+    Resume,
     /// This harness takes no input while it runs; the reason says why.
     Refuse(&'static str),
 }
@@ -68,12 +71,21 @@ pub fn delivery(harness: &str) -> Delivery {
     match harness {
         "claude" => Delivery::StdinJson,
         "generic" => Delivery::TypeIntoPty,
-        "codex" => Delivery::Refuse("codex exec takes no input while its turn runs"),
+        "codex" => Delivery::Resume,
         "gemini" => Delivery::Refuse("gemini -p takes no input while it runs"),
         "opencode" => Delivery::Refuse("opencode run takes no input while it runs"),
         "aider" => Delivery::Refuse("aider --message takes no input while it runs"),
         _ => Delivery::Refuse("unknown harness"),
     }
+}
+
+/// The command that continues session `session` with `text`, from the
+/// agent's launch command: for codex, the `exec` options stay and the task
+/// gives way to `resume SESSION TEXT`.
+pub fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
+    let mut argv = launch_argv[..launch_argv.len().saturating_sub(1)].to_vec();
+    argv.extend(["resume".to_string(), session.to_string(), text.to_string()]);
+    argv
 }
 
 /// The line written to an agent's input to deliver `text`.
@@ -177,6 +189,12 @@ mod tests {
         let launch = launch("codex", "codex", "do", None, &["-c".into(), "model=x".into()]).unwrap();
         assert_eq!(launch.argv, ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "do"]);
         assert_eq!(launch.input, Input::Null);
+        let resume = resume_argv(&launch.argv, "th-1", "more");
+        assert_eq!(
+            resume,
+            ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "resume", "th-1", "more"]
+        );
+        assert_eq!(delivery("codex"), Delivery::Resume);
     }
 
     #[test]

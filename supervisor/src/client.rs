@@ -47,8 +47,18 @@ impl Client {
     /// Connects to the daemon, starting it if none runs.
     pub fn connect(state: &StateDir) -> Result<Client> {
         check_owner(state)?;
-        if let Ok(client) = Client::try_connect(state) {
-            return Ok(client);
+        if let Ok((mut client, build)) = Client::try_connect(state) {
+            if build == crate::protocol::build_id() {
+                return Ok(client);
+            }
+            // A daemon of another build (corral was upgraded or rebuilt):
+            // replace it. Agents keep running and the new daemon adopts them.
+            let _ = client.request(&Request::Shutdown);
+            drop(client);
+            let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+            while Client::try_connect(state).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         state.create()?;
         check_owner(state)?;
@@ -56,7 +66,7 @@ impl Client {
         let deadline = Instant::now() + DAEMON_START_TIMEOUT;
         loop {
             match Client::try_connect(state) {
-                Ok(client) => return Ok(client),
+                Ok((client, _)) => return Ok(client),
                 Err(err) if err.kind == ErrorKind::Other && err.message.starts_with("this daemon speaks") => {
                     return Err(err)
                 }
@@ -81,15 +91,16 @@ impl Client {
     /// Connects to a running daemon; never starts one.
     pub fn connect_existing(state: &StateDir) -> Result<Client> {
         check_owner(state)?;
-        Client::try_connect(state)
+        Client::try_connect(state).map(|(client, _)| client)
     }
 
-    fn try_connect(state: &StateDir) -> Result<Client> {
+    /// Connects and says hello; returns the daemon's build.
+    fn try_connect(state: &StateDir) -> Result<(Client, String)> {
         let stream = UnixStream::connect(state.socket())
             .map_err(|e| Error::new(ErrorKind::DaemonUnavailable, format!("{}: {e}", state.socket().display())))?;
         let mut client = Client { stream };
         match client.request(&Request::Hello { version: PROTOCOL_VERSION })? {
-            Response::Hello { .. } => Ok(client),
+            Response::Hello { build, .. } => Ok((client, build)),
             other => Err(Error::other(format!("unexpected answer to hello: {other:?}"))),
         }
     }

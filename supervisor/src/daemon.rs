@@ -31,7 +31,7 @@ use crate::output::{clean_line, Limiter, LineCursor};
 use crate::paths::{AgentDir, StateDir};
 use crate::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
 use crate::worktree;
-use corral_harness::launch::{delivery, message_input, Delivery, Launch};
+use corral_harness::launch::{delivery, message_input, resume_argv, Delivery, Launch};
 
 /// How long a new monitor may take to come up.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -49,6 +49,8 @@ struct Inner {
     monitors: Mutex<HashMap<Address, mpsc::UnboundedSender<AgentCommand>>>,
     /// Serializes git changes (worktree add and remove).
     git: tokio::sync::Mutex<()>,
+    /// This daemon's build (see `protocol::build_id`).
+    build: String,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -87,6 +89,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         seq,
         monitors: Mutex::new(HashMap::new()),
         git: tokio::sync::Mutex::new(()),
+        build: crate::protocol::build_id(),
     });
     inner
         .commit(vec![Draft {
@@ -175,7 +178,9 @@ async fn serve_client(inner: Arc<Inner>, stream: UnixStream, stop: watch::Sender
     let (mut reader, mut writer) = stream.into_split();
     match framed::read::<Request>(&mut reader).await? {
         Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
-            framed::write(&mut writer, &Response::Hello { version: PROTOCOL_VERSION, pid: std::process::id() }).await?;
+            let hello =
+                Response::Hello { version: PROTOCOL_VERSION, pid: std::process::id(), build: inner.build.clone() };
+            framed::write(&mut writer, &hello).await?;
         }
         Some(Request::Hello { version }) => {
             let message = format!(
@@ -670,13 +675,12 @@ async fn follow_monitor(
     let agent_dir = inner.state.agent(record.id);
     let (monitor_out, mut monitor_in) = stream.into_split();
     let mut lines = BufReader::new(monitor_out).lines();
+    // Messages handed to the monitor as follow-ups, not yet started.
+    let mut handed = HashSet::new();
     // Catch up on output written while nobody watched, and on messages
     // accepted but not delivered before a daemon restart.
     flush_output(inner, record, reader, None, false).await;
-    let pending = inner.record(&record.address).map(|r| r.pending_messages).unwrap_or_default();
-    for message in pending {
-        let _ = deliver(inner, &record.address, &mut monitor_in, &message.message_id, &message.text).await;
-    }
+    deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
     close_input_if_done(inner, &record.address, &mut monitor_in).await;
     loop {
         tokio::select! {
@@ -684,7 +688,19 @@ async fn follow_monitor(
                 Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
                     Ok(MonitorMessage::Output { log_len }) => {
                         flush_output(inner, record, reader, Some(log_len), false).await;
+                        deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(inner, &record.address, &mut monitor_in).await;
+                    }
+                    Ok(MonitorMessage::Started { pid, tag }) => {
+                        // A follow-up process: the agent goes on under a new pid.
+                        let Some(current) = inner.record(&record.address) else { continue };
+                        let monitor_pid = current.monitor_pid.unwrap_or(0);
+                        let mut bodies = vec![EventBody::Started { pid, monitor_pid }];
+                        if let Some(message_id) = tag {
+                            bodies.push(EventBody::MessageDelivered { message_id });
+                        }
+                        let drafts = bodies.into_iter().map(|b| inner.draft(&current, b)).collect();
+                        let _ = inner.commit(drafts).await;
                     }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
@@ -699,8 +715,9 @@ async fn follow_monitor(
                     let _ = send_monitor(&mut monitor_in, &MonitorCommand::Stop { grace_secs }).await;
                 }
                 AgentCommand::Send { from, text, reply } => {
-                    let result = accept_message(inner, &record.address, &mut monitor_in, from, text).await;
+                    let result = accept_message(inner, &record.address, from, text).await;
                     let _ = reply.send(result);
+                    deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
                 }
             }
         }
@@ -713,14 +730,8 @@ async fn send_monitor(monitor: &mut tokio::net::unix::OwnedWriteHalf, command: &
     monitor.write_all(&line).await
 }
 
-/// Journals a message for the agent (so it is never lost), then delivers it.
-async fn accept_message(
-    inner: &Arc<Inner>,
-    address: &Address,
-    monitor: &mut tokio::net::unix::OwnedWriteHalf,
-    from: String,
-    text: String,
-) -> Result<String> {
+/// Journals a message for the agent, so it is never lost; delivery follows.
+async fn accept_message(inner: &Arc<Inner>, address: &Address, from: String, text: String) -> Result<String> {
     let record =
         inner.record(address).ok_or_else(|| Error::new(ErrorKind::UnknownAddress, format!("no agent at {address}")))?;
     if let Delivery::Refuse(why) = delivery(&record.harness) {
@@ -733,28 +744,48 @@ async fn accept_message(
         ));
     }
     let message_id = format!("{}-m{}", record.task_id, record.messages_sent + 1);
-    let sent =
-        EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text: text.clone() };
+    let sent = EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text };
     inner.commit(vec![inner.draft(&record, sent)]).await?;
-    deliver(inner, address, monitor, &message_id, &text).await?;
     Ok(message_id)
 }
 
-/// Writes a journaled message into the agent's input.
-async fn deliver(
+/// Delivers the agent's journaled messages, oldest first, as far as its
+/// harness can take them now: written to its input (then journaled as
+/// delivered), or handed to the monitor as a follow-up process (journaled
+/// as delivered when it starts). A message that cannot go yet (no session
+/// to resume so far) waits, and so does every one after it.
+async fn deliver_pending(
     inner: &Arc<Inner>,
     address: &Address,
     monitor: &mut tokio::net::unix::OwnedWriteHalf,
-    message_id: &str,
-    text: &str,
-) -> Result<()> {
-    let record = inner.record(address).ok_or_else(|| Error::other("agent vanished"))?;
-    let data = message_input(&record.harness, text, record.session_id.as_deref());
-    send_monitor(monitor, &MonitorCommand::Input { data })
-        .await
-        .map_err(|e| Error::other(format!("cannot reach the monitor of {address}: {e}; the message stays queued")))?;
-    inner.commit(vec![inner.draft(&record, EventBody::MessageDelivered { message_id: message_id.into() })]).await?;
-    Ok(())
+    handed: &mut HashSet<String>,
+) {
+    let Some(record) = inner.record(address) else { return };
+    for message in &record.pending_messages {
+        if handed.contains(&message.message_id) {
+            continue;
+        }
+        let command = match delivery(&record.harness) {
+            Delivery::Resume => {
+                let Some(session) = record.session_id.as_deref() else { return };
+                let command = resume_argv(&record.command, session, &message.text);
+                MonitorCommand::Then { command, tag: message.message_id.clone() }
+            }
+            Delivery::StdinJson | Delivery::TypeIntoPty => MonitorCommand::Input {
+                data: message_input(&record.harness, &message.text, record.session_id.as_deref()),
+            },
+            Delivery::Refuse(_) => return,
+        };
+        if let Err(err) = send_monitor(monitor, &command).await {
+            eprintln!("corral: {address}: cannot reach the monitor ({err}); messages stay queued");
+            return;
+        }
+        handed.insert(message.message_id.clone());
+        if let MonitorCommand::Input { .. } = command {
+            let delivered = EventBody::MessageDelivered { message_id: message.message_id.clone() };
+            let _ = inner.commit(vec![inner.draft(&record, delivered)]).await;
+        }
+    }
 }
 
 /// A JSON-lines agent that has answered all it was given gets its input

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `print TEXT...` | prints the text |
 //! | `progress N [RATE]` | prints `progress i/N` N times, RATE a second (default 10) |
+//! | `stamp N [RATE]` | prints `stamp i NANOS` N times, RATE a second on a fixed schedule (default 10); NANOS is the wall-clock time of the write, in nanoseconds since the Unix epoch (the event-latency bench reads it) |
 //! | `sleep SECS` | sleeps (fractions allowed) |
 //! | `hang` | sleeps for ever |
 //! | `exit CODE` | exits with CODE (the script's end exits 0) |
@@ -95,6 +96,7 @@ pub fn parse(script: &str) -> Result<Vec<Vec<String>>, String> {
         let known = [
             "print",
             "progress",
+            "stamp",
             "sleep",
             "hang",
             "exit",
@@ -146,6 +148,22 @@ fn step_run(step: &[String]) -> Option<i32> {
                 if i < total && rate > 0.0 {
                     std::thread::sleep(Duration::from_secs_f64(1.0 / rate));
                 }
+            }
+        }
+        "stamp" => {
+            let total: u64 = number(step, 1, None);
+            let rate: f64 = number(step, 2, Some(10.0));
+            let start = std::time::Instant::now();
+            for i in 1..=total {
+                // A fixed schedule, so a slow write does not slow the rate.
+                if rate > 0.0 {
+                    let due = start + Duration::from_secs_f64((i - 1) as f64 / rate);
+                    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                }
+                let nanos =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                let _ = writeln!(out, "stamp {i} {nanos}");
+                let _ = out.flush();
             }
         }
         "sleep" => std::thread::sleep(Duration::from_secs_f64(number(step, 1, None))),
@@ -308,5 +326,6 @@ mod tests {
         assert_eq!(steps, vec![vec!["print", "hello world"], vec!["progress", "3", "5"], vec!["exit", "2"]]);
         assert!(parse("bogus 1").unwrap_err().contains("unknown step"));
         assert!(parse("print 'open").is_err());
+        assert_eq!(parse("stamp 5 10").unwrap(), vec![vec!["stamp", "5", "10"]]);
     }
 }

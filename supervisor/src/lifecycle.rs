@@ -102,22 +102,33 @@ pub struct AgentRecord {
     /// How far into the output log events have been made.
     pub log_offset: u64,
     /// Which agent CLI runs (see `corral_harness::launch`).
+    #[serde(default)]
     pub harness: String,
     /// Tokens used so far, from the harness's usage events.
+    #[serde(default)]
     pub usage: TokenUsage,
+    #[serde(default)]
     pub cost_usd: Option<f64>,
+    #[serde(default)]
     pub session_id: Option<String>,
     /// The CLI's last result: success, and its reason when not.
+    #[serde(default)]
     pub result: Option<(bool, Option<String>)>,
+    #[serde(default)]
     pub results: u64,
     /// Messages accepted but not yet delivered, oldest first.
+    #[serde(default)]
     pub pending_messages: Vec<PendingMessage>,
+    #[serde(default)]
     pub messages_sent: u64,
     /// A message reached the agent since its last result.
+    #[serde(default)]
     pub delivered_since_result: bool,
     /// Messages reached the agent during its last turn, so another turn
     /// follows that result.
+    #[serde(default)]
     pub turn_pending: bool,
+    #[serde(default)]
     pub input_closed: bool,
 }
 

@@ -98,9 +98,23 @@ pub struct ExitRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum MonitorMessage {
-    Status { pid: u32, monitor_pid: u32, log_len: u64, exit: Option<ExitRecord> },
-    Output { log_len: u64 },
-    Exit { record: ExitRecord },
+    Status {
+        pid: u32,
+        monitor_pid: u32,
+        log_len: u64,
+        exit: Option<ExitRecord>,
+    },
+    Output {
+        log_len: u64,
+    },
+    /// A new process of the agent started (a follow-up, with its tag).
+    Started {
+        pid: u32,
+        tag: Option<String>,
+    },
+    Exit {
+        record: ExitRecord,
+    },
 }
 
 /// Commands from the daemon to the monitor.
@@ -115,6 +129,13 @@ pub enum MonitorCommand {
     },
     /// Close the agent's input (a FIFO): it will read end-of-file.
     CloseInput,
+    /// Run this command after the agent's current process ends (stdin from
+    /// `/dev/null`); `tag` comes back in the `started` message. A tag seen
+    /// before is ignored, and nothing is queued once the monitor finishes.
+    Then {
+        command: Vec<String>,
+        tag: String,
+    },
 }
 
 /// What the input thread does next, in order.
@@ -143,6 +164,16 @@ struct State {
     exit: Option<ExitRecord>,
     /// Peers being served; the monitor waits for them before it exits.
     peers: usize,
+    /// Counts the agent's processes; the daemon hears of each new one.
+    generation: u64,
+    /// The follow-up the current process runs for, if any.
+    tag: Option<String>,
+    /// Commands to run, in order, after the current process ends.
+    follow_ups: std::collections::VecDeque<(Vec<String>, String)>,
+    /// Tags queued before: a daemon that restarts may send one again.
+    tags_seen: std::collections::HashSet<String>,
+    /// False once the monitor has decided to finish.
+    accepting: bool,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -168,68 +199,104 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             stop_requested: false,
             exit: None,
             peers: 0,
+            generation: 0,
+            tag: None,
+            follow_ups: std::collections::VecDeque::new(),
+            tags_seen: std::collections::HashSet::new(),
+            accepting: true,
         }),
         changed: Condvar::new(),
     });
 
-    let started = start_agent(&spec, &agent);
-    let (pty, pid) = match started {
-        Ok(started) => started,
-        Err(err) => {
-            // Nothing ran: record why, in the log too, so `corral view` shows it.
-            let _ = writeln!(log, "corral: cannot start {:?}: {err}", spec.command);
-            let record = ExitRecord {
-                pid: 0,
-                code: Some(127),
-                signal: None,
-                stop_requested: false,
-                error: Some(err.to_string()),
-                ended_at: Utc::now(),
-            };
-            write_exit_record(&agent, &record)?;
-            finish(&shared, &agent, listener, record, Duration::from_millis(500));
-            return Ok(());
-        }
-    };
-    shared.state.lock().unwrap().pid = pid;
-
-    let writer = Arc::new(Mutex::new(pty.writer));
-    let input = spawn_input_writer(writer.clone(), pty.fifo);
-    if let Some(first) = &spec.first_input {
-        let _ = input.send(InputOp::Write(first.clone().into_bytes()));
-    }
-    spawn_output_pump(pty.reader, log, shared.clone());
-    spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), input);
-    spawn_signal_watcher(shared.clone());
-
-    // Reap until every descendant is gone. When the agent itself exits,
-    // whatever it left behind is stopped too.
-    let mut status: Option<(Option<i32>, Option<i32>)> = None;
-    loop {
-        match nix::sys::wait::waitpid(None, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
-                status = Some((Some(code), None));
-                spawn_leftover_sweeper();
+    // The agent may be a sequence of processes: the first runs the spec's
+    // command; follow-ups queued by the daemon (`Then`, for CLIs that take
+    // a message as a new process, like `codex exec resume`) run after it,
+    // one at a time, in the same worktree, writing to the same log.
+    let mut argv = spec.command.clone();
+    let mut input_mode = spec.input;
+    let mut tag: Option<String> = None;
+    let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(std::io::sink())));
+    let mut first = true;
+    let (pid, code, signal) = loop {
+        let (pty, pid) = match start_agent(&spec, &agent, &argv, input_mode) {
+            Ok(started) => started,
+            Err(err) => {
+                // Nothing ran: record why, in the log too, so `corral view` shows it.
+                let _ = writeln!(log, "corral: cannot start {argv:?}: {err}");
+                let record = ExitRecord {
+                    pid: 0,
+                    code: Some(127),
+                    signal: None,
+                    stop_requested: false,
+                    error: first.then(|| err.to_string()),
+                    ended_at: Utc::now(),
+                };
+                write_exit_record(&agent, &record)?;
+                finish(&shared, &agent, listener, record, Duration::from_millis(500));
+                return Ok(());
             }
-            Ok(nix::sys::wait::WaitStatus::Signaled(p, signal, _)) if p.as_raw() as u32 == pid => {
-                status = Some((None, Some(signal as i32)));
-                spawn_leftover_sweeper();
-            }
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break, // ECHILD: nothing of the agent is left.
+        };
+        {
+            let mut state = shared.state.lock().unwrap();
+            state.pid = pid;
+            state.output_closed = false;
+            state.generation += 1;
+            state.tag = tag.take();
+            shared.changed.notify_all();
         }
-    }
-    drop(pty.master);
-    // All writers of the PTY are gone; wait for the pump to drain it.
-    {
+        *writer.lock().unwrap() = pty.writer;
+        if first {
+            let input = spawn_input_writer(writer.clone(), pty.fifo);
+            if let Some(text) = &spec.first_input {
+                let _ = input.send(InputOp::Write(text.clone().into_bytes()));
+            }
+            spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), input);
+            spawn_signal_watcher(shared.clone());
+            first = false;
+        }
+        spawn_output_pump(pty.reader, log.try_clone()?, shared.clone());
+
+        // Reap until every descendant is gone. When the agent itself exits,
+        // whatever it left behind is stopped too.
+        let mut status: Option<(Option<i32>, Option<i32>)> = None;
+        loop {
+            match nix::sys::wait::waitpid(None, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
+                    status = Some((Some(code), None));
+                    spawn_leftover_sweeper();
+                }
+                Ok(nix::sys::wait::WaitStatus::Signaled(p, signal, _)) if p.as_raw() as u32 == pid => {
+                    status = Some((None, Some(signal as i32)));
+                    spawn_leftover_sweeper();
+                }
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break, // ECHILD: nothing of the agent is left.
+            }
+        }
+        drop(pty.master);
+        // All writers of the PTY are gone; wait for the pump to drain it.
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut state = shared.state.lock().unwrap();
         while !state.output_closed && Instant::now() < deadline {
             state = shared.changed.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
         }
-    }
-    let (code, signal) = status.unwrap_or((None, None));
+        let (code, signal) = status.unwrap_or((None, None));
+        // A follow-up runs unless a stop was asked for; once the monitor
+        // decides to finish, it takes no more.
+        let next = if state.stop_requested { None } else { state.follow_ups.pop_front() };
+        match next {
+            Some((command, next_tag)) => {
+                argv = command;
+                input_mode = InputMode::Null;
+                tag = Some(next_tag);
+            }
+            None => {
+                state.accepting = false;
+                break (pid, code, signal);
+            }
+        }
+    };
     let record = ExitRecord {
         pid,
         code,
@@ -251,16 +318,21 @@ struct Pty {
     fifo: Option<File>,
 }
 
-fn start_agent(spec: &MonitorSpec, agent: &AgentDir) -> anyhow::Result<(Pty, u32)> {
+fn start_agent(
+    spec: &MonitorSpec,
+    agent: &AgentDir,
+    command: &[String],
+    input: InputMode,
+) -> anyhow::Result<(Pty, u32)> {
     use portable_pty::{CommandBuilder, PtySize};
-    if spec.command.is_empty() {
+    if command.is_empty() {
         anyhow::bail!("empty command");
     }
     // Stdin other than the PTY goes through `corral exec-agent`, which puts
     // it in place and then execs the agent (same pid).
-    let (argv, fifo) = match spec.input {
-        InputMode::Pty => (spec.command.clone(), None),
-        InputMode::Null => (shim_argv(Path::new("/dev/null"), &spec.command)?, None),
+    let (argv, fifo) = match input {
+        InputMode::Pty => (command.to_vec(), None),
+        InputMode::Null => (shim_argv(Path::new("/dev/null"), command)?, None),
         InputMode::Pipe => {
             let path = agent.dir.join("stdin.fifo");
             let _ = std::fs::remove_file(&path);
@@ -268,7 +340,7 @@ fn start_agent(spec: &MonitorSpec, agent: &AgentDir) -> anyhow::Result<(Pty, u32
             // Read and write: opening does not wait for the reader, and the
             // agent sees end-of-file only when the monitor closes it.
             let fifo = OpenOptions::new().read(true).write(true).open(&path)?;
-            (shim_argv(&path, &spec.command)?, Some(fifo))
+            (shim_argv(&path, command)?, Some(fifo))
         }
     };
     let program = &argv[0];
@@ -469,14 +541,24 @@ fn serve_daemon(
                 Ok(MonitorCommand::CloseInput) => {
                     let _ = input.send(InputOp::Close);
                 }
+                Ok(MonitorCommand::Then { command, tag }) => {
+                    let mut state = shared_in.state.lock().unwrap();
+                    if !state.accepting {
+                        eprintln!("corral monitor: the agent has ended; follow-up {tag} not run");
+                    } else if state.tags_seen.insert(tag.clone()) {
+                        state.follow_ups.push_back((command, tag));
+                    }
+                }
                 Err(err) => eprintln!("corral monitor: bad command {line:?}: {err}"),
             }
         }
     });
     let mut sent_len;
+    let mut sent_generation;
     {
         let state = shared.state.lock().unwrap();
         sent_len = state.log_len;
+        sent_generation = state.generation;
         let status = MonitorMessage::Status {
             pid: state.pid,
             monitor_pid: std::process::id(),
@@ -488,9 +570,17 @@ fn serve_daemon(
     }
     loop {
         let state = shared.state.lock().unwrap();
-        let state = shared.changed.wait_while(state, |s| s.log_len == sent_len && s.exit.is_none()).unwrap();
+        let state = shared
+            .changed
+            .wait_while(state, |s| s.log_len == sent_len && s.exit.is_none() && s.generation == sent_generation)
+            .unwrap();
         let (log_len, exit) = (state.log_len, state.exit.clone());
+        let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
+        sent_generation = state.generation;
         drop(state);
+        if let Some((pid, tag)) = started {
+            send(&mut stream, &MonitorMessage::Started { pid, tag })?;
+        }
         if log_len != sent_len {
             sent_len = log_len;
             send(&mut stream, &MonitorMessage::Output { log_len })?;

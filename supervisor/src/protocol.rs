@@ -82,15 +82,39 @@ pub struct SpawnRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    Hello { version: u32, pid: u32 },
+    Hello {
+        version: u32,
+        pid: u32,
+        /// Which build of corral the daemon runs (see `build_id`).
+        #[serde(default)]
+        build: String,
+    },
     Spawned(Spawned),
-    Agents { agents: Vec<AgentRecord> },
-    Info { agent: Box<AgentRecord>, log: PathBuf, monitor_socket: PathBuf },
-    Event { event: Box<Event> },
-    Stopped { agents: Vec<AgentRecord> },
-    Waited { agents: Vec<AgentRecord>, timed_out: bool },
-    Gc { removed: Vec<GcEntry>, kept: Vec<GcEntry> },
-    Sent { message_id: String },
+    Agents {
+        agents: Vec<AgentRecord>,
+    },
+    Info {
+        agent: Box<AgentRecord>,
+        log: PathBuf,
+        monitor_socket: PathBuf,
+    },
+    Event {
+        event: Box<Event>,
+    },
+    Stopped {
+        agents: Vec<AgentRecord>,
+    },
+    Waited {
+        agents: Vec<AgentRecord>,
+        timed_out: bool,
+    },
+    Gc {
+        removed: Vec<GcEntry>,
+        kept: Vec<GcEntry>,
+    },
+    Sent {
+        message_id: String,
+    },
     Ok,
     End,
     Error(Error),
@@ -110,6 +134,18 @@ pub struct GcEntry {
     pub address: String,
     pub worktree: PathBuf,
     pub why: String,
+}
+
+/// Identifies the running binary: its version, size and modification
+/// time. A client that finds a daemon of another build replaces it (the
+/// agents keep running under their monitors and are re-adopted).
+pub fn build_id() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{}.{}", m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+        .unwrap_or_default();
+    format!("{}+{stamp}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Writes one frame.
