@@ -66,6 +66,12 @@ pub fn program_variable(harness: &str) -> Option<&'static str> {
     })
 }
 
+/// True for CLIs that end each task with a result line (success or
+/// error); their agents succeed only on a successful result.
+pub fn reports_results(harness: &str) -> bool {
+    matches!(harness, "claude" | "codex" | "gemini" | "opencode")
+}
+
 /// How messages reach an agent of this harness.
 pub fn delivery(harness: &str) -> Delivery {
     match harness {

@@ -36,6 +36,25 @@ pub enum Command {
         /// The model, passed to the agent CLI.
         #[arg(long)]
         model: Option<String>,
+        /// Stop the agent (and its subtree) once they used this many tokens
+        /// (input + output + cache read + cache write).
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<u64>,
+        /// ... or this many output tokens.
+        #[arg(long, value_name = "N")]
+        max_output_tokens: Option<u64>,
+        /// ... or spent this many US dollars.
+        #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+        max_cost: Option<f64>,
+        /// ... or ran this many seconds (state timed_out).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timeout: Option<f64>,
+        /// ... or printed nothing for this many seconds.
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        idle_timeout: Option<f64>,
+        /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<f64>,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for

@@ -73,7 +73,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Spawn { name, task, parent, base, harness, model, json, command } => {
+        Command::Spawn {
+            name,
+            task,
+            parent,
+            base,
+            harness,
+            model,
+            max_tokens,
+            max_output_tokens,
+            max_cost,
+            timeout,
+            idle_timeout,
+            grace,
+            json,
+            command,
+        } => {
+            let budget = crate::budget::Budget {
+                tokens: max_tokens,
+                output_tokens: max_output_tokens,
+                cost: max_cost,
+                wall_secs: timeout,
+                idle_secs: idle_timeout,
+                warn_at: None,
+            };
+            let grace_secs = grace;
             validate_name(&name)?;
             let caller = caller();
             let parent = match parent {
@@ -91,8 +115,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 command,
                 base,
                 env,
+                budget,
+                grace_secs,
             };
-            let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(request))? else {
+            let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(Box::new(request)))? else {
                 return Err(unexpected());
             };
             if json {
@@ -171,7 +197,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     println!("{}", describe(agent));
                 }
             }
-            let worst = agents.iter().map(|a| a.state.wait_code()).max().unwrap_or(0);
+            let worst = agents.iter().map(AgentRecord::wait_code).max().unwrap_or(0);
             Ok(if timed_out { WAIT_TIMED_OUT } else { worst })
         }
         Command::Attach { address } => attach(&state()?, &address),
@@ -294,6 +320,15 @@ pub fn describe(agent: &AgentRecord) -> String {
     text
 }
 
+/// "used", "used/limit", or "-".
+fn spend_cell(used: Option<String>, limit: Option<String>) -> String {
+    match (used, limit) {
+        (used, Some(limit)) => format!("{}/{limit}", used.unwrap_or_else(|| "0".into())),
+        (Some(used), None) => used,
+        (None, None) => "-".into(),
+    }
+}
+
 /// 1234 -> 1.2k, 1234567 -> 1.2M.
 pub fn human_count(n: u64) -> String {
     match n {
@@ -336,8 +371,11 @@ pub fn render_tree(agents: &[AgentRecord]) -> String {
             agent.pid.map_or("-".into(), |p| p.to_string()),
             agent.runtime_secs(now).map_or("-".into(), human_secs),
             exit,
-            if agent.usage.total() == 0 { "-".into() } else { human_count(agent.usage.total()) },
-            agent.cost_usd.map_or("-".into(), |c| format!("${c:.4}")),
+            spend_cell(
+                (agent.usage.total() > 0).then(|| human_count(agent.usage.total())),
+                agent.budget.tokens.map(human_count),
+            ),
+            spend_cell(agent.cost_usd.map(|c| format!("${c:.4}")), agent.budget.cost.map(|c| format!("${c:.2}"))),
             task,
         ]);
     }

@@ -22,6 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::address::Address;
+use crate::budget::{Budget, BudgetKind, Spend};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventBody};
 use crate::journal::{Draft, Journal, JournalReader};
@@ -51,6 +52,8 @@ struct Inner {
     git: tokio::sync::Mutex<()>,
     /// This daemon's build (see `protocol::build_id`).
     build: String,
+    /// When each running agent last printed anything (for idle budgets).
+    activity: Mutex<HashMap<Address, Instant>>,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -90,6 +93,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         monitors: Mutex::new(HashMap::new()),
         git: tokio::sync::Mutex::new(()),
         build: crate::protocol::build_id(),
+        activity: Mutex::new(HashMap::new()),
     });
     inner
         .commit(vec![Draft {
@@ -100,6 +104,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         }])
         .await?;
     adopt_all(&inner).await;
+    start_budget_clock(&inner);
 
     let socket = state.socket();
     let _ = std::fs::remove_file(&socket);
@@ -211,7 +216,7 @@ async fn serve_client(inner: Arc<Inner>, stream: UnixStream, stop: watch::Sender
 
 async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
     match request {
-        Request::Spawn(spawn) => spawn_agent(inner, spawn).await.map(Response::Spawned),
+        Request::Spawn(spawn) => spawn_agent(inner, *spawn).await.map(Response::Spawned),
         Request::List { all } => {
             let table = inner.table.lock().unwrap();
             let agents = table.agents.values().filter(|a| all || !a.removed).cloned().collect();
@@ -248,6 +253,24 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
 
 // ---- spawn -----------------------------------------------------------------
 
+/// A new agent's budget: what it asked for, within what each ancestor
+/// with a budget has left (a child never gets more than its parent).
+fn grant_budget(inner: &Arc<Inner>, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
+    let table = inner.table.lock().unwrap();
+    let mut granted = *wanted;
+    let mut scope = Some(parent.clone());
+    while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
+        if let Some(record) = table.agents.get(&ancestor) {
+            if !record.budget.is_empty() {
+                let left = record.budget.left_after(&subtree_spend(&table, &ancestor));
+                granted = Budget::grant(&granted, &left).map_err(|why| format!("{why} (the budget of {ancestor})"))?;
+            }
+        }
+        scope = ancestor.parent();
+    }
+    Ok(granted)
+}
+
 async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawned> {
     let parent = match &request.parent {
         Some(text) => Address::parse(text)?,
@@ -257,6 +280,7 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
     }
     let address = parent.child(&request.name)?;
+    request.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
     let launch = build_launch(&request)?;
     check_command(&launch.argv[0], &request.env)?;
 
@@ -271,7 +295,15 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         reserved.1 += 1;
         reserved.1 - 1
     };
-    let result = spawn_reserved(inner, &request, &launch, &parent, &address, id).await;
+    let mut request = request;
+    let granted = grant_budget(inner, &parent, &request.budget);
+    let result = match granted {
+        Ok(budget) => {
+            request.budget = budget;
+            spawn_reserved(inner, &request, &launch, &parent, &address, id).await
+        }
+        Err(why) => Err(Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"))),
+    };
     inner.reserved.lock().unwrap().0.remove(&address);
     result
 }
@@ -314,6 +346,8 @@ async fn spawn_reserved(
             branch: branch.clone(),
             worktree: worktree_path.clone(),
             base: base.clone(),
+            budget: request.budget,
+            grace_secs: request.grace_secs,
         },
     };
     inner.commit(vec![spawned]).await?;
@@ -673,6 +707,7 @@ async fn follow_monitor(
     commands: &mut mpsc::UnboundedReceiver<AgentCommand>,
 ) -> Option<ExitRecord> {
     let agent_dir = inner.state.agent(record.id);
+    touch(inner, &record.address);
     let (monitor_out, mut monitor_in) = stream.into_split();
     let mut lines = BufReader::new(monitor_out).lines();
     // Messages handed to the monitor as follow-ups, not yet started.
@@ -687,6 +722,7 @@ async fn follow_monitor(
             line = lines.next_line() => match line {
                 Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
                     Ok(MonitorMessage::Output { log_len }) => {
+                        touch(inner, &record.address);
                         flush_output(inner, record, reader, Some(log_len), false).await;
                         deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(inner, &record.address, &mut monitor_in).await;
@@ -816,13 +852,24 @@ async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord
 
 fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
     let stop_requested = record.stop_requested || exit.stop_requested;
-    let state = classify_exit(exit.code, exit.signal, stop_requested, record.result.as_ref());
-    let reason = match (state, exit.code, exit.signal, &record.result) {
+    let expects_result = corral_harness::launch::reports_results(&record.harness);
+    let result = record.result.as_ref();
+    let state = classify_exit(exit.code, exit.signal, stop_requested, result, expects_result, record.stopped_for);
+    let result_failed = result.filter(|r| !r.success);
+    let reason = match (state, exit.code, exit.signal, result_failed) {
+        (AgentState::BudgetExceeded | AgentState::TimedOut, _, _, _) => Some(match record.exceeded {
+            Some((kind, used, limit)) => format!("budget exceeded: {}", kind.describe(used, limit)),
+            None => format!(
+                "budget exceeded: {} (the budget of an agent above it)",
+                record.stopped_for.map_or("?", BudgetKind::as_str)
+            ),
+        }),
         (AgentState::Stopped, _, _, _) => Some("stopped on request".to_string()),
         (_, _, Some(signal), _) => Some(format!("killed by signal {signal}")),
-        (AgentState::Failed, Some(0), _, Some((false, reason))) => {
-            Some(reason.clone().unwrap_or_else(|| "the agent reported an error".into()))
+        (AgentState::Failed, _, _, Some(result)) => {
+            Some(result.reason.clone().unwrap_or_else(|| "the agent reported an error".into()))
         }
+        (AgentState::Failed, Some(0), _, None) => Some("it exited without reporting a result".into()),
         (AgentState::Failed, Some(code), _, _) => Some(format!("exited with code {code}")),
         _ => None,
     };
@@ -847,10 +894,118 @@ async fn flush_output(
     if bodies.is_empty() {
         return;
     }
+    let spent = bodies.iter().any(|b| matches!(b, EventBody::Usage { .. }));
     let drafts = bodies.into_iter().map(|body| inner.draft(record, body)).collect();
     if let Err(err) = inner.commit(drafts).await {
         eprintln!("corral: {}: cannot journal output: {err}", record.address);
     }
+    if spent {
+        enforce_budgets(inner, &record.address).await;
+    }
+}
+
+// ---- budgets ---------------------------------------------------------------
+
+/// Grace for stops corral decides on (budgets) when the spawn gave none.
+const DEFAULT_GRACE_SECS: f64 = 10.0;
+
+/// What `scope` and every agent below it have spent in tokens and cost.
+/// (Time is each agent's own; the caller adds it.)
+fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
+    let mut spend = Spend::default();
+    for agent in table.subtree(scope) {
+        spend.tokens += agent.usage.total();
+        spend.output_tokens += agent.usage.output;
+        spend.cost += agent.cost_usd.unwrap_or(0.0);
+    }
+    spend
+}
+
+/// Checks every budget that covers `address` (its own and each
+/// ancestor's): warns once per budget and kind, and once a budget is spent
+/// journals `budget_exceeded` and stops the budget's whole subtree.
+async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
+    let now = chrono::Utc::now();
+    let mut drafts = Vec::new();
+    let mut stops = Vec::new();
+    {
+        let table = inner.table.lock().unwrap();
+        let activity = inner.activity.lock().unwrap();
+        let mut scope = Some(address.clone());
+        while let Some(owner_address) = scope.filter(|a| !a.is_root()) {
+            scope = owner_address.parent();
+            let Some(owner) = table.agents.get(&owner_address) else { continue };
+            if owner.budget.is_empty() || owner.exceeded.is_some() {
+                continue;
+            }
+            let mut spend = subtree_spend(&table, &owner_address);
+            if !owner.state.is_terminal() {
+                spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
+                spend.idle_secs = activity.get(&owner_address).map_or(0.0, |at| at.elapsed().as_secs_f64());
+            }
+            for crossing in owner.budget.check(&spend) {
+                let (kind, used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                if crossing.exceeded {
+                    drafts.push(inner.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
+                    for agent in table.subtree(&owner_address) {
+                        if agent.state.is_terminal() || agent.stop_requested {
+                            continue;
+                        }
+                        let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                        drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                        stops.push((agent.address.clone(), grace_secs));
+                    }
+                    break;
+                } else if !owner.warned.contains(&kind) {
+                    drafts.push(inner.draft(owner, EventBody::BudgetWarning { kind, used, limit }));
+                }
+            }
+        }
+    }
+    if drafts.is_empty() {
+        return;
+    }
+    if let Err(err) = inner.commit(drafts).await {
+        eprintln!("corral: {address}: cannot journal a budget event: {err}");
+    }
+    for (address, grace_secs) in stops {
+        let sender = inner.monitors.lock().unwrap().get(&address).cloned();
+        if let Some(sender) = sender {
+            let _ = sender.send(AgentCommand::Stop { grace_secs });
+        }
+    }
+}
+
+/// Time budgets need a clock: every quarter second, check the running
+/// agents that have a wall or idle limit.
+fn start_budget_clock(inner: &Arc<Inner>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let timed: Vec<Address> = inner
+                .table
+                .lock()
+                .unwrap()
+                .agents
+                .values()
+                .filter(|a| {
+                    a.state == AgentState::Running && (a.budget.wall_secs.is_some() || a.budget.idle_secs.is_some())
+                })
+                .map(|a| a.address.clone())
+                .collect();
+            for address in timed {
+                enforce_budgets(&inner, &address).await;
+            }
+        }
+    });
+}
+
+/// Notes that the agent did something (printed output, or started).
+fn touch(inner: &Inner, address: &Address) {
+    inner.activity.lock().unwrap().insert(address.clone(), Instant::now());
 }
 
 // ---- adoption --------------------------------------------------------------
@@ -927,7 +1082,7 @@ async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Resp
     let drafts = targets
         .iter()
         .filter(|a| !a.stop_requested)
-        .map(|a| inner.draft(a, EventBody::StopRequested { grace_secs }))
+        .map(|a| inner.draft(a, EventBody::StopRequested { grace_secs, budget: None }))
         .collect();
     inner.commit(drafts).await?;
     for agent in &targets {

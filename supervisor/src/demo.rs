@@ -65,8 +65,10 @@ pub fn run(keep: bool) -> Result<i32> {
             command: vec![exe.display().to_string(), "fake-agent".into(), (*script).into()],
             base: None,
             env: std::env::vars().collect(),
+            budget: Default::default(),
+            grace_secs: None,
         };
-        let Response::Spawned(spawned) = client.request(&Request::Spawn(request))? else {
+        let Response::Spawned(spawned) = client.request(&Request::Spawn(Box::new(request)))? else {
             return Err(Error::other("unexpected answer to spawn"));
         };
         println!("  spawned {:<12} pid {:<7} worktree {}", spawned.address, spawned.pid, spawned.worktree.display());

@@ -32,6 +32,8 @@ pub enum ErrorKind {
     Refused,
     /// An unknown harness, or a harness launch that cannot be built.
     BadHarness,
+    /// A budget that is not a positive number.
+    BadBudget,
 }
 
 impl ErrorKind {
@@ -48,6 +50,7 @@ impl ErrorKind {
             ErrorKind::CommandNotFound => 10,
             ErrorKind::Refused => 11,
             ErrorKind::BadHarness => 12,
+            ErrorKind::BadBudget => 13,
         }
     }
 }

@@ -18,6 +18,7 @@ use corral_harness::{HarnessEvent, TokenUsage};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::budget::{Budget, BudgetKind};
 
 pub const EVENT_VERSION: u32 = 1;
 
@@ -56,6 +57,12 @@ pub enum EventBody {
         branch: String,
         worktree: PathBuf,
         base: String,
+        /// The agent's budget (covering its subtree).
+        #[serde(default, skip_serializing_if = "Budget::is_empty")]
+        budget: Budget,
+        /// Seconds between SIGTERM and SIGKILL when corral stops it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_secs: Option<f64>,
     },
     /// The agent could not be started; nothing of it is left.
     SpawnFailed {
@@ -136,9 +143,23 @@ pub enum EventBody {
     },
     /// Corral closed the agent's input: its task is done and no message waits.
     InputClosed {},
-    /// Someone asked the agent (and its subtree) to stop.
+    /// A budget is near its limit (the agent's own, covering its subtree).
+    BudgetWarning {
+        kind: BudgetKind,
+        used: f64,
+        limit: f64,
+    },
+    /// A budget is spent: the agent and its subtree are being stopped.
+    BudgetExceeded {
+        kind: BudgetKind,
+        used: f64,
+        limit: f64,
+    },
+    /// Someone (or a budget: `budget` names it) asked the agent to stop.
     StopRequested {
         grace_secs: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<BudgetKind>,
     },
     /// The agent's last process is gone.
     Exited {
@@ -186,6 +207,8 @@ impl EventBody {
             EventBody::MessageSent { .. } => "message_sent",
             EventBody::MessageDelivered { .. } => "message_delivered",
             EventBody::InputClosed {} => "input_closed",
+            EventBody::BudgetWarning { .. } => "budget_warning",
+            EventBody::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `commands`: what each CLI command does; `cli`: the command line itself.
 
 pub mod address;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use corral_harness::TokenUsage;
+
+use crate::budget::{Budget, BudgetKind};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
@@ -35,13 +37,25 @@ pub enum AgentState {
     Failed,
     /// Stopped on request; none of its processes is left.
     Stopped,
+    /// Stopped because a budget (its own or an ancestor's) was spent.
+    BudgetExceeded,
+    /// Stopped because it ran past its wall-time budget.
+    TimedOut,
     /// Its monitor vanished and no exit record was found.
     Lost,
 }
 
 impl AgentState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, AgentState::Succeeded | AgentState::Failed | AgentState::Stopped | AgentState::Lost)
+        matches!(
+            self,
+            AgentState::Succeeded
+                | AgentState::Failed
+                | AgentState::Stopped
+                | AgentState::BudgetExceeded
+                | AgentState::TimedOut
+                | AgentState::Lost
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +67,8 @@ impl AgentState {
             AgentState::Failed => "failed",
             AgentState::Stopped => "stopped",
             AgentState::Lost => "lost",
+            AgentState::BudgetExceeded => "budget_exceeded",
+            AgentState::TimedOut => "timed_out",
         }
     }
 
@@ -65,6 +81,8 @@ impl AgentState {
             AgentState::Failed => 20,
             AgentState::Stopped => 21,
             AgentState::Lost => 22,
+            AgentState::BudgetExceeded => 23,
+            AgentState::TimedOut => 25,
             AgentState::Pending | AgentState::Starting | AgentState::Running => WAIT_TIMED_OUT,
         }
     }
@@ -111,9 +129,9 @@ pub struct AgentRecord {
     pub cost_usd: Option<f64>,
     #[serde(default)]
     pub session_id: Option<String>,
-    /// The CLI's last result: success, and its reason when not.
+    /// The CLI's last result.
     #[serde(default)]
-    pub result: Option<(bool, Option<String>)>,
+    pub result: Option<ResultSummary>,
     #[serde(default)]
     pub results: u64,
     /// Messages accepted but not yet delivered, oldest first.
@@ -130,6 +148,27 @@ pub struct AgentRecord {
     pub turn_pending: bool,
     #[serde(default)]
     pub input_closed: bool,
+    #[serde(default)]
+    pub budget: Budget,
+    #[serde(default)]
+    pub grace_secs: Option<f64>,
+    /// Budget kinds of its own already warned about.
+    #[serde(default)]
+    pub warned: Vec<BudgetKind>,
+    /// Its own budget that was spent, with the figures.
+    #[serde(default)]
+    pub exceeded: Option<(BudgetKind, f64, f64)>,
+    /// The budget (its own or an ancestor's) it was stopped for.
+    #[serde(default)]
+    pub stopped_for: Option<BudgetKind>,
+}
+
+/// How the agent CLI said its last turn went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultSummary {
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A message waiting for delivery; it survives a daemon restart.
@@ -143,7 +182,9 @@ pub struct PendingMessage {
 impl AgentRecord {
     /// The record a `spawned` event creates.
     pub fn from_spawned(event: &Event) -> Option<AgentRecord> {
-        let EventBody::Spawned { id, harness, task_text, command, branch, worktree, base } = &event.body else {
+        let EventBody::Spawned { id, harness, task_text, command, branch, worktree, base, budget, grace_secs } =
+            &event.body
+        else {
             return None;
         };
         let address = event.agent.clone()?;
@@ -180,6 +221,11 @@ impl AgentRecord {
             delivered_since_result: false,
             turn_pending: false,
             input_closed: false,
+            budget: *budget,
+            grace_secs: *grace_secs,
+            warned: Vec::new(),
+            exceeded: None,
+            stopped_for: None,
         })
     }
 
@@ -213,7 +259,7 @@ impl AgentRecord {
                 }
             }
             EventBody::Result { success, reason, session_id, .. } => {
-                self.result = Some((*success, reason.clone()));
+                self.result = Some(ResultSummary { success: *success, reason: reason.clone() });
                 self.results += 1;
                 // A message that arrived during this turn is answered in the next.
                 self.turn_pending = self.delivered_since_result;
@@ -239,7 +285,22 @@ impl AgentRecord {
             | EventBody::Progress { .. }
             | EventBody::ToolUse { .. }
             | EventBody::ToolResult { .. } => {}
-            EventBody::StopRequested { .. } => self.stop_requested = true,
+            EventBody::StopRequested { budget, .. } => {
+                self.stop_requested = true;
+                if budget.is_some() && self.stopped_for.is_none() {
+                    self.stopped_for = *budget;
+                }
+            }
+            EventBody::BudgetWarning { kind, .. } => {
+                if !self.warned.contains(kind) {
+                    self.warned.push(*kind);
+                }
+            }
+            EventBody::BudgetExceeded { kind, used, limit } => {
+                if self.exceeded.is_none() {
+                    self.exceeded = Some((*kind, *used, *limit));
+                }
+            }
             EventBody::Exited { state, code, signal, reason } => {
                 if !self.state.is_terminal() {
                     self.state = *state;
@@ -251,6 +312,16 @@ impl AgentRecord {
             }
             EventBody::Removed { .. } => self.removed = true,
             EventBody::DaemonStarted { .. } | EventBody::Spawned { .. } | EventBody::SpawnFailed { .. } => {}
+        }
+    }
+
+    /// The exit code `corral wait` gives for this agent (README, "Exit
+    /// codes"): the state's, with budgets told apart by kind.
+    pub fn wait_code(&self) -> i32 {
+        match (self.state, self.stopped_for) {
+            (AgentState::BudgetExceeded, Some(BudgetKind::Cost | BudgetKind::DailyCost)) => 24,
+            (AgentState::BudgetExceeded, Some(BudgetKind::Idle)) => 26,
+            (state, _) => state.wait_code(),
         }
     }
 
@@ -275,18 +346,29 @@ impl AgentRecord {
 }
 
 /// How an ended agent's exit status maps to a terminal state.
-/// A harness agent that exits 0 after reporting a failed result failed.
+/// How an ended agent's exit maps to a terminal state. A budget stop wins,
+/// then a stop on request. An agent whose CLI reports results (a
+/// structured harness) succeeded only if it exited 0 after a successful
+/// result; any other agent, if it exited 0.
 pub fn classify_exit(
     code: Option<i32>,
     signal: Option<i32>,
     stop_requested: bool,
-    result: Option<&(bool, Option<String>)>,
+    result: Option<&ResultSummary>,
+    expects_result: bool,
+    stopped_for: Option<BudgetKind>,
 ) -> AgentState {
+    match stopped_for {
+        Some(BudgetKind::Wall) => return AgentState::TimedOut,
+        Some(_) => return AgentState::BudgetExceeded,
+        None => {}
+    }
     if stop_requested {
         return AgentState::Stopped;
     }
     match (code, signal, result) {
-        (Some(0), _, Some((false, _))) => AgentState::Failed,
+        (Some(0), _, Some(result)) if !result.success => AgentState::Failed,
+        (Some(0), _, None) if expects_result => AgentState::Failed,
         (Some(0), _, _) => AgentState::Succeeded,
         _ => AgentState::Failed,
     }
@@ -351,6 +433,8 @@ mod tests {
             EventBody::Spawned {
                 id,
                 harness: "generic".into(),
+                budget: Budget::default(),
+                grace_secs: None,
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),
@@ -446,13 +530,19 @@ mod tests {
 
     #[test]
     fn exit_classification() {
-        assert_eq!(classify_exit(Some(0), None, false, None), AgentState::Succeeded);
-        assert_eq!(classify_exit(Some(2), None, false, None), AgentState::Failed);
-        assert_eq!(classify_exit(None, Some(9), false, None), AgentState::Failed);
-        assert_eq!(classify_exit(None, Some(15), true, None), AgentState::Stopped);
-        assert_eq!(classify_exit(Some(0), None, true, None), AgentState::Stopped);
-        let failed = (false, Some("error_max_turns".to_string()));
-        assert_eq!(classify_exit(Some(0), None, false, Some(&failed)), AgentState::Failed);
-        assert_eq!(classify_exit(Some(0), None, false, Some(&(true, None))), AgentState::Succeeded);
+        assert_eq!(classify_exit(Some(0), None, false, None, false, None), AgentState::Succeeded);
+        assert_eq!(classify_exit(Some(2), None, false, None, false, None), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(9), false, None, false, None), AgentState::Failed);
+        assert_eq!(classify_exit(None, Some(15), true, None, false, None), AgentState::Stopped);
+        assert_eq!(classify_exit(Some(0), None, true, None, false, None), AgentState::Stopped);
+        let failed = ResultSummary { success: false, reason: Some("error_max_turns".into()) };
+        let ok = ResultSummary { success: true, reason: None };
+        assert_eq!(classify_exit(Some(0), None, false, Some(&failed), true, None), AgentState::Failed);
+        assert_eq!(classify_exit(Some(0), None, false, Some(&ok), true, None), AgentState::Succeeded);
+        assert_eq!(classify_exit(Some(0), None, false, None, true, None), AgentState::Failed);
+        let wall = Some(BudgetKind::Wall);
+        assert_eq!(classify_exit(None, Some(9), true, None, false, wall), AgentState::TimedOut);
+        let cost = Some(BudgetKind::Cost);
+        assert_eq!(classify_exit(None, Some(15), true, None, false, cost), AgentState::BudgetExceeded);
     }
 }

@@ -26,7 +26,7 @@ pub enum Request {
     Hello {
         version: u32,
     },
-    Spawn(SpawnRequest),
+    Spawn(Box<SpawnRequest>),
     List {
         all: bool,
     },
@@ -74,6 +74,12 @@ pub struct SpawnRequest {
     pub model: Option<String>,
     /// For `generic`, the command; for another harness, extra arguments.
     pub command: Vec<String>,
+    /// Limits for the agent and its subtree.
+    #[serde(default)]
+    pub budget: crate::budget::Budget,
+    /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
+    #[serde(default)]
+    pub grace_secs: Option<f64>,
     pub base: Option<String>,
     /// The client's environment: the agent runs with it (plus CORRAL_*).
     pub env: BTreeMap<String, String>,

@@ -1,0 +1,245 @@
+//! Budgets: limits on what an agent may spend, and the one place that
+//! decides when a limit is near or crossed.
+//!
+//! Kinds: total tokens (input + output + cache read + cache write, as the
+//! provider bills them), output tokens alone, cost in USD, wall time since
+//! the agent started, and idle time (no output for a while). A budget
+//! belongs to an agent and covers its whole subtree: the spend of a scope
+//! is the sum over the agent and every agent below it. Wall and idle time
+//! are the agent's own.
+//!
+//! Nothing here touches processes, files or clocks: callers pass the spend
+//! and act on the verdicts.
+
+use serde::{Deserialize, Serialize};
+
+/// Default fraction of a budget at which a warning is given.
+pub const DEFAULT_WARN_AT: f64 = 0.8;
+
+/// Limits; `None` means no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<f64>,
+    /// Warn at this fraction of a limit (default 0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_at: Option<f64>,
+}
+
+/// Which limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKind {
+    Tokens,
+    OutputTokens,
+    Cost,
+    Wall,
+    Idle,
+    DailyTokens,
+    DailyCost,
+}
+
+impl BudgetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetKind::Tokens => "tokens",
+            BudgetKind::OutputTokens => "output_tokens",
+            BudgetKind::Cost => "cost",
+            BudgetKind::Wall => "wall",
+            BudgetKind::Idle => "idle",
+            BudgetKind::DailyTokens => "daily_tokens",
+            BudgetKind::DailyCost => "daily_cost",
+        }
+    }
+
+    /// How the figures read to a person.
+    pub fn describe(self, used: f64, limit: f64) -> String {
+        match self {
+            BudgetKind::Cost | BudgetKind::DailyCost => format!("{} ${used:.4} of ${limit:.4}", self.as_str()),
+            BudgetKind::Wall | BudgetKind::Idle => format!("{} {used:.1}s of {limit:.1}s", self.as_str()),
+            _ => format!("{} {used:.0} of {limit:.0}", self.as_str()),
+        }
+    }
+}
+
+/// What a scope has spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spend {
+    pub tokens: u64,
+    pub output_tokens: u64,
+    pub cost: f64,
+    pub wall_secs: f64,
+    pub idle_secs: f64,
+}
+
+/// A limit near or past.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crossing {
+    pub kind: BudgetKind,
+    pub used: f64,
+    pub limit: f64,
+    /// Past the limit (else only past the warning threshold).
+    pub exceeded: bool,
+}
+
+impl Budget {
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_none()
+            && self.output_tokens.is_none()
+            && self.cost.is_none()
+            && self.wall_secs.is_none()
+            && self.idle_secs.is_none()
+    }
+
+    /// Every limit `spend` is near (at the warning threshold) or past. A
+    /// limit is past when the spend is strictly over it for time, and at or
+    /// over it for tokens and cost (the agent may not spend more).
+    pub fn check(&self, spend: &Spend) -> Vec<Crossing> {
+        let warn_at = self.warn_at.unwrap_or(DEFAULT_WARN_AT);
+        let limits = [
+            (BudgetKind::Tokens, self.tokens.map(|t| t as f64), spend.tokens as f64),
+            (BudgetKind::OutputTokens, self.output_tokens.map(|t| t as f64), spend.output_tokens as f64),
+            (BudgetKind::Cost, self.cost, spend.cost),
+            (BudgetKind::Wall, self.wall_secs, spend.wall_secs),
+            (BudgetKind::Idle, self.idle_secs, spend.idle_secs),
+        ];
+        limits
+            .into_iter()
+            .filter_map(|(kind, limit, used)| {
+                let limit = limit?;
+                let exceeded = match kind {
+                    BudgetKind::Wall | BudgetKind::Idle => used > limit,
+                    _ => used >= limit,
+                };
+                (exceeded || used >= limit * warn_at).then_some(Crossing { kind, used, limit, exceeded })
+            })
+            .collect()
+    }
+
+    /// What is left of this budget after `spend`, as a budget a child may
+    /// have at most (tokens, output tokens and cost; time limits are each
+    /// agent's own).
+    pub fn left_after(&self, spend: &Spend) -> Budget {
+        Budget {
+            tokens: self.tokens.map(|t| t.saturating_sub(spend.tokens)),
+            output_tokens: self.output_tokens.map(|t| t.saturating_sub(spend.output_tokens)),
+            cost: self.cost.map(|c| (c - spend.cost).max(0.0)),
+            wall_secs: None,
+            idle_secs: None,
+            warn_at: None,
+        }
+    }
+
+    /// Checks that a child asking for `wanted` stays within `left` (what
+    /// the parent has left); returns the child's budget, capped to `left`
+    /// where it asked for nothing, or why it is refused.
+    pub fn grant(wanted: &Budget, left: &Budget) -> Result<Budget, String> {
+        let mut granted = *wanted;
+        if let Some(left_tokens) = left.tokens {
+            match wanted.tokens {
+                Some(t) if t > left_tokens => {
+                    return Err(format!("asks for {t} tokens but its parent has {left_tokens} left"));
+                }
+                Some(_) => {}
+                None => granted.tokens = Some(left_tokens),
+            }
+        }
+        if let Some(left_output) = left.output_tokens {
+            match wanted.output_tokens {
+                Some(t) if t > left_output => {
+                    return Err(format!("asks for {t} output tokens but its parent has {left_output} left"));
+                }
+                Some(_) => {}
+                None => granted.output_tokens = Some(left_output),
+            }
+        }
+        if let Some(left_cost) = left.cost {
+            match wanted.cost {
+                Some(c) if c > left_cost + 1e-9 => {
+                    return Err(format!("asks for ${c:.4} but its parent has ${left_cost:.4} left"));
+                }
+                Some(_) => {}
+                None => granted.cost = Some(left_cost),
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Refuses negative, zero or non-finite limits, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            ("tokens", self.tokens.map(|t| t as f64)),
+            ("output tokens", self.output_tokens.map(|t| t as f64)),
+            ("cost", self.cost),
+            ("wall time", self.wall_secs),
+            ("idle time", self.idle_secs),
+        ];
+        for (name, value) in checks {
+            if let Some(v) = value {
+                if !v.is_finite() || v <= 0.0 {
+                    return Err(format!("the {name} budget must be a positive number, not {v}"));
+                }
+            }
+        }
+        if let Some(w) = self.warn_at {
+            if !(w > 0.0 && w <= 1.0) {
+                return Err(format!("warn_at must be above 0 and at most 1, not {w}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_then_exceeds() {
+        let budget = Budget { tokens: Some(1000), ..Budget::default() };
+        assert!(budget.check(&Spend { tokens: 799, ..Spend::default() }).is_empty());
+        let near = budget.check(&Spend { tokens: 800, ..Spend::default() });
+        assert_eq!(near.len(), 1);
+        assert!(!near[0].exceeded);
+        let past = budget.check(&Spend { tokens: 1000, ..Spend::default() });
+        assert!(past[0].exceeded);
+    }
+
+    #[test]
+    fn time_is_past_only_when_over() {
+        let budget = Budget { wall_secs: Some(5.0), idle_secs: Some(2.0), ..Budget::default() };
+        let at = budget.check(&Spend { wall_secs: 5.0, idle_secs: 2.0, ..Spend::default() });
+        assert!(at.iter().all(|c| !c.exceeded));
+        let over = budget.check(&Spend { wall_secs: 5.1, idle_secs: 1.0, ..Spend::default() });
+        assert!(over.iter().any(|c| c.kind == BudgetKind::Wall && c.exceeded));
+        assert!(!over.iter().any(|c| c.kind == BudgetKind::Idle));
+    }
+
+    #[test]
+    fn a_child_never_gets_more_than_its_parent_has_left() {
+        let parent = Budget { tokens: Some(1000), cost: Some(1.0), ..Budget::default() };
+        let left = parent.left_after(&Spend { tokens: 600, cost: 0.25, ..Spend::default() });
+        assert_eq!(left.tokens, Some(400));
+        let err = Budget::grant(&Budget { tokens: Some(500), ..Budget::default() }, &left).unwrap_err();
+        assert!(err.contains("asks for 500 tokens but its parent has 400 left"), "{err}");
+        let granted = Budget::grant(&Budget::default(), &left).unwrap();
+        assert_eq!((granted.tokens, granted.cost), (Some(400), Some(0.75)));
+        assert!(Budget::grant(&Budget { cost: Some(0.8), ..Budget::default() }, &left).is_err());
+    }
+
+    #[test]
+    fn refuses_nonsense() {
+        assert!(Budget { cost: Some(-1.0), ..Budget::default() }.validate().unwrap_err().contains("cost"));
+        assert!(Budget { tokens: Some(0), ..Budget::default() }.validate().is_err());
+        assert!(Budget { warn_at: Some(1.5), ..Budget::default() }.validate().is_err());
+        Budget { tokens: Some(5), wall_secs: Some(0.5), ..Budget::default() }.validate().unwrap();
+    }
+}

@@ -1,0 +1,919 @@
+//! Harnesses, end to end: the real Claude Code and Codex CLIs run under
+//! corral (`corral spawn --harness claude|codex`), driven by corral's own
+//! scripted model server (`corral mock-llm`) on loopback; what corral makes
+//! of their output (events, usage, the agent's end); `corral send` to a
+//! structured agent and to a plain CLI; and output no parser can make sense
+//! of.
+//!
+//! The real binaries come from `CORRAL_CLAUDE_BIN` / `CORRAL_CODEX_BIN`, else
+//! from the cache folder `tests/install-agent-clis.sh` installs into. A
+//! missing binary FAILS the test: these tests never pass by skipping.
+//!
+//! Each test has its own scratch repository (`TestRepo`, which kills every
+//! process it started on drop), its own model server (a `corral mock-llm`
+//! subprocess killed by a guard), and deadlines on everything.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use corral_e2e::{alive, corral_bin, poll_until, TestRepo, PATIENCE};
+use serde_json::{json, Value};
+
+/// Versions checked; must match tests/install-agent-clis.sh.
+const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
+const CODEX_PACKAGE_DIR: &str = "@openai+codex@0.169.0";
+
+/// How long a real CLI run may take under corral on a loaded 2-core machine
+/// (a few seconds when idle; these tests run in parallel with each other).
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+
+// ---------------------------------------------------------------------------
+// Finding the real binaries (the same rule as harness/tests/real_clis.rs)
+
+fn non_empty_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+fn agent_cli_cache() -> PathBuf {
+    let root = non_empty_env("CORRAL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| non_empty_env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("corral")))
+        .unwrap_or_else(|| PathBuf::from(non_empty_env("HOME").expect("HOME is set")).join(".cache").join("corral"));
+    root.join("agent-clis")
+}
+
+fn agent_bin(env_var: &str, package_dir: &str, bin: &str) -> PathBuf {
+    let path = match non_empty_env(env_var) {
+        Some(path) => PathBuf::from(path),
+        None => agent_cli_cache().join(package_dir).join("node_modules").join(".bin").join(bin),
+    };
+    assert!(
+        path.exists(),
+        "the real `{bin}` CLI is missing at {}: run tests/install-agent-clis.sh \
+         (it installs the pinned versions into the cache), or set {env_var}",
+        path.display()
+    );
+    path
+}
+
+fn claude_bin() -> PathBuf {
+    agent_bin("CORRAL_CLAUDE_BIN", CLAUDE_PACKAGE_DIR, "claude")
+}
+
+fn codex_bin() -> PathBuf {
+    agent_bin("CORRAL_CODEX_BIN", CODEX_PACKAGE_DIR, "codex")
+}
+
+// ---------------------------------------------------------------------------
+// Commands under a deadline
+
+/// Runs `command` to its end, killing it and panicking when `timeout` runs
+/// out first (a hung client or daemon must not hang the test).
+fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {timeout:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `corral ARGS` with a deadline; panics unless it exits 0; returns stdout.
+fn corral_ok(repo: &TestRepo, args: &[&str]) -> String {
+    let mut command = repo.command();
+    command.args(args);
+    let out = run_deadline(command, PATIENCE, &format!("corral {args:?}"));
+    assert!(out.status.success(), "corral {args:?} failed: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn corral_json(repo: &TestRepo, args: &[&str]) -> Value {
+    let stdout = corral_ok(repo, args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("corral {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+/// Every event of one agent, from `corral events --agent ADDRESS`.
+fn events(repo: &TestRepo, address: &str) -> Vec<Value> {
+    corral_ok(repo, &["events", "--agent", address])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
+        .collect()
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// The agent's record from `ps --json`, by address.
+fn ps_record(repo: &TestRepo, address: &str) -> Value {
+    let ps = corral_json(repo, &["ps", "--all", "--json"]);
+    ps.as_array()
+        .and_then(|agents| agents.iter().find(|a| a["address"] == address).cloned())
+        .unwrap_or_else(|| panic!("no agent {address} in ps --json: {ps}"))
+}
+
+fn output_log(repo: &TestRepo, address: &str) -> (PathBuf, Vec<u8>) {
+    let id = ps_record(repo, address)["id"].as_u64().expect("an agent id in ps --json");
+    let path = repo.state_dir().join(format!("agents/{id}/output.log"));
+    let bytes = std::fs::read(&path).unwrap_or_default();
+    (path, bytes)
+}
+
+/// What a failing assertion should show: the agent's events, the end of
+/// its log, and what the model server saw.
+fn diagnostics(repo: &TestRepo, address: &str, mock: Option<&MockLlm>) -> String {
+    let mut text = String::new();
+    let mut command = repo.command();
+    command.args(["events", "--agent", address]);
+    let out = run_deadline(command, PATIENCE, "corral events (diagnostics)");
+    text.push_str("--- events:\n");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut line = line.to_string();
+        if line.len() > 600 {
+            let mut cut = 600;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str("...");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let mut command = repo.command();
+    command.args(["ps", "--all", "--json"]);
+    let ps = run_deadline(command, PATIENCE, "corral ps (diagnostics)");
+    if let Ok(agents) = serde_json::from_slice::<Value>(&ps.stdout) {
+        if let Some(agent) = agents.as_array().and_then(|a| a.iter().find(|a| a["address"] == address)) {
+            text.push_str(&format!("--- ps record: {agent}\n"));
+            if let Some(id) = agent["id"].as_u64() {
+                let log = repo.log_by_id(id);
+                let tail = &log[log.len().saturating_sub(4000)..];
+                text.push_str(&format!(
+                    "--- output.log ({} bytes), tail:\n{}\n",
+                    log.len(),
+                    String::from_utf8_lossy(tail)
+                ));
+            }
+        }
+    }
+    if let Some(mock) = mock {
+        text.push_str(&format!("--- mock-llm stderr:\n{}\n", mock.stderr()));
+    }
+    text
+}
+
+/// Waits for the agent to end (`corral wait` under a deadline) and returns
+/// its `ps --json` record.
+fn wait_end(repo: &TestRepo, address: &str, mock: Option<&MockLlm>) -> Value {
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", address, "--timeout", &timeout]);
+    let out = run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}"));
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "{address} did not end within {RUN_DEADLINE:?}\n{}",
+        diagnostics(repo, address, mock)
+    );
+    ps_record(repo, address)
+}
+
+/// `corral spawn NAME --harness H [--model M] --task TASK --json [-- EXTRA]`
+/// with extra environment; returns the spawn's JSON.
+fn spawn_harness(
+    repo: &TestRepo,
+    name: &str,
+    harness: &str,
+    model: Option<&str>,
+    task: &str,
+    env: &[(&str, OsString)],
+    extra: &[&str],
+) -> Value {
+    let mut command = repo.command();
+    command.args(["spawn", name, "--harness", harness]);
+    if let Some(model) = model {
+        command.args(["--model", model]);
+    }
+    command.args(["--task", task, "--json"]);
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, &format!("corral spawn {name} --harness {harness}"));
+    assert!(out.status.success(), "corral spawn {name} --harness {harness} failed: {}", describe(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("spawn printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+// ---------------------------------------------------------------------------
+// The model server: `corral mock-llm` as a subprocess
+
+/// A running `corral mock-llm --script FILE --record FILE`, killed on drop.
+struct MockLlm {
+    child: Child,
+    url: String,
+    record: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl MockLlm {
+    fn start(repo: &TestRepo, label: &str, script: &Value) -> MockLlm {
+        let script_path = repo.path(&format!("{label}-script.json"));
+        let record = repo.path(&format!("{label}-requests.jsonl"));
+        let stderr_path = repo.path(&format!("{label}-mock-stderr.txt"));
+        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
+        // repo.command() puts CORRAL_TEST_ID in its environment, so the
+        // repository's cleanup kills it too should this guard not run.
+        let mut command = repo.command();
+        command
+            .arg("mock-llm")
+            .arg("--script")
+            .arg(&script_path)
+            .arg("--record")
+            .arg(&record)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let mut child = command.spawn().expect("corral mock-llm starts");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = sender.send(line);
+            // Keep draining so the server never blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let mut guard = MockLlm { child, url: String::new(), record, stderr_path };
+        let first = lines.recv_timeout(PATIENCE).unwrap_or_default();
+        let prefix = "mock-llm listening on ";
+        let Some(url) = first.trim_end().strip_prefix(prefix) else {
+            let status = guard.child.try_wait().ok().flatten();
+            panic!(
+                "`corral mock-llm` did not print {prefix:?} first; it printed {first:?} (exit {status:?}); stderr:\n{}",
+                guard.stderr()
+            );
+        };
+        assert!(url.starts_with("http://127.0.0.1:"), "mock-llm must listen on loopback: {url}");
+        guard.url = url.to_string();
+        guard
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().expect("a port in the URL")
+    }
+
+    /// `GET /_mock/requests`: every request so far, as recorded.
+    fn requests(&self) -> Vec<Value> {
+        let body = http_get(self.port(), "/_mock/requests");
+        let value: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("/_mock/requests is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+        value.as_array().cloned().unwrap_or_else(|| panic!("/_mock/requests is not an array: {value}"))
+    }
+
+    /// The `--record` file: one JSON object a line.
+    fn recorded(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record line is not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for MockLlm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request that asks a model for an answer (not `count_tokens` and such).
+fn is_model_request(request: &Value) -> bool {
+    let path = request["path"].as_str().unwrap_or("");
+    let path = path.split('?').next().unwrap_or("");
+    request["method"] == "POST" && (path.ends_with("/messages") || path.ends_with("/responses"))
+}
+
+fn model_requests(requests: &[Value]) -> Vec<Value> {
+    requests.iter().filter(|r| is_model_request(r)).cloned().collect()
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the body.
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to mock-llm");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read the answer");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    let body = response[split + 4..].to_vec();
+    if !head.contains("transfer-encoding: chunked") {
+        return body;
+    }
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    loop {
+        let end = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size_text = String::from_utf8_lossy(&rest[..end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("a chunk size");
+        rest = &rest[end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage figures
+
+type Figures = BTreeMap<String, u64>;
+
+fn figures(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Figures {
+    [("input", input), ("output", output), ("cache_read", cache_read), ("cache_write", cache_write)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// The four token figures of a usage object; panics on a missing one.
+fn figures_of(usage: &Value, what: &str) -> Figures {
+    ["input", "output", "cache_read", "cache_write"]
+        .into_iter()
+        .map(|k| {
+            let v = usage[k].as_u64().unwrap_or_else(|| panic!("{what}: no integer {k:?} in {usage}"));
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// The script's figures summed over `steps` (a step answering n requests
+/// counted n times is the caller's business).
+fn script_sum(steps: &[&Value]) -> Figures {
+    let mut sum = figures(0, 0, 0, 0);
+    for step in steps {
+        for key in ["input", "output", "cache_read", "cache_write"] {
+            *sum.get_mut(key).unwrap() += step["usage"][key].as_u64().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// The JSON lines of a structured agent's log (raw PTY: lines end in `\n`).
+fn json_lines(log: &[u8]) -> Vec<Value> {
+    log.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Value>(line.trim_ascii()).ok()).collect()
+}
+
+/// Checks the usage corral reports for a finished structured agent: the
+/// `ps --json` record, the last `usage` event (settled), and
+/// `corral usage --harness H <output.log> --json`; returns the ps cost.
+fn assert_usage_everywhere(repo: &TestRepo, address: &str, harness: &str, expected: &Figures) -> Value {
+    let why = || diagnostics(repo, address, None);
+    let record = ps_record(repo, address);
+    assert_eq!(record["harness"], harness, "ps --json record: {record}");
+    assert_eq!(&figures_of(&record["usage"], "ps --json usage"), expected, "ps --json usage: {record}\n{}", why());
+    assert!(record.as_object().is_some_and(|r| r.contains_key("cost_usd")), "ps --json has no cost_usd: {record}");
+
+    let events = events(repo, address);
+    let usage = of_type(&events, "usage");
+    let last = usage.last().unwrap_or_else(|| panic!("no usage event for {address}\n{}", why()));
+    assert_eq!(&figures_of(&last["total"], "last usage event's total"), expected, "last usage event: {last}");
+    assert_eq!(last["settled"], true, "the last usage event must be settled: {last}");
+    // The deltas add up to the total.
+    let mut sum = figures(0, 0, 0, 0);
+    for event in &usage {
+        for (key, value) in figures_of(&event["delta"], "usage event's delta") {
+            *sum.get_mut(&key).unwrap() += value;
+        }
+    }
+    assert_eq!(&sum, expected, "the usage events' deltas do not add up to the total: {usage:?}");
+
+    let (log_path, _) = output_log(repo, address);
+    let log_arg = log_path.to_str().unwrap();
+    let from_file = corral_json(repo, &["usage", "--harness", harness, log_arg, "--json"]);
+    assert_eq!(
+        &figures_of(&from_file, "corral usage --json"),
+        expected,
+        "corral usage --harness {harness} {log_arg} --json: {from_file}"
+    );
+    assert!(
+        from_file.as_object().is_some_and(|r| r.contains_key("cost_usd")),
+        "corral usage --json has no cost_usd: {from_file}"
+    );
+    match (record["cost_usd"].as_f64(), from_file["cost_usd"].as_f64()) {
+        (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "ps cost {a} != usage-file cost {b}"),
+        (None, None) => {}
+        (a, b) => panic!("ps cost_usd {a:?} and `corral usage` cost_usd {b:?} disagree"),
+    }
+    record["cost_usd"].clone()
+}
+
+/// Files named `name` anywhere under `dir` (symlinks not followed).
+fn find_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            find_named(&path, name, found);
+        } else if entry.file_name() == name {
+            found.push(path);
+        }
+    }
+}
+
+/// A folder outside /tmp for CODEX_HOME (Codex warns about one under /tmp).
+fn codex_home() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).unwrap();
+    tempfile::Builder::new().prefix("codex-home-").tempdir_in(base).unwrap()
+}
+
+fn claude_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
+    let home = repo.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    vec![
+        ("CORRAL_CLAUDE_BIN", claude_bin().into_os_string()),
+        ("ANTHROPIC_BASE_URL", mock.url.clone().into()),
+        ("ANTHROPIC_API_KEY", "mock-key".into()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ("HOME", home.into_os_string()),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// 1. Real Claude Code under corral
+
+#[test]
+fn real_claude_writes_in_its_worktree_and_corral_counts_its_usage_exactly() {
+    let repo = TestRepo::new();
+    let worktree = repo.worktree_of("writer");
+    let target = worktree.join("hello-from-claude.txt");
+    let content = "hello from the mock, via claude\n";
+    let steps = [
+        json!({"tool": {"name": "Write", "input": {"file_path": target, "content": content}},
+               "usage": {"input": 1200, "output": 40, "cache_read": 5000, "cache_write": 300}}),
+        json!({"text": "Wrote hello-from-claude.txt.",
+               "usage": {"input": 1500, "output": 12, "cache_read": 6000, "cache_write": 20}}),
+    ];
+    let mock = MockLlm::start(&repo, "claude", &json!({"steps": steps}));
+    let task = "Create hello-from-claude.txt";
+    let spawn = spawn_harness(&repo, "writer", "claude", None, task, &claude_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/writer").to_string();
+    assert_eq!(address, "/root/writer", "{spawn}");
+    assert_eq!(
+        Path::new(spawn["worktree"].as_str().expect("the spawn's worktree")).canonicalize().unwrap(),
+        worktree,
+        "repo.worktree_of() must predict the worktree: {spawn}"
+    );
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["exit_code"], 0, "{record}");
+
+    // The file is in the agent's worktree, and nowhere else in the test's
+    // folders (not in the main checkout, not in HOME).
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap_or_else(|e| panic!("{}: {e}\n{}", target.display(), why())),
+        content
+    );
+    assert!(!repo.repo.join("hello-from-claude.txt").exists(), "the file leaked into the main checkout");
+    assert!(!Path::new("hello-from-claude.txt").exists(), "the file leaked into the test's own folder");
+    let mut found = Vec::new();
+    find_named(repo.root.path(), "hello-from-claude.txt", &mut found);
+    let found: Vec<PathBuf> = found.iter().map(|p| p.canonicalize().unwrap()).collect();
+    assert_eq!(found, vec![target.clone()], "the file must exist only in the agent's worktree");
+
+    // The events corral made of Claude's output.
+    let events = events(&repo, &address);
+    assert!(events.iter().all(|e| e["agent"] == address.as_str()), "events of another agent: {events:?}");
+    let started = of_type(&events, "session_started");
+    assert_eq!(started.len(), 1, "one session_started: {started:?}\n{}", why());
+    let session_id = started[0]["session_id"].as_str().filter(|s| !s.is_empty()).expect("a session id").to_string();
+    assert!(started[0]["model"].as_str().is_some_and(|m| !m.is_empty()), "session_started has a model: {:?}", started);
+    let tool_uses = of_type(&events, "tool_use");
+    let write =
+        tool_uses.iter().find(|e| e["name"] == "Write").unwrap_or_else(|| panic!("no Write tool_use\n{}", why()));
+    let write_id = write["id"].as_str().expect("tool_use id");
+    assert!(
+        write["summary"].as_str().is_some_and(|s| s.contains("hello-from-claude.txt")),
+        "the Write's summary names the file: {write}"
+    );
+    let results = of_type(&events, "tool_result");
+    let write_result = results
+        .iter()
+        .find(|e| e["id"] == write_id)
+        .unwrap_or_else(|| panic!("no tool_result for {write_id}\n{}", why()));
+    assert_eq!(write_result["is_error"], false, "{write_result}");
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 1, "one result: {results:?}");
+    let result = results[0];
+    assert_eq!(result["success"], true, "{result}");
+    assert_eq!(result["text"], "Wrote hello-from-claude.txt.", "{result}");
+    assert_eq!(result["session_id"], session_id.as_str(), "{result}");
+    let exited = of_type(&events, "exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    assert_eq!(exited[0]["state"], "succeeded");
+    assert_eq!(exited[0]["code"], 0);
+    // Order: started, tool use, its result, the result, the exit.
+    let seq = |e: &Value| e["seq"].as_u64().unwrap();
+    assert!(seq(started[0]) < seq(write) && seq(write) < seq(write_result) && seq(write_result) < seq(result));
+    assert!(seq(result) < seq(exited[0]));
+
+    // Usage: Claude's result sums every call exactly.
+    let expected = script_sum(&steps.iter().collect::<Vec<_>>());
+    assert_eq!(expected, figures(2700, 52, 11000, 320));
+    let cost = assert_usage_everywhere(&repo, &address, "claude", &expected);
+    // Claude reports its cost; corral passes it on.
+    let (_, log) = output_log(&repo, &address);
+    let claude_result = json_lines(&log)
+        .into_iter()
+        .rfind(|l| l["type"] == "result")
+        .unwrap_or_else(|| panic!("no result line in the log\n{}", why()));
+    let reported = claude_result["total_cost_usd"].as_f64().expect("claude reports total_cost_usd");
+    let cost = cost.as_f64().unwrap_or_else(|| panic!("ps cost_usd is {cost}, Claude reported {reported}"));
+    assert!((cost - reported).abs() < 1e-9, "ps cost_usd {cost} != Claude's total_cost_usd {reported}");
+
+    // The server saw the task, then the tool's result; and recorded it all.
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 2, "one model request per step: {requests:?}");
+    assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
+    assert_eq!(requests[0]["step"], 0);
+    assert_eq!(requests[1]["step"], 1);
+    assert!(requests[1]["body"].to_string().contains("tool_result"));
+    let recorded = mock.recorded();
+    assert_eq!(recorded.len(), mock.requests().len(), "the --record file has every request");
+    for line in &recorded {
+        for key in ["seq", "method", "path", "headers", "body", "step"] {
+            assert!(line.get(key).is_some(), "record line without {key:?}: {line}");
+        }
+        let headers = line["headers"].to_string();
+        assert!(!headers.contains("mock-key"), "the API key must be redacted in the record: {headers}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Real Codex under corral
+
+#[test]
+fn real_codex_runs_in_its_worktree_and_corral_counts_its_usage_exactly() {
+    let repo = TestRepo::new();
+    let worktree = repo.worktree_of("coder");
+    let codex_home = codex_home();
+    let home = repo.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let steps = [
+        json!({"shell": "printf 'made by codex\\n' > made-by-codex.txt && echo wrote-it",
+               "usage": {"input": 1000, "output": 20, "cache_read": 600, "reasoning": 3}}),
+        json!({"text": "All done, codex here.",
+               "usage": {"input": 1500, "output": 7, "cache_read": 1200, "reasoning": 2}}),
+    ];
+    let mock = MockLlm::start(&repo, "codex", &json!({"steps": steps}));
+    let provider = format!(
+        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
+        mock.url
+    );
+    let env = [
+        ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
+        ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),
+        ("MOCK_KEY", "mock-key".into()),
+        ("HOME", home.into_os_string()),
+    ];
+    let extra = ["--sandbox", "workspace-write", "-c", "model_provider=mock", "-c", &provider];
+    let task = "make the file made-by-codex.txt";
+    let spawn = spawn_harness(&repo, "coder", "codex", Some("gpt-mock"), task, &env, &extra);
+    let address = spawn["address"].as_str().unwrap_or("/root/coder").to_string();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["exit_code"], 0, "{record}");
+
+    // Codex ran the command in the agent's worktree.
+    let made = worktree.join("made-by-codex.txt");
+    assert_eq!(
+        std::fs::read_to_string(&made).unwrap_or_else(|e| panic!("{}: {e}\n{}", made.display(), why())),
+        "made by codex\n"
+    );
+    assert!(!repo.repo.join("made-by-codex.txt").exists(), "the file leaked into the main checkout");
+
+    let events = events(&repo, &address);
+    let started = of_type(&events, "session_started");
+    assert!(!started.is_empty(), "a session_started\n{}", why());
+    assert!(started[0]["session_id"].as_str().is_some_and(|s| !s.is_empty()), "{:?}", started[0]);
+    let tool_use = of_type(&events, "tool_use");
+    let tool_use = tool_use.first().unwrap_or_else(|| panic!("a tool_use for the command\n{}", why()));
+    assert!(tool_use["summary"].as_str().is_some_and(|s| s.contains("made-by-codex.txt")), "{tool_use}");
+    let tool_result = of_type(&events, "tool_result");
+    let tool_result = tool_result
+        .iter()
+        .find(|e| e["id"] == tool_use["id"])
+        .unwrap_or_else(|| panic!("a tool_result for {}\n{}", tool_use["id"], why()));
+    assert_eq!(tool_result["is_error"], false, "{tool_result}");
+    let said = "All done, codex here.";
+    let in_progress = of_type(&events, "progress").iter().any(|e| e["text"].as_str().is_some_and(|t| t.contains(said)));
+    let results = of_type(&events, "result");
+    let result = results.last().unwrap_or_else(|| panic!("a result event\n{}", why()));
+    assert_eq!(result["success"], true, "{result}");
+    let in_result = result["text"].as_str().is_some_and(|t| t.contains(said));
+    assert!(in_progress || in_result, "the agent's message {said:?} is in no progress or result event\n{}", why());
+
+    // Usage: Codex's input_tokens include the cached ones; corral's input
+    // does not. The script's figures go to the wire as they are.
+    let sum = script_sum(&steps.iter().collect::<Vec<_>>());
+    let expected = figures(sum["input"] - sum["cache_read"], sum["output"], sum["cache_read"], 0);
+    assert_eq!(expected, figures(700, 27, 1800, 0));
+    assert_usage_everywhere(&repo, &address, "codex", &expected);
+
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[0]["path"].as_str().unwrap().ends_with("/responses"));
+    assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
+    assert_eq!(requests[0]["body"]["model"], "gpt-mock", "--model reached codex");
+}
+
+// ---------------------------------------------------------------------------
+// 3. corral send to a running Claude Code agent
+
+#[test]
+fn send_reaches_a_claude_agent_mid_turn_in_order_and_it_then_ends() {
+    let repo = TestRepo::new();
+    let first_step = json!({"text": "Working on the task.", "delay_ms": 4000,
+                            "usage": {"input": 100, "output": 10, "cache_read": 7, "cache_write": 3}});
+    // Claude 2.1.328 runs messages queued during a turn as one next turn
+    // (joined by a newline); this script works for one turn or several.
+    let later_steps = json!({"text": "Read your messages.", "repeat": "forever",
+                             "usage": {"input": 200, "output": 20, "cache_read": 70, "cache_write": 30}});
+    let mock = MockLlm::start(&repo, "steer", &json!({"steps": [first_step, later_steps]}));
+    let model = "claude-sonnet-4-5";
+    let spawn = spawn_harness(&repo, "steer", "claude", Some(model), "Start the job", &claude_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/steer").to_string();
+
+    // Mid-turn: the server holds its first answer for 4 s.
+    poll_until("Claude's first model request", RUN_DEADLINE, || !model_requests(&mock.requests()).is_empty());
+    let first_text = "first-msg-XYZ";
+    let second_text = "second-msg-XYZ";
+    let first_id = corral_ok(&repo, &["send", &address, first_text]).trim().to_string();
+    let second = corral_json(&repo, &["send", &address, second_text, "--json"]);
+    let second_id = second["message_id"].as_str().unwrap_or_else(|| panic!("send --json: {second}")).to_string();
+    assert!(!first_id.is_empty() && !second_id.is_empty(), "send prints the message id");
+    assert_ne!(first_id, second_id);
+    let requests_by_then = model_requests(&mock.requests()).len();
+    eprintln!("sent {first_id} and {second_id} with {requests_by_then} model request(s) made (1 = mid-turn)");
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["exit_code"], 0, "{record}");
+
+    // The server saw the messages after the first request, first before second.
+    let requests = model_requests(&mock.requests());
+    assert!(requests.len() >= 2, "a turn after the messages: {requests:?}\n{}", why());
+    let body = |r: &Value| r["body"]["messages"].to_string();
+    assert!(!body(&requests[0]).contains(first_text), "the first request predates the messages");
+    assert!(requests.iter().all(|r| r["body"]["model"] == model), "--model {model} reached claude: {requests:?}");
+    let with_first = requests
+        .iter()
+        .position(|r| body(r).contains(first_text))
+        .unwrap_or_else(|| panic!("no request carries {first_text:?}\n{}", why()));
+    assert!(with_first >= 1);
+    let with_second = requests
+        .iter()
+        .position(|r| body(r).contains(second_text))
+        .unwrap_or_else(|| panic!("no request carries {second_text:?}\n{}", why()));
+    assert!(with_first <= with_second, "the first message reached the model after the second");
+    let last = body(requests.last().unwrap());
+    let (a, b) = (last.find(first_text).unwrap(), last.find(second_text).unwrap());
+    assert!(a < b, "in the conversation the first message comes before the second: {last}");
+
+    // Events: message_sent and message_delivered for both, ids matching,
+    // in order.
+    let events = events(&repo, &address);
+    let id_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let seq = |e: &Value| e["seq"].as_u64().unwrap();
+    let find = |kind: &str, id: &str| -> Value {
+        events
+            .iter()
+            .find(|e| e["type"] == kind && id_text(&e["message_id"]) == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} event for message {id}\n{}", why()))
+    };
+    let (sent1, sent2) = (find("message_sent", &first_id), find("message_sent", &second_id));
+    let (delivered1, delivered2) = (find("message_delivered", &first_id), find("message_delivered", &second_id));
+    assert_eq!(sent1["text"], first_text, "{sent1}");
+    assert_eq!(sent2["text"], second_text, "{sent2}");
+    assert_eq!(sent1["to"], address.as_str(), "{sent1}");
+    assert_eq!(sent1["from"], "/root", "a person or script is /root: {sent1}");
+    assert!(seq(&sent1) < seq(&sent2), "sent in order");
+    assert!(seq(&sent1) < seq(&delivered1) && seq(&sent2) < seq(&delivered2), "delivered after sent");
+    assert!(seq(&delivered1) < seq(&delivered2), "delivered in order");
+    let started = of_type(&events, "session_started");
+    assert!(started.first().is_some_and(|s| s["model"] == model), "session_started names {model}: {started:?}");
+    let result = of_type(&events, "result");
+    assert!(result.len() >= 2, "a result for the task and one after the messages: {result:?}");
+    assert!(result.iter().all(|r| r["success"] == true), "{result:?}");
+
+    eprintln!("Claude made {} model requests; results: {}", requests.len(), result.len());
+    // Usage follows however many turns Claude made.
+    let turns_after = (requests.len() - 1) as u64;
+    let expected = figures(100 + 200 * turns_after, 10 + 20 * turns_after, 7 + 70 * turns_after, 3 + 30 * turns_after);
+    assert_usage_everywhere(&repo, &address, "claude", &expected);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Garbage output, under a structured harness and a plain one
+
+#[test]
+fn garbage_output_crashes_nothing_and_reaches_the_log_byte_for_byte() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin_text = bin.to_str().unwrap();
+    // What the scripted agent prints, run directly (stdout a pipe).
+    let direct = run_deadline(
+        {
+            let mut command = Command::new(&bin);
+            command.args(["fake-agent", "garbage; exit 0"]).stdin(Stdio::null());
+            command
+        },
+        PATIENCE,
+        "corral fake-agent garbage",
+    );
+    assert!(direct.status.success(), "{}", describe(&direct));
+    let expected = direct.stdout;
+    assert!(expected.len() > 1024 * 1024, "garbage prints a 1 MB line");
+
+    // A daemon already up, with the test's own environment: the spawn's
+    // CORRAL_CLAUDE_BIN must still win.
+    corral_ok(&repo, &["ps"]);
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+
+    // `claude` is a script that ignores claude's flags and prints garbage.
+    let fake_claude = repo.path("fake-claude.sh");
+    std::fs::write(&fake_claude, format!("#!/bin/sh\nexec '{bin_text}' fake-agent 'garbage; exit 0'\n")).unwrap();
+    std::fs::set_permissions(&fake_claude, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = [("CORRAL_CLAUDE_BIN", fake_claude.clone().into_os_string())];
+    spawn_harness(&repo, "junk-claude", "claude", None, "make a mess", &env, &[]);
+    spawn_harness(
+        &repo,
+        "junk-plain",
+        "generic",
+        None,
+        "make a mess",
+        &[],
+        &[bin_text, "fake-agent", "garbage; exit 0"],
+    );
+
+    for (address, harness) in [("/root/junk-claude", "claude"), ("/root/junk-plain", "generic")] {
+        let record = wait_end(&repo, address, None);
+        let why = || diagnostics(&repo, address, None);
+        assert_eq!(record["exit_code"], 0, "{record}\n{}", why());
+        assert_eq!(record["harness"], harness, "{record}");
+        // Exited 0: a plain CLI succeeded; a structured one that never
+        // reported a result failed, and says why.
+        if harness == "generic" {
+            assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+        } else {
+            assert_eq!(record["state"], "failed", "{record}\n{}", why());
+            assert_eq!(record["reason"], "it exited without reporting a result", "{record}");
+        }
+
+        let (path, log) = output_log(&repo, address);
+        let wanted = if harness == "generic" {
+            // The PTY in its default mode turns \n into \r\n.
+            let mut translated = Vec::with_capacity(expected.len() + 16);
+            for &b in &expected {
+                if b == b'\n' {
+                    translated.push(b'\r');
+                }
+                translated.push(b);
+            }
+            translated
+        } else {
+            // A structured harness runs in a raw PTY: no translation.
+            expected.clone()
+        };
+        if log != wanted {
+            let at = log.iter().zip(&wanted).position(|(a, b)| a != b).unwrap_or(log.len().min(wanted.len()));
+            let show = |bytes: &[u8]| {
+                String::from_utf8_lossy(&bytes[at.saturating_sub(40)..(at + 40).min(bytes.len())]).into_owned()
+            };
+            panic!(
+                "{address} ({harness}): {} holds {} bytes, expected {}; first difference at byte {at}: \
+                 log {:?} vs expected {:?}",
+                path.display(),
+                log.len(),
+                wanted.len(),
+                show(&log),
+                show(&wanted)
+            );
+        }
+        let exited = of_type(&events(&repo, address), "exited").into_iter().cloned().collect::<Vec<_>>();
+        assert_eq!(exited.len(), 1, "{exited:?}");
+        assert_eq!(exited[0]["code"], 0, "{exited:?}");
+    }
+
+    // The daemon lived through it and still answers.
+    assert_eq!(repo.daemon_pid(), Some(daemon), "the daemon restarted");
+    assert!(alive(daemon), "the daemon died");
+    let ps = corral_json(&repo, &["ps", "--all", "--json"]);
+    assert_eq!(ps.as_array().map(Vec::len), Some(2), "{ps}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. corral send to a plain CLI agent
+
+#[test]
+fn send_types_into_a_plain_cli_agents_terminal() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    let spawn = spawn_harness(
+        &repo,
+        "plain",
+        "generic",
+        None,
+        "read a line",
+        &[],
+        &[bin, "fake-agent", "print ready; echo-input 1; exit 0"],
+    );
+    let address = spawn["address"].as_str().unwrap_or("/root/plain").to_string();
+    poll_until("the agent to be ready", PATIENCE, || String::from_utf8_lossy(&repo.log(&address)).contains("ready"));
+    let text = "hello-plain-XYZ";
+    let id = corral_ok(&repo, &["send", &address, text]).trim().to_string();
+    assert!(!id.is_empty(), "send prints the message id");
+
+    let record = wait_end(&repo, &address, None);
+    let why = || diagnostics(&repo, &address, None);
+    let log = String::from_utf8_lossy(&repo.log(&address)).into_owned();
+    assert!(log.contains(&format!("got {text}")), "the text did not arrive: {log:?}\n{}", why());
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["exit_code"], 0);
+    assert_eq!(record["harness"], "generic", "{record}");
+
+    let events = events(&repo, &address);
+    let id_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let sent = events
+        .iter()
+        .find(|e| e["type"] == "message_sent" && id_text(&e["message_id"]) == id)
+        .unwrap_or_else(|| panic!("no message_sent for {id}\n{}", why()));
+    assert_eq!(sent["text"], text, "{sent}");
+    let delivered = events
+        .iter()
+        .find(|e| e["type"] == "message_delivered" && id_text(&e["message_id"]) == id)
+        .unwrap_or_else(|| panic!("no message_delivered for {id}\n{}", why()));
+    assert!(sent["seq"].as_u64() < delivered["seq"].as_u64());
+}
