@@ -3,7 +3,7 @@
 //!
 //! | harness | command | input | a message is |
 //! |---|---|---|---|
-//! | claude | `claude -p --output-format stream-json --verbose --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
+//! | claude | `claude -p --output-format stream-json --verbose --include-partial-messages --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
 //! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
 //! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
 //! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
@@ -120,7 +120,11 @@ pub fn launch(
     let structured = |argv: Vec<String>, input, first_input| Launch { argv, raw_pty: true, input, first_input };
     match harness {
         "claude" => {
-            push(&mut argv, &["-p", "--output-format", "stream-json", "--verbose", "--input-format", "stream-json"]);
+            // Partial messages carry each call's exact output tokens as it
+            // streams (the assistant lines only a start-of-message snapshot),
+            // so token budgets act on true figures.
+            push(&mut argv, &["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]);
+            push(&mut argv, &["--input-format", "stream-json"]);
             push(&mut argv, &["--permission-mode", "acceptEdits"]);
             if let Some(model) = model {
                 push(&mut argv, &["--model", model]);
