@@ -15,6 +15,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process; the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start an agent in its own worktree and PTY; prints its address and task id.
@@ -55,6 +57,30 @@ pub enum Command {
         /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
         #[arg(long, value_name = "SECONDS")]
         grace: Option<f64>,
+        /// A startup probe, as JSON or a TOML inline table, e.g.
+        /// '{ log_line = "ready", period_seconds = 1 }'.
+        #[arg(long, value_name = "PROBE")]
+        startup: Option<String>,
+        /// A readiness probe (marks the agent ready or not; never kills).
+        #[arg(long, value_name = "PROBE")]
+        readiness: Option<String>,
+        /// A liveness probe (failing it stops the agent; then --restart applies).
+        #[arg(long, value_name = "PROBE")]
+        liveness: Option<String>,
+        /// Never, OnFailure or Always.
+        #[arg(long, value_name = "POLICY", default_value = "Never")]
+        restart: String,
+        /// At most this many restarts.
+        #[arg(long, value_name = "N")]
+        restart_limit: Option<u32>,
+        /// First restart back-off in seconds (doubles up to --max-backoff).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0, allow_negative_numbers = true)]
+        backoff: f64,
+        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, allow_negative_numbers = true)]
+        max_backoff: f64,
+        /// A run this long resets the back-off.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600.0, allow_negative_numbers = true)]
+        reset_after: f64,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for

@@ -86,9 +86,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             idle_timeout,
             grace,
+            startup,
+            readiness,
+            liveness,
+            restart,
+            restart_limit,
+            backoff,
+            max_backoff,
+            reset_after,
             json,
             command,
         } => {
+            let probes = corral_probes::ProbeSet {
+                startup: startup.as_deref().map(|t| parse_probe("--startup", t)).transpose()?,
+                readiness: readiness.as_deref().map(|t| parse_probe("--readiness", t)).transpose()?,
+                liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
+            };
+            let restart = crate::restart::RestartSpec {
+                policy: restart
+                    .parse()
+                    .map_err(|why: String| Error::new(ErrorKind::BadConfig, format!("--restart: {why}")))?,
+                limit: restart_limit,
+                backoff_secs: backoff,
+                max_backoff_secs: max_backoff,
+                reset_after_secs: reset_after,
+            };
             let budget = crate::budget::Budget {
                 tokens: max_tokens,
                 output_tokens: max_output_tokens,
@@ -117,8 +139,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 env,
                 budget,
                 grace_secs,
+                probes,
+                restart,
             };
-            let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(Box::new(request)))? else {
+            let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(Box::new(request)))?
+            else {
                 return Err(unexpected());
             };
             if json {
@@ -240,6 +265,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// A probe from the command line: JSON, or a TOML inline table.
+fn parse_probe(flag: &str, text: &str) -> Result<corral_probes::ProbeSpec> {
+    let bad = |why: String| Error::new(ErrorKind::BadConfig, format!("{flag} {text:?}: {why}"));
+    if text.trim_start().starts_with('{') {
+        if let Ok(spec) = serde_json::from_str(text) {
+            return Ok(spec);
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        probe: corral_probes::ProbeSpec,
+    }
+    toml::from_str::<Wrapper>(&format!("probe = {text}")).map(|w| w.probe).map_err(|e| bad(e.message().to_string()))
+}
+
 /// `corral usage`: a saved transcript's token and cost totals.
 fn usage(harness: &str, file: &Path, json: bool) -> Result<i32> {
     let Some(mut parser) = corral_harness::parser_for(harness).filter(|_| harness != "generic") else {
@@ -320,6 +360,18 @@ pub fn describe(agent: &AgentRecord) -> String {
     text
 }
 
+/// The state, with readiness while running and the restart count.
+fn state_cell(agent: &AgentRecord) -> String {
+    let mut text = agent.state.as_str().to_string();
+    if agent.state == crate::lifecycle::AgentState::Running && !agent.ready {
+        text.push_str(" (not ready)");
+    }
+    if agent.restarts > 0 {
+        text.push_str(&format!(" ↻{}", agent.restarts));
+    }
+    text
+}
+
 /// "used", "used/limit", or "-".
 fn spend_cell(used: Option<String>, limit: Option<String>) -> String {
     match (used, limit) {
@@ -367,7 +419,7 @@ pub fn render_tree(agents: &[AgentRecord]) -> String {
         }
         rows.push([
             format!("{indent}{}", agent.address),
-            agent.state.as_str().to_string(),
+            state_cell(agent),
             agent.pid.map_or("-".into(), |p| p.to_string()),
             agent.runtime_secs(now).map_or("-".into(), human_secs),
             exit,

@@ -33,6 +33,7 @@ use crate::paths::{AgentDir, StateDir};
 use crate::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
 use crate::worktree;
 use corral_harness::launch::{delivery, message_input, resume_argv, Delivery, Launch};
+use corral_probes::ProbeEvent;
 
 /// How long a new monitor may take to come up.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -281,6 +282,8 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
     }
     let address = parent.child(&request.name)?;
     request.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
+    request.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
+    request.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
     let launch = build_launch(&request)?;
     check_command(&launch.argv[0], &request.env)?;
 
@@ -348,6 +351,8 @@ async fn spawn_reserved(
             base: base.clone(),
             budget: request.budget,
             grace_secs: request.grace_secs,
+            probes: request.probes.clone(),
+            restart: request.restart,
         },
     };
     inner.commit(vec![spawned]).await?;
@@ -449,6 +454,7 @@ async fn launch_monitor(
         raw: launch.raw_pty,
         input: launch.input.into(),
         first_input: launch.first_input.clone(),
+        restart: request.restart,
         rows: 50,
         cols: 160,
     };
@@ -586,6 +592,7 @@ async fn hello_monitor(mut stream: UnixStream) -> std::io::Result<(UnixStream, M
 /// in one place, in order.
 enum AgentCommand {
     Stop { grace_secs: f64 },
+
     Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
 }
 
@@ -612,6 +619,8 @@ struct OutputReader {
     cursor: LineCursor,
     parser: Option<Box<dyn corral_harness::Parser>>,
     limiter: Limiter,
+    /// What the current run's probes see: lines, event names, activity.
+    observations: Option<Arc<corral_probes::AgentObservations>>,
 }
 
 impl OutputReader {
@@ -619,7 +628,12 @@ impl OutputReader {
     /// brought to the same state by reading the log up to there again.
     fn resume(record: &AgentRecord, log: PathBuf) -> OutputReader {
         let parser = if record.harness == "generic" { None } else { corral_harness::parser_for(&record.harness) };
-        let mut reader = OutputReader { cursor: LineCursor::new(log.clone(), 0), parser, limiter: Limiter::default() };
+        let mut reader = OutputReader {
+            cursor: LineCursor::new(log.clone(), 0),
+            parser,
+            limiter: Limiter::default(),
+            observations: None,
+        };
         match reader.parser.as_mut() {
             Some(parser) if record.log_offset > 0 => {
                 if let Ok(lines) = reader.cursor.read(Some(record.log_offset), false) {
@@ -636,7 +650,14 @@ impl OutputReader {
     /// The events for the lines written up to `upto` (or the end).
     fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<EventBody>> {
         let mut bodies = Vec::new();
-        for line in self.cursor.read(upto, last)? {
+        let lines = self.cursor.read(upto, last)?;
+        if let Some(observations) = &self.observations {
+            let now = std::time::Instant::now();
+            for line in &lines {
+                observations.record_line(&clean_line(&line.bytes), now);
+            }
+        }
+        for line in lines {
             let Some(parser) = self.parser.as_mut() else {
                 let text = clean_line(&line.bytes);
                 if text.is_empty() {
@@ -649,6 +670,14 @@ impl OutputReader {
             };
             for event in parser.feed_line(trim_cr(&line.bytes)) {
                 let mut body = EventBody::from_harness(event, line.offset);
+                if let Some(observations) = &self.observations {
+                    let now = std::time::Instant::now();
+                    if let EventBody::SessionStarted { .. } = body {
+                        // Claude Code's system/init: `readiness = { event = "init" }`.
+                        observations.record_event("init", now);
+                    }
+                    observations.record_event(body.type_name(), now);
+                }
                 // Only chatter is rate-limited; usage, tools and results never are.
                 if let EventBody::Progress { skipped, .. } = &mut body {
                     match self.limiter.admit() {
@@ -710,6 +739,8 @@ async fn follow_monitor(
     touch(inner, &record.address);
     let (monitor_out, mut monitor_in) = stream.into_split();
     let mut lines = BufReader::new(monitor_out).lines();
+    let mut probes = ProbeRun::start(inner, record, reader);
+    let mut restarting = false;
     // Messages handed to the monitor as follow-ups, not yet started.
     let mut handed = HashSet::new();
     // Catch up on output written while nobody watched, and on messages
@@ -727,8 +758,21 @@ async fn follow_monitor(
                         deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(inner, &record.address, &mut monitor_in).await;
                     }
+                    Ok(MonitorMessage::Restarting { count, reason, backoff_secs, code, signal }) => {
+                        let Some(current) = inner.record(&record.address) else { continue };
+                        // The run's probes end with it; the next run gets new ones.
+                        probes = None;
+                        reader.observations = None;
+                        restarting = true;
+                        let body = EventBody::Restarted { count, reason, backoff_secs, code, signal };
+                        let _ = inner.commit(vec![inner.draft(&current, body)]).await;
+                    }
                     Ok(MonitorMessage::Started { pid, tag }) => {
-                        // A follow-up process: the agent goes on under a new pid.
+                        // A restart or a follow-up: the agent goes on under a new pid.
+                        if std::mem::take(&mut restarting) {
+                            probes = ProbeRun::start(inner, record, reader);
+                            touch(inner, &record.address);
+                        }
                         let Some(current) = inner.record(&record.address) else { continue };
                         let monitor_pid = current.monitor_pid.unwrap_or(0);
                         let mut bodies = vec![EventBody::Started { pid, monitor_pid }];
@@ -745,10 +789,22 @@ async fn follow_monitor(
                 // The monitor went away: its exit record says how it ended.
                 Ok(None) | Err(_) => return monitor::read_exit_record(&agent_dir),
             },
+            event = next_probe_event(&mut probes) => {
+                let Some(current) = inner.record(&record.address) else { continue };
+                let kill = event.verdict().is_some();
+                let _ = inner.commit(vec![inner.draft(&current, probe_body(&event))]).await;
+                if kill {
+                    probes = None;
+                    let grace_secs = current.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                    let stop = MonitorCommand::Stop { grace_secs, probe_failed: true };
+                    let _ = send_monitor(&mut monitor_in, &stop).await;
+                }
+            }
             Some(command) = commands.recv() => match command {
                 AgentCommand::Stop { grace_secs } => {
                     // A failed write shows up as the end of the read side.
-                    let _ = send_monitor(&mut monitor_in, &MonitorCommand::Stop { grace_secs }).await;
+                    let stop = MonitorCommand::Stop { grace_secs, probe_failed: false };
+                    let _ = send_monitor(&mut monitor_in, &stop).await;
                 }
                 AgentCommand::Send { from, text, reply } => {
                     let result = accept_message(inner, &record.address, from, text).await;
@@ -757,6 +813,80 @@ async fn follow_monitor(
                 }
             }
         }
+    }
+}
+
+/// One run's probes: their driver, and the observations fed to it.
+struct ProbeRun {
+    events: mpsc::UnboundedReceiver<ProbeEvent>,
+    driver: tokio::task::JoinHandle<corral_probes::DriverExit>,
+}
+
+impl Drop for ProbeRun {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl ProbeRun {
+    /// Starts the probes of the agent's current run (none if it has none)
+    /// and has `reader` feed them its output lines and events.
+    fn start(inner: &Arc<Inner>, record: &AgentRecord, reader: &mut OutputReader) -> Option<ProbeRun> {
+        if record.probes.is_empty() {
+            return None;
+        }
+        let spec: Option<MonitorSpec> =
+            std::fs::read(inner.state.agent(record.id).spec()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let env = spec.map(|s| s.env.into_iter().map(|(k, v)| (k.into(), v.into())).collect()).unwrap_or_default();
+        let clock: Arc<dyn corral_probes::Clock> = Arc::new(corral_probes::SystemClock);
+        let started = clock.now();
+        let observations =
+            Arc::new(corral_probes::AgentObservations::new(record.worktree.clone(), env, &record.probes, started));
+        let tracker = match corral_probes::ProbeTracker::new(&record.probes, started) {
+            Ok(tracker) => tracker,
+            Err(err) => {
+                eprintln!("corral: {}: probes not run: {err}", record.address);
+                return None;
+            }
+        };
+        let (tx, events) = mpsc::unbounded_channel();
+        let context: Arc<dyn corral_probes::ProbeContext> = observations.clone();
+        let driver = tokio::spawn(corral_probes::run_probes(tracker, context, clock, tx));
+        reader.observations = Some(observations);
+        Some(ProbeRun { events, driver })
+    }
+}
+
+/// The next probe event; never, while no probes run.
+async fn next_probe_event(run: &mut Option<ProbeRun>) -> ProbeEvent {
+    match run.as_mut() {
+        Some(run) => match run.events.recv().await {
+            Some(event) => event,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn probe_body(event: &ProbeEvent) -> EventBody {
+    use corral_probes::{KillVerdict, ProbeChange};
+    let (change, verdict) = match event.change {
+        ProbeChange::Passed => ("passed", None),
+        ProbeChange::Failed => ("failed", None),
+        ProbeChange::Ready => ("ready", None),
+        ProbeChange::NotReady => ("not_ready", None),
+        ProbeChange::Kill(KillVerdict::StartupFailed) => ("kill", Some("startup_failed")),
+        ProbeChange::Kill(KillVerdict::LivenessFailed) => ("kill", Some("liveness_failed")),
+    };
+    EventBody::Probe {
+        probe: event.probe.as_str().to_string(),
+        kind: event.kind.to_string(),
+        change: change.to_string(),
+        verdict: verdict.map(str::to_string),
+        timed_out: event.timed_out,
+        message: event.message.clone(),
+        consecutive_successes: event.consecutive_successes,
+        consecutive_failures: event.consecutive_failures,
     }
 }
 
@@ -865,6 +995,7 @@ fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
             ),
         }),
         (AgentState::Stopped, _, _, _) => Some("stopped on request".to_string()),
+        (AgentState::Failed, _, _, _) if record.probe_killed.is_some() => record.probe_killed.clone(),
         (_, _, Some(signal), _) => Some(format!("killed by signal {signal}")),
         (AgentState::Failed, _, _, Some(result)) => {
             Some(result.reason.clone().unwrap_or_else(|| "the agent reported an error".into()))

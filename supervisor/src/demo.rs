@@ -67,6 +67,8 @@ pub fn run(keep: bool) -> Result<i32> {
             env: std::env::vars().collect(),
             budget: Default::default(),
             grace_secs: None,
+            probes: Default::default(),
+            restart: Default::default(),
         };
         let Response::Spawned(spawned) = client.request(&Request::Spawn(Box::new(request)))? else {
             return Err(Error::other("unexpected answer to spawn"));

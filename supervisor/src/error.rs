@@ -34,6 +34,8 @@ pub enum ErrorKind {
     BadHarness,
     /// A budget that is not a positive number.
     BadBudget,
+    /// A probe, restart policy or configuration that is not valid.
+    BadConfig,
 }
 
 impl ErrorKind {
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Refused => 11,
             ErrorKind::BadHarness => 12,
             ErrorKind::BadBudget => 13,
+            ErrorKind::BadConfig => 14,
         }
     }
 }

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::budget::{Budget, BudgetKind};
+use crate::restart::RestartSpec;
+use corral_probes::ProbeSet;
 
 pub const EVENT_VERSION: u32 = 1;
 
@@ -39,6 +41,9 @@ pub struct Event {
 }
 
 /// What happened.
+// `Spawned` carries the agent's spec once per agent; boxing it would make
+// every match on it noisier for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
@@ -63,6 +68,10 @@ pub enum EventBody {
         /// Seconds between SIGTERM and SIGKILL when corral stops it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_secs: Option<f64>,
+        #[serde(default, skip_serializing_if = "ProbeSet::is_empty")]
+        probes: ProbeSet,
+        #[serde(default, skip_serializing_if = "is_never")]
+        restart: RestartSpec,
     },
     /// The agent could not be started; nothing of it is left.
     SpawnFailed {
@@ -155,6 +164,28 @@ pub enum EventBody {
         used: f64,
         limit: f64,
     },
+    /// A probe's result changed something: passed or failed after the
+    /// opposite, ready or not ready, or a kill (`change` is `kill`).
+    Probe {
+        probe: String,
+        kind: String,
+        change: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<String>,
+        timed_out: bool,
+        message: String,
+        consecutive_successes: u32,
+        consecutive_failures: u32,
+    },
+    /// The agent's process ended and, by its restart policy, runs again
+    /// after `backoff_secs`. `count` only grows.
+    Restarted {
+        count: u32,
+        reason: String,
+        backoff_secs: f64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Someone (or a budget: `budget` names it) asked the agent to stop.
     StopRequested {
         grace_secs: f64,
@@ -179,6 +210,10 @@ pub enum EventBody {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_never(spec: &RestartSpec) -> bool {
+    spec.policy == crate::restart::RestartPolicy::Never
 }
 
 fn generic() -> String {
@@ -208,6 +243,8 @@ impl EventBody {
             EventBody::MessageDelivered { .. } => "message_delivered",
             EventBody::InputClosed {} => "input_closed",
             EventBody::BudgetWarning { .. } => "budget_warning",
+            EventBody::Probe { .. } => "probe",
+            EventBody::Restarted { .. } => "restarted",
             EventBody::BudgetExceeded { .. } => "budget_exceeded",
         }
     }

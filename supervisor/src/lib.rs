@@ -26,4 +26,5 @@ pub mod output;
 pub mod paths;
 pub mod process;
 pub mod protocol;
+pub mod restart;
 pub mod worktree;

@@ -161,6 +161,20 @@ pub struct AgentRecord {
     /// The budget (its own or an ancestor's) it was stopped for.
     #[serde(default)]
     pub stopped_for: Option<BudgetKind>,
+    #[serde(default)]
+    pub probes: corral_probes::ProbeSet,
+    #[serde(default)]
+    pub restart: crate::restart::RestartSpec,
+    /// Ready by its probes (true from the start when it has no startup or
+    /// readiness probe).
+    #[serde(default)]
+    pub ready: bool,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why its current run was killed by a probe, if it was.
+    #[serde(default)]
+    pub probe_killed: Option<String>,
 }
 
 /// How the agent CLI said its last turn went.
@@ -182,8 +196,19 @@ pub struct PendingMessage {
 impl AgentRecord {
     /// The record a `spawned` event creates.
     pub fn from_spawned(event: &Event) -> Option<AgentRecord> {
-        let EventBody::Spawned { id, harness, task_text, command, branch, worktree, base, budget, grace_secs } =
-            &event.body
+        let EventBody::Spawned {
+            id,
+            harness,
+            task_text,
+            command,
+            branch,
+            worktree,
+            base,
+            budget,
+            grace_secs,
+            probes,
+            restart,
+        } = &event.body
         else {
             return None;
         };
@@ -226,6 +251,11 @@ impl AgentRecord {
             warned: Vec::new(),
             exceeded: None,
             stopped_for: None,
+            probes: probes.clone(),
+            restart: *restart,
+            ready: false,
+            restarts: 0,
+            probe_killed: None,
         })
     }
 
@@ -239,6 +269,9 @@ impl AgentRecord {
         match &event.body {
             EventBody::Started { pid, monitor_pid } | EventBody::Adopted { pid, monitor_pid } => {
                 if !self.state.is_terminal() {
+                    if self.state != AgentState::Running {
+                        self.ready = self.probes.startup.is_none() && self.probes.readiness.is_none();
+                    }
                     self.state = AgentState::Running;
                     self.pid = Some(*pid);
                     self.monitor_pid = Some(*monitor_pid);
@@ -281,6 +314,26 @@ impl AgentRecord {
                 self.delivered_since_result = true;
             }
             EventBody::InputClosed {} => self.input_closed = true,
+            EventBody::Probe { change, probe, message, .. } => match change.as_str() {
+                "ready" => self.ready = true,
+                "not_ready" => self.ready = false,
+                "kill" => {
+                    self.ready = false;
+                    self.probe_killed = Some(format!("{probe} probe failed: {message}"));
+                }
+                _ => {}
+            },
+            EventBody::Restarted { count, .. } => {
+                // A new process: its readiness, input and turns start over.
+                self.restarts = self.restarts.max(*count);
+                self.probe_killed = None;
+                self.ready = self.probes.startup.is_none() && self.probes.readiness.is_none();
+                self.input_closed = false;
+                self.results = 0;
+                self.result = None;
+                self.delivered_since_result = false;
+                self.turn_pending = false;
+            }
             EventBody::Output { .. }
             | EventBody::Progress { .. }
             | EventBody::ToolUse { .. }
@@ -435,6 +488,8 @@ mod tests {
                 harness: "generic".into(),
                 budget: Budget::default(),
                 grace_secs: None,
+                probes: Default::default(),
+                restart: Default::default(),
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::AgentDir;
 use crate::process;
+use crate::restart::{RestartSpec, RestartState, RunEnd};
 
 /// What the monitor runs. Written by the daemon to `spec.json` (mode 0600:
 /// the environment may hold API keys).
@@ -54,6 +55,9 @@ pub struct MonitorSpec {
     /// the first message).
     #[serde(default)]
     pub first_input: Option<String>,
+    /// What to do when the agent's process ends.
+    #[serde(default)]
+    pub restart: RestartSpec,
     pub rows: u16,
     pub cols: u16,
 }
@@ -107,6 +111,14 @@ pub enum MonitorMessage {
     Output {
         log_len: u64,
     },
+    /// The agent ended and will run again after `backoff_secs`.
+    Restarting {
+        count: u32,
+        reason: String,
+        backoff_secs: f64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// A new process of the agent started (a follow-up, with its tag).
     Started {
         pid: u32,
@@ -121,8 +133,13 @@ pub enum MonitorMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum MonitorCommand {
+    /// Stop the agent. With `probe_failed`, the stop counts as a failure
+    /// for the restart policy (a liveness or startup probe failed);
+    /// otherwise it is final.
     Stop {
         grace_secs: f64,
+        #[serde(default)]
+        probe_failed: bool,
     },
     Input {
         data: String,
@@ -142,6 +159,8 @@ pub enum MonitorCommand {
 enum InputOp {
     Write(Vec<u8>),
     Close,
+    /// A restarted agent's new stdin FIFO.
+    Replace(File),
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +193,14 @@ struct State {
     tags_seen: std::collections::HashSet<String>,
     /// False once the monitor has decided to finish.
     accepting: bool,
+    /// The current run is being stopped because a probe failed.
+    probe_failed: bool,
+    /// Stop sequences still running; a new run waits for them, so no
+    /// stop meant for one run can reach the next.
+    stopping: usize,
+    /// The latest restart, and how many so far (the daemon is told of each).
+    restart_note: Option<MonitorMessage>,
+    restart_generation: u64,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -204,6 +231,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             follow_ups: std::collections::VecDeque::new(),
             tags_seen: std::collections::HashSet::new(),
             accepting: true,
+            probe_failed: false,
+            stopping: 0,
+            restart_note: None,
+            restart_generation: 0,
         }),
         changed: Condvar::new(),
     });
@@ -217,12 +248,19 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let mut tag: Option<String> = None;
     let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(Box::new(std::io::sink())));
     let mut first = true;
+    let mut restarts = RestartState::default();
+    let mut input: Option<std::sync::mpsc::Sender<InputOp>> = None;
     let (pid, code, signal) = loop {
+        if !first {
+            let state = shared.state.lock().unwrap();
+            drop(shared.changed.wait_while(state, |s| s.stopping > 0).unwrap());
+        }
+        let run_started = Instant::now();
         let (pty, pid) = match start_agent(&spec, &agent, &argv, input_mode) {
             Ok(started) => started,
             Err(err) => {
                 // Nothing ran: record why, in the log too, so `corral view` shows it.
-                let _ = writeln!(log, "corral: cannot start {argv:?}: {err}");
+                note(&shared, &mut log, &format!("corral: cannot start {argv:?}: {err}"));
                 let record = ExitRecord {
                     pid: 0,
                     code: Some(127),
@@ -246,13 +284,17 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         }
         *writer.lock().unwrap() = pty.writer;
         if first {
-            let input = spawn_input_writer(writer.clone(), pty.fifo);
-            if let Some(text) = &spec.first_input {
-                let _ = input.send(InputOp::Write(text.clone().into_bytes()));
-            }
-            spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), input);
+            let sender = spawn_input_writer(writer.clone(), pty.fifo);
+            spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), sender.clone());
             spawn_signal_watcher(shared.clone());
+            input = Some(sender);
             first = false;
+        } else if let (Some(fifo), Some(sender)) = (pty.fifo, &input) {
+            let _ = sender.send(InputOp::Replace(fifo));
+        }
+        // A run of the spec's own command (first or restarted) gets the task.
+        if let (Some(text), Some(sender), true) = (&spec.first_input, &input, argv == spec.command) {
+            let _ = sender.send(InputOp::Write(text.clone().into_bytes()));
         }
         spawn_output_pump(pty.reader, log.try_clone()?, shared.clone());
 
@@ -263,11 +305,11 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             match nix::sys::wait::waitpid(None, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
                     status = Some((Some(code), None));
-                    spawn_leftover_sweeper();
+                    stop_leftovers();
                 }
                 Ok(nix::sys::wait::WaitStatus::Signaled(p, signal, _)) if p.as_raw() as u32 == pid => {
                     status = Some((None, Some(signal as i32)));
-                    spawn_leftover_sweeper();
+                    stop_leftovers();
                 }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => {}
@@ -284,18 +326,61 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let (code, signal) = status.unwrap_or((None, None));
         // A follow-up runs unless a stop was asked for; once the monitor
         // decides to finish, it takes no more.
-        let next = if state.stop_requested { None } else { state.follow_ups.pop_front() };
-        match next {
-            Some((command, next_tag)) => {
+        if !state.stop_requested {
+            if let Some((command, next_tag)) = state.follow_ups.pop_front() {
                 argv = command;
                 input_mode = InputMode::Null;
                 tag = Some(next_tag);
-            }
-            None => {
-                state.accepting = false;
-                break (pid, code, signal);
+                continue;
             }
         }
+        // Then the restart policy.
+        let end = if std::mem::take(&mut state.probe_failed) {
+            RunEnd::ProbeFailure
+        } else if state.stop_requested {
+            RunEnd::Stopped
+        } else if code == Some(0) {
+            RunEnd::Success
+        } else {
+            RunEnd::Failure
+        };
+        let Some(backoff) = spec.restart.decide(&mut restarts, end, run_started.elapsed()) else {
+            state.accepting = false;
+            break (pid, code, signal);
+        };
+        let reason = match (end, code, signal) {
+            (RunEnd::ProbeFailure, _, _) => "a liveness or startup probe failed".to_string(),
+            (_, _, Some(signal)) => format!("killed by signal {signal}"),
+            (_, Some(code), _) => format!("exited with code {code}"),
+            _ => "ended".to_string(),
+        };
+        drop(state);
+        note(
+            &shared,
+            &mut log,
+            &format!("corral: {reason}; restart {} in {:.1}s", restarts.count, backoff.as_secs_f64()),
+        );
+        let mut state = shared.state.lock().unwrap();
+        state.restart_note = Some(MonitorMessage::Restarting {
+            count: restarts.count,
+            reason,
+            backoff_secs: backoff.as_secs_f64(),
+            code,
+            signal,
+        });
+        state.restart_generation += 1;
+        shared.changed.notify_all();
+        // Wait out the back-off; a stop ends the agent instead.
+        let until = Instant::now() + backoff;
+        while !state.stop_requested && Instant::now() < until {
+            state = shared.changed.wait_timeout(state, until.saturating_duration_since(Instant::now())).unwrap().0;
+        }
+        if state.stop_requested {
+            state.accepting = false;
+            break (pid, code, signal);
+        }
+        argv = spec.command.clone();
+        input_mode = spec.input;
     };
     let record = ExitRecord {
         pid,
@@ -436,6 +521,7 @@ fn spawn_input_writer(pty: Arc<Mutex<Box<dyn Write + Send>>>, fifo: Option<File>
                     }
                 }
                 InputOp::Close => fifo = None,
+                InputOp::Replace(file) => fifo = Some(file),
             }
         }
     });
@@ -452,6 +538,16 @@ fn make_raw(fd: std::os::fd::RawFd) -> anyhow::Result<()> {
     cfmakeraw(&mut termios);
     tcsetattr(fd, SetArg::TCSANOW, &termios)?;
     Ok(())
+}
+
+/// Writes a line of the monitor's own into the agent's log (a restart, a
+/// failed start), counted like output so readers see everything up to it.
+fn note(shared: &Shared, log: &mut File, line: &str) {
+    let line = format!("{line}\r\n");
+    if log.write_all(line.as_bytes()).is_ok() {
+        shared.state.lock().unwrap().log_len += line.len() as u64;
+        shared.changed.notify_all();
+    }
 }
 
 /// Copies PTY output into the log, byte for byte, and tells waiters.
@@ -534,7 +630,9 @@ fn serve_daemon(
         for line in lines.lines() {
             let Ok(line) = line else { break };
             match serde_json::from_str::<MonitorCommand>(&line) {
-                Ok(MonitorCommand::Stop { grace_secs }) => request_stop(&shared_in, grace_secs),
+                Ok(MonitorCommand::Stop { grace_secs, probe_failed }) => {
+                    request_stop(&shared_in, grace_secs, probe_failed)
+                }
                 Ok(MonitorCommand::Input { data }) => {
                     let _ = input.send(InputOp::Write(data.into_bytes()));
                 }
@@ -555,10 +653,12 @@ fn serve_daemon(
     });
     let mut sent_len;
     let mut sent_generation;
+    let mut sent_restart;
     {
         let state = shared.state.lock().unwrap();
         sent_len = state.log_len;
         sent_generation = state.generation;
+        sent_restart = state.restart_generation;
         let status = MonitorMessage::Status {
             pid: state.pid,
             monitor_pid: std::process::id(),
@@ -572,12 +672,27 @@ fn serve_daemon(
         let state = shared.state.lock().unwrap();
         let state = shared
             .changed
-            .wait_while(state, |s| s.log_len == sent_len && s.exit.is_none() && s.generation == sent_generation)
+            .wait_while(state, |s| {
+                s.log_len == sent_len
+                    && s.exit.is_none()
+                    && s.generation == sent_generation
+                    && s.restart_generation == sent_restart
+            })
             .unwrap();
         let (log_len, exit) = (state.log_len, state.exit.clone());
         let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
+        let restarting = (state.restart_generation != sent_restart).then(|| state.restart_note.clone()).flatten();
         sent_generation = state.generation;
+        sent_restart = state.restart_generation;
         drop(state);
+        // Output first: it was written before the restart or the new run.
+        if log_len != sent_len {
+            sent_len = log_len;
+            send(&mut stream, &MonitorMessage::Output { log_len })?;
+        }
+        if let Some(note) = restarting {
+            send(&mut stream, &note)?;
+        }
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
         }
@@ -647,19 +762,30 @@ fn serve_attach(
 }
 
 /// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for
-/// the agent's group and every descendant that left it.
-fn request_stop(shared: &Arc<Shared>, grace_secs: f64) {
+/// the agent's group and every descendant that left it. A stop for a
+/// failed probe leaves the restart policy to decide what follows; any
+/// other stop is final.
+fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     let pid = {
         let mut state = shared.state.lock().unwrap();
         if state.exit.is_some() {
             return;
         }
-        state.stop_requested = true;
+        if probe_failed {
+            state.probe_failed = true;
+        } else {
+            state.stop_requested = true;
+        }
+        state.stopping += 1;
+        shared.changed.notify_all();
         state.pid
     };
     let grace = Duration::from_secs_f64(grace_secs.max(0.0));
+    let shared = shared.clone();
     std::thread::spawn(move || {
         process::stop_tree(std::process::id(), Some(pid), grace, Duration::from_secs(10));
+        shared.state.lock().unwrap().stopping -= 1;
+        shared.changed.notify_all();
     });
 }
 
@@ -669,17 +795,18 @@ fn spawn_signal_watcher(shared: Arc<Shared>) {
     std::thread::spawn(move || {
         // A monitor told to go stops its agent first, with the default grace.
         if signals.forever().next().is_some() {
-            request_stop(&shared, 10.0);
+            request_stop(&shared, 10.0, false);
         }
     });
 }
 
 /// Once the agent's main process has exited, whatever it left running is
-/// part of it no longer: stop it (a short grace, then SIGKILL).
-fn spawn_leftover_sweeper() {
-    std::thread::spawn(|| {
-        process::stop_tree(std::process::id(), None, Duration::from_secs(1), Duration::from_secs(10));
-    });
+/// part of it no longer: stop it (a short grace, then SIGKILL). This runs
+/// in the reaping thread, before the next run can start, so it can never
+/// touch a restarted agent. Leftovers that die become zombies, which
+/// `descendants` skips and the reaping loop then collects.
+fn stop_leftovers() {
+    process::stop_tree(std::process::id(), None, Duration::from_secs(1), Duration::from_secs(10));
 }
 
 fn write_exit_record(agent: &AgentDir, record: &ExitRecord) -> std::io::Result<()> {

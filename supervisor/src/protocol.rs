@@ -80,6 +80,12 @@ pub struct SpawnRequest {
     /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
     #[serde(default)]
     pub grace_secs: Option<f64>,
+    /// Startup, readiness and liveness probes.
+    #[serde(default)]
+    pub probes: corral_probes::ProbeSet,
+    /// What happens when the agent's process ends.
+    #[serde(default)]
+    pub restart: crate::restart::RestartSpec,
     pub base: Option<String>,
     /// The client's environment: the agent runs with it (plus CORRAL_*).
     pub env: BTreeMap<String, String>,
