@@ -9,6 +9,9 @@
 //! Run: `cargo bench -p corral --bench foundation` (cargo builds the
 //! `corral` binary of the package first). `CORRAL_BIN` overrides the
 //! binary; `FOUNDATION_BENCH_QUICK=1` shrinks every size for a smoke run.
+//! Without `--bench` (`cargo test --all-targets` runs it so) it measures
+//! nothing. A full run takes 2 to 4 minutes, a minute of which is removing
+//! the 32 worktrees (some 640,000 files) at the end.
 //!
 //! Everything happens in one temporary folder. Every command the bench
 //! runs carries `FOUNDATION_BENCH_ID=<unique>` in its environment; the
@@ -58,6 +61,11 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_start = load_average();
 
+    // Orphans (the daemon once its client exits, monitors and agents once
+    // killed) become this process's children, so cleanup can reap them
+    // rather than leave zombies to an init that may never reap.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut scratch = Scratch::new();
     install_interrupt_cleanup(scratch.id.clone(), scratch.path().to_path_buf());
     eprintln!("foundation bench: scratch folder {} (marker {MARKER}={})", scratch.path().display(), scratch.id);
@@ -65,6 +73,7 @@ fn main() {
     let spawn = spawn_latency(&scratch, &bin, &sizes);
     // Part 1's daemon, monitors and agents go before part 2 measures.
     let between = kill_marked(&scratch.id);
+    reap_children();
     let idle = idle_agents(&scratch, &bin, &sizes);
 
     let load_end = load_average();
@@ -97,14 +106,15 @@ fn main() {
         cleanup.removal.as_secs_f64()
     ));
     out.push_str(&format!(
-        "left behind       {} processes with the marker, {} in `ps` naming the scratch folder{}\n",
+        "left behind       {} processes with the marker, {} in `ps` naming the scratch folder, {} unreaped children{}\n",
         cleanup.left_marked,
         cleanup.left_in_ps,
+        cleanup.zombies,
         if cleanup.scratch_exists { "; THE SCRATCH FOLDER IS STILL THERE" } else { "" }
     ));
     out.push_str(&format!("{line}\n"));
     print!("{out}");
-    if cleanup.left_marked > 0 || cleanup.left_in_ps > 0 {
+    if cleanup.left_marked > 0 || cleanup.left_in_ps > 0 || cleanup.zombies > 0 {
         std::process::exit(1);
     }
 }
@@ -122,6 +132,10 @@ struct SpawnFigures {
     fsync: Vec<Duration>,
     /// Per phase, one duration in ms per warm spawn (may be missing).
     phases: Vec<(&'static str, Vec<f64>)>,
+    cpu: CpuPerCall,
+    /// How busy the whole machine was during the interleaved runs, %.
+    machine_busy: f64,
+    filesystem: String,
 }
 
 fn spawn_latency(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> SpawnFigures {
@@ -162,20 +176,113 @@ fn spawn_latency(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> SpawnFigures {
         expect_json(&out, "corral ps");
     }
 
-    // Interleaved, so a change in the machine's load hits both alike.
+    // Interleaved, so a change in the machine's load hits both alike. CPU
+    // per call: the daemon's from /proc (it is not our child), the client's
+    // and git's from this process's waited-for children.
+    let daemon_pid = read_pid(&repo.join(".git/corral/daemon.pid"));
     let mut corral = Vec::new();
     let mut git = Vec::new();
     let mut runs = Vec::new();
+    let mut cpu = CpuPerCall::default();
+    let machine_before = machine_ticks();
     for i in 1..=sizes.spawns {
+        let (daemon_before, client_before) = (proc_cpu(daemon_pid), children_cpu());
         let (took, wall_start, wall_end, json) = corral_spawn(&format!("b{i:02}"));
+        let (daemon_after, client_after) = (proc_cpu(daemon_pid), children_cpu());
+        cpu.daemon.push(diff(daemon_before, daemon_after));
+        cpu.client.push(diff(client_before, client_after));
         corral.push(took);
         runs.push((wall_start, wall_end, json));
+        let git_before = children_cpu();
         git.push(git_add(&format!("w{i:02}")));
+        cpu.git.push(diff(git_before, children_cpu()));
     }
+    let machine_busy = busy_percent(machine_before, machine_ticks());
 
     let fsync = fsync_probe(scratch.path(), sizes.spawns);
     let phases = spawn_phases(&repo, &runs);
-    SpawnFigures { files, repo_setup, first_corral, first_git, corral, git, ps_round_trip, fsync, phases }
+    SpawnFigures {
+        files,
+        repo_setup,
+        first_corral,
+        first_git,
+        corral,
+        git,
+        ps_round_trip,
+        fsync,
+        phases,
+        cpu,
+        machine_busy,
+        filesystem: filesystem_of(scratch.path()),
+    }
+}
+
+/// (user, system) CPU seconds of each call.
+#[derive(Default)]
+struct CpuPerCall {
+    daemon: Vec<(f64, f64)>,
+    client: Vec<(f64, f64)>,
+    git: Vec<(f64, f64)>,
+}
+
+fn diff(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
+    (b.0 - a.0, b.1 - a.1)
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// (user, system) CPU seconds of one process, from /proc/PID/stat.
+fn proc_cpu(pid: u32) -> (f64, f64) {
+    let hz = clock_ticks() as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    match fields[..] {
+        [user, system] => (user as f64 / hz, system as f64 / hz),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
+/// (user, system) CPU seconds of this process's waited-for children.
+fn children_cpu() -> (f64, f64) {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf only reads a constant.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// The file system type of `path`, by its statfs magic number.
+fn filesystem_of(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return "?".into() };
+    // SAFETY: statfs fills the struct we pass; the path is NUL-terminated.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
+        return "?".into();
+    }
+    match info.f_type as u64 {
+        0xEF53 => "ext2/3/4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x5846_5342 => "xfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x2FC1_2FC1 => "zfs".into(),
+        other => format!("0x{other:x}"),
+    }
 }
 
 /// `folders` x `files_per_folder` small files with distinct contents, one
@@ -296,7 +403,11 @@ impl SpawnFigures {
             sizes.files_per_folder,
             self.repo_setup.as_secs_f64()
         ));
-        out.push_str(&format!("   N={n} each, interleaved; wall time of the command, ms\n"));
+        out.push_str(&format!(
+            "   N={n} each, interleaved; scratch folder on {}; the machine was {:.0}% busy (all cores) meanwhile\n",
+            self.filesystem, self.machine_busy
+        ));
+        out.push_str("   wall time of the command, ms:\n");
         out.push_str(&format!("   {:<52} {:>8} {:>8} {:>8}\n", "", "min", "median", "p90"));
         let row = |label: &str, v: &[Duration]| {
             let s = stats(v);
@@ -313,15 +424,24 @@ impl SpawnFigures {
         ));
         out.push_str(&row("for scale: `corral ps --json`, daemon running", &self.ps_round_trip));
         out.push_str(&row("for scale: write 300 B + fdatasync on this disk", &self.fsync));
+        let cpu_row = |label: &str, v: &[(f64, f64)]| {
+            let user: Vec<f64> = v.iter().map(|c| c.0 * 1e3).collect();
+            let system: Vec<f64> = v.iter().map(|c| c.1 * 1e3).collect();
+            format!("     {label:<46} user {:>7.0}  system {:>7.0}\n", median_f64(&user), median_f64(&system))
+        };
+        out.push_str("   CPU per call, median ms (daemon from /proc in 10 ms ticks; client and git from rusage):\n");
+        out.push_str(&cpu_row("corral daemon (validation, libgit2, journal)", &self.cpu.daemon));
+        out.push_str(&cpu_row("corral client", &self.cpu.client));
+        out.push_str(&cpu_row("git worktree add", &self.cpu.git));
         out.push_str("   where a corral spawn's time goes (median of each phase over the N warm spawns, ms;\n");
         out.push_str("   journal timestamps (exact) and file mtimes (rounded down to a kernel tick, a few ms)):\n");
         let mut total = 0.0;
         for (name, values) in &self.phases {
             let median = median_f64(values);
             total += median;
-            out.push_str(&format!("     {name:<56} {median:>8.1}  (n={})\n", values.len()));
+            out.push_str(&format!("     {name:<62} {median:>8.1}  (n={})\n", values.len()));
         }
-        out.push_str(&format!("     {:<56} {total:>8.1}\n", "sum of medians"));
+        out.push_str(&format!("     {:<62} {total:>8.1}\n", "sum of medians"));
     }
 }
 
@@ -382,11 +502,7 @@ fn idle_agents(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> IdleFigures {
         assert!(Instant::now() < deadline, "only {running} of {} agents running after 120 s", sizes.idle_agents);
         std::thread::sleep(Duration::from_millis(100));
     };
-    let daemon_pid: u32 = std::fs::read_to_string(repo.join(".git/corral/daemon.pid"))
-        .expect("daemon.pid")
-        .trim()
-        .parse()
-        .expect("a pid in daemon.pid");
+    let daemon_pid = read_pid(&repo.join(".git/corral/daemon.pid"));
     let monitor_pids: Vec<u32> = agents.iter().filter_map(|a| a["monitor_pid"].as_u64()).map(|p| p as u32).collect();
     let agent_pids: Vec<u32> = agents.iter().filter_map(|a| a["pid"].as_u64()).map(|p| p as u32).collect();
     assert_eq!(monitor_pids.len(), sizes.idle_agents, "every agent has a monitor pid");
@@ -423,14 +539,8 @@ fn idle_agents(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> IdleFigures {
             }
         })
         .collect();
-    let machine_busy = match (machine_before, machine_after) {
-        (Some((busy_a, all_a)), Some((busy_b, all_b))) if all_b > all_a => {
-            (busy_b - busy_a) as f64 / (all_b - all_a) as f64 * 100.0
-        }
-        _ => f64::NAN,
-    };
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let machine_busy = busy_percent(machine_before, machine_after);
+    let hz = clock_ticks();
     let m = monitor_pids.len();
     IdleFigures {
         agents: sizes.idle_agents,
@@ -545,6 +655,16 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The share of all cores' time that was busy between two `machine_ticks`.
+fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((busy_a, all_a)), Some((busy_b, all_b))) if all_b > all_a => {
+            (busy_b - busy_a) as f64 / (all_b - all_a) as f64 * 100.0
+        }
+        _ => f64::NAN,
+    }
+}
+
 /// The kB fields of /proc/PID/smaps_rollup.
 fn smaps_rollup(pid: u32) -> HashMap<String, u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -611,6 +731,38 @@ fn kill_marked(id: &str) -> usize {
     killed.len()
 }
 
+/// Reaps every child that has ended (killed processes reparented to this
+/// subreaper included; a reaped monitor hands its own dead children over),
+/// until none is left or nothing more ends for 200 ms. Returns how many
+/// children are still there (should be 0 after `kill_marked`).
+fn reap_children() -> usize {
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(200) {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out pointer.
+        match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+            pid if pid > 0 => quiet_since = Instant::now(),
+            0 => std::thread::sleep(Duration::from_millis(10)),
+            _ => return 0, // ECHILD: no children at all.
+        }
+    }
+    children_of(std::process::id()).len()
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// `ps` lines (not this process) that name `path`: daemons and monitors
 /// carry the scratch folder in their arguments.
 fn ps_lines_naming(path: &Path) -> Vec<String> {
@@ -634,6 +786,7 @@ fn install_interrupt_cleanup(id: String, root: PathBuf) {
         if let Some(signal) = signals.forever().next() {
             eprintln!("foundation bench: signal {signal}: killing what it started and removing {}", root.display());
             kill_marked(&id);
+            reap_children();
             let _ = std::fs::remove_dir_all(&root);
             std::process::exit(128 + signal);
         }
@@ -653,6 +806,8 @@ struct Cleanup {
     removal: Duration,
     left_marked: usize,
     left_in_ps: usize,
+    /// Children of this process still unreaped (zombies) after cleanup.
+    zombies: usize,
     scratch_exists: bool,
 }
 
@@ -700,6 +855,7 @@ impl Scratch {
     /// Kills everything marked, removes the folder, and says what is left.
     fn cleanup(&mut self) -> Cleanup {
         let killed = kill_marked(&self.id);
+        reap_children();
         let start = Instant::now();
         if let Some(root) = self.root.take() {
             if let Err(err) = root.close() {
@@ -712,7 +868,8 @@ impl Scratch {
         for line in &in_ps {
             eprintln!("foundation bench: left behind: {line}");
         }
-        Cleanup { killed, removal, left_marked, left_in_ps: in_ps.len(), scratch_exists: self.path.exists() }
+        let zombies = reap_children();
+        Cleanup { killed, removal, left_marked, left_in_ps: in_ps.len(), zombies, scratch_exists: self.path.exists() }
     }
 }
 
