@@ -7,31 +7,10 @@
 //! the figures in the events can be checked exactly. The real CLI's
 //! runaway case is in `budget_runaway.rs`.
 
-use std::path::PathBuf;
 use std::process::Output;
 
-use corral_e2e::{corral_bin, poll_until, TestRepo, PATIENCE};
+use corral_e2e::{assistant, corral_bin, fake_claude, poll_until, TestRepo, PATIENCE};
 use serde_json::Value;
-
-/// A fake `claude` that runs the scripted agent with `script`.
-fn fake_claude(repo: &TestRepo, name: &str, script: &str) -> PathBuf {
-    let script_file = repo.path(&format!("{name}.steps"));
-    std::fs::write(&script_file, script).unwrap();
-    let bin = repo.path(&format!("{name}-claude.sh"));
-    let body =
-        format!("#!/bin/sh\nexec '{}' fake-agent \"$(cat '{}')\"\n", corral_bin().display(), script_file.display());
-    std::fs::write(&bin, body).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&bin).unwrap().permissions(), 0o755);
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    bin
-}
-
-/// A stream-json assistant line with `input` tokens, as Claude Code prints it.
-fn assistant(id: &str, input: u64) -> String {
-    format!(
-        r#"print '{{"type":"assistant","message":{{"id":"{id}","role":"assistant","model":"claude-sonnet-4-5","content":[{{"type":"text","text":"working"}}],"usage":{{"input_tokens":{input},"output_tokens":0,"cache_read_input_tokens":0,"cache_creation_input_tokens":0}}}},"parent_tool_use_id":null,"session_id":"s-1"}}'"#
-    )
-}
 
 fn spawn_claude(repo: &TestRepo, name: &str, script: &str, flags: &[&str]) -> Output {
     let bin = fake_claude(repo, name, script);

@@ -32,9 +32,14 @@ pub enum Command {
         /// Branch the worktree from this commit, branch or tag (default HEAD).
         #[arg(long, value_name = "REF")]
         base: Option<String>,
-        /// The agent CLI: claude, codex, gemini, opencode, aider, or generic (any command).
-        #[arg(long, default_value = "generic")]
-        harness: String,
+        /// A role from corral.toml (`[agents.NAME]`): harness, model, budget,
+        /// probes, restart policy... Flags override it.
+        #[arg(long)]
+        role: Option<String>,
+        /// The agent CLI: claude, codex, gemini, opencode, aider, or generic
+        /// (any command; the default).
+        #[arg(long)]
+        harness: Option<String>,
         /// The model, passed to the agent CLI.
         #[arg(long)]
         model: Option<String>,
@@ -67,20 +72,21 @@ pub enum Command {
         /// A liveness probe (failing it stops the agent; then --restart applies).
         #[arg(long, value_name = "PROBE")]
         liveness: Option<String>,
-        /// Never, OnFailure or Always.
-        #[arg(long, value_name = "POLICY", default_value = "Never")]
-        restart: String,
+        /// Never (the default), OnFailure or Always.
+        #[arg(long, value_name = "POLICY")]
+        restart: Option<String>,
         /// At most this many restarts.
         #[arg(long, value_name = "N")]
         restart_limit: Option<u32>,
-        /// First restart back-off in seconds (doubles up to --max-backoff).
-        #[arg(long, value_name = "SECONDS", default_value_t = 10.0, allow_negative_numbers = true)]
-        backoff: f64,
-        #[arg(long, value_name = "SECONDS", default_value_t = 300.0, allow_negative_numbers = true)]
-        max_backoff: f64,
-        /// A run this long resets the back-off.
-        #[arg(long, value_name = "SECONDS", default_value_t = 600.0, allow_negative_numbers = true)]
-        reset_after: f64,
+        /// First restart back-off in seconds (default 10; doubles up to --max-backoff).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        backoff: Option<f64>,
+        /// Longest back-off in seconds (default 300).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        max_backoff: Option<f64>,
+        /// A run this long (seconds, default 600) resets the back-off.
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        reset_after: Option<f64>,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for

@@ -78,6 +78,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             task,
             parent,
             base,
+            role,
             harness,
             model,
             max_tokens,
@@ -97,21 +98,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             json,
             command,
         } => {
-            let probes = corral_probes::ProbeSet {
-                startup: startup.as_deref().map(|t| parse_probe("--startup", t)).transpose()?,
-                readiness: readiness.as_deref().map(|t| parse_probe("--readiness", t)).transpose()?,
-                liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
-            };
-            let restart = crate::restart::RestartSpec {
-                policy: restart
-                    .parse()
-                    .map_err(|why: String| Error::new(ErrorKind::BadConfig, format!("--restart: {why}")))?,
-                limit: restart_limit,
-                backoff_secs: backoff,
-                max_backoff_secs: max_backoff,
-                reset_after_secs: reset_after,
-            };
-            let budget = crate::budget::Budget {
+            // Budgets are checked here too, so a typo fails before any daemon starts.
+            let limits = crate::budget::Budget {
                 tokens: max_tokens,
                 output_tokens: max_output_tokens,
                 cost: max_cost,
@@ -119,7 +107,51 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 idle_secs: idle_timeout,
                 warn_at: None,
             };
-            let grace_secs = grace;
+            limits.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
+            let seconds = |flag: &str, value: Option<f64>| -> Result<Option<std::time::Duration>> {
+                value
+                    .map(|v| {
+                        std::time::Duration::try_from_secs_f64(v).map_err(|_| {
+                            Error::new(ErrorKind::BadConfig, format!("{flag} must be zero or more seconds, not {v}"))
+                        })
+                    })
+                    .transpose()
+            };
+            let restart_given = restart.is_some()
+                || restart_limit.is_some()
+                || backoff.is_some()
+                || max_backoff.is_some()
+                || reset_after.is_some();
+            let restart = match restart_given {
+                false => None,
+                true => Some(crate::config::RestartConfig {
+                    policy: restart
+                        .map(|p| p.parse())
+                        .transpose()
+                        .map_err(|why: String| Error::new(ErrorKind::BadConfig, format!("--restart: {why}")))?,
+                    limit: restart_limit,
+                    backoff: seconds("--backoff", backoff)?,
+                    max_backoff: seconds("--max-backoff", max_backoff)?,
+                    reset_after: seconds("--reset-after", reset_after)?,
+                }),
+            };
+            let settings = crate::config::AgentConfig {
+                harness,
+                model,
+                budget: (!limits.is_empty()).then(|| crate::config::Budget {
+                    tokens: max_tokens,
+                    output_tokens: max_output_tokens,
+                    cost: max_cost,
+                    wall: timeout.map(std::time::Duration::from_secs_f64),
+                    idle: idle_timeout.map(std::time::Duration::from_secs_f64),
+                    warn_at: None,
+                }),
+                startup: startup.as_deref().map(|t| parse_probe("--startup", t)).transpose()?,
+                readiness: readiness.as_deref().map(|t| parse_probe("--readiness", t)).transpose()?,
+                liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
+                restart,
+                ..Default::default()
+            };
             validate_name(&name)?;
             let caller = caller();
             let parent = match parent {
@@ -132,15 +164,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 name,
                 parent: Some(parent.to_string()),
                 task,
-                harness: Some(harness),
-                model,
+                role,
+                settings,
                 command,
+                grace_secs: grace,
                 base,
                 env,
-                budget,
-                grace_secs,
-                probes,
-                restart,
             };
             let Response::Spawned(spawned) = Client::connect(&state)?.request(&Request::Spawn(Box::new(request)))?
             else {

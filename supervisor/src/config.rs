@@ -329,17 +329,9 @@ pub struct RestartConfig {
     pub reset_after: Option<Duration>,
 }
 
-/// When an ended agent is started again, spelled as in Kubernetes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RestartPolicy {
-    /// Never restart.
-    #[default]
-    Never,
-    /// Restart after a failure (non-zero exit, failed liveness or startup probe).
-    OnFailure,
-    /// Restart whenever it ends, success included.
-    Always,
-}
+/// When an ended agent is started again, spelled as in Kubernetes
+/// ("Never", "OnFailure", "Always"): the one type `restart` also uses.
+pub use crate::restart::RestartPolicy;
 
 /// `merge = { ... }` (or `merge = "auto"`): what happens to an agent's work
 /// when its task succeeds. Unset: policy `manual`, strategy `merge`, target
@@ -670,6 +662,32 @@ impl AgentConfig {
     /// The three probes as the set `corral_probes` runs.
     pub fn probes(&self) -> ProbeSet {
         ProbeSet { startup: self.startup.clone(), readiness: self.readiness.clone(), liveness: self.liveness.clone() }
+    }
+
+    /// The budget as the supervisor enforces it (seconds for time limits).
+    pub fn budget_limits(&self) -> crate::budget::Budget {
+        let budget = self.budget.unwrap_or_default();
+        crate::budget::Budget {
+            tokens: budget.tokens,
+            output_tokens: budget.output_tokens,
+            cost: budget.cost,
+            wall_secs: budget.wall.map(|d| d.as_secs_f64()),
+            idle_secs: budget.idle.map(|d| d.as_secs_f64()),
+            warn_at: budget.warn_at,
+        }
+    }
+
+    /// The restart policy as the monitor applies it, defaults filled in.
+    pub fn restart_spec(&self) -> crate::restart::RestartSpec {
+        let restart = self.restart.unwrap_or_default();
+        let defaults = crate::restart::RestartSpec::default();
+        crate::restart::RestartSpec {
+            policy: restart.policy.unwrap_or_default(),
+            limit: restart.limit,
+            backoff_secs: restart.backoff.map_or(defaults.backoff_secs, |d| d.as_secs_f64()),
+            max_backoff_secs: restart.max_backoff.map_or(defaults.max_backoff_secs, |d| d.as_secs_f64()),
+            reset_after_secs: restart.reset_after.map_or(defaults.reset_after_secs, |d| d.as_secs_f64()),
+        }
     }
 }
 

@@ -55,6 +55,9 @@ struct Inner {
     build: String,
     /// When each running agent last printed anything (for idle budgets).
     activity: Mutex<HashMap<Address, Instant>>,
+    /// corral.toml as last read (at start and at each spawn): the daily
+    /// budget and the price table.
+    config: Mutex<crate::config::Config>,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -95,6 +98,10 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         git: tokio::sync::Mutex::new(()),
         build: crate::protocol::build_id(),
         activity: Mutex::new(HashMap::new()),
+        config: Mutex::new(crate::config::Config::load(&state.repo_root).unwrap_or_else(|err| {
+            eprintln!("corral: {err}; using no daily budget or prices until it is fixed");
+            crate::config::Config::default()
+        })),
     });
     inner
         .commit(vec![Draft {
@@ -281,11 +288,13 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
     }
     let address = parent.child(&request.name)?;
-    request.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
-    request.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
-    request.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
-    let launch = build_launch(&request)?;
-    check_command(&launch.argv[0], &request.env)?;
+    let mut resolved = resolve_settings(inner, &address, &request)?;
+    refuse_if_day_spent(inner)?;
+    resolved.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
+    resolved.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
+    resolved.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    let launch = build_launch(&resolved)?;
+    check_command(&launch.argv[0], &resolved.env)?;
 
     // Reserve the address and an id, so concurrent spawns cannot clash.
     let id = {
@@ -298,12 +307,11 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         reserved.1 += 1;
         reserved.1 - 1
     };
-    let mut request = request;
-    let granted = grant_budget(inner, &parent, &request.budget);
+    let granted = grant_budget(inner, &parent, &resolved.budget);
     let result = match granted {
         Ok(budget) => {
-            request.budget = budget;
-            spawn_reserved(inner, &request, &launch, &parent, &address, id).await
+            resolved.budget = budget;
+            spawn_reserved(inner, &request, &resolved, &launch, &parent, &address, id).await
         }
         Err(why) => Err(Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"))),
     };
@@ -315,6 +323,7 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
 async fn spawn_reserved(
     inner: &Arc<Inner>,
     request: &SpawnRequest,
+    resolved: &Resolved,
     launch: &Launch,
     parent: &Address,
     address: &Address,
@@ -343,16 +352,17 @@ async fn spawn_reserved(
         task: Some(task_id.clone()),
         body: EventBody::Spawned {
             id,
-            harness: request.harness.clone().unwrap_or_else(|| "generic".into()),
-            task_text: request.task.clone(),
+            harness: resolved.harness.clone(),
+            task_text: resolved.task.clone(),
             command: launch.argv.clone(),
             branch: branch.clone(),
             worktree: worktree_path.clone(),
             base: base.clone(),
-            budget: request.budget,
-            grace_secs: request.grace_secs,
-            probes: request.probes.clone(),
-            restart: request.restart,
+            budget: resolved.budget,
+            grace_secs: resolved.grace_secs,
+            probes: resolved.probes.clone(),
+            restart: resolved.restart,
+            model: resolved.model.clone(),
         },
     };
     inner.commit(vec![spawned]).await?;
@@ -377,13 +387,13 @@ async fn spawn_reserved(
     }
 
     let agent_dir = inner.state.agent(id);
-    let launched = launch_monitor(inner, &agent_dir, request, launch, &record).await;
+    let launched = launch_monitor(inner, &agent_dir, resolved, launch, &record).await;
     let launched = match launched {
         Ok(launched) => launched,
         Err(err) => {
             let _git = inner.git.lock().await;
-            let (repo, name, branch, path) = (repo.clone(), git_name.clone(), branch.clone(), worktree_path.clone());
-            let _ = blocking(move || worktree::discard(&repo, &name, &branch, &path)).await;
+            let (repo, branch, path) = (repo.clone(), branch.clone(), worktree_path.clone());
+            let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
             fail(err.message.clone()).await;
             return Err(err);
         }
@@ -395,14 +405,60 @@ async fn spawn_reserved(
     Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
 }
 
-/// The harness's command line for this request.
-fn build_launch(request: &SpawnRequest) -> Result<Launch> {
-    let harness = request.harness.as_deref().unwrap_or("generic");
+/// One spawn's settings: corral.toml resolved for the address and role
+/// (defaults, then policies by address prefix, then the role), with the
+/// command line's own settings on top.
+struct Resolved {
+    harness: String,
+    model: Option<String>,
+    task: String,
+    /// For `generic`, the command; else extra arguments for the CLI.
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    budget: Budget,
+    probes: corral_probes::ProbeSet,
+    restart: crate::restart::RestartSpec,
+    grace_secs: Option<f64>,
+}
+
+fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
+    let bad = |e: crate::config::ConfigError| Error::new(ErrorKind::BadConfig, e.to_string());
+    let config = crate::config::Config::load(&inner.state.repo_root).map_err(bad)?;
+    *inner.config.lock().unwrap() = config.clone();
+    let mut settings = config.resolve(&address.to_string(), request.role.as_deref()).map_err(bad)?;
+    settings.overlay(&request.settings);
+    let harness = settings.harness.clone().unwrap_or_else(|| "generic".into());
+    // A role's args come first; the command line's go after them. For a
+    // plain command, the role's args are the command when none is given.
+    let mut command = settings.args.clone().unwrap_or_default();
+    if harness == "generic" && !request.command.is_empty() {
+        command.clear();
+    }
+    command.extend(request.command.iter().cloned());
+    let mut env = request.env.clone();
+    env.extend(settings.env.clone().unwrap_or_default());
+    let task = if request.task.is_empty() { settings.task.clone().unwrap_or_default() } else { request.task.clone() };
+    Ok(Resolved {
+        harness,
+        model: settings.model.clone(),
+        task,
+        command,
+        env,
+        budget: settings.budget_limits(),
+        probes: settings.probes(),
+        restart: settings.restart_spec(),
+        grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
+    })
+}
+
+/// The harness's command line for these settings.
+fn build_launch(resolved: &Resolved) -> Result<Launch> {
+    let harness = resolved.harness.as_str();
     let program = match corral_harness::launch::program_variable(harness) {
-        Some(variable) => request.env.get(variable).cloned().unwrap_or_else(|| harness.to_string()),
+        Some(variable) => resolved.env.get(variable).cloned().unwrap_or_else(|| harness.to_string()),
         None => String::new(),
     };
-    corral_harness::launch::launch(harness, &program, &request.task, request.model.as_deref(), &request.command)
+    corral_harness::launch::launch(harness, &program, &resolved.task, resolved.model.as_deref(), &resolved.command)
         .map_err(|why| Error::new(ErrorKind::BadHarness, why))
 }
 
@@ -433,12 +489,12 @@ fn check_command(program: &str, env: &BTreeMap<String, String>) -> Result<()> {
 async fn launch_monitor(
     inner: &Arc<Inner>,
     agent_dir: &AgentDir,
-    request: &SpawnRequest,
+    resolved: &Resolved,
     launch: &Launch,
     record: &AgentRecord,
 ) -> Result<Launched> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut env = request.env.clone();
+    let mut env = resolved.env.clone();
     env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
     env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
     env.insert("CORRAL_PARENT".into(), record.parent.to_string());
@@ -454,7 +510,7 @@ async fn launch_monitor(
         raw: launch.raw_pty,
         input: launch.input.into(),
         first_input: launch.first_input.clone(),
-        restart: request.restart,
+        restart: resolved.restart,
         rows: 50,
         cols: 160,
     };
@@ -505,7 +561,7 @@ async fn launch_monitor(
         }
         if let Some(exit) = monitor::read_exit_record(agent_dir) {
             if exit.error.is_some() {
-                break Err(start_error(&request.command, &exit));
+                break Err(start_error(&launch.argv, &exit));
             }
             // It ran, and ended before the first connect.
             let monitor_pid =
@@ -1025,6 +1081,8 @@ async fn flush_output(
     if bodies.is_empty() {
         return;
     }
+    let mut bodies = bodies;
+    price_usage(inner, record, &mut bodies);
     let spent = bodies.iter().any(|b| matches!(b, EventBody::Usage { .. }));
     let drafts = bodies.into_iter().map(|body| inner.draft(record, body)).collect();
     if let Err(err) = inner.commit(drafts).await {
@@ -1059,6 +1117,7 @@ async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
     let now = chrono::Utc::now();
     let mut drafts = Vec::new();
     let mut stops = Vec::new();
+    check_daily(inner, &mut drafts, &mut stops);
     {
         let table = inner.table.lock().unwrap();
         let activity = inner.activity.lock().unwrap();
@@ -1103,6 +1162,77 @@ async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
         let sender = inner.monitors.lock().unwrap().get(&address).cloned();
         if let Some(sender) = sender {
             let _ = sender.send(AgentCommand::Stop { grace_secs });
+        }
+    }
+}
+
+/// Gives a cost to usage the CLI reported without one, from the price
+/// table in corral.toml (`[prices."MODEL"]`), when the model is in it.
+fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [EventBody]) {
+    let config = inner.config.lock().unwrap();
+    let model = inner.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
+    let Some(price) = model.as_deref().and_then(|m| config.price(m)) else { return };
+    for body in bodies {
+        if let EventBody::Usage { total, cost_usd: cost @ None, .. } = body {
+            *cost = Some(price.cost(total));
+        }
+    }
+}
+
+/// Refuses a spawn once the repository's daily budget is spent.
+fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
+    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let table = inner.table.lock().unwrap();
+    let Some(day) = table.daily.get(&today) else { return Ok(()) };
+    if let Some(kind) = day.exceeded.first() {
+        let budget = inner.config.lock().unwrap().budget.clone();
+        let (used, limit) = match kind {
+            BudgetKind::DailyCost => (format!("${:.4}", day.cost), format!("${:.4}", budget.daily_cost.unwrap_or(0.0))),
+            _ => (day.tokens.to_string(), budget.daily_tokens.map_or("?".into(), |t| t.to_string())),
+        };
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "the repository's {} budget for {today} is spent ({used} of {limit}); it starts again tomorrow",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The repository's daily budgets: warns once a day per kind, and once one
+/// is spent stops every running agent and refuses new spawns until tomorrow.
+fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Vec<(Address, f64)>) {
+    let budget = inner.config.lock().unwrap().budget.clone();
+    if budget.daily_tokens.is_none() && budget.daily_cost.is_none() {
+        return;
+    }
+    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let table = inner.table.lock().unwrap();
+    let day = table.daily.get(&today).cloned().unwrap_or_default();
+    if !day.exceeded.is_empty() {
+        return;
+    }
+    let warn_at = budget.warn_at.unwrap_or(crate::budget::DEFAULT_WARN_AT);
+    let limits = [
+        (BudgetKind::DailyTokens, budget.daily_tokens.map(|t| t as f64), day.tokens as f64),
+        (BudgetKind::DailyCost, budget.daily_cost, day.cost),
+    ];
+    for (kind, limit, used) in limits {
+        let Some(limit) = limit else { continue };
+        let repo_event = |body| Draft { agent: None, parent: None, task: None, body };
+        if used >= limit {
+            drafts.push(repo_event(EventBody::BudgetExceeded { kind, used, limit }));
+            for agent in table.agents.values().filter(|a| !a.state.is_terminal() && !a.stop_requested) {
+                let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                stops.push((agent.address.clone(), grace_secs));
+            }
+            return;
+        }
+        if used >= limit * warn_at && !day.warned.contains(&kind) {
+            drafts.push(repo_event(EventBody::BudgetWarning { kind, used, limit }));
         }
     }
 }
@@ -1191,13 +1321,8 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
 
 async fn discard_unstarted(inner: &Arc<Inner>, record: &AgentRecord, why: &str) {
     let _git = inner.git.lock().await;
-    let (repo, name, branch, path) = (
-        inner.state.repo_root.clone(),
-        format!("corral-{}", record.address.flat()),
-        record.branch.clone(),
-        record.worktree.clone(),
-    );
-    let _ = blocking(move || worktree::discard(&repo, &name, &branch, &path)).await;
+    let (repo, branch, path) = (inner.state.repo_root.clone(), record.branch.clone(), record.worktree.clone());
+    let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
     let _ = inner.commit(vec![inner.draft(record, EventBody::SpawnFailed { reason: why.into() })]).await;
 }
 
@@ -1275,10 +1400,9 @@ async fn gc(inner: &Arc<Inner>, force: bool) -> Result<Response> {
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     let _git = inner.git.lock().await;
     for agent in candidates {
-        let (repo, name, path) =
-            (inner.state.repo_root.clone(), format!("corral-{}", agent.address.flat()), agent.worktree.clone());
+        let (repo, path) = (inner.state.repo_root.clone(), agent.worktree.clone());
         let entry = |why: String| GcEntry { address: agent.address.to_string(), worktree: agent.worktree.clone(), why };
-        match blocking(move || worktree::remove(&repo, &name, &path, force)).await {
+        match blocking(move || worktree::remove(&repo, &path, force)).await {
             Ok(()) => {
                 inner
                     .commit(vec![inner.draft(&agent, EventBody::Removed { worktree: agent.worktree.clone() })])

@@ -60,15 +60,12 @@ pub fn run(keep: bool) -> Result<i32> {
             name: (*name).into(),
             parent: None,
             task: (*task).into(),
-            harness: None,
-            model: None,
+            role: None,
+            settings: Default::default(),
             command: vec![exe.display().to_string(), "fake-agent".into(), (*script).into()],
+            grace_secs: None,
             base: None,
             env: std::env::vars().collect(),
-            budget: Default::default(),
-            grace_secs: None,
-            probes: Default::default(),
-            restart: Default::default(),
         };
         let Response::Spawned(spawned) = client.request(&Request::Spawn(Box::new(request)))? else {
             return Err(Error::other("unexpected answer to spawn"));

@@ -72,6 +72,8 @@ pub enum EventBody {
         probes: ProbeSet,
         #[serde(default, skip_serializing_if = "is_never")]
         restart: RestartSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     /// The agent could not be started; nothing of it is left.
     SpawnFailed {

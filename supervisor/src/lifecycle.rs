@@ -175,6 +175,9 @@ pub struct AgentRecord {
     /// Why its current run was killed by a probe, if it was.
     #[serde(default)]
     pub probe_killed: Option<String>,
+    /// The model, as asked for at spawn or as the CLI reported it.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// How the agent CLI said its last turn went.
@@ -208,6 +211,7 @@ impl AgentRecord {
             grace_secs,
             probes,
             restart,
+            model,
         } = &event.body
         else {
             return None;
@@ -256,6 +260,7 @@ impl AgentRecord {
             ready: false,
             restarts: 0,
             probe_killed: None,
+            model: model.clone(),
         })
     }
 
@@ -280,9 +285,12 @@ impl AgentRecord {
                     }
                 }
             }
-            EventBody::SessionStarted { session_id, .. } => {
+            EventBody::SessionStarted { session_id, model, .. } => {
                 if session_id.is_some() {
                     self.session_id = session_id.clone();
+                }
+                if model.is_some() {
+                    self.model = model.clone();
                 }
             }
             EventBody::Usage { total, cost_usd, .. } => {
@@ -433,6 +441,25 @@ pub struct AgentTable {
     pub agents: BTreeMap<Address, AgentRecord>,
     /// The largest agent id seen, so new ids never reuse a folder.
     pub last_id: u64,
+    /// What the repository spent each day (local date, `YYYY-MM-DD`): the
+    /// journal is kept, so a daemon restart or a second cron run the same
+    /// day starts from the same figures.
+    pub daily: BTreeMap<String, DailySpend>,
+}
+
+/// One day's spend over all agents, and the daily budgets already warned
+/// about or spent that day.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DailySpend {
+    pub tokens: u64,
+    pub cost: f64,
+    pub warned: Vec<BudgetKind>,
+    pub exceeded: Vec<BudgetKind>,
+}
+
+/// The local date of a timestamp, as the daily budget counts days.
+pub fn day_of(ts: DateTime<Utc>) -> String {
+    ts.with_timezone(&chrono::Local).format("%Y-%m-%d").to_string()
 }
 
 impl AgentTable {
@@ -443,6 +470,21 @@ impl AgentTable {
                 self.agents.insert(record.address.clone(), record);
             }
             return;
+        }
+        match &event.body {
+            EventBody::BudgetWarning { kind, .. } if event.agent.is_none() => {
+                self.daily.entry(day_of(event.ts)).or_default().warned.push(*kind);
+            }
+            EventBody::BudgetExceeded { kind, .. } if event.agent.is_none() => {
+                self.daily.entry(day_of(event.ts)).or_default().exceeded.push(*kind);
+            }
+            EventBody::Usage { delta, cost_usd, .. } => {
+                let previous = event.agent.as_ref().and_then(|a| self.agents.get(a)).and_then(|a| a.cost_usd);
+                let day = self.daily.entry(day_of(event.ts)).or_default();
+                day.tokens += delta.total();
+                day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);
+            }
+            _ => {}
         }
         let Some(address) = &event.agent else { return };
         if let EventBody::SpawnFailed { .. } = &event.body {
@@ -490,6 +532,7 @@ mod tests {
                 grace_secs: None,
                 probes: Default::default(),
                 restart: Default::default(),
+                model: None,
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),

@@ -66,26 +66,20 @@ pub struct SpawnRequest {
     pub name: String,
     /// Absolute address of the parent; `/root` when absent.
     pub parent: Option<String>,
+    /// The task; empty takes the role's `task` from corral.toml.
     pub task: String,
-    /// The agent CLI (default `generic`: `command` is the whole command).
+    /// A role from corral.toml (`[agents.NAME]`).
     #[serde(default)]
-    pub harness: Option<String>,
+    pub role: Option<String>,
+    /// Settings given on the command line; they override corral.toml.
     #[serde(default)]
-    pub model: Option<String>,
+    pub settings: crate::config::AgentConfig,
     /// For `generic`, the command; for another harness, extra arguments.
     pub command: Vec<String>,
-    /// Limits for the agent and its subtree.
-    #[serde(default)]
-    pub budget: crate::budget::Budget,
-    /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
+    /// Seconds between SIGTERM and SIGKILL when corral stops it (default:
+    /// `[supervisor] grace`, else 10).
     #[serde(default)]
     pub grace_secs: Option<f64>,
-    /// Startup, readiness and liveness probes.
-    #[serde(default)]
-    pub probes: corral_probes::ProbeSet,
-    /// What happens when the agent's process ends.
-    #[serde(default)]
-    pub restart: crate::restart::RestartSpec,
     pub base: Option<String>,
     /// The client's environment: the agent runs with it (plus CORRAL_*).
     pub env: BTreeMap<String, String>,

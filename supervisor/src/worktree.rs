@@ -60,8 +60,15 @@ pub fn current_branch(repo: &Path) -> Option<String> {
     head.shorthand().map(str::to_string).filter(|_| head.is_branch())
 }
 
-/// Makes branch `branch` at `base_commit` and a worktree for it at `path`,
-/// registered in git as `name`. All or nothing.
+/// Makes branch `branch` at `base_commit` and a worktree for it at `path`.
+/// All or nothing.
+///
+/// It runs `git worktree add` when git is installed: git checks out a large
+/// tree with about half libgit2's CPU (libgit2 looks up attributes with two
+/// `realpath` calls per file), and it applies what the person's git does on
+/// checkout (Git LFS and other filters, the post-checkout hook), which
+/// libgit2 skips. Without git, libgit2 makes it. `name` names git's entry
+/// for the worktree in the libgit2 case; git names it after the folder.
 pub fn create(repo_path: &Path, name: &str, branch: &str, base_commit: &str, path: &Path) -> Result<Created> {
     let repo = open(repo_path)?;
     if path.exists() {
@@ -73,49 +80,84 @@ pub fn create(repo_path: &Path, name: &str, branch: &str, base_commit: &str, pat
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
     }
-    let oid = git2::Oid::from_str(base_commit).map_err(|e| Error::other(e.message().to_string()))?;
-    let commit = repo.find_commit(oid).map_err(|e| Error::new(ErrorKind::BadBaseRef, e.message().to_string()))?;
-    let branch_ref = repo.branch(branch, &commit, false).map_err(|e| {
-        if e.code() == git2::ErrorCode::Exists {
-            Error::new(ErrorKind::Duplicate, format!("branch {branch} already exists"))
-        } else {
-            Error::other(format!("cannot create branch {branch}: {}", e.message()))
+    if repo.find_branch(branch, git2::BranchType::Local).is_ok() {
+        return Err(Error::new(ErrorKind::Duplicate, format!("branch {branch} already exists")));
+    }
+    let made = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo_path)
+        .args(["worktree", "add", "--quiet", "-b", branch])
+        .arg(path)
+        .arg(base_commit)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let result = match made {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        // No git on this machine: libgit2 it is.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_with_libgit2(&repo, name, branch, base_commit, path)
         }
-    })?;
-    let mut options = git2::WorktreeAddOptions::new();
-    options.reference(Some(branch_ref.get()));
-    match repo.worktree(name, path, Some(&options)) {
-        Ok(_) => Ok(Created { base_commit: base_commit.to_string(), path: path.to_path_buf() }),
-        Err(err) => {
-            undo_create(&repo, name, branch, path);
-            Err(Error::other(format!("cannot create the worktree {}: {}", path.display(), err.message())))
+        Err(e) => Err(format!("cannot run git: {e}")),
+    };
+    match result {
+        Ok(()) => Ok(Created { base_commit: base_commit.to_string(), path: path.to_path_buf() }),
+        Err(why) => {
+            undo_create(&repo, branch, path);
+            Err(Error::other(format!("cannot create the worktree {}: {why}", path.display())))
         }
     }
 }
 
+fn create_with_libgit2(
+    repo: &git2::Repository,
+    name: &str,
+    branch: &str,
+    base_commit: &str,
+    path: &Path,
+) -> std::result::Result<(), String> {
+    let oid = git2::Oid::from_str(base_commit).map_err(|e| e.message().to_string())?;
+    let commit = repo.find_commit(oid).map_err(|e| e.message().to_string())?;
+    let branch_ref = repo.branch(branch, &commit, false).map_err(|e| e.message().to_string())?;
+    let mut options = git2::WorktreeAddOptions::new();
+    options.reference(Some(branch_ref.get()));
+    repo.worktree(name, path, Some(&options)).map(|_| ()).map_err(|e| e.message().to_string())
+}
+
 /// Removes what a failed or abandoned `create` made. Only for worktrees
 /// no agent has run in: the branch goes too.
-pub fn discard(repo_path: &Path, name: &str, branch: &str, path: &Path) -> Result<()> {
+pub fn discard(repo_path: &Path, branch: &str, path: &Path) -> Result<()> {
     let repo = open(repo_path)?;
-    undo_create(&repo, name, branch, path);
+    undo_create(&repo, branch, path);
     Ok(())
 }
 
-fn undo_create(repo: &git2::Repository, name: &str, branch: &str, path: &Path) {
+fn undo_create(repo: &git2::Repository, branch: &str, path: &Path) {
+    prune_admin(repo, path);
     let _ = std::fs::remove_dir_all(path);
-    prune_admin(repo, name);
     if let Ok(mut b) = repo.find_branch(branch, git2::BranchType::Local) {
         let _ = b.delete();
     }
 }
 
-fn prune_admin(repo: &git2::Repository, name: &str) {
-    if let Ok(worktree) = repo.find_worktree(name) {
-        let mut options = git2::WorktreePruneOptions::new();
-        options.valid(true).working_tree(true).locked(true);
-        let _ = worktree.prune(Some(&mut options));
+/// Removes git's entry for the worktree at `path` (found by its path: git
+/// names entries after the folder, libgit2 after the name it was given).
+fn prune_admin(repo: &git2::Repository, path: &Path) {
+    let Ok(names) = repo.worktrees() else { return };
+    let wanted = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    for name in names.iter().flatten() {
+        let Ok(worktree) = repo.find_worktree(name) else { continue };
+        let at = worktree.path().canonicalize().unwrap_or_else(|_| worktree.path().to_path_buf());
+        if at == wanted || worktree.path() == path {
+            let mut options = git2::WorktreePruneOptions::new();
+            options.valid(true).working_tree(true).locked(true);
+            let _ = worktree.prune(Some(&mut options));
+            let _ = std::fs::remove_dir_all(repo.path().join("worktrees").join(name));
+        }
     }
-    let _ = std::fs::remove_dir_all(repo.path().join("worktrees").join(name));
 }
 
 /// Files in the worktree that are modified or untracked (not ignored).
@@ -130,7 +172,7 @@ pub fn uncommitted(path: &Path) -> Result<Vec<String>> {
 
 /// Removes the worktree folder and git's entry for it; the branch stays.
 /// Refuses when the worktree holds uncommitted work, unless `force`.
-pub fn remove(repo_path: &Path, name: &str, path: &Path, force: bool) -> Result<()> {
+pub fn remove(repo_path: &Path, path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {
         let dirty = uncommitted(path)?;
         if !dirty.is_empty() {
@@ -146,10 +188,11 @@ pub fn remove(repo_path: &Path, name: &str, path: &Path, force: bool) -> Result<
         }
     }
     let repo = open(repo_path)?;
+    // git's entry first, while the folder still names it.
+    prune_admin(&repo, path);
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))?;
     }
-    prune_admin(&repo, name);
     Ok(())
 }
 
@@ -192,10 +235,11 @@ mod tests {
         assert!(ensure_branch_free(repo.path(), "corral/root/a").is_err());
 
         std::fs::write(path.join("new.txt"), "x").unwrap();
-        let err = remove(repo.path(), "corral-a", &path, false).unwrap_err();
+        let err = remove(repo.path(), &path, false).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Refused);
         assert!(err.message.contains("new.txt"), "{err}");
-        remove(repo.path(), "corral-a", &path, true).unwrap();
+        remove(repo.path(), &path, true).unwrap();
+        assert!(git2::Repository::open(repo.path()).unwrap().worktrees().unwrap().is_empty());
         assert!(!path.exists());
         // The branch is kept.
         assert!(ensure_branch_free(repo.path(), "corral/root/a").is_err());
@@ -211,7 +255,7 @@ mod tests {
         let err = create(repo.path(), "corral-b", "corral/root/b", &base, &blocker.join("wt"));
         assert!(err.is_err());
         ensure_branch_free(repo.path(), "corral/root/b").unwrap();
-        assert!(!repo.path().join(".git/worktrees/corral-b").exists());
+        assert!(git2::Repository::open(repo.path()).unwrap().worktrees().unwrap().is_empty());
     }
 
     #[test]

@@ -231,3 +231,25 @@ impl Drop for TestRepo {
         }
     }
 }
+
+/// A fake `claude` CLI (for `CORRAL_CLAUDE_BIN`) that runs the scripted
+/// agent with `script` and ignores Claude's own flags: for stream-json
+/// lines with known usage and cost.
+pub fn fake_claude(repo: &TestRepo, name: &str, script: &str) -> PathBuf {
+    let script_file = repo.path(&format!("{name}.steps"));
+    std::fs::write(&script_file, script).unwrap();
+    let bin = repo.path(&format!("{name}-claude.sh"));
+    let body =
+        format!("#!/bin/sh\nexec '{}' fake-agent \"$(cat '{}')\"\n", corral_bin().display(), script_file.display());
+    std::fs::write(&bin, body).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A fake-agent step printing a Claude Code stream-json assistant line
+/// with `input` input tokens (and no others).
+pub fn assistant(id: &str, input: u64) -> String {
+    format!(
+        r#"print '{{"type":"assistant","message":{{"id":"{id}","role":"assistant","model":"claude-sonnet-4-5","content":[{{"type":"text","text":"working"}}],"usage":{{"input_tokens":{input},"output_tokens":0,"cache_read_input_tokens":0,"cache_creation_input_tokens":0}}}},"parent_tool_use_id":null,"session_id":"s-1"}}'"#
+    )
+}
