@@ -378,6 +378,12 @@ fn view_logs_and_gc() {
     repo.spawn_fake("dirty", "write scratch.txt unsaved; exit 0");
     repo.corral_ok(&["wait", "worker", "dirty"]);
 
+    // The daemon's socket is its owner's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(repo.state_dir().join("daemon.sock")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
     let view = repo.corral_ok(&["view", "worker"]);
     assert!(view.contains("succeeded") && view.contains("exit 0") && view.contains("line-two"), "{view}");
     let logs = repo.corral_ok(&["logs", "worker"]);
@@ -396,4 +402,31 @@ fn view_logs_and_gc() {
 
     let gc = repo.corral_json(&["gc", "--force", "--json"]);
     assert_eq!(gc["removed"][0]["address"], "/root/dirty", "{gc}");
+}
+
+#[test]
+fn logs_follow_prints_output_as_it_comes_until_the_agent_ends() {
+    let repo = TestRepo::new();
+    let go = repo.path("go");
+    repo.spawn_fake("chatty", &format!("print first; wait-file {}; print second; exit 0", go.display()));
+    let mut follow = repo.command().args(["logs", "chatty", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), "first");
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(rest.contains("second"), "{rest:?}");
+    // It returned by itself once the agent ended.
+    assert!(follow.wait().unwrap().success());
+}
+
+#[test]
+fn a_daemon_whose_repository_is_deleted_exits() {
+    let repo = TestRepo::new();
+    repo.corral_ok(&["ps"]);
+    let daemon = repo.daemon_pid().unwrap();
+    std::fs::remove_dir_all(repo.repo.join(".git")).unwrap();
+    poll_until("the daemon to exit", PATIENCE, || !alive(daemon));
 }

@@ -1246,6 +1246,11 @@ fn start_budget_clock(inner: &Arc<Inner>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
+            if !inner.state.dir.exists() {
+                // The repository was deleted under us: nothing left to serve.
+                eprintln!("corral: {} is gone; the daemon exits", inner.state.dir.display());
+                std::process::exit(0);
+            }
             let timed: Vec<Address> = inner
                 .table
                 .lock()
