@@ -121,3 +121,14 @@ fn the_price_table_gives_a_cost_to_clis_that_report_none() {
     assert!((cost - 1.2).abs() < 1e-9, "{cost}");
     repo.corral_ok(&["stop", "priced", "--grace", "0"]);
 }
+
+#[test]
+fn worktree_root_in_the_config_places_the_worktrees() {
+    let repo = TestRepo::new();
+    let root = repo.path("elsewhere");
+    write_config(&repo, &format!("[supervisor]\nworktree_root = \"{}\"\n", root.display()));
+    let spawned = repo.spawn_fake("placed", "exit 0");
+    let worktree = spawned["worktree"].as_str().unwrap();
+    assert!(worktree.starts_with(root.to_str().unwrap()), "{worktree}");
+    assert!(std::path::Path::new(worktree).join("README.md").exists());
+}

@@ -80,6 +80,16 @@ pub fn run(state: StateDir) -> anyhow::Result<()> {
 }
 
 async fn serve(state: StateDir) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&state.repo_root).unwrap_or_else(|err| {
+        eprintln!("corral: {err}; using no daily budget or prices until it is fixed");
+        crate::config::Config::default()
+    });
+    let mut state = state;
+    if let Some(root) = &config.supervisor.worktree_root {
+        // `[supervisor] worktree_root` (read when the daemon starts) wins
+        // over CORRAL_WORKTREE_ROOT and the XDG default.
+        state.worktrees = crate::paths::worktrees_for(root, &state.repo_root);
+    }
     let (journal, events) = Journal::open(&state.journal())?;
     let mut table = AgentTable::default();
     for event in &events {
@@ -98,10 +108,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         git: tokio::sync::Mutex::new(()),
         build: crate::protocol::build_id(),
         activity: Mutex::new(HashMap::new()),
-        config: Mutex::new(crate::config::Config::load(&state.repo_root).unwrap_or_else(|err| {
-            eprintln!("corral: {err}; using no daily budget or prices until it is fixed");
-            crate::config::Config::default()
-        })),
+        config: Mutex::new(config),
     });
     inner
         .commit(vec![Draft {
