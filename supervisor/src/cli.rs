@@ -87,6 +87,19 @@ pub enum Command {
         /// A run this long (seconds, default 600) resets the back-off.
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         reset_after: Option<f64>,
+        /// When its task succeeds: auto (through the merge queue), manual
+        /// (the default: `corral merge`), or never.
+        #[arg(long, value_name = "POLICY")]
+        merge: Option<String>,
+        /// The branch its work merges onto (default: the branch checked out now).
+        #[arg(long, value_name = "BRANCH")]
+        target: Option<String>,
+        /// ff-only, merge (the default), rebase or squash.
+        #[arg(long, value_name = "STRATEGY")]
+        strategy: Option<String>,
+        /// A shell command that must pass in its worktree before it merges.
+        #[arg(long, value_name = "COMMAND")]
+        gate: Option<String>,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for
@@ -94,6 +107,18 @@ pub enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Merge an ended agent's work onto its target now (or again), through
+    /// the merge queue; the exit code says how it went.
+    Merge {
+        address: String,
+        /// ff-only, merge, rebase or squash (default: the agent's own).
+        #[arg(long)]
+        strategy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What an agent changed, as a patch against where it started.
+    Diff { address: String },
     /// Queue a message for a running agent (delivered in order, never dropped).
     Send {
         address: String,

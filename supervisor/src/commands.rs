@@ -16,7 +16,7 @@ use crate::address::{validate_name, Address};
 use crate::cli::{Cli, Command};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lifecycle::{AgentRecord, WAIT_TIMED_OUT};
+use crate::lifecycle::{AgentRecord, MergeState, WAIT_TIMED_OUT};
 use crate::output::clean_line;
 use crate::paths::StateDir;
 use crate::protocol::{Request, Response, SpawnRequest};
@@ -57,6 +57,29 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Usage { harness, file, json } => usage(&harness, &file, json),
+        Command::Merge { address, strategy, json } => {
+            let address = Address::resolve(&address, &caller())?.to_string();
+            let strategy = strategy.as_deref().map(parse_strategy).transpose()?;
+            let Response::Agent { agent } =
+                Client::connect(&state()?)?.request(&Request::Merge { address, strategy })?
+            else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agent).expect("serializes"));
+            } else {
+                println!("{}", describe(&agent));
+            }
+            Ok(agent.merge_state.as_ref().map_or(1, |m| m.exit_code()))
+        }
+        Command::Diff { address } => {
+            let address = Address::resolve(&address, &caller())?.to_string();
+            let Response::Diff { patch } = Client::connect(&state()?)?.request(&Request::Diff { address })? else {
+                return Err(unexpected());
+            };
+            print!("{patch}");
+            Ok(0)
+        }
         Command::Send { address, text, from, json } => {
             let caller = caller();
             let to = Address::resolve(&address, &caller)?.to_string();
@@ -95,9 +118,33 @@ fn dispatch(cli: Cli) -> Result<i32> {
             backoff,
             max_backoff,
             reset_after,
+            merge,
+            target,
+            strategy,
+            gate,
             json,
             command,
         } => {
+            let merge_given = merge.is_some() || target.is_some() || strategy.is_some() || gate.is_some();
+            let merge = match merge_given {
+                false => None,
+                true => Some(crate::config::MergeConfig {
+                    policy: merge
+                        .map(|p| match p.as_str() {
+                            "auto" => Ok(crate::config::MergePolicy::Auto),
+                            "manual" => Ok(crate::config::MergePolicy::Manual),
+                            "never" => Ok(crate::config::MergePolicy::Never),
+                            other => Err(Error::new(
+                                ErrorKind::BadConfig,
+                                format!("--merge {other:?}: use auto, manual or never"),
+                            )),
+                        })
+                        .transpose()?,
+                    target,
+                    strategy: strategy.as_deref().map(parse_strategy).transpose()?,
+                    gate: gate.map(crate::config::Gate::Shell),
+                }),
+            };
             // Budgets are checked here too, so a typo fails before any daemon starts.
             let limits = crate::budget::Budget {
                 tokens: max_tokens,
@@ -150,6 +197,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 readiness: readiness.as_deref().map(|t| parse_probe("--readiness", t)).transpose()?,
                 liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
                 restart,
+                merge,
                 ..Default::default()
             };
             validate_name(&name)?;
@@ -294,6 +342,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+fn parse_strategy(text: &str) -> Result<crate::merge::Strategy> {
+    text.parse().map_err(|_| {
+        Error::new(ErrorKind::BadConfig, format!("strategy {text:?}: use ff-only, merge, rebase or squash"))
+    })
+}
+
 /// A probe from the command line: JSON, or a TOML inline table.
 fn parse_probe(flag: &str, text: &str) -> Result<corral_probes::ProbeSpec> {
     let bad = |why: String| Error::new(ErrorKind::BadConfig, format!("{flag} {text:?}: {why}"));
@@ -386,12 +440,34 @@ pub fn describe(agent: &AgentRecord) -> String {
     if let Some(reason) = &agent.reason {
         text.push_str(&format!(" ({reason})"));
     }
+    match &agent.merge_state {
+        Some(MergeState::Merged { commit, commits }) => {
+            let short = &commit[..commit.len().min(10)];
+            text.push_str(&format!(
+                "; merged into {} at {short} ({commits} commits)",
+                agent.merge.target.as_deref().unwrap_or("?")
+            ))
+        }
+        Some(MergeState::Conflict { files }) => text.push_str(&format!("; merge conflict in {}", files.join(", "))),
+        Some(MergeState::GateFailed { code, output }) => {
+            let tail: String =
+                output.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+            text.push_str(&format!("; gate failed (exit {}): {tail}", code.map_or("?".into(), |c| c.to_string())))
+        }
+        Some(MergeState::Waiting { why, .. }) => text.push_str(&format!("; merge waiting: {why}")),
+        Some(MergeState::Refused { why }) => text.push_str(&format!("; merge refused: {why}")),
+        Some(other) => text.push_str(&format!("; merge {}", other.as_str())),
+        None => {}
+    }
     text
 }
 
 /// The state, with readiness while running and the restart count.
 fn state_cell(agent: &AgentRecord) -> String {
-    let mut text = agent.state.as_str().to_string();
+    let mut text = match &agent.merge_state {
+        Some(merge) => merge.as_str().to_string(),
+        None => agent.state.as_str().to_string(),
+    };
     if agent.state == crate::lifecycle::AgentState::Running && !agent.ready {
         text.push_str(" (not ready)");
     }

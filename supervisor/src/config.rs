@@ -364,20 +364,9 @@ pub enum MergePolicy {
     Never,
 }
 
-/// How a branch lands on its target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MergeStrategy {
-    /// Fast-forward only; refuses when the target moved.
-    FfOnly,
-    /// A merge commit (or a fast-forward), as `git merge`.
-    #[default]
-    Merge,
-    /// The branch's commits replayed on the target.
-    Rebase,
-    /// One commit holding the branch's changes.
-    Squash,
-}
+/// How a branch lands on its target: "ff-only", "merge" (the default),
+/// "rebase", "squash" (the one type `merge` also uses).
+pub use crate::merge::Strategy as MergeStrategy;
 
 /// A merge gate: `gate = "cargo test"` runs with `sh -c`; `gate = ["cargo",
 /// "test"]` runs that argv.
@@ -386,6 +375,15 @@ pub enum MergeStrategy {
 pub enum Gate {
     Shell(String),
     Argv(Vec<String>),
+}
+
+impl From<&Gate> for crate::merge::Gate {
+    fn from(gate: &Gate) -> Self {
+        match gate {
+            Gate::Shell(text) => crate::merge::Gate::Shell(text.clone()),
+            Gate::Argv(argv) => crate::merge::Gate::Argv(argv.clone()),
+        }
+    }
 }
 
 impl Gate {

@@ -26,7 +26,7 @@ use crate::budget::{Budget, BudgetKind, Spend};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventBody};
 use crate::journal::{Draft, Journal, JournalReader};
-use crate::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable};
+use crate::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable, MergeSpec, MergeState};
 use crate::monitor::{self, ExitRecord, MonitorCommand, MonitorMessage, MonitorSpec};
 use crate::output::{clean_line, Limiter, LineCursor};
 use crate::paths::{AgentDir, StateDir};
@@ -58,6 +58,8 @@ struct Inner {
     /// corral.toml as last read (at start and at each spawn): the daily
     /// budget and the price table.
     config: Mutex<crate::config::Config>,
+    /// The merge queue's input.
+    merges: mpsc::UnboundedSender<MergeJob>,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -97,6 +99,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
     }
     let next_id = table.last_id + 1;
     let (seq, _) = watch::channel(journal.last_seq());
+    let (merge_tx, merge_rx) = mpsc::unbounded_channel();
     let inner = Arc::new(Inner {
         exe: std::env::current_exe()?,
         state: state.clone(),
@@ -109,6 +112,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         build: crate::protocol::build_id(),
         activity: Mutex::new(HashMap::new()),
         config: Mutex::new(config),
+        merges: merge_tx,
     });
     inner
         .commit(vec![Draft {
@@ -120,6 +124,8 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         .await?;
     adopt_all(&inner).await;
     start_budget_clock(&inner);
+    start_merge_queue(&inner, merge_rx);
+    resume_merges(&inner).await;
 
     let socket = state.socket();
     let _ = std::fs::remove_file(&socket);
@@ -245,6 +251,25 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
         Request::Stop { address, grace_secs } => stop(inner, &address, grace_secs).await,
         Request::Wait { addresses, timeout_secs } => wait(inner, &addresses, timeout_secs).await,
         Request::Gc { force } => gc(inner, force).await,
+        Request::Merge { address, strategy } => {
+            let agent = inner.find(&address)?;
+            if !agent.state.is_terminal() {
+                return Err(Error::new(
+                    ErrorKind::Refused,
+                    format!("{} is {}; its work merges once it has ended", agent.address, agent.state.as_str()),
+                ));
+            }
+            let (reply, answer) = oneshot::channel();
+            enqueue_merge(inner, &agent.address, strategy, Some(reply)).await;
+            let agent = answer.await.ok().flatten().ok_or_else(|| Error::other("the merge queue stopped"))?;
+            Ok(Response::Agent { agent: Box::new(agent) })
+        }
+        Request::Diff { address } => {
+            let agent = inner.find(&address)?;
+            let (repo, branch, base) = (inner.state.repo_root.clone(), agent.branch.clone(), agent.base.clone());
+            let patch = blocking(move || crate::merge::diff(&repo, &branch, &base).map_err(Error::from)).await?;
+            Ok(Response::Diff { patch })
+        }
         Request::Send { to, from, text } => {
             let agent = inner.find(&to)?;
             let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
@@ -370,6 +395,7 @@ async fn spawn_reserved(
             probes: resolved.probes.clone(),
             restart: resolved.restart,
             model: resolved.model.clone(),
+            merge: resolved.merge.clone(),
         },
     };
     inner.commit(vec![spawned]).await?;
@@ -426,6 +452,7 @@ struct Resolved {
     probes: corral_probes::ProbeSet,
     restart: crate::restart::RestartSpec,
     grace_secs: Option<f64>,
+    merge: MergeSpec,
 }
 
 fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
@@ -455,6 +482,21 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
         probes: settings.probes(),
         restart: settings.restart_spec(),
         grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
+        merge: {
+            let merge = settings.merge.clone().unwrap_or_default();
+            MergeSpec {
+                policy: merge.policy.unwrap_or_default(),
+                // The target: as given, else the configured one, else the
+                // branch checked out now.
+                target: merge
+                    .target
+                    .clone()
+                    .or_else(|| config.supervisor.target_branch.clone())
+                    .or_else(|| worktree::current_branch(&inner.state.repo_root)),
+                strategy: merge.strategy.unwrap_or_default(),
+                gate: merge.gate.as_ref().map(Into::into),
+            }
+        },
     })
 }
 
@@ -1041,6 +1083,10 @@ async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord
     if let Err(err) = inner.commit(vec![inner.draft(&current, body)]).await {
         eprintln!("corral: {}: cannot record the exit: {err}", current.address);
     }
+    let ended = inner.record(&current.address).unwrap_or(current);
+    if ended.state == AgentState::Succeeded && ended.merge.policy == crate::config::MergePolicy::Auto {
+        enqueue_merge(inner, &ended.address, None, None).await;
+    }
 }
 
 fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
@@ -1389,7 +1435,7 @@ async fn wait_for(inner: &Arc<Inner>, addresses: &[Address], timeout: Option<Dur
             let table = inner.table.lock().unwrap();
             addresses.iter().filter_map(|a| table.agents.get(a).cloned()).collect()
         };
-        if records.iter().all(|r| r.state.is_terminal()) {
+        if records.iter().all(AgentRecord::is_done) {
             return (records, false);
         }
         let changed = seq.changed();
@@ -1406,25 +1452,260 @@ async fn wait_for(inner: &Arc<Inner>, addresses: &[Address], timeout: Option<Dur
     }
 }
 
+/// Removes the worktrees of agents that are done (their merge settled),
+/// and their branches when the target already holds every commit. Work
+/// that is not on the target (uncommitted files, unmerged or squashed
+/// commits) is kept unless `force`, and then named.
 async fn gc(inner: &Arc<Inner>, force: bool) -> Result<Response> {
     let candidates: Vec<AgentRecord> =
-        inner.table.lock().unwrap().agents.values().filter(|a| a.state.is_terminal() && !a.removed).cloned().collect();
+        inner.table.lock().unwrap().agents.values().filter(|a| a.is_done() && !a.removed).cloned().collect();
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     let _git = inner.git.lock().await;
     for agent in candidates {
-        let (repo, path) = (inner.state.repo_root.clone(), agent.worktree.clone());
-        let entry = |why: String| GcEntry { address: agent.address.to_string(), worktree: agent.worktree.clone(), why };
-        match blocking(move || worktree::remove(&repo, &path, force)).await {
-            Ok(()) => {
-                inner
-                    .commit(vec![inner.draft(&agent, EventBody::Removed { worktree: agent.worktree.clone() })])
-                    .await?;
-                removed.push(entry(format!("{}; branch {} kept", agent.state.as_str(), agent.branch)));
+        let repo = inner.state.repo_root.clone();
+        let (path, branch, target) = (agent.worktree.clone(), agent.branch.clone(), agent.merge.target.clone());
+        let entry = |why: String, deleted_branch: Option<String>| GcEntry {
+            address: agent.address.to_string(),
+            worktree: agent.worktree.clone(),
+            why,
+            deleted_branch,
+        };
+        let outcome = blocking(move || {
+            worktree::remove(&repo, &path, force)?;
+            let merged = match &target {
+                Some(target) => crate::merge::is_merged(&repo, &branch, target).unwrap_or(false),
+                None => false,
+            };
+            let exists = worktree::branch_tip(&repo, &branch).is_some();
+            if exists && (merged || force) {
+                worktree::delete_branch(&repo, &branch)?;
+                return Ok((true, merged));
             }
-            Err(err) => kept.push(entry(err.message)),
+            Ok((false, merged))
+        })
+        .await;
+        match outcome {
+            Ok((deleted, merged)) => {
+                let deleted_branch = deleted.then(|| agent.branch.clone());
+                let body =
+                    EventBody::Removed { worktree: agent.worktree.clone(), deleted_branch: deleted_branch.clone() };
+                inner.commit(vec![inner.draft(&agent, body)]).await?;
+                let why = match (deleted, merged) {
+                    (true, true) => format!("{}; branch {} merged and deleted", agent.state.as_str(), agent.branch),
+                    (true, false) => {
+                        format!("{}; UNMERGED branch {} deleted (--force)", agent.state.as_str(), agent.branch)
+                    }
+                    (false, _) => format!(
+                        "{}; branch {} kept (not all of it is on its target)",
+                        agent.state.as_str(),
+                        agent.branch
+                    ),
+                };
+                removed.push(entry(why, deleted_branch));
+            }
+            Err(err) => kept.push(entry(err.message, None)),
         }
     }
     Ok(Response::Gc { removed, kept })
+}
+
+// ---- the merge queue -------------------------------------------------------
+
+/// One merge to do: an agent's branch onto its target.
+struct MergeJob {
+    address: Address,
+    strategy: Option<crate::merge::Strategy>,
+    /// Told the agent's record once the merge settled.
+    reply: Option<oneshot::Sender<Option<AgentRecord>>>,
+}
+
+/// Puts an agent in the merge queue (journaled, so a restart resumes it).
+async fn enqueue_merge(
+    inner: &Arc<Inner>,
+    address: &Address,
+    strategy: Option<crate::merge::Strategy>,
+    reply: Option<oneshot::Sender<Option<AgentRecord>>>,
+) {
+    if let Some(record) = inner.record(address) {
+        let _ = inner.commit(vec![inner.draft(&record, EventBody::MergeQueued {})]).await;
+    }
+    let _ = inner.merges.send(MergeJob { address: address.clone(), strategy, reply });
+}
+
+/// The one merge worker: merges happen one at a time, in queue order.
+fn start_merge_queue(inner: &Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            run_merge(&inner, &job).await;
+            let record = inner.record(&job.address);
+            if let Some(MergeState::Waiting { .. }) = record.as_ref().and_then(|r| r.merge_state.as_ref()) {
+                // The person's checkout of the target has uncommitted changes:
+                // look again in a while, without holding up the queue.
+                let (inner, address, strategy) = (inner.clone(), job.address.clone(), job.strategy);
+                tokio::spawn(async move {
+                    tokio::time::sleep(MERGE_RETRY).await;
+                    let still_waiting =
+                        matches!(inner.record(&address).and_then(|r| r.merge_state), Some(MergeState::Waiting { .. }));
+                    if still_waiting {
+                        let _ = inner.merges.send(MergeJob { address, strategy, reply: None });
+                    }
+                });
+            }
+            if let Some(reply) = job.reply {
+                let _ = reply.send(record);
+            }
+        }
+    });
+}
+
+/// How often a merge waiting for a clean checkout looks again.
+const MERGE_RETRY: Duration = Duration::from_secs(2);
+
+/// Commits the agent's leftovers, runs its gate, then merges, journaling
+/// `merge_started` (with the old and new target) before moving the target.
+async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
+    let Some(record) = inner.record(&job.address) else { return };
+    let journal = |body| {
+        let (inner, record) = (inner.clone(), record.clone());
+        async move {
+            let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+        }
+    };
+    let Some(target) = record.merge.target.clone() else {
+        let why = "no target branch (no branch was checked out when it was spawned): pass --target".to_string();
+        return journal(EventBody::MergeRefused { why }).await;
+    };
+    let strategy = job.strategy.unwrap_or(record.merge.strategy);
+    let repo = inner.state.repo_root.clone();
+    let _git = inner.git.lock().await;
+
+    if record.worktree.exists() && !record.removed {
+        let (path, message) = (
+            record.worktree.clone(),
+            format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
+        );
+        if let Err(err) = blocking(move || {
+            crate::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message).map_err(Error::from)
+        })
+        .await
+        {
+            return journal(EventBody::MergeRefused { why: format!("cannot commit its leftovers: {err}") }).await;
+        }
+        if let Some(gate) = record.merge.gate.clone() {
+            let path = record.worktree.clone();
+            let result =
+                blocking(move || Ok(crate::merge::run_gate(&path, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))))
+                    .await;
+            if let Ok(result) = result {
+                if !result.passed {
+                    return journal(EventBody::GateFailed { code: result.code, output: result.output }).await;
+                }
+            }
+        }
+    }
+
+    let message =
+        format!("corral: merge {} ({})\n\nTask {}: {}", record.address, record.branch, record.task_id, record.task);
+    for _attempt in 0..5 {
+        let (repo2, branch, target2, message2) = (repo.clone(), record.branch.clone(), target.clone(), message.clone());
+        let prepared = blocking(move || {
+            let signature = git2::Signature::now("corral", "corral@localhost")
+                .map_err(|e| Error::other(e.message().to_string()))?;
+            crate::merge::prepare_merge(&repo2, &branch, &target2, strategy, &message2, &signature).map_err(Error::from)
+        })
+        .await;
+        let plan = match prepared {
+            Ok(crate::merge::Prepared::Ready(plan)) => plan,
+            Ok(crate::merge::Prepared::Finished(outcome)) => {
+                return journal(outcome_body(&repo, &target, outcome)).await
+            }
+            Err(err) => return journal(EventBody::MergeRefused { why: err.message }).await,
+        };
+        journal(EventBody::MergeStarted {
+            target: target.clone(),
+            old: plan.old.to_string(),
+            new: plan.new.to_string(),
+            strategy,
+        })
+        .await;
+        let repo2 = repo.clone();
+        match tokio::task::spawn_blocking(move || crate::merge::apply_merge(&repo2, &plan)).await {
+            Ok(Ok(outcome)) => return journal(outcome_body(&repo, &target, outcome)).await,
+            // The target moved between computing and applying: compute again.
+            Ok(Err(crate::merge::MergeError::TargetMoved { .. })) => continue,
+            Ok(Err(err)) => return journal(EventBody::MergeRefused { why: Error::from(err).message }).await,
+            Err(err) => {
+                return journal(EventBody::MergeRefused { why: format!("the merge worker failed: {err}") }).await
+            }
+        }
+    }
+    journal(EventBody::MergeRefused { why: format!("{target} kept moving; try `corral merge` again") }).await;
+}
+
+/// Longest a merge gate may run.
+const GATE_TIMEOUT_SECS: u64 = 30 * 60;
+
+fn outcome_body(repo: &Path, target: &str, outcome: crate::merge::MergeOutcome) -> EventBody {
+    use crate::merge::MergeOutcome;
+    match outcome {
+        MergeOutcome::Merged { new, commits, .. } => {
+            EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits }
+        }
+        MergeOutcome::UpToDate => EventBody::Merged {
+            target: target.to_string(),
+            commit: worktree::branch_tip(repo, target).unwrap_or_default(),
+            commits: 0,
+        },
+        MergeOutcome::Conflict { files } => EventBody::Conflict { files },
+        MergeOutcome::NotFastForward => {
+            EventBody::MergeRefused { why: format!("fast-forward only, and {target} has moved on") }
+        }
+        MergeOutcome::RebaseRefused { merges } => EventBody::MergeRefused {
+            why: format!("a rebase would drop what its {} merge commit(s) carry; merge it with --strategy merge", merges.len()),
+        },
+        MergeOutcome::TargetDirty { worktree, files } => EventBody::MergeWaiting {
+            why: format!(
+                "{target} is checked out in {} with uncommitted changes; corral merges once they are committed or reverted",
+                worktree.display()
+            ),
+            files,
+        },
+    }
+}
+
+/// After a restart: finishes or redoes merges the journal says were under
+/// way, and queues what was queued or waiting.
+async fn resume_merges(inner: &Arc<Inner>) {
+    let agents: Vec<AgentRecord> = inner.table.lock().unwrap().agents.values().cloned().collect();
+    for agent in agents {
+        let auto = agent.merge.policy == crate::config::MergePolicy::Auto && agent.state == AgentState::Succeeded;
+        match agent.merge_state.clone() {
+            Some(MergeState::Merging { target, old, new }) => {
+                let repo = inner.state.repo_root.clone();
+                let (t, o, n) = (target.clone(), old.clone(), new.clone());
+                let recovered = blocking(move || {
+                    let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
+                    let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
+                    crate::merge::recover(&repo, &t, old, new).map_err(Error::from)
+                })
+                .await;
+                match recovered {
+                    Ok(crate::merge::Recovery::Applied) => {
+                        let body = EventBody::Merged { target, commit: new, commits: 0 };
+                        let _ = inner.commit(vec![inner.draft(&agent, body)]).await;
+                    }
+                    // Not applied (or the target moved on): do it again.
+                    _ => enqueue_merge(inner, &agent.address, None, None).await,
+                }
+            }
+            Some(MergeState::Queued | MergeState::Waiting { .. }) => {
+                enqueue_merge(inner, &agent.address, None, None).await
+            }
+            None if auto => enqueue_merge(inner, &agent.address, None, None).await,
+            _ => {}
+        }
+    }
 }
 
 // ---- events ----------------------------------------------------------------

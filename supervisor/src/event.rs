@@ -74,6 +74,8 @@ pub enum EventBody {
         restart: RestartSpec,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+        #[serde(default)]
+        merge: crate::lifecycle::MergeSpec,
     },
     /// The agent could not be started; nothing of it is left.
     SpawnFailed {
@@ -188,6 +190,42 @@ pub enum EventBody {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// The agent's branch joined the merge queue.
+    MergeQueued {},
+    /// Its merge is computed and about to move `target` from `old` to `new`
+    /// (journaled first, so a restarted daemon can finish or redo it).
+    MergeStarted {
+        target: String,
+        old: String,
+        new: String,
+        strategy: crate::merge::Strategy,
+    },
+    /// Its work is on the target (`commits` new to it; 0: nothing to merge).
+    Merged {
+        target: String,
+        commit: String,
+        commits: usize,
+    },
+    /// Its branch and the target change the same lines; nothing changed.
+    Conflict {
+        files: Vec<String>,
+    },
+    /// The gate failed in its worktree; nothing merged.
+    GateFailed {
+        code: Option<i32>,
+        output: String,
+    },
+    /// The target is checked out with uncommitted changes; corral touches
+    /// nothing and tries again when it is clean.
+    MergeWaiting {
+        why: String,
+        files: Vec<String>,
+    },
+    /// The strategy cannot merge it (fast-forward only, a rebase that
+    /// would drop changes); nothing changed.
+    MergeRefused {
+        why: String,
+    },
     /// Someone (or a budget: `budget` names it) asked the agent to stop.
     StopRequested {
         grace_secs: f64,
@@ -207,6 +245,9 @@ pub enum EventBody {
     /// `corral gc` removed the agent's worktree; its branch stays.
     Removed {
         worktree: PathBuf,
+        /// The branch gc deleted too: merged (or forced), never otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deleted_branch: Option<String>,
     },
 }
 
@@ -246,6 +287,13 @@ impl EventBody {
             EventBody::InputClosed {} => "input_closed",
             EventBody::BudgetWarning { .. } => "budget_warning",
             EventBody::Probe { .. } => "probe",
+            EventBody::MergeQueued {} => "merge_queued",
+            EventBody::MergeStarted { .. } => "merge_started",
+            EventBody::Merged { .. } => "merged",
+            EventBody::Conflict { .. } => "conflict",
+            EventBody::GateFailed { .. } => "gate_failed",
+            EventBody::MergeWaiting { .. } => "merge_waiting",
+            EventBody::MergeRefused { .. } => "merge_refused",
             EventBody::Restarted { .. } => "restarted",
             EventBody::BudgetExceeded { .. } => "budget_exceeded",
         }

@@ -178,6 +178,85 @@ pub struct AgentRecord {
     /// The model, as asked for at spawn or as the CLI reported it.
     #[serde(default)]
     pub model: Option<String>,
+    /// How its work goes back: policy, target, strategy, gate.
+    #[serde(default)]
+    pub merge: MergeSpec,
+    /// Where its merge stands, once one was asked for.
+    #[serde(default)]
+    pub merge_state: Option<MergeState>,
+}
+
+/// How an agent's work goes back onto a branch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeSpec {
+    pub policy: crate::config::MergePolicy,
+    /// The branch it goes onto (None: there was no branch to default to).
+    pub target: Option<String>,
+    pub strategy: crate::merge::Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::merge::Gate>,
+}
+
+/// Where an agent's merge stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MergeState {
+    Queued,
+    Merging {
+        target: String,
+        old: String,
+        new: String,
+    },
+    Merged {
+        commit: String,
+        commits: usize,
+    },
+    Conflict {
+        files: Vec<String>,
+    },
+    GateFailed {
+        code: Option<i32>,
+        output: String,
+    },
+    /// The target is checked out with uncommitted changes; corral retries.
+    Waiting {
+        why: String,
+        files: Vec<String>,
+    },
+    Refused {
+        why: String,
+    },
+}
+
+impl MergeState {
+    /// Settled: nothing more happens without someone asking.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, MergeState::Queued | MergeState::Merging { .. })
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MergeState::Queued => "queued",
+            MergeState::Merging { .. } => "merging",
+            MergeState::Merged { .. } => "merged",
+            MergeState::Conflict { .. } => "conflict",
+            MergeState::GateFailed { .. } => "gate_failed",
+            MergeState::Waiting { .. } => "waiting",
+            MergeState::Refused { .. } => "refused",
+        }
+    }
+
+    /// The exit code `corral wait` and `corral merge` give (README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MergeState::Merged { .. } => 0,
+            MergeState::Conflict { .. } => 27,
+            MergeState::GateFailed { .. } => 28,
+            MergeState::Waiting { .. } => 29,
+            MergeState::Refused { .. } => 30,
+            MergeState::Queued | MergeState::Merging { .. } => WAIT_TIMED_OUT,
+        }
+    }
 }
 
 /// How the agent CLI said its last turn went.
@@ -212,6 +291,7 @@ impl AgentRecord {
             probes,
             restart,
             model,
+            merge,
         } = &event.body
         else {
             return None;
@@ -261,6 +341,8 @@ impl AgentRecord {
             restarts: 0,
             probe_killed: None,
             model: model.clone(),
+            merge: merge.clone(),
+            merge_state: None,
         })
     }
 
@@ -322,6 +404,22 @@ impl AgentRecord {
                 self.delivered_since_result = true;
             }
             EventBody::InputClosed {} => self.input_closed = true,
+            EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
+            EventBody::MergeStarted { target, old, new, .. } => {
+                self.merge_state =
+                    Some(MergeState::Merging { target: target.clone(), old: old.clone(), new: new.clone() })
+            }
+            EventBody::Merged { commit, commits, .. } => {
+                self.merge_state = Some(MergeState::Merged { commit: commit.clone(), commits: *commits })
+            }
+            EventBody::Conflict { files } => self.merge_state = Some(MergeState::Conflict { files: files.clone() }),
+            EventBody::GateFailed { code, output } => {
+                self.merge_state = Some(MergeState::GateFailed { code: *code, output: output.clone() })
+            }
+            EventBody::MergeWaiting { why, files } => {
+                self.merge_state = Some(MergeState::Waiting { why: why.clone(), files: files.clone() })
+            }
+            EventBody::MergeRefused { why } => self.merge_state = Some(MergeState::Refused { why: why.clone() }),
             EventBody::Probe { change, probe, message, .. } => match change.as_str() {
                 "ready" => self.ready = true,
                 "not_ready" => self.ready = false,
@@ -379,10 +477,26 @@ impl AgentRecord {
     /// The exit code `corral wait` gives for this agent (README, "Exit
     /// codes"): the state's, with budgets told apart by kind.
     pub fn wait_code(&self) -> i32 {
+        if let (AgentState::Succeeded, Some(merge)) = (self.state, &self.merge_state) {
+            return merge.exit_code();
+        }
         match (self.state, self.stopped_for) {
             (AgentState::BudgetExceeded, Some(BudgetKind::Cost | BudgetKind::DailyCost)) => 24,
             (AgentState::BudgetExceeded, Some(BudgetKind::Idle)) => 26,
             (state, _) => state.wait_code(),
+        }
+    }
+
+    /// Ended, and (for an automatic merge) its merge settled: what
+    /// `corral wait` waits for.
+    pub fn is_done(&self) -> bool {
+        if !self.state.is_terminal() {
+            return false;
+        }
+        let auto = self.merge.policy == crate::config::MergePolicy::Auto && self.state == AgentState::Succeeded;
+        match &self.merge_state {
+            Some(merge) => merge.is_settled(),
+            None => !auto,
         }
     }
 
@@ -533,6 +647,7 @@ mod tests {
                 probes: Default::default(),
                 restart: Default::default(),
                 model: None,
+                merge: Default::default(),
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),

@@ -63,12 +63,13 @@ use git2::{ObjectType, Oid, Repository, RepositoryState, Status, Tree};
 use serde::{Deserialize, Serialize};
 
 /// How a branch goes onto its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Move the target only when it is an ancestor of the branch.
     FfOnly,
     /// Fast-forward when possible, else a merge commit (git's default).
+    #[default]
     Merge,
     /// Replay the branch's commits on the target, then fast-forward.
     Rebase,

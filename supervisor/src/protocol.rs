@@ -50,6 +50,16 @@ pub enum Request {
     Gc {
         force: bool,
     },
+    /// Merges an ended agent's branch through the merge queue (or retries);
+    /// answered with the agent once the merge settled.
+    Merge {
+        address: String,
+        strategy: Option<crate::merge::Strategy>,
+    },
+    /// What an agent changed, as a patch.
+    Diff {
+        address: String,
+    },
     /// Queues a message for a running agent; answered with its id.
     Send {
         to: String,
@@ -121,6 +131,12 @@ pub enum Response {
     Sent {
         message_id: String,
     },
+    Agent {
+        agent: Box<AgentRecord>,
+    },
+    Diff {
+        patch: String,
+    },
     Ok,
     End,
     Error(Error),
@@ -140,6 +156,9 @@ pub struct GcEntry {
     pub address: String,
     pub worktree: PathBuf,
     pub why: String,
+    /// The branch gc deleted with the worktree, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_branch: Option<String>,
 }
 
 /// Identifies the running binary: its version, size and modification

@@ -196,6 +196,23 @@ pub fn remove(repo_path: &Path, path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// The commit a local branch points at.
+pub fn branch_tip(repo_path: &Path, branch: &str) -> Option<String> {
+    let repo = open(repo_path).ok()?;
+    let tip = repo.find_branch(branch, git2::BranchType::Local).ok()?.get().peel_to_commit().ok()?;
+    Some(tip.id().to_string())
+}
+
+/// Deletes a local branch (its commits stay in the object store until git
+/// collects them; callers decide whether that work is safe to drop).
+pub fn delete_branch(repo_path: &Path, branch: &str) -> Result<()> {
+    let repo = open(repo_path)?;
+    let mut found = repo
+        .find_branch(branch, git2::BranchType::Local)
+        .map_err(|e| Error::other(format!("branch {branch}: {}", e.message())))?;
+    found.delete().map_err(|e| Error::other(format!("cannot delete branch {branch}: {}", e.message())))
+}
+
 /// Number of commits on `branch` that `base` does not have.
 pub fn commits_ahead(repo_path: &Path, branch: &str, base: &str) -> Result<usize> {
     let repo = open(repo_path)?;
