@@ -100,6 +100,10 @@ pub enum Command {
         /// A shell command that must pass in its worktree before it merges.
         #[arg(long, value_name = "COMMAND")]
         gate: Option<String>,
+        /// read-only, workspace-write or full (default: its parent's; a
+        /// child never gets more than its parent).
+        #[arg(long, value_name = "SANDBOX")]
+        sandbox: Option<String>,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for

@@ -122,9 +122,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             target,
             strategy,
             gate,
+            sandbox,
             json,
             command,
         } => {
+            let sandbox = sandbox
+                .map(|text| {
+                    serde_json::from_value::<crate::config::Sandbox>(serde_json::Value::String(text.clone())).map_err(|_| {
+                        Error::new(ErrorKind::BadConfig, format!("--sandbox {text:?}: use read-only, workspace-write or full"))
+                    })
+                })
+                .transpose()?;
             let merge_given = merge.is_some() || target.is_some() || strategy.is_some() || gate.is_some();
             let merge = match merge_given {
                 false => None,
@@ -198,6 +206,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
                 restart,
                 merge,
+                sandbox,
                 ..Default::default()
             };
             validate_name(&name)?;
@@ -226,14 +235,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string(&spawned).expect("serializes"));
             } else {
-                println!(
-                    "{} {}  (pid {}, branch {}, worktree {})",
-                    spawned.address,
-                    spawned.task_id,
-                    spawned.pid,
-                    spawned.branch,
-                    spawned.worktree.display()
-                );
+                let how = match spawned.pid {
+                    0 => "pending: max_threads agents run already".to_string(),
+                    pid => format!("pid {pid}"),
+                };
+                let (address, task_id, branch) = (&spawned.address, &spawned.task_id, &spawned.branch);
+                println!("{address} {task_id}  ({how}, branch {branch}, worktree {})", spawned.worktree.display());
             }
             Ok(0)
         }

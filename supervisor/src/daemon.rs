@@ -60,6 +60,8 @@ struct Inner {
     config: Mutex<crate::config::Config>,
     /// The merge queue's input.
     merges: mpsc::UnboundedSender<MergeJob>,
+    /// Held while deciding whether an agent may start (max_threads).
+    slots: tokio::sync::Mutex<()>,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -113,6 +115,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         activity: Mutex::new(HashMap::new()),
         config: Mutex::new(config),
         merges: merge_tx,
+        slots: tokio::sync::Mutex::new(()),
     });
     inner
         .commit(vec![Draft {
@@ -126,6 +129,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
     start_budget_clock(&inner);
     start_merge_queue(&inner, merge_rx);
     resume_merges(&inner).await;
+    dispatch_pending(&inner).await;
 
     let socket = state.socket();
     let _ = std::fs::remove_file(&socket);
@@ -322,9 +326,17 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
     let address = parent.child(&request.name)?;
     let mut resolved = resolve_settings(inner, &address, &request)?;
     refuse_if_day_spent(inner)?;
+    let max_depth = inner.config.lock().unwrap().supervisor.max_depth;
+    if let Some(max) = max_depth.filter(|max| address.depth() > *max as usize) {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{address} would be {} levels below /root; max_depth is {max}", address.depth()),
+        ));
+    }
     resolved.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
     resolved.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
     resolved.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    inherit_sandbox(inner, &parent, &address, &mut resolved)?;
     let launch = build_launch(&resolved)?;
     check_command(&launch.argv[0], &resolved.env)?;
 
@@ -396,6 +408,7 @@ async fn spawn_reserved(
             restart: resolved.restart,
             model: resolved.model.clone(),
             merge: resolved.merge.clone(),
+            sandbox: resolved.sandbox,
         },
     };
     inner.commit(vec![spawned]).await?;
@@ -420,7 +433,20 @@ async fn spawn_reserved(
     }
 
     let agent_dir = inner.state.agent(id);
-    let launched = launch_monitor(inner, &agent_dir, resolved, launch, &record).await;
+    if let Err(err) = write_monitor_spec(inner, &agent_dir, resolved, launch, &record).await {
+        let _git = inner.git.lock().await;
+        let (repo, branch, path) = (repo.clone(), branch.clone(), worktree_path.clone());
+        let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
+        fail(err.message.clone()).await;
+        return Err(err);
+    }
+    // Over `max_threads`, the agent waits in Pending for a slot.
+    let _slots = inner.slots.lock().await;
+    if !slot_free(inner) {
+        inner.commit(vec![inner.draft(&record, EventBody::Queued {})]).await?;
+        return Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid: 0 });
+    }
+    let launched = start_monitor(inner, &agent_dir, &record).await;
     let launched = match launched {
         Ok(launched) => launched,
         Err(err) => {
@@ -438,6 +464,7 @@ async fn spawn_reserved(
     Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
 }
 
+#[derive(Clone)]
 /// One spawn's settings: corral.toml resolved for the address and role
 /// (defaults, then policies by address prefix, then the role), with the
 /// command line's own settings on top.
@@ -453,6 +480,7 @@ struct Resolved {
     restart: crate::restart::RestartSpec,
     grace_secs: Option<f64>,
     merge: MergeSpec,
+    sandbox: Option<crate::config::Sandbox>,
 }
 
 fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
@@ -482,6 +510,7 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
         probes: settings.probes(),
         restart: settings.restart_spec(),
         grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
+        sandbox: settings.sandbox,
         merge: {
             let merge = settings.merge.clone().unwrap_or_default();
             MergeSpec {
@@ -500,8 +529,50 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
     })
 }
 
-/// The harness's command line for these settings.
+/// A child gets its parent's sandbox unless it asks for one, and may never
+/// ask for more than its parent has.
+fn inherit_sandbox(inner: &Inner, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
+    let Some(parent_sandbox) = inner.record(parent).and_then(|p| p.sandbox) else { return Ok(()) };
+    match resolved.sandbox {
+        None => resolved.sandbox = Some(parent_sandbox),
+        Some(wanted) if wanted > parent_sandbox => {
+            let name = |s: crate::config::Sandbox| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from));
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "spawn of {address} refused: it asks for a {} sandbox but its parent {parent} is {}",
+                    name(wanted).unwrap_or_default(),
+                    name(parent_sandbox).unwrap_or_default()
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// The harness's command line for these settings. The sandbox is applied
+/// through the CLI's own means: Codex's `--sandbox`, Claude Code's tool
+/// permissions (read-only: no writing tools). A plain command's sandbox is
+/// recorded and inherited but not enforced by corral.
 fn build_launch(resolved: &Resolved) -> Result<Launch> {
+    use crate::config::Sandbox;
+    let mut command = resolved.command.clone();
+    match (resolved.harness.as_str(), resolved.sandbox) {
+        ("codex", Some(sandbox)) => {
+            let mode = match sandbox {
+                Sandbox::ReadOnly => "read-only",
+                Sandbox::WorkspaceWrite => "workspace-write",
+                Sandbox::Full => "danger-full-access",
+            };
+            command.splice(0..0, ["--sandbox".to_string(), mode.to_string()]);
+        }
+        ("claude", Some(Sandbox::ReadOnly)) => {
+            command.splice(0..0, ["--disallowedTools".to_string(), "Write,Edit,MultiEdit,NotebookEdit,Bash".to_string()]);
+        }
+        _ => {}
+    }
+    let resolved = &Resolved { command, ..resolved.clone() };
     let harness = resolved.harness.as_str();
     let program = match corral_harness::launch::program_variable(harness) {
         Some(variable) => resolved.env.get(variable).cloned().unwrap_or_else(|| harness.to_string()),
@@ -535,13 +606,13 @@ fn check_command(program: &str, env: &BTreeMap<String, String>) -> Result<()> {
 
 /// Writes the monitor's spec, starts the monitor in its own session, and
 /// waits until it reports the agent running.
-async fn launch_monitor(
+async fn write_monitor_spec(
     inner: &Arc<Inner>,
     agent_dir: &AgentDir,
     resolved: &Resolved,
     launch: &Launch,
     record: &AgentRecord,
-) -> Result<Launched> {
+) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut env = resolved.env.clone();
     env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
@@ -573,6 +644,12 @@ async fn launch_monitor(
         .open(agent_dir.spec())
         .and_then(|mut f| std::io::Write::write_all(&mut f, &spec_bytes))
         .map_err(|e| Error::io("cannot write", &agent_dir.spec(), e))?;
+    Ok(())
+}
+
+/// Starts the monitor of an agent whose spec is written, in its own
+/// session, and waits until it reports the agent running.
+async fn start_monitor(inner: &Arc<Inner>, agent_dir: &AgentDir, record: &AgentRecord) -> Result<Launched> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -610,7 +687,7 @@ async fn launch_monitor(
         }
         if let Some(exit) = monitor::read_exit_record(agent_dir) {
             if exit.error.is_some() {
-                break Err(start_error(&launch.argv, &exit));
+                break Err(start_error(&record.command, &exit));
             }
             // It ran, and ended before the first connect.
             let monitor_pid =
@@ -1044,6 +1121,7 @@ async fn deliver_pending(
             }
             Delivery::StdinJson | Delivery::TypeIntoPty => MonitorCommand::Input {
                 data: message_input(&record.harness, &message.text, record.session_id.as_deref()),
+                id: Some(message.message_id.clone()),
             },
             Delivery::Refuse(_) => return,
         };
@@ -1084,6 +1162,9 @@ async fn settle(inner: &Arc<Inner>, record: AgentRecord, exit: Option<ExitRecord
         eprintln!("corral: {}: cannot record the exit: {err}", current.address);
     }
     let ended = inner.record(&current.address).unwrap_or(current);
+    // A slot is free: the next pending agent may start.
+    let dispatcher = inner.clone();
+    tokio::spawn(async move { dispatch_pending(&dispatcher).await });
     if ended.state == AgentState::Succeeded && ended.merge.policy == crate::config::MergePolicy::Auto {
         enqueue_merge(inner, &ended.address, None, None).await;
     }
@@ -1143,6 +1224,49 @@ async fn flush_output(
     }
     if spent {
         enforce_budgets(inner, &record.address).await;
+    }
+}
+
+// ---- slots (max_threads) ---------------------------------------------------
+
+/// True when fewer agents run than `[supervisor] max_threads` allows (or
+/// there is no limit). Callers hold `Inner::slots`.
+fn slot_free(inner: &Inner) -> bool {
+    let Some(max) = inner.config.lock().unwrap().supervisor.max_threads else { return true };
+    let running = inner.table.lock().unwrap().agents.values().filter(|a| a.state == AgentState::Running).count();
+    running < max as usize
+}
+
+/// Starts pending agents, oldest first, while slots are free.
+async fn dispatch_pending(inner: &Arc<Inner>) {
+    let _slots = inner.slots.lock().await;
+    loop {
+        if !slot_free(inner) {
+            return;
+        }
+        let next = {
+            let table = inner.table.lock().unwrap();
+            table.agents.values().filter(|a| a.state == AgentState::Pending).min_by_key(|a| a.id).cloned()
+        };
+        let Some(record) = next else { return };
+        let agent_dir = inner.state.agent(record.id);
+        match start_monitor(inner, &agent_dir, &record).await {
+            Ok(launched) => {
+                let (pid, monitor_pid) = launched.pids();
+                let _ = inner.commit(vec![inner.draft(&record, EventBody::Started { pid, monitor_pid })]).await;
+                let record = inner.record(&record.address).unwrap_or(record);
+                start_watcher(inner, record, launched.stream());
+            }
+            Err(err) => {
+                let body = EventBody::Exited {
+                    state: AgentState::Failed,
+                    code: None,
+                    signal: None,
+                    reason: Some(format!("could not be started: {}", err.message)),
+                };
+                let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+            }
+        }
     }
 }
 
@@ -1331,8 +1455,16 @@ fn touch(inner: &Inner, address: &Address) {
 
 /// Reconnects to every agent the journal says is starting or running.
 async fn adopt_all(inner: &Arc<Inner>) {
-    let live: Vec<AgentRecord> =
-        inner.table.lock().unwrap().agents.values().filter(|a| !a.state.is_terminal()).cloned().collect();
+    // Pending agents have no monitor yet: the dispatcher starts them.
+    let live: Vec<AgentRecord> = inner
+        .table
+        .lock()
+        .unwrap()
+        .agents
+        .values()
+        .filter(|a| !a.state.is_terminal() && a.state != AgentState::Pending)
+        .cloned()
+        .collect();
     for record in live {
         adopt(inner, record).await;
     }
@@ -1400,6 +1532,17 @@ async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Resp
         .collect();
     inner.commit(drafts).await?;
     for agent in &targets {
+        if agent.state == AgentState::Pending {
+            // Nothing runs yet: it ends here.
+            let body = EventBody::Exited {
+                state: AgentState::Stopped,
+                code: None,
+                signal: None,
+                reason: Some("stopped before it started".into()),
+            };
+            inner.commit(vec![inner.draft(agent, body)]).await?;
+            continue;
+        }
         let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
         if let Some(sender) = sender {
             let _ = sender.send(AgentCommand::Stop { grace_secs });

@@ -76,7 +76,11 @@ pub enum EventBody {
         model: Option<String>,
         #[serde(default)]
         merge: crate::lifecycle::MergeSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<crate::config::Sandbox>,
     },
+    /// Over `max_threads`: the agent waits in Pending for a slot.
+    Queued {},
     /// The agent could not be started; nothing of it is left.
     SpawnFailed {
         reason: String,
@@ -270,6 +274,7 @@ impl EventBody {
             EventBody::DaemonStarted { .. } => "daemon_started",
             EventBody::Spawned { .. } => "spawned",
             EventBody::SpawnFailed { .. } => "spawn_failed",
+            EventBody::Queued {} => "queued",
             EventBody::Started { .. } => "started",
             EventBody::Adopted { .. } => "adopted",
             EventBody::Output { .. } => "output",

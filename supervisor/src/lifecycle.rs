@@ -184,6 +184,9 @@ pub struct AgentRecord {
     /// Where its merge stands, once one was asked for.
     #[serde(default)]
     pub merge_state: Option<MergeState>,
+    /// What it may write (its children never get more).
+    #[serde(default)]
+    pub sandbox: Option<crate::config::Sandbox>,
 }
 
 /// How an agent's work goes back onto a branch.
@@ -292,6 +295,7 @@ impl AgentRecord {
             restart,
             model,
             merge,
+            sandbox,
         } = &event.body
         else {
             return None;
@@ -343,6 +347,7 @@ impl AgentRecord {
             model: model.clone(),
             merge: merge.clone(),
             merge_state: None,
+            sandbox: *sandbox,
         })
     }
 
@@ -404,6 +409,11 @@ impl AgentRecord {
                 self.delivered_since_result = true;
             }
             EventBody::InputClosed {} => self.input_closed = true,
+            EventBody::Queued {} => {
+                if self.state == AgentState::Starting {
+                    self.state = AgentState::Pending;
+                }
+            }
             EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
             EventBody::MergeStarted { target, old, new, .. } => {
                 self.merge_state =
@@ -648,6 +658,7 @@ mod tests {
                 restart: Default::default(),
                 model: None,
                 merge: Default::default(),
+                sandbox: None,
                 task_text: "do it".into(),
                 command: vec!["true".into()],
                 branch: "corral/root/a".into(),

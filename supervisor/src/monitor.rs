@@ -141,8 +141,14 @@ pub enum MonitorCommand {
         #[serde(default)]
         probe_failed: bool,
     },
+    /// Write to the agent's input. A message carries its id: one the
+    /// monitor has written before (a restarted daemon redelivering what it
+    /// had not yet journaled as delivered) is dropped, so each message
+    /// arrives once.
     Input {
         data: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     /// Close the agent's input (a FIFO): it will read end-of-file.
     CloseInput,
@@ -193,6 +199,8 @@ struct State {
     tags_seen: std::collections::HashSet<String>,
     /// False once the monitor has decided to finish.
     accepting: bool,
+    /// Ids of the messages written to the agent's input.
+    inputs_seen: std::collections::HashSet<String>,
     /// The current run is being stopped because a probe failed.
     probe_failed: bool,
     /// Stop sequences still running; a new run waits for them, so no
@@ -231,6 +239,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             follow_ups: std::collections::VecDeque::new(),
             tags_seen: std::collections::HashSet::new(),
             accepting: true,
+            inputs_seen: std::collections::HashSet::new(),
             probe_failed: false,
             stopping: 0,
             restart_note: None,
@@ -633,8 +642,11 @@ fn serve_daemon(
                 Ok(MonitorCommand::Stop { grace_secs, probe_failed }) => {
                     request_stop(&shared_in, grace_secs, probe_failed)
                 }
-                Ok(MonitorCommand::Input { data }) => {
-                    let _ = input.send(InputOp::Write(data.into_bytes()));
+                Ok(MonitorCommand::Input { data, id }) => {
+                    let fresh = id.is_none_or(|id| shared_in.state.lock().unwrap().inputs_seen.insert(id));
+                    if fresh {
+                        let _ = input.send(InputOp::Write(data.into_bytes()));
+                    }
                 }
                 Ok(MonitorCommand::CloseInput) => {
                     let _ = input.send(InputOp::Close);

@@ -1,0 +1,137 @@
+//! The agent tree: max_threads (more wait in Pending, in order), max_depth,
+//! sandboxes that never widen down the tree, and messages between agents
+//! that arrive complete and in order, also across a daemon restart.
+
+use corral_e2e::{alive, corral_bin, poll_until, TestRepo, PATIENCE};
+use serde_json::Value;
+
+fn fake(repo: &TestRepo, name: &str, flags: &[&str], script: &str) -> std::process::Output {
+    let bin = corral_bin();
+    let mut args = vec!["spawn", name, "--grace", "0"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", bin.to_str().unwrap(), "fake-agent", script]);
+    repo.corral(&args)
+}
+
+fn events(repo: &TestRepo) -> Vec<Value> {
+    repo.corral_ok(&["events"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn max_threads_keeps_the_rest_pending_and_starts_them_in_order() {
+    let repo = TestRepo::new();
+    std::fs::write(repo.repo.join("corral.toml"), "[supervisor]\nmax_threads = 2\n").unwrap();
+    let go = repo.path("go");
+    let names = ["w1", "w2", "w3", "w4", "w5"];
+    for name in names {
+        let out = fake(&repo, name, &[], &format!("wait-file {}; sleep 0.2; exit 0", go.display()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let agents = repo.agents();
+    let running = agents.iter().filter(|a| a["state"] == "running").count();
+    let pending = agents.iter().filter(|a| a["state"] == "pending").count();
+    assert_eq!((running, pending), (2, 3), "{agents:?}");
+    assert!(repo.corral_ok(&["ps"]).contains("pending"));
+
+    std::fs::write(&go, "").unwrap();
+    let out = repo.corral(&["wait", "w1", "w2", "w3", "w4", "w5", "--timeout", "120"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Never more than two at once, and started in the order they were asked for.
+    let mut running = 0i32;
+    let mut most = 0;
+    let mut started = Vec::new();
+    for event in events(&repo) {
+        match event["type"].as_str() {
+            Some("started") => {
+                running += 1;
+                started.push(event["agent"].as_str().unwrap().to_string());
+            }
+            Some("exited") => running -= 1,
+            _ => {}
+        }
+        most = most.max(running);
+    }
+    assert_eq!(most, 2);
+    let expected: Vec<String> = names.iter().map(|n| format!("/root/{n}")).collect();
+    assert_eq!(started, expected);
+}
+
+#[test]
+fn max_depth_refuses_a_level_too_deep() {
+    let repo = TestRepo::new();
+    std::fs::write(repo.repo.join("corral.toml"), "[supervisor]\nmax_depth = 2\n").unwrap();
+    assert!(fake(&repo, "a", &[], "hang").status.success());
+    assert!(fake(&repo, "b", &["--parent", "/root/a"], "hang").status.success());
+    let out = fake(&repo, "c", &["--parent", "/root/a/b"], "hang");
+    assert_eq!(out.status.code(), Some(11));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/root/a/b/c would be 3 levels below /root; max_depth is 2"), "{stderr}");
+    assert!(repo.agents().iter().all(|a| a["address"] != "/root/a/b/c"));
+    // The tree shows the children under their parents.
+    let ps = repo.corral_ok(&["ps"]);
+    assert!(ps.contains("\n  /root/a/b"), "{ps}");
+    repo.corral_ok(&["stop", "a", "--grace", "0"]);
+    assert_eq!(repo.agent("/root/a/b")["state"], "stopped", "stopping a parent stops its subtree");
+}
+
+#[test]
+fn a_child_never_gets_a_wider_sandbox_than_its_parent() {
+    let repo = TestRepo::new();
+    assert!(fake(&repo, "reviewer", &["--sandbox", "read-only"], "hang").status.success());
+    let out = fake(&repo, "writer", &["--parent", "/root/reviewer", "--sandbox", "workspace-write"], "exit 0");
+    assert_eq!(out.status.code(), Some(11));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("asks for a workspace-write sandbox but its parent /root/reviewer is read-only"),
+        "{stderr}"
+    );
+    // Without asking, a child gets its parent's sandbox.
+    assert!(fake(&repo, "reader", &["--parent", "/root/reviewer"], "exit 0").status.success());
+    assert_eq!(repo.agent("/root/reviewer/reader")["sandbox"], "read-only");
+    repo.corral_ok(&["stop", "reviewer", "--grace", "0"]);
+}
+
+#[test]
+fn messages_from_two_senders_arrive_complete_and_in_order_across_a_daemon_restart() {
+    let repo = TestRepo::new();
+    assert!(fake(&repo, "inbox", &[], "echo-input 100; exit 0").status.success());
+    let send_batch = |range: std::ops::Range<u32>| {
+        std::thread::scope(|s| {
+            for sender in ["alice", "bob"] {
+                let repo = &repo;
+                let range = range.clone();
+                s.spawn(move || {
+                    for i in range {
+                        let text = format!("{sender}-{i}");
+                        let from = format!("/root/{sender}");
+                        repo.corral_ok(&["send", "inbox", &text, "--from", &from]);
+                    }
+                });
+            }
+        });
+    };
+    send_batch(0..25);
+    let daemon = repo.daemon_pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the daemon to die", PATIENCE, || !alive(daemon));
+    send_batch(25..50);
+    assert_eq!(repo.corral(&["wait", "inbox", "--timeout", "120"]).status.code(), Some(0));
+
+    let log = String::from_utf8_lossy(&repo.log("/root/inbox")).into_owned();
+    let got: Vec<&str> = log.lines().filter_map(|l| l.trim_end().strip_prefix("got ")).collect();
+    assert_eq!(got.len(), 100, "every message once: {got:?}");
+    for sender in ["alice", "bob"] {
+        let mine: Vec<u32> = got
+            .iter()
+            .filter_map(|m| m.strip_prefix(&format!("{sender}-")))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(mine, (0..50).collect::<Vec<u32>>(), "{sender}'s messages in order");
+    }
+    let all = events(&repo);
+    let sent = all.iter().filter(|e| e["type"] == "message_sent").count();
+    let delivered = all.iter().filter(|e| e["type"] == "message_delivered").count();
+    assert_eq!((sent, delivered), (100, 100));
+    assert!(all.iter().any(|e| e["type"] == "message_sent" && e["from"] == "/root/alice" && e["to"] == "/root/inbox"));
+}
