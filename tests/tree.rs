@@ -122,11 +122,8 @@ fn messages_from_two_senders_arrive_complete_and_in_order_across_a_daemon_restar
     let got: Vec<&str> = log.lines().filter_map(|l| l.trim_end().strip_prefix("got ")).collect();
     assert_eq!(got.len(), 100, "every message once: {got:?}");
     for sender in ["alice", "bob"] {
-        let mine: Vec<u32> = got
-            .iter()
-            .filter_map(|m| m.strip_prefix(&format!("{sender}-")))
-            .map(|n| n.parse().unwrap())
-            .collect();
+        let mine: Vec<u32> =
+            got.iter().filter_map(|m| m.strip_prefix(&format!("{sender}-"))).map(|n| n.parse().unwrap()).collect();
         assert_eq!(mine, (0..50).collect::<Vec<u32>>(), "{sender}'s messages in order");
     }
     let all = events(&repo);
@@ -134,4 +131,45 @@ fn messages_from_two_senders_arrive_complete_and_in_order_across_a_daemon_restar
     let delivered = all.iter().filter(|e| e["type"] == "message_delivered").count();
     assert_eq!((sent, delivered), (100, 100));
     assert!(all.iter().any(|e| e["type"] == "message_sent" && e["from"] == "/root/alice" && e["to"] == "/root/inbox"));
+}
+
+#[test]
+fn assign_gives_an_idle_agent_its_next_task_and_queues_for_a_busy_one() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    repo.corral_ok(&["spawn", "worker", "--task", "first", "--", bin, "fake-agent", "env CORRAL_TASK; exit 0"]);
+    repo.corral_ok(&["wait", "worker"]);
+    let first_id = repo.agent("/root/worker")["task_id"].as_str().unwrap().to_string();
+
+    let assigned = repo.corral_json(&["assign", "worker", "second", "--json"]);
+    assert_ne!(assigned["task_id"].as_str().unwrap(), first_id);
+    assert_eq!(repo.corral(&["wait", "worker", "--timeout", "60"]).status.code(), Some(0));
+    let agent = repo.agent("/root/worker");
+    assert_eq!((agent["task"].as_str(), agent["state"].as_str()), (Some("second"), Some("succeeded")), "{agent}");
+    let log = String::from_utf8_lossy(&repo.log("/root/worker")).into_owned();
+    assert!(log.contains("CORRAL_TASK=first") && log.contains("CORRAL_TASK=second"), "{log}");
+
+    // Never to /root.
+    let out = repo.corral(&["assign", "/root", "anything"]);
+    assert_eq!(out.status.code(), Some(11));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/root is the caller"));
+
+    // A busy agent only with --queue, and then when it finishes.
+    let go = repo.path("go");
+    let script = format!("wait-file {}; env CORRAL_TASK; exit 0", go.display());
+    repo.corral_ok(&["spawn", "busy", "--task", "now", "--", bin, "fake-agent", &script]);
+    let out = repo.corral(&["assign", "busy", "later"]);
+    assert_eq!(out.status.code(), Some(11));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is busy (running)"));
+    repo.corral_ok(&["assign", "busy", "later", "--queue"]);
+    std::fs::write(&go, "").unwrap();
+    poll_until("the queued task to run", PATIENCE, || {
+        let agent = repo.agent("/root/busy");
+        agent["task"] == "later" && agent["state"] == "succeeded"
+    });
+    let log = String::from_utf8_lossy(&repo.log("/root/busy")).into_owned();
+    assert!(log.contains("CORRAL_TASK=now") && log.contains("CORRAL_TASK=later"), "{log}");
+    let assigned: Vec<Value> = events(&repo).into_iter().filter(|e| e["type"] == "assigned").collect();
+    assert_eq!(assigned.len(), 2, "{assigned:?}");
 }

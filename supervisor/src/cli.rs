@@ -123,6 +123,17 @@ pub enum Command {
     },
     /// What an agent changed, as a patch against where it started.
     Diff { address: String },
+    /// Give an idle (ended) agent its next task in its worktree, continuing
+    /// its session where its CLI can.
+    Assign {
+        address: String,
+        task: String,
+        /// If it is busy, give it the task when it finishes.
+        #[arg(long)]
+        queue: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue a message for a running agent (delivered in order, never dropped).
     Send {
         address: String,

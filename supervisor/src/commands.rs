@@ -72,6 +72,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(agent.merge_state.as_ref().map_or(1, |m| m.exit_code()))
         }
+        Command::Assign { address, task, queue, json } => {
+            let address = Address::resolve(&address, &caller())?.to_string();
+            let request = Request::Assign { address, task, queue };
+            let Response::Agent { agent } = Client::connect(&state()?)?.request(&request)? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&agent).expect("serializes"));
+            } else if agent.queued_tasks.is_empty() {
+                println!("{} {}  ({})", agent.address, agent.task_id, agent.state.as_str());
+            } else {
+                let (id, _) = agent.queued_tasks.last().expect("not empty");
+                println!("{} {id}  (queued: it runs when {} finishes its task)", agent.address, agent.task_id);
+            }
+            Ok(0)
+        }
         Command::Diff { address } => {
             let address = Address::resolve(&address, &caller())?.to_string();
             let Response::Diff { patch } = Client::connect(&state()?)?.request(&Request::Diff { address })? else {
@@ -128,9 +144,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let sandbox = sandbox
                 .map(|text| {
-                    serde_json::from_value::<crate::config::Sandbox>(serde_json::Value::String(text.clone())).map_err(|_| {
-                        Error::new(ErrorKind::BadConfig, format!("--sandbox {text:?}: use read-only, workspace-write or full"))
-                    })
+                    serde_json::from_value::<crate::config::Sandbox>(serde_json::Value::String(text.clone())).map_err(
+                        |_| {
+                            Error::new(
+                                ErrorKind::BadConfig,
+                                format!("--sandbox {text:?}: use read-only, workspace-write or full"),
+                            )
+                        },
+                    )
                 })
                 .transpose()?;
             let merge_given = merge.is_some() || target.is_some() || strategy.is_some() || gate.is_some();

@@ -194,6 +194,17 @@ pub enum EventBody {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// The agent got its next task (`task`, the event's task id); a new run
+    /// of `command` starts in the same worktree.
+    Assigned {
+        task_text: String,
+        command: Vec<String>,
+    },
+    /// A task waits for the busy agent to finish (`corral assign --queue`).
+    TaskQueued {
+        task_id: String,
+        task_text: String,
+    },
     /// The agent's branch joined the merge queue.
     MergeQueued {},
     /// Its merge is computed and about to move `target` from `old` to `new`
@@ -292,6 +303,8 @@ impl EventBody {
             EventBody::InputClosed {} => "input_closed",
             EventBody::BudgetWarning { .. } => "budget_warning",
             EventBody::Probe { .. } => "probe",
+            EventBody::Assigned { .. } => "assigned",
+            EventBody::TaskQueued { .. } => "task_queued",
             EventBody::MergeQueued {} => "merge_queued",
             EventBody::MergeStarted { .. } => "merge_started",
             EventBody::Merged { .. } => "merged",

@@ -187,6 +187,10 @@ pub struct AgentRecord {
     /// What it may write (its children never get more).
     #[serde(default)]
     pub sandbox: Option<crate::config::Sandbox>,
+    /// Tasks given with `corral assign --queue`, for when it finishes:
+    /// (task id, task).
+    #[serde(default)]
+    pub queued_tasks: Vec<(String, String)>,
 }
 
 /// How an agent's work goes back onto a branch.
@@ -348,6 +352,7 @@ impl AgentRecord {
             merge: merge.clone(),
             merge_state: None,
             sandbox: *sandbox,
+            queued_tasks: Vec::new(),
         })
     }
 
@@ -413,6 +418,35 @@ impl AgentRecord {
                 if self.state == AgentState::Starting {
                     self.state = AgentState::Pending;
                 }
+            }
+            EventBody::TaskQueued { task_id, task_text } => {
+                self.queued_tasks.push((task_id.clone(), task_text.clone()))
+            }
+            EventBody::Assigned { task_text, command } => {
+                // A new run with a new task: what ended is history (the
+                // journal keeps it); usage and budgets carry on.
+                if let Some(task_id) = &event.task {
+                    self.queued_tasks.retain(|(id, _)| id != task_id);
+                    self.task_id = task_id.clone();
+                }
+                // `command` stays the launch command: each run derives from it.
+                let _ = command;
+                self.task = task_text.clone();
+                self.state = AgentState::Starting;
+                self.pid = None;
+                self.started_at = None;
+                self.ended_at = None;
+                self.exit_code = None;
+                self.signal = None;
+                self.reason = None;
+                self.stop_requested = false;
+                self.result = None;
+                self.results = 0;
+                self.delivered_since_result = false;
+                self.turn_pending = false;
+                self.input_closed = false;
+                self.merge_state = None;
+                self.probe_killed = None;
             }
             EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
             EventBody::MergeStarted { target, old, new, .. } => {

@@ -60,6 +60,13 @@ pub enum Request {
     Diff {
         address: String,
     },
+    /// Gives an idle (ended) agent its next task in the same worktree; a
+    /// busy one only with `queue` (it gets the task when it finishes).
+    Assign {
+        address: String,
+        task: String,
+        queue: bool,
+    },
     /// Queues a message for a running agent; answered with its id.
     Send {
         to: String,
