@@ -917,3 +917,35 @@ fn send_types_into_a_plain_cli_agents_terminal() {
         .unwrap_or_else(|| panic!("no message_delivered for {id}\n{}", why()));
     assert!(sent["seq"].as_u64() < delivered["seq"].as_u64());
 }
+
+#[test]
+fn a_child_forks_its_claude_parents_session() {
+    let repo = TestRepo::new();
+    // One scripted answer for every request, parent's and child's alike.
+    let mock = MockLlm::start(&repo, "fork", &json!({"steps": [{"text": "Noted.", "repeat": "forever"}]}));
+    let env = claude_env(&repo, &mock);
+    spawn_harness(&repo, "parent", "claude", None, "Remember the word PINEAPPLE-7731.", &env, &[]);
+    let parent = wait_end(&repo, "/root/parent", Some(&mock));
+    assert_eq!(parent["state"], "succeeded", "{parent}\n{}", diagnostics(&repo, "/root/parent", Some(&mock)));
+    let parent_session = parent["session_id"].as_str().unwrap().to_string();
+
+    let mut command = repo.command();
+    command.args(["spawn", "child", "--parent", "/root/parent", "--fork-session", "--harness", "claude"]);
+    command.args(["--task", "What was the word?", "--json"]);
+    for (key, value) in &env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, "corral spawn child --fork-session");
+    assert!(out.status.success(), "{}", describe(&out));
+    let child = wait_end(&repo, "/root/parent/child", Some(&mock));
+    assert_eq!(child["state"], "succeeded", "{child}\n{}", diagnostics(&repo, "/root/parent/child", Some(&mock)));
+    // A session of its own...
+    assert_ne!(child["session_id"].as_str().unwrap(), parent_session);
+    // ...that starts from the parent's history: the child's request to the
+    // model carries the parent's conversation.
+    let requests = model_requests(&mock.recorded());
+    let last = requests.last().expect("the child asked the model");
+    let body = last["body"].to_string();
+    assert!(body.contains("What was the word?"), "{body}");
+    assert!(body.contains("PINEAPPLE-7731"), "the parent's history is missing: {body}");
+}

@@ -104,6 +104,10 @@ pub enum Command {
         /// child never gets more than its parent).
         #[arg(long, value_name = "SANDBOX")]
         sandbox: Option<String>,
+        /// Start from a copy of the parent's Claude Code session (its
+        /// history; the parent's session goes on unchanged).
+        #[arg(long, requires = "parent")]
+        fork_session: bool,
         #[arg(long)]
         json: bool,
         /// For the generic harness, the command and its arguments; for

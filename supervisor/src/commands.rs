@@ -139,6 +139,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             strategy,
             gate,
             sandbox,
+            fork_session,
             json,
             command,
         } => {
@@ -244,6 +245,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 task,
                 role,
                 settings,
+                fork_session,
                 command,
                 grace_secs: grace,
                 base,

@@ -338,6 +338,9 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
     resolved.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
     resolved.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
     inherit_sandbox(inner, &parent, &address, &mut resolved)?;
+    if request.fork_session {
+        fork_session(inner, &parent, &address, &mut resolved)?;
+    }
     let launch = build_launch(&resolved)?;
     check_command(&launch.argv[0], &resolved.env)?;
 
@@ -528,6 +531,47 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
             }
         },
     })
+}
+
+/// `--fork-session`: the child starts from a copy of its parent's Claude
+/// Code session. Claude Code keeps a session in
+/// `~/.claude/projects/<working folder, separators as '-'>/<id>.jsonl`
+/// and resumes only sessions of the folder it runs in, so the parent's
+/// session file is copied under the child's worktree, then the child runs
+/// with `--resume <id> --fork-session` (a new session id, the parent's
+/// history).
+fn fork_session(inner: &Inner, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
+    let refuse = |why: &str| Error::new(ErrorKind::Refused, format!("--fork-session for {address}: {why}"));
+    if resolved.harness != "claude" {
+        return Err(refuse("only Claude Code sessions can be forked (use --harness claude)"));
+    }
+    let record = inner.record(parent).ok_or_else(|| refuse("its parent is not an agent"))?;
+    let session = match (record.harness.as_str(), record.session_id) {
+        ("claude", Some(session)) => session,
+        _ => return Err(refuse(&format!("{parent} is not a Claude Code agent with a session yet"))),
+    };
+    let config_dir = match resolved.env.get("CLAUDE_CONFIG_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(resolved.env.get("HOME").cloned().unwrap_or_default()).join(".claude"),
+    };
+    let projects = config_dir.join("projects");
+    let file = format!("{session}.jsonl");
+    let found = std::fs::read_dir(&projects)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join(&file))
+        .find(|path| path.exists())
+        .ok_or_else(|| refuse(&format!("no file of session {session} under {}", projects.display())))?;
+    let worktree = inner.state.worktrees.join(address.flat());
+    let folder: String =
+        worktree.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let target = projects.join(folder);
+    std::fs::create_dir_all(&target)
+        .and_then(|()| std::fs::copy(&found, target.join(&file)).map(|_| ()))
+        .map_err(|e| refuse(&format!("cannot copy the session: {e}")))?;
+    resolved.command.extend(["--resume".to_string(), session, "--fork-session".to_string()]);
+    Ok(())
 }
 
 /// A child gets its parent's sandbox unless it asks for one, and may never

@@ -62,6 +62,7 @@ pub fn run(keep: bool) -> Result<i32> {
             task: (*task).into(),
             role: None,
             settings: Default::default(),
+            fork_session: false,
             command: vec![exe.display().to_string(), "fake-agent".into(), (*script).into()],
             grace_secs: None,
             base: None,

@@ -91,6 +91,9 @@ pub struct SpawnRequest {
     /// Settings given on the command line; they override corral.toml.
     #[serde(default)]
     pub settings: crate::config::AgentConfig,
+    /// Start from a copy of the parent's Claude Code session.
+    #[serde(default)]
+    pub fork_session: bool,
     /// For `generic`, the command; for another harness, extra arguments.
     pub command: Vec<String>,
     /// Seconds between SIGTERM and SIGKILL when corral stops it (default:
