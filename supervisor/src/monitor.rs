@@ -155,10 +155,7 @@ pub enum MonitorCommand {
     /// Run this command after the agent's current process ends (stdin from
     /// `/dev/null`); `tag` comes back in the `started` message. A tag seen
     /// before is ignored, and nothing is queued once the monitor finishes.
-    Then {
-        command: Vec<String>,
-        tag: String,
-    },
+    Then { command: Vec<String>, tag: String },
 }
 
 /// What the input thread does next, in order.
