@@ -169,6 +169,10 @@ pub enum Command {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// Serve corral's tools (run_background_agent, spawn_agent, list_agents,
+    /// view_background_agent, ...) over MCP on stdin and stdout, acting at
+    /// the caller's address (CORRAL_ADDRESS inside an agent, else /root).
+    Mcp,
     /// The agent tree: address, state, pid, runtime, exit.
     Ps {
         /// Include agents whose worktrees `gc` removed.

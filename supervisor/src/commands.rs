@@ -57,6 +57,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Usage { harness, file, json } => usage(&harness, &file, json),
+        Command::Mcp => crate::mcp::run(start),
         Command::Merge { address, strategy, json } => {
             let address = Address::resolve(&address, &caller())?.to_string();
             let strategy = strategy.as_deref().map(parse_strategy).transpose()?;

@@ -7,7 +7,10 @@
 //! - `daemon`: the per-repository daemon; `client`: talking to it;
 //! - `monitor`: the per-agent process that owns the PTY and outlives the daemon;
 //! - `process`: signals and `/proc`; `worktree`: git (the only user of git2);
-//! - `commands`: what each CLI command does; `cli`: the command line itself.
+//! - `commands`: what each CLI command does; `cli`: the command line itself;
+//! - `mcp`: the same tool surface over MCP on stdio (`corral mcp`);
+//! - `merge`: merging an agent's branch back; `config`: corral.toml;
+//! - `budget` and `restart`: the rules for budgets and restart policies.
 
 pub mod address;
 pub mod budget;
@@ -22,6 +25,7 @@ pub mod event;
 pub mod fake_agent;
 pub mod journal;
 pub mod lifecycle;
+pub mod mcp;
 pub mod merge;
 pub mod monitor;
 pub mod output;

@@ -1,0 +1,669 @@
+//! `corral mcp`, end to end.
+//!
+//! 1. Protocol level: `corral mcp` as a subprocess in a scratch repository,
+//!    spoken to in JSON-RPC over its stdin and stdout: the handshake, the
+//!    eight tools, spawning, listing, viewing, messaging and stopping agents,
+//!    and bad calls (unknown role, missing task, unknown address or task id,
+//!    wrong JSON types) that come back as tool errors while the server goes
+//!    on serving.
+//! 2. Real Claude Code as the orchestrator (issue 5, test 1), driven by
+//!    `corral mock-llm`: it calls `run_background_agent`, then
+//!    `list_background_agents`, then `view_background_agent` over MCP; the
+//!    child lives at `/root/orch/worker-1` in its own worktree, runs to
+//!    completion, and its result comes back in the tool's answer (read from
+//!    the requests Claude sent the model server).
+//!
+//! The real `claude` comes from `CORRAL_CLAUDE_BIN`, else from the cache
+//! folder `tests/install-agent-clis.sh` installs into; a missing binary
+//! FAILS the test. Every process a test starts is killed when its
+//! `TestRepo` drops.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use corral_e2e::{corral_bin, fake_claude, poll_until, TestRepo, PATIENCE};
+use serde_json::{json, Value};
+
+/// Must match tests/install-agent-clis.sh.
+const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
+
+/// How long a real CLI run may take under corral on a loaded 2-core machine.
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+
+const TOOLS: [&str; 8] = [
+    "run_background_agent",
+    "spawn_agent",
+    "list_background_agents",
+    "list_agents",
+    "view_background_agent",
+    "stop_background_agent",
+    "send_message",
+    "assign_task",
+];
+
+// ---------------------------------------------------------------------------
+// An MCP client over a `corral mcp` subprocess
+
+/// A running `corral mcp`, spoken to line by line; killed on drop.
+struct McpServer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    next_id: u64,
+}
+
+impl McpServer {
+    fn start(mut command: Command) -> McpServer {
+        command.arg("mcp").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("corral mcp starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        McpServer { child, stdin, lines, next_id: 1 }
+    }
+
+    fn write(&mut self, message: &Value) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{message}").and_then(|()| stdin.flush()).expect("write to corral mcp");
+    }
+
+    /// Sends a request; returns its response (notifications in between are skipped).
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no answer to {method} (id {id}) within {PATIENCE:?}: {e}"));
+            let message: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("corral mcp printed a non-JSON line ({e}): {line}"));
+            assert_eq!(message["jsonrpc"], "2.0", "{message}");
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    fn initialize(&mut self) -> Value {
+        let answer = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "corral-test", "version": "0"}}),
+        );
+        self.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        answer
+    }
+
+    /// `tools/call`; returns `(is_error, text)`.
+    fn call(&mut self, tool: &str, arguments: Value) -> (bool, String) {
+        let answer = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
+        let result = answer.get("result").unwrap_or_else(|| panic!("{tool}: no result: {answer}"));
+        let content = result["content"].as_array().unwrap_or_else(|| panic!("{tool}: no content: {answer}"));
+        assert_eq!(content.len(), 1, "{tool}: one content block: {answer}");
+        assert_eq!(content[0]["type"], "text", "{answer}");
+        let text = content[0]["text"].as_str().unwrap().to_string();
+        (result["isError"] == true, text)
+    }
+
+    /// A call that must succeed; returns its JSON answer.
+    fn ok(&mut self, tool: &str, arguments: Value) -> Value {
+        let (is_error, text) = self.call(tool, arguments.clone());
+        assert!(!is_error, "{tool} {arguments} failed: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{tool} answered no JSON ({e}): {text}"))
+    }
+
+    /// A call that must fail; returns the error text.
+    fn error(&mut self, tool: &str, arguments: Value) -> String {
+        let (is_error, text) = self.call(tool, arguments.clone());
+        assert!(is_error, "{tool} {arguments} should have failed, answered: {text}");
+        text
+    }
+
+    /// Polls `view_background_agent` until the agent ended.
+    fn view_until_ended(&mut self, address: &str) -> Value {
+        let mut view = Value::Null;
+        poll_until(&format!("{address} to end (view_background_agent)"), PATIENCE, || {
+            view = self.ok("view_background_agent", json!({"address": address}));
+            view["ended"] == true
+        });
+        view
+    }
+
+    /// Closes stdin; the server must exit 0 by itself.
+    fn close(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "corral mcp exited {status} once its input closed");
+                return;
+            }
+            assert!(Instant::now() < deadline, "corral mcp still runs {PATIENCE:?} after its input closed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addresses(list: &Value) -> Vec<String> {
+    list["agents"].as_array().unwrap().iter().map(|a| a["address"].as_str().unwrap().to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Protocol level
+
+#[test]
+fn mcp_serves_the_eight_tools_over_json_rpc_and_survives_bad_calls() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        format!(
+            "[agents.worker]\ndescription = \"writes a file\"\nargs = [\"{bin}\", \"fake-agent\", \"write out.txt done; print finished; exit 0\"]\n"
+        ),
+    )
+    .unwrap();
+    // A fake Claude Code whose last turn reports a result text.
+    let result = r#"print '{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.01,"usage":{"input_tokens":10,"output_tokens":2},"session_id":"s-1","result":"the answer is 42"}'"#;
+    let claude = fake_claude(&repo, "answerer", &format!("{result}; exit 0"));
+    let mut command = repo.command();
+    command.env("CORRAL_CLAUDE_BIN", &claude);
+    let mut mcp = McpServer::start(command);
+
+    let hello = mcp.initialize();
+    assert_eq!(hello["result"]["serverInfo"]["name"], "corral", "{hello}");
+    assert!(hello["result"]["capabilities"]["tools"].is_object(), "{hello}");
+
+    let list = mcp.request("tools/list", json!({}));
+    let tools = list["result"]["tools"].as_array().unwrap_or_else(|| panic!("{list}"));
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, TOOLS, "{list}");
+    for tool in tools {
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert!(tool["description"].as_str().is_some_and(|d| !d.is_empty()), "{tool}");
+    }
+    let run = &tools[0];
+    assert_eq!(run["inputSchema"]["required"], json!(["role", "task"]), "{run}");
+    assert!(run["description"].as_str().unwrap().contains("worker (writes a file)"), "roles are listed: {run}");
+
+    // spawn_agent with a command: it runs, ends, and its view says how.
+    let spawned = mcp.ok(
+        "spawn_agent",
+        json!({"name": "hello", "task": "say hi", "command": [bin, "fake-agent", "print hi; exit 0"]}),
+    );
+    assert_eq!(spawned["address"], "/root/hello", "{spawned}");
+    let task_id = spawned["task_id"].as_str().expect("a task id").to_string();
+    assert!(mcp.ok("list_agents", json!({}))["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["address"] == "/root/hello"));
+    let view = mcp.view_until_ended("hello");
+    assert_eq!((view["state"].as_str(), view["exit_code"].as_i64()), (Some("succeeded"), Some(0)), "{view}");
+    assert_eq!(view["task"], "say hi");
+    assert!(view["output"].as_array().unwrap().iter().any(|l| l == "hi"), "{view}");
+    // By task id, too.
+    assert_eq!(mcp.ok("view_background_agent", json!({"address": task_id}))["address"], "/root/hello");
+    // assign_task: the ended agent runs again with its next task.
+    let assigned = mcp.ok("assign_task", json!({"address": "hello", "task": "say hi again"}));
+    assert_eq!(assigned["address"], "/root/hello", "{assigned}");
+    let next_task = assigned["task_id"].as_str().expect("a task id").to_string();
+    assert_ne!(next_task, task_id, "{assigned}");
+    let mut view = Value::Null;
+    poll_until("hello to end its assigned task", PATIENCE, || {
+        view = mcp.ok("view_background_agent", json!({"address": "hello"}));
+        view["task_id"] == next_task.as_str() && view["ended"] == true
+    });
+    assert_eq!((view["state"].as_str(), view["task"].as_str()), (Some("succeeded"), Some("say hi again")), "{view}");
+
+    // run_background_agent: a role, names counted per role, the expected output in the task.
+    let first = mcp.ok("run_background_agent", json!({"role": "worker", "task": "write out.txt"}));
+    assert_eq!(first["address"], "/root/worker-1", "{first}");
+    let second = mcp.ok(
+        "run_background_agent",
+        json!({"role": "worker", "task": "write it again", "expected_output": "a file named out.txt"}),
+    );
+    assert_eq!(second["address"], "/root/worker-2", "{second}");
+    let view = mcp.view_until_ended("/root/worker-2");
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(view["task"], "write it again\n\nExpected output: a file named out.txt");
+    assert!(view["output"].as_array().unwrap().iter().any(|l| l == "finished"), "{view}");
+    let worktree = repo.worktree_of("worker-2");
+    assert_eq!(std::fs::read_to_string(worktree.join("out.txt")).unwrap(), "done\n");
+
+    // A structured agent's final result text comes back in the view.
+    let answerer = mcp.ok("spawn_agent", json!({"name": "answerer", "task": "what is it?", "harness": "claude"}));
+    assert_eq!(answerer["address"], "/root/answerer");
+    let view = mcp.view_until_ended("answerer");
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(view["result"]["text"], "the answer is 42", "{view}");
+    assert_eq!(view["result"]["success"], true, "{view}");
+    let below = mcp.ok("list_background_agents", json!({}));
+    let mut found = addresses(&below);
+    found.sort();
+    assert_eq!(found, ["/root/answerer", "/root/hello", "/root/worker-1", "/root/worker-2"], "{below}");
+    let listed = below["agents"].as_array().unwrap().iter().find(|a| a["address"] == "/root/answerer").unwrap();
+    assert_eq!(listed["result"]["text"], "the answer is 42", "{listed}");
+    assert_eq!(listed["exit_code"], 0, "{listed}");
+
+    // send_message types into a plain agent's terminal; stop ends it.
+    mcp.ok(
+        "spawn_agent",
+        json!({"name": "listener", "task": "listen", "command": [bin, "fake-agent", "echo-input 1; hang"]}),
+    );
+    let sent = mcp.ok("send_message", json!({"to": "listener", "text": "hello there"}));
+    assert!(sent["message_id"].as_str().is_some_and(|m| !m.is_empty()), "{sent}");
+    assert_eq!(sent["from"], "/root");
+    poll_until("the message to reach the listener", PATIENCE, || {
+        let view = mcp.ok("view_background_agent", json!({"address": "/root/listener", "lines": 50}));
+        view["output"].as_array().unwrap().iter().any(|l| l.as_str().is_some_and(|l| l.contains("got hello there")))
+    });
+    let err = mcp.error("assign_task", json!({"address": "listener", "task": "next"}));
+    assert!(err.contains("busy"), "{err}");
+    let stopped = mcp.ok("stop_background_agent", json!({"address": "listener", "grace_seconds": 0}));
+    assert_eq!(stopped["stopped"][0]["address"], "/root/listener", "{stopped}");
+    assert_eq!(mcp.view_until_ended("listener")["state"], "stopped");
+
+    // Bad calls: tool errors with clear text, and the server keeps serving.
+    let err = mcp.error("run_background_agent", json!({"role": "nope", "task": "x"}));
+    assert!(err.contains("unknown role \"nope\"") && err.contains("worker"), "names the known roles: {err}");
+    let err = mcp.error("run_background_agent", json!({"role": "worker"}));
+    assert!(err.contains("missing field `task`"), "{err}");
+    let err = mcp.error("run_background_agent", json!({"role": "worker", "task": "  "}));
+    assert!(err.contains("task is empty"), "{err}");
+    let err = mcp.error("spawn_agent", json!({"name": "x"}));
+    assert!(err.contains("missing field `task`"), "{err}");
+    let err = mcp.error("view_background_agent", json!({"address": "nobody"}));
+    assert!(err.contains("no agent at /root/nobody"), "{err}");
+    let err = mcp.error("view_background_agent", json!({"address": "t-999"}));
+    assert!(err.contains("no task with id \"t-999\""), "{err}");
+    let err = mcp.error("stop_background_agent", json!({"address": "/root/ghost"}));
+    assert!(err.contains("no agent at /root/ghost"), "{err}");
+    let err = mcp.error("send_message", json!({"to": "ghost", "text": "hi"}));
+    assert!(err.contains("no agent at /root/ghost"), "{err}");
+    let err = mcp.error("view_background_agent", json!({"address": 5}));
+    assert!(err.contains("invalid type: integer `5`, expected a string"), "{err}");
+    let err = mcp.error("spawn_agent", json!({"name": "bad name", "task": "x"}));
+    assert!(err.contains("invalid agent name"), "{err}");
+    let err = mcp.error("spawn_agent", json!({"name": "x", "task": "x", "max_tokens": "lots"}));
+    assert!(err.contains("invalid type"), "{err}");
+    let err = mcp.error("list_agents", json!({"verbose": true}));
+    assert!(err.contains("unknown field `verbose`"), "{err}");
+    let err = mcp.error("assign_task", json!({"address": "/root", "task": "x"}));
+    assert!(err.contains("/root") && err.contains("takes no tasks"), "{err}");
+    let unknown = mcp.request("tools/call", json!({"name": "no_such_tool", "arguments": {}}));
+    assert!(unknown["error"]["message"].as_str().is_some_and(|m| m.contains("no_such_tool")), "{unknown}");
+    // Nothing was spawned by the bad calls, and the server still answers.
+    assert_eq!(addresses(&mcp.ok("list_agents", json!({}))).len(), 5);
+    mcp.close();
+}
+
+#[test]
+fn inside_an_agent_mcp_acts_at_its_address() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    repo.spawn_fake("lead", "hang");
+    repo.spawn_fake("other", "hang");
+    let mut command = repo.command();
+    command.env("CORRAL_ADDRESS", "/root/lead");
+    let mut mcp = McpServer::start(command);
+    mcp.initialize();
+    let spawned = mcp.ok("spawn_agent", json!({"name": "kid", "task": "t", "command": [bin, "fake-agent", "exit 0"]}));
+    assert_eq!(spawned["address"], "/root/lead/kid", "{spawned}");
+    // Relative and absolute addresses; the caller's children only in list_background_agents.
+    assert_eq!(mcp.view_until_ended("kid")["address"], "/root/lead/kid");
+    assert_eq!(mcp.ok("view_background_agent", json!({"address": "/root/other"}))["address"], "/root/other");
+    assert_eq!(addresses(&mcp.ok("list_background_agents", json!({}))), ["/root/lead/kid"]);
+    let mut all = addresses(&mcp.ok("list_agents", json!({})));
+    all.sort();
+    assert_eq!(all, ["/root/lead", "/root/lead/kid", "/root/other"]);
+    let sent = mcp.ok("send_message", json!({"to": "/root/other", "text": "from the lead"}));
+    assert_eq!(sent["from"], "/root/lead", "{sent}");
+    mcp.close();
+}
+
+// ---------------------------------------------------------------------------
+// 2. Real Claude Code as the orchestrator
+
+fn non_empty_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+fn claude_bin() -> PathBuf {
+    let path = match non_empty_env("CORRAL_CLAUDE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cache = non_empty_env("CORRAL_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| non_empty_env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("corral")))
+                .unwrap_or_else(|| PathBuf::from(non_empty_env("HOME").expect("HOME is set")).join(".cache/corral"));
+            cache.join("agent-clis").join(CLAUDE_PACKAGE_DIR).join("node_modules/.bin/claude")
+        }
+    };
+    assert!(
+        path.exists(),
+        "the real `claude` CLI is missing at {}: run tests/install-agent-clis.sh, or set CORRAL_CLAUDE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// Runs `command` to its end under a deadline (killed and panicking after it).
+fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {timeout:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+}
+
+fn corral_ok(repo: &TestRepo, args: &[&str]) -> String {
+    let mut command = repo.command();
+    command.args(args);
+    let out = run_deadline(command, PATIENCE, &format!("corral {args:?}"));
+    assert!(
+        out.status.success(),
+        "corral {args:?} exited {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ps_record(repo: &TestRepo, address: &str) -> Value {
+    let ps: Value = serde_json::from_str(&corral_ok(repo, &["ps", "--all", "--json"])).unwrap();
+    ps.as_array()
+        .and_then(|agents| agents.iter().find(|a| a["address"] == address).cloned())
+        .unwrap_or_else(|| panic!("no agent {address} in ps --json: {ps}"))
+}
+
+/// A running `corral mock-llm --script FILE`, killed on drop.
+struct MockLlm {
+    child: Child,
+    url: String,
+    stderr_path: PathBuf,
+}
+
+impl MockLlm {
+    fn start(repo: &TestRepo, script: &Value) -> MockLlm {
+        let script_path = repo.path("mock-script.json");
+        let stderr_path = repo.path("mock-stderr.txt");
+        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
+        let mut command = repo.command();
+        command
+            .arg("mock-llm")
+            .arg("--script")
+            .arg(&script_path)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        let mut child = command.spawn().expect("corral mock-llm starts");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = sender.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let mut guard = MockLlm { child, url: String::new(), stderr_path };
+        let first = lines.recv_timeout(PATIENCE).unwrap_or_default();
+        let url = first
+            .trim_end()
+            .strip_prefix("mock-llm listening on ")
+            .unwrap_or_else(|| panic!("`corral mock-llm` printed {first:?} first; stderr:\n{}", guard.stderr()));
+        guard.url = url.to_string();
+        guard
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// `GET /_mock/requests`: every request so far.
+    fn requests(&self) -> Vec<Value> {
+        let port: u16 = self.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to mock-llm");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(stream, "GET /_mock/requests HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        let mut body = response[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let end = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).split(';').next().unwrap().trim(), 16)
+                        .expect("a chunk size");
+                rest = &rest[end + 2..];
+                if size == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[..size]);
+                rest = &rest[size + 2..];
+            }
+            body = out;
+        }
+        serde_json::from_slice::<Value>(&body).unwrap().as_array().cloned().unwrap()
+    }
+}
+
+impl Drop for MockLlm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of the `tool_result` for `tool_use_id` in a model request, and
+/// whether it was an error.
+fn tool_result(request: &Value, tool_use_id: &str) -> Option<(bool, String)> {
+    for message in request["body"]["messages"].as_array()? {
+        for block in message["content"].as_array().into_iter().flatten() {
+            if block["type"] == "tool_result" && block["tool_use_id"] == tool_use_id {
+                let text = match &block["content"] {
+                    Value::String(text) => text.clone(),
+                    Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""),
+                    other => other.to_string(),
+                };
+                return Some((block["is_error"] == true, text));
+            }
+        }
+    }
+    None
+}
+
+/// Everything a failing assertion should show.
+fn diagnostics(repo: &TestRepo, mock: &MockLlm) -> String {
+    let mut text = String::new();
+    let mut command = repo.command();
+    command.args(["events"]);
+    let out = run_deadline(command, PATIENCE, "corral events (diagnostics)");
+    text.push_str("--- events:\n");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        text.push_str(&line.chars().take(600).collect::<String>());
+        text.push('\n');
+    }
+    if let Some(orch) = repo.agents().into_iter().find(|a| a["address"] == "/root/orch") {
+        let log = repo.log_by_id(orch["id"].as_u64().unwrap());
+        let tail = &log[log.len().saturating_sub(6000)..];
+        text.push_str(&format!("--- orch output.log tail:\n{}\n", String::from_utf8_lossy(tail)));
+    }
+    text.push_str(&format!("--- mock-llm stderr:\n{}\n", mock.stderr()));
+    text
+}
+
+#[test]
+fn real_claude_orchestrates_a_background_agent_over_mcp() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    // The worker: a fake Claude Code (so it reports a result text) that
+    // writes out.txt in its worktree.
+    let result = r#"print '{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.02,"usage":{"input_tokens":20,"output_tokens":4},"session_id":"w-1","result":"worker wrote out.txt"}'"#;
+    let worker_claude = fake_claude(&repo, "worker", &format!("write out.txt done; print finished; {result}; exit 0"));
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        format!(
+            "[agents.worker]\ndescription = \"writes out.txt\"\nharness = \"claude\"\nenv = {{ CORRAL_CLAUDE_BIN = \"{}\" }}\n",
+            worker_claude.display()
+        ),
+    )
+    .unwrap();
+    let mcp_config = repo.path("mcp.json");
+    std::fs::write(&mcp_config, json!({"mcpServers": {"corral": {"command": bin, "args": ["mcp"]}}}).to_string())
+        .unwrap();
+
+    let steps = json!([
+        {"tool": {"name": "mcp__corral__run_background_agent", "id": "toolu_run",
+                  "input": {"role": "worker", "task": "Write out.txt", "expected_output": "out.txt"}}},
+        {"tool": {"name": "mcp__corral__list_background_agents", "id": "toolu_list", "input": {}}},
+        // The worker is quick; the delays make sure it ended before the last view.
+        {"tool": {"name": "mcp__corral__view_background_agent", "id": "toolu_view1",
+                  "input": {"address": "worker-1"}}, "delay_ms": 1000},
+        {"tool": {"name": "mcp__corral__view_background_agent", "id": "toolu_view2",
+                  "input": {"address": "/root/orch/worker-1"}}, "delay_ms": 3000},
+        {"text": "worker-1 finished: it wrote out.txt."},
+    ]);
+    let mock = MockLlm::start(&repo, &json!({"steps": steps}));
+    let home = repo.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut command = repo.command();
+    command
+        .env("CORRAL_CLAUDE_BIN", claude_bin())
+        .env("ANTHROPIC_BASE_URL", &mock.url)
+        .env("ANTHROPIC_API_KEY", "mock-key")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("HOME", &home)
+        .args(["spawn", "orch", "--harness", "claude", "--task", "Delegate writing out.txt to a worker", "--json"])
+        .args(["--", "--strict-mcp-config", "--mcp-config"])
+        .arg(&mcp_config)
+        .args([
+            "--allowedTools",
+            "mcp__corral__run_background_agent,mcp__corral__list_background_agents,mcp__corral__view_background_agent",
+        ]);
+    let out = run_deadline(command, PATIENCE, "corral spawn orch");
+    assert!(out.status.success(), "spawn orch: {}", String::from_utf8_lossy(&out.stderr));
+
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", "/root/orch", "--timeout", &timeout]);
+    let waited = run_deadline(command, RUN_DEADLINE + PATIENCE, "corral wait /root/orch");
+    let why = || diagnostics(&repo, &mock);
+    assert_ne!(waited.status.code(), Some(124), "orch did not end within {RUN_DEADLINE:?}\n{}", why());
+    let orch = ps_record(&repo, "/root/orch");
+    assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
+
+    // The child: under the orchestrator, in its own worktree, run to completion.
+    let child = ps_record(&repo, "/root/orch/worker-1");
+    assert_eq!(child["parent"], "/root/orch", "{child}");
+    assert_eq!(child["state"], "succeeded", "{child}\n{}", why());
+    assert_eq!(child["exit_code"], 0, "{child}");
+    let worktree = repo.worktree_of("orch.worker-1");
+    assert_eq!(Path::new(child["worktree"].as_str().unwrap()).canonicalize().unwrap(), worktree, "{child}");
+    assert_eq!(std::fs::read_to_string(worktree.join("out.txt")).unwrap(), "done\n");
+    assert!(!repo.worktree_of("orch").join("out.txt").exists(), "out.txt leaked into the orchestrator's worktree");
+    assert!(child["task"].as_str().unwrap().starts_with("Write out.txt\n\nExpected output: out.txt"), "{child}");
+
+    // What the tools answered, as Claude passed it back to the model.
+    let requests: Vec<Value> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["method"] == "POST" && r["path"].as_str().unwrap_or("").split('?').next().unwrap().ends_with("/messages")
+        })
+        .collect();
+    assert_eq!(requests.len(), 5, "one model request per step\n{}", why());
+    // Claude Code 2.1.328 defers MCP tools (its ToolSearch loads them), so
+    // their names reach the model in the request, not always as tools.
+    let first = requests[0]["body"].to_string();
+    for tool in TOOLS {
+        assert!(first.contains(&format!("mcp__corral__{tool}")), "Claude tells the model of mcp__corral__{tool}");
+    }
+    let last = requests.last().unwrap();
+    let answer = |id: &str| {
+        let (is_error, text) = tool_result(last, id).unwrap_or_else(|| panic!("no tool_result for {id}\n{}", why()));
+        assert!(!is_error, "{id} failed: {text}");
+        serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{id} answered no JSON ({e}): {text}"))
+    };
+    let run = answer("toolu_run");
+    assert_eq!(run["address"], "/root/orch/worker-1", "{run}");
+    assert_eq!(run["task_id"], child["task_id"], "{run}");
+    let list = answer("toolu_list");
+    assert_eq!(addresses(&list), ["/root/orch/worker-1"], "{list}");
+    let view = answer("toolu_view2");
+    assert_eq!(view["address"], "/root/orch/worker-1", "{view}");
+    assert_eq!(view["ended"], true, "{view}");
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(view["exit_code"], 0, "{view}");
+    assert_eq!(view["result"]["text"], "worker wrote out.txt", "{view}");
+    assert!(view["output"].as_array().unwrap().iter().any(|l| l == "finished"), "{view}");
+}
+
+// ---------------------------------------------------------------------------
+// The examples in examples/mcp
+
+#[test]
+fn the_example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mcp");
+    let path = dir.join("corral.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = corral::config::Config::from_str(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.agents.contains_key("worker") && config.agents.contains_key("reviewer"));
+    let claude: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("claude-mcp.json")).unwrap()).unwrap();
+    assert_eq!(claude["mcpServers"]["corral"], json!({"command": "corral", "args": ["mcp"]}));
+    let codex = std::fs::read_to_string(dir.join("codex-config.toml")).unwrap();
+    assert!(codex.contains("[mcp_servers.corral]\ncommand = \"corral\"\nargs = [\"mcp\"]\n"), "{codex}");
+}
