@@ -173,3 +173,30 @@ fn assign_gives_an_idle_agent_its_next_task_and_queues_for_a_busy_one() {
     let assigned: Vec<Value> = events(&repo).into_iter().filter(|e| e["type"] == "assigned").collect();
     assert_eq!(assigned.len(), 2, "{assigned:?}");
 }
+
+#[test]
+fn a_roles_sandbox_and_reasoning_effort_reach_the_codex_command_line() {
+    let repo = TestRepo::new();
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        "[agents.auditor]\nharness = \"codex\"\nsandbox = \"read-only\"\nreasoning_effort = \"high\"\n",
+    )
+    .unwrap();
+    // A stand-in for codex that prints the arguments it was given.
+    let codex = repo.path("codex.sh");
+    std::fs::write(&codex, "#!/bin/sh\necho \"ARGS $*\"\n").unwrap();
+    std::fs::set_permissions(&codex, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = repo
+        .command()
+        .env("CORRAL_CODEX_BIN", &codex)
+        .args(["spawn", "audit", "--role", "auditor", "--task", "look around"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    repo.corral(&["wait", "audit", "--timeout", "60"]);
+    let log = String::from_utf8_lossy(&repo.log("/root/audit")).into_owned();
+    let args = log.lines().find(|l| l.starts_with("ARGS ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(args.contains("--sandbox read-only"), "{args}");
+    assert!(args.contains("-c model_reasoning_effort=high"), "{args}");
+    assert!(args.ends_with("look around"), "{args}");
+}

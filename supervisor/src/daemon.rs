@@ -485,6 +485,7 @@ struct Resolved {
     grace_secs: Option<f64>,
     merge: MergeSpec,
     sandbox: Option<crate::config::Sandbox>,
+    reasoning_effort: Option<String>,
 }
 
 fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
@@ -515,6 +516,7 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
         restart: settings.restart_spec(),
         grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
         sandbox: settings.sandbox,
+        reasoning_effort: settings.reasoning_effort.clone(),
         merge: {
             let merge = settings.merge.clone().unwrap_or_default();
             MergeSpec {
@@ -618,6 +620,11 @@ fn build_launch(resolved: &Resolved) -> Result<Launch> {
                 .splice(0..0, ["--disallowedTools".to_string(), "Write,Edit,MultiEdit,NotebookEdit,Bash".to_string()]);
         }
         _ => {}
+    }
+    // A role's reasoning effort: Codex takes it as a config override; the
+    // other CLIs have no such setting, so it does not apply to them.
+    if let ("codex", Some(effort)) = (resolved.harness.as_str(), &resolved.reasoning_effort) {
+        command.splice(0..0, ["-c".to_string(), format!("model_reasoning_effort={effort}")]);
     }
     let resolved = &Resolved { command, ..resolved.clone() };
     let harness = resolved.harness.as_str();
