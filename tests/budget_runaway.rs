@@ -12,26 +12,17 @@
 //!
 //! The real binary comes from `CORRAL_CLAUDE_BIN`, else from the cache
 //! folder `tests/install-agent-clis.sh` installs into; a missing binary
-//! FAILS the test (it never passes by skipping). The helpers below follow
-//! tests/harness.rs. `CORRAL_TEST_VERBOSE=1` prints the agent's events and
-//! the server's requests even when the test passes.
+//! FAILS the test (it never passes by skipping). The helpers are
+//! corral_e2e::real_cli's, shared with tests/harness.rs.
+//! `CORRAL_TEST_VERBOSE=1` prints the agent's events and the server's
+//! requests even when the test passes.
 
-use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
+use corral_e2e::real_cli::{
+    claude_env, describe, diagnostics, events, is_messages_request, of_type, ps_record, run_deadline, MockLlm,
+    RUN_DEADLINE,
+};
 use corral_e2e::{alive, TestRepo, PATIENCE};
 use serde_json::{json, Value};
-
-/// Must match tests/install-agent-clis.sh (and tests/harness.rs).
-const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
-
-/// How long the runaway may take to reach its budget and be stopped on a
-/// loaded 2-core machine (about ten seconds when idle).
-const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
 /// One model call's usage in the script. The message_start snapshot of a
 /// call (everything but output, plus 1 output token) is 751; the call's
@@ -51,237 +42,6 @@ const START_SNAPSHOT: u64 = INPUT + CACHE_READ + CACHE_WRITE + 1;
 const LIMIT: u64 = 5000;
 /// The model call (1-based) whose usage crosses the budget.
 const CROSSING_CALL: u64 = 5;
-
-// ---------------------------------------------------------------------------
-// The real binary (the same rule as tests/harness.rs)
-
-fn non_empty_env(name: &str) -> Option<OsString> {
-    std::env::var_os(name).filter(|v| !v.is_empty())
-}
-
-fn claude_bin() -> PathBuf {
-    let path = match non_empty_env("CORRAL_CLAUDE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let cache = non_empty_env("CORRAL_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| non_empty_env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("corral")))
-                .unwrap_or_else(|| {
-                    PathBuf::from(non_empty_env("HOME").expect("HOME is set")).join(".cache").join("corral")
-                });
-            cache.join("agent-clis").join(CLAUDE_PACKAGE_DIR).join("node_modules").join(".bin").join("claude")
-        }
-    };
-    assert!(
-        path.exists(),
-        "the real `claude` CLI is missing at {}: run tests/install-agent-clis.sh \
-         (it installs the pinned version into the cache), or set CORRAL_CLAUDE_BIN",
-        path.display()
-    );
-    path
-}
-
-// ---------------------------------------------------------------------------
-// Commands under a deadline
-
-/// Runs `command` to its end, killing it and panicking when `timeout` runs
-/// out first (a hung client or daemon must not hang the test).
-fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {timeout:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// `corral ARGS` with a deadline; panics unless it exits 0; returns stdout.
-fn corral_ok(repo: &TestRepo, args: &[&str]) -> String {
-    let mut command = repo.command();
-    command.args(args);
-    let out = run_deadline(command, PATIENCE, &format!("corral {args:?}"));
-    assert!(out.status.success(), "corral {args:?} failed: {}", describe(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every event of one agent, from `corral events --agent ADDRESS`.
-fn events(repo: &TestRepo, address: &str) -> Vec<Value> {
-    corral_ok(repo, &["events", "--agent", address])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
-        .collect()
-}
-
-fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
-
-/// The agent's record from `ps --all --json`, by address.
-fn ps_record(repo: &TestRepo, address: &str) -> Value {
-    let stdout = corral_ok(repo, &["ps", "--all", "--json"]);
-    let ps: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ps printed no JSON ({e}): {stdout}"));
-    ps.as_array()
-        .and_then(|agents| agents.iter().find(|a| a["address"] == address).cloned())
-        .unwrap_or_else(|| panic!("no agent {address} in ps --json: {ps}"))
-}
-
-/// What a failing assertion should show: the agent's events (shortened),
-/// its ps record, the end of its log, and the model server's stderr.
-fn diagnostics(repo: &TestRepo, address: &str, mock: &MockLlm) -> String {
-    let mut text = String::from("--- events:\n");
-    let mut command = repo.command();
-    command.args(["events", "--agent", address]);
-    let out = run_deadline(command, PATIENCE, "corral events (diagnostics)");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let cut = line.char_indices().nth(400).map_or(line.len(), |(i, _)| i);
-        text.push_str(&line[..cut]);
-        text.push('\n');
-    }
-    let mut command = repo.command();
-    command.args(["ps", "--all", "--json"]);
-    let ps = run_deadline(command, PATIENCE, "corral ps (diagnostics)");
-    if let Ok(agents) = serde_json::from_slice::<Value>(&ps.stdout) {
-        if let Some(agent) = agents.as_array().and_then(|a| a.iter().find(|a| a["address"] == address)) {
-            text.push_str(&format!("--- ps record: {agent}\n"));
-            if let Some(id) = agent["id"].as_u64() {
-                let log = repo.log_by_id(id);
-                let tail = &log[log.len().saturating_sub(4000)..];
-                text.push_str(&format!(
-                    "--- output.log ({} bytes), tail:\n{}\n",
-                    log.len(),
-                    String::from_utf8_lossy(tail)
-                ));
-            }
-        }
-    }
-    text.push_str(&format!("--- mock-llm stderr:\n{}\n", mock.stderr()));
-    text
-}
-
-// ---------------------------------------------------------------------------
-// The model server: `corral mock-llm` as a subprocess
-
-/// A running `corral mock-llm --script FILE --record FILE`, killed on drop.
-struct MockLlm {
-    child: Child,
-    url: String,
-    record: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl MockLlm {
-    fn start(repo: &TestRepo, label: &str, script: &Value) -> MockLlm {
-        let script_path = repo.path(&format!("{label}-script.json"));
-        let record = repo.path(&format!("{label}-requests.jsonl"));
-        let stderr_path = repo.path(&format!("{label}-mock-stderr.txt"));
-        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
-        // repo.command() puts CORRAL_TEST_ID in its environment, so the
-        // repository's cleanup kills it too should this guard not run.
-        let mut command = repo.command();
-        command
-            .arg("mock-llm")
-            .arg("--script")
-            .arg(&script_path)
-            .arg("--record")
-            .arg(&record)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = command.spawn().expect("corral mock-llm starts");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = sender.send(line);
-            // Keep draining so the server never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let mut guard = MockLlm { child, url: String::new(), record, stderr_path };
-        let first = lines.recv_timeout(PATIENCE).unwrap_or_default();
-        let prefix = "mock-llm listening on ";
-        let Some(url) = first.trim_end().strip_prefix(prefix) else {
-            let status = guard.child.try_wait().ok().flatten();
-            panic!(
-                "`corral mock-llm` did not print {prefix:?} first; it printed {first:?} (exit {status:?}); stderr:\n{}",
-                guard.stderr()
-            );
-        };
-        assert!(url.starts_with("http://127.0.0.1:"), "mock-llm must listen on loopback: {url}");
-        guard.url = url.to_string();
-        guard
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// The `--record` file: one JSON object a line, written as each request
-    /// arrives and before it is answered.
-    fn recorded(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record line is not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
-impl Drop for MockLlm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A request that asks a model for an answer (not `count_tokens` and such).
-fn is_model_request(request: &Value) -> bool {
-    let path = request["path"].as_str().unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    request["method"] == "POST" && path.ends_with("/messages")
-}
-
-fn claude_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
-    let home = repo.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    vec![
-        ("CORRAL_CLAUDE_BIN", claude_bin().into_os_string()),
-        ("ANTHROPIC_BASE_URL", mock.url.clone().into()),
-        ("ANTHROPIC_API_KEY", "mock-key".into()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
-        ("HOME", home.into_os_string()),
-    ]
-}
 
 // ---------------------------------------------------------------------------
 
@@ -315,7 +75,7 @@ fn runaway_claude_is_stopped_on_its_token_budget_within_one_model_call() {
     let mut command = repo.command();
     command.args(["wait", &address, "--timeout", &timeout]);
     let waited = run_deadline(command, RUN_DEADLINE + PATIENCE, "corral wait /root/runaway");
-    let why = || diagnostics(&repo, &address, &mock);
+    let why = || diagnostics(&repo, &address, Some(&mock));
     assert_ne!(waited.status.code(), Some(124), "the runaway was not stopped within {RUN_DEADLINE:?}\n{}", why());
     assert_eq!(waited.status.code(), Some(23), "corral wait: {}\n{}", describe(&waited), why());
 
@@ -364,7 +124,7 @@ fn runaway_claude_is_stopped_on_its_token_budget_within_one_model_call() {
     // crossed the budget. All were recorded on arrival, and the agent is
     // gone, so none can still come.
     let recorded = mock.recorded();
-    let model: Vec<&Value> = recorded.iter().filter(|r| is_model_request(r)).collect();
+    let model: Vec<&Value> = recorded.iter().filter(|r| is_messages_request(r)).collect();
     assert!(
         model.iter().all(|r| r["step"] == 0),
         "every model request is answered by the script's one step: {:?}",

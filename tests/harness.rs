@@ -15,188 +15,25 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use corral_e2e::real_cli::{
+    claude_env, codex_bin, corral_json, corral_ok, describe, diagnostics, events, model_requests, of_type, ps_record,
+    run_deadline, MockLlm, RUN_DEADLINE,
+};
 use corral_e2e::{alive, corral_bin, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
 
-/// Versions checked; must match tests/install-agent-clis.sh.
-const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
-const CODEX_PACKAGE_DIR: &str = "@openai+codex@0.169.0";
-
-/// How long a real CLI run may take under corral on a loaded 2-core machine
-/// (a few seconds when idle; these tests run in parallel with each other).
-const RUN_DEADLINE: Duration = Duration::from_secs(240);
-
 // ---------------------------------------------------------------------------
-// Finding the real binaries (the same rule as harness/tests/real_clis.rs)
-
-fn non_empty_env(name: &str) -> Option<OsString> {
-    std::env::var_os(name).filter(|v| !v.is_empty())
-}
-
-fn agent_cli_cache() -> PathBuf {
-    let root = non_empty_env("CORRAL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| non_empty_env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("corral")))
-        .unwrap_or_else(|| PathBuf::from(non_empty_env("HOME").expect("HOME is set")).join(".cache").join("corral"));
-    root.join("agent-clis")
-}
-
-fn agent_bin(env_var: &str, package_dir: &str, bin: &str) -> PathBuf {
-    let path = match non_empty_env(env_var) {
-        Some(path) => PathBuf::from(path),
-        None => agent_cli_cache().join(package_dir).join("node_modules").join(".bin").join(bin),
-    };
-    assert!(
-        path.exists(),
-        "the real `{bin}` CLI is missing at {}: run tests/install-agent-clis.sh \
-         (it installs the pinned versions into the cache), or set {env_var}",
-        path.display()
-    );
-    path
-}
-
-fn claude_bin() -> PathBuf {
-    agent_bin("CORRAL_CLAUDE_BIN", CLAUDE_PACKAGE_DIR, "claude")
-}
-
-fn codex_bin() -> PathBuf {
-    agent_bin("CORRAL_CODEX_BIN", CODEX_PACKAGE_DIR, "codex")
-}
-
-// ---------------------------------------------------------------------------
-// Commands under a deadline
-
-/// Runs `command` to its end, killing it and panicking when `timeout` runs
-/// out first (a hung client or daemon must not hang the test).
-fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {timeout:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// `corral ARGS` with a deadline; panics unless it exits 0; returns stdout.
-fn corral_ok(repo: &TestRepo, args: &[&str]) -> String {
-    let mut command = repo.command();
-    command.args(args);
-    let out = run_deadline(command, PATIENCE, &format!("corral {args:?}"));
-    assert!(out.status.success(), "corral {args:?} failed: {}", describe(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn corral_json(repo: &TestRepo, args: &[&str]) -> Value {
-    let stdout = corral_ok(repo, args);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("corral {args:?} printed no JSON ({e}): {stdout}"))
-}
-
-/// Every event of one agent, from `corral events --agent ADDRESS`.
-fn events(repo: &TestRepo, address: &str) -> Vec<Value> {
-    corral_ok(repo, &["events", "--agent", address])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
-        .collect()
-}
-
-fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
-
-/// The agent's record from `ps --json`, by address.
-fn ps_record(repo: &TestRepo, address: &str) -> Value {
-    let ps = corral_json(repo, &["ps", "--all", "--json"]);
-    ps.as_array()
-        .and_then(|agents| agents.iter().find(|a| a["address"] == address).cloned())
-        .unwrap_or_else(|| panic!("no agent {address} in ps --json: {ps}"))
-}
+// The agent's log and end, and spawning under a harness (the rest of the
+// helpers are corral_e2e::real_cli's, shared with the other e2e tests)
 
 fn output_log(repo: &TestRepo, address: &str) -> (PathBuf, Vec<u8>) {
     let id = ps_record(repo, address)["id"].as_u64().expect("an agent id in ps --json");
     let path = repo.state_dir().join(format!("agents/{id}/output.log"));
     let bytes = std::fs::read(&path).unwrap_or_default();
     (path, bytes)
-}
-
-/// What a failing assertion should show: the agent's events, the end of
-/// its log, and what the model server saw.
-fn diagnostics(repo: &TestRepo, address: &str, mock: Option<&MockLlm>) -> String {
-    let mut text = String::new();
-    let mut command = repo.command();
-    command.args(["events", "--agent", address]);
-    let out = run_deadline(command, PATIENCE, "corral events (diagnostics)");
-    text.push_str("--- events:\n");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut line = line.to_string();
-        if line.len() > 600 {
-            let mut cut = 600;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str("...");
-        }
-        text.push_str(&line);
-        text.push('\n');
-    }
-    let mut command = repo.command();
-    command.args(["ps", "--all", "--json"]);
-    let ps = run_deadline(command, PATIENCE, "corral ps (diagnostics)");
-    if let Ok(agents) = serde_json::from_slice::<Value>(&ps.stdout) {
-        if let Some(agent) = agents.as_array().and_then(|a| a.iter().find(|a| a["address"] == address)) {
-            text.push_str(&format!("--- ps record: {agent}\n"));
-            if let Some(id) = agent["id"].as_u64() {
-                let log = repo.log_by_id(id);
-                let tail = &log[log.len().saturating_sub(4000)..];
-                text.push_str(&format!(
-                    "--- output.log ({} bytes), tail:\n{}\n",
-                    log.len(),
-                    String::from_utf8_lossy(tail)
-                ));
-            }
-        }
-    }
-    if let Some(mock) = mock {
-        text.push_str(&format!("--- mock-llm stderr:\n{}\n", mock.stderr()));
-    }
-    text
 }
 
 /// Waits for the agent to end (`corral wait` under a deadline) and returns
@@ -242,133 +79,6 @@ fn spawn_harness(
     assert!(out.status.success(), "corral spawn {name} --harness {harness} failed: {}", describe(&out));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("spawn printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-// ---------------------------------------------------------------------------
-// The model server: `corral mock-llm` as a subprocess
-
-/// A running `corral mock-llm --script FILE --record FILE`, killed on drop.
-struct MockLlm {
-    child: Child,
-    url: String,
-    record: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl MockLlm {
-    fn start(repo: &TestRepo, label: &str, script: &Value) -> MockLlm {
-        let script_path = repo.path(&format!("{label}-script.json"));
-        let record = repo.path(&format!("{label}-requests.jsonl"));
-        let stderr_path = repo.path(&format!("{label}-mock-stderr.txt"));
-        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
-        // repo.command() puts CORRAL_TEST_ID in its environment, so the
-        // repository's cleanup kills it too should this guard not run.
-        let mut command = repo.command();
-        command
-            .arg("mock-llm")
-            .arg("--script")
-            .arg(&script_path)
-            .arg("--record")
-            .arg(&record)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = command.spawn().expect("corral mock-llm starts");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = sender.send(line);
-            // Keep draining so the server never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let mut guard = MockLlm { child, url: String::new(), record, stderr_path };
-        let first = lines.recv_timeout(PATIENCE).unwrap_or_default();
-        let prefix = "mock-llm listening on ";
-        let Some(url) = first.trim_end().strip_prefix(prefix) else {
-            let status = guard.child.try_wait().ok().flatten();
-            panic!(
-                "`corral mock-llm` did not print {prefix:?} first; it printed {first:?} (exit {status:?}); stderr:\n{}",
-                guard.stderr()
-            );
-        };
-        assert!(url.starts_with("http://127.0.0.1:"), "mock-llm must listen on loopback: {url}");
-        guard.url = url.to_string();
-        guard
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().expect("a port in the URL")
-    }
-
-    /// `GET /_mock/requests`: every request so far, as recorded.
-    fn requests(&self) -> Vec<Value> {
-        let body = http_get(self.port(), "/_mock/requests");
-        let value: Value = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("/_mock/requests is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-        value.as_array().cloned().unwrap_or_else(|| panic!("/_mock/requests is not an array: {value}"))
-    }
-
-    /// The `--record` file: one JSON object a line.
-    fn recorded(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.record)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record line is not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
-impl Drop for MockLlm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A request that asks a model for an answer (not `count_tokens` and such).
-fn is_model_request(request: &Value) -> bool {
-    let path = request["path"].as_str().unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    request["method"] == "POST" && (path.ends_with("/messages") || path.ends_with("/responses"))
-}
-
-fn model_requests(requests: &[Value]) -> Vec<Value> {
-    requests.iter().filter(|r| is_model_request(r)).cloned().collect()
-}
-
-/// A plain HTTP/1.1 GET on loopback; returns the body.
-fn http_get(port: u16, path: &str) -> Vec<u8> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to mock-llm");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read the answer");
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
-    let body = response[split + 4..].to_vec();
-    if !head.contains("transfer-encoding: chunked") {
-        return body;
-    }
-    let mut out = Vec::new();
-    let mut rest = &body[..];
-    loop {
-        let end = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
-        let size_text = String::from_utf8_lossy(&rest[..end]).to_string();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("a chunk size");
-        rest = &rest[end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -474,18 +184,6 @@ fn codex_home() -> tempfile::TempDir {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(base).unwrap();
     tempfile::Builder::new().prefix("codex-home-").tempdir_in(base).unwrap()
-}
-
-fn claude_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
-    let home = repo.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    vec![
-        ("CORRAL_CLAUDE_BIN", claude_bin().into_os_string()),
-        ("ANTHROPIC_BASE_URL", mock.url.clone().into()),
-        ("ANTHROPIC_API_KEY", "mock-key".into()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
-        ("HOME", home.into_os_string()),
-    ]
 }
 
 // ---------------------------------------------------------------------------

@@ -18,22 +18,15 @@
 //! FAILS the test. Every process a test starts is killed when its
 //! `TestRepo` drops.
 
-use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use corral_e2e::real_cli::{claude_env, is_messages_request, ps_record, run_deadline, MockLlm, RUN_DEADLINE};
 use corral_e2e::{corral_bin, fake_claude, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
-
-/// Must match tests/install-agent-clis.sh.
-const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
-
-/// How long a real CLI run may take under corral on a loaded 2-core machine.
-const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
 const TOOLS: [&str; 8] = [
     "run_background_agent",
@@ -350,163 +343,6 @@ fn inside_an_agent_mcp_acts_at_its_address() {
 // ---------------------------------------------------------------------------
 // 2. Real Claude Code as the orchestrator
 
-fn non_empty_env(name: &str) -> Option<OsString> {
-    std::env::var_os(name).filter(|v| !v.is_empty())
-}
-
-fn claude_bin() -> PathBuf {
-    let path = match non_empty_env("CORRAL_CLAUDE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let cache = non_empty_env("CORRAL_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| non_empty_env("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("corral")))
-                .unwrap_or_else(|| PathBuf::from(non_empty_env("HOME").expect("HOME is set")).join(".cache/corral"));
-            cache.join("agent-clis").join(CLAUDE_PACKAGE_DIR).join("node_modules/.bin/claude")
-        }
-    };
-    assert!(
-        path.exists(),
-        "the real `claude` CLI is missing at {}: run tests/install-agent-clis.sh, or set CORRAL_CLAUDE_BIN",
-        path.display()
-    );
-    path
-}
-
-/// Runs `command` to its end under a deadline (killed and panicking after it).
-fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {timeout:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
-}
-
-fn corral_ok(repo: &TestRepo, args: &[&str]) -> String {
-    let mut command = repo.command();
-    command.args(args);
-    let out = run_deadline(command, PATIENCE, &format!("corral {args:?}"));
-    assert!(
-        out.status.success(),
-        "corral {args:?} exited {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ps_record(repo: &TestRepo, address: &str) -> Value {
-    let ps: Value = serde_json::from_str(&corral_ok(repo, &["ps", "--all", "--json"])).unwrap();
-    ps.as_array()
-        .and_then(|agents| agents.iter().find(|a| a["address"] == address).cloned())
-        .unwrap_or_else(|| panic!("no agent {address} in ps --json: {ps}"))
-}
-
-/// A running `corral mock-llm --script FILE`, killed on drop.
-struct MockLlm {
-    child: Child,
-    url: String,
-    stderr_path: PathBuf,
-}
-
-impl MockLlm {
-    fn start(repo: &TestRepo, script: &Value) -> MockLlm {
-        let script_path = repo.path("mock-script.json");
-        let stderr_path = repo.path("mock-stderr.txt");
-        std::fs::write(&script_path, serde_json::to_vec_pretty(script).unwrap()).unwrap();
-        let mut command = repo.command();
-        command
-            .arg("mock-llm")
-            .arg("--script")
-            .arg(&script_path)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
-        let mut child = command.spawn().expect("corral mock-llm starts");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = sender.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let mut guard = MockLlm { child, url: String::new(), stderr_path };
-        let first = lines.recv_timeout(PATIENCE).unwrap_or_default();
-        let url = first
-            .trim_end()
-            .strip_prefix("mock-llm listening on ")
-            .unwrap_or_else(|| panic!("`corral mock-llm` printed {first:?} first; stderr:\n{}", guard.stderr()));
-        guard.url = url.to_string();
-        guard
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// `GET /_mock/requests`: every request so far.
-    fn requests(&self) -> Vec<Value> {
-        let port: u16 = self.url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to mock-llm");
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        write!(stream, "GET /_mock/requests HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        let mut body = response[split + 4..].to_vec();
-        if head.contains("transfer-encoding: chunked") {
-            let mut out = Vec::new();
-            let mut rest = &body[..];
-            loop {
-                let end = rest.windows(2).position(|w| w == b"\r\n").expect("a chunk size");
-                let size =
-                    usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).split(';').next().unwrap().trim(), 16)
-                        .expect("a chunk size");
-                rest = &rest[end + 2..];
-                if size == 0 {
-                    break;
-                }
-                out.extend_from_slice(&rest[..size]);
-                rest = &rest[size + 2..];
-            }
-            body = out;
-        }
-        serde_json::from_slice::<Value>(&body).unwrap().as_array().cloned().unwrap()
-    }
-}
-
-impl Drop for MockLlm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The text of the `tool_result` for `tool_use_id` in a model request, and
 /// whether it was an error.
 fn tool_result(request: &Value, tool_use_id: &str) -> Option<(bool, String)> {
@@ -577,16 +413,10 @@ fn real_claude_orchestrates_a_background_agent_over_mcp() {
                   "input": {"address": "/root/orch/worker-1"}}, "delay_ms": 3000},
         {"text": "worker-1 finished: it wrote out.txt."},
     ]);
-    let mock = MockLlm::start(&repo, &json!({"steps": steps}));
-    let home = repo.path("home");
-    std::fs::create_dir_all(&home).unwrap();
+    let mock = MockLlm::start(&repo, "orch", &json!({"steps": steps}));
     let mut command = repo.command();
+    command.envs(claude_env(&repo, &mock));
     command
-        .env("CORRAL_CLAUDE_BIN", claude_bin())
-        .env("ANTHROPIC_BASE_URL", &mock.url)
-        .env("ANTHROPIC_API_KEY", "mock-key")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("HOME", &home)
         .args(["spawn", "orch", "--harness", "claude", "--task", "Delegate writing out.txt to a worker", "--json"])
         .args(["--", "--strict-mcp-config", "--mcp-config"])
         .arg(&mcp_config)
@@ -618,13 +448,7 @@ fn real_claude_orchestrates_a_background_agent_over_mcp() {
     assert!(child["task"].as_str().unwrap().starts_with("Write out.txt\n\nExpected output: out.txt"), "{child}");
 
     // What the tools answered, as Claude passed it back to the model.
-    let requests: Vec<Value> = mock
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r["method"] == "POST" && r["path"].as_str().unwrap_or("").split('?').next().unwrap().ends_with("/messages")
-        })
-        .collect();
+    let requests: Vec<Value> = mock.requests().into_iter().filter(is_messages_request).collect();
     assert_eq!(requests.len(), 5, "one model request per step\n{}", why());
     // Claude Code 2.1.328 defers MCP tools (its ToolSearch loads them), so
     // their names reach the model in the request, not always as tools.

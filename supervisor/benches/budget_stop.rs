@@ -55,6 +55,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+mod common;
+use common::{
+    alive, corral_bin, corral_command, describe, env_number, expect_json, expect_ok, git, install_interrupt_cleanup,
+    kill_marked, load_average, percentile, processes_with, remove_scratch, scratch_folder,
+};
+
 const MARKER: &str = "BUDGET_STOP_BENCH_ID";
 const LIMIT: u64 = 1000;
 const PER_LINE: u64 = 400;
@@ -72,7 +78,7 @@ fn main() {
     let load_start = load_average();
 
     let mut scratch = Scratch::new();
-    install_interrupt_cleanup(scratch.id.clone(), scratch.path.clone());
+    install_interrupt_cleanup("budget_stop", MARKER, scratch.id.clone(), scratch.path.clone(), || {});
     eprintln!("budget_stop bench: scratch folder {} (marker {MARKER}={})", scratch.path.display(), scratch.id);
 
     let samples = measure(&mut scratch, &bin, runs);
@@ -330,12 +336,6 @@ impl Stats {
     }
 }
 
-/// Nearest rank.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---- the same with the real Claude Code CLI (optional) ----------------------------
 
 /// Must match tests/install-agent-clis.sh.
@@ -505,16 +505,6 @@ fn measure_claude(scratch: &mut Scratch, bin: &Path, claude: &Path, runs: usize)
 
 // ---- processes -------------------------------------------------------------------
 
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
 /// The parent pid, from /proc/PID/stat.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -544,60 +534,6 @@ fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// Live processes (not this one) whose environment holds every one of `needles`.
-fn processes_with(needles: &[&str]) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if pid == me || !alive(pid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if needles.iter().all(|needle| environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes())) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// SIGKILLs every marked process until none is left; returns how many
-/// distinct processes were killed.
-fn kill_marked(id: &str) -> usize {
-    let needle = format!("{MARKER}={id}");
-    let mut killed = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = processes_with(&[&needle]);
-        if left.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in left {
-            // SAFETY: kill with a pid we just found and a constant signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            killed.insert(pid);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    killed.len()
-}
-
-/// On SIGINT, SIGTERM or SIGHUP: kill what the bench started, remove the
-/// scratch folder, exit.
-fn install_interrupt_cleanup(id: String, root: PathBuf) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("budget_stop bench: signal {signal}: killing what it started and removing {}", root.display());
-            kill_marked(&id);
-            let _ = std::fs::remove_dir_all(&root);
-            std::process::exit(128 + signal);
-        }
-    });
-}
-
 // ---- the scratch folder ------------------------------------------------------------
 
 struct Scratch {
@@ -617,26 +553,14 @@ struct Cleanup {
 
 impl Scratch {
     fn new() -> Scratch {
-        let root = tempfile::Builder::new().prefix("corral-budget-bench-").tempdir().expect("a temporary folder");
-        let path = root.path().to_path_buf();
-        let id = format!("{}-{}", std::process::id(), path.file_name().unwrap().to_string_lossy());
+        let (root, path, id) = scratch_folder("corral-budget-bench-");
         Scratch { id, root: Some(root), path, repo: None }
     }
 
     /// A corral command for the repository at `repo`, marked, with its
     /// worktrees in the scratch folder.
     fn command(&self, bin: &Path, repo: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(bin);
-        command
-            .args(args)
-            .current_dir(repo)
-            .env("CORRAL_WORKTREE_ROOT", self.path.join("corral-worktrees"))
-            .env(MARKER, &self.id)
-            .env_remove("CORRAL_ADDRESS")
-            .env_remove("CORRAL_SOCKET")
-            .env_remove("CORRAL_PARENT")
-            .stdin(Stdio::null());
-        command
+        corral_command(bin, repo, args, &self.path, MARKER, &self.id)
     }
 
     fn corral(&self, bin: &Path, repo: &Path, args: &[&str]) -> Output {
@@ -650,15 +574,7 @@ impl Scratch {
 
     /// Runs git in `repo`; panics on failure.
     fn git(&self, repo: &Path, args: &[&str]) {
-        let out = Command::new("git")
-            .args(["-c", "user.name=corral bench", "-c", "user.email=bench@corral.invalid"])
-            .args(args)
-            .current_dir(repo)
-            .env(MARKER, &self.id)
-            .stdin(Stdio::null())
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        git(repo, args, MARKER, &self.id)
     }
 
     /// Shuts the daemon down, kills everything marked, removes the folder.
@@ -679,12 +595,8 @@ impl Scratch {
                 lingering.push(format!("{pid} {}", cmdline.trim_end()));
             }
         }
-        let killed = kill_marked(&self.id);
-        if let Some(root) = self.root.take() {
-            if let Err(err) = root.close() {
-                eprintln!("budget_stop bench: cannot remove {}: {err}", self.path.display());
-            }
-        }
+        let killed = kill_marked(MARKER, &self.id);
+        remove_scratch("budget_stop", &mut self.root, &self.path);
         let left = processes_with(&[&format!("{MARKER}={}", self.id)]).len();
         Cleanup { killed, lingering, left, scratch_exists: self.path.exists() }
     }
@@ -698,57 +610,4 @@ impl Drop for Scratch {
             self.cleanup(&bin);
         }
     }
-}
-
-// ---- helpers -----------------------------------------------------------------------
-
-/// The built `corral`: `target/<profile>/deps/budget_stop-<hash>` ->
-/// `target/<profile>/corral`, or `CORRAL_BIN`.
-fn corral_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("CORRAL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("corral");
-    if bin.exists() {
-        return bin;
-    }
-    let cargo_built = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    assert!(
-        cargo_built.exists(),
-        "{} is missing: build it with `cargo build --release -p corral` (`cargo bench -p corral` does)",
-        bin.display()
-    );
-    cargo_built
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) if !text.is_empty() => text.parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-        _ => default,
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn expect_ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", describe(out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn expect_json(out: &Output, what: &str) -> Value {
-    let stdout = expect_ok(out, what);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
-}
-
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }

@@ -34,6 +34,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+mod common;
+use common::{
+    corral_bin, corral_command, env_number, expect_json, git, install_interrupt_cleanup, kill_marked, left_behind,
+    load_average, load_is_busy, machine_ticks, percentile, remove_scratch, scratch_folder,
+};
+
 const MARKER: &str = "EVENT_LATENCY_BENCH_ID";
 const AGENT: &str = "lat";
 
@@ -51,7 +57,7 @@ fn main() {
     let load_start = load_average();
 
     let mut scratch = Scratch::new();
-    install_interrupt_cleanup(scratch.id.clone(), scratch.path().to_path_buf());
+    install_interrupt_cleanup("event_latency", MARKER, scratch.id.clone(), scratch.path().to_path_buf(), || {});
     eprintln!("event_latency bench: scratch folder {} (marker {MARKER}={})", scratch.path().display(), scratch.id);
 
     let run = measure(&mut scratch, &bin, n, rate);
@@ -374,11 +380,6 @@ impl Stats {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 /// Append 300 bytes and fdatasync, `n` times, in `dir`; ms each.
 fn fsync_probe(dir: &Path, n: usize) -> Vec<f64> {
     use std::io::Write;
@@ -396,94 +397,7 @@ fn fsync_probe(dir: &Path, n: usize) -> Vec<f64> {
     times
 }
 
-/// (busy, total) jiffies of the whole machine, from /proc/stat.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3)? + values.get(4).unwrap_or(&0);
-    Some((total - idle, total))
-}
-
 // ---- processes -------------------------------------------------------------------
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Live processes (not this one) whose environment holds `MARKER=id`.
-fn marked_processes(id: &str) -> Vec<u32> {
-    let needle = format!("{MARKER}={id}");
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if pid == me || !alive(pid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// SIGKILLs every marked process until none is left; returns how many
-/// distinct processes were killed.
-fn kill_marked(id: &str) -> usize {
-    let mut killed = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = marked_processes(id);
-        if left.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in left {
-            // SAFETY: kill with a pid we just found and a constant signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            killed.insert(pid);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    killed.len()
-}
-
-/// `ps` lines (not this process, not zombies) that name `path`.
-fn ps_lines_naming(path: &Path) -> Vec<String> {
-    let Ok(out) = Command::new("ps").args(["-eo", "pid,stat,args"]).output() else { return Vec::new() };
-    let needle = path.to_string_lossy().into_owned();
-    let me = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&needle) && l.split_whitespace().next() != Some(me.as_str()))
-        .filter(|l| !l.split_whitespace().nth(1).is_some_and(|s| s.starts_with('Z')))
-        .map(str::to_string)
-        .collect()
-}
-
-/// On SIGINT, SIGTERM or SIGHUP: kill what the bench started, remove the
-/// scratch folder, exit.
-fn install_interrupt_cleanup(id: String, root: PathBuf) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("event_latency bench: signal {signal}: killing what it started and removing {}", root.display());
-            kill_marked(&id);
-            let _ = std::fs::remove_dir_all(&root);
-            std::process::exit(128 + signal);
-        }
-    });
-}
 
 // ---- the scratch folder ------------------------------------------------------------
 
@@ -507,9 +421,7 @@ struct Cleanup {
 
 impl Scratch {
     fn new() -> Scratch {
-        let root = tempfile::Builder::new().prefix("corral-latency-bench-").tempdir().expect("a temporary folder");
-        let path = root.path().to_path_buf();
-        let id = format!("{}-{}", std::process::id(), path.file_name().unwrap().to_string_lossy());
+        let (root, path, id) = scratch_folder("corral-latency-bench-");
         Scratch { id, root: Some(root), path, follower: None, spawned: false, repo: None, bin: None }
     }
 
@@ -522,17 +434,7 @@ impl Scratch {
     fn command(&mut self, bin: &Path, repo: &Path, args: &[&str]) -> Command {
         self.repo = Some(repo.to_path_buf());
         self.bin = Some(bin.to_path_buf());
-        let mut command = Command::new(bin);
-        command
-            .args(args)
-            .current_dir(repo)
-            .env("CORRAL_WORKTREE_ROOT", self.path.join("corral-worktrees"))
-            .env(MARKER, &self.id)
-            .env_remove("CORRAL_ADDRESS")
-            .env_remove("CORRAL_SOCKET")
-            .env_remove("CORRAL_PARENT")
-            .stdin(Stdio::null());
-        command
+        corral_command(bin, repo, args, &self.path, MARKER, &self.id)
     }
 
     fn corral(&mut self, bin: &Path, repo: &Path, args: &[&str]) -> Output {
@@ -541,15 +443,7 @@ impl Scratch {
 
     /// Runs git in `repo`; panics on failure.
     fn git(&self, repo: &Path, args: &[&str]) {
-        let out = Command::new("git")
-            .args(["-c", "user.name=corral bench", "-c", "user.email=bench@corral.invalid"])
-            .args(args)
-            .current_dir(repo)
-            .env(MARKER, &self.id)
-            .stdin(Stdio::null())
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        git(repo, args, MARKER, &self.id)
     }
 
     /// The orderly end: stop the agent (if it still runs), shut the daemon
@@ -587,20 +481,10 @@ impl Scratch {
                 self.teardown(&bin, &repo);
             }
         }
-        let killed = kill_marked(&self.id);
-        let start = Instant::now();
-        if let Some(root) = self.root.take() {
-            if let Err(err) = root.close() {
-                eprintln!("event_latency bench: cannot remove {}: {err}", self.path.display());
-            }
-        }
-        let removal = start.elapsed();
-        let left_marked = marked_processes(&self.id).len();
-        let in_ps = ps_lines_naming(&self.path);
-        for line in &in_ps {
-            eprintln!("event_latency bench: left behind: {line}");
-        }
-        Cleanup { killed, removal, left_marked, left_in_ps: in_ps.len(), scratch_exists: self.path.exists() }
+        let killed = kill_marked(MARKER, &self.id);
+        let removal = remove_scratch("event_latency", &mut self.root, &self.path);
+        let (left_marked, left_in_ps) = left_behind("event_latency", MARKER, &self.id, &self.path);
+        Cleanup { killed, removal, left_marked, left_in_ps, scratch_exists: self.path.exists() }
     }
 }
 
@@ -611,54 +495,4 @@ impl Drop for Scratch {
             self.cleanup();
         }
     }
-}
-
-// ---- helpers -----------------------------------------------------------------------
-
-/// The built `corral`: `target/<profile>/deps/event_latency-<hash>` ->
-/// `target/<profile>/corral`, or `CORRAL_BIN`.
-fn corral_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("CORRAL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("corral");
-    if bin.exists() {
-        return bin;
-    }
-    let cargo_built = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    assert!(
-        cargo_built.exists(),
-        "{} is missing: build it with `cargo build --release -p corral` (`cargo bench -p corral` does)",
-        bin.display()
-    );
-    cargo_built
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) if !text.is_empty() => text.parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-        _ => default,
-    }
-}
-
-fn expect_json(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-fn load_is_busy(load: &str, cores: usize) -> bool {
-    load.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|l| l >= cores as f64 / 2.0)
 }

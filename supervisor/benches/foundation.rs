@@ -23,10 +23,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
+
+mod common;
+use common::{
+    corral_bin, corral_command, expect_json, git, install_interrupt_cleanup, kill_marked, left_behind, load_average,
+    load_is_busy, machine_ticks, percentile, remove_scratch, scratch_folder,
+};
 
 const MARKER: &str = "FOUNDATION_BENCH_ID";
 
@@ -67,12 +73,14 @@ fn main() {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let mut scratch = Scratch::new();
-    install_interrupt_cleanup(scratch.id.clone(), scratch.path().to_path_buf());
+    install_interrupt_cleanup("foundation", MARKER, scratch.id.clone(), scratch.path().to_path_buf(), || {
+        reap_children();
+    });
     eprintln!("foundation bench: scratch folder {} (marker {MARKER}={})", scratch.path().display(), scratch.id);
 
     let spawn = spawn_latency(&scratch, &bin, &sizes);
     // Part 1's daemon, monitors and agents go before part 2 measures.
-    let between = kill_marked(&scratch.id);
+    let between = kill_marked(MARKER, &scratch.id);
     reap_children();
     let idle = idle_agents(&scratch, &bin, &sizes);
 
@@ -645,16 +653,6 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// (busy, total) jiffies of the whole machine, from /proc/stat.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?;
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3)? + values.get(4).unwrap_or(&0);
-    Some((total - idle, total))
-}
-
 /// The share of all cores' time that was busy between two `machine_ticks`.
 fn busy_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
     match (before, after) {
@@ -680,55 +678,6 @@ fn smaps_rollup(pid: u32) -> HashMap<String, u64> {
 fn threads(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Live processes (not this one) whose environment holds `MARKER=id`.
-fn marked_processes(id: &str) -> Vec<u32> {
-    let needle = format!("{MARKER}={id}");
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if pid == me || !alive(pid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// SIGKILLs every marked process until none is left (a process may fork
-/// while we look); returns how many distinct processes were killed.
-fn kill_marked(id: &str) -> usize {
-    let mut killed = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = marked_processes(id);
-        if left.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in left {
-            // SAFETY: kill with a pid we just found and a constant signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            killed.insert(pid);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    killed.len()
 }
 
 /// Reaps every child that has ended (killed processes reparented to this
@@ -763,36 +712,6 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// `ps` lines (not this process) that name `path`: daemons and monitors
-/// carry the scratch folder in their arguments.
-fn ps_lines_naming(path: &Path) -> Vec<String> {
-    let Ok(out) = Command::new("ps").args(["-eo", "pid,stat,args"]).output() else { return Vec::new() };
-    let needle = path.to_string_lossy().into_owned();
-    let me = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&needle) && l.split_whitespace().next() != Some(me.as_str()))
-        .filter(|l| !l.split_whitespace().nth(1).is_some_and(|s| s.starts_with('Z')))
-        .map(str::to_string)
-        .collect()
-}
-
-/// On SIGINT, SIGTERM or SIGHUP: kill what the bench started, remove the
-/// scratch folder, exit.
-fn install_interrupt_cleanup(id: String, root: PathBuf) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("foundation bench: signal {signal}: killing what it started and removing {}", root.display());
-            kill_marked(&id);
-            reap_children();
-            let _ = std::fs::remove_dir_all(&root);
-            std::process::exit(128 + signal);
-        }
-    });
-}
-
 // ---- the scratch folder --------------------------------------------------------
 
 struct Scratch {
@@ -813,9 +732,7 @@ struct Cleanup {
 
 impl Scratch {
     fn new() -> Scratch {
-        let root = tempfile::Builder::new().prefix("corral-bench-").tempdir().expect("a temporary folder");
-        let path = root.path().to_path_buf();
-        let id = format!("{}-{}", std::process::id(), path.file_name().unwrap().to_string_lossy());
+        let (root, path, id) = scratch_folder("corral-bench-");
         Scratch { id, root: Some(root), path }
     }
 
@@ -826,50 +743,22 @@ impl Scratch {
     /// A corral command for the repository at `repo`, marked, with its
     /// worktrees in the scratch folder.
     fn corral(&self, bin: &Path, repo: &Path, args: &[&str]) -> Output {
-        Command::new(bin)
-            .args(args)
-            .current_dir(repo)
-            .env("CORRAL_WORKTREE_ROOT", self.path.join("corral-worktrees"))
-            .env(MARKER, &self.id)
-            .env_remove("CORRAL_ADDRESS")
-            .env_remove("CORRAL_SOCKET")
-            .env_remove("CORRAL_PARENT")
-            .stdin(Stdio::null())
-            .output()
-            .expect("corral runs")
+        corral_command(bin, repo, args, &self.path, MARKER, &self.id).output().expect("corral runs")
     }
 
     /// Runs git in `repo`; panics on failure.
     fn git(&self, repo: &Path, args: &[&str]) {
-        let out = Command::new("git")
-            .args(["-c", "user.name=corral bench", "-c", "user.email=bench@corral.invalid"])
-            .args(args)
-            .current_dir(repo)
-            .env(MARKER, &self.id)
-            .stdin(Stdio::null())
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        git(repo, args, MARKER, &self.id)
     }
 
     /// Kills everything marked, removes the folder, and says what is left.
     fn cleanup(&mut self) -> Cleanup {
-        let killed = kill_marked(&self.id);
+        let killed = kill_marked(MARKER, &self.id);
         reap_children();
-        let start = Instant::now();
-        if let Some(root) = self.root.take() {
-            if let Err(err) = root.close() {
-                eprintln!("foundation bench: cannot remove {}: {err}", self.path.display());
-            }
-        }
-        let removal = start.elapsed();
-        let left_marked = marked_processes(&self.id).len();
-        let in_ps = ps_lines_naming(&self.path);
-        for line in &in_ps {
-            eprintln!("foundation bench: left behind: {line}");
-        }
+        let removal = remove_scratch("foundation", &mut self.root, &self.path);
+        let (left_marked, left_in_ps) = left_behind("foundation", MARKER, &self.id, &self.path);
         let zombies = reap_children();
-        Cleanup { killed, removal, left_marked, left_in_ps: in_ps.len(), zombies, scratch_exists: self.path.exists() }
+        Cleanup { killed, removal, left_marked, left_in_ps, zombies, scratch_exists: self.path.exists() }
     }
 }
 
@@ -883,38 +772,6 @@ impl Drop for Scratch {
 }
 
 // ---- helpers -------------------------------------------------------------------
-
-/// The built `corral`: `target/<profile>/deps/foundation-<hash>` ->
-/// `target/<profile>/corral`, or `CORRAL_BIN`.
-fn corral_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("CORRAL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("corral");
-    if bin.exists() {
-        return bin;
-    }
-    let cargo_built = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    assert!(
-        cargo_built.exists(),
-        "{} is missing: build it with `cargo build --release -p corral` (`cargo bench -p corral` does)",
-        bin.display()
-    );
-    cargo_built
-}
-
-fn expect_json(out: &Output, what: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -930,11 +787,6 @@ fn stats(values: &[Duration]) -> (f64, f64, f64) {
     (v[0], percentile(&v, 50.0), percentile(&v, 90.0))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 fn median_f64(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -943,13 +795,4 @@ fn median_f64(values: &[f64]) -> f64 {
     } else {
         percentile(&v, 50.0)
     }
-}
-
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-fn load_is_busy(load: &str, cores: usize) -> bool {
-    load.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|l| l >= cores as f64 / 2.0)
 }

@@ -7,6 +7,8 @@
 //! environment; the daemon, the monitors and the agents inherit it, so on
 //! drop the repository finds and kills all of them by scanning `/proc`.
 
+pub mod real_cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
