@@ -1732,10 +1732,9 @@ async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Resp
     let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
     // The monitor escalates to SIGKILL after the grace; allow for a slow box.
     let limit = Duration::from_secs_f64(grace_secs) + Duration::from_secs(30);
-    let (agents, _) = wait_for(inner, &addresses, Some(limit)).await;
+    wait_for(inner, &addresses, Some(limit)).await;
     let mut all: Vec<AgentRecord> = inner.table.lock().unwrap().subtree(&top.address).into_iter().cloned().collect();
     all.retain(|a| addresses.contains(&a.address) || a.address == top.address);
-    let _ = agents;
     Ok(Response::Stopped { agents: all })
 }
 
