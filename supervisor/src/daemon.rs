@@ -84,6 +84,7 @@ pub fn run(state: StateDir) -> anyhow::Result<()> {
 }
 
 async fn serve(state: StateDir) -> anyhow::Result<()> {
+    let daemon_started = std::time::SystemTime::now();
     let config = crate::config::Config::load(&state.repo_root).unwrap_or_else(|err| {
         eprintln!("corral: {err}; using no daily budget or prices until it is fixed");
         crate::config::Config::default()
@@ -128,7 +129,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
     adopt_all(&inner).await;
     start_budget_clock(&inner);
     start_merge_queue(&inner, merge_rx);
-    resume_merges(&inner).await;
+    resume_merges(&inner, daemon_started).await;
     dispatch_pending(&inner).await;
 
     let socket = state.socket();
@@ -1885,13 +1886,34 @@ fn start_merge_queue(inner: &Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<Merge
 /// How often a merge waiting for a clean checkout looks again.
 const MERGE_RETRY: Duration = Duration::from_secs(2);
 
+/// True for a git error that a later try may not meet (another process
+/// holds a lock): the merge waits instead of being refused.
+fn is_lock_error(message: &str) -> bool {
+    message.contains("failed to lock") || message.contains(".lock")
+}
+
 /// Commits the agent's leftovers, runs its gate, then merges, journaling
 /// `merge_started` (with the old and new target) before moving the target.
 async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
     let Some(record) = inner.record(&job.address) else { return };
-    let journal = |body| {
+    let journal = |body: EventBody| {
         let (inner, record) = (inner.clone(), record.clone());
         async move {
+            // A locked ref is a wait, not a refusal.
+            let body = match body {
+                EventBody::MergeRefused { why } if is_lock_error(&why) => {
+                    EventBody::MergeWaiting { why: format!("{why}; corral tries again"), files: Vec::new() }
+                }
+                body => body,
+            };
+            // A merge that keeps waiting for the same thing says so once.
+            if let (EventBody::MergeWaiting { why, files }, Some(MergeState::Waiting { why: was, files: had })) =
+                (&body, inner.record(&record.address).and_then(|r| r.merge_state))
+            {
+                if *why == was && *files == had {
+                    return;
+                }
+            }
             let _ = inner.commit(vec![inner.draft(&record, body)]).await;
         }
     };
@@ -1973,12 +1995,13 @@ fn outcome_body(repo: &Path, target: &str, outcome: crate::merge::MergeOutcome) 
     use crate::merge::MergeOutcome;
     match outcome {
         MergeOutcome::Merged { new, commits, .. } => {
-            EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits }
+            EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits, rescued: Vec::new() }
         }
         MergeOutcome::UpToDate => EventBody::Merged {
             target: target.to_string(),
             commit: worktree::branch_tip(repo, target).unwrap_or_default(),
             commits: 0,
+            rescued: Vec::new(),
         },
         MergeOutcome::Conflict { files } => EventBody::Conflict { files },
         MergeOutcome::NotFastForward => {
@@ -1997,37 +2020,46 @@ fn outcome_body(repo: &Path, target: &str, outcome: crate::merge::MergeOutcome) 
     }
 }
 
-/// After a restart: finishes or redoes merges the journal says were under
-/// way, and queues what was queued or waiting.
-async fn resume_merges(inner: &Arc<Inner>) {
+/// After a restart: first finishes or redoes the merges the journal says
+/// were under way (clearing git locks the dead daemon left, and keeping a
+/// copy of any file it left cut short), then queues what was queued or
+/// waiting, so nothing runs against a half-finished merge.
+async fn resume_merges(inner: &Arc<Inner>, started: std::time::SystemTime) {
     let agents: Vec<AgentRecord> = inner.table.lock().unwrap().agents.values().cloned().collect();
+    let mut requeue = Vec::new();
+    for agent in &agents {
+        let Some(MergeState::Merging { target, old, new }) = agent.merge_state.clone() else { continue };
+        let repo = inner.state.repo_root.clone();
+        let rescue = inner.state.dir.join("rescued").join(format!("{}-{}", agent.address.flat(), agent.task_id));
+        let (t, o, n) = (target.clone(), old.clone(), new.clone());
+        let recovered = blocking(move || {
+            for lock in worktree::clear_stale_locks(&repo, &t, started) {
+                eprintln!("corral: removed {}, left by a killed merge", lock.display());
+            }
+            let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
+            let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
+            crate::merge::recover_rescuing(&repo, &t, old, new, &rescue).map_err(Error::from)
+        })
+        .await;
+        match recovered {
+            Ok((crate::merge::Recovery::Applied, rescued)) => {
+                let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
+                let _ = inner.commit(vec![inner.draft(agent, body)]).await;
+            }
+            // Not applied (or the target moved on): do it again.
+            _ => requeue.push(agent.address.clone()),
+        }
+    }
     for agent in agents {
         let auto = agent.merge.policy == crate::config::MergePolicy::Auto && agent.state == AgentState::Succeeded;
-        match agent.merge_state.clone() {
-            Some(MergeState::Merging { target, old, new }) => {
-                let repo = inner.state.repo_root.clone();
-                let (t, o, n) = (target.clone(), old.clone(), new.clone());
-                let recovered = blocking(move || {
-                    let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
-                    let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
-                    crate::merge::recover(&repo, &t, old, new).map_err(Error::from)
-                })
-                .await;
-                match recovered {
-                    Ok(crate::merge::Recovery::Applied) => {
-                        let body = EventBody::Merged { target, commit: new, commits: 0 };
-                        let _ = inner.commit(vec![inner.draft(&agent, body)]).await;
-                    }
-                    // Not applied (or the target moved on): do it again.
-                    _ => enqueue_merge(inner, &agent.address, None, None).await,
-                }
-            }
-            Some(MergeState::Queued | MergeState::Waiting { .. }) => {
-                enqueue_merge(inner, &agent.address, None, None).await
-            }
-            None if auto => enqueue_merge(inner, &agent.address, None, None).await,
+        match agent.merge_state {
+            Some(MergeState::Queued | MergeState::Waiting { .. }) => requeue.push(agent.address.clone()),
+            None if auto => requeue.push(agent.address.clone()),
             _ => {}
         }
+    }
+    for address in requeue {
+        enqueue_merge(inner, &address, None, None).await;
     }
 }
 

@@ -220,6 +220,10 @@ pub enum EventBody {
         target: String,
         commit: String,
         commits: usize,
+        /// Files a crash left cut short in the checkout, copied here before
+        /// the checkout was finished (nothing is lost).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rescued: Vec<PathBuf>,
     },
     /// Its branch and the target change the same lines; nothing changed.
     Conflict {

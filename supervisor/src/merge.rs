@@ -731,6 +731,49 @@ pub fn recover(repo_path: &Path, target: &str, expected_old: Oid, expected_new: 
     Ok(Recovery::Applied)
 }
 
+/// [`recover`], for a daemon that died while writing a checkout: a file
+/// it was writing can be cut short, neither as before nor as after the
+/// merge, which `recover` will not overwrite. Here each such file is first
+/// copied under `rescue_dir` (its path kept), so nothing is lost, and then
+/// brought to the merged version like the rest, so the checkout ends as
+/// after the merge. Returns the outcome and the copies made.
+pub fn recover_rescuing(
+    repo_path: &Path,
+    target: &str,
+    expected_old: Oid,
+    expected_new: Oid,
+    rescue_dir: &Path,
+) -> Result<(Recovery, Vec<PathBuf>)> {
+    let first = recover(repo_path, target, expected_old, expected_new)?;
+    let Recovery::CheckoutBlocked { worktree, files } = first else { return Ok((first, Vec::new())) };
+    let mut rescued = Vec::new();
+    for file in &files {
+        let from = worktree.join(file);
+        if !from.is_file() {
+            continue; // A note such as "(a merge is in progress)", or a folder.
+        }
+        let to = rescue_dir.join(file);
+        let copied = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::copy(&from, &to));
+        copied.map_err(|e| MergeError::CheckoutFailed {
+            target: target.to_string(),
+            worktree: worktree.clone(),
+            message: format!("cannot keep a copy of {}: {e}", from.display()),
+        })?;
+        rescued.push(to);
+    }
+    let repo = open(repo_path)?;
+    let full = full_ref(target);
+    let changed = changed_paths(&repo, repo_path, expected_old, expected_new)?;
+    for checkout in checkouts(&repo, repo_path, &full)?.iter().filter(|c| !c.rebasing) {
+        follow(checkout, expected_new, &changed).map_err(|e| MergeError::CheckoutFailed {
+            target: full.clone(),
+            worktree: checkout.path.clone(),
+            message: e.message().to_string(),
+        })?;
+    }
+    Ok((Recovery::Applied, rescued))
+}
+
 /// Moves `name` from `from` to `to`, or fails with `TargetMoved` if it is
 /// not at `from` (git's ref lock makes the check and the write one step).
 fn compare_and_swap(repo: &Repository, p: &Path, name: &str, from: Oid, to: Oid, reflog: &str) -> Result<()> {

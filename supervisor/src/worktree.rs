@@ -196,6 +196,26 @@ pub fn remove(repo_path: &Path, path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes git lock files that a killed process left behind: the lock of
+/// branch `branch` and the index locks of the main checkout and the linked
+/// worktrees, when older than `before` (so a git command running now keeps
+/// its lock). Returns what it removed.
+pub fn clear_stale_locks(repo_path: &Path, branch: &str, before: std::time::SystemTime) -> Vec<PathBuf> {
+    let Ok(repo) = open(repo_path) else { return Vec::new() };
+    let common = repo.commondir().to_path_buf();
+    let mut candidates = vec![common.join("refs/heads").join(format!("{branch}.lock")), common.join("index.lock")];
+    if let Ok(entries) = std::fs::read_dir(common.join("worktrees")) {
+        candidates.extend(entries.flatten().map(|e| e.path().join("index.lock")));
+    }
+    candidates
+        .into_iter()
+        .filter(|lock| {
+            std::fs::metadata(lock).and_then(|m| m.modified()).is_ok_and(|at| at < before)
+                && std::fs::remove_file(lock).is_ok()
+        })
+        .collect()
+}
+
 /// The commit a local branch points at.
 pub fn branch_tip(repo_path: &Path, branch: &str) -> Option<String> {
     let repo = open(repo_path).ok()?;
