@@ -40,6 +40,9 @@
 //! end, on a panic, or on SIGINT/SIGTERM/SIGHUP, every live process with
 //! the marker is killed and the scratch folder removed.
 
+mod common;
+use common::{alive, corral_bin, describe, env_number, expect_json, expect_ok, load_average, percentile};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -179,8 +182,8 @@ fn main() {
     out.push_str(&format!(
         "  one corral merge command: min {:.1}  p50 {:.1}  p90 {:.1}  max {:.1} ms\n",
         sorted[0],
-        percentile(&sorted, 0.5),
-        percentile(&sorted, 0.9),
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 90.0),
         sorted[sorted.len() - 1]
     ));
     sequential_daemon.print(&mut out);
@@ -286,8 +289,8 @@ impl DaemonShare {
             sorted.sort_by(f64::total_cmp);
             out.push_str(&format!(
                 "  {name:<24} (events' ts) p50 {:.1}  p90 {:.1}  max {:.1} ms; sum {:.1} ms\n",
-                percentile(&sorted, 0.5),
-                percentile(&sorted, 0.9),
+                percentile(&sorted, 50.0),
+                percentile(&sorted, 90.0),
                 sorted[sorted.len() - 1],
                 sorted.iter().sum::<f64>()
             ));
@@ -329,25 +332,7 @@ fn daemon_share(scratch: &Scratch, bin: &Path, repo: &Path) -> DaemonShare {
     share
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 // ---- processes -------------------------------------------------------------------
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
-    }
-}
 
 /// Live processes (not this one) whose environment holds `needle`.
 fn processes_with(needle: &str) -> Vec<u32> {
@@ -499,59 +484,8 @@ impl Drop for Scratch {
 
 // ---- helpers -----------------------------------------------------------------------
 
-/// The built `corral`: `target/<profile>/deps/merge_queue-<hash>` ->
-/// `target/<profile>/corral`, or `CORRAL_BIN`.
-fn corral_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("CORRAL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("corral");
-    if bin.exists() {
-        return bin;
-    }
-    let cargo_built = PathBuf::from(env!("CARGO_BIN_EXE_corral"));
-    assert!(
-        cargo_built.exists(),
-        "{} is missing: build it with `cargo build --release -p corral` (`cargo bench -p corral` does)",
-        bin.display()
-    );
-    cargo_built
-}
-
 fn git_out(scratch: &Scratch, repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(args).current_dir(repo).env(MARKER, &scratch.id).output().expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", describe(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) if !text.is_empty() => text.parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-        _ => default,
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn expect_ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", describe(out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn expect_json(out: &Output, what: &str) -> Value {
-    let stdout = expect_ok(out, what);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
-}
-
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
