@@ -20,6 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start an agent in its own worktree and PTY; prints its address and task id.
+    #[command(display_order = 1)]
     Spawn {
         /// The agent's name; it lives at /root/NAME (or under --parent).
         name: String,
@@ -117,6 +118,7 @@ pub enum Command {
     },
     /// Merge an ended agent's work onto its target now (or again), through
     /// the merge queue; the exit code says how it went.
+    #[command(display_order = 11)]
     Merge {
         address: String,
         /// ff-only, merge, rebase or squash (default: the agent's own).
@@ -126,9 +128,11 @@ pub enum Command {
         json: bool,
     },
     /// What an agent changed, as a patch against where it started.
+    #[command(display_order = 12)]
     Diff { address: String },
     /// Give an idle (ended) agent its next task in its worktree, continuing
     /// its session where its CLI can.
+    #[command(display_order = 7)]
     Assign {
         address: String,
         task: String,
@@ -139,6 +143,7 @@ pub enum Command {
         json: bool,
     },
     /// Queue a message for a running agent (delivered in order, never dropped).
+    #[command(display_order = 6)]
     Send {
         address: String,
         text: String,
@@ -149,6 +154,7 @@ pub enum Command {
         json: bool,
     },
     /// Token and cost totals of a saved agent transcript.
+    #[command(display_order = 14)]
     Usage {
         /// The CLI that wrote the transcript: claude, codex, gemini, opencode, aider.
         #[arg(long)]
@@ -158,6 +164,7 @@ pub enum Command {
         json: bool,
     },
     /// Serve scripted model responses (Anthropic Messages and OpenAI Responses APIs) on loopback.
+    #[command(display_order = 15)]
     MockLlm {
         /// The script: JSON steps, one per model request (see the README).
         #[arg(long)]
@@ -172,8 +179,10 @@ pub enum Command {
     /// Serve corral's tools (run_background_agent, spawn_agent, list_agents,
     /// view_background_agent, ...) over MCP on stdin and stdout, acting at
     /// the caller's address (CORRAL_ADDRESS inside an agent, else /root).
+    #[command(display_order = 16)]
     Mcp,
     /// The agent tree: address, state, pid, runtime, exit.
+    #[command(display_order = 2)]
     Ps {
         /// Include agents whose worktrees `gc` removed.
         #[arg(long)]
@@ -182,6 +191,7 @@ pub enum Command {
         json: bool,
     },
     /// An agent's recent output while it runs, its final output and exit when done.
+    #[command(display_order = 3)]
     View {
         address: String,
         /// How many lines of output to show.
@@ -191,6 +201,7 @@ pub enum Command {
         json: bool,
     },
     /// Everything an agent printed, byte for byte.
+    #[command(display_order = 4)]
     Logs {
         address: String,
         /// Keep printing new output until the agent ends.
@@ -198,6 +209,7 @@ pub enum Command {
         follow: bool,
     },
     /// The event stream as JSON lines.
+    #[command(display_order = 5)]
     Events {
         /// Keep streaming new events.
         #[arg(short, long)]
@@ -213,6 +225,7 @@ pub enum Command {
         json: bool,
     },
     /// Stop an agent and every agent below it.
+    #[command(display_order = 8)]
     Stop {
         address: String,
         /// Seconds between SIGTERM and SIGKILL.
@@ -222,6 +235,7 @@ pub enum Command {
         json: bool,
     },
     /// Block until the agents end; the exit code says how (see the README).
+    #[command(display_order = 9)]
     Wait {
         #[arg(required = true)]
         addresses: Vec<String>,
@@ -232,8 +246,10 @@ pub enum Command {
         json: bool,
     },
     /// Connect this terminal to an agent's PTY; Ctrl-] detaches.
+    #[command(display_order = 10)]
     Attach { address: String },
-    /// Remove the worktrees of agents that ended; their branches stay.
+    /// Remove the worktrees of agents that are done, and their branches once merged.
+    #[command(display_order = 13)]
     Gc {
         /// Also remove worktrees with uncommitted changes.
         #[arg(long)]
@@ -242,16 +258,20 @@ pub enum Command {
         json: bool,
     },
     /// Run the daemon in the foreground (clients start it on demand).
+    #[command(display_order = 17)]
     Daemon,
     /// Stop the daemon; agents keep running and the next command re-adopts them.
+    #[command(display_order = 18)]
     Shutdown,
     /// A demo: scripted agents working in parallel on a scratch repository.
+    #[command(display_order = 19)]
     Demo {
         /// Keep the scratch repository and print where it is.
         #[arg(long)]
         keep: bool,
     },
     /// The scripted agent used by the demo and the tests (see `fake_agent`).
+    #[command(display_order = 20)]
     FakeAgent {
         /// Steps separated by `;`, for example "progress 5 10; write a.txt hi; commit done; exit 0".
         script: String,
