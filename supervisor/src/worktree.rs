@@ -1,6 +1,6 @@
 //! Git worktrees and branches for agents.
 //!
-//! Only this module calls git2. A worktree is made whole or not at all: if
+//! Worktrees and branches (merges are `merge`'s). A worktree is made whole or not at all: if
 //! any step fails, the branch, the folder and git's administrative entry
 //! made so far are removed again. Removal never throws away work: a
 //! worktree with uncommitted changes is kept unless forced.
