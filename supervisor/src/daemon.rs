@@ -884,10 +884,10 @@ impl OutputReader {
         reader
     }
 
-    /// The events for the lines written up to `upto` (or the end).
-    fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<EventBody>> {
+    /// The events for the lines written since the last call.
+    fn read(&mut self, last: bool) -> std::io::Result<Vec<EventBody>> {
         let mut bodies = Vec::new();
-        let lines = self.cursor.read(upto, last)?;
+        let lines = self.cursor.read(None, last)?;
         if let Some(observations) = &self.observations {
             let now = std::time::Instant::now();
             for line in &lines {
@@ -952,7 +952,7 @@ async fn watch_monitor(
         Some(stream) => follow_monitor(inner, &record, &mut reader, stream, &mut commands).await,
         None => monitor::read_exit_record(&agent_dir),
     };
-    flush_output(inner, &record, &mut reader, None, true).await;
+    flush_output(inner, &record, &mut reader, true).await;
     // Whoever still waits to send learns the agent has ended.
     commands.close();
     while let Some(command) = commands.recv().await {
@@ -982,16 +982,20 @@ async fn follow_monitor(
     let mut handed = HashSet::new();
     // Catch up on output written while nobody watched, and on messages
     // accepted but not delivered before a daemon restart.
-    flush_output(inner, record, reader, None, false).await;
+    flush_output(inner, record, reader, false).await;
     deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
     close_input_if_done(inner, &record.address, &mut monitor_in).await;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
-                    Ok(MonitorMessage::Output { log_len }) => {
+                    Ok(MonitorMessage::Output { .. }) => {
                         touch(inner, &record.address);
-                        flush_output(inner, record, reader, Some(log_len), false).await;
+                        // Read to the end of the log, not just to `log_len`: notices
+                        // queued behind this one then find nothing new, so a
+                        // chatty agent costs one journal write per batch, not
+                        // one per notice.
+                        flush_output(inner, record, reader, false).await;
                         deliver_pending(inner, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(inner, &record.address, &mut monitor_in).await;
                     }
@@ -1261,15 +1265,9 @@ fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
     EventBody::Exited { state, code: exit.code, signal: exit.signal, reason }
 }
 
-/// Reads new output up to `upto` (or the end of the log) and journals it.
-async fn flush_output(
-    inner: &Arc<Inner>,
-    record: &AgentRecord,
-    reader: &mut OutputReader,
-    upto: Option<u64>,
-    last: bool,
-) {
-    let bodies = match reader.read(upto, last) {
+/// Reads the output written since the last call and journals it.
+async fn flush_output(inner: &Arc<Inner>, record: &AgentRecord, reader: &mut OutputReader, last: bool) {
+    let bodies = match reader.read(last) {
         Ok(bodies) => bodies,
         Err(err) => {
             eprintln!("corral: {}: cannot read output: {err}", record.address);
@@ -1667,7 +1665,7 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
     // No live monitor: the exit record tells how the agent ended.
     if let Some(exit) = monitor::read_exit_record(&agent_dir) {
         let mut reader = OutputReader::resume(&record, agent_dir.log());
-        flush_output(inner, &record, &mut reader, None, true).await;
+        flush_output(inner, &record, &mut reader, true).await;
         if record.state == AgentState::Starting && exit.error.is_some() {
             discard_unstarted(inner, &record, "it could not be started").await;
             return;
