@@ -1,0 +1,183 @@
+//! Budgets: the checks after each usage event and on a clock, the daily
+//! budget, and prices for CLIs that report no cost.
+
+use super::*;
+
+/// Grace for stops corral decides on (budgets) when the spawn gave none.
+pub(super) const DEFAULT_GRACE_SECS: f64 = 10.0;
+
+/// What `scope` and every agent below it have spent in tokens and cost.
+/// (Time is each agent's own; the caller adds it.)
+pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
+    let mut spend = Spend::default();
+    for agent in table.subtree(scope) {
+        spend.tokens += agent.usage.total();
+        spend.output_tokens += agent.usage.output;
+        spend.cost += agent.cost_usd.unwrap_or(0.0);
+    }
+    spend
+}
+
+/// Checks every budget that covers `address` (its own and each
+/// ancestor's): warns once per budget and kind, and once a budget is spent
+/// journals `budget_exceeded` and stops the budget's whole subtree.
+pub(super) async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
+    let now = chrono::Utc::now();
+    let mut drafts = Vec::new();
+    let mut stops = Vec::new();
+    check_daily(inner, &mut drafts, &mut stops);
+    {
+        let table = inner.table.lock().unwrap();
+        let activity = inner.activity.lock().unwrap();
+        let mut scope = Some(address.clone());
+        while let Some(owner_address) = scope.filter(|a| !a.is_root()) {
+            scope = owner_address.parent();
+            let Some(owner) = table.agents.get(&owner_address) else { continue };
+            if owner.budget.is_empty() || owner.exceeded.is_some() {
+                continue;
+            }
+            let mut spend = subtree_spend(&table, &owner_address);
+            if !owner.state.is_terminal() {
+                spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
+                spend.idle_secs = activity.get(&owner_address).map_or(0.0, |at| at.elapsed().as_secs_f64());
+            }
+            for crossing in owner.budget.check(&spend) {
+                let (kind, used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                if crossing.exceeded {
+                    drafts.push(inner.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
+                    for agent in table.subtree(&owner_address) {
+                        if agent.state.is_terminal() || agent.stop_requested {
+                            continue;
+                        }
+                        let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                        drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                        stops.push((agent.address.clone(), grace_secs));
+                    }
+                    break;
+                } else if !owner.warned.contains(&kind) {
+                    drafts.push(inner.draft(owner, EventBody::BudgetWarning { kind, used, limit }));
+                }
+            }
+        }
+    }
+    if drafts.is_empty() {
+        return;
+    }
+    if let Err(err) = inner.commit(drafts).await {
+        eprintln!("corral: {address}: cannot journal a budget event: {err}");
+    }
+    for (address, grace_secs) in stops {
+        let sender = inner.monitors.lock().unwrap().get(&address).cloned();
+        if let Some(sender) = sender {
+            let _ = sender.send(AgentCommand::Stop { grace_secs });
+        }
+    }
+}
+
+/// Gives a cost to usage the CLI reported without one, from the price
+/// table in corral.toml (`[prices."MODEL"]`), when the model is in it.
+pub(super) fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [EventBody]) {
+    let config = inner.config.lock().unwrap();
+    let model = inner.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
+    let Some(price) = model.as_deref().and_then(|m| config.price(m)) else { return };
+    for body in bodies {
+        if let EventBody::Usage { total, cost_usd: cost @ None, .. } = body {
+            *cost = Some(price.cost(total));
+        }
+    }
+}
+
+/// Refuses a spawn once the repository's daily budget is spent.
+pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
+    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let table = inner.table.lock().unwrap();
+    let Some(day) = table.daily.get(&today) else { return Ok(()) };
+    if let Some(kind) = day.exceeded.first() {
+        let budget = inner.config.lock().unwrap().budget.clone();
+        let (used, limit) = match kind {
+            BudgetKind::DailyCost => (format!("${:.4}", day.cost), format!("${:.4}", budget.daily_cost.unwrap_or(0.0))),
+            _ => (day.tokens.to_string(), budget.daily_tokens.map_or("?".into(), |t| t.to_string())),
+        };
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "the repository's {} budget for {today} is spent ({used} of {limit}); it starts again tomorrow",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The repository's daily budgets: warns once a day per kind, and once one
+/// is spent stops every running agent and refuses new spawns until tomorrow.
+pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Vec<(Address, f64)>) {
+    let budget = inner.config.lock().unwrap().budget.clone();
+    if budget.daily_tokens.is_none() && budget.daily_cost.is_none() {
+        return;
+    }
+    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let table = inner.table.lock().unwrap();
+    let day = table.daily.get(&today).cloned().unwrap_or_default();
+    if !day.exceeded.is_empty() {
+        return;
+    }
+    let warn_at = budget.warn_at.unwrap_or(crate::budget::DEFAULT_WARN_AT);
+    let limits = [
+        (BudgetKind::DailyTokens, budget.daily_tokens.map(|t| t as f64), day.tokens as f64),
+        (BudgetKind::DailyCost, budget.daily_cost, day.cost),
+    ];
+    for (kind, limit, used) in limits {
+        let Some(limit) = limit else { continue };
+        let repo_event = |body| Draft { agent: None, parent: None, task: None, body };
+        if used >= limit {
+            drafts.push(repo_event(EventBody::BudgetExceeded { kind, used, limit }));
+            for agent in table.agents.values().filter(|a| !a.state.is_terminal() && !a.stop_requested) {
+                let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                stops.push((agent.address.clone(), grace_secs));
+            }
+            return;
+        }
+        if used >= limit * warn_at && !day.warned.contains(&kind) {
+            drafts.push(repo_event(EventBody::BudgetWarning { kind, used, limit }));
+        }
+    }
+}
+
+/// Time budgets need a clock: every quarter second, check the running
+/// agents that have a wall or idle limit.
+pub(super) fn start_budget_clock(inner: &Arc<Inner>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if !inner.state.dir.exists() {
+                // The repository was deleted under us: nothing left to serve.
+                eprintln!("corral: {} is gone; the daemon exits", inner.state.dir.display());
+                std::process::exit(0);
+            }
+            let timed: Vec<Address> = inner
+                .table
+                .lock()
+                .unwrap()
+                .agents
+                .values()
+                .filter(|a| {
+                    a.state == AgentState::Running && (a.budget.wall_secs.is_some() || a.budget.idle_secs.is_some())
+                })
+                .map(|a| a.address.clone())
+                .collect();
+            for address in timed {
+                enforce_budgets(&inner, &address).await;
+            }
+        }
+    });
+}
+
+/// Notes that the agent did something (printed output, or started).
+pub(super) fn touch(inner: &Inner, address: &Address) {
+    inner.activity.lock().unwrap().insert(address.clone(), Instant::now());
+}

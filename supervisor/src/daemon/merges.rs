@@ -1,0 +1,232 @@
+//! The merge queue: one worker merging agents' branches one at a time, and
+//! the recovery of merges a killed daemon left under way.
+
+use super::*;
+
+/// One merge to do: an agent's branch onto its target.
+pub(super) struct MergeJob {
+    address: Address,
+    strategy: Option<crate::merge::Strategy>,
+    /// Told the agent's record once the merge settled.
+    reply: Option<oneshot::Sender<Option<AgentRecord>>>,
+}
+
+/// Puts an agent in the merge queue (journaled, so a restart resumes it).
+pub(super) async fn enqueue_merge(
+    inner: &Arc<Inner>,
+    address: &Address,
+    strategy: Option<crate::merge::Strategy>,
+    reply: Option<oneshot::Sender<Option<AgentRecord>>>,
+) {
+    if let Some(record) = inner.record(address) {
+        let _ = inner.commit(vec![inner.draft(&record, EventBody::MergeQueued {})]).await;
+    }
+    let _ = inner.merges.send(MergeJob { address: address.clone(), strategy, reply });
+}
+
+/// The one merge worker: merges happen one at a time, in queue order.
+pub(super) fn start_merge_queue(inner: &Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            run_merge(&inner, &job).await;
+            let record = inner.record(&job.address);
+            if let Some(MergeState::Waiting { .. }) = record.as_ref().and_then(|r| r.merge_state.as_ref()) {
+                // The person's checkout of the target has uncommitted changes:
+                // look again in a while, without holding up the queue.
+                let (inner, address, strategy) = (inner.clone(), job.address.clone(), job.strategy);
+                tokio::spawn(async move {
+                    tokio::time::sleep(MERGE_RETRY).await;
+                    let still_waiting =
+                        matches!(inner.record(&address).and_then(|r| r.merge_state), Some(MergeState::Waiting { .. }));
+                    if still_waiting {
+                        let _ = inner.merges.send(MergeJob { address, strategy, reply: None });
+                    }
+                });
+            }
+            if let Some(reply) = job.reply {
+                let _ = reply.send(record);
+            }
+        }
+    });
+}
+
+/// How often a merge waiting for a clean checkout looks again.
+pub(super) const MERGE_RETRY: Duration = Duration::from_secs(2);
+
+/// True for a git error that a later try may not meet (another process
+/// holds a lock): the merge waits instead of being refused.
+pub(super) fn is_lock_error(message: &str) -> bool {
+    message.contains("failed to lock") || message.contains(".lock")
+}
+
+/// Commits the agent's leftovers, runs its gate, then merges, journaling
+/// `merge_started` (with the old and new target) before moving the target.
+pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
+    let Some(record) = inner.record(&job.address) else { return };
+    let journal = |body: EventBody| {
+        let (inner, record) = (inner.clone(), record.clone());
+        async move {
+            // A locked ref is a wait, not a refusal.
+            let body = match body {
+                EventBody::MergeRefused { why } if is_lock_error(&why) => {
+                    EventBody::MergeWaiting { why: format!("{why}; corral tries again"), files: Vec::new() }
+                }
+                body => body,
+            };
+            // A merge that keeps waiting for the same thing says so once.
+            if let (EventBody::MergeWaiting { why, files }, Some(MergeState::Waiting { why: was, files: had })) =
+                (&body, inner.record(&record.address).and_then(|r| r.merge_state))
+            {
+                if *why == was && *files == had {
+                    return;
+                }
+            }
+            let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+        }
+    };
+    let Some(target) = record.merge.target.clone() else {
+        let why = "no target branch (no branch was checked out when it was spawned): pass --target".to_string();
+        return journal(EventBody::MergeRefused { why }).await;
+    };
+    let strategy = job.strategy.unwrap_or(record.merge.strategy);
+    let repo = inner.state.repo_root.clone();
+    let _git = inner.git.lock().await;
+
+    if record.worktree.exists() && !record.removed {
+        let (path, message) = (
+            record.worktree.clone(),
+            format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
+        );
+        if let Err(err) = blocking(move || {
+            crate::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message).map_err(Error::from)
+        })
+        .await
+        {
+            return journal(EventBody::MergeRefused { why: format!("cannot commit its leftovers: {err}") }).await;
+        }
+        if let Some(gate) = record.merge.gate.clone() {
+            let path = record.worktree.clone();
+            let result =
+                blocking(move || Ok(crate::merge::run_gate(&path, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))))
+                    .await;
+            if let Ok(result) = result {
+                if !result.passed {
+                    return journal(EventBody::GateFailed { code: result.code, output: result.output }).await;
+                }
+            }
+        }
+    }
+
+    let message =
+        format!("corral: merge {} ({})\n\nTask {}: {}", record.address, record.branch, record.task_id, record.task);
+    for _attempt in 0..5 {
+        let (repo2, branch, target2, message2) = (repo.clone(), record.branch.clone(), target.clone(), message.clone());
+        let prepared = blocking(move || {
+            let signature = git2::Signature::now("corral", "corral@localhost")
+                .map_err(|e| Error::other(e.message().to_string()))?;
+            crate::merge::prepare_merge(&repo2, &branch, &target2, strategy, &message2, &signature).map_err(Error::from)
+        })
+        .await;
+        let plan = match prepared {
+            Ok(crate::merge::Prepared::Ready(plan)) => plan,
+            Ok(crate::merge::Prepared::Finished(outcome)) => {
+                return journal(outcome_body(&repo, &target, outcome)).await
+            }
+            Err(err) => return journal(EventBody::MergeRefused { why: err.message }).await,
+        };
+        journal(EventBody::MergeStarted {
+            target: target.clone(),
+            old: plan.old.to_string(),
+            new: plan.new.to_string(),
+            strategy,
+        })
+        .await;
+        let repo2 = repo.clone();
+        match tokio::task::spawn_blocking(move || crate::merge::apply_merge(&repo2, &plan)).await {
+            Ok(Ok(outcome)) => return journal(outcome_body(&repo, &target, outcome)).await,
+            // The target moved between computing and applying: compute again.
+            Ok(Err(crate::merge::MergeError::TargetMoved { .. })) => continue,
+            Ok(Err(err)) => return journal(EventBody::MergeRefused { why: Error::from(err).message }).await,
+            Err(err) => {
+                return journal(EventBody::MergeRefused { why: format!("the merge worker failed: {err}") }).await
+            }
+        }
+    }
+    journal(EventBody::MergeRefused { why: format!("{target} kept moving; try `corral merge` again") }).await;
+}
+
+/// Longest a merge gate may run.
+pub(super) const GATE_TIMEOUT_SECS: u64 = 30 * 60;
+
+pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::merge::MergeOutcome) -> EventBody {
+    use crate::merge::MergeOutcome;
+    match outcome {
+        MergeOutcome::Merged { new, commits, .. } => {
+            EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits, rescued: Vec::new() }
+        }
+        MergeOutcome::UpToDate => EventBody::Merged {
+            target: target.to_string(),
+            commit: worktree::branch_tip(repo, target).unwrap_or_default(),
+            commits: 0,
+            rescued: Vec::new(),
+        },
+        MergeOutcome::Conflict { files } => EventBody::Conflict { files },
+        MergeOutcome::NotFastForward => {
+            EventBody::MergeRefused { why: format!("fast-forward only, and {target} has moved on") }
+        }
+        MergeOutcome::RebaseRefused { merges } => EventBody::MergeRefused {
+            why: format!("a rebase would drop what its {} merge commit(s) carry; merge it with --strategy merge", merges.len()),
+        },
+        MergeOutcome::TargetDirty { worktree, files } => EventBody::MergeWaiting {
+            why: format!(
+                "{target} is checked out in {} with uncommitted changes; corral merges once they are committed or reverted",
+                worktree.display()
+            ),
+            files,
+        },
+    }
+}
+
+/// After a restart: first finishes or redoes the merges the journal says
+/// were under way (clearing git locks the dead daemon left, and keeping a
+/// copy of any file it left cut short), then queues what was queued or
+/// waiting, so nothing runs against a half-finished merge.
+pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::SystemTime) {
+    let agents: Vec<AgentRecord> = inner.table.lock().unwrap().agents.values().cloned().collect();
+    let mut requeue = Vec::new();
+    for agent in &agents {
+        let Some(MergeState::Merging { target, old, new }) = agent.merge_state.clone() else { continue };
+        let repo = inner.state.repo_root.clone();
+        let rescue = inner.state.dir.join("rescued").join(format!("{}-{}", agent.address.flat(), agent.task_id));
+        let (t, o, n) = (target.clone(), old.clone(), new.clone());
+        let recovered = blocking(move || {
+            for lock in worktree::clear_stale_locks(&repo, &t, started) {
+                eprintln!("corral: removed {}, left by a killed merge", lock.display());
+            }
+            let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
+            let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
+            crate::merge::recover_rescuing(&repo, &t, old, new, &rescue).map_err(Error::from)
+        })
+        .await;
+        match recovered {
+            Ok((crate::merge::Recovery::Applied, rescued)) => {
+                let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
+                let _ = inner.commit(vec![inner.draft(agent, body)]).await;
+            }
+            // Not applied (or the target moved on): do it again.
+            _ => requeue.push(agent.address.clone()),
+        }
+    }
+    for agent in agents {
+        let auto = agent.merge.policy == crate::config::MergePolicy::Auto && agent.state == AgentState::Succeeded;
+        match agent.merge_state {
+            Some(MergeState::Queued | MergeState::Waiting { .. }) => requeue.push(agent.address.clone()),
+            None if auto => requeue.push(agent.address.clone()),
+            _ => {}
+        }
+    }
+    for address in requeue {
+        enqueue_merge(inner, &address, None, None).await;
+    }
+}
