@@ -292,19 +292,9 @@ pub struct Budget {
     pub warn_at: Option<f64>,
 }
 
-/// What an agent may touch, from least to most: `read-only`,
-/// `workspace-write` (its worktree), `full` (no sandbox). Ordered, so a
-/// child's sandbox can be compared with its parent's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Sandbox {
-    /// Reads anything, writes nothing.
-    ReadOnly,
-    /// Writes its own worktree only.
-    WorkspaceWrite,
-    /// No restriction.
-    Full,
-}
+/// `sandbox = "read-only" | "workspace-write" | "full"`: what an agent may
+/// write, least to most permissive (the one type the harnesses apply).
+pub use corral_harness::launch::Sandbox;
 
 /// `restart = { ... }`: Kubernetes' restart policy with a back-off. Unset
 /// fields take the `DEFAULT_RESTART_*` constants; an unset `policy` is

@@ -65,24 +65,12 @@ pub(super) async fn start_assigned(
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| Error::other(format!("cannot read {}", agent_dir.spec().display())))?;
-    let launch = &record.command;
-    let session = record.session_id.as_deref();
-    spec.command = match (record.harness.as_str(), session) {
-        ("claude", Some(session)) => {
-            spec.first_input = Some(message_input("claude", &task, None));
-            [launch.clone(), vec!["--resume".into(), session.into()]].concat()
-        }
-        ("claude", None) => {
-            spec.first_input = Some(message_input("claude", &task, None));
-            launch.clone()
-        }
-        ("codex", Some(session)) => resume_argv(launch, session, &task),
-        // The structured CLIs take the task as their last argument.
-        ("codex" | "gemini" | "opencode" | "aider", _) => {
-            [launch[..launch.len().saturating_sub(1)].to_vec(), vec![task.clone()]].concat()
-        }
-        _ => launch.clone(),
-    };
+    let (command, first_input) =
+        corral_harness::launch::next_task(&record.harness, &record.command, record.session_id.as_deref(), &task);
+    spec.command = command;
+    if first_input.is_some() {
+        spec.first_input = first_input;
+    }
     spec.env.insert("CORRAL_TASK".into(), task.clone());
     spec.env.insert("CORRAL_TASK_ID".into(), task_id.clone());
     let bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");

@@ -481,7 +481,6 @@ async fn spawn_reserved(
     Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
 }
 
-#[derive(Clone)]
 /// One spawn's settings: corral.toml resolved for the address and role
 /// (defaults, then policies by address prefix, then the role), with the
 /// command line's own settings on top.
@@ -549,12 +548,7 @@ fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) ->
 }
 
 /// `--fork-session`: the child starts from a copy of its parent's Claude
-/// Code session. Claude Code keeps a session in
-/// `~/.claude/projects/<working folder, separators as '-'>/<id>.jsonl`
-/// and resumes only sessions of the folder it runs in, so the parent's
-/// session file is copied under the child's worktree, then the child runs
-/// with `--resume <id> --fork-session` (a new session id, the parent's
-/// history).
+/// Code session (see `corral_harness::launch::fork_claude_session`).
 fn fork_session(inner: &Inner, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
     let refuse = |why: &str| Error::new(ErrorKind::Refused, format!("--fork-session for {address}: {why}"));
     if resolved.harness != "claude" {
@@ -565,27 +559,10 @@ fn fork_session(inner: &Inner, parent: &Address, address: &Address, resolved: &m
         ("claude", Some(session)) => session,
         _ => return Err(refuse(&format!("{parent} is not a Claude Code agent with a session yet"))),
     };
-    let config_dir = match resolved.env.get("CLAUDE_CONFIG_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(resolved.env.get("HOME").cloned().unwrap_or_default()).join(".claude"),
-    };
-    let projects = config_dir.join("projects");
-    let file = format!("{session}.jsonl");
-    let found = std::fs::read_dir(&projects)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join(&file))
-        .find(|path| path.exists())
-        .ok_or_else(|| refuse(&format!("no file of session {session} under {}", projects.display())))?;
     let worktree = inner.state.worktrees.join(address.flat());
-    let folder: String =
-        worktree.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let target = projects.join(folder);
-    std::fs::create_dir_all(&target)
-        .and_then(|()| std::fs::copy(&found, target.join(&file)).map(|_| ()))
-        .map_err(|e| refuse(&format!("cannot copy the session: {e}")))?;
-    resolved.command.extend(["--resume".to_string(), session, "--fork-session".to_string()]);
+    let args =
+        corral_harness::launch::fork_claude_session(&resolved.env, &session, &worktree).map_err(|why| refuse(&why))?;
+    resolved.command.extend(args);
     Ok(())
 }
 
@@ -612,40 +589,20 @@ fn inherit_sandbox(inner: &Inner, parent: &Address, address: &Address, resolved:
     Ok(())
 }
 
-/// The harness's command line for these settings. The sandbox is applied
-/// through the CLI's own means: Codex's `--sandbox`, Claude Code's tool
-/// permissions (read-only: no writing tools). A plain command's sandbox is
-/// recorded and inherited but not enforced by corral.
+/// The harness's command line for these settings (the harness applies
+/// the sandbox and the reasoning effort as its CLI can).
 fn build_launch(resolved: &Resolved) -> Result<Launch> {
-    use crate::config::Sandbox;
-    let mut command = resolved.command.clone();
-    match (resolved.harness.as_str(), resolved.sandbox) {
-        ("codex", Some(sandbox)) => {
-            let mode = match sandbox {
-                Sandbox::ReadOnly => "read-only",
-                Sandbox::WorkspaceWrite => "workspace-write",
-                Sandbox::Full => "danger-full-access",
-            };
-            command.splice(0..0, ["--sandbox".to_string(), mode.to_string()]);
-        }
-        ("claude", Some(Sandbox::ReadOnly)) => {
-            command
-                .splice(0..0, ["--disallowedTools".to_string(), "Write,Edit,MultiEdit,NotebookEdit,Bash".to_string()]);
-        }
-        _ => {}
-    }
-    // A role's reasoning effort: Codex takes it as a config override; the
-    // other CLIs have no such setting, so it does not apply to them.
-    if let ("codex", Some(effort)) = (resolved.harness.as_str(), &resolved.reasoning_effort) {
-        command.splice(0..0, ["-c".to_string(), format!("model_reasoning_effort={effort}")]);
-    }
-    let resolved = &Resolved { command, ..resolved.clone() };
     let harness = resolved.harness.as_str();
     let program = match corral_harness::launch::program_variable(harness) {
         Some(variable) => resolved.env.get(variable).cloned().unwrap_or_else(|| harness.to_string()),
         None => String::new(),
     };
-    corral_harness::launch::launch(harness, &program, &resolved.task, resolved.model.as_deref(), &resolved.command)
+    let options = corral_harness::launch::Options {
+        model: resolved.model.as_deref(),
+        sandbox: resolved.sandbox,
+        reasoning_effort: resolved.reasoning_effort.as_deref(),
+    };
+    corral_harness::launch::launch(harness, &program, &resolved.task, &options, &resolved.command)
         .map_err(|why| Error::new(ErrorKind::BadHarness, why))
 }
 
