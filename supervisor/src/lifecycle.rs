@@ -422,15 +422,15 @@ impl AgentRecord {
             EventBody::TaskQueued { task_id, task_text } => {
                 self.queued_tasks.push((task_id.clone(), task_text.clone()))
             }
-            EventBody::Assigned { task_text, command } => {
+            // The record's `command` stays the launch command: each run
+            // derives from it, so the run's own command is not kept here.
+            EventBody::Assigned { task_text, .. } => {
                 // A new run with a new task: what ended is history (the
                 // journal keeps it); usage and budgets carry on.
                 if let Some(task_id) = &event.task {
                     self.queued_tasks.retain(|(id, _)| id != task_id);
                     self.task_id = task_id.clone();
                 }
-                // `command` stays the launch command: each run derives from it.
-                let _ = command;
                 self.task = task_text.clone();
                 self.state = AgentState::Starting;
                 self.pid = None;
