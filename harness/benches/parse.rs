@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use corral_harness::event::parser_for;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/agent-output/");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent-output/");
 const TARGET_BYTES: usize = 50 * 1024 * 1024;
 
 /// The fixture repeated until it reaches `TARGET_BYTES`.

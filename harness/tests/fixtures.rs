@@ -1,4 +1,4 @@
-//! Every real sample in `../shared/fixtures/agent-output/` (see SOURCES.md
+//! Every real sample in `tests/fixtures/agent-output/` (see SOURCES.md
 //! there) fed through its parser, with the totals worked out by hand from
 //! the JSON: the arithmetic is written beside each assertion.
 
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use corral_harness::event::{parser_for, HarnessEvent, Parser, TokenUsage, UsageTotals};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/agent-output/");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent-output/");
 
 /// Every fixture this file tests, and the harness that reads it.
 const TESTED: [(&str, &str); 11] = [

@@ -1,0 +1,13 @@
+//! corral's end-to-end tests: one test binary (one link), a module per
+//! area. Each test makes its own scratch repository and runs the built
+//! `corral` binary against it (see `corral_e2e`, tests/support).
+
+mod budget_runaway;
+mod budgets;
+mod config;
+mod foundation;
+mod harness;
+mod mcp;
+mod merge_queue;
+mod probes;
+mod tree;
