@@ -45,6 +45,16 @@ pub struct Options<'a> {
 /// The harnesses corral knows.
 pub const HARNESSES: &[&str] = &["claude", "codex", "gemini", "opencode", "aider", "generic"];
 
+/// `Ok` for a known harness name; else the message every caller shows
+/// (the command line, corral.toml, MCP and the daemon say it alike).
+pub fn check_harness(name: &str) -> Result<(), String> {
+    if HARNESSES.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("unknown harness {name:?} (expected one of: {})", HARNESSES.join(", ")))
+    }
+}
+
 /// Where the agent's standard input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {

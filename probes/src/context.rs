@@ -42,7 +42,11 @@ pub trait ProbeContext: Send + Sync {
     fn last_activity(&self) -> Instant;
 
     /// Whether `http_get` and `tcp_socket` may reach hosts other than
-    /// loopback addresses. Off unless the implementation says otherwise.
+    /// loopback addresses even when the probe does not say `allow_remote =
+    /// true`. Off unless the implementation says otherwise. Validation
+    /// refuses a probe naming a host that is not loopback without
+    /// `allow_remote`, so this matters for specs that were not validated
+    /// and for loopback names that resolve elsewhere.
     fn allow_remote_hosts(&self) -> bool {
         false
     }

@@ -29,10 +29,16 @@
 //! ```
 //!
 //! The kinds: `exec = { command = [..] }`, `http_get = { port, path = "/",
-//! host = "127.0.0.1", http_headers = [{ name, value }] }`, `tcp_socket = {
-//! port, host = "127.0.0.1" }`, `log_line = "regex"`, `file_exists =
-//! "path/relative/to/worktree"`, `event = "harness event name"`, `idle = {
-//! seconds = N }`.
+//! host = "127.0.0.1", http_headers = [{ name, value }], allow_remote =
+//! false }`, `tcp_socket = { port, host = "127.0.0.1", allow_remote = false
+//! }`, `log_line = "regex"`, `file_exists = "path/relative/to/worktree"`,
+//! `event = "harness event name"`, `idle = { seconds = N }`.
+//!
+//! The `host` of `http_get` and `tcp_socket` must be loopback (an address
+//! in 127.0.0.0/8, `::1`, `localhost` or a name under `.localhost`) unless
+//! the probe says `allow_remote = true`: validation refuses any other host,
+//! so such a probe is refused when the agent is spawned rather than failing
+//! at every period. At run time the resolved addresses are checked again.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -212,7 +218,7 @@ impl ProbeKind {
             },
             ProbeKind::HttpGet(http) => {
                 check_port("http_get.port", http.port)?;
-                check_host("http_get.host", &http.host)?;
+                check_host("http_get.host", &http.host, http.allow_remote)?;
                 if !http.path.starts_with('/') || http.path.chars().any(is_space_or_control) {
                     return Err(SpecError::new(
                         "http_get.path",
@@ -238,7 +244,7 @@ impl ProbeKind {
             }
             ProbeKind::TcpSocket(tcp) => {
                 check_port("tcp_socket.port", tcp.port)?;
-                check_host("tcp_socket.host", &tcp.host)
+                check_host("tcp_socket.host", &tcp.host, tcp.allow_remote)
             }
             // The regex compiled when the Pattern was made.
             ProbeKind::LogLine(_) => Ok(()),
@@ -276,12 +282,33 @@ fn check_port(field: &str, port: u16) -> Result<(), SpecError> {
     }
 }
 
-fn check_host(field: &str, host: &str) -> Result<(), SpecError> {
+fn check_host(field: &str, host: &str, allow_remote: bool) -> Result<(), SpecError> {
     if host.is_empty() || host.chars().any(|c| is_space_or_control(c) || c == '/') {
         Err(SpecError::new(field, format!("must be a host name or IP address, got {host:?}")))
+    } else if !allow_remote && !is_loopback_host(host) {
+        Err(SpecError::new(
+            field,
+            format!(
+                "{host:?} is not a loopback host (127.0.0.0/8, ::1, localhost); probes reach only loopback \
+                 hosts unless the probe says allow_remote = true"
+            ),
+        ))
     } else {
         Ok(())
     }
+}
+
+/// Whether `host` is loopback without resolving it: a loopback address
+/// (127.0.0.0/8, `::1`, their IPv4-mapped forms, with or without
+/// brackets), `localhost` or a name under `.localhost` (RFC 6761). Names
+/// are checked again once resolved, at run time.
+pub fn is_loopback_host(host: &str) -> bool {
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        return ip.to_canonical().is_loopback();
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// `exec = { command = ["program", "arg", ...] }`: no shell is involved;
@@ -302,13 +329,17 @@ pub struct HttpGetAction {
     /// Request path, `/` when not given.
     #[serde(default = "default_path")]
     pub path: String,
-    /// Host name or IP address, `127.0.0.1` when not given. Only loopback
-    /// addresses are probed unless the context allows remote hosts.
+    /// Host name or IP address, `127.0.0.1` when not given. It must be
+    /// loopback (see [`is_loopback_host`]) unless `allow_remote` is set.
     #[serde(default = "default_host")]
     pub host: String,
     /// Extra request headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_headers: Vec<HttpHeader>,
+    /// `allow_remote = true` lets `host` be other than loopback; false when
+    /// not given.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_remote: bool,
 }
 
 /// One `{ name = "...", value = "..." }` request header of an `http_get` probe.
@@ -327,10 +358,14 @@ pub struct HttpHeader {
 pub struct TcpSocketAction {
     /// TCP port.
     pub port: u16,
-    /// Host name or IP address, `127.0.0.1` when not given; loopback only
-    /// unless the context allows remote hosts.
+    /// Host name or IP address, `127.0.0.1` when not given. It must be
+    /// loopback (see [`is_loopback_host`]) unless `allow_remote` is set.
     #[serde(default = "default_host")]
     pub host: String,
+    /// `allow_remote = true` lets `host` be other than loopback; false when
+    /// not given.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_remote: bool,
 }
 
 /// `idle = { seconds = 300 }`.
@@ -347,6 +382,10 @@ fn default_path() -> String {
 
 fn default_host() -> String {
     DEFAULT_HOST.to_owned()
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A compiled `log_line` regex; serialized as its source text.
@@ -626,6 +665,7 @@ mod tests {
                 path: "/healthz".into(),
                 host: "127.0.0.1".into(),
                 http_headers: vec![],
+                allow_remote: false,
             })
         );
         let http =
@@ -637,7 +677,10 @@ mod tests {
         assert_eq!(http.http_headers[0].name, "X-Probe");
 
         let tcp = spec("tcp_socket = { port = 5432 }").unwrap();
-        assert_eq!(tcp.kind, ProbeKind::TcpSocket(TcpSocketAction { port: 5432, host: "127.0.0.1".into() }));
+        assert_eq!(
+            tcp.kind,
+            ProbeKind::TcpSocket(TcpSocketAction { port: 5432, host: "127.0.0.1".into(), allow_remote: false })
+        );
 
         let log = spec(r#"log_line = "listening on \\d+""#).unwrap();
         let ProbeKind::LogLine(pattern) = &log.kind else { panic!("not log_line") };
@@ -783,6 +826,49 @@ mod tests {
             let err = spec(text).expect_err(text);
             assert!(err.contains(field), "{text:?} gave {err:?}, which does not name {field}");
         }
+    }
+
+    #[test]
+    fn a_probe_host_that_is_not_loopback_is_refused_at_validation_unless_allowed() {
+        for host in ["192.0.2.1", "10.0.0.1", "0.0.0.0", "::", "[2001:db8::1]", "example.com", "localhost.example"] {
+            for kind in ["http_get", "tcp_socket"] {
+                let text = format!(r#"{kind} = {{ port = 80, host = "{host}" }}"#);
+                let err = spec(&text).expect_err(&text);
+                assert!(err.contains(&format!("{kind}.host")), "{text}: {err}");
+                assert!(err.contains(host) && err.contains("not a loopback host"), "{text}: {err}");
+                assert!(err.contains("allow_remote = true"), "{text}: {err}");
+                let allowed = spec(&format!(r#"{kind} = {{ port = 80, host = "{host}", allow_remote = true }}"#));
+                assert!(allowed.is_ok(), "{host}: {allowed:?}");
+            }
+        }
+        for host in
+            ["127.0.0.1", "127.9.8.7", "::1", "[::1]", "::ffff:127.0.0.1", "localhost", "LocalHost.", "api.localhost"]
+        {
+            assert!(spec(&format!(r#"tcp_socket = {{ port = 80, host = "{host}" }}"#)).is_ok(), "{host}");
+        }
+        // The default host is loopback, and allow_remote defaults to false.
+        let ProbeKind::HttpGet(http) = spec("http_get = { port = 80 }").unwrap().kind else { panic!("not http_get") };
+        assert!(!http.allow_remote);
+
+        // A set built in code names the probe and the host, as the daemon
+        // reports it at spawn.
+        let set = ProbeSet {
+            liveness: Some(ProbeSpec::new(ProbeKind::TcpSocket(TcpSocketAction {
+                port: 5432,
+                host: "192.0.2.1".into(),
+                allow_remote: false,
+            }))),
+            ..ProbeSet::default()
+        };
+        let err = set.validate().unwrap_err();
+        assert_eq!(err.field, "liveness.tcp_socket.host");
+        assert!(err.to_string().contains("\"192.0.2.1\" is not a loopback host"), "{err}");
+
+        // allow_remote survives a round trip, and is left out when false.
+        let remote = spec(r#"http_get = { port = 80, host = "192.0.2.1", allow_remote = true }"#).unwrap();
+        let json = serde_json::to_string(&remote).unwrap();
+        assert_eq!(serde_json::from_str::<ProbeSpec>(&json).unwrap(), remote);
+        assert!(!serde_json::to_string(&spec("http_get = { port = 80 }").unwrap()).unwrap().contains("allow_remote"));
     }
 
     #[test]

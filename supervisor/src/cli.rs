@@ -2,6 +2,7 @@
 //! does lives in `commands`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -54,15 +55,16 @@ pub enum Command {
         /// ... or spent this many US dollars.
         #[arg(long, value_name = "USD", allow_negative_numbers = true)]
         max_cost: Option<f64>,
-        /// ... or ran this many seconds (state timed_out).
-        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-        timeout: Option<f64>,
-        /// ... or printed nothing for this many seconds.
-        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-        idle_timeout: Option<f64>,
-        /// Seconds between SIGTERM and SIGKILL when corral stops it (default 10).
-        #[arg(long, value_name = "SECONDS")]
-        grace: Option<f64>,
+        /// ... or ran this long (state timed_out): seconds, or 30s, 5m, 2h.
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        timeout: Option<Duration>,
+        /// ... or printed nothing for this long.
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        idle_timeout: Option<Duration>,
+        /// Time between SIGTERM and SIGKILL when corral stops it (default:
+        /// `[supervisor] grace`, else 10s). `corral stop` uses it too.
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        grace: Option<Duration>,
         /// A startup probe, as JSON or a TOML inline table, e.g.
         /// '{ log_line = "ready", period_seconds = 1 }'.
         #[arg(long, value_name = "PROBE")]
@@ -79,15 +81,15 @@ pub enum Command {
         /// At most this many restarts.
         #[arg(long, value_name = "N")]
         restart_limit: Option<u32>,
-        /// First restart back-off in seconds (default 10; doubles up to --max-backoff).
-        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-        backoff: Option<f64>,
-        /// Longest back-off in seconds (default 300).
-        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-        max_backoff: Option<f64>,
-        /// A run this long (seconds, default 600) resets the back-off.
-        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-        reset_after: Option<f64>,
+        /// First restart back-off (default 10s; doubles up to --max-backoff).
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        backoff: Option<Duration>,
+        /// Longest back-off (default 5m).
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        max_backoff: Option<Duration>,
+        /// A run this long (default 10m) resets the back-off.
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        reset_after: Option<Duration>,
         /// When its task succeeds: auto (through the merge queue), manual
         /// (the default: `corral merge`), or never.
         #[arg(long, value_name = "POLICY")]
@@ -227,10 +229,16 @@ pub enum Command {
     /// Stop an agent and every agent below it.
     #[command(display_order = 8)]
     Stop {
-        address: String,
-        /// Seconds between SIGTERM and SIGKILL.
-        #[arg(long, default_value_t = 10.0)]
-        grace: f64,
+        /// The agent; `/root` (or `--all`) stops every agent.
+        #[arg(required_unless_present = "all")]
+        address: Option<String>,
+        /// Stop every agent (the same as `corral stop /root`).
+        #[arg(long, conflicts_with = "address")]
+        all: bool,
+        /// Time between SIGTERM and SIGKILL (default: each agent's own
+        /// grace, from `spawn --grace` or `[supervisor] grace`, else 10s).
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        grace: Option<Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -239,9 +247,9 @@ pub enum Command {
     Wait {
         #[arg(required = true)]
         addresses: Vec<String>,
-        /// Give up after this many seconds (exit code 124).
-        #[arg(long)]
-        timeout: Option<f64>,
+        /// Give up after this long (exit code 124): seconds, or 30s, 5m, 2h.
+        #[arg(long, allow_negative_numbers = true, value_parser = duration)]
+        timeout: Option<Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -287,4 +295,10 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+/// Every duration flag's parser: `crate::duration::parse_arg`. A refusal
+/// exits 13 (see `commands::exit_code_for_parse_error`).
+fn duration(text: &str) -> Result<Duration, crate::duration::DurationError> {
+    crate::duration::parse_arg(text)
 }

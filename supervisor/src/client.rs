@@ -53,11 +53,19 @@ impl Client {
             }
             // A daemon of another build (corral was upgraded or rebuilt):
             // replace it. Agents keep running and the new daemon adopts them.
+            let old = std::fs::read_to_string(state.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok());
             let _ = client.request(&Request::Shutdown);
             drop(client);
             let deadline = Instant::now() + DAEMON_START_TIMEOUT;
             while Client::try_connect(state).is_ok() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            // It holds the daemon lock until it has exited, a little after
+            // its socket goes: a daemon started before then would lose the
+            // lock and leave none serving.
+            let exited = |pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err();
+            while old.is_some_and(|pid| pid > 0 && !exited(pid)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         state.create()?;

@@ -32,6 +32,21 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
+/// Prints a command-line error and gives its exit code: clap's own (2
+/// for a bad command line, 0 for `--help`), except that a duration corral
+/// cannot use exits 13 like any other bad number (README, "Exit codes").
+pub fn parse_error(err: clap::Error) -> i32 {
+    use std::error::Error as _;
+    let bad_duration = err.kind() == clap::error::ErrorKind::ValueValidation
+        && err.source().is_some_and(|source| source.is::<crate::duration::DurationError>());
+    let _ = err.print();
+    if bad_duration {
+        ErrorKind::BadBudget.exit_code()
+    } else {
+        err.exit_code()
+    }
+}
+
 fn dispatch(cli: Cli) -> Result<i32> {
     let start = match &cli.dir {
         Some(dir) => dir.clone(),
@@ -181,20 +196,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 tokens: max_tokens,
                 output_tokens: max_output_tokens,
                 cost: max_cost,
-                wall_secs: timeout,
-                idle_secs: idle_timeout,
+                wall_secs: timeout.map(|d| d.as_secs_f64()),
+                idle_secs: idle_timeout.map(|d| d.as_secs_f64()),
                 warn_at: None,
             };
             limits.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
-            let seconds = |flag: &str, value: Option<f64>| -> Result<Option<std::time::Duration>> {
-                value
-                    .map(|v| {
-                        std::time::Duration::try_from_secs_f64(v).map_err(|_| {
-                            Error::new(ErrorKind::BadConfig, format!("{flag} must be zero or more seconds, not {v}"))
-                        })
-                    })
-                    .transpose()
-            };
             let restart_given = restart.is_some()
                 || restart_limit.is_some()
                 || backoff.is_some()
@@ -208,20 +214,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         .transpose()
                         .map_err(|why: String| Error::new(ErrorKind::BadConfig, format!("--restart: {why}")))?,
                     limit: restart_limit,
-                    backoff: seconds("--backoff", backoff)?,
-                    max_backoff: seconds("--max-backoff", max_backoff)?,
-                    reset_after: seconds("--reset-after", reset_after)?,
+                    backoff,
+                    max_backoff,
+                    reset_after,
                 }),
             };
             let settings = crate::config::AgentConfig {
                 harness,
                 model,
-                budget: (!limits.is_empty()).then(|| crate::config::Budget {
+                budget: (!limits.is_empty()).then_some(crate::config::Budget {
                     tokens: max_tokens,
                     output_tokens: max_output_tokens,
                     cost: max_cost,
-                    wall: timeout.map(std::time::Duration::from_secs_f64),
-                    idle: idle_timeout.map(std::time::Duration::from_secs_f64),
+                    wall: timeout,
+                    idle: idle_timeout,
                     warn_at: None,
                 }),
                 startup: startup.as_deref().map(|t| parse_probe("--startup", t)).transpose()?,
@@ -233,6 +239,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ..Default::default()
             };
             validate_name(&name)?;
+            if let Some(harness) = &settings.harness {
+                corral_harness::launch::check_harness(harness).map_err(|why| Error::new(ErrorKind::BadHarness, why))?;
+            }
             let caller = caller();
             let parent = match parent {
                 Some(text) => Address::resolve(&text, &caller)?,
@@ -248,7 +257,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 settings,
                 fork_session,
                 command,
-                grace_secs: grace,
+                grace_secs: grace.map(|d| d.as_secs_f64()),
                 base,
                 env,
             };
@@ -298,9 +307,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let agent = agent.map(|a| Address::resolve(&a, &caller())).transpose()?.map(|a| a.to_string());
             events(&state()?, since, follow, agent)
         }
-        Command::Stop { address, grace, json } => {
-            let address = Address::resolve(&address, &caller())?;
-            let request = Request::Stop { address: address.to_string(), grace_secs: grace };
+        Command::Stop { address, all, grace, json } => {
+            let address = match (all, address) {
+                (true, _) | (false, None) => Address::root(),
+                (false, Some(text)) => Address::resolve(&text, &caller())?,
+            };
+            let request = Request::Stop { address: address.to_string(), grace_secs: grace.map(|d| d.as_secs_f64()) };
             let Response::Stopped { agents } = Client::connect(&state()?)?.request(&request)? else {
                 return Err(unexpected());
             };
@@ -319,7 +331,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .iter()
                 .map(|a| Address::resolve(a, &caller).map(|a| a.to_string()))
                 .collect::<Result<Vec<_>>>()?;
-            let request = Request::Wait { addresses, timeout_secs: timeout };
+            let request = Request::Wait { addresses, timeout_secs: timeout.map(|d| d.as_secs_f64()) };
             let Response::Waited { agents, timed_out } = Client::connect(&state()?)?.request(&request)? else {
                 return Err(unexpected());
             };
@@ -383,8 +395,12 @@ fn parse_strategy(text: &str) -> Result<crate::merge::Strategy> {
 fn parse_probe(flag: &str, text: &str) -> Result<corral_probes::ProbeSpec> {
     let bad = |why: String| Error::new(ErrorKind::BadConfig, format!("{flag} {text:?}: {why}"));
     if text.trim_start().starts_with('{') {
-        if let Ok(spec) = serde_json::from_str(text) {
-            return Ok(spec);
+        match serde_json::from_str(text) {
+            Ok(spec) => return Ok(spec),
+            // Good JSON that is not a good probe: say why, rather than
+            // how it fails to be TOML.
+            Err(e) if e.is_data() => return Err(bad(e.to_string())),
+            Err(_) => {}
         }
     }
     #[derive(serde::Deserialize)]
@@ -672,9 +688,36 @@ fn attach(state: &StateDir, address: &str) -> Result<i32> {
             ),
         ));
     }
+    // Watched from before the size is read, so no change of it is missed.
+    let winch = signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH]).ok();
+    let size = terminal_size();
     let mut stream = std::os::unix::net::UnixStream::connect(&socket)
         .map_err(|e| Error::other(format!("cannot reach the monitor of {}: {e}", agent.address)))?;
-    stream.write_all(b"{\"role\":\"attach\",\"replay\":8192}\n").map_err(|e| Error::other(e.to_string()))?;
+    let hello = match size {
+        Some((rows, cols)) => format!("{{\"role\":\"attach\",\"replay\":8192,\"rows\":{rows},\"cols\":{cols}}}\n"),
+        None => "{\"role\":\"attach\",\"replay\":8192}\n".to_string(),
+    };
+    stream.write_all(hello.as_bytes()).map_err(|e| Error::other(e.to_string()))?;
+    // The stream is raw bytes; each new size goes on a connection of its own.
+    let winch = match (winch, size) {
+        (Some(mut signals), Some(mut sent)) => {
+            let handle = signals.handle();
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    match terminal_size() {
+                        Some(now) if now != sent => {
+                            sent = now;
+                            send_resize(&socket, now);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            Some(handle)
+        }
+        _ => None,
+    };
     let stdin = std::io::stdin();
     let raw = stdin.is_terminal().then(RawTerminal::enable).transpose()?;
     if raw.is_some() {
@@ -686,6 +729,7 @@ fn attach(state: &StateDir, address: &str) -> Result<i32> {
         let mut buf = [0u8; 8192];
         loop {
             match from_agent.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
@@ -702,6 +746,8 @@ fn attach(state: &StateDir, address: &str) -> Result<i32> {
             break false;
         }
         let n = match input.read(&mut buf) {
+            // SIGWINCH may interrupt the read.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(0) | Err(_) => break true,
             Ok(n) => n,
         };
@@ -715,6 +761,9 @@ fn attach(state: &StateDir, address: &str) -> Result<i32> {
     };
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = printer.join();
+    if let Some(winch) = winch {
+        winch.close();
+    }
     drop(raw);
     if detached {
         eprintln!("\ndetached from {}", agent.address);
@@ -722,6 +771,28 @@ fn attach(state: &StateDir, address: &str) -> Result<i32> {
         eprintln!("\n{} ended", agent.address);
     }
     Ok(0)
+}
+
+/// The size (rows, columns) of the terminal on stdout or stdin, if either is one.
+fn terminal_size() -> Option<(u16, u16)> {
+    use std::os::fd::AsRawFd;
+    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()].into_iter().find_map(|fd| {
+        let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ only writes a `winsize` into `size`.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+        (rc == 0 && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
+    })
+}
+
+/// Tells the monitor at `socket` the terminal's new size, and waits until
+/// it has applied it (it closes the connection), so sizes arrive in order.
+fn send_resize(socket: &Path, (rows, cols): (u16, u16)) {
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let hello = format!("{{\"role\":\"resize\",\"rows\":{rows},\"cols\":{cols}}}\n");
+    if stream.write_all(hello.as_bytes()).is_ok() {
+        let _ = stream.read_to_end(&mut Vec::new());
+    }
 }
 
 /// Puts the terminal in raw mode; restores it when dropped.

@@ -143,9 +143,7 @@ pub const DEFAULT_RESTART_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// `restart.reset_after` is unset.
 pub const DEFAULT_RESTART_RESET_AFTER: Duration = Duration::from_secs(600);
 
-/// The longest duration accepted anywhere (about 31 years), as in
-/// `corral-probes`: keeps `Instant + Duration` from overflowing.
-const MAX_DURATION_SECS: u64 = 1_000_000_000;
+pub use crate::duration::{format_duration, parse_duration, MAX_DURATION_SECS};
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -746,82 +744,6 @@ fn user_config_path_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi:
 // Durations
 // ---------------------------------------------------------------------------
 
-/// Parses a duration: one or more parts of a number (digits, optionally
-/// with a fraction) and a unit, `ns`, `us`, `ms`, `s`, `m`, `h` or `d`:
-/// `"250ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"1.5h"`. Spaces between parts are
-/// allowed. At most 1 000 000 000 seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = |why: &str| {
-        Err(format!("bad duration {text:?}: {why} (write a number and a unit: \"250ms\", \"30s\", \"5m\", \"1h30m\")"))
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return bad("it is empty");
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        let unit_len = after.find(|c: char| !c.is_alphabetic()).unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty() && fraction.is_empty() || !fraction.chars().all(|c| c.is_ascii_digit()) {
-            return bad("expected a number");
-        }
-        let nanos_per_unit: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            "" => return bad(&format!("{number:?} has no unit")),
-            _ => return bad(&format!("unknown unit {unit:?}")),
-        };
-        let whole: u128 =
-            if whole.is_empty() { 0 } else { whole.parse().map_err(|_| format!("bad duration {text:?}: too long"))? };
-        // The fraction to nanosecond precision; further digits are dropped.
-        let mut fraction_nanos: u128 = 0;
-        let mut scale = nanos_per_unit;
-        for digit in fraction.bytes() {
-            fraction_nanos += u128::from(digit - b'0') * scale;
-            scale /= 10;
-        }
-        total = whole
-            .checked_mul(nanos_per_unit)
-            .and_then(|n| n.checked_add(fraction_nanos / 10))
-            .and_then(|n| n.checked_add(total))
-            .ok_or_else(|| format!("bad duration {text:?}: too long"))?;
-        rest = after.trim_start();
-    }
-    if total > u128::from(MAX_DURATION_SECS) * 1_000_000_000 {
-        return Err(format!("bad duration {text:?}: longer than {MAX_DURATION_SECS} seconds"));
-    }
-    Ok(Duration::new((total / 1_000_000_000) as u64, (total % 1_000_000_000) as u32))
-}
-
-/// Writes a duration the way [`parse_duration`] reads it, exactly:
-/// `"1h30m"`, `"250ms"`, `"1s500ms"`, `"0s"`.
-pub fn format_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    let nanos = duration.subsec_nanos();
-    let parts = [
-        (secs / 3600, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-        (u64::from(nanos / 1_000_000), "ms"),
-        (u64::from(nanos / 1_000 % 1_000), "us"),
-        (u64::from(nanos % 1_000), "ns"),
-    ];
-    let text: String = parts.iter().filter(|(n, _)| *n > 0).map(|(n, unit)| format!("{n}{unit}")).collect();
-    if text.is_empty() {
-        "0s".to_owned()
-    } else {
-        text
-    }
-}
-
 /// Serde for `Option<Duration>`: a [`parse_duration`] string or a
 /// non-negative number of seconds in; a [`format_duration`] string out.
 mod opt_duration {
@@ -1003,10 +925,7 @@ fn de_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>,
 
 fn de_harness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(deserializer)?;
-    let known = corral_harness::launch::HARNESSES;
-    if !known.contains(&name.as_str()) {
-        return Err(de::Error::custom(format!("unknown harness {name:?} (expected one of: {})", known.join(", "))));
-    }
+    corral_harness::launch::check_harness(&name).map_err(de::Error::custom)?;
     Ok(Some(name))
 }
 

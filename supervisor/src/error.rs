@@ -32,10 +32,14 @@ pub enum ErrorKind {
     Refused,
     /// An unknown harness, or a harness launch that cannot be built.
     BadHarness,
-    /// A budget that is not a positive number.
+    /// A budget that is not a positive number, or a duration corral
+    /// cannot use (negative, not a number, too long).
     BadBudget,
     /// A probe, restart policy or configuration that is not valid.
     BadConfig,
+    /// The state folder (the journal) cannot be written: a full disk, a
+    /// read-only filesystem, an I/O error. Nothing was changed.
+    StateUnwritable,
 }
 
 impl ErrorKind {
@@ -54,6 +58,7 @@ impl ErrorKind {
             ErrorKind::BadHarness => 12,
             ErrorKind::BadBudget => 13,
             ErrorKind::BadConfig => 14,
+            ErrorKind::StateUnwritable => 15,
         }
     }
 }

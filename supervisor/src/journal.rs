@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventBody, EVENT_VERSION};
 
 /// The writer side, owned by the daemon.
@@ -22,6 +22,11 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     last_seq: u64,
+    /// The file's length after the last whole append: a failed append is
+    /// cut back to it, so a torn line never stays in the middle.
+    len: u64,
+    /// Test-only fault injection (see [`Journal::injected_fault`]).
+    faults: bool,
 }
 
 /// What an event is about, before it gets its seq and time.
@@ -91,7 +96,8 @@ impl Journal {
             file.sync_all().map_err(|e| Error::io("cannot sync the journal", path, e))?;
         }
         let last_seq = events.last().map(|e| e.seq).unwrap_or(0);
-        Ok((Journal { path: path.to_path_buf(), file, last_seq }, events))
+        let faults = std::env::var_os("CORRAL_FAULT_INJECTION").is_some();
+        Ok((Journal { path: path.to_path_buf(), file, last_seq, len: good_len as u64, faults }, events))
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -117,12 +123,59 @@ impl Journal {
             buffer.push(b'\n');
             events.push(event);
         }
-        self.file
-            .write_all(&buffer)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::io("cannot write the journal", &self.path, e))?;
+        if let Err(err) = self.write_whole(&buffer) {
+            // Undo whatever part reached the file (a short write, or data
+            // the fsync could not make durable): the journal stays a run of
+            // whole lines and no seq is used.
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.sync_data();
+            return Err(self.unwritable(err));
+        }
+        self.len += buffer.len() as u64;
         self.last_seq += events.len() as u64;
         Ok(events)
+    }
+
+    fn write_whole(&mut self, buffer: &[u8]) -> std::io::Result<()> {
+        if let Some((errno, short)) = self.injected_fault() {
+            if short {
+                self.file.write_all(&buffer[..buffer.len() / 2])?;
+            }
+            return Err(std::io::Error::from_raw_os_error(errno as i32));
+        }
+        self.file.write_all(buffer)?;
+        self.file.sync_data()
+    }
+
+    /// The error for an append that failed: names the state folder and the
+    /// cause, in the words a person needs ("is full").
+    fn unwritable(&self, err: std::io::Error) -> Error {
+        let folder = self.path.parent().unwrap_or(&self.path).display();
+        let why = match err.raw_os_error().map(nix::errno::Errno::from_raw) {
+            Some(nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT) => format!("is full ({err})"),
+            Some(nix::errno::Errno::EROFS) => format!("is on a read-only filesystem ({err})"),
+            _ => format!("cannot be written ({err})"),
+        };
+        Error::new(ErrorKind::StateUnwritable, format!("the state folder {folder} {why}; nothing was changed"))
+    }
+
+    /// A fault a test asked for: with `CORRAL_FAULT_INJECTION` set in the
+    /// daemon's environment, a file `journal.fault` beside the journal
+    /// makes every append fail with the errno it names (`ENOSPC`, `EIO`,
+    /// `EROFS`, `EDQUOT`), after writing half the lines first if it also
+    /// says `short`. Removing the file ends the fault.
+    fn injected_fault(&self) -> Option<(nix::errno::Errno, bool)> {
+        if !self.faults {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.path.with_file_name("journal.fault")).ok()?;
+        let errno = match text.split_whitespace().find(|w| w.starts_with('E'))? {
+            "ENOSPC" => nix::errno::Errno::ENOSPC,
+            "EDQUOT" => nix::errno::Errno::EDQUOT,
+            "EROFS" => nix::errno::Errno::EROFS,
+            _ => nix::errno::Errno::EIO,
+        };
+        Some((errno, text.contains("short")))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod fake_agent;

@@ -1,6 +1,9 @@
 use clap::Parser;
 
 fn main() {
-    let cli = corral::cli::Cli::parse();
+    let cli = match corral::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => std::process::exit(corral::commands::parse_error(err)),
+    };
     std::process::exit(corral::commands::run(cli));
 }

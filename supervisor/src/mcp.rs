@@ -600,9 +600,10 @@ impl Inner {
     }
 
     fn stop(&self, args: StopArgs) -> std::result::Result<Value, String> {
-        let grace_secs = args.grace_seconds.unwrap_or(10.0);
-        if !(grace_secs.is_finite() && grace_secs >= 0.0) {
-            return Err(format!("grace_seconds must be zero or more, not {grace_secs}"));
+        // Unset: each agent's own grace (as `corral stop` without --grace).
+        let grace_secs = args.grace_seconds;
+        if let Some(grace) = grace_secs {
+            crate::duration::from_secs(grace).map_err(|e| format!("grace_seconds: {e}"))?;
         }
         let mut client = self.connect().map_err(message)?;
         let address = self.target(&mut client, &args.address)?;

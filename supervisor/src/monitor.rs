@@ -17,8 +17,18 @@
 //!   `output` (the log grew) and `exit` (the agent's last process is gone);
 //!   the daemon may send `{"t":"stop","grace_secs":N}` and
 //!   `{"t":"input","data":"text"}`.
-//! - `{"role":"attach","replay":BYTES}`: raw bytes both ways: the last
-//!   BYTES of the log then everything new, and keystrokes into the PTY.
+//! - `{"role":"attach","replay":BYTES,"rows":R,"cols":C}`: raw bytes both
+//!   ways: the last BYTES of the log then everything new, and keystrokes
+//!   into the PTY. `rows` and `cols` (optional, both or neither) are the
+//!   client's terminal size, applied to the PTY before anything else.
+//! - `{"role":"resize","rows":R,"cols":C}`: sets the PTY's size (the
+//!   kernel sends SIGWINCH to the agent's foreground process group), then
+//!   the monitor closes the connection. The attach stream is raw bytes
+//!   with no framing, so an attached client opens one of these on each
+//!   change of its terminal's size, one at a time, waiting for the close.
+//!
+//! The PTY starts at the spec's size (`rows`, `cols`); a restart or a
+//! follow-up gets the latest size set by a client.
 //!
 //! Plain threads, no async runtime: a monitor is idle almost always, and a
 //! hundred of them should cost little memory.
@@ -171,11 +181,24 @@ struct Hello {
     role: String,
     #[serde(default)]
     replay: u64,
+    #[serde(default)]
+    rows: Option<u16>,
+    #[serde(default)]
+    cols: Option<u16>,
+}
+
+/// The agent's PTY master, kept where connections can resize it, and the
+/// size it has (or the next one gets).
+struct PtyControl {
+    master: Option<Box<dyn portable_pty::MasterPty + Send>>,
+    rows: u16,
+    cols: u16,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    pty: Mutex<PtyControl>,
 }
 
 struct State {
@@ -243,6 +266,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             restart_generation: 0,
         }),
         changed: Condvar::new(),
+        pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
     });
 
     // The agent may be a sequence of processes: the first runs the spec's
@@ -262,7 +286,11 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             drop(shared.changed.wait_while(state, |s| s.stopping > 0).unwrap());
         }
         let run_started = Instant::now();
-        let (pty, pid) = match start_agent(&spec, &agent, &argv, input_mode) {
+        let size = {
+            let control = shared.pty.lock().unwrap();
+            (control.rows, control.cols)
+        };
+        let (pty, pid) = match start_agent(&spec, &agent, &argv, input_mode, size) {
             Ok(started) => started,
             Err(err) => {
                 // Nothing ran: record why, in the log too, so `corral view` shows it.
@@ -289,6 +317,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             shared.changed.notify_all();
         }
         *writer.lock().unwrap() = pty.writer;
+        {
+            // A resize that came while this PTY opened applies now.
+            let mut control = shared.pty.lock().unwrap();
+            if (control.rows, control.cols) != size {
+                let _ = resize_master(pty.master.as_ref(), control.rows, control.cols);
+            }
+            control.master = Some(pty.master);
+        }
         if first {
             let sender = spawn_input_writer(writer.clone(), pty.fifo);
             spawn_acceptor(listener.try_clone()?, agent.clone(), shared.clone(), writer.clone(), sender.clone());
@@ -322,7 +358,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 Err(_) => break, // ECHILD: nothing of the agent is left.
             }
         }
-        drop(pty.master);
+        drop(shared.pty.lock().unwrap().master.take());
         // All writers of the PTY are gone; wait for the pump to drain it.
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut state = shared.state.lock().unwrap();
@@ -414,6 +450,7 @@ fn start_agent(
     agent: &AgentDir,
     command: &[String],
     input: InputMode,
+    (rows, cols): (u16, u16),
 ) -> anyhow::Result<(Pty, u32)> {
     use portable_pty::{CommandBuilder, PtySize};
     if command.is_empty() {
@@ -435,12 +472,7 @@ fn start_agent(
         }
     };
     let program = &argv[0];
-    let pair = portable_pty::native_pty_system().openpty(PtySize {
-        rows: spec.rows,
-        cols: spec.cols,
-        pixel_width: 0,
-        pixel_height: 0,
-    })?;
+    let pair = portable_pty::native_pty_system().openpty(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })?;
     if spec.raw {
         if let Some(fd) = pair.master.as_raw_fd() {
             make_raw(fd)?;
@@ -619,7 +651,19 @@ fn serve_connection(
     let hello: Hello = serde_json::from_str(&first).map_err(std::io::Error::other)?;
     match hello.role.as_str() {
         "daemon" => serve_daemon(stream, lines, shared, input),
-        "attach" => serve_attach(stream, lines, agent, shared, writer, hello.replay),
+        "attach" => {
+            if let (Some(rows), Some(cols)) = (hello.rows, hello.cols) {
+                resize(shared, rows, cols);
+            }
+            serve_attach(stream, lines, agent, shared, writer, hello.replay)
+        }
+        "resize" => match (hello.rows, hello.cols) {
+            (Some(rows), Some(cols)) => {
+                resize(shared, rows, cols);
+                Ok(())
+            }
+            _ => Err(std::io::Error::other("a resize needs rows and cols")),
+        },
         other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
     }
 }
@@ -716,6 +760,26 @@ fn serve_daemon(
     }
 }
 
+/// Sets the PTY's size, now and for any PTY a restart opens. A zero size
+/// (a client that could not read its terminal's) is ignored.
+fn resize(shared: &Shared, rows: u16, cols: u16) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let mut control = shared.pty.lock().unwrap();
+    control.rows = rows;
+    control.cols = cols;
+    if let Some(master) = &control.master {
+        if let Err(err) = resize_master(master.as_ref(), rows, cols) {
+            eprintln!("corral monitor: cannot resize the PTY to {rows}x{cols}: {err}");
+        }
+    }
+}
+
+fn resize_master(master: &(dyn portable_pty::MasterPty + Send), rows: u16, cols: u16) -> anyhow::Result<()> {
+    master.resize(portable_pty::PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
+}
+
 fn send(stream: &mut UnixStream, message: &MonitorMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     line.push(b'\n');
@@ -789,7 +853,11 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
         shared.changed.notify_all();
         state.pid
     };
-    let grace = Duration::from_secs_f64(grace_secs.max(0.0));
+    // Whatever the daemon sent, never panic here: a stop that cannot run is
+    // an agent nobody can stop. Out of range means "as long as allowed".
+    let grace = Duration::try_from_secs_f64(grace_secs.max(0.0))
+        .unwrap_or(Duration::from_secs(crate::duration::MAX_DURATION_SECS))
+        .min(Duration::from_secs(crate::duration::MAX_DURATION_SECS));
     let shared = shared.clone();
     std::thread::spawn(move || {
         process::stop_tree(std::process::id(), Some(pid), grace, Duration::from_secs(10));

@@ -39,9 +39,12 @@ pub enum Request {
         follow: bool,
         agent: Option<String>,
     },
+    /// Stops the agent and its subtree (`/root`: every agent). Without a
+    /// grace, each agent's own (`Spawned::grace_secs`, else 10 s).
     Stop {
         address: String,
-        grace_secs: f64,
+        #[serde(default)]
+        grace_secs: Option<f64>,
     },
     Wait {
         addresses: Vec<String>,
@@ -171,16 +174,56 @@ pub struct GcEntry {
     pub deleted_branch: Option<String>,
 }
 
-/// Identifies the running binary: its version, size and modification
-/// time. A client that finds a daemon of another build replaces it (the
-/// agents keep running under their monitors and are re-adopted).
+/// Identifies the running binary: its version and a hash of its bytes,
+/// e.g. `0.1.0+x3.5f0c…`. A client that finds a daemon of another build
+/// replaces it (the agents keep running under their monitors and are
+/// re-adopted).
+///
+/// The hash is of the contents, not of the file's size and mtime: two
+/// copies of one build (say one in ~/.cargo/bin and one copied elsewhere)
+/// have the same id and share a daemon instead of replacing each other's,
+/// while any rebuild that changes a byte gets a new id. An id embedded at
+/// compile time by a build script could not see the final binary and
+/// would have to guess which inputs matter (every crate, the toolchain,
+/// the flags); the bytes themselves cannot be wrong. The hash is XXH3-128
+/// (stable across Rust versions and platforms, about 10 GB/s: a few
+/// milliseconds for a 20 MB binary), computed once per process, from
+/// `/proc/self/exe`: the file this process runs, even when its path has
+/// since been replaced by an upgrade. When the binary cannot be read, the
+/// id falls back to its size and modification time.
 pub fn build_id() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let stamp = std::env::current_exe()
-        .and_then(std::fs::metadata)
-        .map(|m| format!("{}.{}", m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
-        .unwrap_or_default();
-    format!("{}+{stamp}", env!("CARGO_PKG_VERSION"))
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let running = std::fs::File::open("/proc/self/exe")
+            .or_else(|_| std::env::current_exe().and_then(std::fs::File::open))
+            .and_then(content_hash);
+        let stamp = match running {
+            Ok(hash) => format!("x3.{hash:032x}"),
+            Err(_) => {
+                use std::os::unix::fs::MetadataExt;
+                std::env::current_exe()
+                    .and_then(std::fs::metadata)
+                    .map(|m| format!("{}.{}", m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+                    .unwrap_or_default()
+            }
+        };
+        format!("{}+{stamp}", env!("CARGO_PKG_VERSION"))
+    })
+    .clone()
+}
+
+/// XXH3-128 of everything `input` holds, read in 1 MiB chunks.
+fn content_hash(mut input: impl Read) -> std::io::Result<u128> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(hasher.digest128()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Writes one frame.
@@ -238,7 +281,9 @@ pub mod framed {
         }
         let mut body = vec![0u8; len];
         input.read_exact(&mut body).await?;
-        serde_json::from_slice(&body).map(Some).map_err(std::io::Error::other)
+        // A whole frame that does not parse is `InvalidData`: the stream is
+        // still in step, so the daemon answers it and goes on serving.
+        serde_json::from_slice(&body).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -258,5 +303,29 @@ mod tests {
         let err = read_frame::<Request>(&mut huge.as_slice()).unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
         assert!(read_frame::<Request>(&mut [].as_slice()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_build_id_hashes_the_bytes_once_and_fast() {
+        // Same bytes, same hash, however they are chunked; one byte more, another.
+        let bytes: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let started = std::time::Instant::now();
+        let whole = content_hash(bytes.as_slice()).unwrap();
+        let took = started.elapsed();
+        let chunked = content_hash(std::io::Read::chain(&bytes[..3], &bytes[3..])).unwrap();
+        assert_eq!(whole, chunked);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_ne!(content_hash(longer.as_slice()).unwrap(), whole);
+        // XXH3-128 of nothing, as its reference implementation gives it:
+        // the hash is stable across Rust versions.
+        assert_eq!(content_hash([].as_slice()).unwrap(), 0x99aa06d3014798d86001c324468d497f);
+        if !cfg!(debug_assertions) {
+            assert!(took < std::time::Duration::from_millis(50), "20 MB took {took:?}");
+        }
+
+        let id = build_id();
+        assert!(id.starts_with(concat!(env!("CARGO_PKG_VERSION"), "+x3.")), "{id}");
+        assert_eq!(build_id(), id);
     }
 }

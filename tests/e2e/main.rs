@@ -2,6 +2,7 @@
 //! area. Each test makes its own scratch repository and runs the built
 //! `corral` binary against it (see `corral_e2e`, tests/support).
 
+mod attach_size;
 mod budget_runaway;
 mod budgets;
 mod config;
@@ -10,4 +11,6 @@ mod harness;
 mod mcp;
 mod merge_queue;
 mod probes;
+mod regress_daemon;
+mod regressions;
 mod tree;

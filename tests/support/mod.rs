@@ -131,7 +131,13 @@ impl TestRepo {
 
     /// A `corral` command set up for this repository.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(corral_bin());
+        self.command_with(&corral_bin())
+    }
+
+    /// A command set up for this repository that runs `bin` (a copy of
+    /// the corral binary, say) instead of the built one.
+    pub fn command_with(&self, bin: &Path) -> Command {
+        let mut command = Command::new(bin);
         command
             .current_dir(&self.repo)
             .env("CORRAL_WORKTREE_ROOT", &self.worktrees)

@@ -76,10 +76,10 @@ pub async fn run_probe(kind: &ProbeKind, timeout: Duration, ctx: &dyn ProbeConte
         // exec handles its own deadline: it must kill and reap the command.
         ProbeKind::Exec(exec) => exec::run(&exec.command, ctx, clock, deadline, timeout).await,
         ProbeKind::HttpGet(http) => {
-            within(clock, deadline, timeout, net::http_get(http, ctx.allow_remote_hosts())).await
+            within(clock, deadline, timeout, net::http_get(http, http.allow_remote || ctx.allow_remote_hosts())).await
         }
         ProbeKind::TcpSocket(tcp) => {
-            within(clock, deadline, timeout, net::tcp_socket(tcp, ctx.allow_remote_hosts())).await
+            within(clock, deadline, timeout, net::tcp_socket(tcp, tcp.allow_remote || ctx.allow_remote_hosts())).await
         }
         ProbeKind::FileExists(path) => within(clock, deadline, timeout, file_exists(ctx.worktree(), path)).await,
         ProbeKind::LogLine(pattern) => log_line(ctx, pattern.regex()),

@@ -1,9 +1,11 @@
 //! `http_get` and `tcp_socket` probes over tokio's `TcpStream`.
 //!
 //! Only this module opens network connections. It guarantees that unless
-//! the context allows remote hosts, no connection is attempted to an
-//! address that is not loopback (127.0.0.0/8, `::1`, or their IPv4-mapped
-//! forms): the host is resolved first and refused before any connect. The
+//! the probe says `allow_remote = true` or the context allows remote
+//! hosts, no connection is attempted to an address that is not loopback
+//! (127.0.0.0/8, `::1`, or their IPv4-mapped forms): the host is resolved
+//! first and refused before any connect (validation refuses such a host
+//! earlier, when it is written as one, see `spec::is_loopback_host`). The
 //! HTTP client is deliberately minimal: one HTTP/1.1 GET with
 //! `Connection: close`, no TLS, no redirects followed (a 3xx passes, as in
 //! Kubernetes); only the status line is read.
@@ -211,7 +213,7 @@ mod tests {
     }
 
     fn http(port: u16, path: &str) -> HttpGetAction {
-        HttpGetAction { port, path: path.into(), host: "127.0.0.1".into(), http_headers: vec![] }
+        HttpGetAction { port, path: path.into(), host: "127.0.0.1".into(), http_headers: vec![], allow_remote: false }
     }
 
     async fn get(action: HttpGetAction) -> ProbeResult {
@@ -289,7 +291,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let ctx = observations(Path::new("/"), &ProbeSet::default(), Instant::now());
-        let kind = |port| ProbeKind::TcpSocket(TcpSocketAction { port, host: "127.0.0.1".into() });
+        let kind = |port| ProbeKind::TcpSocket(TcpSocketAction { port, host: "127.0.0.1".into(), allow_remote: false });
         let open = run_probe(&kind(port), Duration::from_secs(10), &ctx, &SystemClock).await;
         assert_eq!(open, ProbeResult::success(format!("connected to 127.0.0.1:{port}")));
         drop(listener);

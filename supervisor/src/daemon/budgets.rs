@@ -77,7 +77,7 @@ pub(super) async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
 /// Gives a cost to usage the CLI reported without one, from the price
 /// table in corral.toml (`[prices."MODEL"]`), when the model is in it.
 pub(super) fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [EventBody]) {
-    let config = inner.config.lock().unwrap();
+    let config = inner.config();
     let model = inner.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
     let Some(price) = model.as_deref().and_then(|m| config.price(m)) else { return };
     for body in bodies {
@@ -93,7 +93,7 @@ pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
     let table = inner.table.lock().unwrap();
     let Some(day) = table.daily.get(&today) else { return Ok(()) };
     if let Some(kind) = day.exceeded.first() {
-        let budget = inner.config.lock().unwrap().budget.clone();
+        let budget = inner.config().budget.clone();
         let (used, limit) = match kind {
             BudgetKind::DailyCost => (format!("${:.4}", day.cost), format!("${:.4}", budget.daily_cost.unwrap_or(0.0))),
             _ => (day.tokens.to_string(), budget.daily_tokens.map_or("?".into(), |t| t.to_string())),
@@ -112,7 +112,7 @@ pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
 /// The repository's daily budgets: warns once a day per kind, and once one
 /// is spent stops every running agent and refuses new spawns until tomorrow.
 pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Vec<(Address, f64)>) {
-    let budget = inner.config.lock().unwrap().budget.clone();
+    let budget = inner.config().budget.clone();
     if budget.daily_tokens.is_none() && budget.daily_cost.is_none() {
         return;
     }

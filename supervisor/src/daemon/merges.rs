@@ -19,7 +19,7 @@ pub(super) async fn enqueue_merge(
     reply: Option<oneshot::Sender<Option<AgentRecord>>>,
 ) {
     if let Some(record) = inner.record(address) {
-        let _ = inner.commit(vec![inner.draft(&record, EventBody::MergeQueued {})]).await;
+        inner.commit_logged(vec![inner.draft(&record, EventBody::MergeQueued {})]).await;
     }
     let _ = inner.merges.send(MergeJob { address: address.clone(), strategy, reply });
 }
@@ -82,7 +82,7 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
                     return;
                 }
             }
-            let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+            inner.commit_logged(vec![inner.draft(&record, body)]).await;
         }
     };
     let Some(target) = record.merge.target.clone() else {
@@ -91,32 +91,32 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
     };
     let strategy = job.strategy.unwrap_or(record.merge.strategy);
     let repo = inner.state.repo_root.clone();
-    let _git = inner.git.lock().await;
 
     if record.worktree.exists() && !record.removed {
         let (path, message) = (
             record.worktree.clone(),
             format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
         );
-        if let Err(err) = blocking(move || {
-            crate::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message).map_err(Error::from)
-        })
-        .await
-        {
+        let committed = {
+            let _git = inner.git.lock().await;
+            blocking(move || {
+                crate::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message).map_err(Error::from)
+            })
+            .await
+        };
+        if let Err(err) = committed {
             return journal(EventBody::MergeRefused { why: format!("cannot commit its leftovers: {err}") }).await;
         }
+        // The gate runs in the agent's own worktree and holds no lock: a
+        // gate of minutes (`cargo test`) never holds up a spawn, a stop or
+        // a read. The merge queue itself waits for it, one merge at a time.
         if let Some(gate) = record.merge.gate.clone() {
-            let path = record.worktree.clone();
-            let result =
-                blocking(move || Ok(crate::merge::run_gate(&path, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))))
-                    .await;
-            if let Ok(result) = result {
-                if !result.passed {
-                    return journal(EventBody::GateFailed { code: result.code, output: result.output }).await;
-                }
+            if let Some(failed) = run_gate_closed(record.worktree.clone(), gate).await {
+                return journal(failed).await;
             }
         }
     }
+    let _git = inner.git.lock().await;
 
     let message =
         format!("corral: merge {} ({})\n\nTask {}: {}", record.address, record.branch, record.task_id, record.task);
@@ -154,6 +154,28 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
         }
     }
     journal(EventBody::MergeRefused { why: format!("{target} kept moving; try `corral merge` again") }).await;
+}
+
+/// Runs a merge gate off the runtime. `None` only when it passed: a gate
+/// whose runner fails (its thread panics or cannot be joined) did not pass,
+/// so the merge never goes through on a gate nobody saw pass.
+pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::merge::Gate) -> Option<EventBody> {
+    let ran = tokio::task::spawn_blocking(move || {
+        if std::env::var_os("CORRAL_TEST_GATE_RUNNER_PANICS").is_some() {
+            // The regression test's way to make the runner itself fail.
+            panic!("the gate runner was told to fail (CORRAL_TEST_GATE_RUNNER_PANICS)");
+        }
+        crate::merge::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
+    })
+    .await;
+    match ran {
+        Ok(result) if result.passed => None,
+        Ok(result) => Some(EventBody::GateFailed { code: result.code, output: result.output }),
+        Err(err) => Some(EventBody::GateFailed {
+            code: None,
+            output: format!("[corral: the gate runner failed ({err}); the gate counts as failed]\n"),
+        }),
+    }
 }
 
 /// Longest a merge gate may run.
@@ -212,7 +234,7 @@ pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::System
         match recovered {
             Ok((crate::merge::Recovery::Applied, rescued)) => {
                 let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
-                let _ = inner.commit(vec![inner.draft(agent, body)]).await;
+                inner.commit_logged(vec![inner.draft(agent, body)]).await;
             }
             // Not applied (or the target moved on): do it again.
             _ => requeue.push(agent.address.clone()),

@@ -50,6 +50,15 @@ use merges::*;
 /// How long a new monitor may take to come up.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The daemon's shared state. Lock rules:
+/// - a `std::sync::Mutex` guard is held only for a few lines of plain
+///   code, never across an `.await`;
+/// - where two are held at once, they are taken in this order and no
+///   other: `reserved` or `journal`, then `table`, then `activity`;
+///   `monitors` is never held with another;
+/// - `config` is no lock: `Inner::config` hands out a snapshot;
+/// - the tokio mutexes `slots` and `git` are held across awaits: `slots`
+///   may be taken before `git`, never after it; a merge gate holds neither.
 struct Inner {
     state: StateDir,
     exe: PathBuf,
@@ -68,8 +77,10 @@ struct Inner {
     /// When each running agent last printed anything (for idle budgets).
     activity: Mutex<HashMap<Address, Instant>>,
     /// corral.toml as last read (at start and at each spawn): the daily
-    /// budget and the price table.
-    config: Mutex<crate::config::Config>,
+    /// budget and the price table. Read only through `Inner::config`, which
+    /// hands out a snapshot and holds nothing: so no code can hold the
+    /// config while it takes the table, or the other way round.
+    config: watch::Sender<Arc<crate::config::Config>>,
     /// The merge queue's input.
     merges: mpsc::UnboundedSender<MergeJob>,
     /// Held while deciding whether an agent may start (max_threads).
@@ -80,14 +91,20 @@ struct Inner {
 pub fn run(state: StateDir) -> anyhow::Result<()> {
     state.create()?;
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(state.lock())?;
-    if nix::fcntl::Flock::lock(lock.try_clone()?, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
-        let pid = std::fs::read_to_string(state.pid_file()).unwrap_or_default();
-        eprintln!("corral: a daemon already runs for this repository (pid {})", pid.trim());
-        return Ok(());
-    }
-    // The lock is held for the life of the process: keep the guard alive.
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", state.lock().display()))?;
+    // Locked once, and the guard kept for the life of the process: a
+    // second lock taken after dropping a first guard would leave a window
+    // in which another daemon could win the lock too.
+    let _lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(guard) => guard,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(state.pid_file()).unwrap_or_default();
+            eprintln!("corral: a daemon already runs for this repository (pid {})", pid.trim());
+            return Ok(());
+        }
+        Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", state.lock().display()),
+    };
+    // This daemon's build, fixed now from the binary it started from.
+    let _ = crate::protocol::build_id();
     crate::client::check_owner(&state)?;
     std::fs::write(state.pid_file(), std::process::id().to_string())?;
 
@@ -126,7 +143,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         git: tokio::sync::Mutex::new(()),
         build: crate::protocol::build_id(),
         activity: Mutex::new(HashMap::new()),
-        config: Mutex::new(config),
+        config: watch::Sender::new(Arc::new(config)),
         merges: merge_tx,
         slots: tokio::sync::Mutex::new(()),
     });
@@ -181,6 +198,19 @@ impl Inner {
             .map_err(|e| Error::other(format!("journal writer failed: {e}")))?
     }
 
+    /// `commit` where nobody waits for the answer (a monitor's report, a
+    /// merge step): a journal that cannot be written is logged, never
+    /// ignored; the table did not move, since it follows the journal.
+    async fn commit_logged(self: &Arc<Self>, drafts: Vec<Draft>) {
+        let about: Vec<String> = drafts
+            .iter()
+            .map(|d| format!("{} {}", d.agent.as_ref().map_or("-".into(), |a| a.to_string()), d.body.type_name()))
+            .collect();
+        if let Err(err) = self.commit(drafts).await {
+            eprintln!("corral: not journaled ({}): {err}", about.join(", "));
+        }
+    }
+
     fn commit_blocking(&self, drafts: Vec<Draft>) -> Result<Vec<Event>> {
         if drafts.is_empty() {
             return Ok(Vec::new());
@@ -194,6 +224,11 @@ impl Inner {
         drop(table);
         self.seq.send_replace(journal.last_seq());
         Ok(events)
+    }
+
+    /// corral.toml as last read: a snapshot, no lock held.
+    fn config(&self) -> Arc<crate::config::Config> {
+        self.config.borrow().clone()
     }
 
     fn record(&self, address: &Address) -> Option<AgentRecord> {
@@ -233,7 +268,17 @@ async fn serve_client(inner: Arc<Inner>, stream: UnixStream, stop: watch::Sender
         }
         _ => return Ok(()),
     }
-    while let Some(request) = framed::read::<Request>(&mut reader).await? {
+    loop {
+        let request = match framed::read::<Request>(&mut reader).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                let error = Error::other(format!("the daemon cannot read this request: {err}"));
+                framed::write(&mut writer, &Response::Error(error)).await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         match request {
             Request::Events { since, follow, agent } => {
                 return stream_events(&inner, &mut reader, &mut writer, since, follow, agent).await;
@@ -249,7 +294,6 @@ async fn serve_client(inner: Arc<Inner>, stream: UnixStream, stop: watch::Sender
             }
         }
     }
-    Ok(())
 }
 
 async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
@@ -338,9 +382,12 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
         return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
     }
     let address = parent.child(&request.name)?;
+    if let Some(grace) = request.grace_secs {
+        crate::duration::from_secs(grace).map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+    }
     let mut resolved = resolve_settings(inner, &address, &request)?;
     refuse_if_day_spent(inner)?;
-    let max_depth = inner.config.lock().unwrap().supervisor.max_depth;
+    let max_depth = inner.config().supervisor.max_depth;
     if let Some(max) = max_depth.filter(|max| address.depth() > *max as usize) {
         return Err(Error::new(
             ErrorKind::Refused,
@@ -360,7 +407,9 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
     // Reserve the address and an id, so concurrent spawns cannot clash.
     let id = {
         let mut reserved = inner.reserved.lock().unwrap();
-        let taken = inner.table.lock().unwrap().agents.contains_key(&address);
+        // An agent `corral gc` removed frees its name: its history stays in
+        // the journal under its id, and the new agent's record replaces it.
+        let taken = inner.table.lock().unwrap().agents.get(&address).is_some_and(|a| !a.removed);
         if taken || reserved.0.contains(&address) {
             return Err(Error::new(ErrorKind::Duplicate, format!("an agent named {address} already exists")));
         }
@@ -428,14 +477,17 @@ async fn spawn_reserved(
             sandbox: resolved.sandbox,
         },
     };
-    inner.commit(vec![spawned]).await?;
+    inner.commit(vec![spawned]).await.map_err(|mut err| {
+        err.message = err.message.replace("nothing was changed", "nothing was started");
+        err
+    })?;
     let record = inner.record(address).expect("just spawned");
 
     let fail = |reason: String| {
         let inner = inner.clone();
         let record = record.clone();
         async move {
-            let _ = inner.commit(vec![inner.draft(&record, EventBody::SpawnFailed { reason })]).await;
+            inner.commit_logged(vec![inner.draft(&record, EventBody::SpawnFailed { reason })]).await;
         }
     };
 
@@ -503,7 +555,7 @@ struct Resolved {
 fn resolve_settings(inner: &Inner, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
     let bad = |e: crate::config::ConfigError| Error::new(ErrorKind::BadConfig, e.to_string());
     let config = crate::config::Config::load(&inner.state.repo_root).map_err(bad)?;
-    *inner.config.lock().unwrap() = config.clone();
+    inner.config.send_replace(Arc::new(config.clone()));
     let mut settings = config.resolve(&address.to_string(), request.role.as_deref()).map_err(bad)?;
     settings.overlay(&request.settings);
     let harness = settings.harness.clone().unwrap_or_else(|| "generic".into());
@@ -809,7 +861,7 @@ fn start_watcher(inner: &Arc<Inner>, record: AgentRecord, stream: Option<UnixStr
     inner.monitors.lock().unwrap().insert(record.address.clone(), tx.clone());
     if record.stop_requested {
         // A stop arrived while the agent was starting.
-        let _ = tx.send(AgentCommand::Stop { grace_secs: 10.0 });
+        let _ = tx.send(AgentCommand::Stop { grace_secs: record.grace_secs.unwrap_or(DEFAULT_GRACE_SECS) });
     }
     let inner = inner.clone();
     tokio::spawn(async move {
@@ -975,7 +1027,7 @@ async fn follow_monitor(
                         reader.observations = None;
                         restarting = true;
                         let body = EventBody::Restarted { count, reason, backoff_secs, code, signal };
-                        let _ = inner.commit(vec![inner.draft(&current, body)]).await;
+                        inner.commit_logged(vec![inner.draft(&current, body)]).await;
                     }
                     Ok(MonitorMessage::Started { pid, tag }) => {
                         // A restart or a follow-up: the agent goes on under a new pid.
@@ -990,7 +1042,7 @@ async fn follow_monitor(
                             bodies.push(EventBody::MessageDelivered { message_id });
                         }
                         let drafts = bodies.into_iter().map(|b| inner.draft(&current, b)).collect();
-                        let _ = inner.commit(drafts).await;
+                        inner.commit_logged(drafts).await;
                     }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
@@ -1002,7 +1054,7 @@ async fn follow_monitor(
             event = next_probe_event(&mut probes) => {
                 let Some(current) = inner.record(&record.address) else { continue };
                 let kill = event.verdict().is_some();
-                let _ = inner.commit(vec![inner.draft(&current, probe_body(&event))]).await;
+                inner.commit_logged(vec![inner.draft(&current, probe_body(&event))]).await;
                 if kill {
                     probes = None;
                     let grace_secs = current.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
@@ -1160,7 +1212,7 @@ async fn deliver_pending(
         handed.insert(message.message_id.clone());
         if let MonitorCommand::Input { .. } = command {
             let delivered = EventBody::MessageDelivered { message_id: message.message_id.clone() };
-            let _ = inner.commit(vec![inner.draft(&record, delivered)]).await;
+            inner.commit_logged(vec![inner.draft(&record, delivered)]).await;
         }
     }
 }
@@ -1170,7 +1222,7 @@ async fn deliver_pending(
 async fn close_input_if_done(inner: &Arc<Inner>, address: &Address, monitor: &mut tokio::net::unix::OwnedWriteHalf) {
     let Some(record) = inner.record(address) else { return };
     if record.input_done() && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok() {
-        let _ = inner.commit(vec![inner.draft(&record, EventBody::InputClosed {})]).await;
+        inner.commit_logged(vec![inner.draft(&record, EventBody::InputClosed {})]).await;
     }
 }
 
@@ -1263,7 +1315,7 @@ async fn flush_output(inner: &Arc<Inner>, record: &AgentRecord, reader: &mut Out
 /// True when fewer agents run than `[supervisor] max_threads` allows (or
 /// there is no limit). Callers hold `Inner::slots`.
 fn slot_free(inner: &Inner) -> bool {
-    let Some(max) = inner.config.lock().unwrap().supervisor.max_threads else { return true };
+    let Some(max) = inner.config().supervisor.max_threads else { return true };
     let running = inner.table.lock().unwrap().agents.values().filter(|a| a.state == AgentState::Running).count();
     running < max as usize
 }
@@ -1284,7 +1336,7 @@ async fn dispatch_pending(inner: &Arc<Inner>) {
         match start_monitor(inner, &agent_dir, &record).await {
             Ok(launched) => {
                 let (pid, monitor_pid) = launched.pids();
-                let _ = inner.commit(vec![inner.draft(&record, EventBody::Started { pid, monitor_pid })]).await;
+                inner.commit_logged(vec![inner.draft(&record, EventBody::Started { pid, monitor_pid })]).await;
                 let record = inner.record(&record.address).unwrap_or(record);
                 start_watcher(inner, record, launched.stream());
             }
@@ -1295,7 +1347,7 @@ async fn dispatch_pending(inner: &Arc<Inner>) {
                     signal: None,
                     reason: Some(format!("could not be started: {}", err.message)),
                 };
-                let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+                inner.commit_logged(vec![inner.draft(&record, body)]).await;
             }
         }
     }
@@ -1325,7 +1377,7 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
     if let Ok(stream) = UnixStream::connect(agent_dir.socket()).await {
         if let Ok((stream, MonitorMessage::Status { pid, monitor_pid, exit, .. })) = hello_monitor(stream).await {
             if pid != 0 && exit.is_none() {
-                let _ = inner.commit(vec![inner.draft(&record, EventBody::Adopted { pid, monitor_pid })]).await;
+                inner.commit_logged(vec![inner.draft(&record, EventBody::Adopted { pid, monitor_pid })]).await;
                 let record = inner.record(&record.address).unwrap_or(record);
                 start_watcher(inner, record, Some(stream));
                 return;
@@ -1342,7 +1394,7 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
         }
         let record = inner.record(&record.address).unwrap_or(record);
         let body = exited_body(&exit, &record);
-        let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+        inner.commit_logged(vec![inner.draft(&record, body)]).await;
         return;
     }
     if record.state == AgentState::Starting {
@@ -1356,29 +1408,41 @@ async fn adopt(inner: &Arc<Inner>, record: AgentRecord) {
         signal: None,
         reason: Some("its monitor vanished without an exit record".into()),
     };
-    let _ = inner.commit(vec![inner.draft(&record, body)]).await;
+    inner.commit_logged(vec![inner.draft(&record, body)]).await;
 }
 
 async fn discard_unstarted(inner: &Arc<Inner>, record: &AgentRecord, why: &str) {
     let _git = inner.git.lock().await;
     let (repo, branch, path) = (inner.state.repo_root.clone(), record.branch.clone(), record.worktree.clone());
     let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
-    let _ = inner.commit(vec![inner.draft(record, EventBody::SpawnFailed { reason: why.into() })]).await;
+    inner.commit_logged(vec![inner.draft(record, EventBody::SpawnFailed { reason: why.into() })]).await;
 }
 
 // ---- stop, wait, gc --------------------------------------------------------
 
-async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Response> {
-    let top = inner.find(address)?;
-    let grace_secs = if grace_secs.is_finite() { grace_secs.max(0.0) } else { 10.0 };
+/// Stops an agent and its subtree; `/root` stops every agent. Each agent
+/// gets `grace_secs` if given, else its own grace (`spawn --grace`, or
+/// `[supervisor] grace` when it was spawned), else the default.
+async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: Option<f64>) -> Result<Response> {
+    let grace_secs = grace_secs
+        .map(|g| crate::duration::from_secs(g).map(|d| d.as_secs_f64()))
+        .transpose()
+        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+    let top = Address::parse(address)?;
+    let top_record = if top.is_root() { None } else { Some(inner.find(address)?) };
     let targets: Vec<AgentRecord> = {
         let table = inner.table.lock().unwrap();
-        table.subtree(&top.address).into_iter().filter(|a| !a.state.is_terminal()).cloned().collect()
+        let scope: Vec<&AgentRecord> = match &top_record {
+            Some(record) => table.subtree(&record.address),
+            None => table.agents.values().collect(),
+        };
+        scope.into_iter().filter(|a| !a.state.is_terminal()).cloned().collect()
     };
+    let grace_of = |agent: &AgentRecord| grace_secs.or(agent.grace_secs).unwrap_or(DEFAULT_GRACE_SECS);
     let drafts = targets
         .iter()
         .filter(|a| !a.stop_requested)
-        .map(|a| inner.draft(a, EventBody::StopRequested { grace_secs, budget: None }))
+        .map(|a| inner.draft(a, EventBody::StopRequested { grace_secs: grace_of(a), budget: None }))
         .collect();
     inner.commit(drafts).await?;
     for agent in &targets {
@@ -1395,15 +1459,20 @@ async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: f64) -> Result<Resp
         }
         let sender = inner.monitors.lock().unwrap().get(&agent.address).cloned();
         if let Some(sender) = sender {
-            let _ = sender.send(AgentCommand::Stop { grace_secs });
+            let _ = sender.send(AgentCommand::Stop { grace_secs: grace_of(agent) });
         }
     }
     let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
     // The monitor escalates to SIGKILL after the grace; allow for a slow box.
-    let limit = Duration::from_secs_f64(grace_secs) + Duration::from_secs(30);
+    let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
+    let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
     wait_for(inner, &addresses, Some(limit)).await;
-    let mut all: Vec<AgentRecord> = inner.table.lock().unwrap().subtree(&top.address).into_iter().cloned().collect();
-    all.retain(|a| addresses.contains(&a.address) || a.address == top.address);
+    let table = inner.table.lock().unwrap();
+    let mut all: Vec<AgentRecord> = match &top_record {
+        Some(record) => table.subtree(&record.address).into_iter().cloned().collect(),
+        None => table.agents.values().cloned().collect(),
+    };
+    all.retain(|a| addresses.contains(&a.address) || Some(&a.address) == top_record.as_ref().map(|r| &r.address));
     Ok(Response::Stopped { agents: all })
 }
 
@@ -1412,7 +1481,10 @@ async fn wait(inner: &Arc<Inner>, addresses: &[String], timeout_secs: Option<f64
     for text in addresses {
         wanted.push(inner.find(text)?.address);
     }
-    let timeout = timeout_secs.filter(|t| t.is_finite() && *t >= 0.0).map(Duration::from_secs_f64);
+    let timeout = timeout_secs
+        .map(crate::duration::from_secs)
+        .transpose()
+        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--timeout: {e}")))?;
     let (agents, timed_out) = wait_for(inner, &wanted, timeout).await;
     Ok(Response::Waited { agents, timed_out })
 }
