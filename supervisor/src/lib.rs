@@ -1,37 +1,24 @@
 //! corral: a supervisor for coding agents on one machine.
 //!
-//! Where things are:
-//! - `lifecycle`: agent states and what each event does to them;
-//! - `event`: the event schema; `journal`: the append-only, fsynced journal;
-//! - `protocol`: the client-daemon wire protocol;
-//! - `daemon`: the per-repository daemon; `client`: talking to it;
-//! - `monitor`: the per-agent process that owns the PTY and outlives the daemon;
-//! - `process`: signals and `/proc`; `worktree`: git (the only user of git2);
-//! - `commands`: what each CLI command does; `cli`: the command line itself;
-//! - `mcp`: the same tool surface over MCP on stdio (`corral mcp`);
-//! - `merge`: merging an agent's branch back; `config`: corral.toml;
-//! - `budget` and `restart`: the rules for budgets and restart policies.
+//! The folders are the architecture (each `mod.rs` says what it owns and
+//! what it never does):
+//! - `model`: addresses, events, agent states and the lifecycle fold,
+//!   budgets, restart rules, durations, errors. Plain types, no I/O.
+//! - `wire`: the client-daemon protocol, as types and frames.
+//! - `config`: corral.toml, read and resolved for one agent.
+//! - `cli`: the command line (`args`), what each command does
+//!   (`commands`), the daemon client, MCP, the demo, the scripted agent.
+//! - `daemon`: the per-repository daemon; the journal's only writer.
+//! - `monitor`: the per-agent process that owns the PTY and outlives the
+//!   daemon.
+//! - `git`: worktrees and merge back; the only users of git2.
+//! - `sys`: processes and signals, the state folder's paths, output logs.
 
-pub mod address;
-pub mod budget;
 pub mod cli;
-pub mod client;
-pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod duration;
-pub mod error;
-pub mod event;
-pub mod fake_agent;
-pub mod journal;
-pub mod lifecycle;
-pub mod mcp;
-pub mod merge;
+pub mod git;
+pub mod model;
 pub mod monitor;
-pub mod output;
-pub mod paths;
-pub mod process;
-pub mod protocol;
-pub mod restart;
-pub mod worktree;
+pub mod sys;
+pub mod wire;

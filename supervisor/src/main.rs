@@ -3,7 +3,7 @@ use clap::Parser;
 fn main() {
     let cli = match corral::cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => std::process::exit(corral::commands::parse_error(err)),
+        Err(err) => std::process::exit(corral::cli::commands::parse_error(err)),
     };
-    std::process::exit(corral::commands::run(cli));
+    std::process::exit(corral::cli::commands::run(cli));
 }

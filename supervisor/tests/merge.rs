@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use corral::merge::{self, Gate, MergeError, MergeOutcome, Prepared, Recovery, Strategy, GATE_OUTPUT_MAX};
+use corral::git::merge::{self, Gate, MergeError, MergeOutcome, Prepared, Recovery, Strategy, GATE_OUTPUT_MAX};
 use git2::{Oid, Repository, Signature};
 
 // ---------------------------------------------------------------------------

@@ -121,7 +121,7 @@ impl TestRepo {
             std::fs::create_dir_all(&self.worktrees).unwrap();
             self.worktrees.canonicalize().unwrap()
         });
-        corral::paths::worktrees_for(&root, &repo).join(flat)
+        corral::sys::paths::worktrees_for(&root, &repo).join(flat)
     }
 
     /// The state folder corral uses for this repository.

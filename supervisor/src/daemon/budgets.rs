@@ -89,7 +89,7 @@ pub(super) fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [Eve
 
 /// Refuses a spawn once the repository's daily budget is spent.
 pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
-    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let today = crate::model::lifecycle::day_of(chrono::Utc::now());
     let table = inner.table.lock().unwrap();
     let Some(day) = table.daily.get(&today) else { return Ok(()) };
     if let Some(kind) = day.exceeded.first() {
@@ -116,13 +116,13 @@ pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Ve
     if budget.daily_tokens.is_none() && budget.daily_cost.is_none() {
         return;
     }
-    let today = crate::lifecycle::day_of(chrono::Utc::now());
+    let today = crate::model::lifecycle::day_of(chrono::Utc::now());
     let table = inner.table.lock().unwrap();
     let day = table.daily.get(&today).cloned().unwrap_or_default();
     if !day.exceeded.is_empty() {
         return;
     }
-    let warn_at = budget.warn_at.unwrap_or(crate::budget::DEFAULT_WARN_AT);
+    let warn_at = budget.warn_at.unwrap_or(crate::model::budget::DEFAULT_WARN_AT);
     let limits = [
         (BudgetKind::DailyTokens, budget.daily_tokens.map(|t| t as f64), day.tokens as f64),
         (BudgetKind::DailyCost, budget.daily_cost, day.cost),

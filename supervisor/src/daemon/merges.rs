@@ -6,7 +6,7 @@ use super::*;
 /// One merge to do: an agent's branch onto its target.
 pub(super) struct MergeJob {
     address: Address,
-    strategy: Option<crate::merge::Strategy>,
+    strategy: Option<crate::git::merge::Strategy>,
     /// Told the agent's record once the merge settled.
     reply: Option<oneshot::Sender<Option<AgentRecord>>>,
 }
@@ -15,7 +15,7 @@ pub(super) struct MergeJob {
 pub(super) async fn enqueue_merge(
     inner: &Arc<Inner>,
     address: &Address,
-    strategy: Option<crate::merge::Strategy>,
+    strategy: Option<crate::git::merge::Strategy>,
     reply: Option<oneshot::Sender<Option<AgentRecord>>>,
 ) {
     if let Some(record) = inner.record(address) {
@@ -100,7 +100,8 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
         let committed = {
             let _git = inner.git.lock().await;
             blocking(move || {
-                crate::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message).map_err(Error::from)
+                crate::git::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message)
+                    .map_err(Error::from)
             })
             .await
         };
@@ -125,12 +126,13 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
         let prepared = blocking(move || {
             let signature = git2::Signature::now("corral", "corral@localhost")
                 .map_err(|e| Error::other(e.message().to_string()))?;
-            crate::merge::prepare_merge(&repo2, &branch, &target2, strategy, &message2, &signature).map_err(Error::from)
+            crate::git::merge::prepare_merge(&repo2, &branch, &target2, strategy, &message2, &signature)
+                .map_err(Error::from)
         })
         .await;
         let plan = match prepared {
-            Ok(crate::merge::Prepared::Ready(plan)) => plan,
-            Ok(crate::merge::Prepared::Finished(outcome)) => {
+            Ok(crate::git::merge::Prepared::Ready(plan)) => plan,
+            Ok(crate::git::merge::Prepared::Finished(outcome)) => {
                 return journal(outcome_body(&repo, &target, outcome)).await
             }
             Err(err) => return journal(EventBody::MergeRefused { why: err.message }).await,
@@ -143,10 +145,10 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
         })
         .await;
         let repo2 = repo.clone();
-        match tokio::task::spawn_blocking(move || crate::merge::apply_merge(&repo2, &plan)).await {
+        match tokio::task::spawn_blocking(move || crate::git::merge::apply_merge(&repo2, &plan)).await {
             Ok(Ok(outcome)) => return journal(outcome_body(&repo, &target, outcome)).await,
             // The target moved between computing and applying: compute again.
-            Ok(Err(crate::merge::MergeError::TargetMoved { .. })) => continue,
+            Ok(Err(crate::git::merge::MergeError::TargetMoved { .. })) => continue,
             Ok(Err(err)) => return journal(EventBody::MergeRefused { why: Error::from(err).message }).await,
             Err(err) => {
                 return journal(EventBody::MergeRefused { why: format!("the merge worker failed: {err}") }).await
@@ -159,13 +161,13 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
 /// Runs a merge gate off the runtime. `None` only when it passed: a gate
 /// whose runner fails (its thread panics or cannot be joined) did not pass,
 /// so the merge never goes through on a gate nobody saw pass.
-pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::merge::Gate) -> Option<EventBody> {
+pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::git::merge::Gate) -> Option<EventBody> {
     let ran = tokio::task::spawn_blocking(move || {
         if std::env::var_os("CORRAL_TEST_GATE_RUNNER_PANICS").is_some() {
             // The regression test's way to make the runner itself fail.
             panic!("the gate runner was told to fail (CORRAL_TEST_GATE_RUNNER_PANICS)");
         }
-        crate::merge::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
+        crate::git::merge::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
     })
     .await;
     match ran {
@@ -181,8 +183,8 @@ pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::merge::Gate)
 /// Longest a merge gate may run.
 pub(super) const GATE_TIMEOUT_SECS: u64 = 30 * 60;
 
-pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::merge::MergeOutcome) -> EventBody {
-    use crate::merge::MergeOutcome;
+pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::git::merge::MergeOutcome) -> EventBody {
+    use crate::git::merge::MergeOutcome;
     match outcome {
         MergeOutcome::Merged { new, commits, .. } => {
             EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits, rescued: Vec::new() }
@@ -228,11 +230,11 @@ pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::System
             }
             let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
             let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
-            crate::merge::recover_rescuing(&repo, &t, old, new, &rescue).map_err(Error::from)
+            crate::git::merge::recover_rescuing(&repo, &t, old, new, &rescue).map_err(Error::from)
         })
         .await;
         match recovered {
-            Ok((crate::merge::Recovery::Applied, rescued)) => {
+            Ok((crate::git::merge::Recovery::Applied, rescued)) => {
                 let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
                 inner.commit_logged(vec![inner.draft(agent, body)]).await;
             }

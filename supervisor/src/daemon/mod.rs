@@ -25,22 +25,23 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::address::Address;
-use crate::budget::{Budget, BudgetKind, Spend};
-use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, EventBody};
-use crate::journal::{Draft, Journal, JournalReader};
-use crate::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable, MergeSpec, MergeState};
+use crate::daemon::journal::{Draft, Journal, JournalReader};
+use crate::git::worktree;
+use crate::model::address::Address;
+use crate::model::budget::{Budget, BudgetKind, Spend};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::{Event, EventBody};
+use crate::model::lifecycle::{classify_exit, AgentRecord, AgentState, AgentTable, MergeSpec, MergeState};
 use crate::monitor::{self, ExitRecord, MonitorCommand, MonitorMessage, MonitorSpec};
-use crate::output::{clean_line, Limiter, LineCursor};
-use crate::paths::{AgentDir, StateDir};
-use crate::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
-use crate::worktree;
+use crate::sys::output::{clean_line, Limiter, LineCursor};
+use crate::sys::paths::{AgentDir, StateDir};
+use crate::wire::protocol::{framed, GcEntry, Request, Response, SpawnRequest, Spawned, PROTOCOL_VERSION};
 use corral_harness::launch::{delivery, message_input, resume_argv, Delivery, Launch};
 use corral_probes::ProbeEvent;
 
 mod assign;
 mod budgets;
+pub mod journal;
 mod merges;
 
 use assign::*;
@@ -104,8 +105,8 @@ pub fn run(state: StateDir) -> anyhow::Result<()> {
         Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", state.lock().display()),
     };
     // This daemon's build, fixed now from the binary it started from.
-    let _ = crate::protocol::build_id();
-    crate::client::check_owner(&state)?;
+    let _ = crate::wire::protocol::build_id();
+    crate::cli::client::check_owner(&state)?;
     std::fs::write(state.pid_file(), std::process::id().to_string())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -122,7 +123,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
     if let Some(root) = &config.supervisor.worktree_root {
         // `[supervisor] worktree_root` (read when the daemon starts) wins
         // over CORRAL_WORKTREE_ROOT and the XDG default.
-        state.worktrees = crate::paths::worktrees_for(root, &state.repo_root);
+        state.worktrees = crate::sys::paths::worktrees_for(root, &state.repo_root);
     }
     let (journal, events) = Journal::open(&state.journal())?;
     let mut table = AgentTable::default();
@@ -141,7 +142,7 @@ async fn serve(state: StateDir) -> anyhow::Result<()> {
         seq,
         monitors: Mutex::new(HashMap::new()),
         git: tokio::sync::Mutex::new(()),
-        build: crate::protocol::build_id(),
+        build: crate::wire::protocol::build_id(),
         activity: Mutex::new(HashMap::new()),
         config: watch::Sender::new(Arc::new(config)),
         merges: merge_tx,
@@ -329,7 +330,7 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Result<Response> {
         Request::Diff { address } => {
             let agent = inner.find(&address)?;
             let (repo, branch, base) = (inner.state.repo_root.clone(), agent.branch.clone(), agent.base.clone());
-            let patch = blocking(move || crate::merge::diff(&repo, &branch, &base).map_err(Error::from)).await?;
+            let patch = blocking(move || crate::git::merge::diff(&repo, &branch, &base).map_err(Error::from)).await?;
             Ok(Response::Diff { patch })
         }
         Request::Send { to, from, text } => {
@@ -383,7 +384,8 @@ async fn spawn_agent(inner: &Arc<Inner>, request: SpawnRequest) -> Result<Spawne
     }
     let address = parent.child(&request.name)?;
     if let Some(grace) = request.grace_secs {
-        crate::duration::from_secs(grace).map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+        crate::model::duration::from_secs(grace)
+            .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
     }
     let mut resolved = resolve_settings(inner, &address, &request)?;
     refuse_if_day_spent(inner)?;
@@ -545,7 +547,7 @@ struct Resolved {
     env: BTreeMap<String, String>,
     budget: Budget,
     probes: corral_probes::ProbeSet,
-    restart: crate::restart::RestartSpec,
+    restart: crate::model::restart::RestartSpec,
     grace_secs: Option<f64>,
     merge: MergeSpec,
     sandbox: Option<crate::config::Sandbox>,
@@ -1425,7 +1427,7 @@ async fn discard_unstarted(inner: &Arc<Inner>, record: &AgentRecord, why: &str) 
 /// `[supervisor] grace` when it was spawned), else the default.
 async fn stop(inner: &Arc<Inner>, address: &str, grace_secs: Option<f64>) -> Result<Response> {
     let grace_secs = grace_secs
-        .map(|g| crate::duration::from_secs(g).map(|d| d.as_secs_f64()))
+        .map(|g| crate::model::duration::from_secs(g).map(|d| d.as_secs_f64()))
         .transpose()
         .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
     let top = Address::parse(address)?;
@@ -1482,7 +1484,7 @@ async fn wait(inner: &Arc<Inner>, addresses: &[String], timeout_secs: Option<f64
         wanted.push(inner.find(text)?.address);
     }
     let timeout = timeout_secs
-        .map(crate::duration::from_secs)
+        .map(crate::model::duration::from_secs)
         .transpose()
         .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--timeout: {e}")))?;
     let (agents, timed_out) = wait_for(inner, &wanted, timeout).await;
@@ -1537,7 +1539,7 @@ async fn gc(inner: &Arc<Inner>, force: bool) -> Result<Response> {
         let outcome = blocking(move || {
             worktree::remove(&repo, &path, force)?;
             let merged = match &target {
-                Some(target) => crate::merge::is_merged(&repo, &branch, target).unwrap_or(false),
+                Some(target) => crate::git::merge::is_merged(&repo, &branch, target).unwrap_or(false),
                 None => false,
             };
             let exists = worktree::branch_tip(&repo, &branch).is_some();

@@ -14,8 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, EventBody, EVENT_VERSION};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::{Event, EventBody, EVENT_VERSION};
 
 /// The writer side, owned by the daemon.
 pub struct Journal {
@@ -31,8 +31,8 @@ pub struct Journal {
 
 /// What an event is about, before it gets its seq and time.
 pub struct Draft {
-    pub agent: Option<crate::address::Address>,
-    pub parent: Option<crate::address::Address>,
+    pub agent: Option<crate::model::address::Address>,
+    pub parent: Option<crate::model::address::Address>,
     pub task: Option<String>,
     pub body: EventBody,
 }
@@ -225,7 +225,7 @@ impl JournalReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Address;
+    use crate::model::address::Address;
 
     fn draft(pid: u32) -> Draft {
         Draft {

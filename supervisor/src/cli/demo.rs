@@ -12,13 +12,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::client::Client;
-use crate::commands::human_secs;
-use crate::error::{Error, Result};
-use crate::event::EventBody;
-use crate::lifecycle::AgentRecord;
-use crate::paths::StateDir;
-use crate::protocol::{Request, Response, SpawnRequest};
+use crate::cli::client::Client;
+use crate::cli::commands::human_secs;
+use crate::model::error::{Error, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::AgentRecord;
+use crate::sys::paths::StateDir;
+use crate::wire::protocol::{Request, Response, SpawnRequest};
 
 /// The demo's agents: name, task, script for the fake agent.
 const AGENTS: &[(&str, &str, &str)] = &[
@@ -129,7 +129,7 @@ fn print_summary(repo: &Path, agents: &[AgentRecord]) {
     println!("{:<12} {:<10} {:>4} {:>8} {:>8}  BRANCH", "AGENT", "STATE", "EXIT", "RUNTIME", "COMMITS");
     for agent in agents {
         let commits =
-            crate::worktree::commits_ahead(repo, &agent.branch, &agent.base).map_or("?".into(), |n| n.to_string());
+            crate::git::worktree::commits_ahead(repo, &agent.branch, &agent.base).map_or("?".into(), |n| n.to_string());
         println!(
             "{:<12} {:<10} {:>4} {:>8} {:>8}  {}",
             agent.address.to_string(),
@@ -140,7 +140,7 @@ fn print_summary(repo: &Path, agents: &[AgentRecord]) {
             agent.branch
         );
     }
-    let ok = agents.iter().filter(|a| a.state == crate::lifecycle::AgentState::Succeeded).count();
+    let ok = agents.iter().filter(|a| a.state == crate::model::lifecycle::AgentState::Succeeded).count();
     println!("\n{ok} of {} agents succeeded; each worked in its own worktree on its own branch.", agents.len());
 }
 

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-use crate::event::Event;
-use crate::lifecycle::AgentRecord;
+use crate::model::error::Error;
+use crate::model::event::Event;
+use crate::model::lifecycle::AgentRecord;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -57,7 +57,7 @@ pub enum Request {
     /// answered with the agent once the merge settled.
     Merge {
         address: String,
-        strategy: Option<crate::merge::Strategy>,
+        strategy: Option<crate::git::merge::Strategy>,
     },
     /// What an agent changed, as a patch.
     Diff {

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::model::error::{Error, ErrorKind, Result};
 
 /// The paths of one repository's corral state.
 #[derive(Debug, Clone)]

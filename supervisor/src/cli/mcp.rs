@@ -3,7 +3,7 @@
 //! watch, steer and stop corral agents through tool calls.
 //!
 //! Each tool is a thin layer over one or two daemon requests
-//! (`crate::protocol`) made with `crate::client::Client`, which starts the
+//! (`crate::wire::protocol`) made with `crate::cli::client::Client`, which starts the
 //! repository's daemon when none runs, exactly as the CLI does. The
 //! repository is the one containing the folder `corral mcp` runs in (or
 //! `-C DIR`).
@@ -39,14 +39,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::address::{validate_name, Address};
-use crate::client::Client;
-use crate::error::{Error, ErrorKind, Result};
-use crate::event::EventBody;
-use crate::lifecycle::AgentRecord;
-use crate::output::clean_line;
-use crate::paths::StateDir;
-use crate::protocol::{Request, Response, SpawnRequest, Spawned};
+use crate::cli::client::Client;
+use crate::model::address::{validate_name, Address};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::AgentRecord;
+use crate::sys::output::clean_line;
+use crate::sys::paths::StateDir;
+use crate::wire::protocol::{Request, Response, SpawnRequest, Spawned};
 
 /// Lines of output `view_background_agent` shows unless asked (as `corral view`).
 const DEFAULT_VIEW_LINES: usize = 20;
@@ -513,7 +513,8 @@ impl Inner {
         if args.task.trim().is_empty() && args.role.is_none() {
             return Err("task is empty: say what the agent should do (or give a role whose task it takes)".into());
         }
-        let limits = crate::budget::Budget { tokens: args.max_tokens, cost: args.max_cost, ..Default::default() };
+        let limits =
+            crate::model::budget::Budget { tokens: args.max_tokens, cost: args.max_cost, ..Default::default() };
         limits.validate()?;
         let settings = crate::config::AgentConfig {
             harness: args.harness,
@@ -603,7 +604,7 @@ impl Inner {
         // Unset: each agent's own grace (as `corral stop` without --grace).
         let grace_secs = args.grace_seconds;
         if let Some(grace) = grace_secs {
-            crate::duration::from_secs(grace).map_err(|e| format!("grace_seconds: {e}"))?;
+            crate::model::duration::from_secs(grace).map_err(|e| format!("grace_seconds: {e}"))?;
         }
         let mut client = self.connect().map_err(message)?;
         let address = self.target(&mut client, &args.address)?;
@@ -660,7 +661,7 @@ fn name_stem(role: &str) -> String {
     let stem: String =
         role.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
     let stem = stem.trim_start_matches('-');
-    let stem: String = stem.chars().take(crate::address::MAX_NAME_LEN - 8).collect();
+    let stem: String = stem.chars().take(crate::model::address::MAX_NAME_LEN - 8).collect();
     if stem.is_empty() {
         "agent".into()
     } else {

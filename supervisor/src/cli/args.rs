@@ -297,8 +297,8 @@ pub enum Command {
     },
 }
 
-/// Every duration flag's parser: `crate::duration::parse_arg`. A refusal
+/// Every duration flag's parser: `crate::model::duration::parse_arg`. A refusal
 /// exits 13 (see `commands::exit_code_for_parse_error`).
-fn duration(text: &str) -> Result<Duration, crate::duration::DurationError> {
-    crate::duration::parse_arg(text)
+fn duration(text: &str) -> Result<Duration, crate::model::duration::DurationError> {
+    crate::model::duration::parse_arg(text)
 }

@@ -12,9 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::paths::StateDir;
-use crate::protocol::{read_frame, write_frame, Request, Response, PROTOCOL_VERSION};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::sys::paths::StateDir;
+use crate::wire::protocol::{read_frame, write_frame, Request, Response, PROTOCOL_VERSION};
 
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,7 +48,7 @@ impl Client {
     pub fn connect(state: &StateDir) -> Result<Client> {
         check_owner(state)?;
         if let Ok((mut client, build)) = Client::try_connect(state) {
-            if build == crate::protocol::build_id() {
+            if build == crate::wire::protocol::build_id() {
                 return Ok(client);
             }
             // A daemon of another build (corral was upgraded or rebuilt):

@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::paths::AgentDir;
-use crate::process;
-use crate::restart::{RestartSpec, RestartState, RunEnd};
+use crate::model::restart::{RestartSpec, RestartState, RunEnd};
+use crate::sys::paths::AgentDir;
+use crate::sys::process;
 
 /// What the monitor runs. Written by the daemon to `spec.json` (mode 0600:
 /// the environment may hold API keys).
@@ -856,8 +856,8 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     // Whatever the daemon sent, never panic here: a stop that cannot run is
     // an agent nobody can stop. Out of range means "as long as allowed".
     let grace = Duration::try_from_secs_f64(grace_secs.max(0.0))
-        .unwrap_or(Duration::from_secs(crate::duration::MAX_DURATION_SECS))
-        .min(Duration::from_secs(crate::duration::MAX_DURATION_SECS));
+        .unwrap_or(Duration::from_secs(crate::model::duration::MAX_DURATION_SECS))
+        .min(Duration::from_secs(crate::model::duration::MAX_DURATION_SECS));
     let shared = shared.clone();
     std::thread::spawn(move || {
         process::stop_tree(std::process::id(), Some(pid), grace, Duration::from_secs(10));

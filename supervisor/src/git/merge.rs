@@ -204,13 +204,13 @@ pub enum MergeError {
     CheckoutFailed { target: String, worktree: PathBuf, message: String },
 }
 
-impl From<MergeError> for crate::error::Error {
-    fn from(err: MergeError) -> crate::error::Error {
+impl From<MergeError> for crate::model::error::Error {
+    fn from(err: MergeError) -> crate::model::error::Error {
         let kind = match err {
-            MergeError::Detached { .. } | MergeError::InProgress { .. } => crate::error::ErrorKind::Refused,
-            _ => crate::error::ErrorKind::Other,
+            MergeError::Detached { .. } | MergeError::InProgress { .. } => crate::model::error::ErrorKind::Refused,
+            _ => crate::model::error::ErrorKind::Other,
         };
-        crate::error::Error::new(kind, err.to_string())
+        crate::model::error::Error::new(kind, err.to_string())
     }
 }
 
@@ -459,10 +459,10 @@ pub fn run_gate(worktree: &Path, gate: &Gate, timeout: Duration) -> GateResult {
     });
     let timed_out = exited.recv_timeout(timeout).is_err();
     if timed_out {
-        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        crate::sys::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = exited.recv();
     }
-    crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    crate::sys::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let status = child.wait().ok();
     // A process that left the group (setsid) may hold the pipe open: wait
     // a little for the rest of the output, not for ever.

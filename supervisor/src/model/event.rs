@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 use corral_harness::{HarnessEvent, TokenUsage};
 use serde::{Deserialize, Serialize};
 
-use crate::address::Address;
-use crate::budget::{Budget, BudgetKind};
-use crate::restart::RestartSpec;
+use crate::model::address::Address;
+use crate::model::budget::{Budget, BudgetKind};
+use crate::model::restart::RestartSpec;
 use corral_probes::ProbeSet;
 
 pub const EVENT_VERSION: u32 = 1;
@@ -75,7 +75,7 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
         #[serde(default)]
-        merge: crate::lifecycle::MergeSpec,
+        merge: crate::model::lifecycle::MergeSpec,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<crate::config::Sandbox>,
     },
@@ -213,7 +213,7 @@ pub enum EventBody {
         target: String,
         old: String,
         new: String,
-        strategy: crate::merge::Strategy,
+        strategy: crate::git::merge::Strategy,
     },
     /// Its work is on the target (`commits` new to it; 0: nothing to merge).
     Merged {
@@ -253,7 +253,7 @@ pub enum EventBody {
     },
     /// The agent's last process is gone.
     Exited {
-        state: crate::lifecycle::AgentState,
+        state: crate::model::lifecycle::AgentState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<i32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,7 +275,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 fn is_never(spec: &RestartSpec) -> bool {
-    spec.policy == crate::restart::RestartPolicy::Never
+    spec.policy == crate::model::restart::RestartPolicy::Never
 }
 
 fn generic() -> String {

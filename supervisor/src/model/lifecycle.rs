@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use corral_harness::TokenUsage;
 
-use crate::budget::{Budget, BudgetKind};
+use crate::model::budget::{Budget, BudgetKind};
 use serde::{Deserialize, Serialize};
 
-use crate::address::Address;
-use crate::event::{Event, EventBody};
+use crate::model::address::Address;
+use crate::model::event::{Event, EventBody};
 
 /// Where an agent is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ pub struct AgentRecord {
     #[serde(default)]
     pub probes: corral_probes::ProbeSet,
     #[serde(default)]
-    pub restart: crate::restart::RestartSpec,
+    pub restart: crate::model::restart::RestartSpec,
     /// Ready by its probes (true from the start when it has no startup or
     /// readiness probe).
     #[serde(default)]
@@ -199,9 +199,9 @@ pub struct MergeSpec {
     pub policy: crate::config::MergePolicy,
     /// The branch it goes onto (None: there was no branch to default to).
     pub target: Option<String>,
-    pub strategy: crate::merge::Strategy,
+    pub strategy: crate::git::merge::Strategy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<crate::merge::Gate>,
+    pub gate: Option<crate::git::merge::Gate>,
 }
 
 /// Where an agent's merge stands.

@@ -125,7 +125,7 @@ use corral_probes::{ProbeSet, ProbeSpec};
 use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::address::{validate_name, Address};
+use crate::model::address::{validate_name, Address};
 
 /// The repository's configuration file, at the repository root.
 pub const REPO_FILE: &str = "corral.toml";
@@ -143,7 +143,7 @@ pub const DEFAULT_RESTART_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// `restart.reset_after` is unset.
 pub const DEFAULT_RESTART_RESET_AFTER: Duration = Duration::from_secs(600);
 
-pub use crate::duration::{format_duration, parse_duration, MAX_DURATION_SECS};
+pub use crate::model::duration::{format_duration, parse_duration, MAX_DURATION_SECS};
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -264,7 +264,7 @@ pub struct AgentConfig {
 }
 
 /// An agent's spending limits; unset means no limit of that kind. Checked
-/// against spend by `crate::budget`.
+/// against spend by `crate::model::budget`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
@@ -319,7 +319,7 @@ pub struct RestartConfig {
 
 /// When an ended agent is started again, spelled as in Kubernetes
 /// ("Never", "OnFailure", "Always"): the one type `restart` also uses.
-pub use crate::restart::RestartPolicy;
+pub use crate::model::restart::RestartPolicy;
 
 /// `merge = { ... }` (or `merge = "auto"`): what happens to an agent's work
 /// when its task succeeds. Unset: policy `manual`, strategy `merge`, target
@@ -354,7 +354,7 @@ pub enum MergePolicy {
 
 /// How a branch lands on its target: "ff-only", "merge" (the default),
 /// "rebase", "squash" (the one type `merge` also uses).
-pub use crate::merge::Strategy as MergeStrategy;
+pub use crate::git::merge::Strategy as MergeStrategy;
 
 /// A merge gate: `gate = "cargo test"` runs with `sh -c`; `gate = ["cargo",
 /// "test"]` runs that argv.
@@ -365,11 +365,11 @@ pub enum Gate {
     Argv(Vec<String>),
 }
 
-impl From<&Gate> for crate::merge::Gate {
+impl From<&Gate> for crate::git::merge::Gate {
     fn from(gate: &Gate) -> Self {
         match gate {
-            Gate::Shell(text) => crate::merge::Gate::Shell(text.clone()),
-            Gate::Argv(argv) => crate::merge::Gate::Argv(argv.clone()),
+            Gate::Shell(text) => crate::git::merge::Gate::Shell(text.clone()),
+            Gate::Argv(argv) => crate::git::merge::Gate::Argv(argv.clone()),
         }
     }
 }
@@ -651,9 +651,9 @@ impl AgentConfig {
     }
 
     /// The budget as the supervisor enforces it (seconds for time limits).
-    pub fn budget_limits(&self) -> crate::budget::Budget {
+    pub fn budget_limits(&self) -> crate::model::budget::Budget {
         let budget = self.budget.unwrap_or_default();
-        crate::budget::Budget {
+        crate::model::budget::Budget {
             tokens: budget.tokens,
             output_tokens: budget.output_tokens,
             cost: budget.cost,
@@ -664,10 +664,10 @@ impl AgentConfig {
     }
 
     /// The restart policy as the monitor applies it, defaults filled in.
-    pub fn restart_spec(&self) -> crate::restart::RestartSpec {
+    pub fn restart_spec(&self) -> crate::model::restart::RestartSpec {
         let restart = self.restart.unwrap_or_default();
-        let defaults = crate::restart::RestartSpec::default();
-        crate::restart::RestartSpec {
+        let defaults = crate::model::restart::RestartSpec::default();
+        crate::model::restart::RestartSpec {
             policy: restart.policy.unwrap_or_default(),
             limit: restart.limit,
             backoff_secs: restart.backoff.map_or(defaults.backoff_secs, |d| d.as_secs_f64()),

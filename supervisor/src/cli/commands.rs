@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::address::{validate_name, Address};
-use crate::cli::{Cli, Command};
-use crate::client::Client;
-use crate::error::{Error, ErrorKind, Result};
-use crate::lifecycle::{AgentRecord, MergeState, WAIT_TIMED_OUT};
-use crate::output::clean_line;
-use crate::paths::StateDir;
-use crate::protocol::{Request, Response, SpawnRequest};
+use crate::cli::args::{Cli, Command};
+use crate::cli::client::Client;
+use crate::model::address::{validate_name, Address};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::lifecycle::{AgentRecord, MergeState, WAIT_TIMED_OUT};
+use crate::sys::output::clean_line;
+use crate::sys::paths::StateDir;
+use crate::wire::protocol::{Request, Response, SpawnRequest};
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> i32 {
 pub fn parse_error(err: clap::Error) -> i32 {
     use std::error::Error as _;
     let bad_duration = err.kind() == clap::error::ErrorKind::ValueValidation
-        && err.source().is_some_and(|source| source.is::<crate::duration::DurationError>());
+        && err.source().is_some_and(|source| source.is::<crate::model::duration::DurationError>());
     let _ = err.print();
     if bad_duration {
         ErrorKind::BadBudget.exit_code()
@@ -58,8 +58,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::monitor::run(&dir).map_err(|e| Error::other(format!("monitor: {e:#}")))?;
             Ok(0)
         }
-        Command::FakeAgent { script } => Ok(crate::fake_agent::run(&script)),
-        Command::Demo { keep } => crate::demo::run(keep),
+        Command::FakeAgent { script } => Ok(crate::cli::fake_agent::run(&script)),
+        Command::Demo { keep } => crate::cli::demo::run(keep),
         Command::Daemon => {
             crate::daemon::run(state()?).map_err(|e| Error::other(format!("daemon: {e:#}")))?;
             Ok(0)
@@ -72,7 +72,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Usage { harness, file, json } => usage(&harness, &file, json),
-        Command::Mcp => crate::mcp::run(start),
+        Command::Mcp => crate::cli::mcp::run(start),
         Command::Merge { address, strategy, json } => {
             let address = Address::resolve(&address, &caller())?.to_string();
             let strategy = strategy.as_deref().map(parse_strategy).transpose()?;
@@ -192,7 +192,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }),
             };
             // Budgets are checked here too, so a typo fails before any daemon starts.
-            let limits = crate::budget::Budget {
+            let limits = crate::model::budget::Budget {
                 tokens: max_tokens,
                 output_tokens: max_output_tokens,
                 cost: max_cost,
@@ -368,7 +368,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Shutdown => {
             let state = state()?;
-            crate::client::check_owner(&state)?;
+            crate::cli::client::check_owner(&state)?;
             if !state.socket().exists() {
                 println!("no daemon runs for {}", state.repo_root.display());
                 return Ok(0);
@@ -385,7 +385,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn parse_strategy(text: &str) -> Result<crate::merge::Strategy> {
+fn parse_strategy(text: &str) -> Result<crate::git::merge::Strategy> {
     text.parse().map_err(|_| {
         Error::new(ErrorKind::BadConfig, format!("strategy {text:?}: use ff-only, merge, rebase or squash"))
     })
@@ -515,7 +515,7 @@ fn state_cell(agent: &AgentRecord) -> String {
         Some(merge) => merge.as_str().to_string(),
         None => agent.state.as_str().to_string(),
     };
-    if agent.state == crate::lifecycle::AgentState::Running && !agent.ready {
+    if agent.state == crate::model::lifecycle::AgentState::Running && !agent.ready {
         text.push_str(" (not ready)");
     }
     if agent.restarts > 0 {

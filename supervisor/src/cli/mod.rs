@@ -1,0 +1,16 @@
+//! The command line and the other front doors: the clap definitions as
+//! typed (`args`), what each command does (`commands`), the daemon client
+//! (`client`), the MCP server (`mcp`), the demo and the scripted fake
+//! agent.
+//!
+//! Owns: what a person or script sees (output formats, exit codes). Never
+//! does: change state itself: every change is a request to the daemon.
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod demo;
+pub mod fake_agent;
+pub mod mcp;
+
+pub use args::Cli;
