@@ -1,4 +1,14 @@
-//! Aider, which has no structured output: its plain text is read line by
+//! Aider, all of it: how corral starts it and how its output reads.
+//!
+//! - Launch: `aider --yes-always --no-pretty --no-stream [--model M] EXTRA
+//!   --message TASK`, its stdin `/dev/null`, in a PTY that is not raw (its
+//!   output is text for a terminal).
+//! - Delivery: none; `aider --message` takes no input while it runs. A new
+//!   task for an ended agent is a new `--message TASK` run.
+//! - Output: see below; [`AiderParser`] keeps the agent's token usage and
+//!   cost.
+//!
+//! Aider has no structured output: its plain text is read line by
 //! line, cleaned like the generic harness ([`crate::generic::clean_line`]:
 //! terminal escapes stripped, lossy UTF-8), and its usage report is parsed
 //! into [`HarnessEvent::Usage`]. Every other line with text on it becomes
@@ -38,6 +48,39 @@
 
 use crate::event::{progress, Cumulative, HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals};
 use crate::generic::clean_line;
+use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// The environment variable that names the `aider` binary.
+pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_AIDER_BIN";
+
+/// No end-of-task marker: the process's exit says how the task ended.
+pub(crate) const REPORTS_RESULTS: bool = false;
+
+/// It takes no input while it runs.
+pub(crate) const DELIVERY: Delivery = Delivery::Refuse("aider --message takes no input while it runs");
+
+/// The launch of `program` for `task`; `extra` goes after corral's own
+/// arguments, the task last after `--message`.
+pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
+    let mut argv = vec![program.to_string()];
+    push(&mut argv, &["--yes-always", "--no-pretty", "--no-stream"]);
+    if let Some(model) = options.model {
+        push(&mut argv, &["--model", model]);
+    }
+    argv.extend_from_slice(extra);
+    push(&mut argv, &["--message", task]);
+    Launch { argv, raw_pty: false, input: Input::Null, first_input: None }
+}
+
+/// An ended agent's next run with `task`: the launch command with the new
+/// task (a new session).
+pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
+    (with_task(launch_argv, task), None)
+}
 
 /// Parser for Aider's plain-text output. One per agent.
 #[derive(Debug, Default)]

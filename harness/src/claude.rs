@@ -1,8 +1,17 @@
-//! Claude Code in its headless structured mode: `claude -p --output-format
-//! stream-json --verbose` (optionally `--include-partial-messages`, and
-//! `--input-format stream-json` to take messages on stdin). Reads its
-//! JSON lines into [`HarnessEvent`]s and keeps the agent's token usage and
-//! cost; [`user_message_line`] builds the stdin line that delivers a message.
+//! Claude Code in its headless structured mode, all of it: how corral
+//! starts it, how a message reaches it, and how its output reads.
+//!
+//! - Launch: `claude -p --output-format stream-json --verbose
+//!   --include-partial-messages --input-format stream-json --permission-mode
+//!   acceptEdits [--model M] [--disallowedTools ...] EXTRA`, its stdin a
+//!   pipe; the task is the first JSON user message written there. A
+//!   read-only sandbox takes away the writing tools (and Bash).
+//! - Delivery: a message is one more JSON user message line on stdin
+//!   ([`user_message_line`]); the CLI queues it for its next turn. A new
+//!   task for an ended agent runs the same command with `--resume SESSION`.
+//!   [`fork_session`] starts an agent from a copy of another's session.
+//! - Output: its JSON lines become [`HarnessEvent`]s, and [`ClaudeParser`]
+//!   keeps the agent's token usage and cost, as follows.
 //!
 //! Lines and what they become:
 //!
@@ -73,7 +82,8 @@
 //! again, if the CLI keeps them across the change (not verified either);
 //! corral does not send such commands itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -82,6 +92,85 @@ use crate::event::{
     json_count, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative, HarnessEvent,
     Ledger, Parser, TokenUsage, UsageTotals,
 };
+use crate::launch::{push, Delivery, Input, Launch, Options, Sandbox};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// The environment variable that names the `claude` binary.
+pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_CLAUDE_BIN";
+
+/// Every task ends with a `result` line.
+pub(crate) const REPORTS_RESULTS: bool = true;
+
+/// Messages go to stdin as JSON user messages.
+pub(crate) const DELIVERY: Delivery = Delivery::StdinJson;
+
+/// The launch of `program` for `task`; `extra` goes after corral's own
+/// arguments.
+pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
+    let mut argv = vec![program.to_string()];
+    // Partial messages carry each call's exact output tokens as it streams
+    // (the assistant lines only a start-of-message snapshot), so token
+    // budgets act on true figures.
+    push(&mut argv, &["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]);
+    push(&mut argv, &["--input-format", "stream-json"]);
+    push(&mut argv, &["--permission-mode", "acceptEdits"]);
+    if let Some(model) = options.model {
+        push(&mut argv, &["--model", model]);
+    }
+    if options.sandbox == Some(Sandbox::ReadOnly) {
+        push(&mut argv, &["--disallowedTools", "Write,Edit,MultiEdit,NotebookEdit,Bash"]);
+    }
+    argv.extend_from_slice(extra);
+    Launch { argv, raw_pty: true, input: Input::Pipe, first_input: Some(message_input(task, None)) }
+}
+
+/// The stdin line, newline included, that delivers `text`.
+pub(crate) fn message_input(text: &str, session_id: Option<&str>) -> String {
+    format!("{}\n", user_message_line(text, session_id))
+}
+
+/// An ended agent's next run with `task`: the same command, resuming
+/// `session` when there is one, the task as its first input.
+pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
+    let mut argv = launch_argv.to_vec();
+    if let Some(session) = session {
+        push(&mut argv, &["--resume", session]);
+    }
+    (argv, Some(message_input(task, None)))
+}
+
+/// Forks a Claude Code session for an agent that will run in `cwd`: the
+/// arguments that start it from a copy of `session`. Claude Code keeps a
+/// session in `<config dir>/projects/<working folder, separators as
+/// '-'>/<id>.jsonl` and resumes only sessions of the folder it runs in, so
+/// the session file is copied under `cwd`'s folder first; `--fork-session`
+/// then gives the child a session id of its own. `env` is the agent's
+/// environment (`CLAUDE_CONFIG_DIR`, else `$HOME/.claude`).
+pub fn fork_session(env: &BTreeMap<String, String>, session: &str, cwd: &Path) -> Result<Vec<String>, String> {
+    let config_dir = match env.get("CLAUDE_CONFIG_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env.get("HOME").cloned().unwrap_or_default()).join(".claude"),
+    };
+    let projects = config_dir.join("projects");
+    let file = format!("{session}.jsonl");
+    let found = std::fs::read_dir(&projects)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join(&file))
+        .find(|path| path.exists())
+        .ok_or_else(|| format!("no file of session {session} under {}", projects.display()))?;
+    let folder: String =
+        cwd.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let target = projects.join(folder);
+    std::fs::create_dir_all(&target)
+        .and_then(|()| std::fs::copy(&found, target.join(&file)).map(|_| ()))
+        .map_err(|e| format!("cannot copy the session: {e}"))?;
+    Ok(vec!["--resume".into(), session.into(), "--fork-session".into()])
+}
 
 /// The stdin line (without newline) that delivers `text` as a user message
 /// to `claude -p --input-format stream-json`: `{"type":"user","message":
@@ -382,6 +471,48 @@ impl Parser for ClaudeParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Harness;
+
+    #[test]
+    fn claude_reads_its_task_from_stdin() {
+        let launch = Harness::Claude
+            .launch(
+                "/bin/claude",
+                "fix it",
+                &Options { model: Some("sonnet"), ..Options::default() },
+                &["--max-turns".into(), "3".into()],
+            )
+            .unwrap();
+        assert_eq!(launch.input, Input::Pipe);
+        assert!(launch.raw_pty);
+        assert_eq!(&launch.argv[launch.argv.len() - 4..], ["--model", "sonnet", "--max-turns", "3"]);
+        let first = launch.first_input.unwrap();
+        assert!(first.ends_with('\n') && first.contains("\"fix it\""), "{first}");
+        assert_eq!(Harness::Claude.delivery(), Delivery::StdinJson);
+    }
+
+    #[test]
+    fn next_tasks_resume_the_session() {
+        let (argv, input) = Harness::Claude.next_task(&["claude".to_string()], Some("s-1"), "again");
+        assert_eq!(argv, ["claude", "--resume", "s-1"]);
+        assert!(input.unwrap().contains("\"again\""));
+        let (argv, _) = Harness::Claude.next_task(&["claude".to_string()], None, "again");
+        assert_eq!(argv, ["claude"]);
+    }
+
+    #[test]
+    fn a_forked_session_is_copied_under_the_childs_folder() {
+        let home = tempfile::tempdir().unwrap();
+        let parent = home.path().join(".claude/projects/-w-parent");
+        std::fs::create_dir_all(&parent).unwrap();
+        std::fs::write(parent.join("s-1.jsonl"), "{}\n").unwrap();
+        let env = BTreeMap::from([("HOME".to_string(), home.path().display().to_string())]);
+        let args = Harness::Claude.fork_session(&env, "s-1", Path::new("/w/child")).unwrap();
+        assert_eq!(args, ["--resume", "s-1", "--fork-session"]);
+        assert!(home.path().join(".claude/projects/-w-child/s-1.jsonl").exists());
+        let missing = fork_session(&env, "s-2", Path::new("/w/child")).unwrap_err();
+        assert!(missing.contains("no file of session s-2"), "{missing}");
+    }
 
     fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
         TokenUsage { input, output, cache_read, cache_write }

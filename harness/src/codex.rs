@@ -1,8 +1,17 @@
-//! Codex CLI in its headless structured mode: `codex exec --json` (and the
-//! follow-ups corral runs as `codex exec resume <thread_id> --json`). Reads
-//! its JSON lines into [`HarnessEvent`]s and keeps the agent's token usage.
-//! Codex reports no cost: [`Parser::totals`] has `cost_usd: None`; price
-//! the tokens by model.
+//! Codex CLI in its headless structured mode, all of it: how corral starts
+//! it, how a message reaches it, and how its output reads.
+//!
+//! - Launch: `codex exec --json --skip-git-repo-check [--model M]
+//!   [--sandbox MODE] [-c model_reasoning_effort=E] EXTRA TASK`, its stdin
+//!   `/dev/null` (it waits for stdin otherwise). The sandbox is Codex's own
+//!   `--sandbox`.
+//! - Delivery: `codex exec` runs one turn and takes no input, so a message
+//!   is a follow-up process once the turn ends, continuing the thread: the
+//!   same command with `resume <thread_id> MESSAGE` in place of the task
+//!   ([`resume_argv`]); a new task for an ended agent runs the same way.
+//! - Output: its JSON lines become [`HarnessEvent`]s, and [`CodexParser`]
+//!   keeps the agent's token usage. Codex reports no cost:
+//!   [`Parser::totals`] has `cost_usd: None`; price the tokens by model.
 //!
 //! Lines and what they become:
 //!
@@ -17,7 +26,7 @@
 //!   `declined` or its exit code is not 0.
 //! - `item.completed` of an `agent_message`, `reasoning` or `plan` →
 //!   `Progress`; of an `error` item (non-fatal, for example an unknown model
-//!   name) → `Progress` "error: ..."; a `todo_list` → `Progress` "plan: [x]
+//!   name) → `Progress` "error: ..."; a `todo_list` → `Progress` "plan: \[x\]
 //!   ..." when it starts or changes.
 //! - `turn.completed` → a settled `Usage`, then a successful `Result` whose
 //!   text is the turn's last agent message (`codex exec` runs one turn per
@@ -78,6 +87,62 @@ use crate::event::{
     json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
     HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, SUMMARY_MAX_CHARS,
 };
+use crate::launch::{push, with_task, without_task, Delivery, Input, Launch, Options, Sandbox};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// The environment variable that names the `codex` binary.
+pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_CODEX_BIN";
+
+/// Every turn ends with `turn.completed` or `turn.failed`.
+pub(crate) const REPORTS_RESULTS: bool = true;
+
+/// Messages go to a follow-up process that resumes the thread.
+pub(crate) const DELIVERY: Delivery = Delivery::Resume;
+
+/// The launch of `program` for `task`; `extra` goes after corral's own
+/// arguments, the task last.
+pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
+    let mut argv = vec![program.to_string()];
+    push(&mut argv, &["exec", "--json", "--skip-git-repo-check"]);
+    if let Some(model) = options.model {
+        push(&mut argv, &["--model", model]);
+    }
+    if let Some(sandbox) = options.sandbox {
+        let mode = match sandbox {
+            Sandbox::ReadOnly => "read-only",
+            Sandbox::WorkspaceWrite => "workspace-write",
+            Sandbox::Full => "danger-full-access",
+        };
+        push(&mut argv, &["--sandbox", mode]);
+    }
+    if let Some(effort) = options.reasoning_effort {
+        push(&mut argv, &["-c", &format!("model_reasoning_effort={effort}")]);
+    }
+    argv.extend_from_slice(extra);
+    argv.push(task.to_string());
+    Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// The command that continues thread `session` with `text`, from the
+/// agent's launch command: the `exec` options stay and the task gives way
+/// to `resume SESSION TEXT`.
+pub fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
+    let mut argv = without_task(launch_argv);
+    argv.extend([String::from("resume"), session.to_string(), text.to_string()]);
+    argv
+}
+
+/// An ended agent's next run with `task`: resuming its thread when it has
+/// one, else the launch command with the new task.
+pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
+    match session {
+        Some(session) => (resume_argv(launch_argv, session, task), None),
+        None => (with_task(launch_argv, task), None),
+    }
+}
 
 /// Items in flight kept at most (ids are per process; a runaway process
 /// starts over rather than growing without bound).
@@ -358,6 +423,31 @@ impl Parser for CodexParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Harness;
+
+    #[test]
+    fn codex_takes_the_task_last_and_no_stdin() {
+        let launch =
+            Harness::Codex.launch("codex", "do", &Options::default(), &["-c".into(), "model=x".into()]).unwrap();
+        assert_eq!(launch.argv, ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "do"]);
+        assert_eq!(launch.input, Input::Null);
+        let resume = Harness::Codex.resume_argv(&launch.argv, "th-1", "more").unwrap();
+        assert_eq!(
+            resume,
+            ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "resume", "th-1", "more"]
+        );
+        assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
+    }
+
+    #[test]
+    fn next_tasks_continue_the_thread() {
+        let codex = ["codex".to_string(), "exec".into(), "--json".into(), "first".into()];
+        assert_eq!(
+            Harness::Codex.next_task(&codex, Some("th"), "second").0,
+            ["codex", "exec", "--json", "resume", "th", "second"]
+        );
+        assert_eq!(Harness::Codex.next_task(&codex, None, "second").0, ["codex", "exec", "--json", "second"]);
+    }
 
     fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
         TokenUsage { input, output, cache_read, cache_write }

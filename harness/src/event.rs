@@ -1,6 +1,6 @@
 //! The one shape every harness produces: [`HarnessEvent`], [`TokenUsage`]
-//! and the [`Parser`] trait, plus [`parser_for`] to pick a parser by harness
-//! name.
+//! and the [`Parser`] trait (a harness's own is [`Harness::parser`]), plus
+//! [`parser_for`] to pick a parser by harness name.
 //!
 //! Guarantees shared by every parser in this crate:
 //!
@@ -27,6 +27,8 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::Harness;
 
 /// Longest [`HarnessEvent::Progress`] text, in `char`s.
 pub const PROGRESS_MAX_CHARS: usize = 2000;
@@ -142,16 +144,16 @@ pub trait Parser: Send {
 }
 
 /// The parser for a harness name: `claude`, `codex`, `gemini`, `opencode`,
-/// `aider` or `generic` (exact, lower case); `None` for any other name.
+/// `aider` or `generic` (exact, lower case; see [`Harness::parser`], and
+/// [`crate::generic::GenericParser`] for `generic`); `None` for any other
+/// name.
+///
+/// Unlike [`Harness::parser`], this gives `generic`'s line parser too:
+/// for the tests and benches that feed every parser the same lines.
 pub fn parser_for(harness: &str) -> Option<Box<dyn Parser>> {
-    match harness {
-        "claude" => Some(Box::new(crate::claude::ClaudeParser::new())),
-        "codex" => Some(Box::new(crate::codex::CodexParser::new())),
-        "gemini" => Some(Box::new(crate::gemini::GeminiParser::new())),
-        "opencode" => Some(Box::new(crate::opencode::OpencodeParser::new())),
-        "aider" => Some(Box::new(crate::aider::AiderParser::new())),
-        "generic" => Some(Box::new(crate::generic::GenericParser::new())),
-        _ => None,
+    match harness.parse::<Harness>().ok()? {
+        Harness::Generic => Some(Box::new(crate::generic::GenericParser::new())),
+        harness => harness.parser(),
     }
 }
 

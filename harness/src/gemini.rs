@@ -1,7 +1,13 @@
-//! Gemini CLI in its headless structured mode: `gemini -p ...
-//! --output-format stream-json`. Reads its JSON lines into
-//! [`HarnessEvent`]s and keeps the agent's token usage. Gemini reports no
-//! cost: [`Parser::totals`] has `cost_usd: None`.
+//! Gemini CLI in its headless structured mode, all of it: how corral starts
+//! it and how its output reads.
+//!
+//! - Launch: `gemini --output-format stream-json [--model M] EXTRA -p TASK`,
+//!   its stdin `/dev/null`.
+//! - Delivery: none; `gemini -p` takes no input while it runs. A new task
+//!   for an ended agent is a new `-p TASK` run.
+//! - Output: its JSON lines become [`HarnessEvent`]s, and [`GeminiParser`]
+//!   keeps the agent's token usage. Gemini reports no cost:
+//!   [`Parser::totals`] has `cost_usd: None`.
 //!
 //! Lines and what they become (google-gemini/gemini-cli,
 //! `packages/core/src/output/types.ts`):
@@ -51,6 +57,39 @@ use crate::event::{
     json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
     HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, RESULT_TEXT_MAX_CHARS, SUMMARY_MAX_CHARS,
 };
+use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// The environment variable that names the `gemini` binary.
+pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_GEMINI_BIN";
+
+/// Every run ends with a `result` line.
+pub(crate) const REPORTS_RESULTS: bool = true;
+
+/// It takes no input while it runs.
+pub(crate) const DELIVERY: Delivery = Delivery::Refuse("gemini -p takes no input while it runs");
+
+/// The launch of `program` for `task`; `extra` goes after corral's own
+/// arguments, the task last after `-p`.
+pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
+    let mut argv = vec![program.to_string()];
+    push(&mut argv, &["--output-format", "stream-json"]);
+    if let Some(model) = options.model {
+        push(&mut argv, &["--model", model]);
+    }
+    argv.extend_from_slice(extra);
+    push(&mut argv, &["-p", task]);
+    Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// An ended agent's next run with `task`: the launch command with the new
+/// task (a new session).
+pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
+    (with_task(launch_argv, task), None)
+}
 
 /// Parser for Gemini CLI `stream-json` output. One per agent.
 #[derive(Debug, Default)]

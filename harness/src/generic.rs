@@ -1,6 +1,14 @@
-//! The generic harness: any command corral can run. Every line with text on
-//! it becomes a [`HarnessEvent::Progress`]; nothing else is inferred, and no
-//! usage is ever reported (its totals stay zero, cost `None`).
+//! The generic harness: any command corral can run, all of it.
+//!
+//! - Launch: the command given, as it is, in a PTY (its stdin): no program
+//!   variable, no options applied (its sandbox is not enforced).
+//! - Delivery: a message is typed into the PTY, then Enter
+//!   ([`crate::Harness::message_input`]). A new task for an ended agent
+//!   runs the same command again.
+//! - Output: corral reads no events from it ([`crate::Harness::parser`] is
+//!   `None`). [`GenericParser`] makes every line with text on it a
+//!   [`HarnessEvent::Progress`]; nothing else is inferred, and no usage is
+//!   ever reported (its totals stay zero, cost `None`).
 //!
 //! Guarantees: terminal escape sequences (CSI such as colours and cursor
 //! moves, OSC such as window titles and hyperlinks, DCS/APC strings, and the
@@ -13,6 +21,36 @@
 //! parsers (Aider) and for the non-JSON lines of the structured ones.
 
 use crate::event::{progress, HarnessEvent, Parser, UsageTotals, PROGRESS_MAX_CHARS};
+use crate::launch::{Delivery, Input, Launch};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// A plain command says nothing about how its task ended but its exit.
+pub(crate) const REPORTS_RESULTS: bool = false;
+
+/// Messages are typed into the PTY.
+pub(crate) const DELIVERY: Delivery = Delivery::TypeIntoPty;
+
+/// The launch of `command`, the whole command line; refused when empty.
+pub(crate) fn launch(command: &[String]) -> Result<Launch, String> {
+    if command.is_empty() {
+        return Err("the generic harness needs a command: `corral spawn NAME -- COMMAND [ARGS]`".into());
+    }
+    Ok(Launch { argv: command.to_vec(), raw_pty: false, input: Input::Pty, first_input: None })
+}
+
+/// What is typed into the PTY to deliver `text`: the text, then Enter.
+pub(crate) fn message_input(text: &str) -> String {
+    format!("{text}\r")
+}
+
+/// An ended agent's next run: the same command again (its task reaches it
+/// through the environment).
+pub(crate) fn next_task(launch_argv: &[String]) -> (Vec<String>, Option<String>) {
+    (launch_argv.to_vec(), None)
+}
 
 /// Parser for any command: text lines in, Progress out.
 #[derive(Debug, Default)]
@@ -132,6 +170,20 @@ fn strip_escapes(line: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::Options;
+    use crate::Harness;
+
+    #[test]
+    fn generic_needs_a_command_and_runs_it_as_given() {
+        let err = Harness::Generic.launch("", "t", &Options::default(), &[]).unwrap_err();
+        assert!(err.contains("needs a command"), "{err}");
+        let launch = Harness::Generic.launch("", "t", &Options::default(), &["make".into(), "test".into()]).unwrap();
+        assert_eq!(
+            launch,
+            Launch { argv: vec!["make".into(), "test".into()], raw_pty: false, input: Input::Pty, first_input: None }
+        );
+        assert_eq!(Harness::Generic.delivery(), Delivery::TypeIntoPty);
+    }
 
     fn texts(p: &mut GenericParser, line: &[u8]) -> Vec<String> {
         p.feed_line(line)

@@ -1,6 +1,12 @@
-//! opencode in its headless structured mode: `opencode run --format json`.
-//! Reads its JSON lines into [`HarnessEvent`]s and keeps the agent's token
-//! usage and cost.
+//! opencode in its headless structured mode, all of it: how corral starts
+//! it and how its output reads.
+//!
+//! - Launch: `opencode run --format json [--model M] EXTRA TASK`, its stdin
+//!   `/dev/null`.
+//! - Delivery: none; `opencode run` takes no input while it runs. A new task
+//!   for an ended agent is a new run with that task.
+//! - Output: its JSON lines become [`HarnessEvent`]s, and
+//!   [`OpencodeParser`] keeps the agent's token usage and cost.
 //!
 //! Every line carries `type`, `timestamp`, `sessionID` and, for most types,
 //! a `part` (opencode's `cli/cmd/run.ts` prints them from its event loop):
@@ -45,6 +51,39 @@ use crate::event::{
     json_count, parse_object, progress, result_text, summarize_input, summarize_output, HarnessEvent, Ledger, Parser,
     TokenUsage, UsageTotals,
 };
+use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+
+// ---------------------------------------------------------------------------
+// Launch and delivery.
+// ---------------------------------------------------------------------------
+
+/// The environment variable that names the `opencode` binary.
+pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_OPENCODE_BIN";
+
+/// Every run ends with a `step_finish` that is not `tool-calls`, or an `error`.
+pub(crate) const REPORTS_RESULTS: bool = true;
+
+/// It takes no input while it runs.
+pub(crate) const DELIVERY: Delivery = Delivery::Refuse("opencode run takes no input while it runs");
+
+/// The launch of `program` for `task`; `extra` goes after corral's own
+/// arguments, the task last.
+pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
+    let mut argv = vec![program.to_string()];
+    push(&mut argv, &["run", "--format", "json"]);
+    if let Some(model) = options.model {
+        push(&mut argv, &["--model", model]);
+    }
+    argv.extend_from_slice(extra);
+    argv.push(task.to_string());
+    Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// An ended agent's next run with `task`: the launch command with the new
+/// task (a new session).
+pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
+    (with_task(launch_argv, task), None)
+}
 
 /// Step ids remembered at most (for dedupe); plenty for one agent.
 const MAX_STEP_IDS: usize = 100_000;

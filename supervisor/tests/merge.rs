@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use corral::git::merge::{self, Gate, MergeError, MergeOutcome, Prepared, Recovery, Strategy, GATE_OUTPUT_MAX};
+use corral::git::checkout;
+use corral::git::merge::{self, MergeError, MergeOutcome, Prepared, Recovery, Strategy};
+use corral::sys::gate::{self, Gate, GATE_OUTPUT_MAX};
 use git2::{Oid, Repository, Signature};
 
 // ---------------------------------------------------------------------------
@@ -419,7 +421,7 @@ fn target_checked_out_in_a_linked_worktree_follows_the_merge() {
     let person = dir.path().join("person");
     git(&repo, &["worktree", "add", "-q", person.to_str().unwrap(), "main"]);
     commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
-    let found = merge::checked_out_in(&repo, "main").unwrap();
+    let found = checkout::checked_out_in(&repo, "main").unwrap();
     assert_eq!(found.len(), 1);
     assert!(same_dir(&found[0], &person));
 
@@ -436,7 +438,7 @@ fn target_checked_out_nowhere_only_the_ref_moves() {
     let (_dir, repo) = repo_with(&[("a.txt", "a\n")]);
     git(&repo, &["checkout", "-q", "--detach"]);
     commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
-    assert!(merge::checked_out_in(&repo, "main").unwrap().is_empty());
+    assert!(checkout::checked_out_in(&repo, "main").unwrap().is_empty());
     let outcome = merge(&repo, "corral/root/x", Strategy::Squash);
     let MergeOutcome::Merged { new, .. } = outcome else { panic!("{outcome:?}") };
     assert_eq!(rev(&repo, "main"), new);
@@ -750,8 +752,7 @@ fn recover_when_the_target_moved_elsewhere_does_nothing() {
 fn gate_that_passes_gives_its_output() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("here.txt"), "").unwrap();
-    let result =
-        merge::run_gate(dir.path(), &Gate::Shell("ls; echo out; echo err >&2".into()), Duration::from_secs(20));
+    let result = gate::run_gate(dir.path(), &Gate::Shell("ls; echo out; echo err >&2".into()), Duration::from_secs(20));
     assert!(result.passed && !result.timed_out, "{result:?}");
     assert_eq!(result.code, Some(0));
     assert_eq!(result.output, "here.txt\nout\nerr\n", "runs in the folder, stdout and stderr together");
@@ -761,21 +762,21 @@ fn gate_that_passes_gives_its_output() {
 fn gate_that_fails_gives_its_code_and_output() {
     let dir = tempfile::tempdir().unwrap();
     let result =
-        merge::run_gate(dir.path(), &Gate::Shell("echo 'test x failed' >&2; exit 3".into()), Duration::from_secs(20));
+        gate::run_gate(dir.path(), &Gate::Shell("echo 'test x failed' >&2; exit 3".into()), Duration::from_secs(20));
     assert!(!result.passed && !result.timed_out);
     assert_eq!(result.code, Some(3));
     assert_eq!(result.output, "test x failed\n");
-    let argv = merge::run_gate(dir.path(), &Gate::Argv(vec!["false".into()]), Duration::from_secs(20));
+    let argv = gate::run_gate(dir.path(), &Gate::Argv(vec!["false".into()]), Duration::from_secs(20));
     assert_eq!((argv.passed, argv.code), (false, Some(1)));
 }
 
 #[test]
 fn gate_that_cannot_start_fails_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let result = merge::run_gate(dir.path(), &Gate::Argv(vec!["/no/such/gate".into()]), Duration::from_secs(5));
+    let result = gate::run_gate(dir.path(), &Gate::Argv(vec!["/no/such/gate".into()]), Duration::from_secs(5));
     assert!(!result.passed && result.code.is_none());
     assert!(result.output.contains("/no/such/gate"), "{}", result.output);
-    let empty = merge::run_gate(dir.path(), &Gate::Argv(vec![]), Duration::from_secs(5));
+    let empty = gate::run_gate(dir.path(), &Gate::Argv(vec![]), Duration::from_secs(5));
     assert!(!empty.passed && empty.output.contains("empty"));
 }
 
@@ -785,7 +786,7 @@ fn gate_that_runs_out_of_time_is_killed_with_its_group() {
     let pidfile = dir.path().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; echo started; wait", pidfile.display());
     let start = Instant::now();
-    let result = merge::run_gate(dir.path(), &Gate::Shell(script), Duration::from_millis(500));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script), Duration::from_millis(500));
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert!(!result.passed && result.timed_out && result.code.is_none(), "{result:?}");
     assert!(result.output.starts_with("started\n"), "{}", result.output);
@@ -799,7 +800,7 @@ fn gate_leftovers_in_its_group_are_killed_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
     let script = format!("sleep 300 > /dev/null 2>&1 & echo $! > {}", pidfile.display());
-    let result = merge::run_gate(dir.path(), &Gate::Shell(script), Duration::from_secs(20));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script), Duration::from_secs(20));
     assert!(result.passed, "{result:?}");
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert!(gone(pid), "the gate's leftover {pid} survived");
@@ -824,7 +825,7 @@ fn gone(pid: i32) -> bool {
 fn gate_output_keeps_the_last_part() {
     let dir = tempfile::tempdir().unwrap();
     let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); done";
-    let result = merge::run_gate(dir.path(), &Gate::Shell(script.into()), Duration::from_secs(60));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script.into()), Duration::from_secs(60));
     assert!(result.passed);
     assert!(result.output.len() <= GATE_OUTPUT_MAX + 100, "{}", result.output.len());
     assert!(result.output.ends_with("line 19999\n"));

@@ -1,10 +1,18 @@
 //! The command line, as typed: clap definitions only. What each command
 //! does lives in `commands`.
+//!
+//! Flags that take one of a few words (`--sandbox`, `--merge`,
+//! `--strategy`, `--restart`) take the configuration's own types, spelled
+//! as in `corral.toml`, through [`clap::ValueEnum`]; clap refuses any other
+//! word as a bad command line (exit 2) and lists the words it takes.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{MergePolicy, MergeStrategy, RestartPolicy, Sandbox};
 
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about = "A supervisor for coding agents: each in its own git worktree and PTY")]
@@ -77,7 +85,7 @@ pub enum Command {
         liveness: Option<String>,
         /// Never (the default), OnFailure or Always.
         #[arg(long, value_name = "POLICY")]
-        restart: Option<String>,
+        restart: Option<RestartPolicy>,
         /// At most this many restarts.
         #[arg(long, value_name = "N")]
         restart_limit: Option<u32>,
@@ -93,20 +101,20 @@ pub enum Command {
         /// When its task succeeds: auto (through the merge queue), manual
         /// (the default: `corral merge`), or never.
         #[arg(long, value_name = "POLICY")]
-        merge: Option<String>,
+        merge: Option<MergePolicy>,
         /// The branch its work merges onto (default: the branch checked out now).
         #[arg(long, value_name = "BRANCH")]
         target: Option<String>,
         /// ff-only, merge (the default), rebase or squash.
         #[arg(long, value_name = "STRATEGY")]
-        strategy: Option<String>,
+        strategy: Option<MergeStrategy>,
         /// A shell command that must pass in its worktree before it merges.
         #[arg(long, value_name = "COMMAND")]
         gate: Option<String>,
         /// read-only, workspace-write or full (default: its parent's; a
         /// child never gets more than its parent).
         #[arg(long, value_name = "SANDBOX")]
-        sandbox: Option<String>,
+        sandbox: Option<SandboxArg>,
         /// Start from a copy of the parent's Claude Code session (its
         /// history; the parent's session goes on unchanged).
         #[arg(long, requires = "parent")]
@@ -125,7 +133,7 @@ pub enum Command {
         address: String,
         /// ff-only, merge, rebase or squash (default: the agent's own).
         #[arg(long)]
-        strategy: Option<String>,
+        strategy: Option<MergeStrategy>,
         #[arg(long)]
         json: bool,
     },
@@ -301,4 +309,23 @@ pub enum Command {
 /// exits 13 (see `commands::exit_code_for_parse_error`).
 fn duration(text: &str) -> Result<Duration, crate::model::duration::DurationError> {
     crate::model::duration::parse_arg(text)
+}
+
+/// `--sandbox`: a [`Sandbox`], spelled as in `corral.toml`. (`Sandbox` is
+/// the harness crate's, which has no clap, so the spellings are given here.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxArg(pub Sandbox);
+
+impl ValueEnum for SandboxArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[SandboxArg(Sandbox::ReadOnly), SandboxArg(Sandbox::WorkspaceWrite), SandboxArg(Sandbox::Full)]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self.0 {
+            Sandbox::ReadOnly => PossibleValue::new("read-only").help("reads anything, writes nothing"),
+            Sandbox::WorkspaceWrite => PossibleValue::new("workspace-write").help("writes its own worktree only"),
+            Sandbox::Full => PossibleValue::new("full").help("no restriction"),
+        })
+    }
 }

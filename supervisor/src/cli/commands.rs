@@ -75,7 +75,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Mcp => crate::cli::mcp::run(start),
         Command::Merge { address, strategy, json } => {
             let address = Address::resolve(&address, &caller())?.to_string();
-            let strategy = strategy.as_deref().map(parse_strategy).transpose()?;
             let Response::Agent { agent } =
                 Client::connect(&state()?)?.request(&Request::Merge { address, strategy })?
             else {
@@ -159,36 +158,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             json,
             command,
         } => {
-            let sandbox = sandbox
-                .map(|text| {
-                    serde_json::from_value::<crate::config::Sandbox>(serde_json::Value::String(text.clone())).map_err(
-                        |_| {
-                            Error::new(
-                                ErrorKind::BadConfig,
-                                format!("--sandbox {text:?}: use read-only, workspace-write or full"),
-                            )
-                        },
-                    )
-                })
-                .transpose()?;
             let merge_given = merge.is_some() || target.is_some() || strategy.is_some() || gate.is_some();
             let merge = match merge_given {
                 false => None,
                 true => Some(crate::config::MergeConfig {
-                    policy: merge
-                        .map(|p| match p.as_str() {
-                            "auto" => Ok(crate::config::MergePolicy::Auto),
-                            "manual" => Ok(crate::config::MergePolicy::Manual),
-                            "never" => Ok(crate::config::MergePolicy::Never),
-                            other => Err(Error::new(
-                                ErrorKind::BadConfig,
-                                format!("--merge {other:?}: use auto, manual or never"),
-                            )),
-                        })
-                        .transpose()?,
+                    policy: merge,
                     target,
-                    strategy: strategy.as_deref().map(parse_strategy).transpose()?,
-                    gate: gate.map(crate::config::Gate::Shell),
+                    strategy,
+                    gate: gate.map(crate::sys::gate::Gate::Shell),
                 }),
             };
             // Budgets are checked here too, so a typo fails before any daemon starts.
@@ -209,16 +186,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let restart = match restart_given {
                 false => None,
                 true => Some(crate::config::RestartConfig {
-                    policy: restart
-                        .map(|p| p.parse())
-                        .transpose()
-                        .map_err(|why: String| Error::new(ErrorKind::BadConfig, format!("--restart: {why}")))?,
+                    policy: restart,
                     limit: restart_limit,
                     backoff,
                     max_backoff,
                     reset_after,
                 }),
             };
+            let harness = harness
+                .map(|name| name.parse::<corral_harness::Harness>())
+                .transpose()
+                .map_err(|e| Error::new(ErrorKind::BadHarness, e.to_string()))?;
             let settings = crate::config::AgentConfig {
                 harness,
                 model,
@@ -235,13 +213,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,
                 restart,
                 merge,
-                sandbox,
+                sandbox: sandbox.map(|sandbox| sandbox.0),
                 ..Default::default()
             };
             validate_name(&name)?;
-            if let Some(harness) = &settings.harness {
-                corral_harness::launch::check_harness(harness).map_err(|why| Error::new(ErrorKind::BadHarness, why))?;
-            }
             let caller = caller();
             let parent = match parent {
                 Some(text) => Address::resolve(&text, &caller)?,
@@ -385,12 +360,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn parse_strategy(text: &str) -> Result<crate::git::merge::Strategy> {
-    text.parse().map_err(|_| {
-        Error::new(ErrorKind::BadConfig, format!("strategy {text:?}: use ff-only, merge, rebase or squash"))
-    })
-}
-
 /// A probe from the command line: JSON, or a TOML inline table.
 fn parse_probe(flag: &str, text: &str) -> Result<corral_probes::ProbeSpec> {
     let bad = |why: String| Error::new(ErrorKind::BadConfig, format!("{flag} {text:?}: {why}"));
@@ -412,7 +381,7 @@ fn parse_probe(flag: &str, text: &str) -> Result<corral_probes::ProbeSpec> {
 
 /// `corral usage`: a saved transcript's token and cost totals.
 fn usage(harness: &str, file: &Path, json: bool) -> Result<i32> {
-    let Some(mut parser) = corral_harness::parser_for(harness).filter(|_| harness != "generic") else {
+    let Some(mut parser) = harness.parse::<corral_harness::Harness>().ok().and_then(|h| h.parser()) else {
         return Err(Error::new(
             ErrorKind::BadHarness,
             format!("no usage parser for harness {harness:?} (known: claude, codex, gemini, opencode, aider)"),

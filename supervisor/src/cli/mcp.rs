@@ -516,8 +516,10 @@ impl Inner {
         let limits =
             crate::model::budget::Budget { tokens: args.max_tokens, cost: args.max_cost, ..Default::default() };
         limits.validate()?;
+        let harness =
+            args.harness.map(|name| name.parse::<corral_harness::Harness>()).transpose().map_err(|e| e.to_string())?;
         let settings = crate::config::AgentConfig {
-            harness: args.harness,
+            harness,
             model: args.model,
             budget: (!limits.is_empty()).then(|| crate::config::Budget {
                 tokens: args.max_tokens,

@@ -1,26 +1,34 @@
 //! `corral assign`: an idle agent's next task, or a task queued for a busy one.
 
-use super::*;
+use std::sync::Arc;
+
+use super::start::{self, Start};
+use super::Daemon;
+use crate::daemon::journal::Draft;
+use crate::model::address::Address;
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::AgentRecord;
+use crate::wire::monitor::MonitorSpec;
+use crate::wire::protocol::Response;
 
 /// `corral assign`: an idle (ended) agent gets its next task in the same
 /// worktree, continuing its CLI's session where the CLI can; a busy one
 /// only with `queue`.
-pub(super) async fn assign(inner: &Arc<Inner>, address: &str, task: String, queue: bool) -> Result<Response> {
+pub(super) async fn assign(daemon: &Arc<Daemon>, address: &str, task: String, queue: bool) -> Result<Response> {
     if Address::parse(address)?.is_root() {
         return Err(Error::new(
             ErrorKind::Refused,
             "/root is the caller (a person, a script or the orchestrating agent), not an agent: assign tasks to the agents below it",
         ));
     }
-    let record = inner.find(address)?;
+    let record = daemon.find(address)?;
     if task.trim().is_empty() {
         return Err(Error::other("the task is empty: `corral assign ADDRESS \"what to do\"`"));
     }
-    let task_id = {
-        let mut reserved = inner.reserved.lock().unwrap();
-        reserved.1 += 1;
-        format!("t-{}", reserved.1 - 1)
-    };
+    // A task is spend like a spawn: none once the day's budget is gone.
+    super::budgets::refuse_if_day_spent(daemon)?;
+    let task_id = format!("t-{}", daemon.next_id());
     if !record.state.is_terminal() {
         if !queue {
             return Err(Error::new(
@@ -33,7 +41,7 @@ pub(super) async fn assign(inner: &Arc<Inner>, address: &str, task: String, queu
             ));
         }
         let body = EventBody::TaskQueued { task_id, task_text: task };
-        inner.commit(vec![inner.draft(&record, body)]).await?;
+        daemon.commit(vec![daemon.draft(&record, body)]).await?;
     } else {
         if record.removed {
             return Err(Error::new(
@@ -47,26 +55,25 @@ pub(super) async fn assign(inner: &Arc<Inner>, address: &str, task: String, queu
                 format!("{}'s budget is spent ({})", record.address, kind.describe(used, limit)),
             ));
         }
-        start_assigned(inner, &record, task_id, task).await?;
+        start_assigned(daemon, &record, task_id, task).await?;
     }
-    let agent = inner.record(&record.address).unwrap_or(record);
+    let agent = daemon.record(&record.address).unwrap_or(record);
     Ok(Response::Agent { agent: Box::new(agent) })
 }
 
 /// Starts an ended agent's next run with `task` in its worktree.
 pub(super) async fn start_assigned(
-    inner: &Arc<Inner>,
+    daemon: &Arc<Daemon>,
     record: &AgentRecord,
     task_id: String,
     task: String,
 ) -> Result<()> {
-    let agent_dir = inner.state.agent(record.id);
+    let agent_dir = daemon.state.agent(record.id);
     let mut spec: MonitorSpec = std::fs::read(agent_dir.spec())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or_else(|| Error::other(format!("cannot read {}", agent_dir.spec().display())))?;
-    let (command, first_input) =
-        corral_harness::launch::next_task(&record.harness, &record.command, record.session_id.as_deref(), &task);
+    let (command, first_input) = record.harness.next_task(&record.command, record.session_id.as_deref(), &task);
     spec.command = command;
     if first_input.is_some() {
         spec.first_input = first_input;
@@ -83,29 +90,12 @@ pub(super) async fn start_assigned(
         task: Some(task_id),
         body: EventBody::Assigned { task_text: task, command: spec.command.clone() },
     };
-    inner.commit(vec![assigned]).await?;
-    let record = inner.record(&record.address).expect("assigned");
-    let _slots = inner.slots.lock().await;
-    if !slot_free(inner) {
-        inner.commit(vec![inner.draft(&record, EventBody::Queued {})]).await?;
-        return Ok(());
-    }
-    match start_monitor(inner, &agent_dir, &record).await {
-        Ok(launched) => {
-            let (pid, monitor_pid) = launched.pids();
-            inner.commit(vec![inner.draft(&record, EventBody::Started { pid, monitor_pid })]).await?;
-            let record = inner.record(&record.address).unwrap_or(record);
-            start_watcher(inner, record, launched.stream());
-            Ok(())
-        }
+    daemon.commit(vec![assigned]).await?;
+    let record = daemon.record(&record.address).expect("assigned");
+    match start::start_or_queue(daemon, &record).await {
+        Ok(Start::Running { .. } | Start::Queued) => Ok(()),
         Err(err) => {
-            let body = EventBody::Exited {
-                state: AgentState::Failed,
-                code: None,
-                signal: None,
-                reason: Some(format!("could not be started: {}", err.message)),
-            };
-            inner.commit(vec![inner.draft(&record, body)]).await?;
+            daemon.commit(vec![daemon.draft(&record, start::could_not_start(&err))]).await?;
             Err(err)
         }
     }

@@ -1,10 +1,19 @@
 //! Budgets: the checks after each usage event and on a clock, the daily
 //! budget, and prices for CLIs that report no cost.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Grace for stops corral decides on (budgets) when the spawn gave none.
-pub(super) const DEFAULT_GRACE_SECS: f64 = 10.0;
+use super::agent::Control;
+use super::Daemon;
+use crate::daemon::journal::Draft;
+use crate::model::address::Address;
+use crate::model::budget::{BudgetKind, Spend};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::{AgentRecord, AgentState, AgentTable};
+
+pub(super) use crate::model::lifecycle::DEFAULT_GRACE_SECS;
 
 /// What `scope` and every agent below it have spent in tokens and cost.
 /// (Time is each agent's own; the caller adds it.)
@@ -21,14 +30,23 @@ pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
 /// Checks every budget that covers `address` (its own and each
 /// ancestor's): warns once per budget and kind, and once a budget is spent
 /// journals `budget_exceeded` and stops the budget's whole subtree.
-pub(super) async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
+pub(super) async fn enforce_budgets(daemon: &Arc<Daemon>, address: &Address) {
+    // The check and the commit of what it decides are one step: another
+    // check waits, and then sees this one's `budget_exceeded`.
+    let _checking = daemon.budget_checks.lock().await;
     let now = chrono::Utc::now();
     let mut drafts = Vec::new();
     let mut stops = Vec::new();
-    check_daily(inner, &mut drafts, &mut stops);
-    {
-        let table = inner.table.lock().unwrap();
-        let activity = inner.activity.lock().unwrap();
+    check_daily(daemon, &mut drafts, &mut stops);
+    // How long each budget owner on the way up has been idle, read before
+    // the table (the two are never held together).
+    let idle: Vec<(Address, f64)> = {
+        let activity = daemon.activity.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::successors(Some(address.clone()), Address::parent)
+            .filter_map(|a| activity.get(&a).map(|at| (a, at.elapsed().as_secs_f64())))
+            .collect()
+    };
+    daemon.store.read(|table| {
         let mut scope = Some(address.clone());
         while let Some(owner_address) = scope.filter(|a| !a.is_root()) {
             scope = owner_address.parent();
@@ -36,49 +54,48 @@ pub(super) async fn enforce_budgets(inner: &Arc<Inner>, address: &Address) {
             if owner.budget.is_empty() || owner.exceeded.is_some() {
                 continue;
             }
-            let mut spend = subtree_spend(&table, &owner_address);
+            let mut spend = subtree_spend(table, &owner_address);
             if !owner.state.is_terminal() {
                 spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
-                spend.idle_secs = activity.get(&owner_address).map_or(0.0, |at| at.elapsed().as_secs_f64());
+                spend.idle_secs = idle.iter().find(|(a, _)| *a == owner_address).map_or(0.0, |(_, secs)| *secs);
             }
             for crossing in owner.budget.check(&spend) {
                 let (kind, used, limit) = (crossing.kind, crossing.used, crossing.limit);
                 if crossing.exceeded {
-                    drafts.push(inner.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
+                    drafts.push(daemon.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
                     for agent in table.subtree(&owner_address) {
                         if agent.state.is_terminal() || agent.stop_requested {
                             continue;
                         }
                         let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
-                        drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                        drafts.push(daemon.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
                         stops.push((agent.address.clone(), grace_secs));
                     }
                     break;
                 } else if !owner.warned.contains(&kind) {
-                    drafts.push(inner.draft(owner, EventBody::BudgetWarning { kind, used, limit }));
+                    drafts.push(daemon.draft(owner, EventBody::BudgetWarning { kind, used, limit }));
                 }
             }
         }
-    }
+    });
     if drafts.is_empty() {
         return;
     }
-    if let Err(err) = inner.commit(drafts).await {
-        eprintln!("corral: {address}: cannot journal a budget event: {err}");
+    if let Err(err) = daemon.commit(drafts).await {
+        tracing::error!("{address}: cannot journal a budget event: {err}");
     }
+    // A budget is spent: its subtree stops even when the journal could
+    // not say so (a guard fails closed).
     for (address, grace_secs) in stops {
-        let sender = inner.monitors.lock().unwrap().get(&address).cloned();
-        if let Some(sender) = sender {
-            let _ = sender.send(AgentCommand::Stop { grace_secs });
-        }
+        let _ = daemon.agents.control(&address, Control::Stop { grace_secs });
     }
 }
 
 /// Gives a cost to usage the CLI reported without one, from the price
 /// table in corral.toml (`[prices."MODEL"]`), when the model is in it.
-pub(super) fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [EventBody]) {
-    let config = inner.config();
-    let model = inner.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
+pub(super) fn price_usage(daemon: &Daemon, record: &AgentRecord, bodies: &mut [EventBody]) {
+    let config = daemon.config();
+    let model = daemon.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
     let Some(price) = model.as_deref().and_then(|m| config.price(m)) else { return };
     for body in bodies {
         if let EventBody::Usage { total, cost_usd: cost @ None, .. } = body {
@@ -88,12 +105,11 @@ pub(super) fn price_usage(inner: &Inner, record: &AgentRecord, bodies: &mut [Eve
 }
 
 /// Refuses a spawn once the repository's daily budget is spent.
-pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
+pub(super) fn refuse_if_day_spent(daemon: &Daemon) -> Result<()> {
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
-    let table = inner.table.lock().unwrap();
-    let Some(day) = table.daily.get(&today) else { return Ok(()) };
+    let Some(day) = daemon.store.read(|table| table.daily.get(&today).cloned()) else { return Ok(()) };
     if let Some(kind) = day.exceeded.first() {
-        let budget = inner.config().budget.clone();
+        let budget = daemon.config().budget.clone();
         let (used, limit) = match kind {
             BudgetKind::DailyCost => (format!("${:.4}", day.cost), format!("${:.4}", budget.daily_cost.unwrap_or(0.0))),
             _ => (day.tokens.to_string(), budget.daily_tokens.map_or("?".into(), |t| t.to_string())),
@@ -111,14 +127,24 @@ pub(super) fn refuse_if_day_spent(inner: &Inner) -> Result<()> {
 
 /// The repository's daily budgets: warns once a day per kind, and once one
 /// is spent stops every running agent and refuses new spawns until tomorrow.
-pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Vec<(Address, f64)>) {
-    let budget = inner.config().budget.clone();
+pub(super) fn check_daily(daemon: &Daemon, drafts: &mut Vec<Draft>, stops: &mut Vec<(Address, f64)>) {
+    let budget = daemon.config().budget.clone();
     if budget.daily_tokens.is_none() && budget.daily_cost.is_none() {
         return;
     }
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
-    let table = inner.table.lock().unwrap();
-    let day = table.daily.get(&today).cloned().unwrap_or_default();
+    daemon.store.read(|table| check_day(daemon, table, &budget, &today, drafts, stops));
+}
+
+fn check_day(
+    daemon: &Daemon,
+    table: &AgentTable,
+    budget: &crate::config::RepoBudget,
+    today: &str,
+    drafts: &mut Vec<Draft>,
+    stops: &mut Vec<(Address, f64)>,
+) {
+    let day = table.daily.get(today).cloned().unwrap_or_default();
     if !day.exceeded.is_empty() {
         return;
     }
@@ -134,7 +160,7 @@ pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Ve
             drafts.push(repo_event(EventBody::BudgetExceeded { kind, used, limit }));
             for agent in table.agents.values().filter(|a| !a.state.is_terminal() && !a.stop_requested) {
                 let grace_secs = agent.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
-                drafts.push(inner.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
+                drafts.push(daemon.draft(agent, EventBody::StopRequested { grace_secs, budget: Some(kind) }));
                 stops.push((agent.address.clone(), grace_secs));
             }
             return;
@@ -147,37 +173,35 @@ pub(super) fn check_daily(inner: &Inner, drafts: &mut Vec<Draft>, stops: &mut Ve
 
 /// Time budgets need a clock: every quarter second, check the running
 /// agents that have a wall or idle limit.
-pub(super) fn start_budget_clock(inner: &Arc<Inner>) {
-    let inner = inner.clone();
+pub(super) fn start_budget_clock(daemon: &Arc<Daemon>) {
+    let daemon = daemon.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            if !inner.state.dir.exists() {
+            if !daemon.state.dir.exists() {
                 // The repository was deleted under us: nothing left to serve.
-                eprintln!("corral: {} is gone; the daemon exits", inner.state.dir.display());
-                std::process::exit(0);
+                tracing::warn!("{} is gone; the daemon exits", daemon.state.dir.display());
+                if daemon.owns_process {
+                    std::process::exit(0);
+                }
+                return;
             }
-            let timed: Vec<Address> = inner
-                .table
-                .lock()
-                .unwrap()
-                .agents
-                .values()
-                .filter(|a| {
+            let timed: Vec<Address> = daemon.store.read(|table| {
+                let timed = |a: &&AgentRecord| {
                     a.state == AgentState::Running && (a.budget.wall_secs.is_some() || a.budget.idle_secs.is_some())
-                })
-                .map(|a| a.address.clone())
-                .collect();
+                };
+                table.agents.values().filter(timed).map(|a| a.address.clone()).collect()
+            });
             for address in timed {
-                enforce_budgets(&inner, &address).await;
+                enforce_budgets(&daemon, &address).await;
             }
         }
     });
 }
 
 /// Notes that the agent did something (printed output, or started).
-pub(super) fn touch(inner: &Inner, address: &Address) {
-    inner.activity.lock().unwrap().insert(address.clone(), Instant::now());
+pub(super) fn touch(daemon: &Daemon, address: &Address) {
+    daemon.activity.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), Instant::now());
 }

@@ -58,8 +58,8 @@ impl Journal {
             line_no += 1;
             let Some(newline) = bytes[start..].iter().position(|&b| b == b'\n') else {
                 // No newline: the write of this line never finished.
-                eprintln!(
-                    "corral: {}: dropping a torn last line ({} bytes) left by a crash",
+                tracing::warn!(
+                    "{}: dropping a torn last line ({} bytes) left by a crash",
                     path.display(),
                     bytes.len() - start
                 );
@@ -81,7 +81,7 @@ impl Journal {
                     good_len = start;
                 }
                 Err(err) if start >= bytes.len() => {
-                    eprintln!("corral: {}:{line_no}: dropping a torn last line: {err}", path.display());
+                    tracing::warn!("{}:{line_no}: dropping a torn last line: {err}", path.display());
                 }
                 Err(err) => {
                     return Err(Error::other(format!(

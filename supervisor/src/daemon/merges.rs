@@ -1,7 +1,18 @@
 //! The merge queue: one worker merging agents' branches one at a time, and
 //! the recovery of merges a killed daemon left under way.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{blocking, Daemon};
+use crate::git::worktree;
+use crate::model::address::Address;
+use crate::model::error::Error;
+use crate::model::event::EventBody;
+use crate::model::lifecycle::{AgentRecord, AgentState, MergeState};
 
 /// One merge to do: an agent's branch onto its target.
 pub(super) struct MergeJob {
@@ -13,34 +24,34 @@ pub(super) struct MergeJob {
 
 /// Puts an agent in the merge queue (journaled, so a restart resumes it).
 pub(super) async fn enqueue_merge(
-    inner: &Arc<Inner>,
+    daemon: &Arc<Daemon>,
     address: &Address,
     strategy: Option<crate::git::merge::Strategy>,
     reply: Option<oneshot::Sender<Option<AgentRecord>>>,
 ) {
-    if let Some(record) = inner.record(address) {
-        inner.commit_logged(vec![inner.draft(&record, EventBody::MergeQueued {})]).await;
+    if let Some(record) = daemon.record(address) {
+        daemon.commit_logged(vec![daemon.draft(&record, EventBody::MergeQueued {})]).await;
     }
-    let _ = inner.merges.send(MergeJob { address: address.clone(), strategy, reply });
+    let _ = daemon.merges.send(MergeJob { address: address.clone(), strategy, reply });
 }
 
 /// The one merge worker: merges happen one at a time, in queue order.
-pub(super) fn start_merge_queue(inner: &Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
-    let inner = inner.clone();
+pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
+    let daemon = daemon.clone();
     tokio::spawn(async move {
         while let Some(job) = jobs.recv().await {
-            run_merge(&inner, &job).await;
-            let record = inner.record(&job.address);
+            run_merge(&daemon, &job).await;
+            let record = daemon.record(&job.address);
             if let Some(MergeState::Waiting { .. }) = record.as_ref().and_then(|r| r.merge_state.as_ref()) {
                 // The person's checkout of the target has uncommitted changes:
                 // look again in a while, without holding up the queue.
-                let (inner, address, strategy) = (inner.clone(), job.address.clone(), job.strategy);
+                let (daemon, address, strategy) = (daemon.clone(), job.address.clone(), job.strategy);
                 tokio::spawn(async move {
                     tokio::time::sleep(MERGE_RETRY).await;
                     let still_waiting =
-                        matches!(inner.record(&address).and_then(|r| r.merge_state), Some(MergeState::Waiting { .. }));
+                        matches!(daemon.record(&address).and_then(|r| r.merge_state), Some(MergeState::Waiting { .. }));
                     if still_waiting {
-                        let _ = inner.merges.send(MergeJob { address, strategy, reply: None });
+                        let _ = daemon.merges.send(MergeJob { address, strategy, reply: None });
                     }
                 });
             }
@@ -62,10 +73,10 @@ pub(super) fn is_lock_error(message: &str) -> bool {
 
 /// Commits the agent's leftovers, runs its gate, then merges, journaling
 /// `merge_started` (with the old and new target) before moving the target.
-pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
-    let Some(record) = inner.record(&job.address) else { return };
+pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
+    let Some(record) = daemon.record(&job.address) else { return };
     let journal = |body: EventBody| {
-        let (inner, record) = (inner.clone(), record.clone());
+        let (daemon, record) = (daemon.clone(), record.clone());
         async move {
             // A locked ref is a wait, not a refusal.
             let body = match body {
@@ -76,13 +87,13 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
             };
             // A merge that keeps waiting for the same thing says so once.
             if let (EventBody::MergeWaiting { why, files }, Some(MergeState::Waiting { why: was, files: had })) =
-                (&body, inner.record(&record.address).and_then(|r| r.merge_state))
+                (&body, daemon.record(&record.address).and_then(|r| r.merge_state))
             {
                 if *why == was && *files == had {
                     return;
                 }
             }
-            inner.commit_logged(vec![inner.draft(&record, body)]).await;
+            daemon.commit_logged(vec![daemon.draft(&record, body)]).await;
         }
     };
     let Some(target) = record.merge.target.clone() else {
@@ -90,7 +101,7 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
         return journal(EventBody::MergeRefused { why }).await;
     };
     let strategy = job.strategy.unwrap_or(record.merge.strategy);
-    let repo = inner.state.repo_root.clone();
+    let repo = daemon.state.repo_root.clone();
 
     if record.worktree.exists() && !record.removed {
         let (path, message) = (
@@ -98,7 +109,7 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
             format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
         );
         let committed = {
-            let _git = inner.git.lock().await;
+            let _git = daemon.git.lock().await;
             blocking(move || {
                 crate::git::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message)
                     .map_err(Error::from)
@@ -117,7 +128,7 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
             }
         }
     }
-    let _git = inner.git.lock().await;
+    let _git = daemon.git.lock().await;
 
     let message =
         format!("corral: merge {} ({})\n\nTask {}: {}", record.address, record.branch, record.task_id, record.task);
@@ -161,13 +172,13 @@ pub(super) async fn run_merge(inner: &Arc<Inner>, job: &MergeJob) {
 /// Runs a merge gate off the runtime. `None` only when it passed: a gate
 /// whose runner fails (its thread panics or cannot be joined) did not pass,
 /// so the merge never goes through on a gate nobody saw pass.
-pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::git::merge::Gate) -> Option<EventBody> {
+pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::sys::gate::Gate) -> Option<EventBody> {
     let ran = tokio::task::spawn_blocking(move || {
         if std::env::var_os("CORRAL_TEST_GATE_RUNNER_PANICS").is_some() {
             // The regression test's way to make the runner itself fail.
             panic!("the gate runner was told to fail (CORRAL_TEST_GATE_RUNNER_PANICS)");
         }
-        crate::git::merge::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
+        crate::sys::gate::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
     })
     .await;
     match ran {
@@ -216,17 +227,17 @@ pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::git::merge
 /// were under way (clearing git locks the dead daemon left, and keeping a
 /// copy of any file it left cut short), then queues what was queued or
 /// waiting, so nothing runs against a half-finished merge.
-pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::SystemTime) {
-    let agents: Vec<AgentRecord> = inner.table.lock().unwrap().agents.values().cloned().collect();
+pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::SystemTime) {
+    let agents: Vec<AgentRecord> = daemon.store.read(|table| table.agents.values().cloned().collect());
     let mut requeue = Vec::new();
     for agent in &agents {
         let Some(MergeState::Merging { target, old, new }) = agent.merge_state.clone() else { continue };
-        let repo = inner.state.repo_root.clone();
-        let rescue = inner.state.dir.join("rescued").join(format!("{}-{}", agent.address.flat(), agent.task_id));
+        let repo = daemon.state.repo_root.clone();
+        let rescue = daemon.state.dir.join("rescued").join(format!("{}-{}", agent.address.flat(), agent.task_id));
         let (t, o, n) = (target.clone(), old.clone(), new.clone());
         let recovered = blocking(move || {
             for lock in worktree::clear_stale_locks(&repo, &t, started) {
-                eprintln!("corral: removed {}, left by a killed merge", lock.display());
+                tracing::info!("removed {}, left by a killed merge", lock.display());
             }
             let old = git2::Oid::from_str(&o).map_err(|e| Error::other(e.message().to_string()))?;
             let new = git2::Oid::from_str(&n).map_err(|e| Error::other(e.message().to_string()))?;
@@ -236,7 +247,7 @@ pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::System
         match recovered {
             Ok((crate::git::merge::Recovery::Applied, rescued)) => {
                 let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
-                inner.commit_logged(vec![inner.draft(agent, body)]).await;
+                daemon.commit_logged(vec![daemon.draft(agent, body)]).await;
             }
             // Not applied (or the target moved on): do it again.
             _ => requeue.push(agent.address.clone()),
@@ -251,6 +262,6 @@ pub(super) async fn resume_merges(inner: &Arc<Inner>, started: std::time::System
         }
     }
     for address in requeue {
-        enqueue_merge(inner, &address, None, None).await;
+        enqueue_merge(daemon, &address, None, None).await;
     }
 }

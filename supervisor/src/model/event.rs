@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use corral_harness::{HarnessEvent, TokenUsage};
+use corral_harness::{Harness, HarnessEvent, TokenUsage};
 use serde::{Deserialize, Serialize};
 
 use crate::model::address::Address;
@@ -55,8 +55,8 @@ pub enum EventBody {
     Spawned {
         id: u64,
         /// Which agent CLI this is (see `corral_harness::launch`).
-        #[serde(default = "generic")]
-        harness: String,
+        #[serde(default)]
+        harness: Harness,
         task_text: String,
         command: Vec<String>,
         branch: String,
@@ -276,10 +276,6 @@ fn is_zero(n: &u64) -> bool {
 
 fn is_never(spec: &RestartSpec) -> bool {
     spec.policy == crate::model::restart::RestartPolicy::Never
-}
-
-fn generic() -> String {
-    "generic".into()
 }
 
 impl EventBody {

@@ -17,11 +17,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Spelled as in Kubernetes; `--restart` also takes `never`, `on-failure`,
+/// `onfailure` and `always`, as [`FromStr`](std::str::FromStr) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 pub enum RestartPolicy {
     #[default]
+    #[value(name = "Never", alias = "never")]
     Never,
+    #[value(name = "OnFailure", aliases = ["on-failure", "onfailure"])]
     OnFailure,
+    #[value(name = "Always", alias = "always")]
     Always,
 }
 

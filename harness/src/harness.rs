@@ -1,0 +1,354 @@
+//! [`Harness`]: the agent CLIs corral knows, as a type. Each CLI's module
+//! holds everything about it: its command line, its output parser and how a
+//! message reaches it ([`crate::claude`], [`crate::codex`],
+//! [`crate::gemini`], [`crate::opencode`], [`crate::aider`],
+//! [`crate::generic`]). This module only names them and dispatches, one
+//! `match self` per question, so no caller matches on harness names.
+//!
+//! | harness | command | input | a message is |
+//! |---|---|---|---|
+//! | claude | `claude -p --output-format stream-json --verbose --include-partial-messages --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
+//! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
+//! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
+//! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
+//! | aider | `aider --yes-always --no-pretty ... --message TASK` | none | not deliverable |
+//! | generic | the command given | the PTY | typed into the PTY |
+//!
+//! Structured (JSON-lines) harnesses run in a raw PTY without echo, so
+//! their output passes unchanged and nothing is echoed into it.
+//!
+//! A harness is written as its lowercase name everywhere: corral.toml, the
+//! command line, MCP and the journal (`"harness":"claude"`); [`FromStr`],
+//! [`fmt::Display`] and serde all use that name, and an unknown name gets
+//! the one message of [`UnknownHarness`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::Parser;
+use crate::launch::{Delivery, Launch, Options};
+use crate::{aider, claude, codex, gemini, generic, opencode};
+
+/// An agent CLI corral can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Harness {
+    /// Claude Code: `claude -p`, stream-json out and in.
+    Claude,
+    /// Codex CLI: `codex exec --json`, one turn per process.
+    Codex,
+    /// Gemini CLI: `gemini -p --output-format stream-json`.
+    Gemini,
+    /// opencode: `opencode run --format json`.
+    Opencode,
+    /// Aider: `aider --message`, plain text out.
+    Aider,
+    /// Any command, run as given in a PTY.
+    Generic,
+}
+
+/// A name that is no [`Harness`]. Its message is the one every caller
+/// shows (the command line, corral.toml, MCP and the daemon say it alike).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown harness {name:?} (expected one of: {known})", known = Harness::ALL.map(Harness::as_str).join(", "))]
+pub struct UnknownHarness {
+    /// The name given.
+    pub name: String,
+}
+
+impl Harness {
+    /// Every harness, in the order they are listed to people.
+    pub const ALL: [Harness; 6] =
+        [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode, Harness::Aider, Harness::Generic];
+
+    /// The harness's name: lowercase, as written in corral.toml and the journal.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Harness::Claude => "claude",
+            Harness::Codex => "codex",
+            Harness::Gemini => "gemini",
+            Harness::Opencode => "opencode",
+            Harness::Aider => "aider",
+            Harness::Generic => "generic",
+        }
+    }
+
+    /// The environment variable that names the CLI's binary (else its
+    /// usual name on PATH, which is [`Harness::as_str`]); `None` for
+    /// `generic`, whose command is given whole.
+    pub fn program_variable(self) -> Option<&'static str> {
+        match self {
+            Harness::Claude => Some(claude::PROGRAM_VARIABLE),
+            Harness::Codex => Some(codex::PROGRAM_VARIABLE),
+            Harness::Gemini => Some(gemini::PROGRAM_VARIABLE),
+            Harness::Opencode => Some(opencode::PROGRAM_VARIABLE),
+            Harness::Aider => Some(aider::PROGRAM_VARIABLE),
+            Harness::Generic => None,
+        }
+    }
+
+    /// The CLI binary to run for an agent whose environment is `env`: the
+    /// [`Harness::program_variable`] set there, else the harness's name;
+    /// empty for `generic` (its command is the whole `extra` of
+    /// [`Harness::launch`]).
+    pub fn program(self, env: &BTreeMap<String, String>) -> String {
+        match self.program_variable() {
+            Some(variable) => env.get(variable).cloned().unwrap_or_else(|| self.as_str().to_string()),
+            None => String::new(),
+        }
+    }
+
+    /// Builds the launch for `task`. `program` is the CLI binary (see
+    /// [`Harness::program`]); `extra` goes after corral's own arguments.
+    /// For `generic`, `extra` is the whole command, and an empty one is
+    /// refused.
+    pub fn launch(self, program: &str, task: &str, options: &Options, extra: &[String]) -> Result<Launch, String> {
+        match self {
+            Harness::Claude => Ok(claude::launch(program, task, options, extra)),
+            Harness::Codex => Ok(codex::launch(program, task, options, extra)),
+            Harness::Gemini => Ok(gemini::launch(program, task, options, extra)),
+            Harness::Opencode => Ok(opencode::launch(program, task, options, extra)),
+            Harness::Aider => Ok(aider::launch(program, task, options, extra)),
+            Harness::Generic => generic::launch(extra),
+        }
+    }
+
+    /// True for CLIs that end each task with a result line (success or
+    /// error); their agents succeed only on a successful result.
+    pub fn reports_results(self) -> bool {
+        match self {
+            Harness::Claude => claude::REPORTS_RESULTS,
+            Harness::Codex => codex::REPORTS_RESULTS,
+            Harness::Gemini => gemini::REPORTS_RESULTS,
+            Harness::Opencode => opencode::REPORTS_RESULTS,
+            Harness::Aider => aider::REPORTS_RESULTS,
+            Harness::Generic => generic::REPORTS_RESULTS,
+        }
+    }
+
+    /// How messages reach a running agent of this harness.
+    pub fn delivery(self) -> Delivery {
+        match self {
+            Harness::Claude => claude::DELIVERY,
+            Harness::Codex => codex::DELIVERY,
+            Harness::Gemini => gemini::DELIVERY,
+            Harness::Opencode => opencode::DELIVERY,
+            Harness::Aider => aider::DELIVERY,
+            Harness::Generic => generic::DELIVERY,
+        }
+    }
+
+    /// What is written to a running agent's input to deliver `text` (its
+    /// session id, when known, goes with it where the CLI wants one):
+    /// `Some` exactly for the harnesses whose [`Harness::delivery`] is
+    /// [`Delivery::StdinJson`] or [`Delivery::TypeIntoPty`].
+    pub fn message_input(self, text: &str, session_id: Option<&str>) -> Option<String> {
+        match self {
+            Harness::Claude => Some(claude::message_input(text, session_id)),
+            Harness::Generic => Some(generic::message_input(text)),
+            Harness::Codex | Harness::Gemini | Harness::Opencode | Harness::Aider => None,
+        }
+    }
+
+    /// The command that continues session `session` with `text`, from the
+    /// agent's launch command: `Some` exactly for the harnesses whose
+    /// [`Harness::delivery`] is [`Delivery::Resume`].
+    pub fn resume_argv(self, launch_argv: &[String], session: &str, text: &str) -> Option<Vec<String>> {
+        match self {
+            Harness::Codex => Some(codex::resume_argv(launch_argv, session, text)),
+            Harness::Claude | Harness::Gemini | Harness::Opencode | Harness::Aider | Harness::Generic => None,
+        }
+    }
+
+    /// The command line and first input of an ended agent's next run with
+    /// `task`, continuing its session where the CLI can (`claude --resume`,
+    /// `codex exec resume`); the other structured CLIs take the task as
+    /// their last argument; a plain command runs again as it was.
+    pub fn next_task(self, launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
+        match self {
+            Harness::Claude => claude::next_task(launch_argv, session, task),
+            Harness::Codex => codex::next_task(launch_argv, session, task),
+            Harness::Gemini => gemini::next_task(launch_argv, task),
+            Harness::Opencode => opencode::next_task(launch_argv, task),
+            Harness::Aider => aider::next_task(launch_argv, task),
+            Harness::Generic => generic::next_task(launch_argv),
+        }
+    }
+
+    /// The arguments that start an agent running in `cwd` from a copy of
+    /// session `session` (its environment `env` says where the CLI keeps
+    /// sessions). Only Claude Code sessions can be forked: see
+    /// [`claude::fork_session`].
+    pub fn fork_session(
+        self,
+        env: &BTreeMap<String, String>,
+        session: &str,
+        cwd: &Path,
+    ) -> Result<Vec<String>, String> {
+        match self {
+            Harness::Claude => claude::fork_session(env, session, cwd),
+            Harness::Codex | Harness::Gemini | Harness::Opencode | Harness::Aider | Harness::Generic => {
+                Err("only Claude Code sessions can be forked (use --harness claude)".into())
+            }
+        }
+    }
+
+    /// A fresh parser of the CLI's output, one per agent; `None` for
+    /// `generic`, whose output is not read for events (its
+    /// [`generic::GenericParser`] would only repeat the lines).
+    pub fn parser(self) -> Option<Box<dyn Parser>> {
+        match self {
+            Harness::Claude => Some(Box::new(claude::ClaudeParser::new())),
+            Harness::Codex => Some(Box::new(codex::CodexParser::new())),
+            Harness::Gemini => Some(Box::new(gemini::GeminiParser::new())),
+            Harness::Opencode => Some(Box::new(opencode::OpencodeParser::new())),
+            Harness::Aider => Some(Box::new(aider::AiderParser::new())),
+            Harness::Generic => None,
+        }
+    }
+}
+
+/// A plain command is what an agent is when nothing says otherwise.
+impl Default for Harness {
+    fn default() -> Harness {
+        Harness::Generic
+    }
+}
+
+impl fmt::Display for Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Harness {
+    type Err = UnknownHarness;
+
+    /// The harness of that exact lowercase name.
+    fn from_str(name: &str) -> Result<Harness, UnknownHarness> {
+        Harness::ALL.into_iter().find(|harness| harness.as_str() == name).ok_or(UnknownHarness { name: name.into() })
+    }
+}
+
+impl Serialize for Harness {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Harness {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Harness, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::{Input, Sandbox};
+
+    #[test]
+    fn every_harness_round_trips_by_its_name() {
+        for harness in Harness::ALL {
+            let name = harness.to_string();
+            assert_eq!(name, harness.as_str());
+            assert_eq!(name, name.to_lowercase());
+            assert_eq!(name.parse::<Harness>(), Ok(harness));
+            let json = serde_json::to_string(&harness).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<Harness>(&json).unwrap(), harness);
+        }
+        assert_eq!(Harness::ALL.map(Harness::as_str), ["claude", "codex", "gemini", "opencode", "aider", "generic"]);
+    }
+
+    #[test]
+    fn an_unknown_name_gets_the_one_message() {
+        let expected = "unknown harness \"cursor\" (expected one of: claude, codex, gemini, opencode, aider, generic)";
+        assert_eq!("cursor".parse::<Harness>().unwrap_err().to_string(), expected);
+        assert_eq!(serde_json::from_str::<Harness>("\"cursor\"").unwrap_err().to_string(), expected);
+        assert!("Claude".parse::<Harness>().is_err());
+        assert!("".parse::<Harness>().is_err());
+    }
+
+    #[test]
+    fn a_journal_record_reads_the_same_with_the_enum() {
+        #[derive(Serialize, Deserialize)]
+        struct Record {
+            harness: Harness,
+        }
+        let record: Record = serde_json::from_str(r#"{"harness":"claude"}"#).unwrap();
+        assert_eq!(record.harness, Harness::Claude);
+        assert_eq!(serde_json::to_string(&record).unwrap(), r#"{"harness":"claude"}"#);
+    }
+
+    #[test]
+    fn each_delivery_has_its_means() {
+        for harness in Harness::ALL {
+            let delivery = harness.delivery();
+            let types = matches!(delivery, Delivery::StdinJson | Delivery::TypeIntoPty);
+            assert_eq!(harness.message_input("hi", None).is_some(), types, "{harness}");
+            let argv = ["x".to_string(), "task".into()];
+            assert_eq!(harness.resume_argv(&argv, "s", "hi").is_some(), delivery == Delivery::Resume, "{harness}");
+        }
+        assert_eq!(Harness::Claude.delivery(), Delivery::StdinJson);
+        assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
+        assert_eq!(Harness::Generic.delivery(), Delivery::TypeIntoPty);
+        assert_eq!(Harness::Generic.message_input("ls", None).unwrap(), "ls\r");
+    }
+
+    #[test]
+    fn parsers_for_every_structured_cli_and_none_for_generic() {
+        for harness in Harness::ALL {
+            assert_eq!(harness.parser().is_some(), harness != Harness::Generic, "{harness}");
+        }
+        let results: Vec<_> = Harness::ALL.into_iter().filter(|h| h.reports_results()).collect();
+        assert_eq!(results, [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode]);
+    }
+
+    #[test]
+    fn the_program_comes_from_the_agents_environment() {
+        let env = BTreeMap::from([("CORRAL_CODEX_BIN".to_string(), "/opt/codex".to_string())]);
+        assert_eq!(Harness::Codex.program(&env), "/opt/codex");
+        assert_eq!(Harness::Claude.program(&env), "claude");
+        assert_eq!(Harness::Generic.program(&env), "");
+        assert_eq!(Harness::Aider.program_variable(), Some("CORRAL_AIDER_BIN"));
+    }
+
+    #[test]
+    fn sandbox_and_effort_reach_the_clis_that_take_them() {
+        let options =
+            Options { sandbox: Some(Sandbox::ReadOnly), reasoning_effort: Some("high"), ..Options::default() };
+        let codex = Harness::Codex.launch("codex", "t", &options, &[]).unwrap().argv;
+        assert_eq!(&codex[4..8], ["--sandbox", "read-only", "-c", "model_reasoning_effort=high"]);
+        let claude = Harness::Claude.launch("claude", "t", &options, &[]).unwrap().argv;
+        assert!(claude.windows(2).any(|w| w[0] == "--disallowedTools"), "{claude:?}");
+        assert!(!claude.iter().any(|a| a.contains("reasoning")), "{claude:?}");
+        let plain = Harness::Generic.launch("", "t", &options, &["true".into()]).unwrap().argv;
+        assert_eq!(plain, ["true"]);
+    }
+
+    #[test]
+    fn the_task_is_the_last_argument_of_the_one_shot_clis() {
+        for harness in [Harness::Gemini, Harness::Opencode, Harness::Aider] {
+            let launch = harness.launch(harness.as_str(), "first", &Options::default(), &[]).unwrap();
+            assert_eq!(launch.argv.last().map(String::as_str), Some("first"), "{harness}");
+            assert_eq!(launch.input, Input::Null, "{harness}");
+            let (argv, input) = harness.next_task(&launch.argv, Some("s"), "second");
+            assert_eq!(argv[..argv.len() - 1], launch.argv[..launch.argv.len() - 1], "{harness}");
+            assert_eq!(argv.last().map(String::as_str), Some("second"), "{harness}");
+            assert_eq!(input, None);
+        }
+        let plain = ["make".to_string(), "test".into()];
+        assert_eq!(Harness::Generic.next_task(&plain, None, "other"), (plain.to_vec(), None));
+    }
+
+    #[test]
+    fn only_claude_sessions_fork() {
+        let err = Harness::Codex.fork_session(&BTreeMap::new(), "s", Path::new("/w")).unwrap_err();
+        assert!(err.contains("only Claude Code sessions"), "{err}");
+    }
+}

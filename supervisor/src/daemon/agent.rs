@@ -1,0 +1,373 @@
+//! One task per live agent, driven by a [`Control`] enum: it owns the
+//! agent's live side (the monitor link, the output reader and parser, the
+//! probes of the current run, budget checks after usage, and the delivery
+//! of messages in order) until the agent has ended, then settles it
+//! (exit, a queued task, a freed slot, the merge).
+//!
+//! Never does: start a process (the runtime does) or write the table
+//! (the store does).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use super::budgets::{enforce_budgets, price_usage, touch, DEFAULT_GRACE_SECS};
+use super::probe_run::{next_probe_event, probe_body, ProbeRun};
+use super::reader::OutputReader;
+use super::start::Link;
+use super::{assign, merges, start, Daemon};
+use crate::model::address::Address;
+use crate::model::budget::BudgetKind;
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::{classify_exit, AgentRecord, AgentState};
+use crate::wire::monitor::{ExitRecord, MonitorCommand, MonitorMessage};
+use corral_harness::launch::Delivery;
+
+/// What the rest of the daemon asks of one agent's task. Sends go
+/// through the task so that message ids and delivery order are decided in
+/// one place, in order.
+pub(super) enum Control {
+    /// Stop the agent: SIGTERM to its group, this long, then SIGKILL.
+    Stop { grace_secs: f64 },
+    /// Journal a message for it and deliver it as its CLI can take it.
+    Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
+}
+
+/// The control channels of the agents' tasks, by address: one task per
+/// live agent. The lock is held for a map operation only, never with
+/// another lock.
+#[derive(Default)]
+pub(super) struct Agents(Mutex<HashMap<Address, mpsc::UnboundedSender<Control>>>);
+
+impl Agents {
+    /// Sends `control` to the agent's task; gives it back if the agent has
+    /// no task (it is not live).
+    pub(super) fn control(&self, address: &Address, control: Control) -> std::result::Result<(), Control> {
+        let sender = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(address).cloned();
+        match sender {
+            Some(sender) => sender.send(control).map_err(|e| e.0),
+            None => Err(control),
+        }
+    }
+
+    fn insert(&self, address: &Address, sender: mpsc::UnboundedSender<Control>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), sender);
+    }
+
+    /// Forgets the task, unless a newer one (the agent's next task) took
+    /// its place meanwhile.
+    fn remove(&self, address: &Address, sender: &mpsc::UnboundedSender<Control>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(address).is_some_and(|current| current.same_channel(sender)) {
+            map.remove(address);
+        }
+    }
+}
+
+/// Starts the task that owns one live agent until it has ended. With no
+/// link (the agent already ended), it settles from the exit record.
+pub(super) fn supervise(daemon: &Arc<Daemon>, record: AgentRecord, link: Option<Link>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    daemon.agents.insert(&record.address, tx.clone());
+    if record.stop_requested {
+        // A stop arrived while the agent was starting.
+        let _ = tx.send(Control::Stop { grace_secs: record.grace_secs.unwrap_or(DEFAULT_GRACE_SECS) });
+    }
+    let daemon = daemon.clone();
+    tokio::spawn(async move {
+        let address = record.address.clone();
+        watch_monitor(&daemon, record, link, rx).await;
+        daemon.agents.remove(&address, &tx);
+    });
+}
+
+/// `corral send`: hands the message to the agent's task, which journals
+/// it (so it is never lost) and delivers it; answers its id.
+pub(super) async fn send_message(daemon: &Daemon, agent: &AgentRecord, from: String, text: String) -> Result<String> {
+    let (reply, answer) = oneshot::channel();
+    if daemon.agents.control(&agent.address, Control::Send { from, text, reply }).is_err() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{} is {}; only a running agent takes messages", agent.address, agent.state.as_str()),
+        ));
+    }
+    answer.await.map_err(|_| Error::new(ErrorKind::Refused, format!("{} has ended", agent.address)))?
+}
+
+async fn watch_monitor(
+    daemon: &Arc<Daemon>,
+    record: AgentRecord,
+    link: Option<Link>,
+    mut commands: mpsc::UnboundedReceiver<Control>,
+) {
+    let agent_dir = daemon.state.agent(record.id);
+    let mut reader = OutputReader::resume(&record, agent_dir.log());
+    let exit = match link {
+        Some(link) => follow_monitor(daemon, &record, &mut reader, link, &mut commands).await,
+        None => daemon.runtime.exit_record(&agent_dir),
+    };
+    flush_output(daemon, &record, &mut reader, true).await;
+    // Whoever still waits to send learns the agent has ended.
+    commands.close();
+    while let Some(command) = commands.recv().await {
+        if let Control::Send { reply, .. } = command {
+            let _ = reply.send(Err(Error::new(ErrorKind::Refused, format!("{} has ended", record.address))));
+        }
+    }
+    settle(daemon, record, exit).await;
+}
+
+/// Relays commands to the monitor and output from it until the agent ends;
+/// returns its exit record (None if the monitor vanished without one).
+async fn follow_monitor(
+    daemon: &Arc<Daemon>,
+    record: &AgentRecord,
+    reader: &mut OutputReader,
+    link: Link,
+    commands: &mut mpsc::UnboundedReceiver<Control>,
+) -> Option<ExitRecord> {
+    let agent_dir = daemon.state.agent(record.id);
+    touch(daemon, &record.address);
+    let (monitor_out, mut monitor_in) = link.into_split();
+    let mut lines = BufReader::new(monitor_out).lines();
+    let mut probes = ProbeRun::start(daemon, record, reader);
+    let mut restarting = false;
+    // Messages handed to the monitor as follow-ups, not yet started.
+    let mut handed = HashSet::new();
+    // Catch up on output written while nobody watched, and on messages
+    // accepted but not delivered before a daemon restart.
+    flush_output(daemon, record, reader, false).await;
+    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+    close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<MonitorMessage>(&line) {
+                    Ok(MonitorMessage::Output { .. }) => {
+                        touch(daemon, &record.address);
+                        // Read to the end of the log, not just to `log_len`: notices
+                        // queued behind this one then find nothing new, so a
+                        // chatty agent costs one journal write per batch, not
+                        // one per notice.
+                        flush_output(daemon, record, reader, false).await;
+                        deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                        close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+                    }
+                    Ok(MonitorMessage::Restarting { count, reason, backoff_secs, code, signal }) => {
+                        let Some(current) = daemon.record(&record.address) else { continue };
+                        // The run's probes end with it; the next run gets new ones.
+                        probes = None;
+                        reader.observations = None;
+                        restarting = true;
+                        let body = EventBody::Restarted { count, reason, backoff_secs, code, signal };
+                        daemon.commit_logged(vec![daemon.draft(&current, body)]).await;
+                    }
+                    Ok(MonitorMessage::Started { pid, tag }) => {
+                        // A restart or a follow-up: the agent goes on under a new pid.
+                        if std::mem::take(&mut restarting) {
+                            probes = ProbeRun::start(daemon, record, reader);
+                            touch(daemon, &record.address);
+                        }
+                        let Some(current) = daemon.record(&record.address) else { continue };
+                        let monitor_pid = current.monitor_pid.unwrap_or(0);
+                        let mut bodies = vec![EventBody::Started { pid, monitor_pid }];
+                        if let Some(message_id) = tag {
+                            bodies.push(EventBody::MessageDelivered { message_id });
+                        }
+                        let drafts = bodies.into_iter().map(|b| daemon.draft(&current, b)).collect();
+                        daemon.commit_logged(drafts).await;
+                    }
+                    Ok(MonitorMessage::Exit { record }) => return Some(record),
+                    Ok(MonitorMessage::Status { .. }) => {}
+                    Err(err) => tracing::warn!("{}: bad monitor message {line:?}: {err}", record.address),
+                },
+                // The monitor went away: its exit record says how it ended.
+                Ok(None) | Err(_) => return daemon.runtime.exit_record(&agent_dir),
+            },
+            event = next_probe_event(&mut probes) => {
+                let Some(current) = daemon.record(&record.address) else { continue };
+                let kill = event.verdict().is_some();
+                daemon.commit_logged(vec![daemon.draft(&current, probe_body(&event))]).await;
+                if kill {
+                    probes = None;
+                    let grace_secs = current.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+                    let stop = MonitorCommand::Stop { grace_secs, probe_failed: true };
+                    let _ = send_monitor(&mut monitor_in, &stop).await;
+                }
+            }
+            Some(command) = commands.recv() => match command {
+                Control::Stop { grace_secs } => {
+                    // A failed write shows up as the end of the read side.
+                    let stop = MonitorCommand::Stop { grace_secs, probe_failed: false };
+                    let _ = send_monitor(&mut monitor_in, &stop).await;
+                }
+                Control::Send { from, text, reply } => {
+                    let result = accept_message(daemon, &record.address, from, text).await;
+                    let _ = reply.send(result);
+                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send_monitor(monitor: &mut tokio::net::unix::OwnedWriteHalf, command: &MonitorCommand) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(command).expect("commands serialize");
+    line.push(b'\n');
+    monitor.write_all(&line).await
+}
+
+/// Journals a message for the agent, so it is never lost; delivery follows.
+async fn accept_message(daemon: &Arc<Daemon>, address: &Address, from: String, text: String) -> Result<String> {
+    let record = daemon
+        .record(address)
+        .ok_or_else(|| Error::new(ErrorKind::UnknownAddress, format!("no agent at {address}")))?;
+    if let Delivery::Refuse(why) = record.harness.delivery() {
+        return Err(Error::new(ErrorKind::Refused, format!("{address} cannot take messages: {why}")));
+    }
+    if record.input_closed || record.state.is_terminal() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{address} has finished its task and its input is closed; `corral assign` gives it a new one"),
+        ));
+    }
+    let message_id = format!("{}-m{}", record.task_id, record.messages_sent + 1);
+    let sent = EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text };
+    daemon.commit(vec![daemon.draft(&record, sent)]).await?;
+    Ok(message_id)
+}
+
+/// Delivers the agent's journaled messages, oldest first, as far as its
+/// harness can take them now: written to its input (then journaled as
+/// delivered), or handed to the monitor as a follow-up process (journaled
+/// as delivered when it starts). A message that cannot go yet (no session
+/// to resume so far) waits, and so does every one after it.
+async fn deliver_pending(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    monitor: &mut tokio::net::unix::OwnedWriteHalf,
+    handed: &mut HashSet<String>,
+) {
+    let Some(record) = daemon.record(address) else { return };
+    for message in &record.pending_messages {
+        if handed.contains(&message.message_id) {
+            continue;
+        }
+        let session = record.session_id.as_deref();
+        let command = match record.harness.message_input(&message.text, session) {
+            // Written to its input (Claude's stdin, a plain CLI's terminal).
+            Some(data) => MonitorCommand::Input { data, id: Some(message.message_id.clone()) },
+            // A follow-up process that resumes its session (Codex); with no
+            // session yet, this message and the ones after it wait.
+            None => match session.and_then(|s| record.harness.resume_argv(&record.command, s, &message.text)) {
+                Some(command) => MonitorCommand::Then { command, tag: message.message_id.clone() },
+                None => return,
+            },
+        };
+        if let Err(err) = send_monitor(monitor, &command).await {
+            tracing::warn!("{address}: cannot reach the monitor ({err}); messages stay queued");
+            return;
+        }
+        handed.insert(message.message_id.clone());
+        if let MonitorCommand::Input { .. } = command {
+            let delivered = EventBody::MessageDelivered { message_id: message.message_id.clone() };
+            daemon.commit_logged(vec![daemon.draft(&record, delivered)]).await;
+        }
+    }
+}
+
+/// A JSON-lines agent that has answered all it was given gets its input
+/// closed, so the CLI ends.
+async fn close_input_if_done(daemon: &Arc<Daemon>, address: &Address, monitor: &mut tokio::net::unix::OwnedWriteHalf) {
+    let Some(record) = daemon.record(address) else { return };
+    if record.input_done() && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok() {
+        daemon.commit_logged(vec![daemon.draft(&record, EventBody::InputClosed {})]).await;
+    }
+}
+
+/// Settles an ended agent: its last output, then its exit.
+async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitRecord>) {
+    let current = daemon.record(&record.address).unwrap_or(record);
+    let body = match exit {
+        Some(exit) => exited_body(&exit, &current),
+        None => EventBody::Exited {
+            state: AgentState::Lost,
+            code: None,
+            signal: None,
+            reason: Some("its monitor vanished without an exit record".into()),
+        },
+    };
+    if let Err(err) = daemon.commit(vec![daemon.draft(&current, body)]).await {
+        tracing::warn!("{}: cannot record the exit: {err}", current.address);
+    }
+    let ended = daemon.record(&current.address).unwrap_or(current);
+    // A task queued with `assign --queue` runs next, unless it was stopped.
+    if matches!(ended.state, AgentState::Succeeded | AgentState::Failed) {
+        if let Some((task_id, task)) = ended.queued_tasks.first().cloned() {
+            if let Err(err) = assign::start_assigned(daemon, &ended, task_id, task).await {
+                tracing::warn!("{}: cannot start its queued task: {err}", ended.address);
+            }
+            return;
+        }
+    }
+    // A slot is free: the next pending agent may start.
+    let dispatcher = daemon.clone();
+    tokio::spawn(async move { start::dispatch_pending(&dispatcher).await });
+    if ended.state == AgentState::Succeeded && ended.merge.policy == crate::config::MergePolicy::Auto {
+        merges::enqueue_merge(daemon, &ended.address, None, None).await;
+    }
+}
+
+pub(super) fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody {
+    let stop_requested = record.stop_requested || exit.stop_requested;
+    let expects_result = record.harness.reports_results();
+    let result = record.result.as_ref();
+    let state = classify_exit(exit.code, exit.signal, stop_requested, result, expects_result, record.stopped_for);
+    let result_failed = result.filter(|r| !r.success);
+    let reason = match (state, exit.code, exit.signal, result_failed) {
+        (AgentState::BudgetExceeded | AgentState::TimedOut, _, _, _) => Some(match record.exceeded {
+            Some((kind, used, limit)) => format!("budget exceeded: {}", kind.describe(used, limit)),
+            None => format!(
+                "budget exceeded: {} (the budget of an agent above it)",
+                record.stopped_for.map_or("?", BudgetKind::as_str)
+            ),
+        }),
+        (AgentState::Stopped, _, _, _) => Some("stopped on request".to_string()),
+        (AgentState::Failed, _, _, _) if record.probe_killed.is_some() => record.probe_killed.clone(),
+        (_, _, Some(signal), _) => Some(format!("killed by signal {signal}")),
+        (AgentState::Failed, _, _, Some(result)) => {
+            Some(result.reason.clone().unwrap_or_else(|| "the agent reported an error".into()))
+        }
+        (AgentState::Failed, Some(0), _, None) => Some("it exited without reporting a result".into()),
+        (AgentState::Failed, Some(code), _, _) => Some(format!("exited with code {code}")),
+        _ => None,
+    };
+    EventBody::Exited { state, code: exit.code, signal: exit.signal, reason }
+}
+
+/// Reads the output written since the last call and journals it.
+pub(super) async fn flush_output(daemon: &Arc<Daemon>, record: &AgentRecord, reader: &mut OutputReader, last: bool) {
+    let bodies = match reader.read(last) {
+        Ok(bodies) => bodies,
+        Err(err) => {
+            tracing::warn!("{}: cannot read output: {err}", record.address);
+            return;
+        }
+    };
+    if bodies.is_empty() {
+        return;
+    }
+    let mut bodies = bodies;
+    price_usage(daemon, record, &mut bodies);
+    let spent = bodies.iter().any(|b| matches!(b, EventBody::Usage { .. }));
+    let drafts = bodies.into_iter().map(|body| daemon.draft(record, body)).collect();
+    if let Err(err) = daemon.commit(drafts).await {
+        tracing::warn!("{}: cannot journal output: {err}", record.address);
+    }
+    if spent {
+        enforce_budgets(daemon, &record.address).await;
+    }
+}

@@ -1,0 +1,165 @@
+//! Stop, wait and gc: requests that act on many agents at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::agent::Control;
+use super::budgets::DEFAULT_GRACE_SECS;
+use super::{blocking, Daemon};
+use crate::git::worktree;
+use crate::model::address::Address;
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::{AgentRecord, AgentState};
+use crate::wire::protocol::{GcEntry, Response};
+
+/// Stops an agent and its subtree; `/root` stops every agent. Each agent
+/// gets `grace_secs` if given, else its own grace (`spawn --grace`, or
+/// `[supervisor] grace` when it was spawned), else the default.
+pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option<f64>) -> Result<Response> {
+    let grace_secs = grace_secs
+        .map(|g| crate::model::duration::from_secs(g).map(|d| d.as_secs_f64()))
+        .transpose()
+        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+    let top = Address::parse(address)?;
+    let top_record = if top.is_root() { None } else { Some(daemon.find(address)?) };
+    let targets: Vec<AgentRecord> = daemon.store.read(|table| {
+        let scope: Vec<&AgentRecord> = match &top_record {
+            Some(record) => table.subtree(&record.address),
+            None => table.agents.values().collect(),
+        };
+        scope.into_iter().filter(|a| !a.state.is_terminal()).cloned().collect()
+    });
+    let grace_of = |agent: &AgentRecord| grace_secs.or(agent.grace_secs).unwrap_or(DEFAULT_GRACE_SECS);
+    let drafts = targets
+        .iter()
+        .filter(|a| !a.stop_requested)
+        .map(|a| daemon.draft(a, EventBody::StopRequested { grace_secs: grace_of(a), budget: None }))
+        .collect();
+    daemon.commit(drafts).await?;
+    for agent in &targets {
+        if agent.state == AgentState::Pending {
+            // Nothing runs yet: it ends here.
+            let body = EventBody::Exited {
+                state: AgentState::Stopped,
+                code: None,
+                signal: None,
+                reason: Some("stopped before it started".into()),
+            };
+            daemon.commit(vec![daemon.draft(agent, body)]).await?;
+            continue;
+        }
+        // An agent with no task ended meanwhile: nothing to stop.
+        let _ = daemon.agents.control(&agent.address, Control::Stop { grace_secs: grace_of(agent) });
+    }
+    let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
+    // The monitor escalates to SIGKILL after the grace; allow for a slow box.
+    let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
+    let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
+    wait_for(daemon, &addresses, Some(limit)).await;
+    let mut all: Vec<AgentRecord> = daemon.store.read(|table| match &top_record {
+        Some(record) => table.subtree(&record.address).into_iter().cloned().collect(),
+        None => table.agents.values().cloned().collect(),
+    });
+    all.retain(|a| addresses.contains(&a.address) || Some(&a.address) == top_record.as_ref().map(|r| &r.address));
+    Ok(Response::Stopped { agents: all })
+}
+
+pub(super) async fn wait(daemon: &Arc<Daemon>, addresses: &[String], timeout_secs: Option<f64>) -> Result<Response> {
+    let mut wanted = Vec::new();
+    for text in addresses {
+        wanted.push(daemon.find(text)?.address);
+    }
+    let timeout = timeout_secs
+        .map(crate::model::duration::from_secs)
+        .transpose()
+        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--timeout: {e}")))?;
+    let (agents, timed_out) = wait_for(daemon, &wanted, timeout).await;
+    Ok(Response::Waited { agents, timed_out })
+}
+
+/// Waits until every address has ended, or the timeout passes.
+pub(super) async fn wait_for(
+    daemon: &Arc<Daemon>,
+    addresses: &[Address],
+    timeout: Option<Duration>,
+) -> (Vec<AgentRecord>, bool) {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seq = daemon.store.subscribe();
+    loop {
+        seq.borrow_and_update();
+        let records: Vec<AgentRecord> =
+            daemon.store.read(|table| addresses.iter().filter_map(|a| table.agents.get(a).cloned()).collect());
+        if records.iter().all(AgentRecord::is_done) {
+            return (records, false);
+        }
+        let changed = seq.changed();
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    return (records, true);
+                }
+            }
+            None => {
+                let _ = changed.await;
+            }
+        }
+    }
+}
+
+/// Removes the worktrees of agents that are done (their merge settled),
+/// and their branches when the target already holds every commit. Work
+/// that is not on the target (uncommitted files, unmerged or squashed
+/// commits) is kept unless `force`, and then named.
+pub(super) async fn gc(daemon: &Arc<Daemon>, force: bool) -> Result<Response> {
+    let candidates: Vec<AgentRecord> =
+        daemon.store.read(|table| table.agents.values().filter(|a| a.is_done() && !a.removed).cloned().collect());
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    let _git = daemon.git.lock().await;
+    for agent in candidates {
+        let repo = daemon.state.repo_root.clone();
+        let (path, branch, target) = (agent.worktree.clone(), agent.branch.clone(), agent.merge.target.clone());
+        let entry = |why: String, deleted_branch: Option<String>| GcEntry {
+            address: agent.address.to_string(),
+            worktree: agent.worktree.clone(),
+            why,
+            deleted_branch,
+        };
+        let outcome = blocking(move || {
+            worktree::remove(&repo, &path, force)?;
+            let merged = match &target {
+                Some(target) => crate::git::merge::is_merged(&repo, &branch, target).unwrap_or(false),
+                None => false,
+            };
+            let exists = worktree::branch_tip(&repo, &branch).is_some();
+            if exists && (merged || force) {
+                worktree::delete_branch(&repo, &branch)?;
+                return Ok((true, merged));
+            }
+            Ok((false, merged))
+        })
+        .await;
+        match outcome {
+            Ok((deleted, merged)) => {
+                let deleted_branch = deleted.then(|| agent.branch.clone());
+                let body =
+                    EventBody::Removed { worktree: agent.worktree.clone(), deleted_branch: deleted_branch.clone() };
+                daemon.commit(vec![daemon.draft(&agent, body)]).await?;
+                let why = match (deleted, merged) {
+                    (true, true) => format!("{}; branch {} merged and deleted", agent.state.as_str(), agent.branch),
+                    (true, false) => {
+                        format!("{}; UNMERGED branch {} deleted (--force)", agent.state.as_str(), agent.branch)
+                    }
+                    (false, _) => format!(
+                        "{}; branch {} kept (not all of it is on its target)",
+                        agent.state.as_str(),
+                        agent.branch
+                    ),
+                };
+                removed.push(entry(why, deleted_branch));
+            }
+            Err(err) => kept.push(entry(err.message, None)),
+        }
+    }
+    Ok(Response::Gc { removed, kept })
+}

@@ -1,0 +1,102 @@
+//! An agent's output log turned into events: `output` lines for a plain
+//! CLI, the harness parser's events for a structured one. Owned by the
+//! agent's task; after a daemon restart it resumes after the last
+//! journaled line, its parser brought to the same state by reading the
+//! log up to there again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::model::event::EventBody;
+use crate::model::lifecycle::AgentRecord;
+use crate::sys::output::{clean_line, Limiter, LineCursor};
+
+/// Turns an agent's output log into events: `output` lines for a plain
+/// CLI, the harness parser's events for a structured one.
+pub(super) struct OutputReader {
+    cursor: LineCursor,
+    parser: Option<Box<dyn corral_harness::Parser>>,
+    limiter: Limiter,
+    /// What the current run's probes see: lines, event names, activity.
+    pub(super) observations: Option<Arc<corral_probes::AgentObservations>>,
+}
+
+impl OutputReader {
+    /// A reader that resumes after the last journaled line. The parser is
+    /// brought to the same state by reading the log up to there again.
+    pub(super) fn resume(record: &AgentRecord, log: PathBuf) -> OutputReader {
+        let parser = record.harness.parser();
+        let mut reader = OutputReader {
+            cursor: LineCursor::new(log.clone(), 0),
+            parser,
+            limiter: Limiter::default(),
+            observations: None,
+        };
+        match reader.parser.as_mut() {
+            Some(parser) if record.log_offset > 0 => {
+                if let Ok(lines) = reader.cursor.read(Some(record.log_offset), false) {
+                    for line in lines {
+                        parser.feed_line(trim_cr(&line.bytes));
+                    }
+                }
+            }
+            _ => reader.cursor = LineCursor::new(log, record.log_offset),
+        }
+        reader
+    }
+
+    /// The events for the lines written since the last call.
+    pub(super) fn read(&mut self, last: bool) -> std::io::Result<Vec<EventBody>> {
+        let mut bodies = Vec::new();
+        let lines = self.cursor.read(None, last)?;
+        if let Some(observations) = &self.observations {
+            let now = std::time::Instant::now();
+            for line in &lines {
+                observations.record_line(&clean_line(&line.bytes), now);
+            }
+        }
+        for line in lines {
+            let Some(parser) = self.parser.as_mut() else {
+                let text = clean_line(&line.bytes);
+                if text.is_empty() {
+                    continue;
+                }
+                if let Some(skipped) = self.limiter.admit() {
+                    bodies.push(EventBody::Output { text, offset: line.offset, skipped });
+                }
+                continue;
+            };
+            for event in parser.feed_line(trim_cr(&line.bytes)) {
+                let mut body = EventBody::from_harness(event, line.offset);
+                if let Some(observations) = &self.observations {
+                    let now = std::time::Instant::now();
+                    if let EventBody::SessionStarted { .. } = body {
+                        // Claude Code's system/init: `readiness = { event = "init" }`.
+                        observations.record_event("init", now);
+                    }
+                    observations.record_event(body.type_name(), now);
+                }
+                // Only chatter is rate-limited; usage, tools and results never are.
+                if let EventBody::Progress { skipped, .. } = &mut body {
+                    match self.limiter.admit() {
+                        Some(n) => *skipped = n,
+                        None => continue,
+                    }
+                }
+                bodies.push(body);
+            }
+        }
+        if last {
+            let skipped = self.limiter.take_skipped();
+            if skipped > 0 {
+                // Say how many lines were left out, even with nothing after them.
+                bodies.push(EventBody::Output { text: String::new(), offset: self.cursor.offset(), skipped });
+            }
+        }
+        Ok(bodies)
+    }
+}
+
+pub(super) fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

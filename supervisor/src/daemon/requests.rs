@@ -1,0 +1,105 @@
+//! Requests: one client connection (the hello, then requests until it
+//! hangs up), and what each request does, by handing it to the owner of
+//! what it touches.
+
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+use tokio::sync::{oneshot, watch};
+
+use super::{agent, assign, blocking, events, merges, ops, spawn, Daemon};
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::wire::protocol::{framed, Request, Response, PROTOCOL_VERSION};
+
+pub(super) async fn serve_client(
+    daemon: Arc<Daemon>,
+    stream: UnixStream,
+    stop: watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    match framed::read::<Request>(&mut reader).await? {
+        Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
+            let hello =
+                Response::Hello { version: PROTOCOL_VERSION, pid: std::process::id(), build: daemon.build.clone() };
+            framed::write(&mut writer, &hello).await?;
+        }
+        Some(Request::Hello { version }) => {
+            let message = format!(
+                "this daemon speaks protocol {PROTOCOL_VERSION}, the client {version}: run `corral shutdown` with the old binary and retry"
+            );
+            return framed::write(&mut writer, &Response::Error(Error::other(message))).await;
+        }
+        _ => return Ok(()),
+    }
+    loop {
+        let request = match framed::read::<Request>(&mut reader).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                let error = Error::other(format!("the daemon cannot read this request: {err}"));
+                framed::write(&mut writer, &Response::Error(error)).await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        match request {
+            Request::Events { since, follow, agent } => {
+                return events::stream_events(&daemon, &mut reader, &mut writer, since, follow, agent).await;
+            }
+            Request::Shutdown => {
+                framed::write(&mut writer, &Response::Ok).await?;
+                let _ = stop.send(true);
+                return Ok(());
+            }
+            request => {
+                let response = handle(&daemon, request).await.unwrap_or_else(Response::Error);
+                framed::write(&mut writer, &response).await?;
+            }
+        }
+    }
+}
+
+pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response> {
+    match request {
+        Request::Spawn(spawn) => spawn::spawn_agent(daemon, *spawn).await.map(Response::Spawned),
+        Request::List { all } => {
+            let agents =
+                daemon.store.read(|table| table.agents.values().filter(|a| all || !a.removed).cloned().collect());
+            Ok(Response::Agents { agents })
+        }
+        Request::Info { address } => {
+            let agent = daemon.find(&address)?;
+            let dir = daemon.state.agent(agent.id);
+            Ok(Response::Info { log: dir.log(), monitor_socket: dir.socket(), agent: Box::new(agent) })
+        }
+        Request::Stop { address, grace_secs } => ops::stop(daemon, &address, grace_secs).await,
+        Request::Wait { addresses, timeout_secs } => ops::wait(daemon, &addresses, timeout_secs).await,
+        Request::Gc { force } => ops::gc(daemon, force).await,
+        Request::Merge { address, strategy } => {
+            let agent = daemon.find(&address)?;
+            if !agent.state.is_terminal() {
+                return Err(Error::new(
+                    ErrorKind::Refused,
+                    format!("{} is {}; its work merges once it has ended", agent.address, agent.state.as_str()),
+                ));
+            }
+            let (reply, answer) = oneshot::channel();
+            merges::enqueue_merge(daemon, &agent.address, strategy, Some(reply)).await;
+            let agent = answer.await.ok().flatten().ok_or_else(|| Error::other("the merge queue stopped"))?;
+            Ok(Response::Agent { agent: Box::new(agent) })
+        }
+        Request::Assign { address, task, queue } => assign::assign(daemon, &address, task, queue).await,
+        Request::Diff { address } => {
+            let agent = daemon.find(&address)?;
+            let (repo, branch, base) = (daemon.state.repo_root.clone(), agent.branch.clone(), agent.base.clone());
+            let patch = blocking(move || crate::git::merge::diff(&repo, &branch, &base).map_err(Error::from)).await?;
+            Ok(Response::Diff { patch })
+        }
+        Request::Send { to, from, text } => {
+            let agent = daemon.find(&to)?;
+            let message_id = agent::send_message(daemon, &agent, from, text).await?;
+            Ok(Response::Sent { message_id })
+        }
+        Request::Hello { .. } | Request::Events { .. } | Request::Shutdown => Err(Error::other("unexpected request")),
+    }
+}

@@ -1,0 +1,390 @@
+//! `corral spawn`, read top to bottom: resolve the settings (corral.toml,
+//! the role, the flags: pure), check them (budget, probes, restart,
+//! sandbox, depth, the parent's budget), reserve the name, make the
+//! worktree, write the monitor's spec, then the one start path
+//! ([`start::start_or_queue`]). Each step journals before the next; a
+//! step that fails takes back what the earlier ones made.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::budgets::{refuse_if_day_spent, subtree_spend};
+use super::start::{self, Start};
+use super::{blocking, Daemon};
+use crate::daemon::journal::Draft;
+use crate::git::worktree;
+use crate::model::address::Address;
+use crate::model::budget::Budget;
+use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::event::EventBody;
+use crate::model::lifecycle::{AgentRecord, AgentTable, MergeSpec};
+use crate::sys::paths::AgentDir;
+use crate::wire::monitor::MonitorSpec;
+use crate::wire::protocol::{SpawnRequest, Spawned};
+use corral_harness::launch::Launch;
+use corral_harness::Harness;
+
+/// A new agent's budget: what it asked for, within what each ancestor
+/// with a budget has left (a child never gets more than its parent).
+fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
+    daemon.store.read(|table| grant_from(table, parent, wanted))
+}
+
+fn grant_from(table: &AgentTable, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
+    let mut granted = *wanted;
+    let mut scope = Some(parent.clone());
+    while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
+        if let Some(record) = table.agents.get(&ancestor) {
+            if !record.budget.is_empty() {
+                let left = record.budget.left_after(&subtree_spend(table, &ancestor));
+                granted = Budget::grant(&granted, &left).map_err(|why| format!("{why} (the budget of {ancestor})"))?;
+            }
+        }
+        scope = ancestor.parent();
+    }
+    Ok(granted)
+}
+
+pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> Result<Spawned> {
+    let parent = match &request.parent {
+        Some(text) => Address::parse(text)?,
+        None => Address::root(),
+    };
+    if !parent.is_root() && daemon.record(&parent).is_none() {
+        return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
+    }
+    let address = parent.child(&request.name)?;
+    if let Some(grace) = request.grace_secs {
+        crate::model::duration::from_secs(grace)
+            .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+    }
+    let mut resolved = resolve_settings(daemon, &address, &request)?;
+    refuse_if_day_spent(daemon)?;
+    let max_depth = daemon.config().supervisor.max_depth;
+    if let Some(max) = max_depth.filter(|max| address.depth() > *max as usize) {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{address} would be {} levels below /root; max_depth is {max}", address.depth()),
+        ));
+    }
+    resolved.budget.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
+    resolved.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
+    resolved.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    inherit_sandbox(daemon, &parent, &address, &mut resolved)?;
+    if request.fork_session {
+        fork_session(daemon, &parent, &address, &mut resolved)?;
+    }
+    let launch = build_launch(&resolved)?;
+    check_command(&launch.argv[0], &resolved.env)?;
+
+    // Reserve the address and an id, so concurrent spawns cannot clash.
+    let id = {
+        let mut reserved = daemon.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        // An agent `corral gc` removed frees its name: its history stays in
+        // the journal under its id, and the new agent's record replaces it.
+        let taken = daemon.store.read(|table| table.agents.get(&address).is_some_and(|a| !a.removed));
+        if taken || reserved.addresses.contains(&address) {
+            return Err(Error::new(ErrorKind::Duplicate, format!("an agent named {address} already exists")));
+        }
+        reserved.addresses.insert(address.clone());
+        reserved.next_id += 1;
+        reserved.next_id - 1
+    };
+    let granted = grant_budget(daemon, &parent, &resolved.budget);
+    let result = match granted {
+        Ok(budget) => {
+            resolved.budget = budget;
+            spawn_reserved(daemon, &request, &resolved, &launch, &parent, &address, id).await
+        }
+        Err(why) => Err(Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"))),
+    };
+    daemon.reserved.lock().unwrap_or_else(|e| e.into_inner()).addresses.remove(&address);
+    result
+}
+
+/// The address is reserved; make the worktree and start the monitor.
+async fn spawn_reserved(
+    daemon: &Arc<Daemon>,
+    request: &SpawnRequest,
+    resolved: &Resolved,
+    launch: &Launch,
+    parent: &Address,
+    address: &Address,
+    id: u64,
+) -> Result<Spawned> {
+    let repo = daemon.state.repo_root.clone();
+    let branch = address.branch();
+    let git_name = format!("corral-{}", address.flat());
+    let worktree_path = daemon.state.worktrees.join(address.flat());
+    let task_id = format!("t-{id}");
+
+    // Validate against git before anything is made.
+    let base = {
+        let (repo, base, branch) = (repo.clone(), request.base.clone(), branch.clone());
+        blocking(move || {
+            let commit = worktree::resolve_base(&repo, base.as_deref())?;
+            worktree::ensure_branch_free(&repo, &branch)?;
+            Ok(commit)
+        })
+        .await?
+    };
+
+    let spawned = Draft {
+        agent: Some(address.clone()),
+        parent: Some(parent.clone()),
+        task: Some(task_id.clone()),
+        body: EventBody::Spawned {
+            id,
+            harness: resolved.harness,
+            task_text: resolved.task.clone(),
+            command: launch.argv.clone(),
+            branch: branch.clone(),
+            worktree: worktree_path.clone(),
+            base: base.clone(),
+            budget: resolved.budget,
+            grace_secs: resolved.grace_secs,
+            probes: resolved.probes.clone(),
+            restart: resolved.restart,
+            model: resolved.model.clone(),
+            merge: resolved.merge.clone(),
+            sandbox: resolved.sandbox,
+        },
+    };
+    daemon.commit(vec![spawned]).await.map_err(|mut err| {
+        err.message = err.message.replace("nothing was changed", "nothing was started");
+        err
+    })?;
+    let record = daemon.record(address).expect("just spawned");
+
+    let fail = |reason: String| {
+        let daemon = daemon.clone();
+        let record = record.clone();
+        async move {
+            daemon.commit_logged(vec![daemon.draft(&record, EventBody::SpawnFailed { reason })]).await;
+        }
+    };
+
+    {
+        let _git = daemon.git.lock().await;
+        let (repo, name, branch, path, base) =
+            (repo.clone(), git_name.clone(), branch.clone(), worktree_path.clone(), base.clone());
+        if let Err(err) = blocking(move || worktree::create(&repo, &name, &branch, &base, &path)).await {
+            fail(err.message.clone()).await;
+            return Err(err);
+        }
+    }
+
+    let agent_dir = daemon.state.agent(id);
+    if let Err(err) = write_monitor_spec(daemon, &agent_dir, resolved, launch, &record).await {
+        let _git = daemon.git.lock().await;
+        let (repo, branch, path) = (repo.clone(), branch.clone(), worktree_path.clone());
+        let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
+        fail(err.message.clone()).await;
+        return Err(err);
+    }
+    match start::start_or_queue(daemon, &record).await {
+        Ok(Start::Running { pid }) => {
+            Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
+        }
+        Ok(Start::Queued) => {
+            Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid: 0 })
+        }
+        Err(err) => {
+            let _git = daemon.git.lock().await;
+            let (repo, branch, path) = (repo.clone(), branch.clone(), worktree_path.clone());
+            let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
+            fail(err.message.clone()).await;
+            Err(err)
+        }
+    }
+}
+
+/// One spawn's settings: corral.toml resolved for the address and role
+/// (defaults, then policies by address prefix, then the role), with the
+/// command line's own settings on top.
+struct Resolved {
+    harness: Harness,
+    model: Option<String>,
+    task: String,
+    /// For `generic`, the command; else extra arguments for the CLI.
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    budget: Budget,
+    probes: corral_probes::ProbeSet,
+    restart: crate::model::restart::RestartSpec,
+    grace_secs: Option<f64>,
+    merge: MergeSpec,
+    sandbox: Option<crate::config::Sandbox>,
+    reasoning_effort: Option<String>,
+}
+
+fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
+    let bad = |e: crate::config::ConfigError| Error::new(ErrorKind::BadConfig, e.to_string());
+    let config = crate::config::Config::load(&daemon.state.repo_root).map_err(bad)?;
+    daemon.config.send_replace(Arc::new(config.clone()));
+    let mut settings = config.resolve(&address.to_string(), request.role.as_deref()).map_err(bad)?;
+    settings.overlay(&request.settings);
+    let harness = settings.harness.unwrap_or_default();
+    // A role's args come first; the command line's go after them. For a
+    // plain command, the role's args are the command when none is given.
+    let mut command = settings.args.clone().unwrap_or_default();
+    if harness == Harness::Generic && !request.command.is_empty() {
+        command.clear();
+    }
+    command.extend(request.command.iter().cloned());
+    let mut env = request.env.clone();
+    env.extend(settings.env.clone().unwrap_or_default());
+    let task = if request.task.is_empty() { settings.task.clone().unwrap_or_default() } else { request.task.clone() };
+    Ok(Resolved {
+        harness,
+        model: settings.model.clone(),
+        task,
+        command,
+        env,
+        budget: settings.budget_limits(),
+        probes: settings.probes(),
+        restart: settings.restart_spec(),
+        grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
+        sandbox: settings.sandbox,
+        reasoning_effort: settings.reasoning_effort.clone(),
+        merge: {
+            let merge = settings.merge.clone().unwrap_or_default();
+            MergeSpec {
+                policy: merge.policy.unwrap_or_default(),
+                // The target: as given, else the configured one, else the
+                // branch checked out now.
+                target: merge
+                    .target
+                    .clone()
+                    .or_else(|| config.supervisor.target_branch.clone())
+                    .or_else(|| worktree::current_branch(&daemon.state.repo_root)),
+                strategy: merge.strategy.unwrap_or_default(),
+                gate: merge.gate.clone(),
+            }
+        },
+    })
+}
+
+/// `--fork-session`: the child starts from a copy of its parent's Claude
+/// Code session (see `Harness::fork_session`).
+fn fork_session(daemon: &Daemon, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
+    let refuse = |why: &str| Error::new(ErrorKind::Refused, format!("--fork-session for {address}: {why}"));
+    if resolved.harness != Harness::Claude {
+        return Err(refuse("only Claude Code sessions can be forked (use --harness claude)"));
+    }
+    let record = daemon.record(parent).ok_or_else(|| refuse("its parent is not an agent"))?;
+    let session = match (record.harness == resolved.harness, record.session_id) {
+        (true, Some(session)) => session,
+        _ => return Err(refuse(&format!("{parent} is not a Claude Code agent with a session yet"))),
+    };
+    let worktree = daemon.state.worktrees.join(address.flat());
+    let args = resolved.harness.fork_session(&resolved.env, &session, &worktree).map_err(|why| refuse(&why))?;
+    resolved.command.extend(args);
+    Ok(())
+}
+
+/// A child gets its parent's sandbox unless it asks for one, and may never
+/// ask for more than its parent has.
+fn inherit_sandbox(daemon: &Daemon, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
+    let Some(parent_sandbox) = daemon.record(parent).and_then(|p| p.sandbox) else { return Ok(()) };
+    match resolved.sandbox {
+        None => resolved.sandbox = Some(parent_sandbox),
+        Some(wanted) if wanted > parent_sandbox => {
+            let name =
+                |s: crate::config::Sandbox| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from));
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "spawn of {address} refused: it asks for a {} sandbox but its parent {parent} is {}",
+                    name(wanted).unwrap_or_default(),
+                    name(parent_sandbox).unwrap_or_default()
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// The harness's command line for these settings (the harness applies
+/// the sandbox and the reasoning effort as its CLI can).
+fn build_launch(resolved: &Resolved) -> Result<Launch> {
+    let program = resolved.harness.program(&resolved.env);
+    let options = corral_harness::launch::Options {
+        model: resolved.model.as_deref(),
+        sandbox: resolved.sandbox,
+        reasoning_effort: resolved.reasoning_effort.as_deref(),
+    };
+    resolved
+        .harness
+        .launch(&program, &resolved.task, &options, &resolved.command)
+        .map_err(|why| Error::new(ErrorKind::BadHarness, why))
+}
+
+/// Refuses a command that is not on the agent's PATH (or not a file).
+fn check_command(program: &str, env: &BTreeMap<String, String>) -> Result<()> {
+    let not_found = || Error::new(ErrorKind::CommandNotFound, format!("command not found: {program}"));
+    if program.contains('/') {
+        // Relative paths resolve in the worktree, which does not exist yet.
+        if Path::new(program).is_absolute() && !Path::new(program).exists() {
+            return Err(not_found());
+        }
+        return Ok(());
+    }
+    let path = env.get("PATH").cloned().unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        let candidate = dir.join(program);
+        std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Writes the monitor's spec, starts the monitor in its own session, and
+/// waits until it reports the agent running.
+async fn write_monitor_spec(
+    daemon: &Arc<Daemon>,
+    agent_dir: &AgentDir,
+    resolved: &Resolved,
+    launch: &Launch,
+    record: &AgentRecord,
+) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut env = resolved.env.clone();
+    env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
+    env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
+    env.insert("CORRAL_PARENT".into(), record.parent.to_string());
+    env.insert("CORRAL_TASK_ID".into(), record.task_id.clone());
+    env.insert("CORRAL_TASK".into(), record.task.clone());
+    env.insert("CORRAL_SOCKET".into(), daemon.state.socket().display().to_string());
+    env.insert("CORRAL_BRANCH".into(), record.branch.clone());
+    env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
+    let spec = MonitorSpec {
+        command: launch.argv.clone(),
+        cwd: record.worktree.clone(),
+        env,
+        raw: launch.raw_pty,
+        input: launch.input.into(),
+        first_input: launch.first_input.clone(),
+        restart: resolved.restart,
+        grace_secs: resolved.grace_secs,
+        rows: 50,
+        cols: 160,
+    };
+    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| Error::io("cannot create", &agent_dir.dir, e))?;
+    let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(agent_dir.spec())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &spec_bytes))
+        .map_err(|e| Error::io("cannot write", &agent_dir.spec(), e))?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The connections on `monitor.sock`: the daemon's (JSON lines of
+//! `MonitorMessage` out, `MonitorCommand` in), an attached terminal's (raw
+//! bytes both ways), and a resize. The protocol is described, as types, in
+//! [`crate::wire::monitor`].
+//!
+//! Owns: one thread per connection, and the PTY's size as clients set it.
+//! Never starts, reaps or signals the agent: a stop goes to the monitor's
+//! stop sequence, input to the input writer.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+
+use super::pty::{resize_master, InputOp};
+use super::{request_stop, Shared};
+use crate::sys::paths::AgentDir;
+use crate::wire::monitor::{Hello, MonitorCommand, MonitorMessage};
+
+/// Accepts connections on `monitor.sock` for the monitor's life, each
+/// served on its own thread and counted as a peer.
+pub(super) fn spawn_acceptor(
+    listener: UnixListener,
+    agent: AgentDir,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    input: std::sync::mpsc::Sender<InputOp>,
+) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (agent, shared, writer, input) = (agent.clone(), shared.clone(), writer.clone(), input.clone());
+            shared.state.lock().unwrap().peers += 1;
+            std::thread::spawn(move || {
+                if let Err(err) = serve_connection(stream, &agent, &shared, &writer, input) {
+                    if err.kind() != std::io::ErrorKind::BrokenPipe {
+                        tracing::warn!("connection ended: {err}");
+                    }
+                }
+                shared.state.lock().unwrap().peers -= 1;
+                shared.changed.notify_all();
+            });
+        }
+    });
+}
+
+fn serve_connection(
+    stream: UnixStream,
+    agent: &AgentDir,
+    shared: &Arc<Shared>,
+    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+    input: std::sync::mpsc::Sender<InputOp>,
+) -> std::io::Result<()> {
+    let mut lines = BufReader::new(stream.try_clone()?);
+    let mut first = String::new();
+    lines.read_line(&mut first)?;
+    let hello: Hello = serde_json::from_str(&first).map_err(std::io::Error::other)?;
+    match hello.role.as_str() {
+        "daemon" => serve_daemon(stream, lines, shared, input),
+        "attach" => {
+            if let (Some(rows), Some(cols)) = (hello.rows, hello.cols) {
+                resize(shared, rows, cols);
+            }
+            serve_attach(stream, lines, agent, shared, writer, hello.replay)
+        }
+        "resize" => match (hello.rows, hello.cols) {
+            (Some(rows), Some(cols)) => {
+                resize(shared, rows, cols);
+                Ok(())
+            }
+            _ => Err(std::io::Error::other("a resize needs rows and cols")),
+        },
+        other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
+    }
+}
+
+fn serve_daemon(
+    mut stream: UnixStream,
+    lines: BufReader<UnixStream>,
+    shared: &Arc<Shared>,
+    input: std::sync::mpsc::Sender<InputOp>,
+) -> std::io::Result<()> {
+    // Commands arrive on their own thread; this one reports.
+    let shared_in = shared.clone();
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<MonitorCommand>(&line) {
+                Ok(MonitorCommand::Stop { grace_secs, probe_failed }) => {
+                    request_stop(&shared_in, grace_secs, probe_failed)
+                }
+                Ok(MonitorCommand::Input { data, id }) => {
+                    let fresh = id.is_none_or(|id| shared_in.state.lock().unwrap().inputs_seen.insert(id));
+                    if fresh {
+                        let _ = input.send(InputOp::Write(data.into_bytes()));
+                    }
+                }
+                Ok(MonitorCommand::CloseInput) => {
+                    let _ = input.send(InputOp::Close);
+                }
+                Ok(MonitorCommand::Then { command, tag }) => {
+                    let mut state = shared_in.state.lock().unwrap();
+                    if !state.accepting {
+                        tracing::warn!("the agent has ended; follow-up {tag} not run");
+                    } else if state.tags_seen.insert(tag.clone()) {
+                        state.follow_ups.push_back((command, tag));
+                    }
+                }
+                Err(err) => tracing::warn!("bad command {line:?}: {err}"),
+            }
+        }
+    });
+    let mut sent_len;
+    let mut sent_generation;
+    let mut sent_restart;
+    {
+        let state = shared.state.lock().unwrap();
+        sent_len = state.log_len;
+        sent_generation = state.generation;
+        sent_restart = state.restart_generation;
+        let status = MonitorMessage::Status {
+            pid: state.pid,
+            monitor_pid: std::process::id(),
+            log_len: state.log_len,
+            exit: state.exit.clone(),
+        };
+        drop(state);
+        send(&mut stream, &status)?;
+    }
+    loop {
+        let state = shared.state.lock().unwrap();
+        let state = shared
+            .changed
+            .wait_while(state, |s| {
+                s.log_len == sent_len
+                    && s.exit.is_none()
+                    && s.generation == sent_generation
+                    && s.restart_generation == sent_restart
+            })
+            .unwrap();
+        let (log_len, exit) = (state.log_len, state.exit.clone());
+        let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
+        let restarting = (state.restart_generation != sent_restart).then(|| state.restart_note.clone()).flatten();
+        sent_generation = state.generation;
+        sent_restart = state.restart_generation;
+        drop(state);
+        // Output first: it was written before the restart or the new run.
+        if log_len != sent_len {
+            sent_len = log_len;
+            send(&mut stream, &MonitorMessage::Output { log_len })?;
+        }
+        if let Some(note) = restarting {
+            send(&mut stream, &note)?;
+        }
+        if let Some((pid, tag)) = started {
+            send(&mut stream, &MonitorMessage::Started { pid, tag })?;
+        }
+        if log_len != sent_len {
+            sent_len = log_len;
+            send(&mut stream, &MonitorMessage::Output { log_len })?;
+        }
+        if let Some(record) = exit {
+            send(&mut stream, &MonitorMessage::Exit { record })?;
+            return Ok(());
+        }
+    }
+}
+
+/// Sets the PTY's size, now and for any PTY a restart opens. A zero size
+/// (a client that could not read its terminal's) is ignored.
+fn resize(shared: &Shared, rows: u16, cols: u16) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let mut control = shared.pty.lock().unwrap();
+    control.rows = rows;
+    control.cols = cols;
+    if let Some(master) = &control.master {
+        if let Err(err) = resize_master(master.as_ref(), rows, cols) {
+            tracing::warn!("cannot resize the PTY to {rows}x{cols}: {err}");
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, message: &MonitorMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+fn serve_attach(
+    mut stream: UnixStream,
+    mut input: BufReader<UnixStream>,
+    agent: &AgentDir,
+    shared: &Arc<Shared>,
+    writer: &Arc<Mutex<Box<dyn Write + Send>>>,
+    replay: u64,
+) -> std::io::Result<()> {
+    let writer = writer.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut w = writer.lock().unwrap();
+                    if w.write_all(&buf[..n]).and_then(|()| w.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut log = File::open(agent.log())?;
+    let mut offset = shared.state.lock().unwrap().log_len.saturating_sub(replay);
+    log.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (len, done) = {
+            let state = shared.state.lock().unwrap();
+            let state = shared.changed.wait_while(state, |s| s.log_len == offset && s.exit.is_none()).unwrap();
+            (state.log_len, state.exit.is_some())
+        };
+        while offset < len {
+            let want = ((len - offset) as usize).min(buf.len());
+            let n = log.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+            offset += n as u64;
+        }
+        if done && offset >= len {
+            return Ok(());
+        }
+    }
+}

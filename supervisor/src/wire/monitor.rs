@@ -1,0 +1,170 @@
+//! The daemon-monitor protocol, as types: what the daemon gives a monitor
+//! to run (`spec.json`), what the monitor says on `monitor.sock`, what the
+//! daemon tells it, and how the agent ended (`exit.json`).
+//!
+//! A peer of `monitor.sock` first sends one JSON line saying what it is
+//! ([`Hello`]):
+//! - `{"role":"daemon"}`: the monitor sends JSON lines of [`MonitorMessage`]:
+//!   `status` (at once), `output` (the log grew), `restarting`, `started`
+//!   and `exit` (the agent's last process is gone); the daemon sends JSON
+//!   lines of [`MonitorCommand`], such as `{"t":"stop","grace_secs":N}`
+//!   and `{"t":"input","data":"text"}`.
+//! - `{"role":"attach","replay":BYTES,"rows":R,"cols":C}`: raw bytes both
+//!   ways: the last BYTES of the log then everything new, and keystrokes
+//!   into the PTY. `rows` and `cols` (optional, both or neither) are the
+//!   client's terminal size, applied to the PTY before anything else.
+//! - `{"role":"resize","rows":R,"cols":C}`: sets the PTY's size (the
+//!   kernel sends SIGWINCH to the agent's foreground process group), then
+//!   the monitor closes the connection. The attach stream is raw bytes
+//!   with no framing, so an attached client opens one of these on each
+//!   change of its terminal's size, one at a time, waiting for the close.
+//!
+//! Owns: the shapes and their JSON spellings. Never does: read or write a
+//! file or a socket (the monitor and the daemon do).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::restart::RestartSpec;
+
+/// What the monitor runs. Written by the daemon to `spec.json` (mode 0600:
+/// the environment may hold API keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    pub command: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// Raw mode, no echo: for harnesses that speak JSON lines over the PTY.
+    #[serde(default)]
+    pub raw: bool,
+    /// Where the agent's standard input comes from.
+    #[serde(default)]
+    pub input: InputMode,
+    /// Written to the agent's input as soon as it starts (a task given as
+    /// the first message).
+    #[serde(default)]
+    pub first_input: Option<String>,
+    /// What to do when the agent's process ends.
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// The agent's stop grace (SIGTERM, this long, SIGKILL), for a stop
+    /// the monitor decides itself (it was told to go by a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<f64>,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Where an agent's standard input comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    /// The PTY, like a terminal.
+    #[default]
+    Pty,
+    /// A FIFO (`stdin.fifo`) the monitor writes to and can close, so the
+    /// agent sees the end of its input.
+    Pipe,
+    /// `/dev/null`.
+    Null,
+}
+
+impl From<corral_harness::launch::Input> for InputMode {
+    fn from(input: corral_harness::launch::Input) -> InputMode {
+        match input {
+            corral_harness::launch::Input::Pty => InputMode::Pty,
+            corral_harness::launch::Input::Pipe => InputMode::Pipe,
+            corral_harness::launch::Input::Null => InputMode::Null,
+        }
+    }
+}
+
+/// How the agent ended. Written once, atomically, to `exit.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stop_requested: bool,
+    /// Set when the agent could not be started at all.
+    pub error: Option<String>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// Messages from the monitor to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum MonitorMessage {
+    Status {
+        pid: u32,
+        monitor_pid: u32,
+        log_len: u64,
+        exit: Option<ExitRecord>,
+    },
+    Output {
+        log_len: u64,
+    },
+    /// The agent ended and will run again after `backoff_secs`.
+    Restarting {
+        count: u32,
+        reason: String,
+        backoff_secs: f64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// A new process of the agent started (a follow-up, with its tag).
+    Started {
+        pid: u32,
+        tag: Option<String>,
+    },
+    Exit {
+        record: ExitRecord,
+    },
+}
+
+/// Commands from the daemon to the monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum MonitorCommand {
+    /// Stop the agent. With `probe_failed`, the stop counts as a failure
+    /// for the restart policy (a liveness or startup probe failed);
+    /// otherwise it is final.
+    Stop {
+        grace_secs: f64,
+        #[serde(default)]
+        probe_failed: bool,
+    },
+    /// Write to the agent's input. A message carries its id: one the
+    /// monitor has written before (a restarted daemon redelivering what it
+    /// had not yet journaled as delivered) is dropped, so each message
+    /// arrives once.
+    Input {
+        data: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// Close the agent's input (a FIFO): it will read end-of-file.
+    CloseInput,
+    /// Run this command after the agent's current process ends (stdin from
+    /// `/dev/null`); `tag` comes back in the `started` message. A tag seen
+    /// before is ignored, and nothing is queued once the monitor finishes.
+    Then { command: Vec<String>, tag: String },
+}
+
+/// The first line a peer of `monitor.sock` sends: what it is (`role`:
+/// `daemon`, `attach` or `resize`) and, for the raw roles, what it wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub role: String,
+    /// `attach`: how many bytes of the log's end to send first.
+    #[serde(default)]
+    pub replay: u64,
+    /// `attach` and `resize`: the terminal's size (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+}
