@@ -6,6 +6,7 @@ mod attach_size;
 mod budget_runaway;
 mod budgets;
 mod config;
+mod faults;
 mod foundation;
 mod harness;
 mod mcp;

@@ -214,6 +214,9 @@ fn a_journal_that_cannot_be_written_refuses_changes_and_recovers() {
         if how.starts_with("ENOSPC") {
             assert!(message.contains("is full"), "{message}");
         }
+        if how == "EROFS" {
+            assert!(message.contains("is on a read-only filesystem"), "{message}");
+        }
         // Reads still answer; changes are refused.
         assert_eq!(repo.agent("/root/before")["state"], "running");
         let out = repo.corral(&["stop", "before", "--grace", "0"]);

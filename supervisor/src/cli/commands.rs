@@ -173,8 +173,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 tokens: max_tokens,
                 output_tokens: max_output_tokens,
                 cost: max_cost,
-                wall_secs: timeout.map(|d| d.as_secs_f64()),
-                idle_secs: idle_timeout.map(|d| d.as_secs_f64()),
+                wall: timeout,
+                idle: idle_timeout,
                 warn_at: None,
             };
             limits.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
@@ -185,7 +185,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 || reset_after.is_some();
             let restart = match restart_given {
                 false => None,
-                true => Some(crate::config::RestartConfig {
+                true => Some(crate::model::restart::RestartPartial {
                     policy: restart,
                     limit: restart_limit,
                     backoff,
@@ -200,14 +200,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let settings = crate::config::AgentConfig {
                 harness,
                 model,
-                budget: (!limits.is_empty()).then_some(crate::config::Budget {
-                    tokens: max_tokens,
-                    output_tokens: max_output_tokens,
-                    cost: max_cost,
-                    wall: timeout,
-                    idle: idle_timeout,
-                    warn_at: None,
-                }),
+                budget: (!limits.is_empty()).then_some(limits),
                 startup: startup.as_deref().map(|t| parse_probe("--startup", t)).transpose()?,
                 readiness: readiness.as_deref().map(|t| parse_probe("--readiness", t)).transpose()?,
                 liveness: liveness.as_deref().map(|t| parse_probe("--liveness", t)).transpose()?,

@@ -521,11 +521,7 @@ impl Inner {
         let settings = crate::config::AgentConfig {
             harness,
             model: args.model,
-            budget: (!limits.is_empty()).then(|| crate::config::Budget {
-                tokens: args.max_tokens,
-                cost: args.max_cost,
-                ..Default::default()
-            }),
+            budget: (!limits.is_empty()).then_some(limits),
             ..Default::default()
         };
         let request = SpawnRequest {

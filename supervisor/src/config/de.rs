@@ -1,6 +1,6 @@
 //! The custom serde deserializers of `corral.toml`: durations, positive
-//! numbers, names, paths, harnesses, environments, probes, prices and the
-//! two spellings of `merge`.
+//! numbers, budgets, names, paths, harnesses, environments, probes, prices
+//! and the two spellings of `merge`.
 //!
 //! Each checks its value while deserializing, so that its error lands on
 //! that value's line and key (see `errors`). Messages say what the value
@@ -24,59 +24,9 @@ use crate::sys::gate::Gate;
 // Durations
 // ---------------------------------------------------------------------------
 
-/// Serde for `Option<Duration>`: a `parse_duration` string or a number of
-/// seconds (`from_secs`) in; a `format_duration` string out: the one parser
-/// and printer of `crate::model::duration`, as everywhere else.
-pub(super) mod opt_duration {
-    use std::fmt;
-    use std::time::Duration;
-
-    use serde::de::{self, Deserializer, Visitor};
-    use serde::Serializer;
-
-    use crate::model::duration::{format_duration, from_secs, parse_duration};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(duration) => serializer.serialize_str(&format_duration(*duration)),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        deserializer.deserialize_any(DurationVisitor).map(Some)
-    }
-
-    struct DurationVisitor;
-
-    impl Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration (\"30s\", \"5m\", \"1h30m\", \"250ms\") or a number of seconds")
-        }
-
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-            parse_duration(text).map_err(E::custom)
-        }
-
-        fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
-            self.visit_f64(secs as f64)
-        }
-
-        fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
-            self.visit_f64(secs as f64)
-        }
-
-        fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Duration, E> {
-            from_secs(secs).map_err(E::custom)
-        }
-    }
-}
-
 /// A duration greater than 0 (a budget's `wall` or `idle`).
 pub(super) fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-    let duration = opt_duration::deserialize(deserializer)?;
+    let duration = crate::model::duration::opt_text::deserialize(deserializer)?;
     if duration == Some(Duration::ZERO) {
         return Err(de::Error::custom("must be greater than 0, found 0"));
     }
@@ -214,6 +164,57 @@ impl From<RawPrice> for Price {
             cache_read: raw.cache_read.unwrap_or(raw.input),
             cache_write: raw.cache_write.unwrap_or(raw.input),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Budgets
+// ---------------------------------------------------------------------------
+
+/// Serde for `budget = { ... }`: the one [`Budget`] type as corral.toml, and
+/// the settings a spawn sends, spell it: `wall` and `idle` durations, every
+/// limit checked to be greater than 0. `Budget`'s own serde is the
+/// journal's (`wall_secs`, read as recorded, where a budget granted from
+/// what was left may be 0), hence a spelling of the file's own, of exactly
+/// `Budget`'s fields (serde's `remote`).
+///
+/// [`Budget`]: crate::model::budget::Budget
+pub(crate) mod budget {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{fraction, positive_duration, positive_f64, positive_u64};
+    use crate::model::budget::Budget;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Budget", deny_unknown_fields)]
+    struct File {
+        #[serde(default, deserialize_with = "positive_u64", skip_serializing_if = "Option::is_none")]
+        tokens: Option<u64>,
+        #[serde(default, deserialize_with = "positive_u64", skip_serializing_if = "Option::is_none")]
+        output_tokens: Option<u64>,
+        #[serde(default, deserialize_with = "positive_f64", skip_serializing_if = "Option::is_none")]
+        cost: Option<f64>,
+        #[serde(default, deserialize_with = "positive_duration", skip_serializing_if = "Option::is_none")]
+        #[serde(serialize_with = "crate::model::duration::opt_text::serialize")]
+        wall: Option<Duration>,
+        #[serde(default, deserialize_with = "positive_duration", skip_serializing_if = "Option::is_none")]
+        #[serde(serialize_with = "crate::model::duration::opt_text::serialize")]
+        idle: Option<Duration>,
+        #[serde(default, deserialize_with = "fraction", skip_serializing_if = "Option::is_none")]
+        warn_at: Option<f64>,
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Budget>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(budget) => File::serialize(budget, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Budget>, D::Error> {
+        File::deserialize(deserializer).map(Some)
     }
 }
 

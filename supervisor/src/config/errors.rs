@@ -57,7 +57,7 @@ fn known_roles(known: &[String]) -> String {
 // ---------------------------------------------------------------------------
 
 /// One file's text, for reading it and placing its errors.
-pub(super) struct Source<'a> {
+pub(crate) struct Source<'a> {
     /// Named in every error.
     pub path: &'a Path,
     pub text: &'a str,
@@ -65,17 +65,26 @@ pub(super) struct Source<'a> {
 
 impl Source<'_> {
     /// Deserializes the whole text as `T`.
-    pub(super) fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Deserializer::new(self.text)).map_err(|err| self.toml_error(err))
     }
 
     /// A problem found after deserializing, with the key at `path` itself
     /// (`on_key`: a role name, a policy prefix) or with its value, placed
     /// there.
-    pub(super) fn problem(&self, path: &[&str], on_key: bool, message: String) -> ConfigError {
+    pub(crate) fn problem(&self, path: &[&str], on_key: bool, message: String) -> ConfigError {
         let path: Vec<Segment> = path.iter().map(|key| Segment::Key((*key).to_owned())).collect();
         let span = locate(self.text, &path).map(|found| if on_key { found.key_span } else { found.span });
         self.invalid(span, &path, message)
+    }
+
+    /// A problem found after deserializing, named by the key path `key`
+    /// (keys and array indexes: `agent[2].after`) and placed on the key
+    /// (`on_key`) or the value at `at`: `key` itself, or a key below it
+    /// where `key` has no place of its own (an item of an array).
+    pub(crate) fn problem_at(&self, key: &[Segment], at: &[Segment], on_key: bool, message: String) -> ConfigError {
+        let span = locate(self.text, at).map(|found| if on_key { found.key_span } else { found.span });
+        self.invalid(span, key, message)
     }
 
     fn toml_error(&self, err: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
@@ -127,7 +136,7 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
     Key(String),
     Index(usize),
 }

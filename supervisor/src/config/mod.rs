@@ -11,7 +11,7 @@
 //! |---|---|
 //! | this one | the types of the file and what each key means; [`Config::load`], [`Config::from_str`], layering |
 //! | `resolve` | an agent's settings: `[defaults]`, policies by address prefix, role; [`AgentConfig::overlay`] |
-//! | `de` | the serde deserializers that check values: durations, positive numbers, names, paths, harnesses, probes, `merge` |
+//! | `de` | the serde deserializers that check values: durations, positive numbers, budgets, names, paths, harnesses, probes, `merge` |
 //! | `errors` | [`ConfigError`]; toml's errors as `FILE:LINE:COLUMN: KEY.PATH: message` |
 //!
 //! # Files and layers
@@ -121,8 +121,9 @@
 //! - Role names follow agent-name rules (letters, digits, `_`, `-`); policy
 //!   keys are addresses (`/root`, `/root/review`, ...).
 
-mod de;
-mod errors;
+// `de::budget` and `errors` are also the run file's (`cli::run::file`).
+pub(crate) mod de;
+pub(crate) mod errors;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -147,16 +148,6 @@ pub const REPO_FILE: &str = "corral.toml";
 
 /// The user's configuration file, below the XDG config folder.
 pub const USER_FILE: &str = "corral/config.toml";
-
-/// First restart delay when `restart.backoff` is unset.
-pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
-
-/// Longest restart delay when `restart.max_backoff` is unset.
-pub const DEFAULT_RESTART_MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// Running time after which the back-off starts over, when
-/// `restart.reset_after` is unset.
-pub const DEFAULT_RESTART_RESET_AFTER: Duration = Duration::from_secs(600);
 
 /// The configuration of one repository: the user file and `corral.toml`
 /// layered (see the module documentation).
@@ -199,7 +190,7 @@ pub struct SupervisorConfig {
     #[serde(default, deserialize_with = "de::absolute_path", skip_serializing_if = "Option::is_none")]
     pub worktree_root: Option<PathBuf>,
     /// Default grace period of a stop (SIGTERM, this long, SIGKILL).
-    #[serde(default, with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
     pub grace: Option<Duration>,
 }
 
@@ -250,8 +241,9 @@ pub struct AgentConfig {
     /// What the agent may touch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<Sandbox>,
-    /// Spending limits (merged field by field with a later layer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Spending limits (merged field by field with a later layer), as the
+    /// file spells them (`wall`, `idle`; see `de::budget`).
+    #[serde(default, with = "de::budget", skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
     /// Startup probe: gates the others; failing it stops the agent.
     #[serde(default, deserialize_with = "de::startup_or_liveness", skip_serializing_if = "Option::is_none")]
@@ -264,7 +256,7 @@ pub struct AgentConfig {
     pub liveness: Option<ProbeSpec>,
     /// What happens when the agent ends (merged field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart: Option<RestartConfig>,
+    pub restart: Option<RestartPartial>,
     /// How the agent's work reaches the target branch (merged field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge: Option<MergeConfig>,
@@ -273,59 +265,23 @@ pub struct AgentConfig {
     pub task: Option<String>,
 }
 
-/// An agent's spending limits; unset means no limit of that kind. Checked
-/// against spend by `crate::model::budget`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    /// Tokens, all four kinds added (input, output, cache read, cache write).
-    #[serde(default, deserialize_with = "de::positive_u64", skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<u64>,
-    /// Output tokens alone.
-    #[serde(default, deserialize_with = "de::positive_u64", skip_serializing_if = "Option::is_none")]
-    pub output_tokens: Option<u64>,
-    /// USD.
-    #[serde(default, deserialize_with = "de::positive_f64", skip_serializing_if = "Option::is_none")]
-    pub cost: Option<f64>,
-    /// Time since the agent started.
-    #[serde(default, deserialize_with = "de::positive_duration", skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "de::opt_duration::serialize")]
-    pub wall: Option<Duration>,
-    /// Time without output or progress.
-    #[serde(default, deserialize_with = "de::positive_duration", skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "de::opt_duration::serialize")]
-    pub idle: Option<Duration>,
-    /// Fraction of a limit at which a `budget_warning` is emitted; unset: 0.8.
-    #[serde(default, deserialize_with = "de::fraction", skip_serializing_if = "Option::is_none")]
-    pub warn_at: Option<f64>,
-}
+/// `budget = { tokens, output_tokens, cost, wall, idle, warn_at }`: an
+/// agent's spending limits, unset meaning no limit of that kind; the one
+/// type the flags, MCP and the journal also use. Every limit must be greater
+/// than 0 and `warn_at` in (0, 1]; `wall` and `idle` are durations.
+pub use crate::model::budget::Budget;
 
 /// `sandbox = "read-only" | "workspace-write" | "full"`: what an agent may
 /// write, least to most permissive (the one type the harnesses apply).
 pub use corral_harness::launch::Sandbox;
 
-/// `restart = { ... }`: Kubernetes' restart policy with a back-off. Unset
-/// fields take the `DEFAULT_RESTART_*` constants; an unset `policy` is
-/// [`RestartPolicy::Never`] and an unset `limit` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestartConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<RestartPolicy>,
-    /// Most restarts; then the agent stays ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-    /// First delay before a restart; doubles each time.
-    #[serde(default, with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<Duration>,
-    /// Longest delay.
-    #[serde(default, with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub max_backoff: Option<Duration>,
-    /// Running this long resets the delay (and the count toward nothing
-    /// else: the restart count only grows).
-    #[serde(default, with = "de::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub reset_after: Option<Duration>,
-}
+/// `restart = { policy, limit, backoff, max_backoff, reset_after }`:
+/// Kubernetes' restart policy with a back-off, as one layer of settings
+/// (see `crate::model::restart` for why it is apart from the
+/// [`RestartSpec`](crate::model::restart::RestartSpec) it resolves to). An
+/// unset `policy` is [`RestartPolicy::Never`], an unset `limit` no limit, and
+/// unset timings take `RestartSpec::default()`'s.
+pub use crate::model::restart::RestartPartial;
 
 /// When an ended agent is started again, spelled as in Kubernetes
 /// ("Never", "OnFailure", "Always"): the one type `restart` also uses.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use corral_probes::ProbeSet;
 
-use super::{AgentConfig, Budget, Config, ConfigError, MergeConfig, Price, RestartConfig};
+use super::{AgentConfig, Budget, Config, ConfigError, MergeConfig, Price, RestartPartial};
 use crate::model::address::Address;
 
 impl Config {
@@ -80,7 +80,7 @@ impl AgentConfig {
         set(&mut self.readiness, &other.readiness);
         set(&mut self.liveness, &other.liveness);
         if let Some(restart) = &other.restart {
-            self.restart.get_or_insert_with(RestartConfig::default).overlay(restart);
+            self.restart.get_or_insert_with(RestartPartial::default).overlay(restart);
         }
         if let Some(merge) = &other.merge {
             self.merge.get_or_insert_with(MergeConfig::default).overlay(merge);
@@ -91,64 +91,6 @@ impl AgentConfig {
     /// The three probes as the set `corral_probes` runs.
     pub fn probes(&self) -> ProbeSet {
         ProbeSet { startup: self.startup.clone(), readiness: self.readiness.clone(), liveness: self.liveness.clone() }
-    }
-
-    /// The budget as the supervisor enforces it (seconds for time limits).
-    pub fn budget_limits(&self) -> crate::model::budget::Budget {
-        let budget = self.budget.unwrap_or_default();
-        crate::model::budget::Budget {
-            tokens: budget.tokens,
-            output_tokens: budget.output_tokens,
-            cost: budget.cost,
-            wall_secs: budget.wall.map(|d| d.as_secs_f64()),
-            idle_secs: budget.idle.map(|d| d.as_secs_f64()),
-            warn_at: budget.warn_at,
-        }
-    }
-
-    /// The restart policy as the monitor applies it, defaults filled in.
-    pub fn restart_spec(&self) -> crate::model::restart::RestartSpec {
-        let restart = self.restart.unwrap_or_default();
-        let defaults = crate::model::restart::RestartSpec::default();
-        crate::model::restart::RestartSpec {
-            policy: restart.policy.unwrap_or_default(),
-            limit: restart.limit,
-            backoff_secs: restart.backoff.map_or(defaults.backoff_secs, |d| d.as_secs_f64()),
-            max_backoff_secs: restart.max_backoff.map_or(defaults.max_backoff_secs, |d| d.as_secs_f64()),
-            reset_after_secs: restart.reset_after.map_or(defaults.reset_after_secs, |d| d.as_secs_f64()),
-        }
-    }
-}
-
-impl Budget {
-    /// Lays `other` on top of `self`, field by field.
-    pub fn overlay(&mut self, other: &Budget) {
-        set(&mut self.tokens, &other.tokens);
-        set(&mut self.output_tokens, &other.output_tokens);
-        set(&mut self.cost, &other.cost);
-        set(&mut self.wall, &other.wall);
-        set(&mut self.idle, &other.idle);
-        set(&mut self.warn_at, &other.warn_at);
-    }
-
-    /// True when no limit is set (`warn_at` alone limits nothing).
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_none()
-            && self.output_tokens.is_none()
-            && self.cost.is_none()
-            && self.wall.is_none()
-            && self.idle.is_none()
-    }
-}
-
-impl RestartConfig {
-    /// Lays `other` on top of `self`, field by field.
-    pub fn overlay(&mut self, other: &RestartConfig) {
-        set(&mut self.policy, &other.policy);
-        set(&mut self.limit, &other.limit);
-        set(&mut self.backoff, &other.backoff);
-        set(&mut self.max_backoff, &other.max_backoff);
-        set(&mut self.reset_after, &other.reset_after);
     }
 }
 

@@ -128,7 +128,7 @@ fn the_full_example_parses_to_the_expected_values() {
             period_seconds: 30.0,
             ..ProbeSpec::new(ProbeKind::Idle(corral_probes::IdleAction { seconds: 300.0 }))
         }),
-        restart: Some(RestartConfig {
+        restart: Some(RestartPartial {
             policy: Some(RestartPolicy::OnFailure),
             limit: Some(3),
             backoff: Some(Duration::from_secs(10)),
@@ -284,7 +284,7 @@ fn overlay_lets_set_fields_win_and_merges_budgets() {
         model: Some("a".into()),
         args: Some(vec!["--x".into()]),
         budget: Some(Budget { tokens: Some(10), cost: Some(1.0), ..Budget::default() }),
-        restart: Some(RestartConfig { policy: Some(RestartPolicy::OnFailure), ..RestartConfig::default() }),
+        restart: Some(RestartPartial { policy: Some(RestartPolicy::OnFailure), ..RestartPartial::default() }),
         readiness: Some(ProbeSpec::new(ProbeKind::Event("init".into()))),
         ..AgentConfig::default()
     };
@@ -292,7 +292,7 @@ fn overlay_lets_set_fields_win_and_merges_budgets() {
         model: Some("b".into()),
         args: Some(vec![]),
         budget: Some(Budget { tokens: Some(5), wall: Some(Duration::from_secs(60)), ..Budget::default() }),
-        restart: Some(RestartConfig { limit: Some(2), ..RestartConfig::default() }),
+        restart: Some(RestartPartial { limit: Some(2), ..RestartPartial::default() }),
         ..AgentConfig::default()
     };
     base.overlay(&flags);
@@ -305,7 +305,7 @@ fn overlay_lets_set_fields_win_and_merges_budgets() {
     );
     assert_eq!(
         base.restart,
-        Some(RestartConfig { policy: Some(RestartPolicy::OnFailure), limit: Some(2), ..RestartConfig::default() })
+        Some(RestartPartial { policy: Some(RestartPolicy::OnFailure), limit: Some(2), ..RestartPartial::default() })
     );
     assert!(base.probes().readiness.is_some());
     // An empty overlay changes nothing.

@@ -117,7 +117,9 @@ async fn watch_monitor(
             let _ = reply.send(Err(Error::new(ErrorKind::Refused, format!("{} has ended", record.address))));
         }
     }
-    settle(daemon, record, exit).await;
+    // Usage and results a full disk held back go in with the exit.
+    let held = reader.take_held();
+    settle(daemon, record, exit, held).await;
 }
 
 /// Relays commands to the monitor and output from it until the agent ends;
@@ -289,8 +291,13 @@ async fn close_input_if_done(daemon: &Arc<Daemon>, address: &Address, monitor: &
 }
 
 /// Settles an ended agent: its last output, then its exit.
-async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitRecord>) {
+async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitRecord>, held: Vec<EventBody>) {
     let current = daemon.record(&record.address).unwrap_or(record);
+    let mut held = held;
+    if let Some(lost) = exit.as_ref().map(|e| e.log_bytes_lost).filter(|lost| *lost > 0) {
+        let text = format!("[corral: {lost} bytes of its output could not be kept in its log (the disk was full)]");
+        held.push(EventBody::Output { text, offset: current.log_offset, skipped: 0 });
+    }
     let body = match exit {
         Some(exit) => exited_body(&exit, &current),
         None => EventBody::Exited {
@@ -300,9 +307,15 @@ async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitReco
             reason: Some("its monitor vanished without an exit record".into()),
         },
     };
-    if let Err(err) = daemon.commit(vec![daemon.draft(&current, body)]).await {
-        tracing::warn!("{}: cannot record the exit: {err}", current.address);
-    }
+    // How an agent ended is never dropped: while the journal cannot be
+    // written, try again until it can (the monitor's exit record keeps it
+    // meanwhile, and a restarted daemon reads it from there).
+    let drafts = || {
+        let mut drafts: Vec<_> = held.iter().map(|b| daemon.draft(&current, b.clone())).collect();
+        drafts.push(daemon.draft(&current, body.clone()));
+        drafts
+    };
+    daemon.commit_retrying(drafts).await;
     let ended = daemon.record(&current.address).unwrap_or(current);
     // A task queued with `assign --queue` runs next, unless it was stopped.
     if matches!(ended.state, AgentState::Succeeded | AgentState::Failed) {
@@ -357,15 +370,21 @@ pub(super) async fn flush_output(daemon: &Arc<Daemon>, record: &AgentRecord, rea
             return;
         }
     };
-    if bodies.is_empty() {
+    let mut all = reader.take_held();
+    all.extend(bodies);
+    if all.is_empty() {
         return;
     }
-    let mut bodies = bodies;
-    price_usage(daemon, record, &mut bodies);
-    let spent = bodies.iter().any(|b| matches!(b, EventBody::Usage { .. }));
-    let drafts = bodies.into_iter().map(|body| daemon.draft(record, body)).collect();
+    price_usage(daemon, record, &mut all);
+    let spent = all.iter().any(|b| matches!(b, EventBody::Usage { .. }));
+    let drafts = all.iter().map(|body| daemon.draft(record, body.clone())).collect();
     if let Err(err) = daemon.commit(drafts).await {
-        tracing::warn!("{}: cannot journal output: {err}", record.address);
+        // The journal cannot be written: usage and results wait for the
+        // next flush; lines are left out, and counted.
+        let dropped = reader.hold(all);
+        daemon.store.count_dropped_output(dropped);
+        tracing::debug!("{}: output not journaled: {err}", record.address);
+        return;
     }
     if spent {
         enforce_budgets(daemon, &record.address).await;

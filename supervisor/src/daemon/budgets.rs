@@ -190,7 +190,7 @@ pub(super) fn start_budget_clock(daemon: &Arc<Daemon>) {
             }
             let timed: Vec<Address> = daemon.store.read(|table| {
                 let timed = |a: &&AgentRecord| {
-                    a.state == AgentState::Running && (a.budget.wall_secs.is_some() || a.budget.idle_secs.is_some())
+                    a.state == AgentState::Running && (a.budget.wall.is_some() || a.budget.idle.is_some())
                 };
                 table.agents.values().filter(timed).map(|a| a.address.clone()).collect()
             });

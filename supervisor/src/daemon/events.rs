@@ -25,8 +25,8 @@ pub(super) async fn stream_events(
     let mut reader = JournalReader::open(&daemon.state.journal(), since).map_err(std::io::Error::other)?;
     let mut hangup = [0u8; 1];
     loop {
-        seq.borrow_and_update();
-        for event in reader.read_new().map_err(std::io::Error::other)? {
+        let durable = *seq.borrow_and_update();
+        for event in reader.read_new(durable.len).map_err(std::io::Error::other)? {
             let wanted = match (&filter, &event.agent) {
                 (None, _) => true,
                 (Some(prefix), Some(agent)) => agent.is_within(prefix),

@@ -245,6 +245,25 @@ impl Daemon {
         }
     }
 
+    /// `commit` of what must never be dropped (how an agent ended): while
+    /// the journal cannot be written, tries again every second until it
+    /// can. Any other refusal is logged and given up.
+    async fn commit_retrying(&self, drafts: impl Fn() -> Vec<Draft>) {
+        loop {
+            match self.commit(drafts()).await {
+                Ok(_) => return,
+                Err(err) if err.kind == ErrorKind::StateUnwritable => {
+                    tracing::debug!("waiting for the journal: {err}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    tracing::error!("not journaled: {err}");
+                    return;
+                }
+            }
+        }
+    }
+
     /// corral.toml as last read: a snapshot, no lock held.
     fn config(&self) -> Arc<crate::config::Config> {
         self.config.borrow().clone()

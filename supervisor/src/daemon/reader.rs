@@ -19,6 +19,10 @@ pub(super) struct OutputReader {
     limiter: Limiter,
     /// What the current run's probes see: lines, event names, activity.
     pub(super) observations: Option<Arc<corral_probes::AgentObservations>>,
+    /// Events that could not be journaled and must not be lost: usage
+    /// (merged into one, its deltas added up, so no token goes uncounted),
+    /// results and sessions. They go first in the next flush.
+    held: Vec<EventBody>,
 }
 
 impl OutputReader {
@@ -31,6 +35,7 @@ impl OutputReader {
             parser,
             limiter: Limiter::default(),
             observations: None,
+            held: Vec::new(),
         };
         match reader.parser.as_mut() {
             Some(parser) if record.log_offset > 0 => {
@@ -94,6 +99,45 @@ impl OutputReader {
             }
         }
         Ok(bodies)
+    }
+}
+
+impl OutputReader {
+    /// What was held back from a flush that could not be journaled.
+    pub(super) fn take_held(&mut self) -> Vec<EventBody> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Keeps, of events that could not be journaled, what must not be
+    /// lost; returns how many were left out (output lines, progress, tool
+    /// calls: the log keeps their bytes).
+    pub(super) fn hold(&mut self, bodies: Vec<EventBody>) -> u64 {
+        let mut dropped = 0;
+        for body in bodies {
+            match body {
+                EventBody::Usage { delta, total, cost_usd, settled, offset } => {
+                    let held_usage = self.held.iter_mut().find_map(|b| match b {
+                        EventBody::Usage { delta, total, cost_usd, settled, offset } => {
+                            Some((delta, total, cost_usd, settled, offset))
+                        }
+                        _ => None,
+                    });
+                    match held_usage {
+                        Some((d, t, c, s, o)) => {
+                            *d = d.saturating_add(delta);
+                            *t = total;
+                            *c = cost_usd.or(*c);
+                            *s = settled;
+                            *o = offset;
+                        }
+                        None => self.held.push(EventBody::Usage { delta, total, cost_usd, settled, offset }),
+                    }
+                }
+                body @ (EventBody::Result { .. } | EventBody::SessionStarted { .. }) => self.held.push(body),
+                _ => dropped += 1,
+            }
+        }
+        dropped
     }
 }
 

@@ -243,9 +243,9 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
         task,
         command,
         env,
-        budget: settings.budget_limits(),
+        budget: settings.budget.unwrap_or_default(),
         probes: settings.probes(),
-        restart: settings.restart_spec(),
+        restart: settings.restart.unwrap_or_default().resolve(),
         grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
         sandbox: settings.sandbox,
         reasoning_effort: settings.reasoning_effort.clone(),
@@ -376,7 +376,8 @@ async fn write_monitor_spec(
         rows: 50,
         cols: 160,
     };
-    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| Error::io("cannot create", &agent_dir.dir, e))?;
+    let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
+    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
     let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::OpenOptions::new()
         .create(true)
@@ -385,6 +386,6 @@ async fn write_monitor_spec(
         .mode(0o600)
         .open(agent_dir.spec())
         .and_then(|mut f| std::io::Write::write_all(&mut f, &spec_bytes))
-        .map_err(|e| Error::io("cannot write", &agent_dir.spec(), e))?;
+        .map_err(|e| unwritable(&agent_dir.spec(), e))?;
     Ok(())
 }

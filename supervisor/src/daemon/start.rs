@@ -85,7 +85,23 @@ impl Runtime for LocalMonitors {
     }
 
     fn exit_record(&self, dir: &AgentDir) -> Option<ExitRecord> {
-        monitor::read_exit_record(dir)
+        // A monitor that could not write exit.json yet (a full disk) still
+        // holds the record and answers with it.
+        monitor::read_exit_record(dir).or_else(|| ask_for_exit_record(dir))
+    }
+}
+
+/// The exit record a live monitor holds, from its status line.
+fn ask_for_exit_record(dir: &AgentDir) -> Option<ExitRecord> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(dir.socket()).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"{\"role\":\"daemon\"}\n").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+    match serde_json::from_str(&line).ok()? {
+        MonitorMessage::Status { exit, .. } => exit,
+        _ => None,
     }
 }
 
@@ -116,9 +132,9 @@ pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result
     let dir = daemon.agent_dir(record);
     let launched = daemon.runtime.start(&dir, record).await?;
     let (pid, monitor_pid) = launched.pids();
-    // It runs whatever the journal says: if `started` cannot be recorded,
-    // its task still follows it (and records its end).
-    daemon.commit_logged(vec![daemon.draft(record, EventBody::Started { pid, monitor_pid })]).await;
+    // It runs: that it started is recorded before its task takes over,
+    // waiting for the journal if it cannot be written just now.
+    daemon.commit_retrying(|| vec![daemon.draft(record, EventBody::Started { pid, monitor_pid })]).await;
     let record = daemon.record(&record.address).unwrap_or_else(|| record.clone());
     agent::supervise(daemon, record, launched.link());
     Ok(pid)

@@ -13,21 +13,41 @@
 //! to a closure: no guard can be held across an `.await` or while another
 //! lock is taken.
 //!
+//! While the journal cannot be written (a full disk, a read-only
+//! filesystem) every commit is refused with the cause and nothing moves;
+//! the writer tries again by itself every second, and the first append
+//! that goes through is preceded by a `journal_resumed` event that says
+//! since when and how many appends failed. A damaged journal repaired on
+//! open is said in a `journal_repaired` event.
+//!
 //! Never does: decide anything. It records what the daemon decided.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
 use crate::daemon::journal::{Draft, Journal};
 use crate::model::address::Address;
 use crate::model::error::{Error, Result};
-use crate::model::event::Event;
+use crate::model::event::{Event, EventBody};
 use crate::model::lifecycle::{AgentRecord, AgentTable};
 
 /// Most commits one write takes together.
 const GROUP_COMMIT_MAX: usize = 512;
+
+/// How often a writer that cannot write tries again by itself.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What readers may read: the newest seq, and the length of the journal's
+/// whole, durable lines (a reader reads no further).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Durable {
+    pub seq: u64,
+    pub len: u64,
+}
 
 /// One commit waiting for the writer.
 struct Commit {
@@ -38,26 +58,54 @@ struct Commit {
 pub(super) struct Store {
     writer: std_mpsc::Sender<Commit>,
     table: Arc<RwLock<AgentTable>>,
-    seq: watch::Sender<u64>,
+    durable: watch::Sender<Durable>,
+    /// Output events left out while the journal could not be written, to
+    /// be counted in the next `journal_resumed`.
+    dropped_output: Arc<AtomicU64>,
 }
 
 impl Store {
     /// Opens the journal, folds every event into a new table and starts
     /// the writer thread.
     pub(super) fn open(path: &Path) -> Result<Store> {
-        let (journal, events) = Journal::open(path)?;
+        let (mut journal, events) = Journal::open(path)?;
         let mut table = AgentTable::default();
         for event in &events {
             table.apply(event);
         }
         let table = Arc::new(RwLock::new(table));
-        let seq = watch::Sender::new(journal.last_seq());
+        let durable = watch::Sender::new(Durable { seq: journal.last_seq(), len: journal.durable_len() });
+        let dropped_output = Arc::new(AtomicU64::new(0));
         let (writer, commits) = std_mpsc::channel();
-        let (thread_table, thread_seq) = (table.clone(), seq.clone());
+        // A damaged journal repaired on open is said first of all.
+        let first = journal
+            .take_repair()
+            .map(|r| Draft {
+                agent: None,
+                parent: None,
+                task: None,
+                body: EventBody::JournalRepaired {
+                    line: r.line,
+                    reason: r.reason,
+                    moved_to: r.moved_to,
+                    bytes: r.bytes,
+                },
+            })
+            .into_iter()
+            .collect();
+        let mut writer_state = Writer {
+            journal,
+            commits,
+            table: table.clone(),
+            durable: durable.clone(),
+            dropped_output: dropped_output.clone(),
+            fault: None,
+            first,
+        };
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| write_loop(journal, commits, &thread_table, &thread_seq));
+                let run = std::panic::AssertUnwindSafe(|| writer_state.run());
                 if std::panic::catch_unwind(run).is_err() {
                     // A critical error: nothing can be recorded any more, so
                     // nothing may be decided. The agents run on under their
@@ -67,7 +115,7 @@ impl Store {
                 }
             })
             .map_err(|e| Error::other(format!("cannot start the journal writer: {e}")))?;
-        Ok(Store { writer, table, seq })
+        Ok(Store { writer, table, durable, dropped_output })
     }
 
     /// Journals the drafts (fsynced), folds them into the table, wakes
@@ -92,43 +140,123 @@ impl Store {
         self.read(|table| table.agents.get(address).cloned())
     }
 
-    /// The newest journaled seq; it changes after every commit.
-    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.seq.subscribe()
+    /// The newest journaled seq and durable length; it changes after
+    /// every commit.
+    pub(super) fn subscribe(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// Counts output events that could not be journaled (said in the next
+    /// `journal_resumed`).
+    pub(super) fn count_dropped_output(&self, events: u64) {
+        self.dropped_output.fetch_add(events, Ordering::Relaxed);
     }
 }
 
-fn write_loop(
-    mut journal: Journal,
+/// Since when appends fail, with the first error and how many failed.
+struct Fault {
+    since: chrono::DateTime<chrono::Utc>,
+    error: String,
+    failed: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    journal: Journal,
     commits: std_mpsc::Receiver<Commit>,
-    table: &RwLock<AgentTable>,
-    seq: &watch::Sender<u64>,
-) {
-    while let Ok(first) = commits.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match commits.try_recv() {
-                Ok(commit) => batch.push(commit),
-                Err(_) => break,
+    table: Arc<RwLock<AgentTable>>,
+    durable: watch::Sender<Durable>,
+    dropped_output: Arc<AtomicU64>,
+    fault: Option<Fault>,
+    /// Written before anything else (a repair found on open).
+    first: Vec<Draft>,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        loop {
+            let first = if self.fault.is_some() {
+                match self.commits.recv_timeout(RETRY_EVERY) {
+                    Ok(commit) => Some(commit),
+                    // Nobody asked for anything: try again on our own.
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else if !self.first.is_empty() {
+                None
+            } else {
+                match self.commits.recv() {
+                    Ok(commit) => Some(commit),
+                    Err(_) => return,
+                }
+            };
+            let mut batch: Vec<Commit> = first.into_iter().collect();
+            while batch.len() < GROUP_COMMIT_MAX {
+                match self.commits.try_recv() {
+                    Ok(commit) => batch.push(commit),
+                    Err(_) => break,
+                }
             }
+            self.write(batch);
         }
+    }
+
+    /// Appends the batch (after what must come first), folds it, publishes
+    /// it, answers each commit.
+    fn write(&mut self, batch: Vec<Commit>) {
+        let mut lead = std::mem::take(&mut self.first);
+        if let Some(fault) = &self.fault {
+            let dropped_output = self.dropped_output.load(Ordering::Relaxed);
+            let body = EventBody::JournalResumed {
+                since: fault.since,
+                error: fault.error.clone(),
+                failed: fault.failed,
+                dropped_output,
+            };
+            lead.push(Draft { agent: None, parent: None, task: None, body });
+        }
+        let lead_len = lead.len();
         let sizes: Vec<usize> = batch.iter().map(|c| c.drafts.len()).collect();
         let (drafts, replies): (Vec<Vec<Draft>>, Vec<_>) = batch.into_iter().map(|c| (c.drafts, c.reply)).unzip();
-        match journal.append(drafts.into_iter().flatten().collect()) {
+        let all: Vec<Draft> = lead.into_iter().chain(drafts.into_iter().flatten()).collect();
+        if all.is_empty() {
+            return;
+        }
+        // Drafts are moved into the append; a failed append needs the lead
+        // again, so keep what it takes to rebuild it.
+        let repair_lead: Vec<EventBody> = all.iter().take(lead_len).map(|d| d.body.clone()).collect();
+        match self.journal.append(all) {
             Ok(events) => {
+                if self.fault.take().is_some() {
+                    self.dropped_output.store(0, Ordering::Relaxed);
+                    tracing::info!("the journal can be written again");
+                }
                 {
-                    let mut table = table.write().unwrap_or_else(|e| e.into_inner());
+                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
                     for event in &events {
                         table.apply(event);
                     }
                 }
-                seq.send_replace(journal.last_seq());
-                let mut events = events.into_iter();
+                self.durable.send_replace(Durable { seq: self.journal.last_seq(), len: self.journal.durable_len() });
+                let mut events = events.into_iter().skip(lead_len);
                 for (reply, size) in replies.into_iter().zip(sizes) {
                     let _ = reply.send(Ok(events.by_ref().take(size).collect()));
                 }
             }
             Err(err) => {
+                // A repair found on open is written once the disk allows.
+                self.first = repair_lead
+                    .into_iter()
+                    .filter(|b| matches!(b, EventBody::JournalRepaired { .. }))
+                    .map(|body| Draft { agent: None, parent: None, task: None, body })
+                    .collect();
+                match &mut self.fault {
+                    Some(fault) => fault.failed += 1,
+                    None => {
+                        tracing::error!("{err}");
+                        self.fault = Some(Fault { since: chrono::Utc::now(), error: err.message.clone(), failed: 1 });
+                    }
+                }
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));
                 }

@@ -107,8 +107,15 @@ impl FakeAgent {
 
     /// Ends the agent, as the monitor does: the exit record, then `exit`.
     async fn exit(mut self, code: Option<i32>, signal: Option<i32>, stop_requested: bool) {
-        let record =
-            ExitRecord { pid: self.pid, code, signal, stop_requested, error: None, ended_at: chrono::Utc::now() };
+        let record = ExitRecord {
+            pid: self.pid,
+            code,
+            signal,
+            stop_requested,
+            error: None,
+            ended_at: chrono::Utc::now(),
+            log_bytes_lost: 0,
+        };
         self.exits.lock().unwrap().insert(self.dir.dir.clone(), record.clone());
         self.send(&MonitorMessage::Exit { record }).await;
     }

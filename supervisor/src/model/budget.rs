@@ -10,6 +10,17 @@
 //!
 //! Nothing here touches processes, files or clocks: callers pass the spend
 //! and act on the verdicts.
+//!
+//! [`Budget`] is the one type of an agent's limits: corral.toml's
+//! `budget = { ... }`, the `--max-tokens`/`--timeout`/... flags, MCP's
+//! `spawn_agent` and the journal all hold it. Its own serde is the record
+//! form the journal and `AgentRecord` keep (`"wall_secs": 30.0`, numbers of
+//! seconds), read as written: a budget granted from what a parent had left
+//! may be 0. corral.toml spells it with `wall` and `idle` durations and
+//! refuses every limit that is not greater than 0; that spelling and its
+//! checks are the config's (`config::de::budget`).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,16 +30,23 @@ pub const DEFAULT_WARN_AT: f64 = 0.8;
 /// Limits; `None` means no limit of that kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Budget {
+    /// Tokens, all four kinds added (input, output, cache read, cache write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// Output tokens alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u64>,
+    /// USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wall_secs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_secs: Option<f64>,
+    /// Time since the agent started.
+    #[serde(default, rename = "wall_secs", with = "crate::model::duration::opt_secs")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wall: Option<Duration>,
+    /// Time without output or progress.
+    #[serde(default, rename = "idle_secs", with = "crate::model::duration::opt_secs")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
     /// Warn at this fraction of a limit (default 0.8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_at: Option<f64>,
@@ -91,12 +109,24 @@ pub struct Crossing {
 }
 
 impl Budget {
+    /// True when no limit is set (`warn_at` alone limits nothing).
     pub fn is_empty(&self) -> bool {
         self.tokens.is_none()
             && self.output_tokens.is_none()
             && self.cost.is_none()
-            && self.wall_secs.is_none()
-            && self.idle_secs.is_none()
+            && self.wall.is_none()
+            && self.idle.is_none()
+    }
+
+    /// Lays `other` on top of `self`: each limit `other` sets wins (a
+    /// corral.toml layer, or the flags on the settings of a role).
+    pub fn overlay(&mut self, other: &Budget) {
+        self.tokens = other.tokens.or(self.tokens);
+        self.output_tokens = other.output_tokens.or(self.output_tokens);
+        self.cost = other.cost.or(self.cost);
+        self.wall = other.wall.or(self.wall);
+        self.idle = other.idle.or(self.idle);
+        self.warn_at = other.warn_at.or(self.warn_at);
     }
 
     /// Every limit `spend` is near (at the warning threshold) or past. A
@@ -108,8 +138,8 @@ impl Budget {
             (BudgetKind::Tokens, self.tokens.map(|t| t as f64), spend.tokens as f64),
             (BudgetKind::OutputTokens, self.output_tokens.map(|t| t as f64), spend.output_tokens as f64),
             (BudgetKind::Cost, self.cost, spend.cost),
-            (BudgetKind::Wall, self.wall_secs, spend.wall_secs),
-            (BudgetKind::Idle, self.idle_secs, spend.idle_secs),
+            (BudgetKind::Wall, self.wall.map(|d| d.as_secs_f64()), spend.wall_secs),
+            (BudgetKind::Idle, self.idle.map(|d| d.as_secs_f64()), spend.idle_secs),
         ];
         limits
             .into_iter()
@@ -132,8 +162,8 @@ impl Budget {
             tokens: self.tokens.map(|t| t.saturating_sub(spend.tokens)),
             output_tokens: self.output_tokens.map(|t| t.saturating_sub(spend.output_tokens)),
             cost: self.cost.map(|c| (c - spend.cost).max(0.0)),
-            wall_secs: None,
-            idle_secs: None,
+            wall: None,
+            idle: None,
             warn_at: None,
         }
     }
@@ -179,8 +209,8 @@ impl Budget {
             ("tokens", self.tokens.map(|t| t as f64)),
             ("output tokens", self.output_tokens.map(|t| t as f64)),
             ("cost", self.cost),
-            ("wall time", self.wall_secs),
-            ("idle time", self.idle_secs),
+            ("wall time", self.wall.map(|d| d.as_secs_f64())),
+            ("idle time", self.idle.map(|d| d.as_secs_f64())),
         ];
         for (name, value) in checks {
             if let Some(v) = value {
@@ -215,7 +245,8 @@ mod tests {
 
     #[test]
     fn time_is_past_only_when_over() {
-        let budget = Budget { wall_secs: Some(5.0), idle_secs: Some(2.0), ..Budget::default() };
+        let budget =
+            Budget { wall: Some(Duration::from_secs(5)), idle: Some(Duration::from_secs(2)), ..Budget::default() };
         let at = budget.check(&Spend { wall_secs: 5.0, idle_secs: 2.0, ..Spend::default() });
         assert!(at.iter().all(|c| !c.exceeded));
         let over = budget.check(&Spend { wall_secs: 5.1, idle_secs: 1.0, ..Spend::default() });
@@ -240,6 +271,28 @@ mod tests {
         assert!(Budget { cost: Some(-1.0), ..Budget::default() }.validate().unwrap_err().contains("cost"));
         assert!(Budget { tokens: Some(0), ..Budget::default() }.validate().is_err());
         assert!(Budget { warn_at: Some(1.5), ..Budget::default() }.validate().is_err());
-        Budget { tokens: Some(5), wall_secs: Some(0.5), ..Budget::default() }.validate().unwrap();
+        Budget { tokens: Some(5), wall: Some(Duration::from_millis(500)), ..Budget::default() }.validate().unwrap();
+    }
+
+    #[test]
+    fn the_journal_form_has_seconds_and_reads_what_was_granted() {
+        let text = r#"{"tokens":5000,"wall_secs":30.0}"#;
+        let budget: Budget = serde_json::from_str(text).unwrap();
+        assert_eq!(budget, Budget { tokens: Some(5000), wall: Some(Duration::from_secs(30)), ..Budget::default() });
+        assert_eq!(serde_json::to_string(&budget).unwrap(), text);
+        let all = r#"{"tokens":1,"output_tokens":2,"cost":0.5,"wall_secs":1.5,"idle_secs":0.25,"warn_at":0.9}"#;
+        assert_eq!(serde_json::to_string(&serde_json::from_str::<Budget>(all).unwrap()).unwrap(), all);
+        // What a parent had left may be nothing.
+        let spent: Budget = serde_json::from_str(r#"{"tokens":0,"cost":0.0}"#).unwrap();
+        assert_eq!((spent.tokens, spent.cost), (Some(0), Some(0.0)));
+    }
+
+    #[test]
+    fn a_layer_sets_only_what_it_names() {
+        let mut budget = Budget { tokens: Some(10), cost: Some(1.0), ..Budget::default() };
+        budget.overlay(&Budget { tokens: Some(5), idle: Some(Duration::from_secs(60)), ..Budget::default() });
+        let expected =
+            Budget { tokens: Some(5), cost: Some(1.0), idle: Some(Duration::from_secs(60)), ..Budget::default() };
+        assert_eq!(budget, expected);
     }
 }

@@ -125,6 +125,94 @@ pub fn format_duration(duration: Duration) -> String {
     }
 }
 
+/// Serde for an `Option<Duration>` as people write it (corral.toml, the
+/// settings a spawn sends): a [`parse_duration`] string or a number of
+/// seconds ([`from_secs`]) in, a [`format_duration`] string out.
+pub mod opt_text {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::Serializer;
+
+    use super::{format_duration, from_secs, parse_duration};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_str(&format_duration(*duration)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        deserializer.deserialize_any(DurationVisitor).map(Some)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration (\"30s\", \"5m\", \"1h30m\", \"250ms\") or a number of seconds")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text).map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+            self.visit_f64(secs as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+            self.visit_f64(secs as f64)
+        }
+
+        fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Duration, E> {
+            from_secs(secs).map_err(E::custom)
+        }
+    }
+}
+
+/// Serde for a `Duration` as records keep it (the journal, the monitor's
+/// spec): a number of seconds, `30.0`, in and out.
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(value.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        super::from_secs(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`secs`] for an `Option<Duration>`.
+pub mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => super::secs::serialize(duration, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// A number of seconds, or `null` for none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<f64>::deserialize(deserializer)? {
+            Some(secs) => super::from_secs(secs).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

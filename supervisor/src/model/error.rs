@@ -83,6 +83,23 @@ impl Error {
     pub fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Error {
         Error::other(format!("{what} {}: {err}", path.display()))
     }
+
+    /// A write into the state folder that failed. A full disk or a
+    /// read-only filesystem is said in those words, with the folder, as
+    /// [`ErrorKind::StateUnwritable`]; `then` says what did not happen
+    /// ("nothing was started").
+    pub fn state_write(folder: &std::path::Path, path: &std::path::Path, err: std::io::Error, then: &str) -> Error {
+        let why = match err.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => format!("is full ({err})"),
+            Some(libc::EROFS) => format!("is on a read-only filesystem ({err})"),
+            _ => return Error::other(format!("cannot write {}: {err}; {then}", path.display())),
+        };
+        let file = path.strip_prefix(folder).unwrap_or(path).display();
+        Error::new(
+            ErrorKind::StateUnwritable,
+            format!("the state folder {} {why}: cannot write {file}; {then}", folder.display()),
+        )
+    }
 }
 
 impl fmt::Display for Error {

@@ -51,6 +51,26 @@ pub enum EventBody {
     DaemonStarted {
         pid: u32,
     },
+    /// The journal was damaged (a line that is not a whole event in
+    /// sequence, not the last one): it went on from the whole lines before
+    /// `line`, and the `bytes` from there on were kept in `moved_to`.
+    JournalRepaired {
+        line: usize,
+        reason: String,
+        moved_to: PathBuf,
+        bytes: u64,
+    },
+    /// The journal could be written again after `failed` appends failed
+    /// since `since` (the first error: `error`). Changes asked for
+    /// meanwhile were refused; `dropped_output` output events were left
+    /// out.
+    JournalResumed {
+        since: DateTime<Utc>,
+        error: String,
+        failed: u64,
+        #[serde(default)]
+        dropped_output: u64,
+    },
     /// An agent was accepted; its worktree and branch are being made.
     Spawned {
         id: u64,
@@ -283,6 +303,8 @@ impl EventBody {
     pub fn type_name(&self) -> &'static str {
         match self {
             EventBody::DaemonStarted { .. } => "daemon_started",
+            EventBody::JournalRepaired { .. } => "journal_repaired",
+            EventBody::JournalResumed { .. } => "journal_resumed",
             EventBody::Spawned { .. } => "spawned",
             EventBody::SpawnFailed { .. } => "spawn_failed",
             EventBody::Queued {} => "queued",

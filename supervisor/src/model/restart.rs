@@ -11,6 +11,17 @@
 //! (10 min) resets it. The restart count only grows. `limit` caps the
 //! number of restarts.
 //!
+//! Two types, on purpose: [`RestartSpec`] is the policy as the monitor
+//! applies it, every timing filled in (the `spawned` event, `AgentRecord`
+//! and the monitor's spec.json keep it, with timings as numbers of seconds:
+//! `"backoff_secs": 10.0`). [`RestartPartial`] is one layer of settings
+//! (`[defaults]`, a policy, a role, the `--restart`/`--backoff`/... flags):
+//! the same fields, each optional, so that layers merge field by field, as
+//! corral.toml writes it (`backoff = "10s"`). The two cannot be one type:
+//! in a layer an unset `limit` means "as the layer below says", in the spec
+//! it means "no limit". [`RestartPartial::resolve`] is the one step between
+//! them, and [`RestartSpec::default`] holds the only default timings.
+//!
 //! Pure logic: the caller measures time and sleeps; tests pass durations.
 
 use std::time::Duration;
@@ -48,9 +59,15 @@ pub struct RestartSpec {
     pub policy: RestartPolicy,
     /// Most restarts; `None` for no limit.
     pub limit: Option<u32>,
-    pub backoff_secs: f64,
-    pub max_backoff_secs: f64,
-    pub reset_after_secs: f64,
+    /// First delay before a restart; doubles each time.
+    #[serde(rename = "backoff_secs", with = "crate::model::duration::secs")]
+    pub backoff: Duration,
+    /// Longest delay.
+    #[serde(rename = "max_backoff_secs", with = "crate::model::duration::secs")]
+    pub max_backoff: Duration,
+    /// Running this long resets the delay (not the count: it only grows).
+    #[serde(rename = "reset_after_secs", with = "crate::model::duration::secs")]
+    pub reset_after: Duration,
 }
 
 impl Default for RestartSpec {
@@ -58,9 +75,50 @@ impl Default for RestartSpec {
         RestartSpec {
             policy: RestartPolicy::Never,
             limit: None,
-            backoff_secs: 10.0,
-            max_backoff_secs: 300.0,
-            reset_after_secs: 600.0,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `restart = { ... }`: one layer of a [`RestartSpec`], each field unset
+/// unless the layer sets it; durations as corral.toml writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPartial {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RestartPolicy>,
+    /// Most restarts; then the agent stays ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
+    #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<Duration>,
+    #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
+    pub reset_after: Option<Duration>,
+}
+
+impl RestartPartial {
+    /// Lays `other` on top of `self`, field by field.
+    pub fn overlay(&mut self, other: &RestartPartial) {
+        self.policy = other.policy.or(self.policy);
+        self.limit = other.limit.or(self.limit);
+        self.backoff = other.backoff.or(self.backoff);
+        self.max_backoff = other.max_backoff.or(self.max_backoff);
+        self.reset_after = other.reset_after.or(self.reset_after);
+    }
+
+    /// The spec, with [`RestartSpec::default`]'s for what no layer set.
+    pub fn resolve(&self) -> RestartSpec {
+        let default = RestartSpec::default();
+        RestartSpec {
+            policy: self.policy.unwrap_or(default.policy),
+            limit: self.limit.or(default.limit),
+            backoff: self.backoff.unwrap_or(default.backoff),
+            max_backoff: self.max_backoff.unwrap_or(default.max_backoff),
+            reset_after: self.reset_after.unwrap_or(default.reset_after),
         }
     }
 }
@@ -84,24 +142,18 @@ pub struct RestartState {
     /// Restarts so far; only grows.
     pub count: u32,
     /// The back-off the next restart waits, once it has been used.
-    pub next_backoff_secs: Option<f64>,
+    pub next_backoff: Option<Duration>,
 }
 
 impl RestartSpec {
+    /// Refuses a longest back-off shorter than the first. (A timing below
+    /// zero or past what corral can represent is refused where it is read.)
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("backoff", self.backoff_secs),
-            ("max_backoff", self.max_backoff_secs),
-            ("reset_after", self.reset_after_secs),
-        ] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(format!("restart {name} must be zero or more seconds, not {value}"));
-            }
-        }
-        if self.max_backoff_secs < self.backoff_secs {
+        if self.max_backoff < self.backoff {
             return Err(format!(
                 "restart max_backoff ({}) is shorter than backoff ({})",
-                self.max_backoff_secs, self.backoff_secs
+                self.max_backoff.as_secs_f64(),
+                self.backoff.as_secs_f64()
             ));
         }
         Ok(())
@@ -118,14 +170,14 @@ impl RestartSpec {
         if !wanted || self.limit.is_some_and(|limit| state.count >= limit) {
             return None;
         }
-        let wait = match state.next_backoff_secs {
-            Some(_) if ran.as_secs_f64() >= self.reset_after_secs => self.backoff_secs,
+        let wait = match state.next_backoff {
+            Some(_) if ran >= self.reset_after => self.backoff,
             Some(next) => next,
-            None => self.backoff_secs,
+            None => self.backoff,
         };
         state.count += 1;
-        state.next_backoff_secs = Some((wait * 2.0).min(self.max_backoff_secs).max(self.backoff_secs));
-        Some(Duration::from_secs_f64(wait))
+        state.next_backoff = Some(wait.saturating_mul(2).min(self.max_backoff).max(self.backoff));
+        Some(wait)
     }
 }
 
@@ -178,11 +230,34 @@ mod tests {
 
     #[test]
     fn refuses_bad_timings() {
-        assert!(RestartSpec { backoff_secs: -1.0, ..RestartSpec::default() }.validate().is_err());
-        assert!(RestartSpec { backoff_secs: 20.0, max_backoff_secs: 10.0, ..RestartSpec::default() }
-            .validate()
-            .is_err());
+        let negative =
+            r#"{"policy":"Never","limit":null,"backoff_secs":-1.0,"max_backoff_secs":300.0,"reset_after_secs":600.0}"#;
+        assert!(serde_json::from_str::<RestartSpec>(negative).is_err());
+        let err = RestartSpec {
+            backoff: Duration::from_secs(20),
+            max_backoff: Duration::from_secs(10),
+            ..RestartSpec::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err, "restart max_backoff (10) is shorter than backoff (20)");
         assert!("Sometimes".parse::<RestartPolicy>().is_err());
         assert_eq!("OnFailure".parse::<RestartPolicy>(), Ok(RestartPolicy::OnFailure));
+    }
+
+    #[test]
+    fn the_spec_keeps_its_record_form_and_a_layer_resolves_to_it() {
+        let text =
+            r#"{"policy":"OnFailure","limit":3,"backoff_secs":0.1,"max_backoff_secs":300.0,"reset_after_secs":600.0}"#;
+        let spec: RestartSpec = serde_json::from_str(text).unwrap();
+        assert_eq!(spec.backoff, Duration::from_millis(100));
+        assert_eq!(serde_json::to_string(&spec).unwrap(), text);
+        let default =
+            r#"{"policy":"Never","limit":null,"backoff_secs":10.0,"max_backoff_secs":300.0,"reset_after_secs":600.0}"#;
+        assert_eq!(serde_json::to_string(&RestartPartial::default().resolve()).unwrap(), default);
+
+        let mut layer = RestartPartial { policy: Some(RestartPolicy::OnFailure), limit: Some(3), ..Default::default() };
+        layer.overlay(&RestartPartial { backoff: Some(Duration::from_millis(100)), ..Default::default() });
+        assert_eq!(layer.resolve(), spec);
     }
 }

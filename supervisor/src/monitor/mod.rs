@@ -39,7 +39,7 @@ pub use pty::exec_agent;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,8 @@ struct State {
     /// The latest restart, and how many so far (the daemon is told of each).
     restart_note: Option<MonitorMessage>,
     restart_generation: u64,
+    /// Output bytes the log could not keep (a full disk), so far.
+    log_bytes_lost: u64,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -132,6 +134,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             stopping: 0,
             restart_note: None,
             restart_generation: 0,
+            log_bytes_lost: 0,
         }),
         changed: Condvar::new(),
         pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
@@ -171,8 +174,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                     stop_requested: false,
                     error: first.then(|| err.to_string()),
                     ended_at: Utc::now(),
+                    log_bytes_lost: shared.state.lock().unwrap().log_bytes_lost,
                 };
-                write_exit_record(&agent, &record)?;
+                keep_exit_record(&shared, &agent, &record);
                 finish(&shared, &agent, listener, record, Duration::from_millis(500));
                 return Ok(());
             }
@@ -211,7 +215,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         if let (Some(text), Some(sender), true) = (&spec.first_input, &input, argv == spec.command) {
             let _ = sender.send(InputOp::Write(text.clone().into_bytes()));
         }
-        spawn_output_pump(pty.reader, log.try_clone()?, shared.clone());
+        spawn_output_pump(pty.reader, log.try_clone()?, shared.clone(), agent.dir.clone());
 
         // Reap until every descendant is gone. When the agent itself exits,
         // whatever it left behind is stopped too.
@@ -303,15 +307,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         argv = spec.command.clone();
         input_mode = spec.input;
     };
-    let record = ExitRecord {
-        pid,
-        code,
-        signal,
-        stop_requested: shared.state.lock().unwrap().stop_requested,
-        error: None,
-        ended_at: Utc::now(),
+    // Both read under one lock (two guards in one statement would
+    // deadlock: a temporary guard lives to the statement's end).
+    let (stop_requested, log_bytes_lost) = {
+        let state = shared.state.lock().unwrap();
+        (state.stop_requested, state.log_bytes_lost)
     };
-    write_exit_record(&agent, &record)?;
+    let record = ExitRecord { pid, code, signal, stop_requested, error: None, ended_at: Utc::now(), log_bytes_lost };
+    keep_exit_record(&shared, &agent, &record);
     tracing::info!("the agent has ended; exit record written");
     finish(&shared, &agent, listener, record, Duration::from_secs(2));
     Ok(())
@@ -341,28 +344,110 @@ fn note(shared: &Shared, log: &mut File, line: &str) {
 }
 
 /// Copies PTY output into the log, byte for byte, and tells waiters.
-fn spawn_output_pump(mut reader: Box<dyn Read + Send>, mut log: File, shared: Arc<Shared>) {
+fn spawn_output_pump(mut reader: Box<dyn Read + Send>, log: File, shared: Arc<Shared>, dir: PathBuf) {
     std::thread::spawn(move || {
+        let mut log = OutputLog::new(log, &dir);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if let Err(err) = log.write_all(&buf[..n]) {
-                        tracing::error!("cannot write the output log: {err}");
-                    }
+                    // The PTY is always read, whatever the log can take: an
+                    // agent never blocks on a full disk.
+                    let (kept, lost) = log.write(&buf[..n]);
                     let mut state = shared.state.lock().unwrap();
-                    state.log_len += n as u64;
+                    state.log_len += kept;
+                    state.log_bytes_lost += lost;
                     shared.changed.notify_all();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break, // EIO: every holder of the PTY's other side is gone.
             }
         }
-        let _ = log.sync_data();
+        log.finish();
         shared.state.lock().unwrap().output_closed = true;
         shared.changed.notify_all();
     });
+}
+
+/// The agent's output log, on a disk that may fill up. What cannot be
+/// written is counted, never retried from memory (an agent flooding a
+/// full disk would grow the monitor without bound); once writes go
+/// through again, a line in the log says how many bytes are missing.
+struct OutputLog {
+    file: File,
+    /// Bytes lost since the last write that went through, and why.
+    gap: Option<(u64, std::io::Error)>,
+    /// `log.fault` beside the log, when tests inject faults.
+    fault_file: Option<PathBuf>,
+}
+
+impl OutputLog {
+    fn new(file: File, dir: &Path) -> OutputLog {
+        let fault_file = std::env::var_os("CORRAL_FAULT_INJECTION").map(|_| dir.join("log.fault"));
+        OutputLog { file, gap: None, fault_file }
+    }
+
+    /// Writes `bytes`; returns how many reached the log (the note of a
+    /// gap included) and how many were lost.
+    fn write(&mut self, bytes: &[u8]) -> (u64, u64) {
+        let mut kept = 0;
+        if let Some((lost, err)) = self.gap.as_ref().map(|(lost, err)| (*lost, err.to_string())) {
+            let note = format!("\r\n[corral: {lost} bytes of output were lost here: {err}]\r\n");
+            match self.write_some(note.as_bytes()) {
+                Ok(()) => {
+                    tracing::info!("the output log can be written again; {lost} bytes were lost");
+                    kept += note.len() as u64;
+                    self.gap = None;
+                }
+                Err(_) => return (0, self.lose(bytes.len() as u64, None)),
+            }
+        }
+        match self.write_some(bytes) {
+            Ok(()) => (kept + bytes.len() as u64, 0),
+            Err((written, err)) => (kept + written, self.lose(bytes.len() as u64 - written, Some(err))),
+        }
+    }
+
+    fn lose(&mut self, bytes: u64, err: Option<std::io::Error>) -> u64 {
+        match (&mut self.gap, err) {
+            (Some((lost, _)), _) => *lost += bytes,
+            (None, Some(err)) => {
+                tracing::warn!("cannot write the output log ({err}); the agent runs on, its output is counted as lost");
+                self.gap = Some((bytes, err));
+            }
+            (None, None) => {}
+        }
+        bytes
+    }
+
+    /// `write_all`, saying how far it got when it failed.
+    fn write_some(&mut self, mut bytes: &[u8]) -> Result<(), (u64, std::io::Error)> {
+        let total = bytes.len() as u64;
+        if let Some(err) = self.injected_fault() {
+            return Err((0, err));
+        }
+        while !bytes.is_empty() {
+            match self.file.write(bytes) {
+                Ok(0) => return Err((total - bytes.len() as u64, std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((total - bytes.len() as u64, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// With `CORRAL_FAULT_INJECTION` set, a file `log.fault` in the agent's
+    /// folder makes every write fail with ENOSPC until it is removed.
+    fn injected_fault(&self) -> Option<std::io::Error> {
+        let path = self.fault_file.as_ref()?;
+        path.exists().then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+
+    fn finish(&mut self) {
+        let _ = self.file.sync_data();
+    }
 }
 
 /// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for
@@ -417,6 +502,26 @@ fn spawn_signal_watcher(shared: Arc<Shared>, grace_secs: f64) {
 /// `descendants` skips and the reaping loop then collects.
 fn stop_leftovers() {
     process::stop_tree(std::process::id(), None, Duration::from_secs(1), Duration::from_secs(10));
+}
+
+/// Tells the daemon how the agent ended, then writes `exit.json`; on a
+/// full disk it tries again every half second until the record is kept
+/// (the monitor stays, small, meanwhile: how an agent ended is never lost,
+/// and a new daemon can ask the monitor itself).
+fn keep_exit_record(shared: &Arc<Shared>, agent: &AgentDir, record: &ExitRecord) {
+    {
+        let mut state = shared.state.lock().unwrap();
+        state.exit = Some(record.clone());
+        shared.changed.notify_all();
+    }
+    let mut warned = false;
+    while let Err(err) = write_exit_record(agent, record) {
+        if !warned {
+            tracing::warn!("cannot write the exit record ({err}); trying again until it can");
+            warned = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn write_exit_record(agent: &AgentDir, record: &ExitRecord) -> std::io::Result<()> {

@@ -92,6 +92,14 @@ pub struct ExitRecord {
     /// Set when the agent could not be started at all.
     pub error: Option<String>,
     pub ended_at: DateTime<Utc>,
+    /// Bytes the agent printed that its output log could not keep (a full
+    /// disk): the agent ran on, its output was not blocked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_bytes_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Messages from the monitor to the daemon.

@@ -1,0 +1,686 @@
+//! The lifecycle of one agent, as a plain state machine.
+//!
+//! ```text
+//! Pending -> Starting -> Running -> Succeeded | Failed | Stopped | Lost
+//! ```
+//!
+//! An agent's record is the fold of its events (`AgentRecord::apply`): the
+//! daemon rebuilds every record from the journal when it starts, so this is
+//! the one place that says what an event means for an agent. Nothing here
+//! touches processes or files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use corral_harness::{Harness, TokenUsage};
+
+use crate::model::budget::{Budget, BudgetKind};
+use serde::{Deserialize, Serialize};
+
+use crate::model::address::Address;
+use crate::model::event::{Event, EventBody};
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Waiting for a slot.
+    Pending,
+    /// Worktree and monitor being made.
+    Starting,
+    /// The agent's process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, or was killed by a signal nobody asked for.
+    Failed,
+    /// Stopped on request; none of its processes is left.
+    Stopped,
+    /// Stopped because a budget (its own or an ancestor's) was spent.
+    BudgetExceeded,
+    /// Stopped because it ran past its wall-time budget.
+    TimedOut,
+    /// Its monitor vanished and no exit record was found.
+    Lost,
+}
+
+impl AgentState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            AgentState::Succeeded
+                | AgentState::Failed
+                | AgentState::Stopped
+                | AgentState::BudgetExceeded
+                | AgentState::TimedOut
+                | AgentState::Lost
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Pending => "pending",
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Succeeded => "succeeded",
+            AgentState::Failed => "failed",
+            AgentState::Stopped => "stopped",
+            AgentState::Lost => "lost",
+            AgentState::BudgetExceeded => "budget_exceeded",
+            AgentState::TimedOut => "timed_out",
+        }
+    }
+
+    /// The exit code `corral wait` gives for an agent that ended this way
+    /// (README, "Exit codes"). With several agents, `wait` exits with the
+    /// largest.
+    pub fn wait_code(self) -> i32 {
+        match self {
+            AgentState::Succeeded => 0,
+            AgentState::Failed => 20,
+            AgentState::Stopped => 21,
+            AgentState::Lost => 22,
+            AgentState::BudgetExceeded => 23,
+            AgentState::TimedOut => 25,
+            AgentState::Pending | AgentState::Starting | AgentState::Running => WAIT_TIMED_OUT,
+        }
+    }
+}
+
+/// `corral wait --timeout` ran out before every agent ended.
+pub const WAIT_TIMED_OUT: i32 = 124;
+
+/// An agent's stop grace (SIGTERM, this long, SIGKILL) when neither its
+/// spawn nor `[supervisor] grace` gave one: the one place it is written.
+pub const DEFAULT_GRACE_SECS: f64 = 10.0;
+
+/// Everything known about one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub address: Address,
+    pub parent: Address,
+    /// Names the agent's folder in the state folder.
+    pub id: u64,
+    pub task_id: String,
+    pub task: String,
+    pub command: Vec<String>,
+    pub branch: String,
+    pub worktree: PathBuf,
+    /// The commit the branch started from.
+    pub base: String,
+    pub state: AgentState,
+    pub pid: Option<u32>,
+    pub monitor_pid: Option<u32>,
+    pub spawned_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub stop_requested: bool,
+    /// Its worktree was removed by `corral gc`.
+    pub removed: bool,
+    /// How far into the output log events have been made.
+    pub log_offset: u64,
+    /// Which agent CLI runs (see `corral_harness::launch`).
+    #[serde(default)]
+    pub harness: Harness,
+    /// Tokens used so far, from the harness's usage events.
+    #[serde(default)]
+    pub usage: TokenUsage,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The CLI's last result.
+    #[serde(default)]
+    pub result: Option<ResultSummary>,
+    #[serde(default)]
+    pub results: u64,
+    /// Messages accepted but not yet delivered, oldest first.
+    #[serde(default)]
+    pub pending_messages: Vec<PendingMessage>,
+    #[serde(default)]
+    pub messages_sent: u64,
+    /// A message reached the agent since its last result.
+    #[serde(default)]
+    pub delivered_since_result: bool,
+    /// Messages reached the agent during its last turn, so another turn
+    /// follows that result.
+    #[serde(default)]
+    pub turn_pending: bool,
+    #[serde(default)]
+    pub input_closed: bool,
+    #[serde(default)]
+    pub budget: Budget,
+    #[serde(default)]
+    pub grace_secs: Option<f64>,
+    /// Budget kinds of its own already warned about.
+    #[serde(default)]
+    pub warned: Vec<BudgetKind>,
+    /// Its own budget that was spent, with the figures.
+    #[serde(default)]
+    pub exceeded: Option<(BudgetKind, f64, f64)>,
+    /// The budget (its own or an ancestor's) it was stopped for.
+    #[serde(default)]
+    pub stopped_for: Option<BudgetKind>,
+    #[serde(default)]
+    pub probes: corral_probes::ProbeSet,
+    #[serde(default)]
+    pub restart: crate::model::restart::RestartSpec,
+    /// Ready by its probes (true from the start when it has no startup or
+    /// readiness probe).
+    #[serde(default)]
+    pub ready: bool,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Runs started so far (a spawn's first, then each assigned task's):
+    /// an agent back in Starting with runs behind it holds earlier work.
+    #[serde(default)]
+    pub runs: u32,
+    /// Why its current run was killed by a probe, if it was.
+    #[serde(default)]
+    pub probe_killed: Option<String>,
+    /// The model, as asked for at spawn or as the CLI reported it.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How its work goes back: policy, target, strategy, gate.
+    #[serde(default)]
+    pub merge: MergeSpec,
+    /// Where its merge stands, once one was asked for.
+    #[serde(default)]
+    pub merge_state: Option<MergeState>,
+    /// What it may write (its children never get more).
+    #[serde(default)]
+    pub sandbox: Option<crate::config::Sandbox>,
+    /// Tasks given with `corral assign --queue`, for when it finishes:
+    /// (task id, task).
+    #[serde(default)]
+    pub queued_tasks: Vec<(String, String)>,
+}
+
+/// How an agent's work goes back onto a branch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeSpec {
+    pub policy: crate::config::MergePolicy,
+    /// The branch it goes onto (None: there was no branch to default to).
+    pub target: Option<String>,
+    pub strategy: crate::git::merge::Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::sys::gate::Gate>,
+}
+
+/// Where an agent's merge stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MergeState {
+    Queued,
+    Merging {
+        target: String,
+        old: String,
+        new: String,
+    },
+    Merged {
+        commit: String,
+        commits: usize,
+    },
+    Conflict {
+        files: Vec<String>,
+    },
+    GateFailed {
+        code: Option<i32>,
+        output: String,
+    },
+    /// The target is checked out with uncommitted changes; corral retries.
+    Waiting {
+        why: String,
+        files: Vec<String>,
+    },
+    Refused {
+        why: String,
+    },
+}
+
+impl MergeState {
+    /// Settled: nothing more happens without someone asking.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, MergeState::Queued | MergeState::Merging { .. })
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MergeState::Queued => "queued",
+            MergeState::Merging { .. } => "merging",
+            MergeState::Merged { .. } => "merged",
+            MergeState::Conflict { .. } => "conflict",
+            MergeState::GateFailed { .. } => "gate_failed",
+            MergeState::Waiting { .. } => "waiting",
+            MergeState::Refused { .. } => "refused",
+        }
+    }
+
+    /// The exit code `corral wait` and `corral merge` give (README).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MergeState::Merged { .. } => 0,
+            MergeState::Conflict { .. } => 27,
+            MergeState::GateFailed { .. } => 28,
+            MergeState::Waiting { .. } => 29,
+            MergeState::Refused { .. } => 30,
+            MergeState::Queued | MergeState::Merging { .. } => WAIT_TIMED_OUT,
+        }
+    }
+}
+
+/// How the agent CLI said its last turn went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultSummary {
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A message waiting for delivery; it survives a daemon restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingMessage {
+    pub message_id: String,
+    pub from: String,
+    pub text: String,
+}
+
+impl AgentRecord {
+    /// The record a `spawned` event creates.
+    pub fn from_spawned(event: &Event) -> Option<AgentRecord> {
+        let EventBody::Spawned {
+            id,
+            harness,
+            task_text,
+            command,
+            branch,
+            worktree,
+            base,
+            budget,
+            grace_secs,
+            probes,
+            restart,
+            model,
+            merge,
+            sandbox,
+        } = &event.body
+        else {
+            return None;
+        };
+        let address = event.agent.clone()?;
+        Some(AgentRecord {
+            parent: event.parent.clone().or_else(|| address.parent()).unwrap_or_else(Address::root),
+            address,
+            id: *id,
+            task_id: event.task.clone().unwrap_or_default(),
+            task: task_text.clone(),
+            command: command.clone(),
+            branch: branch.clone(),
+            worktree: worktree.clone(),
+            base: base.clone(),
+            state: AgentState::Starting,
+            pid: None,
+            monitor_pid: None,
+            spawned_at: event.ts,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            stop_requested: false,
+            removed: false,
+            log_offset: 0,
+            harness: *harness,
+            usage: TokenUsage::default(),
+            cost_usd: None,
+            session_id: None,
+            result: None,
+            results: 0,
+            pending_messages: Vec::new(),
+            messages_sent: 0,
+            delivered_since_result: false,
+            turn_pending: false,
+            input_closed: false,
+            budget: *budget,
+            grace_secs: *grace_secs,
+            warned: Vec::new(),
+            exceeded: None,
+            stopped_for: None,
+            probes: probes.clone(),
+            restart: *restart,
+            ready: false,
+            restarts: 0,
+            runs: 0,
+            probe_killed: None,
+            model: model.clone(),
+            merge: merge.clone(),
+            merge_state: None,
+            sandbox: *sandbox,
+            queued_tasks: Vec::new(),
+        })
+    }
+
+    /// Applies one of this agent's events. Events that do not fit the
+    /// current state (an `exited` after the agent already ended) are
+    /// ignored: the first word on how an agent ended stands.
+    pub fn apply(&mut self, event: &Event) {
+        if let Some(offset) = event.body.log_offset() {
+            self.log_offset = self.log_offset.max(offset);
+        }
+        match &event.body {
+            EventBody::Started { pid, monitor_pid } | EventBody::Adopted { pid, monitor_pid } => {
+                if !self.state.is_terminal() {
+                    if self.state != AgentState::Running && matches!(event.body, EventBody::Started { .. }) {
+                        self.runs += 1;
+                    }
+                    if self.state != AgentState::Running {
+                        self.ready = self.probes.startup.is_none() && self.probes.readiness.is_none();
+                    }
+                    self.state = AgentState::Running;
+                    self.pid = Some(*pid);
+                    self.monitor_pid = Some(*monitor_pid);
+                    if self.started_at.is_none() {
+                        self.started_at = Some(event.ts);
+                    }
+                }
+            }
+            EventBody::SessionStarted { session_id, model, .. } => {
+                if session_id.is_some() {
+                    self.session_id = session_id.clone();
+                }
+                if model.is_some() {
+                    self.model = model.clone();
+                }
+            }
+            EventBody::Usage { total, cost_usd, .. } => {
+                self.usage = *total;
+                if cost_usd.is_some() {
+                    self.cost_usd = *cost_usd;
+                }
+            }
+            EventBody::Result { success, reason, session_id, .. } => {
+                self.result = Some(ResultSummary { success: *success, reason: reason.clone() });
+                self.results += 1;
+                // A message that arrived during this turn is answered in the next.
+                self.turn_pending = self.delivered_since_result;
+                self.delivered_since_result = false;
+                if session_id.is_some() {
+                    self.session_id = session_id.clone();
+                }
+            }
+            EventBody::MessageSent { message_id, from, text, .. } => {
+                self.messages_sent += 1;
+                self.pending_messages.push(PendingMessage {
+                    message_id: message_id.clone(),
+                    from: from.clone(),
+                    text: text.clone(),
+                });
+            }
+            EventBody::MessageDelivered { message_id } => {
+                self.pending_messages.retain(|m| &m.message_id != message_id);
+                self.delivered_since_result = true;
+            }
+            EventBody::InputClosed {} => self.input_closed = true,
+            EventBody::Queued {} => {
+                if self.state == AgentState::Starting {
+                    self.state = AgentState::Pending;
+                }
+            }
+            EventBody::TaskQueued { task_id, task_text } => {
+                self.queued_tasks.push((task_id.clone(), task_text.clone()))
+            }
+            // The record's `command` stays the launch command: each run
+            // derives from it, so the run's own command is not kept here.
+            EventBody::Assigned { task_text, .. } => {
+                // A new run with a new task: what ended is history (the
+                // journal keeps it); usage and budgets carry on.
+                if let Some(task_id) = &event.task {
+                    self.queued_tasks.retain(|(id, _)| id != task_id);
+                    self.task_id = task_id.clone();
+                }
+                self.task = task_text.clone();
+                self.state = AgentState::Starting;
+                self.pid = None;
+                self.monitor_pid = None;
+                // What stopped the last run stopped that run only.
+                self.stopped_for = None;
+                self.started_at = None;
+                self.ended_at = None;
+                self.exit_code = None;
+                self.signal = None;
+                self.reason = None;
+                self.stop_requested = false;
+                self.result = None;
+                self.results = 0;
+                self.delivered_since_result = false;
+                self.turn_pending = false;
+                self.input_closed = false;
+                self.merge_state = None;
+                self.probe_killed = None;
+            }
+            EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
+            EventBody::MergeStarted { target, old, new, .. } => {
+                self.merge_state =
+                    Some(MergeState::Merging { target: target.clone(), old: old.clone(), new: new.clone() })
+            }
+            EventBody::Merged { commit, commits, .. } => {
+                self.merge_state = Some(MergeState::Merged { commit: commit.clone(), commits: *commits })
+            }
+            EventBody::Conflict { files } => self.merge_state = Some(MergeState::Conflict { files: files.clone() }),
+            EventBody::GateFailed { code, output } => {
+                self.merge_state = Some(MergeState::GateFailed { code: *code, output: output.clone() })
+            }
+            EventBody::MergeWaiting { why, files } => {
+                self.merge_state = Some(MergeState::Waiting { why: why.clone(), files: files.clone() })
+            }
+            EventBody::MergeRefused { why } => self.merge_state = Some(MergeState::Refused { why: why.clone() }),
+            EventBody::Probe { change, probe, message, .. } => match change.as_str() {
+                "ready" => self.ready = true,
+                "not_ready" => self.ready = false,
+                "kill" => {
+                    self.ready = false;
+                    self.probe_killed = Some(format!("{probe} probe failed: {message}"));
+                }
+                _ => {}
+            },
+            EventBody::Restarted { count, .. } => {
+                // A new process: its readiness, input and turns start over.
+                self.restarts = self.restarts.max(*count);
+                self.probe_killed = None;
+                self.ready = self.probes.startup.is_none() && self.probes.readiness.is_none();
+                self.input_closed = false;
+                self.results = 0;
+                self.result = None;
+                self.delivered_since_result = false;
+                self.turn_pending = false;
+            }
+            EventBody::Output { .. }
+            | EventBody::Progress { .. }
+            | EventBody::ToolUse { .. }
+            | EventBody::ToolResult { .. } => {}
+            EventBody::StopRequested { budget, .. } => {
+                self.stop_requested = true;
+                if budget.is_some() && self.stopped_for.is_none() {
+                    self.stopped_for = *budget;
+                }
+            }
+            EventBody::BudgetWarning { kind, .. } => {
+                if !self.warned.contains(kind) {
+                    self.warned.push(*kind);
+                }
+            }
+            EventBody::BudgetExceeded { kind, used, limit } => {
+                if self.exceeded.is_none() {
+                    self.exceeded = Some((*kind, *used, *limit));
+                }
+            }
+            EventBody::Exited { state, code, signal, reason } => {
+                if !self.state.is_terminal() {
+                    self.state = *state;
+                    self.exit_code = *code;
+                    self.signal = *signal;
+                    self.reason = reason.clone();
+                    self.ended_at = Some(event.ts);
+                }
+            }
+            EventBody::Removed { .. } => self.removed = true,
+            EventBody::DaemonStarted { .. }
+            | EventBody::JournalRepaired { .. }
+            | EventBody::JournalResumed { .. }
+            | EventBody::Spawned { .. }
+            | EventBody::SpawnFailed { .. } => {}
+        }
+    }
+
+    /// The exit code `corral wait` gives for this agent (README, "Exit
+    /// codes"): the state's, with budgets told apart by kind.
+    pub fn wait_code(&self) -> i32 {
+        if let (AgentState::Succeeded, Some(merge)) = (self.state, &self.merge_state) {
+            return merge.exit_code();
+        }
+        match (self.state, self.stopped_for) {
+            (AgentState::BudgetExceeded, Some(BudgetKind::Cost | BudgetKind::DailyCost)) => 24,
+            (AgentState::BudgetExceeded, Some(BudgetKind::Idle)) => 26,
+            (state, _) => state.wait_code(),
+        }
+    }
+
+    /// Ended, and (for an automatic merge) its merge settled: what
+    /// `corral wait` waits for.
+    pub fn is_done(&self) -> bool {
+        if !self.state.is_terminal() {
+            return false;
+        }
+        let auto = self.merge.policy == crate::config::MergePolicy::Auto && self.state == AgentState::Succeeded;
+        match &self.merge_state {
+            Some(merge) => merge.is_settled(),
+            None => !auto,
+        }
+    }
+
+    /// True when a JSON-lines agent has answered everything it was given:
+    /// its input should be closed so the CLI ends.
+    pub fn input_done(&self) -> bool {
+        self.harness.delivery() == corral_harness::launch::Delivery::StdinJson
+            && self.results > 0
+            && !self.turn_pending
+            && !self.delivered_since_result
+            && self.pending_messages.is_empty()
+            && !self.input_closed
+            && !self.state.is_terminal()
+    }
+
+    /// Seconds the agent has run (until now, or until it ended).
+    pub fn runtime_secs(&self, now: DateTime<Utc>) -> Option<f64> {
+        let start = self.started_at?;
+        let end = self.ended_at.unwrap_or(now);
+        Some((end - start).num_milliseconds().max(0) as f64 / 1000.0)
+    }
+}
+
+/// How an ended agent's exit status maps to a terminal state.
+/// How an ended agent's exit maps to a terminal state. A budget stop wins,
+/// then a stop on request. An agent whose CLI reports results (a
+/// structured harness) succeeded only if it exited 0 after a successful
+/// result; any other agent, if it exited 0.
+pub fn classify_exit(
+    code: Option<i32>,
+    signal: Option<i32>,
+    stop_requested: bool,
+    result: Option<&ResultSummary>,
+    expects_result: bool,
+    stopped_for: Option<BudgetKind>,
+) -> AgentState {
+    match stopped_for {
+        Some(BudgetKind::Wall) => return AgentState::TimedOut,
+        Some(_) => return AgentState::BudgetExceeded,
+        None => {}
+    }
+    if stop_requested {
+        return AgentState::Stopped;
+    }
+    match (code, signal, result) {
+        (Some(0), _, Some(result)) if !result.success => AgentState::Failed,
+        (Some(0), _, None) if expects_result => AgentState::Failed,
+        (Some(0), _, _) => AgentState::Succeeded,
+        _ => AgentState::Failed,
+    }
+}
+
+/// All agents, folded from a journal.
+#[derive(Debug, Default, Clone)]
+pub struct AgentTable {
+    pub agents: BTreeMap<Address, AgentRecord>,
+    /// The largest agent id seen, so new ids never reuse a folder.
+    pub last_id: u64,
+    /// What the repository spent each day (local date, `YYYY-MM-DD`): the
+    /// journal is kept, so a daemon restart or a second cron run the same
+    /// day starts from the same figures.
+    pub daily: BTreeMap<String, DailySpend>,
+}
+
+/// One day's spend over all agents, and the daily budgets already warned
+/// about or spent that day.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DailySpend {
+    pub tokens: u64,
+    pub cost: f64,
+    pub warned: Vec<BudgetKind>,
+    pub exceeded: Vec<BudgetKind>,
+}
+
+/// The local date of a timestamp, as the daily budget counts days.
+pub fn day_of(ts: DateTime<Utc>) -> String {
+    ts.with_timezone(&chrono::Local).format("%Y-%m-%d").to_string()
+}
+
+impl AgentTable {
+    pub fn apply(&mut self, event: &Event) {
+        if let EventBody::Spawned { id, .. } = &event.body {
+            self.last_id = self.last_id.max(*id);
+            if let Some(record) = AgentRecord::from_spawned(event) {
+                self.agents.insert(record.address.clone(), record);
+            }
+            return;
+        }
+        match &event.body {
+            EventBody::BudgetWarning { kind, .. } if event.agent.is_none() => {
+                self.daily.entry(day_of(event.ts)).or_default().warned.push(*kind);
+            }
+            EventBody::BudgetExceeded { kind, .. } if event.agent.is_none() => {
+                self.daily.entry(day_of(event.ts)).or_default().exceeded.push(*kind);
+            }
+            EventBody::Usage { delta, cost_usd, .. } => {
+                let previous = event.agent.as_ref().and_then(|a| self.agents.get(a)).and_then(|a| a.cost_usd);
+                let day = self.daily.entry(day_of(event.ts)).or_default();
+                day.tokens += delta.total();
+                day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);
+            }
+            _ => {}
+        }
+        let Some(address) = &event.agent else { return };
+        if let EventBody::SpawnFailed { .. } = &event.body {
+            // A failed spawn leaves nothing behind, the address included.
+            if self.agents.get(address).is_some_and(|a| a.state == AgentState::Starting) {
+                self.agents.remove(address);
+            }
+            return;
+        }
+        if let Some(record) = self.agents.get_mut(address) {
+            record.apply(event);
+        }
+    }
+
+    /// The agent and every agent below it, parents before children.
+    pub fn subtree(&self, top: &Address) -> Vec<&AgentRecord> {
+        self.agents.values().filter(|a| a.address.is_within(top)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
