@@ -14,4 +14,5 @@ mod merge_queue;
 mod probes;
 mod regress_daemon;
 mod regressions;
+mod run;
 mod tree;

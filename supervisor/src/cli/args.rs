@@ -270,8 +270,44 @@ pub enum Command {
         /// Also remove worktrees with uncommitted changes.
         #[arg(long)]
         force: bool,
+        /// Only agents (a run's among them) that ended at least this long
+        /// ago: seconds, or 12h, 7d.
+        #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+        older_than: Option<Duration>,
         #[arg(long)]
         json: bool,
+    },
+    /// Run a batch of agents from a run file (TOML): in dependency order,
+    /// under a lock, with a report and an exit code (see the README, "Runs").
+    #[command(display_order = 11)]
+    Run {
+        /// The run file.
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        file: Option<PathBuf>,
+        /// Finish a run whose driver ended before it did (its id, from `corral runs`).
+        #[arg(long, value_name = "ID")]
+        resume: Option<String>,
+        /// Check the file and print what would run; start nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A value for `{{KEY}}` in the file's tasks and commands (repeatable).
+        #[arg(long = "var", value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        /// The report as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runs of `corral run`: id, file, started, state, spend.
+    #[command(display_order = 12)]
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: drives one run (the command of the agent at /root/<run id>).
+    #[command(hide = true, name = "run-driver")]
+    RunDriver {
+        #[arg(long)]
+        id: String,
     },
     /// Run the daemon in the foreground (clients start it on demand).
     #[command(display_order = 17)]

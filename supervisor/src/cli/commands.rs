@@ -73,6 +73,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Usage { harness, file, json } => usage(&harness, &file, json),
         Command::Mcp => crate::cli::mcp::run(start),
+        Command::Run { file, resume, dry_run, vars, json } => {
+            crate::cli::run::run(&start, crate::cli::run::RunArgs { file, resume, dry_run, vars, json })
+        }
+        Command::Runs { json } => crate::cli::run::list(&state()?, json),
+        Command::RunDriver { id } => crate::cli::run::drive::drive(&start, &id),
         Command::Merge { address, strategy, json } => {
             let address = Address::resolve(&address, &caller())?.to_string();
             let Response::Agent { agent } =
@@ -314,8 +319,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(if timed_out { WAIT_TIMED_OUT } else { worst })
         }
         Command::Attach { address } => attach(&state()?, &address),
-        Command::Gc { force, json } => {
-            let Response::Gc { removed, kept } = Client::connect(&state()?)?.request(&Request::Gc { force })? else {
+        Command::Gc { force, older_than, json } => {
+            let request = Request::Gc { force, older_than_secs: older_than.map(|d| d.as_secs_f64()) };
+            let Response::Gc { removed, kept } = Client::connect(&state()?)?.request(&request)? else {
                 return Err(unexpected());
             };
             if json {

@@ -1,7 +1,7 @@
 //! The command line and the other front doors: the clap definitions as
 //! typed (`args`), what each command does (`commands`), the daemon client
-//! (`client`), the MCP server (`mcp`), the demo and the scripted fake
-//! agent.
+//! (`client`), the MCP server (`mcp`), `corral run` and `corral runs`
+//! (`run`), the demo and the scripted fake agent.
 //!
 //! Owns: what a person or script sees (output formats, exit codes). Never
 //! does: change state itself: every change is a request to the daemon.
@@ -12,5 +12,6 @@ pub mod commands;
 pub mod demo;
 pub mod fake_agent;
 pub mod mcp;
+pub mod run;
 
 pub use args::Cli;

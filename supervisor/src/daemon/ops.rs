@@ -110,10 +110,22 @@ pub(super) async fn wait_for(
 /// Removes the worktrees of agents that are done (their merge settled),
 /// and their branches when the target already holds every commit. Work
 /// that is not on the target (uncommitted files, unmerged or squashed
-/// commits) is kept unless `force`, and then named.
-pub(super) async fn gc(daemon: &Arc<Daemon>, force: bool) -> Result<Response> {
-    let candidates: Vec<AgentRecord> =
-        daemon.store.read(|table| table.agents.values().filter(|a| a.is_done() && !a.removed).cloned().collect());
+/// commits) is kept unless `force`, and then named. With `older_than_secs`,
+/// only agents that ended at least that long ago (`gc --older-than 7d`
+/// after nightly runs).
+pub(super) async fn gc(daemon: &Arc<Daemon>, force: bool, older_than_secs: Option<f64>) -> Result<Response> {
+    let older_than = older_than_secs
+        .map(crate::model::duration::from_secs)
+        .transpose()
+        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--older-than: {e}")))?;
+    let cutoff = older_than.and_then(|age| chrono::Duration::from_std(age).ok()).map(|age| chrono::Utc::now() - age);
+    let old_enough = |a: &AgentRecord| match cutoff {
+        Some(cutoff) => a.ended_at.is_some_and(|ended| ended <= cutoff),
+        None => true,
+    };
+    let candidates: Vec<AgentRecord> = daemon
+        .store
+        .read(|table| table.agents.values().filter(|a| a.is_done() && !a.removed && old_enough(a)).cloned().collect());
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     let _git = daemon.git.lock().await;
     for agent in candidates {

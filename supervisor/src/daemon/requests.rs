@@ -74,7 +74,7 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Res
         }
         Request::Stop { address, grace_secs } => ops::stop(daemon, &address, grace_secs).await,
         Request::Wait { addresses, timeout_secs } => ops::wait(daemon, &addresses, timeout_secs).await,
-        Request::Gc { force } => ops::gc(daemon, force).await,
+        Request::Gc { force, older_than_secs } => ops::gc(daemon, force, older_than_secs).await,
         Request::Merge { address, strategy } => {
             let agent = daemon.find(&address)?;
             if !agent.state.is_terminal() {

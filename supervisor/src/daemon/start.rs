@@ -119,7 +119,8 @@ pub(super) enum Start {
 /// back; an assigned task fails).
 pub(super) async fn start_or_queue(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result<Start> {
     let _slots = daemon.slots.lock().await;
-    if !slot_free(daemon) {
+    // A run's driver only waits for the agents it spawns: it takes no slot.
+    if !slot_free(daemon) && !crate::cli::run::is_driver(&record.command) {
         daemon.commit(vec![daemon.draft(record, EventBody::Queued {})]).await?;
         return Ok(Start::Queued);
     }
@@ -271,10 +272,12 @@ pub(super) async fn hello_monitor(mut stream: UnixStream) -> std::io::Result<(Un
 }
 
 /// True when fewer agents run than `[supervisor] max_threads` allows (or
-/// there is no limit). Callers hold `Daemon::slots`.
+/// there is no limit); a run's driver does not count. Callers hold
+/// `Daemon::slots`.
 pub(super) fn slot_free(daemon: &Daemon) -> bool {
     let Some(max) = daemon.config().supervisor.max_threads else { return true };
-    let running = daemon.store.read(|table| table.agents.values().filter(|a| a.state == AgentState::Running).count());
+    let holds_slot = |a: &&AgentRecord| a.state == AgentState::Running && !crate::cli::run::is_driver(&a.command);
+    let running = daemon.store.read(|table| table.agents.values().filter(holds_slot).count());
     running < max as usize
 }
 

@@ -50,8 +50,12 @@ pub enum Request {
         addresses: Vec<String>,
         timeout_secs: Option<f64>,
     },
+    /// Removes the worktrees of agents that are done (with
+    /// `older_than_secs`, only of those that ended at least that long ago).
     Gc {
         force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        older_than_secs: Option<f64>,
     },
     /// Merges an ended agent's branch through the merge queue (or retries);
     /// answered with the agent once the merge settled.
