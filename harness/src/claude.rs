@@ -92,7 +92,7 @@ use crate::event::{
     json_count, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative, HarnessEvent,
     Ledger, Parser, TokenUsage, UsageTotals,
 };
-use crate::launch::{push, Delivery, Input, Launch, Options, Sandbox};
+use crate::launch::{config_folder, flag_value, push, seed, Delivery, Input, Launch, Options, Sandbox};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -163,13 +163,50 @@ pub fn fork_session(env: &BTreeMap<String, String>, session: &str, cwd: &Path) -
         .map(|entry| entry.path().join(&file))
         .find(|path| path.exists())
         .ok_or_else(|| format!("no file of session {session} under {}", projects.display()))?;
-    let folder: String =
-        cwd.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let target = projects.join(folder);
+    let target = projects.join(project_folder(cwd));
     std::fs::create_dir_all(&target)
         .and_then(|()| std::fs::copy(&found, target.join(&file)).map(|_| ()))
         .map_err(|e| format!("cannot copy the session: {e}"))?;
     Ok(vec!["--resume".into(), session.into(), "--fork-session".into()])
+}
+
+/// The first of `args` that would lift Claude Code's own permission
+/// checks (`--dangerously-skip-permissions`, `--permission-mode
+/// bypassPermissions`), as written. Any corral sandbox narrower than full
+/// refuses them.
+pub(crate) fn widening_arg(_sandbox: Sandbox, args: &[String]) -> Option<String> {
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--dangerously-skip-permissions" || arg == "--allow-dangerously-skip-permissions" {
+            return Some(arg.clone());
+        }
+        if let Some(mode) = flag_value(args, i, "--permission-mode").filter(|m| *m == "bypassPermissions") {
+            return Some(format!("--permission-mode {mode}"));
+        }
+    }
+    None
+}
+
+/// The folder under `projects/` where Claude Code keeps the sessions of
+/// the working folder `cwd` (its path, every other character than letters
+/// and digits as `-`).
+fn project_folder(cwd: &Path) -> String {
+    cwd.display().to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+}
+
+/// Gives Claude Code the private state folder `folder`
+/// (`CLAUDE_CONFIG_DIR`), seeded from the person's (`$CLAUDE_CONFIG_DIR`,
+/// else `~/.claude`) with `settings.json`, `CLAUDE.md` and the sessions of
+/// `cwd` (a forked session is there), never `.credentials.json`.
+pub(crate) fn private_state(
+    env: &BTreeMap<String, String>,
+    folder: &Path,
+    cwd: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    if let Some(source) = config_folder(env, "CLAUDE_CONFIG_DIR", ".claude") {
+        let sessions = format!("projects/{}", project_folder(cwd));
+        seed(&source, folder, &["settings.json", "CLAUDE.md", &sessions])?;
+    }
+    Ok(vec![("CLAUDE_CONFIG_DIR".into(), folder.display().to_string())])
 }
 
 /// The stdin line (without newline) that delivers `text` as a user message

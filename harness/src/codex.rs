@@ -4,7 +4,10 @@
 //! - Launch: `codex exec --json --skip-git-repo-check [--model M]
 //!   [--sandbox MODE] [-c model_reasoning_effort=E] EXTRA TASK`, its stdin
 //!   `/dev/null` (it waits for stdin otherwise). The sandbox is Codex's own
-//!   `--sandbox`.
+//!   `--sandbox`; when the supervisor confines the agent with Landlock
+//!   ([`Options::confined`]), where Codex's bubblewrap cannot start, also
+//!   `--dangerously-bypass-approvals-and-sandbox`: the mode is then the
+//!   supervisor's to enforce.
 //! - Delivery: `codex exec` runs one turn and takes no input, so a message
 //!   is a follow-up process once the turn ends, continuing the thread: the
 //!   same command with `resume <thread_id> MESSAGE` in place of the task
@@ -78,7 +81,8 @@
 //! zero. A process killed mid-turn prints no `turn.completed`; its spend
 //! shows up in the next resumed process's figures, which include it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -87,7 +91,9 @@ use crate::event::{
     json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
     HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, SUMMARY_MAX_CHARS,
 };
-use crate::launch::{push, with_task, without_task, Delivery, Input, Launch, Options, Sandbox};
+use crate::launch::{
+    config_folder, flag_value, push, seed, with_task, without_task, Delivery, Input, Launch, Options, Sandbox,
+};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -117,6 +123,12 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
             Sandbox::Full => "danger-full-access",
         };
         push(&mut argv, &["--sandbox", mode]);
+        // Codex's own sandbox (bubblewrap) cannot start inside the
+        // supervisor's Landlock, which forbids mounts: every command would
+        // fail. Codex then runs its commands as they are, inside it.
+        if options.confined {
+            push(&mut argv, &["--dangerously-bypass-approvals-and-sandbox"]);
+        }
     }
     if let Some(effort) = options.reasoning_effort {
         push(&mut argv, &["-c", &format!("model_reasoning_effort={effort}")]);
@@ -124,6 +136,52 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
     argv.extend_from_slice(extra);
     argv.push(task.to_string());
     Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// The first of `args` that would lift Codex's own sandbox above `sandbox`
+/// (`--dangerously-bypass-approvals-and-sandbox`, a wider `--sandbox` or
+/// `-c sandbox_mode=`, `--full-auto` under read-only), as written.
+pub(crate) fn widening_arg(sandbox: Sandbox, args: &[String]) -> Option<String> {
+    let wider = |mode: &str| {
+        let mode = mode.trim_matches(|c| c == '"' || c == '\'');
+        let rank = match mode {
+            "read-only" => Sandbox::ReadOnly,
+            "workspace-write" => Sandbox::WorkspaceWrite,
+            "danger-full-access" => Sandbox::Full,
+            _ => return false,
+        };
+        rank > sandbox
+    };
+    for (i, arg) in args.iter().enumerate() {
+        match arg.as_str() {
+            "--dangerously-bypass-approvals-and-sandbox" | "--yolo" => return Some(arg.clone()),
+            "--full-auto" if sandbox < Sandbox::WorkspaceWrite => return Some(arg.clone()),
+            _ => {}
+        }
+        for flag in ["--sandbox", "-s"] {
+            if let Some(mode) = flag_value(args, i, flag).filter(|m| wider(m)) {
+                return Some(format!("{flag} {mode}"));
+            }
+        }
+        for flag in ["-c", "--config"] {
+            let setting = flag_value(args, i, flag).and_then(|kv| kv.split_once('='));
+            if let Some((_, mode)) = setting.filter(|(key, mode)| key.trim() == "sandbox_mode" && wider(mode)) {
+                return Some(format!("{flag} sandbox_mode={mode}"));
+            }
+        }
+    }
+    None
+}
+
+/// Gives Codex the private state folder `folder` (`CODEX_HOME`), seeded
+/// with the person's `config.toml` and `AGENTS.md` (from `$CODEX_HOME`,
+/// else `~/.codex`), never `auth.json`. Its sessions stay there for the
+/// agent's life (`codex exec resume` reads them).
+pub(crate) fn private_state(env: &BTreeMap<String, String>, folder: &Path) -> Result<Vec<(String, String)>, String> {
+    if let Some(source) = config_folder(env, "CODEX_HOME", ".codex") {
+        seed(&source, folder, &["config.toml", "AGENTS.md"])?;
+    }
+    Ok(vec![("CODEX_HOME".into(), folder.display().to_string())])
 }
 
 /// The command that continues thread `session` with `text`, from the

@@ -50,6 +50,9 @@
 //! counts; figures lower than the previous ones for the session (a version
 //! that does not hydrate) count in full, and so does a new session.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -57,7 +60,7 @@ use crate::event::{
     json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
     HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, RESULT_TEXT_MAX_CHARS, SUMMARY_MAX_CHARS,
 };
-use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+use crate::launch::{flag_value, push, seed, with_task, Delivery, Input, Launch, Options, Sandbox};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -89,6 +92,34 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
 /// task (a new session).
 pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
     (with_task(launch_argv, task), None)
+}
+
+/// The first of `args` that would lift Gemini CLI's own approvals
+/// (`--yolo`, `--approval-mode yolo`; `auto_edit` too under read-only), as
+/// written.
+pub(crate) fn widening_arg(sandbox: Sandbox, args: &[String]) -> Option<String> {
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--yolo" || arg == "-y" {
+            return Some(arg.clone());
+        }
+        let wider = |mode: &&str| *mode == "yolo" || (*mode == "auto_edit" && sandbox == Sandbox::ReadOnly);
+        if let Some(mode) = flag_value(args, i, "--approval-mode").filter(wider) {
+            return Some(format!("--approval-mode {mode}"));
+        }
+    }
+    None
+}
+
+/// Gives Gemini CLI the private state folder `folder`
+/// (`GEMINI_CLI_HOME`, whose `.gemini/` it uses), seeded with the person's
+/// `settings.json` and `GEMINI.md` (from `$GEMINI_CLI_HOME/.gemini`, else
+/// `~/.gemini`), never its credentials.
+pub(crate) fn private_state(env: &BTreeMap<String, String>, folder: &Path) -> Result<Vec<(String, String)>, String> {
+    let home = ["GEMINI_CLI_HOME", "HOME"].iter().find_map(|name| env.get(*name).filter(|v| !v.is_empty()));
+    if let Some(source) = home.map(|home| Path::new(home).join(".gemini")) {
+        seed(&source, &folder.join(".gemini"), &["settings.json", "GEMINI.md"])?;
+    }
+    Ok(vec![("GEMINI_CLI_HOME".into(), folder.display().to_string())])
 }
 
 /// Parser for Gemini CLI `stream-json` output. One per agent.

@@ -30,7 +30,7 @@ use std::str::FromStr;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::Parser;
-use crate::launch::{Delivery, Launch, Options};
+use crate::launch::{Delivery, Launch, Options, Sandbox};
 use crate::{aider, claude, codex, gemini, generic, opencode};
 
 /// An agent CLI corral can run.
@@ -193,6 +193,44 @@ impl Harness {
             Harness::Codex | Harness::Gemini | Harness::Opencode | Harness::Aider | Harness::Generic => {
                 Err("only Claude Code sessions can be forked (use --harness claude)".into())
             }
+        }
+    }
+
+    /// The first of `args` (arguments for the CLI besides corral's own)
+    /// that would lift the CLI's own sandbox or approvals above `sandbox`,
+    /// corral's sandbox for it, as written; `None` when there is none, or
+    /// when `sandbox` is full. A plain command has no such arguments.
+    pub fn widening_arg(self, sandbox: Sandbox, args: &[String]) -> Option<String> {
+        if sandbox == Sandbox::Full {
+            return None;
+        }
+        match self {
+            Harness::Claude => claude::widening_arg(sandbox, args),
+            Harness::Codex => codex::widening_arg(sandbox, args),
+            Harness::Gemini => gemini::widening_arg(sandbox, args),
+            Harness::Opencode | Harness::Aider | Harness::Generic => None,
+        }
+    }
+
+    /// Points the CLI at a private state folder, `folder` (made already),
+    /// seeded with the settings of the person's (never credentials), for an
+    /// agent that runs in `cwd`: the environment variables to set. Claude
+    /// Code's `CLAUDE_CONFIG_DIR`, Codex's `CODEX_HOME`, Gemini's
+    /// `GEMINI_CLI_HOME`, opencode's XDG data, state and cache folders;
+    /// none for Aider (it keeps its history in the worktree) and a plain
+    /// command.
+    pub fn private_state(
+        self,
+        env: &BTreeMap<String, String>,
+        folder: &Path,
+        cwd: &Path,
+    ) -> Result<Vec<(String, String)>, String> {
+        match self {
+            Harness::Claude => claude::private_state(env, folder, cwd),
+            Harness::Codex => codex::private_state(env, folder),
+            Harness::Gemini => gemini::private_state(env, folder),
+            Harness::Opencode => Ok(opencode::private_state(folder)),
+            Harness::Aider | Harness::Generic => Ok(Vec::new()),
         }
     }
 

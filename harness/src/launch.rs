@@ -7,9 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 /// What an agent may write, least to most permissive (so a child's
-/// sandbox can be compared with its parent's). Each CLI applies it by its
-/// own means: Codex's `--sandbox`; Claude Code without its writing tools
-/// when read-only. A plain command's sandbox is not enforced.
+/// sandbox can be compared with its parent's). The supervisor enforces it
+/// for every CLI (Landlock); each CLI also applies it by its own means
+/// where it has them: Codex's `--sandbox`; Claude Code without its writing
+/// tools when read-only. Arguments that would lift a CLI's own sandbox
+/// above it are refused ([`crate::Harness::widening_arg`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sandbox {
@@ -28,6 +30,11 @@ pub struct Options<'a> {
     pub sandbox: Option<Sandbox>,
     /// Codex's `model_reasoning_effort`; the other CLIs have no such setting.
     pub reasoning_effort: Option<&'a str>,
+    /// The supervisor confines the agent's file system itself (Landlock),
+    /// around the CLI: a CLI whose own sandbox cannot start inside that
+    /// (Codex's bubblewrap needs mounts, which Landlock forbids) leaves the
+    /// confining to the supervisor.
+    pub confined: bool,
 }
 
 /// Where the agent's standard input comes from.
@@ -83,4 +90,51 @@ pub(crate) fn with_task(launch_argv: &[String], task: &str) -> Vec<String> {
     let mut argv = without_task(launch_argv);
     argv.push(task.to_string());
     argv
+}
+
+/// `flag VALUE` or `flag=VALUE` at `args[i]`: the value, if `args[i]` is
+/// `flag` in either form.
+pub(crate) fn flag_value<'a>(args: &'a [String], i: usize, flag: &str) -> Option<&'a str> {
+    let arg = args.get(i)?;
+    if arg == flag {
+        return args.get(i + 1).map(String::as_str);
+    }
+    arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('='))
+}
+
+/// Copies the files `names` (and folders, whole) that exist in `source`
+/// into `target`, keeping what `target` already has: a CLI's settings for
+/// its private state folder.
+pub(crate) fn seed(source: &std::path::Path, target: &std::path::Path, names: &[&str]) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    for name in names {
+        copy_missing(&source.join(name), &target.join(name))?;
+    }
+    Ok(())
+}
+
+fn copy_missing(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let Ok(metadata) = std::fs::metadata(from) else { return Ok(()) };
+    let failed = |e: std::io::Error| format!("cannot copy {} to {}: {e}", from.display(), to.display());
+    if metadata.is_dir() {
+        std::fs::create_dir_all(to).map_err(failed)?;
+        for entry in std::fs::read_dir(from).map_err(failed)?.flatten() {
+            copy_missing(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if !to.exists() {
+        std::fs::copy(from, to).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `$NAME` of `env` as a folder, else `$HOME/default` (`None` without either).
+pub(crate) fn config_folder(
+    env: &std::collections::BTreeMap<String, String>,
+    name: &str,
+    default: &str,
+) -> Option<std::path::PathBuf> {
+    match env.get(name).filter(|v| !v.is_empty()) {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => env.get("HOME").filter(|v| !v.is_empty()).map(|home| std::path::Path::new(home).join(default)),
+    }
 }

@@ -43,6 +43,7 @@
 //! own per-step figure in US dollars (0 for free or unpriced models).
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -83,6 +84,19 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
 /// task (a new session).
 pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
     (with_task(launch_argv, task), None)
+}
+
+/// Gives opencode the private state folder `folder`: its data (sessions),
+/// state and cache folders go there (`XDG_DATA_HOME`, `XDG_STATE_HOME`,
+/// `XDG_CACHE_HOME`); it reads its configuration where the person keeps it.
+pub(crate) fn private_state(folder: &Path) -> Vec<(String, String)> {
+    ["XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"]
+        .into_iter()
+        .map(|name| {
+            let sub = name.trim_start_matches("XDG_").trim_end_matches("_HOME").to_ascii_lowercase();
+            (name.to_string(), folder.join(sub).display().to_string())
+        })
+        .collect()
 }
 
 /// Step ids remembered at most (for dedupe); plenty for one agent.

@@ -28,12 +28,13 @@ use corral_e2e::real_cli::{claude_env, is_messages_request, ps_record, run_deadl
 use corral_e2e::{corral_bin, fake_claude, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 9] = [
     "run_background_agent",
     "spawn_agent",
     "list_background_agents",
     "list_agents",
     "view_background_agent",
+    "wait_background_agent",
     "stop_background_agent",
     "send_message",
     "assign_task",
@@ -393,7 +394,8 @@ fn real_claude_orchestrates_a_background_agent_over_mcp() {
     std::fs::write(
         repo.repo.join("corral.toml"),
         format!(
-            "[agents.worker]\ndescription = \"writes out.txt\"\nharness = \"claude\"\nenv = {{ CORRAL_CLAUDE_BIN = \"{}\" }}\n",
+            // This orchestrator polls; notices upward have their own test.
+            "[agents.worker]\ndescription = \"writes out.txt\"\nharness = \"claude\"\nnotify = \"none\"\nenv = {{ CORRAL_CLAUDE_BIN = \"{}\" }}\n",
             worker_claude.display()
         ),
     )
@@ -490,4 +492,115 @@ fn the_example_configs_parse() {
     assert_eq!(claude["mcpServers"]["corral"], json!({"command": "corral", "args": ["mcp"]}));
     let codex = std::fs::read_to_string(dir.join("codex-config.toml")).unwrap();
     assert!(codex.contains("[mcp_servers.corral]\ncommand = \"corral\"\nargs = [\"mcp\"]\n"), "{codex}");
+}
+
+// ---------------------------------------------------------------------------
+// wait_background_agent (issue 13)
+
+#[test]
+fn wait_background_agent_waits_for_the_end_times_out_and_refuses_an_unknown_id() {
+    let repo = TestRepo::new();
+    let go = repo.path("go");
+    let bin = corral_bin();
+    let role = format!(
+        "[agents.sleeper]\nharness = \"generic\"\nargs = [\"{}\", \"fake-agent\", \"wait-file {}; print finished the work\"]\n",
+        bin.display(),
+        go.display()
+    );
+    std::fs::write(repo.repo.join("corral.toml"), role).unwrap();
+    let mut mcp = McpServer::start(repo.command());
+    mcp.initialize();
+    let run = mcp.ok("run_background_agent", json!({"role": "sleeper", "task": "wait, then finish"}));
+    let (address, task_id) =
+        (run["address"].as_str().unwrap().to_string(), run["task_id"].as_str().unwrap().to_string());
+
+    let early = mcp.ok("wait_background_agent", json!({"address": address, "timeout_seconds": 0.3}));
+    assert_eq!((early["timed_out"].as_bool(), early["ended"].as_bool()), (Some(true), Some(false)), "{early}");
+    assert_eq!(early["state"], "running", "{early}");
+
+    std::fs::write(&go, "").unwrap();
+    // By task id, as an orchestrator holds it.
+    let done = mcp.ok("wait_background_agent", json!({"address": task_id, "timeout_seconds": 60}));
+    assert_eq!((done["timed_out"].as_bool(), done["ended"].as_bool()), (Some(false), Some(true)), "{done}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let notice = done["notice"].as_str().unwrap_or_else(|| panic!("no notice: {done}"));
+    assert!(notice.contains(&format!("{address} ended: succeeded (exit 0)")), "{notice}");
+    assert!(notice.contains("finished the work"), "{notice}");
+    assert!(done["result"].as_str().unwrap_or("").contains("finished the work"), "{done}");
+
+    let (is_error, text) = mcp.call("wait_background_agent", json!({"address": "t-999"}));
+    assert!(is_error, "{text}");
+    assert!(text.contains("t-999"), "{text}");
+    let (is_error, text) = mcp.call("wait_background_agent", json!({"address": address, "timeout_seconds": -1}));
+    assert!(is_error && text.contains("timeout_seconds"), "{text}");
+    // The server goes on serving.
+    let agents = mcp.ok("list_agents", json!({}));
+    assert!(agents.to_string().contains(&address), "{agents}");
+}
+
+#[test]
+fn real_claude_hears_its_childs_result_in_its_next_turn_without_polling() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    let go = repo.path("go");
+    // The worker finishes only after the orchestrator's first turn ended.
+    let result = r#"print '{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.02,"usage":{"input_tokens":20,"output_tokens":4},"session_id":"w-1","result":"worker wrote out.txt"}'"#;
+    let worker_claude =
+        fake_claude(&repo, "worker", &format!("wait-file {}; write out.txt done; {result}; exit 0", go.display()));
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        format!(
+            "[agents.worker]\nharness = \"claude\"\nenv = {{ CORRAL_CLAUDE_BIN = \"{}\" }}\n",
+            worker_claude.display()
+        ),
+    )
+    .unwrap();
+    let mcp_config = repo.path("mcp.json");
+    std::fs::write(&mcp_config, json!({"mcpServers": {"corral": {"command": bin, "args": ["mcp"]}}}).to_string())
+        .unwrap();
+    let steps = json!([
+        {"tool": {"name": "mcp__corral__run_background_agent", "id": "toolu_run",
+                  "input": {"role": "worker", "task": "Write out.txt", "expected_output": "out.txt"}}},
+        {"text": "I started worker-1 and will hear when it is done."},
+        {"text": "worker-1 is done: it wrote out.txt."},
+    ]);
+    let mock = MockLlm::start(&repo, "orch", &json!({"steps": steps}));
+    let mut command = repo.command();
+    command.envs(claude_env(&repo, &mock));
+    command
+        .args(["spawn", "orch", "--harness", "claude", "--task", "Delegate writing out.txt", "--json"])
+        .args(["--", "--strict-mcp-config", "--mcp-config"])
+        .arg(&mcp_config)
+        .args(["--allowedTools", "mcp__corral__run_background_agent"]);
+    let out = run_deadline(command, PATIENCE, "corral spawn orch");
+    assert!(out.status.success(), "spawn orch: {}", String::from_utf8_lossy(&out.stderr));
+    let why = || diagnostics(&repo, &mock);
+
+    // Its first turn ends while the child runs: it stays, idle, input open.
+    poll_until("the orchestrator's first turn to end", RUN_DEADLINE, || {
+        mock.requests().into_iter().filter(is_messages_request).count() >= 2
+            && ps_record(&repo, "/root/orch")["results"].as_u64().unwrap_or(0) >= 1
+    });
+    let orch = ps_record(&repo, "/root/orch");
+    assert_eq!(orch["state"], "running", "the orchestrator ended before its child\n{orch}\n{}", why());
+    assert_eq!(orch["input_closed"], false, "{orch}");
+    std::fs::write(&go, "").unwrap();
+
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", "/root/orch", "--timeout", &timeout]);
+    let waited = run_deadline(command, RUN_DEADLINE + PATIENCE, "corral wait /root/orch");
+    assert_ne!(waited.status.code(), Some(124), "orch did not end\n{}", why());
+    assert_eq!(ps_record(&repo, "/root/orch")["state"], "succeeded", "{}", why());
+    assert_eq!(ps_record(&repo, "/root/orch/worker-1")["state"], "succeeded", "{}", why());
+
+    // Its next model request carries the child's notice: result and ask.
+    let requests: Vec<Value> = mock.requests().into_iter().filter(is_messages_request).collect();
+    assert_eq!(requests.len(), 3, "{}", why());
+    let third = requests[2]["body"].to_string();
+    assert!(third.contains("[corral] /root/orch/worker-1 ended: succeeded"), "{}", why());
+    assert!(third.contains("worker wrote out.txt"), "the child's result\n{}", why());
+    assert!(third.contains("It was asked to hand back: out.txt"), "{}", why());
+    assert!(!requests[1]["body"].to_string().contains("ended: succeeded"), "the notice came before the child ended");
 }

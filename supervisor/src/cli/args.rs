@@ -115,6 +115,24 @@ pub enum Command {
         /// child never gets more than its parent).
         #[arg(long, value_name = "SANDBOX")]
         sandbox: Option<SandboxArg>,
+        /// What TCP it may open: none, model (only corral's model proxy)
+        /// or full (the default; a child never gets more than its parent).
+        #[arg(long, value_name = "NETWORK")]
+        network: Option<crate::config::Network>,
+        /// The most memory it may use: 512M, 2G, or bytes.
+        #[arg(long, value_name = "SIZE", value_parser = memory)]
+        max_memory: Option<u64>,
+        /// The most processes it may have at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_processes: Option<u64>,
+        /// The most files each of its processes may hold open.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_open_files: Option<u64>,
+        /// What it tells its parent agent: completion (when it ends and
+        /// when its merge settles; the default under an agent), progress
+        /// (also digests while it runs), or none.
+        #[arg(long, value_name = "WHAT")]
+        notify: Option<crate::model::notify::Notify>,
         /// Start from a copy of the parent's Claude Code session (its
         /// history; the parent's session goes on unchanged).
         #[arg(long, requires = "parent")]
@@ -218,7 +236,8 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// The event stream as JSON lines.
+    /// The event stream: a line per event for a person on a terminal,
+    /// JSON lines otherwise (or with --json).
     #[command(display_order = 5)]
     Events {
         /// Keep streaming new events.
@@ -230,8 +249,9 @@ pub enum Command {
         /// Only events of this agent and the agents below it.
         #[arg(long, value_name = "PREFIX")]
         agent: Option<String>,
-        /// Accepted for symmetry; events are always JSON.
-        #[arg(long, hide = true)]
+        /// JSON lines even on a terminal (they are whenever the output is
+        /// not a terminal).
+        #[arg(long)]
         json: bool,
     },
     /// Stop an agent and every agent below it.
@@ -309,6 +329,30 @@ pub enum Command {
         #[arg(long)]
         id: String,
     },
+    /// A live view of the agent tree, with keys to attach, read the log and
+    /// the diff, stop and merge (`?` lists them; `q` quits).
+    #[command(display_order = 3)]
+    Top,
+    /// What this machine lets corral do: git, Landlock, cgroups, the agent
+    /// CLIs found, the state folder's owner and mode. Exit 0 when corral
+    /// can run.
+    #[command(display_order = 21)]
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: `corral completions bash > ~/.local/share/bash-completion/completions/corral`.
+    #[command(display_order = 22)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `corral man | man -l -`, or save it as corral.1.
+    #[command(display_order = 23)]
+    Man {
+        /// The page of one command (corral-spawn(1), ...) instead of corral(1).
+        command: Option<String>,
+    },
     /// Run the daemon in the foreground (clients start it on demand).
     #[command(display_order = 17)]
     Daemon,
@@ -331,11 +375,15 @@ pub enum Command {
     /// Internal: the per-agent monitor process.
     #[command(hide = true)]
     Monitor { dir: PathBuf },
-    /// Internal: puts the agent's stdin in place, then execs it (runs in its PTY).
+    /// Internal: puts the agent's stdin in place and applies its sandbox,
+    /// then execs it (runs in its PTY).
     #[command(hide = true)]
     ExecAgent {
         #[arg(long)]
-        stdin: PathBuf,
+        stdin: Option<PathBuf>,
+        /// The sandbox plan (JSON) to apply before exec.
+        #[arg(long)]
+        sandbox: Option<PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -345,6 +393,11 @@ pub enum Command {
 /// exits 13 (see `commands::exit_code_for_parse_error`).
 fn duration(text: &str) -> Result<Duration, crate::model::duration::DurationError> {
     crate::model::duration::parse_arg(text)
+}
+
+/// `--max-memory`: a memory size (`512M`, `2G`, bytes).
+fn memory(text: &str) -> Result<u64, String> {
+    crate::sys::sandbox::parse_bytes(text)
 }
 
 /// `--sandbox`: a [`Sandbox`], spelled as in `corral.toml`. (`Sandbox` is

@@ -60,11 +60,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::FakeAgent { script } => Ok(crate::cli::fake_agent::run(&script)),
         Command::Demo { keep } => crate::cli::demo::run(keep),
+        Command::Doctor { json } => crate::cli::doctor::run(&start, json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { command } => man(command.as_deref()),
+        Command::Top => crate::cli::top::run(&state()?),
         Command::Daemon => {
             crate::daemon::run(state()?).map_err(|e| Error::other(format!("daemon: {e:#}")))?;
             Ok(0)
         }
-        Command::ExecAgent { stdin, command } => Ok(crate::monitor::exec_agent(&stdin, &command)),
+        Command::ExecAgent { stdin, sandbox, command } => {
+            Ok(crate::monitor::exec_agent(stdin.as_deref(), sandbox.as_deref(), &command))
+        }
         Command::MockLlm { script, port, record } => {
             let script = corral_harness::mock_llm::Script::load(&script).map_err(|e| Error::other(e.to_string()))?;
             corral_harness::mock_llm::serve_blocking(script, ([127, 0, 0, 1], port).into(), record)
@@ -86,7 +96,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&agent).expect("serializes"));
+                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
             } else {
                 println!("{}", describe(&agent));
             }
@@ -99,7 +109,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&agent).expect("serializes"));
+                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
             } else if agent.queued_tasks.is_empty() {
                 println!("{} {}  ({})", agent.address, agent.task_id, agent.state.as_str());
             } else {
@@ -126,7 +136,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::json!({ "message_id": message_id }));
+                println!("{}", serde_json::json!({ "v": JSON_VERSION, "message_id": message_id }));
             } else {
                 println!("{message_id}");
             }
@@ -159,6 +169,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             strategy,
             gate,
             sandbox,
+            network,
+            max_memory,
+            max_processes,
+            max_open_files,
+            notify,
             fork_session,
             json,
             command,
@@ -212,6 +227,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 restart,
                 merge,
                 sandbox: sandbox.map(|sandbox| sandbox.0),
+                network,
+                max_memory,
+                max_processes,
+                max_open_files,
+                notify,
                 ..Default::default()
             };
             validate_name(&name)?;
@@ -239,7 +259,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string(&spawned).expect("serializes"));
+                println!("{}", serde_json::to_string(&versioned(&spawned)).expect("serializes"));
             } else {
                 let how = match spawned.pid {
                     0 => "pending: max_threads agents run already".to_string(),
@@ -255,7 +275,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+                // An array still (scripts index it), each agent versioned.
+                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
             } else {
                 print!("{}", render_tree(&agents));
             }
@@ -265,10 +286,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let (agent, log, _) = info(&state()?, &address)?;
             let output = tail_lines(&log, lines);
             if json {
-                let value = serde_json::json!({ "agent": agent, "output": output });
+                let value = serde_json::json!({ "v": JSON_VERSION, "agent": agent, "output": output });
                 println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
             } else {
                 println!("{}", describe(&agent));
+                // A structured CLI's JSON lines, as its messages, tool calls and result.
+                let output = match agent.harness.parser() {
+                    Some(_) => readable_tail(agent.harness, &log, lines),
+                    None => output,
+                };
                 for line in output {
                     println!("  {line}");
                 }
@@ -276,9 +302,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Logs { address, follow } => logs(&state()?, &address, follow),
-        Command::Events { follow, since, agent, json: _ } => {
+        Command::Events { follow, since, agent, json } => {
             let agent = agent.map(|a| Address::resolve(&a, &caller())).transpose()?.map(|a| a.to_string());
-            events(&state()?, since, follow, agent)
+            // A person on a terminal reads lines; a script gets JSON.
+            let human = !json && crate::cli::human::stdout_is_terminal();
+            events(&state()?, since, follow, agent, human)
         }
         Command::Stop { address, all, grace, json } => {
             let address = match (all, address) {
@@ -290,7 +318,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
             } else {
                 for agent in &agents {
                     println!("{}", describe(agent));
@@ -304,12 +332,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .iter()
                 .map(|a| Address::resolve(a, &caller).map(|a| a.to_string()))
                 .collect::<Result<Vec<_>>>()?;
+            let state = state()?;
+            let mut client = Client::connect(&state)?;
+            // On a terminal, a live line per agent still waited for.
+            let waiting = crate::cli::top::waiting::show(&state, &addresses);
             let request = Request::Wait { addresses, timeout_secs: timeout.map(|d| d.as_secs_f64()) };
-            let Response::Waited { agents, timed_out } = Client::connect(&state()?)?.request(&request)? else {
+            let answer = client.request(&request);
+            if let Some(waiting) = waiting {
+                waiting.finish();
+            }
+            let Response::Waited { agents, timed_out } = answer? else {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&agents).expect("serializes"));
+                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
             } else {
                 for agent in &agents {
                     println!("{}", describe(agent));
@@ -325,7 +361,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                let value = serde_json::json!({ "removed": removed, "kept": kept });
+                let value = serde_json::json!({ "v": JSON_VERSION, "removed": removed, "kept": kept });
                 println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
             } else {
                 for entry in &removed {
@@ -394,6 +430,7 @@ fn usage(harness: &str, file: &Path, json: bool) -> Result<i32> {
     let t = totals.tokens;
     if json {
         let value = serde_json::json!({
+            "v": JSON_VERSION,
             "input": t.input, "output": t.output, "cache_read": t.cache_read, "cache_write": t.cache_write,
             "cost_usd": totals.cost_usd,
         });
@@ -521,10 +558,20 @@ pub fn human_secs(secs: f64) -> String {
     }
 }
 
+/// What the agent runs under, as enforced: `workspace-write`, `read-only
+/// net:none`, `full` (unrestricted, whether asked for or not); `!` when
+/// something asked for is not enforced (`sandbox_fallback = "warn"`).
+fn sandbox_cell(agent: &AgentRecord) -> String {
+    match &agent.enforced {
+        Some(enforced) => enforced.summary(),
+        None => "full".into(),
+    }
+}
+
 /// `corral ps`: the tree, children indented under their parents.
 pub fn render_tree(agents: &[AgentRecord]) -> String {
     let now = Utc::now();
-    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "TASK"];
+    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "SANDBOX", "TASK"];
     let mut rows = vec![header.map(String::from)];
     for agent in agents {
         let indent = "  ".repeat(agent.address.depth().saturating_sub(1));
@@ -548,10 +595,11 @@ pub fn render_tree(agents: &[AgentRecord]) -> String {
                 agent.budget.tokens.map(human_count),
             ),
             spend_cell(agent.cost_usd.map(|c| format!("${c:.4}")), agent.budget.cost.map(|c| format!("${c:.2}"))),
+            sandbox_cell(agent),
             task,
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
@@ -587,6 +635,55 @@ fn tail_lines(log: &Path, count: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(count)..].to_vec()
 }
 
+/// The last `count` lines of a structured agent's output as text: its
+/// messages, tool calls and result, through its harness's parser.
+fn readable_tail(harness: corral_harness::Harness, log: &Path, count: usize) -> Vec<String> {
+    // The last 4 MiB hold the last lines of any agent.
+    let bytes = crate::cli::top::read_tail(log, 4 << 20).unwrap_or_default();
+    let lines = crate::cli::human::readable_log(harness, &bytes);
+    lines[lines.len().saturating_sub(count)..].to_vec()
+}
+
+/// The version every `--json` output carries as `"v"` (README, "Every
+/// read command takes --json").
+pub const JSON_VERSION: u32 = 1;
+
+/// `value` as JSON with `"v":1`: on the object, or on each object of an
+/// array, so an array (`ps --json`) stays an array that scripts index.
+pub fn versioned<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    let mut value = serde_json::to_value(value).expect("serializes");
+    let stamp = |object: &mut serde_json::Map<String, serde_json::Value>| {
+        object.insert("v".into(), JSON_VERSION.into());
+    };
+    match &mut value {
+        serde_json::Value::Object(object) => stamp(object),
+        serde_json::Value::Array(items) => items.iter_mut().filter_map(|i| i.as_object_mut()).for_each(stamp),
+        _ => {}
+    }
+    value
+}
+
+/// `corral man [COMMAND]`: the man page, as roff, on stdout.
+fn man(command: Option<&str>) -> Result<i32> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name) else {
+                return Err(Error::other(format!("no command {name:?} (see `corral --help`)")));
+            };
+            sub.clone().name(format!("corral-{name}"))
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut out)
+        .map_err(|e| Error::other(format!("cannot render the man page: {e}")))?;
+    std::io::stdout().write_all(&out).map_err(|e| Error::other(format!("cannot print the man page: {e}")))?;
+    Ok(0)
+}
+
 fn logs(state: &StateDir, address: &str, follow: bool) -> Result<i32> {
     let (agent, log, _) = info(state, address)?;
     let mut file = std::fs::File::open(&log).map_err(|e| Error::io("cannot open", &log, e))?;
@@ -619,14 +716,18 @@ fn logs(state: &StateDir, address: &str, follow: bool) -> Result<i32> {
     }
 }
 
-fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>) -> Result<i32> {
+fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>, human: bool) -> Result<i32> {
     let mut client = Client::connect(state)?;
     client.send(&Request::Events { since, follow, agent })?;
+    let color = human && crate::cli::human::color_allowed(true);
     let mut out = std::io::stdout().lock();
     loop {
         match client.receive()? {
             Some(Response::Event { event }) => {
-                let line = serde_json::to_string(&event).expect("serializes");
+                let line = match human {
+                    true => crate::cli::human::event_line(&event, color),
+                    false => serde_json::to_string(&event).expect("serializes"),
+                };
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                     return Ok(0); // The reader went away (`| head`).
                 }
@@ -643,7 +744,8 @@ fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>) -> 
 /// Ctrl-]: the detach key, as in telnet.
 const DETACH_KEY: u8 = 0x1d;
 
-fn attach(state: &StateDir, address: &str) -> Result<i32> {
+/// `corral attach`, and Enter in `corral top`.
+pub(crate) fn attach(state: &StateDir, address: &str) -> Result<i32> {
     let (agent, _, socket) = info(state, address)?;
     if agent.state.is_terminal() {
         return Err(Error::new(

@@ -26,6 +26,12 @@
 //! | `env NAME` | prints `NAME=value` |
 //! | `wait-file PATH` | waits until PATH exists (tests use it to hold an agent at a known point) |
 //! | `echo-input [N]` | reads N lines (default: until end of input) and prints `got LINE` for each |
+//! | `try-write PATH` | tries to create or overwrite PATH; prints `try-write PATH ok` or `try-write PATH errno N (...)`, and goes on either way |
+//! | `run PROGRAM ARGS...` | runs a command; prints `run PROGRAM ARGS: exit CODE: OUTPUT` (its stdout and stderr lines joined with ` \| `), and goes on either way |
+//! | `connect PORT` | a TCP connect to 127.0.0.1:PORT; prints `connect PORT ok` or `connect PORT errno N (...)` |
+//! | `alloc MB` | allocates and touches MB mebibytes, one at a time, and keeps them; prints `alloc MB ok` (an allocation that fails aborts, as in any Rust program) |
+//! | `fds N` | opens `/dev/null` N times and keeps the files; prints `fds opened K` |
+//! | `forks N` | starts N children that sleep; prints `forks started K`, then ends them |
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -111,6 +117,12 @@ pub fn parse(script: &str) -> Result<Vec<Vec<String>>, String> {
             "env",
             "echo-input",
             "wait-file",
+            "try-write",
+            "run",
+            "connect",
+            "alloc",
+            "fds",
+            "forks",
         ];
         if !known.contains(&step[0].as_str()) {
             return Err(format!("unknown step {:?} (known: {})", step[0], known.join(", ")));
@@ -256,6 +268,78 @@ fn step_run(step: &[String]) -> Option<i32> {
                 if limit.is_some_and(|l| i + 1 >= l) {
                     break;
                 }
+            }
+        }
+        "try-write" => {
+            let path = step.get(1).map(String::as_str).unwrap_or("out.txt");
+            match std::fs::write(path, "try-write\n") {
+                Ok(()) => {
+                    let _ = writeln!(out, "try-write {path} ok");
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "try-write {path} errno {} ({err})", err.raw_os_error().unwrap_or(0));
+                }
+            }
+        }
+        "run" => {
+            let Some(program) = step.get(1) else {
+                eprintln!("fake-agent: \"run\" needs a command");
+                return Some(2);
+            };
+            let command = step[1..].join(" ");
+            match std::process::Command::new(program).args(&step[2..]).stdin(std::process::Stdio::null()).output() {
+                Ok(done) => {
+                    let said = [done.stdout, done.stderr].concat();
+                    let said = String::from_utf8_lossy(&said);
+                    let said: Vec<&str> = said.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                    let code = done.status.code().map_or("none".to_string(), |c| c.to_string());
+                    let _ = writeln!(out, "run {command}: exit {code}: {}", said.join(" | "));
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "run {command}: failed to start: {err}");
+                }
+            }
+        }
+        "connect" => {
+            let port: u16 = number(step, 1, None);
+            match std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5)) {
+                Ok(_) => {
+                    let _ = writeln!(out, "connect {port} ok");
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "connect {port} errno {} ({err})", err.raw_os_error().unwrap_or(0));
+                }
+            }
+        }
+        "alloc" => {
+            let megabytes: usize = number(step, 1, None);
+            let mut kept: Vec<Vec<u8>> = Vec::with_capacity(megabytes);
+            for _ in 0..megabytes {
+                // Touched, so the memory is really used.
+                kept.push(vec![1u8; 1 << 20]);
+            }
+            let _ = writeln!(out, "alloc {megabytes} ok");
+            std::mem::forget(kept);
+        }
+        "fds" => {
+            let count: usize = number(step, 1, None);
+            let opened: Vec<std::fs::File> = (0..count).map_while(|_| std::fs::File::open("/dev/null").ok()).collect();
+            let _ = writeln!(out, "fds opened {}", opened.len());
+            std::mem::forget(opened);
+        }
+        "forks" => {
+            let count: usize = number(step, 1, None);
+            let mut children = Vec::new();
+            for _ in 0..count {
+                match std::process::Command::new("sleep").arg("30").spawn() {
+                    Ok(child) => children.push(child),
+                    Err(_) => break,
+                }
+            }
+            let _ = writeln!(out, "forks started {}", children.len());
+            for mut child in children {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         _ => unreachable!("checked by parse"),

@@ -58,6 +58,8 @@ const LIST_RESULT_CHARS: usize = 1000;
 const MAX_RESULT_CHARS: usize = 20_000;
 /// A task longer than this is cut in lists.
 const LIST_TASK_CHARS: usize = 200;
+/// How long `wait_background_agent` waits when not told.
+const DEFAULT_WAIT_SECS: f64 = 300.0;
 /// How often `run_background_agent` tries the next counter when another
 /// spawn took its name first.
 const NAME_TRIES: u32 = 8;
@@ -69,6 +71,7 @@ pub const TOOLS: &[&str] = &[
     "list_background_agents",
     "list_agents",
     "view_background_agent",
+    "wait_background_agent",
     "stop_background_agent",
     "send_message",
     "assign_task",
@@ -205,6 +208,8 @@ struct SpawnArgs {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_cost: Option<f64>,
+    #[serde(default)]
+    notify: Option<crate::model::notify::Notify>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +222,14 @@ struct ViewArgs {
     address: String,
     #[serde(default)]
     lines: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitArgs {
+    address: String,
+    #[serde(default)]
+    timeout_seconds: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +302,8 @@ fn tool_definitions() -> Vec<Tool> {
                         "description": "For generic, the command and its arguments; else extra arguments for the CLI.",
                     },
                     "model": string("The model, passed to the agent CLI."),
+                    "notify": {"type": "string", "enum": ["completion", "progress", "none"],
+                               "description": "What it tells you: completion (when it ends and when its merge settles; the default), progress (also digests while it runs), or none."},
                     "max_tokens": {"type": "integer", "minimum": 1,
                                    "description": "Stop it (and its subtree) after this many tokens."},
                     "max_cost": {"type": "number", "exclusiveMinimum": 0,
@@ -320,6 +335,22 @@ fn tool_definitions() -> Vec<Tool> {
                     "address": address,
                     "lines": {"type": "integer", "minimum": 0, "maximum": MAX_VIEW_LINES,
                               "description": format!("How many lines of output (default {DEFAULT_VIEW_LINES}).")},
+                },
+                "required": ["address"],
+                "additionalProperties": false,
+            }),
+        ),
+        tool(
+            "wait_background_agent",
+            "Block until an agent below you ends (and its merge settles), or until the timeout: returns how it \
+             ended, its result, what it was asked to hand back, its spend and its merge, as the notice \
+             corral sends its parent; or its state so far with timed_out true.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "address": address,
+                    "timeout_seconds": {"type": "number", "minimum": 0,
+                                        "description": format!("Give up after this long (default {DEFAULT_WAIT_SECS}).")},
                 },
                 "required": ["address"],
                 "additionalProperties": false,
@@ -395,6 +426,7 @@ impl Inner {
                 self.list(None).map_err(message)
             }
             "view_background_agent" => self.view(parse(tool, arguments)?),
+            "wait_background_agent" => self.wait(parse(tool, arguments)?),
             "stop_background_agent" => self.stop(parse(tool, arguments)?),
             "send_message" => self.send(parse(tool, arguments)?),
             "assign_task" => self.assign(parse(tool, arguments)?),
@@ -522,6 +554,7 @@ impl Inner {
             harness,
             model: args.model,
             budget: (!limits.is_empty()).then_some(limits),
+            notify: args.notify,
             ..Default::default()
         };
         let request = SpawnRequest {
@@ -596,6 +629,46 @@ impl Inner {
         }
         value["output"] = json!(tail_lines(&log, lines));
         Ok(value)
+    }
+
+    fn wait(&self, args: WaitArgs) -> std::result::Result<Value, String> {
+        let timeout = args.timeout_seconds.unwrap_or(DEFAULT_WAIT_SECS);
+        crate::model::duration::from_secs(timeout).map_err(|e| format!("timeout_seconds: {e}"))?;
+        let mut client = self.connect().map_err(message)?;
+        let address = self.target(&mut client, &args.address)?;
+        let request = Request::Wait { addresses: vec![address.to_string()], timeout_secs: Some(timeout) };
+        let Response::Waited { agents, timed_out } = client.request(&request).map_err(message)? else {
+            return Err(unexpected());
+        };
+        let agent = agents.into_iter().next().ok_or_else(unexpected)?;
+        let mut value = summary(&agent);
+        value["timed_out"] = json!(timed_out);
+        value["ended"] = json!(agent.state.is_terminal());
+        if agent.state.is_terminal() {
+            let (_, log, _) = self.info(&address)?;
+            let result = agent.result.as_ref().and_then(|r| r.text.clone()).or_else(|| {
+                let lines = tail_lines(&log, 10);
+                (!lines.is_empty()).then(|| lines.join("\n"))
+            });
+            value["notice"] =
+                json!(crate::model::notify::completion(&agent, result.as_deref(), agent.runtime_secs(Utc::now())));
+            if let Some(merge) = crate::model::notify::merge(&agent) {
+                value["merge_notice"] = json!(merge);
+            }
+            if let Some(result) = result {
+                value["result"] = json!(result);
+            }
+        }
+        Ok(value)
+    }
+
+    /// An agent's record, log and monitor socket.
+    fn info(&self, address: &Address) -> std::result::Result<(AgentRecord, PathBuf, PathBuf), String> {
+        let mut client = self.connect().map_err(message)?;
+        match client.request(&Request::Info { address: address.to_string() }).map_err(message)? {
+            Response::Info { agent, log, monitor_socket } => Ok((*agent, log, monitor_socket)),
+            _ => Err(unexpected()),
+        }
     }
 
     fn stop(&self, args: StopArgs) -> std::result::Result<Value, String> {

@@ -1,7 +1,9 @@
 //! The command line and the other front doors: the clap definitions as
 //! typed (`args`), what each command does (`commands`), the daemon client
 //! (`client`), the MCP server (`mcp`), `corral run` and `corral runs`
-//! (`run`), the demo and the scripted fake agent.
+//! (`run`), `corral top` (`top`), `corral doctor` (`doctor`), the words
+//! shown to a person rather than a script (`human`), the demo and the
+//! scripted fake agent.
 //!
 //! Owns: what a person or script sees (output formats, exit codes). Never
 //! does: change state itself: every change is a request to the daemon.
@@ -10,8 +12,11 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod doctor;
 pub mod fake_agent;
+pub mod human;
 pub mod mcp;
 pub mod run;
+pub mod top;
 
 pub use args::Cli;

@@ -1,6 +1,6 @@
 //! The custom serde deserializers of `corral.toml`: durations, positive
-//! numbers, budgets, names, paths, harnesses, environments, probes, prices
-//! and the two spellings of `merge`.
+//! numbers, memory sizes, budgets, names, paths, harnesses, environments,
+//! probes, prices and the two spellings of `merge`.
 //!
 //! Each checks its value while deserializing, so that its error lands on
 //! that value's line and key (see `errors`). Messages say what the value
@@ -165,6 +165,37 @@ impl From<RawPrice> for Price {
             cache_write: raw.cache_write.unwrap_or(raw.input),
         }
     }
+}
+
+/// A memory size: `"512M"`, `"2GiB"`, `"1.5G"`, or a whole number of bytes.
+pub(super) fn memory<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    struct Memory;
+
+    impl Visitor<'_> for Memory {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a memory size such as \"512M\" or \"2G\", or a number of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+            crate::sys::sandbox::parse_bytes(text).map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+            PositiveInt { max: u64::MAX }.visit_i64(n)
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+            PositiveInt { max: u64::MAX }.visit_u64(n)
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+            PositiveInt { max: u64::MAX }.visit_f64(n)
+        }
+    }
+
+    deserializer.deserialize_any(Memory).map(Some)
 }
 
 // ---------------------------------------------------------------------------

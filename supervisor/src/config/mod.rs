@@ -85,6 +85,10 @@
 //! args = ["--max-turns", "20"]
 //! env = { RUST_LOG = "info" }
 //! sandbox = "read-only"    # read-only | workspace-write | full
+//! network = "model"        # none | model | full (TCP; the default is full)
+//! max_memory = "2G"        # and max_processes = 256, max_open_files = 4096
+//! sandbox_deny_read = ["~/.ssh", "~/.aws", "~/.gnupg", "~/.netrc"]
+//! sandbox_fallback = "refuse"   # or "warn": run with what the kernel can enforce
 //! budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9 }
 //! startup = { log_line = "ready", failure_threshold = 30 }
 //! readiness = { event = "init" }
@@ -192,6 +196,10 @@ pub struct SupervisorConfig {
     /// Default grace period of a stop (SIGTERM, this long, SIGKILL).
     #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
     pub grace: Option<Duration>,
+    /// Time between two progress digests of one child (`notify =
+    /// "progress"`); unset: 30 s.
+    #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
+    pub progress_interval: Option<Duration>,
 }
 
 /// `[budget]`: what the whole repository may spend per calendar day (local
@@ -241,6 +249,31 @@ pub struct AgentConfig {
     /// What the agent may touch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<Sandbox>,
+    /// What TCP the agent may open: `none`, `model` (only corral's model
+    /// proxy) or `full` (see `crate::sys::sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// The most memory the agent may use (`"512M"`, `"2G"`, or bytes).
+    #[serde(default, deserialize_with = "de::memory", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+    /// The most processes the agent may have at once.
+    #[serde(default, deserialize_with = "de::positive_u64", skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
+    /// The most files each of its processes may hold open.
+    #[serde(default, deserialize_with = "de::positive_u64", skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
+    /// Paths a sandboxed agent may not read (`~/` is the person's home);
+    /// unset: `~/.ssh`, `~/.aws`, `~/.gnupg`. Replaced whole by a later layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_deny_read: Option<Vec<String>>,
+    /// `"refuse"` (the default: a spawn the kernel cannot sandbox as asked
+    /// fails) or `"warn"` (it runs with what can be enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_fallback: Option<SandboxFallback>,
+    /// What a child tells its parent agent: `completion`, `progress` or
+    /// `none` (see `model::notify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::model::notify::Notify>,
     /// Spending limits (merged field by field with a later layer), as the
     /// file spells them (`wall`, `idle`; see `de::budget`).
     #[serde(default, with = "de::budget", skip_serializing_if = "Option::is_none")]
@@ -274,6 +307,13 @@ pub use crate::model::budget::Budget;
 /// `sandbox = "read-only" | "workspace-write" | "full"`: what an agent may
 /// write, least to most permissive (the one type the harnesses apply).
 pub use corral_harness::launch::Sandbox;
+
+/// `network = "none" | "model" | "full"`: what TCP an agent may open,
+/// narrowest first.
+pub use crate::sys::sandbox::Network;
+
+/// `sandbox_fallback = "refuse" | "warn"`.
+pub use crate::sys::sandbox::Fallback as SandboxFallback;
 
 /// `restart = { policy, limit, backoff, max_backoff, reset_after }`:
 /// Kubernetes' restart policy with a back-off, as one layer of settings
@@ -409,6 +449,7 @@ impl Config {
         set(&mut s.target_branch, &o.target_branch);
         set(&mut s.worktree_root, &o.worktree_root);
         set(&mut s.grace, &o.grace);
+        set(&mut s.progress_interval, &o.progress_interval);
         set(&mut self.budget.daily_tokens, &other.budget.daily_tokens);
         set(&mut self.budget.daily_cost, &other.budget.daily_cost);
         set(&mut self.budget.warn_at, &other.budget.warn_at);

@@ -73,6 +73,13 @@ impl AgentConfig {
             self.env.get_or_insert_with(BTreeMap::new).extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         set(&mut self.sandbox, &other.sandbox);
+        set(&mut self.network, &other.network);
+        set(&mut self.max_memory, &other.max_memory);
+        set(&mut self.max_processes, &other.max_processes);
+        set(&mut self.max_open_files, &other.max_open_files);
+        set(&mut self.sandbox_deny_read, &other.sandbox_deny_read);
+        set(&mut self.sandbox_fallback, &other.sandbox_fallback);
+        set(&mut self.notify, &other.notify);
         if let Some(budget) = &other.budget {
             self.budget.get_or_insert_with(Budget::default).overlay(budget);
         }

@@ -89,6 +89,7 @@ fn the_full_example_parses_to_the_expected_values() {
             target_branch: Some("main".into()),
             worktree_root: Some("/srv/corral".into()),
             grace: Some(Duration::from_secs(10)),
+            progress_interval: None,
         }
     );
     assert_eq!(config.budget, RepoBudget { daily_tokens: Some(5_000_000), daily_cost: Some(20.0), warn_at: Some(0.8) });
@@ -111,6 +112,7 @@ fn the_full_example_parses_to_the_expected_values() {
         args: Some(vec!["--max-turns".into(), "20".into()]),
         env: Some(BTreeMap::from([("RUST_LOG".to_owned(), "info".to_owned())])),
         sandbox: Some(Sandbox::ReadOnly),
+        notify: None,
         budget: Some(Budget {
             tokens: Some(400_000),
             output_tokens: Some(50_000),
@@ -142,6 +144,7 @@ fn the_full_example_parses_to_the_expected_values() {
             gate: Some(Gate::Shell("cargo test".into())),
         }),
         task: Some("default task text".into()),
+        ..AgentConfig::default()
     };
     assert_eq!(reviewer, &expected);
 

@@ -35,7 +35,7 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
     // No live monitor: the exit record tells how the agent ended.
     if let Some(exit) = daemon.runtime.exit_record(&agent_dir) {
         let mut reader = OutputReader::resume(&record, agent_dir.log());
-        flush_output(daemon, &record, &mut reader, true).await;
+        flush_output(daemon, &record, &mut reader, true, &mut crate::model::notify::Progress::default()).await;
         if record.state == AgentState::Starting && exit.error.is_some() {
             give_up_start(daemon, &record, "it could not be started").await;
             return;

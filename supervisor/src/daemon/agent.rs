@@ -17,12 +17,14 @@ use super::budgets::{enforce_budgets, price_usage, touch, DEFAULT_GRACE_SECS};
 use super::probe_run::{next_probe_event, probe_body, ProbeRun};
 use super::reader::OutputReader;
 use super::start::Link;
-use super::{assign, merges, start, Daemon};
+use super::{assign, merges, notices, start, Daemon};
+use crate::daemon::journal::Draft;
 use crate::model::address::Address;
 use crate::model::budget::BudgetKind;
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{classify_exit, AgentRecord, AgentState};
+use crate::model::notify::{self, Progress};
 use crate::wire::monitor::{ExitRecord, MonitorCommand, MonitorMessage};
 use corral_harness::launch::Delivery;
 
@@ -34,6 +36,8 @@ pub(super) enum Control {
     Stop { grace_secs: f64 },
     /// Journal a message for it and deliver it as its CLI can take it.
     Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
+    /// A child's notice waits in its messages: deliver what it can take.
+    Deliver,
 }
 
 /// The control channels of the agents' tasks, by address: one task per
@@ -109,7 +113,7 @@ async fn watch_monitor(
         Some(link) => follow_monitor(daemon, &record, &mut reader, link, &mut commands).await,
         None => daemon.runtime.exit_record(&agent_dir),
     };
-    flush_output(daemon, &record, &mut reader, true).await;
+    flush_output(daemon, &record, &mut reader, true, &mut Progress::default()).await;
     // Whoever still waits to send learns the agent has ended.
     commands.close();
     while let Some(command) = commands.recv().await {
@@ -137,11 +141,16 @@ async fn follow_monitor(
     let mut lines = BufReader::new(monitor_out).lines();
     let mut probes = ProbeRun::start(daemon, record, reader);
     let mut restarting = false;
+    // What it did since its last progress digest (`notify = "progress"`).
+    let mut progress = Progress::default();
+    let every = daemon.config().supervisor.progress_interval.unwrap_or(notify::DEFAULT_PROGRESS_INTERVAL);
+    let mut digest = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    digest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Messages handed to the monitor as follow-ups, not yet started.
     let mut handed = HashSet::new();
     // Catch up on output written while nobody watched, and on messages
     // accepted but not delivered before a daemon restart.
-    flush_output(daemon, record, reader, false).await;
+    flush_output(daemon, record, reader, false, &mut progress).await;
     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
     loop {
@@ -154,7 +163,7 @@ async fn follow_monitor(
                         // queued behind this one then find nothing new, so a
                         // chatty agent costs one journal write per batch, not
                         // one per notice.
-                        flush_output(daemon, record, reader, false).await;
+                        flush_output(daemon, record, reader, false, &mut progress).await;
                         deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(daemon, &record.address, &mut monitor_in).await;
                     }
@@ -177,7 +186,7 @@ async fn follow_monitor(
                         let monitor_pid = current.monitor_pid.unwrap_or(0);
                         let mut bodies = vec![EventBody::Started { pid, monitor_pid }];
                         if let Some(message_id) = tag {
-                            bodies.push(EventBody::MessageDelivered { message_id });
+                            bodies.push(delivered(&current, message_id));
                         }
                         let drafts = bodies.into_iter().map(|b| daemon.draft(&current, b)).collect();
                         daemon.commit_logged(drafts).await;
@@ -211,8 +220,26 @@ async fn follow_monitor(
                     let _ = reply.send(result);
                     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                 }
+                Control::Deliver => {
+                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                    close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+                }
+            },
+            _ = digest.tick() => {
+                if notices::progress(daemon, record, &progress).await {
+                    progress = Progress::default();
+                }
             }
         }
+    }
+}
+
+/// The event that says a pending message reached the agent: a child's
+/// notice or a message someone sent.
+fn delivered(record: &AgentRecord, message_id: String) -> EventBody {
+    match record.pending_messages.iter().find(|m| m.message_id == message_id) {
+        Some(m) if m.notice => EventBody::NoticeDelivered { message_id, from: m.from.clone() },
+        _ => EventBody::MessageDelivered { message_id },
     }
 }
 
@@ -275,8 +302,8 @@ async fn deliver_pending(
         }
         handed.insert(message.message_id.clone());
         if let MonitorCommand::Input { .. } = command {
-            let delivered = EventBody::MessageDelivered { message_id: message.message_id.clone() };
-            daemon.commit_logged(vec![daemon.draft(&record, delivered)]).await;
+            let body = delivered(&record, message.message_id.clone());
+            daemon.commit_logged(vec![daemon.draft(&record, body)]).await;
         }
     }
 }
@@ -285,7 +312,12 @@ async fn deliver_pending(
 /// closed, so the CLI ends.
 async fn close_input_if_done(daemon: &Arc<Daemon>, address: &Address, monitor: &mut tokio::net::unix::OwnedWriteHalf) {
     let Some(record) = daemon.record(address) else { return };
-    if record.input_done() && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok() {
+    // A parent whose children still report to it waits for their notices,
+    // idle, with its input open.
+    if record.input_done()
+        && !notices::children_reporting(daemon, &record)
+        && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok()
+    {
         daemon.commit_logged(vec![daemon.draft(&record, EventBody::InputClosed {})]).await;
     }
 }
@@ -310,12 +342,25 @@ async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitReco
     // How an agent ended is never dropped: while the journal cannot be
     // written, try again until it can (the monitor's exit record keeps it
     // meanwhile, and a restarted daemon reads it from there).
+    // Its notice to its parent goes in the same commit as its exit.
+    let notice = notices::completion(daemon, &current, &body, &daemon.state.agent(current.id).log());
     let drafts = || {
         let mut drafts: Vec<_> = held.iter().map(|b| daemon.draft(&current, b.clone())).collect();
         drafts.push(daemon.draft(&current, body.clone()));
+        drafts.extend(notice.iter().map(|n| Draft {
+            agent: n.agent.clone(),
+            parent: n.parent.clone(),
+            task: n.task.clone(),
+            body: n.body.clone(),
+        }));
         drafts
     };
     daemon.commit_retrying(drafts).await;
+    if notice.is_some() {
+        if let Some(parent) = daemon.record(&current.parent) {
+            notices::deliver(daemon, &parent);
+        }
+    }
     let ended = daemon.record(&current.address).unwrap_or(current);
     // A task queued with `assign --queue` runs next, unless it was stopped.
     if matches!(ended.state, AgentState::Succeeded | AgentState::Failed) {
@@ -338,7 +383,13 @@ pub(super) fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody 
     let stop_requested = record.stop_requested || exit.stop_requested;
     let expects_result = record.harness.reports_results();
     let result = record.result.as_ref();
-    let state = classify_exit(exit.code, exit.signal, stop_requested, result, expects_result, record.stopped_for);
+    let mut state = classify_exit(exit.code, exit.signal, stop_requested, result, expects_result, record.stopped_for);
+    // A resource limit that ended it (its monitor tells) is why it failed.
+    if let (AgentState::Failed, Some(hit)) = (state, &exit.limit) {
+        state = AgentState::LimitExceeded;
+        let reason = Some(format!("limit exceeded: {}", hit.describe()));
+        return EventBody::Exited { state, code: exit.code, signal: exit.signal, reason };
+    }
     let result_failed = result.filter(|r| !r.success);
     let reason = match (state, exit.code, exit.signal, result_failed) {
         (AgentState::BudgetExceeded | AgentState::TimedOut, _, _, _) => Some(match record.exceeded {
@@ -362,7 +413,13 @@ pub(super) fn exited_body(exit: &ExitRecord, record: &AgentRecord) -> EventBody 
 }
 
 /// Reads the output written since the last call and journals it.
-pub(super) async fn flush_output(daemon: &Arc<Daemon>, record: &AgentRecord, reader: &mut OutputReader, last: bool) {
+pub(super) async fn flush_output(
+    daemon: &Arc<Daemon>,
+    record: &AgentRecord,
+    reader: &mut OutputReader,
+    last: bool,
+    progress: &mut Progress,
+) {
     let bodies = match reader.read(last) {
         Ok(bodies) => bodies,
         Err(err) => {
@@ -385,6 +442,14 @@ pub(super) async fn flush_output(daemon: &Arc<Daemon>, record: &AgentRecord, rea
         daemon.store.count_dropped_output(dropped);
         tracing::debug!("{}: output not journaled: {err}", record.address);
         return;
+    }
+    for body in &all {
+        match body {
+            EventBody::ToolUse { name, .. } => progress.tool(name),
+            EventBody::Usage { delta, .. } => progress.tokens += delta.total(),
+            EventBody::Output { .. } | EventBody::Progress { .. } => progress.lines += 1,
+            _ => {}
+        }
     }
     if spent {
         enforce_budgets(daemon, &record.address).await;

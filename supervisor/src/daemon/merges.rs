@@ -42,6 +42,9 @@ pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedR
         while let Some(job) = jobs.recv().await {
             run_merge(&daemon, &job).await;
             let record = daemon.record(&job.address);
+            if let Some(settled) = &record {
+                super::notices::merge_settled(&daemon, settled).await;
+            }
             if let Some(MergeState::Waiting { .. }) = record.as_ref().and_then(|r| r.merge_state.as_ref()) {
                 // The person's checkout of the target has uncommitted changes:
                 // look again in a while, without holding up the queue.

@@ -55,6 +55,7 @@ mod budgets;
 mod events;
 pub mod journal;
 mod merges;
+mod notices;
 mod ops;
 mod probe_run;
 mod reader;

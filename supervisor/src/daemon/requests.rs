@@ -9,6 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{agent, assign, blocking, events, merges, ops, spawn, Daemon};
 use crate::model::error::{Error, ErrorKind, Result};
+use crate::sys::sandbox;
 use crate::wire::protocol::{framed, Request, Response, PROTOCOL_VERSION};
 
 pub(super) async fn serve_client(
@@ -16,6 +17,8 @@ pub(super) async fn serve_client(
     stream: UnixStream,
     stop: watch::Sender<bool>,
 ) -> std::io::Result<()> {
+    // A client inside a sandboxed agent acts within that agent's subtree.
+    let confined = stream.peer_cred().ok().and_then(|c| c.pid()).and_then(|pid| sandboxed_caller(&daemon, pid as u32));
     let (mut reader, mut writer) = stream.into_split();
     match framed::read::<Request>(&mut reader).await? {
         Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
@@ -42,6 +45,10 @@ pub(super) async fn serve_client(
             }
             Err(err) => return Err(err),
         };
+        if let Some(Err(why)) = confined.as_ref().map(|caller| sandbox::confine::check(caller, &request)) {
+            framed::write(&mut writer, &Response::Error(Error::new(ErrorKind::Refused, why))).await?;
+            continue;
+        }
         match request {
             Request::Events { since, follow, agent } => {
                 return events::stream_events(&daemon, &mut reader, &mut writer, since, follow, agent).await;
@@ -57,6 +64,22 @@ pub(super) async fn serve_client(
             }
         }
     }
+}
+
+/// The sandboxed agent whose process `pid` is (or descends from), if any.
+fn sandboxed_caller(daemon: &Daemon, pid: u32) -> Option<crate::model::address::Address> {
+    let sandboxed: Vec<(u32, crate::model::address::Address)> = daemon.store.read(|table| {
+        table
+            .agents
+            .values()
+            .filter(|a| !a.state.is_terminal() && a.enforced.as_ref().is_some_and(|e| e.restricts()))
+            .filter_map(|a| a.monitor_pid.map(|m| (m, a.address.clone())))
+            .collect()
+    });
+    if sandboxed.is_empty() {
+        return None;
+    }
+    sandbox::confine::caller(pid, |at| sandboxed.iter().find(|(m, _)| *m == at).map(|(_, a)| a.clone()))
 }
 
 pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response> {

@@ -1,13 +1,16 @@
 //! `corral spawn`, read top to bottom: resolve the settings (corral.toml,
 //! the role, the flags: pure), check them (budget, probes, restart,
-//! sandbox, depth, the parent's budget), reserve the name, make the
-//! worktree, write the monitor's spec, then the one start path
+//! sandbox, depth, the parent's budget), resolve the sandbox against the
+//! kernel (`sys::sandbox::resolve`: what cannot be enforced refuses the
+//! spawn), reserve the name, make the worktree, write the monitor's spec
+//! (with the sandbox's plan and the agent's private folders), then the one
+//! start path
 //! ([`start::start_or_queue`]). Each step journals before the next; a
 //! step that fails takes back what the earlier ones made.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::budgets::{refuse_if_day_spent, subtree_spend};
@@ -21,6 +24,7 @@ use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentTable, MergeSpec};
 use crate::sys::paths::AgentDir;
+use crate::sys::sandbox;
 use crate::wire::monitor::MonitorSpec;
 use crate::wire::protocol::{SpawnRequest, Spawned};
 use corral_harness::launch::Launch;
@@ -73,6 +77,8 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     resolved.probes.validate().map_err(|e| Error::new(ErrorKind::BadConfig, format!("invalid probe: {e}")))?;
     resolved.restart.validate().map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
     inherit_sandbox(daemon, &parent, &address, &mut resolved)?;
+    refuse_widening_args(&address, &resolved)?;
+    resolve_sandbox(daemon, &parent, &address, &request, &mut resolved)?;
     if request.fork_session {
         fork_session(daemon, &parent, &address, &mut resolved)?;
     }
@@ -115,17 +121,25 @@ async fn spawn_reserved(
     id: u64,
 ) -> Result<Spawned> {
     let repo = daemon.state.repo_root.clone();
-    let branch = address.branch();
+    // Under workspace-write its branch is alone in a ref folder of its own,
+    // the one folder of refs its sandbox may write.
+    let branch = match resolved.sandbox {
+        Some(crate::config::Sandbox::WorkspaceWrite) => address.own_folder_branch(),
+        _ => address.branch(),
+    };
+    let other_form = if branch == address.branch() { address.own_folder_branch() } else { address.branch() };
     let git_name = format!("corral-{}", address.flat());
     let worktree_path = daemon.state.worktrees.join(address.flat());
     let task_id = format!("t-{id}");
 
     // Validate against git before anything is made.
     let base = {
-        let (repo, base, branch) = (repo.clone(), request.base.clone(), branch.clone());
+        let (repo, base, branch, other_form) = (repo.clone(), request.base.clone(), branch.clone(), other_form);
         blocking(move || {
             let commit = worktree::resolve_base(&repo, base.as_deref())?;
             worktree::ensure_branch_free(&repo, &branch)?;
+            // The other form of its name would clash in git's ref folders.
+            worktree::ensure_branch_free(&repo, &other_form)?;
             Ok(commit)
         })
         .await?
@@ -149,7 +163,8 @@ async fn spawn_reserved(
             restart: resolved.restart,
             model: resolved.model.clone(),
             merge: resolved.merge.clone(),
-            sandbox: resolved.sandbox,
+            sandbox: resolved.sandbox_spec(),
+            notify: Some(resolved.notify),
         },
     };
     daemon.commit(vec![spawned]).await.map_err(|mut err| {
@@ -206,6 +221,7 @@ async fn spawn_reserved(
 /// command line's own settings on top.
 struct Resolved {
     harness: Harness,
+    notify: crate::model::notify::Notify,
     model: Option<String>,
     task: String,
     /// For `generic`, the command; else extra arguments for the CLI.
@@ -217,7 +233,30 @@ struct Resolved {
     grace_secs: Option<f64>,
     merge: MergeSpec,
     sandbox: Option<crate::config::Sandbox>,
+    network: Option<crate::config::Network>,
+    limits: sandbox::Limits,
+    /// Absolute paths its sandbox may not read.
+    deny_read: Vec<PathBuf>,
+    fallback: sandbox::Fallback,
+    /// What the kernel offers and will be made to enforce (set by
+    /// [`resolve_sandbox`]; `None`: nothing asked for).
+    kernel: Option<sandbox::Kernel>,
+    enforced: Option<sandbox::Enforced>,
     reasoning_effort: Option<String>,
+}
+
+impl Resolved {
+    /// The sandbox as the `spawned` event keeps it; `None` when nothing
+    /// of it was asked for (no sandbox, network or limit).
+    fn sandbox_spec(&self) -> Option<sandbox::SandboxSpec> {
+        let asked = self.sandbox.is_some() || self.network.is_some() || !self.limits.is_empty();
+        asked.then(|| sandbox::SandboxSpec {
+            mode: self.sandbox,
+            network: self.network,
+            limits: self.limits,
+            enforced: self.enforced.clone(),
+        })
+    }
 }
 
 fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) -> Result<Resolved> {
@@ -237,8 +276,13 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
     let mut env = request.env.clone();
     env.extend(settings.env.clone().unwrap_or_default());
     let task = if request.task.is_empty() { settings.task.clone().unwrap_or_default() } else { request.task.clone() };
+    // A child of an agent tells it how it ended unless it is told not to;
+    // a child of /root tells nobody (a person has events -f and wait).
+    let parent_is_agent = address.parent().is_some_and(|p| !p.is_root());
+    let notify = settings.notify.unwrap_or(crate::model::notify::Notify::default_for(parent_is_agent));
     Ok(Resolved {
         harness,
+        notify,
         model: settings.model.clone(),
         task,
         command,
@@ -248,6 +292,21 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
         restart: settings.restart.unwrap_or_default().resolve(),
         grace_secs: request.grace_secs.or(config.supervisor.grace.map(|g| g.as_secs_f64())),
         sandbox: settings.sandbox,
+        network: settings.network,
+        limits: sandbox::Limits {
+            max_memory: settings.max_memory,
+            max_processes: settings.max_processes,
+            max_open_files: settings.max_open_files,
+        },
+        deny_read: {
+            let home = request.env.get("HOME").map(PathBuf::from);
+            let listed = settings.sandbox_deny_read.clone();
+            let listed = listed.unwrap_or_else(|| sandbox::DEFAULT_DENY_READ.map(String::from).to_vec());
+            listed.iter().filter_map(|path| sandbox::expand_home(path, home.as_deref())).collect()
+        },
+        fallback: settings.sandbox_fallback.unwrap_or_default(),
+        kernel: None,
+        enforced: None,
         reasoning_effort: settings.reasoning_effort.clone(),
         merge: {
             let merge = settings.merge.clone().unwrap_or_default();
@@ -280,32 +339,166 @@ fn fork_session(daemon: &Daemon, parent: &Address, address: &Address, resolved: 
         _ => return Err(refuse(&format!("{parent} is not a Claude Code agent with a session yet"))),
     };
     let worktree = daemon.state.worktrees.join(address.flat());
+    // A sandboxed parent keeps its sessions in its private state folder.
+    let parent_state = daemon.state.agent(record.id).dir.join("home");
+    if parent_state.is_dir() {
+        resolved.env.insert("CLAUDE_CONFIG_DIR".into(), parent_state.display().to_string());
+    }
     let args = resolved.harness.fork_session(&resolved.env, &session, &worktree).map_err(|why| refuse(&why))?;
     resolved.command.extend(args);
     Ok(())
 }
 
-/// A child gets its parent's sandbox unless it asks for one, and may never
-/// ask for more than its parent has.
+/// A child gets its parent's sandbox, network and limits unless it asks
+/// for its own, and may never ask for more than its parent has; it may
+/// read no path its parent may not.
 fn inherit_sandbox(daemon: &Daemon, parent: &Address, address: &Address, resolved: &mut Resolved) -> Result<()> {
-    let Some(parent_sandbox) = daemon.record(parent).and_then(|p| p.sandbox) else { return Ok(()) };
-    match resolved.sandbox {
-        None => resolved.sandbox = Some(parent_sandbox),
-        Some(wanted) if wanted > parent_sandbox => {
-            let name =
-                |s: crate::config::Sandbox| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from));
-            return Err(Error::new(
-                ErrorKind::Refused,
-                format!(
-                    "spawn of {address} refused: it asks for a {} sandbox but its parent {parent} is {}",
-                    name(wanted).unwrap_or_default(),
-                    name(parent_sandbox).unwrap_or_default()
-                ),
-            ));
+    let Some(parent_record) = daemon.record(parent) else { return Ok(()) };
+    let refuse = |why: String| Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"));
+    if let Some(parent_sandbox) = parent_record.sandbox {
+        match resolved.sandbox {
+            None => resolved.sandbox = Some(parent_sandbox),
+            Some(wanted) if wanted > parent_sandbox => {
+                return Err(refuse(format!(
+                    "it asks for a {} sandbox but its parent {parent} is {}",
+                    sandbox::sandbox_word(wanted),
+                    sandbox::sandbox_word(parent_sandbox)
+                )));
+            }
+            Some(_) => {}
         }
-        Some(_) => {}
+    }
+    if let Some(parent_network) = parent_record.network {
+        match resolved.network {
+            None => resolved.network = Some(parent_network),
+            Some(wanted) if wanted > parent_network => {
+                return Err(refuse(format!(
+                    "it asks for network {} but its parent {parent} has network {}",
+                    wanted.as_str(),
+                    parent_network.as_str()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    resolved.limits =
+        resolved.limits.within(&parent_record.limits).map_err(|why| refuse(format!("{why} ({parent})")))?;
+    if let Some(enforced) = &parent_record.enforced {
+        for path in &enforced.deny_read {
+            if !resolved.deny_read.contains(path) {
+                resolved.deny_read.push(path.clone());
+            }
+        }
+        // Below a sandboxed agent, what cannot be enforced is refused,
+        // whatever the child's own fallback says.
+        if enforced.restricts() {
+            resolved.fallback = sandbox::Fallback::Refuse;
+        }
     }
     Ok(())
+}
+
+/// Arguments for the CLI that would lift its own sandbox above corral's
+/// are refused, named.
+fn refuse_widening_args(address: &Address, resolved: &Resolved) -> Result<()> {
+    let Some(mode) = resolved.sandbox else { return Ok(()) };
+    match resolved.harness.widening_arg(mode, &resolved.command) {
+        Some(arg) => Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "spawn of {address} refused: `{arg}` would lift {}'s own sandbox, and corral runs it under {}",
+                resolved.harness,
+                sandbox::sandbox_word(mode)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What the kernel will be made to enforce for this spawn, or why it is
+/// refused (fail closed: see `sys::sandbox::resolve`). A child's TCP ports
+/// stay within its parent's.
+fn resolve_sandbox(
+    daemon: &Daemon,
+    parent: &Address,
+    address: &Address,
+    request: &SpawnRequest,
+    resolved: &mut Resolved,
+) -> Result<()> {
+    let asked = resolved.sandbox.is_some() || resolved.network.is_some() || !resolved.limits.is_empty();
+    if !asked {
+        return Ok(());
+    }
+    let refuse = |why: String| Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"));
+    let proxy_port = match request.env.get(sandbox::PROXY_PORT_VARIABLE) {
+        Some(text) => Some(
+            text.trim()
+                .parse::<u16>()
+                .map_err(|_| refuse(format!("{}={text:?} is not a port", sandbox::PROXY_PORT_VARIABLE)))?,
+        ),
+        None => None,
+    };
+    let wanted = sandbox::Wanted {
+        mode: resolved.sandbox,
+        network: resolved.network,
+        limits: resolved.limits,
+        deny_read: resolved.deny_read.clone(),
+        fallback: resolved.fallback,
+        proxy_port,
+    };
+    let kernel = sandbox::Kernel::probe(&request.env, &resolved.limits);
+    let enforced = sandbox::resolve(&wanted, &kernel).map_err(refuse)?;
+    let parent_ports =
+        daemon.record(parent).and_then(|p| p.enforced).filter(|e| e.network == Some(sandbox::Network::Model));
+    if let Some(parent_enforced) = parent_ports {
+        if let Some(port) = enforced.connect_ports.iter().find(|p| !parent_enforced.connect_ports.contains(p)) {
+            return Err(refuse(format!("it may connect to port {port}, which its parent {parent} may not")));
+        }
+    }
+    resolved.kernel = Some(kernel);
+    resolved.enforced = Some(enforced);
+    Ok(())
+}
+
+/// The sandbox's plan for the agent, with its private folders (`TMPDIR`,
+/// its CLI's state folder) made and named in `env`; `None` when nothing is
+/// enforced.
+fn sandbox_plan(
+    daemon: &Daemon,
+    agent_dir: &AgentDir,
+    resolved: &Resolved,
+    record: &AgentRecord,
+    env: &mut BTreeMap<String, String>,
+) -> std::result::Result<Option<sandbox::Plan>, String> {
+    let (Some(enforced), Some(kernel)) = (&resolved.enforced, &resolved.kernel) else { return Ok(None) };
+    let git_common = daemon.state.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| daemon.state.dir.clone());
+    let paths = if sandbox::restricts_files(enforced.filesystem) {
+        let (tmp, state) = sandbox::make_private_folders(&agent_dir.dir)
+            .map_err(|e| format!("cannot make the private folders in {}: {e}", agent_dir.dir.display()))?;
+        env.insert("TMPDIR".into(), tmp.display().to_string());
+        for (name, value) in resolved.harness.private_state(env, &state, &record.worktree)? {
+            env.insert(name, value);
+        }
+        let git_admin = sandbox::worktree_admin_dir(&record.worktree)
+            .map_err(|e| format!("cannot find git's folder of the worktree {}: {e}", record.worktree.display()))?;
+        let paths = sandbox::AgentPaths {
+            worktree: record.worktree.clone(),
+            git_common,
+            git_admin,
+            branch: record.branch.clone(),
+            tmp,
+            state,
+        };
+        for folder in paths.ref_folders() {
+            std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+        }
+        Some(paths)
+    } else {
+        None
+    };
+    let cgroup_name = format!("corral-{}-{}", sandbox::short_hash(&daemon.state.dir), record.id);
+    let plan = sandbox::Plan::for_agent(enforced, paths.as_ref(), kernel, &cgroup_name);
+    Ok((!plan.is_empty()).then_some(plan))
 }
 
 /// The harness's command line for these settings (the harness applies
@@ -316,6 +509,7 @@ fn build_launch(resolved: &Resolved) -> Result<Launch> {
         model: resolved.model.as_deref(),
         sandbox: resolved.sandbox,
         reasoning_effort: resolved.reasoning_effort.as_deref(),
+        confined: resolved.enforced.as_ref().is_some_and(|e| sandbox::restricts_files(e.filesystem)),
     };
     resolved
         .harness
@@ -355,8 +549,12 @@ async fn write_monitor_spec(
     record: &AgentRecord,
 ) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
+    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
     let mut env = resolved.env.clone();
     env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
+    let plan = sandbox_plan(daemon, agent_dir, resolved, record, &mut env)
+        .map_err(|why| Error::other(format!("the sandbox of {} cannot be prepared: {why}", record.address)))?;
     env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
     env.insert("CORRAL_PARENT".into(), record.parent.to_string());
     env.insert("CORRAL_TASK_ID".into(), record.task_id.clone());
@@ -375,9 +573,8 @@ async fn write_monitor_spec(
         grace_secs: resolved.grace_secs,
         rows: 50,
         cols: 160,
+        sandbox: plan,
     };
-    let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
-    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
     let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::OpenOptions::new()
         .create(true)

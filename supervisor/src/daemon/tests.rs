@@ -115,6 +115,7 @@ impl FakeAgent {
             error: None,
             ended_at: chrono::Utc::now(),
             log_bytes_lost: 0,
+            limit: None,
         };
         self.exits.lock().unwrap().insert(self.dir.dir.clone(), record.clone());
         self.send(&MonitorMessage::Exit { record }).await;

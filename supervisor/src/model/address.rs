@@ -9,7 +9,10 @@
 //! `corral/root/api/tests` (a ref cannot be a file and a folder at once), so
 //! the segments below `/root` are joined with `.`: `/root/api` is branch
 //! `corral/root/api`, `/root/api/tests` is `corral/root/api.tests`. Names
-//! may not contain `.`, so the mapping is reversible.
+//! may not contain `.`, so the mapping is reversible. An agent under the
+//! `workspace-write` sandbox gets `corral/root/api.tests/work` instead: a
+//! ref folder of its own, so its sandbox can let it move its own branch and
+//! no other.
 
 use std::fmt;
 
@@ -110,6 +113,15 @@ impl Address {
     /// The agent's branch: `corral/root/api.tests`.
     pub fn branch(&self) -> String {
         format!("corral/root/{}", self.flat())
+    }
+
+    /// The branch of an agent whose sandbox lets it write its own branch
+    /// only (`workspace-write`): `corral/root/api.tests/work`, alone in the
+    /// ref folder `corral/root/api.tests/`, which is the one folder of refs
+    /// its sandbox may write (Landlock's rights attach to folders, and all
+    /// the `corral/root/<flat>` branches share one).
+    pub fn own_folder_branch(&self) -> String {
+        format!("corral/root/{}/work", self.flat())
     }
 }
 

@@ -96,8 +96,15 @@ pub enum EventBody {
         model: Option<String>,
         #[serde(default)]
         merge: crate::model::lifecycle::MergeSpec,
+        /// Its sandbox: the mode (the `sandbox` key, `read-only` and so on,
+        /// as before), and beside it `network`, `limits` and what the kernel
+        /// was made to enforce (`enforced`: the Landlock ABI, the rules,
+        /// each limit and its mechanism).
+        #[serde(flatten)]
+        sandbox: Option<crate::sys::sandbox::SandboxSpec>,
+        /// What it tells its parent agent (`model::notify`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sandbox: Option<crate::config::Sandbox>,
+        notify: Option<crate::model::notify::Notify>,
     },
     /// Over `max_threads`: the agent waits in Pending for a slot.
     Queued {},
@@ -173,6 +180,19 @@ pub enum EventBody {
         from: String,
         to: String,
         text: String,
+    },
+    /// A notice from a child (the event's agent) for its parent agent
+    /// (`to`), queued in the parent's messages (see `model::notify`).
+    NoticeSent {
+        message_id: String,
+        to: String,
+        kind: crate::model::notify::NoticeKind,
+        text: String,
+    },
+    /// The notice reached the parent's input.
+    NoticeDelivered {
+        message_id: String,
+        from: String,
     },
     /// The message reached the agent's input.
     MessageDelivered {
@@ -322,6 +342,8 @@ impl EventBody {
             EventBody::Result { .. } => "result",
             EventBody::MessageSent { .. } => "message_sent",
             EventBody::MessageDelivered { .. } => "message_delivered",
+            EventBody::NoticeSent { .. } => "notice_sent",
+            EventBody::NoticeDelivered { .. } => "notice_delivered",
             EventBody::InputClosed {} => "input_closed",
             EventBody::BudgetWarning { .. } => "budget_warning",
             EventBody::Probe { .. } => "probe",

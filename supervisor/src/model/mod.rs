@@ -12,4 +12,5 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod lifecycle;
+pub mod notify;
 pub mod restart;

@@ -151,12 +151,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let mut first = true;
     let mut restarts = RestartState::default();
     let mut input: Option<std::sync::mpsc::Sender<InputOp>> = None;
+    let mut last_limit: Option<crate::sys::sandbox::LimitHit>;
     let (pid, code, signal) = loop {
         if !first {
             let state = shared.state.lock().unwrap();
             drop(shared.changed.wait_while(state, |s| s.stopping > 0).unwrap());
         }
         let run_started = Instant::now();
+        let counted_before = limit_counters(&spec);
         let size = {
             let control = shared.pty.lock().unwrap();
             (control.rows, control.cols)
@@ -175,6 +177,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                     error: first.then(|| err.to_string()),
                     ended_at: Utc::now(),
                     log_bytes_lost: shared.state.lock().unwrap().log_bytes_lost,
+                    limit: None,
                 };
                 keep_exit_record(&shared, &agent, &record);
                 finish(&shared, &agent, listener, record, Duration::from_millis(500));
@@ -243,6 +246,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             state = shared.changed.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
         }
         let (code, signal) = status.unwrap_or((None, None));
+        last_limit = run_limit(&spec, &agent, counted_before, code, signal);
+        if let Some(hit) = &last_limit {
+            tracing::info!("a limit ended the agent's process {pid}: {}", hit.describe());
+        }
         match (code, signal) {
             (_, Some(signal)) => tracing::info!("agent's process {pid} was killed by signal {signal}"),
             (Some(code), _) => tracing::info!("agent's process {pid} exited with code {code}"),
@@ -313,11 +320,53 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let state = shared.state.lock().unwrap();
         (state.stop_requested, state.log_bytes_lost)
     };
-    let record = ExitRecord { pid, code, signal, stop_requested, error: None, ended_at: Utc::now(), log_bytes_lost };
+    let limit = last_limit.filter(|_| !stop_requested);
+    let record =
+        ExitRecord { pid, code, signal, stop_requested, error: None, ended_at: Utc::now(), log_bytes_lost, limit };
     keep_exit_record(&shared, &agent, &record);
+    for cgroup in spec.sandbox.iter().flat_map(|plan| &plan.cgroups) {
+        cgroup.remove();
+    }
     tracing::info!("the agent has ended; exit record written");
     finish(&shared, &agent, listener, record, Duration::from_secs(2));
     Ok(())
+}
+
+/// What the agent's cgroups have counted so far (memory kills, refused
+/// forks).
+fn limit_counters(spec: &MonitorSpec) -> crate::sys::sandbox::Counters {
+    let mut counters = crate::sys::sandbox::Counters::default();
+    for cgroup in spec.sandbox.iter().flat_map(|plan| &plan.cgroups) {
+        match cgroup.controller.as_str() {
+            "memory" => counters.oom_kills += cgroup.count(),
+            _ => counters.pids_refused += cgroup.count(),
+        }
+    }
+    counters
+}
+
+/// The limit that ended a run, if one did: what the cgroups counted during
+/// it, its end, and the last of its output (see `sandbox::limit_hit`).
+fn run_limit(
+    spec: &MonitorSpec,
+    agent: &AgentDir,
+    before: crate::sys::sandbox::Counters,
+    code: Option<i32>,
+    signal: Option<i32>,
+) -> Option<crate::sys::sandbox::LimitHit> {
+    let plan = spec.sandbox.as_ref()?;
+    let now = limit_counters(spec);
+    let during = crate::sys::sandbox::Counters {
+        oom_kills: now.oom_kills.saturating_sub(before.oom_kills),
+        pids_refused: now.pids_refused.saturating_sub(before.pids_refused),
+    };
+    let mut tail = Vec::new();
+    if let Ok(mut log) = File::open(agent.log()) {
+        let len = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = log.seek(SeekFrom::Start(len.saturating_sub(8192)));
+        let _ = log.read_to_end(&mut tail);
+    }
+    crate::sys::sandbox::limit_hit(plan, code, signal, during, &tail)
 }
 
 /// The monitor's own log, on its stderr (`monitor.log`): levels from

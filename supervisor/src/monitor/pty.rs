@@ -3,7 +3,8 @@
 //! Owns: opening the PTY (raw mode for JSON-line harnesses) and spawning
 //! the agent on its slave side; the stdin FIFO of `InputMode::Pipe`;
 //! `corral exec-agent`, the shim that puts another stdin in place inside
-//! the PTY and then execs the agent (same pid); and the one thread that
+//! the PTY, applies the agent's sandbox (`crate::sys::sandbox::apply`) and
+//! then execs the agent (same pid); and the one thread that
 //! writes the agent's input, in order. Never reaps or signals the agent
 //! (the monitor's run loop and `sys::process` do).
 
@@ -46,11 +47,16 @@ pub(super) fn start_agent(
     if command.is_empty() {
         anyhow::bail!("empty command");
     }
-    // Stdin other than the PTY goes through `corral exec-agent`, which puts
-    // it in place and then execs the agent (same pid).
-    let (argv, fifo) = match input {
-        InputMode::Pty => (command.to_vec(), None),
-        InputMode::Null => (shim_argv(Path::new("/dev/null"), command)?, None),
+    if let Some(plan) = &spec.sandbox {
+        prepare_sandbox(agent, plan)?;
+    }
+    // Stdin other than the PTY, and a sandbox, go through `corral
+    // exec-agent`, which puts the stdin in place and applies the sandbox,
+    // then execs the agent (same pid).
+    let sandbox = spec.sandbox.as_ref().map(|_| sandbox_plan_path(agent));
+    let (stdin, fifo) = match input {
+        InputMode::Pty => (None, None),
+        InputMode::Null => (Some(std::path::PathBuf::from("/dev/null")), None),
         InputMode::Pipe => {
             let path = agent.dir.join("stdin.fifo");
             let _ = std::fs::remove_file(&path);
@@ -58,8 +64,12 @@ pub(super) fn start_agent(
             // Read and write: opening does not wait for the reader, and the
             // agent sees end-of-file only when the monitor closes it.
             let fifo = OpenOptions::new().read(true).write(true).open(&path)?;
-            (shim_argv(&path, command)?, Some(fifo))
+            (Some(path), Some(fifo))
         }
+    };
+    let argv = match (&stdin, &sandbox) {
+        (None, None) => command.to_vec(),
+        _ => shim_argv(stdin.as_deref(), sandbox.as_deref(), command)?,
     };
     let program = &argv[0];
     let pair = portable_pty::native_pty_system().openpty(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })?;
@@ -85,40 +95,74 @@ pub(super) fn start_agent(
     Ok((Pty { master: pair.master, reader, writer, fifo }, pid))
 }
 
-fn shim_argv(stdin: &Path, command: &[String]) -> anyhow::Result<Vec<String>> {
+/// Writes the plan where the shim reads it and makes the agent's cgroups
+/// (with their limits), before each run.
+fn prepare_sandbox(agent: &AgentDir, plan: &crate::sys::sandbox::Plan) -> anyhow::Result<()> {
+    let path = sandbox_plan_path(agent);
+    std::fs::write(&path, serde_json::to_vec(plan)?)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    for cgroup in &plan.cgroups {
+        cgroup.make().map_err(|e| anyhow::anyhow!("cannot make the cgroup {}: {e}", cgroup.path.display()))?;
+    }
+    Ok(())
+}
+
+/// Where the monitor keeps the sandbox plan the shim applies.
+pub(super) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
+    agent.dir.join("sandbox.json")
+}
+
+fn shim_argv(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -> anyhow::Result<Vec<String>> {
     let exe = std::env::current_exe()?;
-    let mut argv = vec![exe.display().to_string(), "exec-agent".into(), "--stdin".into(), stdin.display().to_string()];
+    let mut argv = vec![exe.display().to_string(), "exec-agent".into()];
+    if let Some(stdin) = stdin {
+        argv.extend(["--stdin".into(), stdin.display().to_string()]);
+    }
+    if let Some(sandbox) = sandbox {
+        argv.extend(["--sandbox".into(), sandbox.display().to_string()]);
+    }
     argv.push("--".into());
     argv.extend(command.iter().cloned());
     Ok(argv)
 }
 
-/// `corral exec-agent --stdin PATH -- COMMAND...`: runs inside the PTY,
-/// opens PATH as standard input, then execs the agent in its place.
-/// What it says goes to the PTY, so into the agent's output log, where
-/// `corral view` shows it (not to `monitor.log`).
-pub fn exec_agent(stdin: &Path, command: &[String]) -> i32 {
+/// `corral exec-agent [--stdin PATH] [--sandbox PLAN] -- COMMAND...`: runs
+/// inside the PTY, opens PATH as standard input, applies the sandbox plan
+/// (a JSON [`crate::sys::sandbox::Plan`]), then execs the agent in its
+/// place; a sandbox it cannot apply stops it there (exit 126: the agent
+/// never runs unconfined). What it says goes to the PTY, so into the
+/// agent's output log, where `corral view` shows it (not to `monitor.log`).
+pub fn exec_agent(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -> i32 {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let Some(program) = command.first() else {
         eprintln!("corral exec-agent: no command");
         return 127;
     };
-    match File::open(stdin) {
-        Ok(file) => {
-            // SAFETY: dup2 onto fd 0 of this single-threaded process.
-            if unsafe { libc::dup2(file.as_raw_fd(), 0) } < 0 {
-                eprintln!(
-                    "corral exec-agent: cannot use {} as stdin: {}",
-                    stdin.display(),
-                    std::io::Error::last_os_error()
-                );
-                return 127;
-            }
-        }
-        Err(err) => {
-            eprintln!("corral exec-agent: cannot open {}: {err}", stdin.display());
+    match stdin.map(|path| (path, File::open(path))) {
+        // SAFETY: dup2 onto fd 0 of this single-threaded process.
+        Some((path, Ok(file))) if unsafe { libc::dup2(file.as_raw_fd(), 0) } < 0 => {
+            eprintln!(
+                "corral exec-agent: cannot use {} as stdin: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
             return 127;
+        }
+        Some((_, Ok(_))) => {}
+        Some((path, Err(err))) => {
+            eprintln!("corral exec-agent: cannot open {}: {err}", path.display());
+            return 127;
+        }
+        None => {}
+    }
+    if let Some(path) = sandbox {
+        let plan = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())));
+        if let Err(why) = plan.and_then(|plan| crate::sys::sandbox::apply(&plan)) {
+            eprintln!("corral exec-agent: the sandbox cannot be applied, so the agent does not run: {why}");
+            return 126;
         }
     }
     let err = std::process::Command::new(program).args(&command[1..]).exec();

@@ -29,6 +29,11 @@ fn stat_ppid(stat: &str) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The parent of `pid`, if it lives.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).filter(|ppid| *ppid != 0)
+}
+
 /// Every live process below `root` (not `root` itself), found by following
 /// parent links through `/proc`. Catches descendants that left the
 /// process group or session with `setsid`.

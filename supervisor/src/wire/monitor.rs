@@ -56,6 +56,11 @@ pub struct MonitorSpec {
     pub grace_secs: Option<f64>,
     pub rows: u16,
     pub cols: u16,
+    /// The sandbox the agent's own process applies before it execs the
+    /// CLI (every run: first, restarted, follow-up). Absent in older specs:
+    /// nothing to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sys::sandbox::Plan>,
 }
 
 /// Where an agent's standard input comes from.
@@ -96,6 +101,9 @@ pub struct ExitRecord {
     /// disk): the agent ran on, its output was not blocked.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_bytes_lost: u64,
+    /// The resource limit that ended its last run, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<crate::sys::sandbox::LimitHit>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -41,6 +41,9 @@ pub enum AgentState {
     BudgetExceeded,
     /// Stopped because it ran past its wall-time budget.
     TimedOut,
+    /// Ended by one of its resource limits (`max_memory`, `max_processes`);
+    /// the reason names the limit. Its siblings are not touched.
+    LimitExceeded,
     /// Its monitor vanished and no exit record was found.
     Lost,
 }
@@ -54,6 +57,7 @@ impl AgentState {
                 | AgentState::Stopped
                 | AgentState::BudgetExceeded
                 | AgentState::TimedOut
+                | AgentState::LimitExceeded
                 | AgentState::Lost
         )
     }
@@ -69,6 +73,7 @@ impl AgentState {
             AgentState::Lost => "lost",
             AgentState::BudgetExceeded => "budget_exceeded",
             AgentState::TimedOut => "timed_out",
+            AgentState::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -83,10 +88,15 @@ impl AgentState {
             AgentState::Lost => 22,
             AgentState::BudgetExceeded => 23,
             AgentState::TimedOut => 25,
+            AgentState::LimitExceeded => LIMIT_EXCEEDED,
             AgentState::Pending | AgentState::Starting | AgentState::Running => WAIT_TIMED_OUT,
         }
     }
 }
+
+/// `corral wait`'s code for an agent a resource limit ended (31 is
+/// `corral run`'s skipped run).
+pub const LIMIT_EXCEEDED: i32 = 32;
 
 /// `corral wait --timeout` ran out before every agent ended.
 pub const WAIT_TIMED_OUT: i32 = 124;
@@ -150,6 +160,11 @@ pub struct AgentRecord {
     /// follows that result.
     #[serde(default)]
     pub turn_pending: bool,
+    /// Between turns: its last result answered everything delivered to it.
+    /// A message delivered now starts a turn of its own (and does not make
+    /// another one pending).
+    #[serde(default)]
+    pub idle: bool,
     #[serde(default)]
     pub input_closed: bool,
     #[serde(default)]
@@ -195,6 +210,23 @@ pub struct AgentRecord {
     /// What it may write (its children never get more).
     #[serde(default)]
     pub sandbox: Option<crate::config::Sandbox>,
+    /// What TCP it may open, as asked (its children never get more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::config::Network>,
+    /// Its resource limits (its children's are never larger).
+    #[serde(default, skip_serializing_if = "crate::sys::sandbox::Limits::is_empty")]
+    pub limits: crate::sys::sandbox::Limits,
+    /// What the kernel was made to enforce: the Landlock ABI, the rules,
+    /// each limit and how (see `crate::sys::sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<crate::sys::sandbox::Enforced>,
+    /// What it tells its parent agent (`model::notify`); `None` for an
+    /// agent spawned before notices existed, which tells nothing.
+    #[serde(default)]
+    pub notify: Option<crate::model::notify::Notify>,
+    /// The ids of the notices it sent its parent (each is sent once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
     /// Tasks given with `corral assign --queue`, for when it finishes:
     /// (task id, task).
     #[serde(default)]
@@ -280,6 +312,9 @@ pub struct ResultSummary {
     pub success: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The agent's final message (what a notice to its parent carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// A message waiting for delivery; it survives a daemon restart.
@@ -288,6 +323,9 @@ pub struct PendingMessage {
     pub message_id: String,
     pub from: String,
     pub text: String,
+    /// A child's notice rather than a message someone sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notice: bool,
 }
 
 impl AgentRecord {
@@ -308,6 +346,7 @@ impl AgentRecord {
             model,
             merge,
             sandbox,
+            notify,
         } = &event.body
         else {
             return None;
@@ -345,6 +384,7 @@ impl AgentRecord {
             messages_sent: 0,
             delivered_since_result: false,
             turn_pending: false,
+            idle: false,
             input_closed: false,
             budget: *budget,
             grace_secs: *grace_secs,
@@ -360,7 +400,12 @@ impl AgentRecord {
             model: model.clone(),
             merge: merge.clone(),
             merge_state: None,
-            sandbox: *sandbox,
+            sandbox: sandbox.as_ref().and_then(|s| s.mode),
+            network: sandbox.as_ref().and_then(|s| s.network),
+            limits: sandbox.as_ref().map(|s| s.limits).unwrap_or_default(),
+            enforced: sandbox.as_ref().and_then(|s| s.enforced.clone()),
+            notify: *notify,
+            notices: Vec::new(),
             queued_tasks: Vec::new(),
         })
     }
@@ -403,11 +448,12 @@ impl AgentRecord {
                     self.cost_usd = *cost_usd;
                 }
             }
-            EventBody::Result { success, reason, session_id, .. } => {
-                self.result = Some(ResultSummary { success: *success, reason: reason.clone() });
+            EventBody::Result { success, reason, session_id, text, .. } => {
+                self.result = Some(ResultSummary { success: *success, reason: reason.clone(), text: text.clone() });
                 self.results += 1;
                 // A message that arrived during this turn is answered in the next.
                 self.turn_pending = self.delivered_since_result;
+                self.idle = !self.turn_pending;
                 self.delivered_since_result = false;
                 if session_id.is_some() {
                     self.session_id = session_id.clone();
@@ -419,11 +465,23 @@ impl AgentRecord {
                     message_id: message_id.clone(),
                     from: from.clone(),
                     text: text.clone(),
+                    notice: false,
                 });
             }
-            EventBody::MessageDelivered { message_id } => {
+            // The child's side; the parent's is in `AgentTable::apply`.
+            EventBody::NoticeSent { message_id, .. } => {
+                if !self.notices.contains(message_id) {
+                    self.notices.push(message_id.clone());
+                }
+            }
+            EventBody::MessageDelivered { message_id } | EventBody::NoticeDelivered { message_id, .. } => {
                 self.pending_messages.retain(|m| &m.message_id != message_id);
-                self.delivered_since_result = true;
+                if self.idle {
+                    // Between turns: this message is a turn of its own.
+                    self.idle = false;
+                } else {
+                    self.delivered_since_result = true;
+                }
             }
             EventBody::InputClosed {} => self.input_closed = true,
             EventBody::Queued {} => {
@@ -459,6 +517,7 @@ impl AgentRecord {
                 self.results = 0;
                 self.delivered_since_result = false;
                 self.turn_pending = false;
+                self.idle = false;
                 self.input_closed = false;
                 self.merge_state = None;
                 self.probe_killed = None;
@@ -498,6 +557,7 @@ impl AgentRecord {
                 self.result = None;
                 self.delivered_since_result = false;
                 self.turn_pending = false;
+                self.idle = false;
             }
             EventBody::Output { .. }
             | EventBody::Progress { .. }
@@ -568,6 +628,7 @@ impl AgentRecord {
     pub fn input_done(&self) -> bool {
         self.harness.delivery() == corral_harness::launch::Delivery::StdinJson
             && self.results > 0
+            && self.idle
             && !self.turn_pending
             && !self.delivered_since_result
             && self.pending_messages.is_empty()
@@ -673,6 +734,22 @@ impl AgentTable {
         }
         if let Some(record) = self.agents.get_mut(address) {
             record.apply(event);
+        }
+        // A child's notice waits in its parent's messages, delivered like
+        // one; its id is the child's, so it takes none of the parent's own
+        // message numbers.
+        if let EventBody::NoticeSent { message_id, to, text, .. } = &event.body {
+            let parent = Address::parse(to).ok().and_then(|to| self.agents.get_mut(&to));
+            if let Some(parent) = parent {
+                if !parent.pending_messages.iter().any(|m| &m.message_id == message_id) {
+                    parent.pending_messages.push(PendingMessage {
+                        message_id: message_id.clone(),
+                        from: address.to_string(),
+                        text: text.clone(),
+                        notice: true,
+                    });
+                }
+            }
         }
     }
 

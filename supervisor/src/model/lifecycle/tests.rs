@@ -55,7 +55,9 @@ fn spawned(seq: u64, agent: &str, id: u64) -> Event {
             restart: Default::default(),
             model: None,
             merge: Default::default(),
-            sandbox: None,
+            // Flattened into the event: "no sandbox" reads back as an empty spec.
+            sandbox: Some(Default::default()),
+            notify: None,
             task_text: "do it".into(),
             command: vec!["true".into()],
             branch: "corral/root/a".into(),
@@ -169,6 +171,13 @@ fn merge_started() -> EventBody {
 fn samples() -> Vec<EventBody> {
     vec![
         EventBody::DaemonStarted { pid: 1 },
+        EventBody::NoticeSent {
+            message_id: "t-9-done".into(),
+            to: "/root/lead".into(),
+            kind: crate::model::notify::NoticeKind::Completion,
+            text: "[corral] /root/lead/a ended: succeeded (exit 0).".into(),
+        },
+        EventBody::NoticeDelivered { message_id: "t-9-done".into(), from: "/root/lead/a".into() },
         EventBody::JournalRepaired {
             line: 7,
             reason: "not a whole event".into(),
@@ -245,6 +254,9 @@ fn covered_by(body: &EventBody) -> &'static [&'static str] {
             tests!(usage_sets_the_total_and_keeps_the_last_known_cost, daily_spend_adds_token_deltas_and_cost_growth)
         }
         EventBody::Result { .. } => tests!(result_counts_the_turn_and_keeps_the_session),
+        EventBody::NoticeSent { .. } | EventBody::NoticeDelivered { .. } => {
+            tests!(a_notice_waits_in_the_parents_messages_once_and_is_delivered)
+        }
         EventBody::MessageSent { .. } | EventBody::MessageDelivered { .. } => {
             tests!(a_message_waits_until_delivered, input_closes_only_when_every_message_is_answered)
         }
@@ -600,20 +612,33 @@ fn result_counts_the_turn_and_keeps_the_session() {
             offset: 160,
         },
     );
-    assert_eq!(record.result, Some(ResultSummary { success: false, reason: Some("error_max_turns".into()) }));
+    assert_eq!(
+        record.result,
+        Some(ResultSummary { success: false, reason: Some("error_max_turns".into()), text: None })
+    );
     assert_eq!((record.results, record.log_offset), (1, 160));
     assert_eq!(record.session_id.as_deref(), Some("s-2"));
     assert!(!record.turn_pending);
-    // A message reaches it during the next turn: another turn follows.
+    assert!(record.idle, "its result answered everything it was given");
+    // Between turns, a message (a child's notice, say) is a turn of its
+    // own: the result that follows answers it, and nothing more is pending.
     apply(&mut record, sent("m-1"));
     apply(&mut record, delivered("m-1"));
+    assert!(!record.idle && !record.delivered_since_result);
     apply(&mut record, sample("result"));
-    assert_eq!(record.result, Some(ResultSummary { success: true, reason: None }));
+    assert_eq!(record.result, Some(ResultSummary { success: true, reason: None, text: Some("done".into()) }));
     assert_eq!(record.results, 2);
     assert_eq!(record.session_id.as_deref(), Some("s-2"), "a result without a session keeps it");
-    assert!(record.turn_pending && !record.delivered_since_result);
+    assert!(!record.turn_pending && record.idle);
+    // A message that reaches it during a turn: another turn follows.
+    apply(&mut record, sent("m-2"));
+    apply(&mut record, delivered("m-2"));
+    apply(&mut record, sent("m-3"));
+    apply(&mut record, delivered("m-3"));
     apply(&mut record, sample("result"));
-    assert!(!record.turn_pending);
+    assert!(record.turn_pending && !record.delivered_since_result && !record.idle);
+    apply(&mut record, sample("result"));
+    assert!(!record.turn_pending && record.idle);
     assert_eq!(record.state, AgentState::Running, "a result ends no process");
 }
 
@@ -626,7 +651,7 @@ fn a_message_waits_until_delivered() {
     assert_eq!(ids, ["m-1", "m-2"], "oldest first");
     assert_eq!(
         record.pending_messages[0],
-        PendingMessage { message_id: "m-1".into(), from: "/root".into(), text: "text of m-1".into() }
+        PendingMessage { message_id: "m-1".into(), from: "/root".into(), text: "text of m-1".into(), notice: false }
     );
     assert_eq!(record.messages_sent, 2);
     assert!(!record.delivered_since_result);
@@ -1214,8 +1239,8 @@ fn exit_classification() {
     assert_eq!(classify_exit(None, Some(9), false, None, false, None), AgentState::Failed);
     assert_eq!(classify_exit(None, Some(15), true, None, false, None), AgentState::Stopped);
     assert_eq!(classify_exit(Some(0), None, true, None, false, None), AgentState::Stopped);
-    let failed = ResultSummary { success: false, reason: Some("error_max_turns".into()) };
-    let ok = ResultSummary { success: true, reason: None };
+    let failed = ResultSummary { success: false, reason: Some("error_max_turns".into()), text: None };
+    let ok = ResultSummary { success: true, reason: None, text: None };
     assert_eq!(classify_exit(Some(0), None, false, Some(&failed), true, None), AgentState::Failed);
     assert_eq!(classify_exit(Some(0), None, false, Some(&ok), true, None), AgentState::Succeeded);
     assert_eq!(classify_exit(Some(0), None, false, None, true, None), AgentState::Failed);
@@ -1223,4 +1248,27 @@ fn exit_classification() {
     assert_eq!(classify_exit(None, Some(9), true, None, false, wall), AgentState::TimedOut);
     let cost = Some(BudgetKind::Cost);
     assert_eq!(classify_exit(None, Some(15), true, None, false, cost), AgentState::BudgetExceeded);
+}
+
+#[test]
+fn a_notice_waits_in_the_parents_messages_once_and_is_delivered() {
+    let mut table = AgentTable::default();
+    table.apply(&spawned(1, "/root/lead", 1));
+    table.apply(&spawned(2, "/root/lead/a", 2));
+    let lead = Address::parse("/root/lead").unwrap();
+    let child = Address::parse("/root/lead/a").unwrap();
+    let notice = event(3, "/root/lead/a", sample("notice_sent"));
+    table.apply(&notice);
+    // Sent again (a redelivery after a crash): still once.
+    table.apply(&notice);
+    let pending = &table.agents[&lead].pending_messages;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(pending[0].notice);
+    assert_eq!((pending[0].message_id.as_str(), pending[0].from.as_str()), ("t-9-done", "/root/lead/a"));
+    assert_eq!(table.agents[&child].notices, vec!["t-9-done".to_string()]);
+    // It takes none of the parent's own message numbers.
+    assert_eq!(table.agents[&lead].messages_sent, 0);
+    table.apply(&event(4, "/root/lead", sample("notice_delivered")));
+    assert!(table.agents[&lead].pending_messages.is_empty());
+    assert!(table.agents[&lead].delivered_since_result);
 }

@@ -1,0 +1,84 @@
+//! What a sandboxed agent may ask of the daemon. The daemon runs outside
+//! every sandbox, so a request from inside one must not reach past it: a
+//! sandboxed agent spawns, stops, assigns and merges only within its own
+//! subtree, and never removes worktrees (`gc`) or stops the daemon. It may
+//! read anything (`ps`, `view`, `logs`, `events`, `diff`, `wait`) and send
+//! messages to anyone (that is how agents talk).
+//!
+//! Which agent a caller is comes from the kernel (the connecting process's
+//! pid, `SO_PEERCRED`), never from what the caller says: the daemon walks
+//! up from that pid to an agent's process or monitor.
+
+use crate::model::address::Address;
+use crate::wire::protocol::Request;
+
+/// `Ok` when the agent at `caller` (sandboxed) may make `request`; else
+/// why not.
+pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
+    let below = |text: &str, refusal: &dyn Fn(&Address) -> String| -> Result<(), String> {
+        let address = Address::resolve(text, caller).map_err(|e| e.message)?;
+        match address.is_within(caller) {
+            true => Ok(()),
+            false => Err(format!("{caller} is sandboxed: it may {}", refusal(&address))),
+        }
+    };
+    match request {
+        Request::Spawn(spawn) => below(spawn.parent.as_deref().unwrap_or("/root"), &|at| {
+            format!("spawn agents only below itself, not under {at}")
+        }),
+        Request::Stop { address, .. } => {
+            below(address, &|at| format!("stop only itself and agents below it, not {at}"))
+        }
+        Request::Assign { address, .. } => {
+            below(address, &|at| format!("assign tasks only to itself and agents below it, not to {at}"))
+        }
+        Request::Merge { address, .. } => {
+            below(address, &|at| format!("merge only its own work and that of agents below it, not {at}'s"))
+        }
+        Request::Gc { .. } => Err(format!("{caller} is sandboxed: it may not remove worktrees (gc)")),
+        Request::Shutdown => Err(format!("{caller} is sandboxed: it may not stop the daemon")),
+        Request::Hello { .. }
+        | Request::List { .. }
+        | Request::Info { .. }
+        | Request::Events { .. }
+        | Request::Wait { .. }
+        | Request::Diff { .. }
+        | Request::Send { .. } => Ok(()),
+    }
+}
+
+/// The sandboxed agent a process belongs to: the first of its ancestors
+/// (itself included) that `monitor_of` names as an agent's monitor. Every
+/// process of an agent descends from its monitor (which reaps orphans), so
+/// the walk ends there; `None` for a process outside every agent.
+pub fn caller(pid: u32, monitor_of: impl Fn(u32) -> Option<Address>) -> Option<Address> {
+    let mut at = pid;
+    for _ in 0..128 {
+        if let Some(address) = monitor_of(at) {
+            return Some(address);
+        }
+        at = crate::sys::process::parent_of(at)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandboxed_agent_acts_only_below_itself() {
+        let me = Address::parse("/root/a").unwrap();
+        let stop = |address: &str| Request::Stop { address: address.into(), grace_secs: None };
+        assert!(check(&me, &stop("/root/a")).is_ok());
+        assert!(check(&me, &stop("/root/a/b")).is_ok());
+        let err = check(&me, &stop("/root/b")).unwrap_err();
+        assert_eq!(err, "/root/a is sandboxed: it may stop only itself and agents below it, not /root/b");
+        assert!(check(&me, &stop("/root")).is_err());
+        assert!(check(&me, &Request::Gc { force: false, older_than_secs: None }).is_err());
+        assert!(check(&me, &Request::Shutdown).is_err());
+        let send = Request::Send { to: "/root/b".into(), from: "/root/a".into(), text: "hi".into() };
+        assert!(check(&me, &send).is_ok());
+        assert!(check(&me, &Request::List { all: true }).is_ok());
+    }
+}
