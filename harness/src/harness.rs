@@ -389,4 +389,70 @@ mod tests {
         let err = Harness::Codex.fork_session(&BTreeMap::new(), "s", Path::new("/w")).unwrap_err();
         assert!(err.contains("only Claude Code sessions"), "{err}");
     }
+
+    #[test]
+    fn arguments_that_lift_a_clis_own_sandbox_are_named() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let widening = |harness: Harness, sandbox: Sandbox, list: &[&str]| harness.widening_arg(sandbox, &args(list));
+        let ww = Sandbox::WorkspaceWrite;
+        assert_eq!(
+            widening(Harness::Codex, ww, &["--dangerously-bypass-approvals-and-sandbox"]).as_deref(),
+            Some("--dangerously-bypass-approvals-and-sandbox")
+        );
+        assert_eq!(widening(Harness::Codex, ww, &["-s", "danger-full-access"]).as_deref(), Some("-s danger-full-access"));
+        assert_eq!(widening(Harness::Codex, ww, &["--sandbox=read-only"]), None, "narrower is fine");
+        assert_eq!(
+            widening(Harness::Codex, Sandbox::ReadOnly, &["-c", "sandbox_mode=\"workspace-write\""]).as_deref(),
+            Some("-c sandbox_mode=\"workspace-write\"")
+        );
+        assert_eq!(widening(Harness::Codex, Sandbox::ReadOnly, &["--full-auto"]).as_deref(), Some("--full-auto"));
+        assert_eq!(widening(Harness::Codex, ww, &["--full-auto", "-c", "model=o3"]), None);
+        assert_eq!(
+            widening(Harness::Claude, ww, &["--permission-mode=bypassPermissions"]).as_deref(),
+            Some("--permission-mode bypassPermissions")
+        );
+        assert_eq!(widening(Harness::Gemini, ww, &["--yolo"]).as_deref(), Some("--yolo"));
+        assert_eq!(widening(Harness::Gemini, ww, &["--approval-mode", "auto_edit"]), None);
+        // Under a full sandbox, and for a plain command, nothing is refused.
+        assert_eq!(widening(Harness::Codex, Sandbox::Full, &["--dangerously-bypass-approvals-and-sandbox"]), None);
+        assert_eq!(widening(Harness::Generic, ww, &["--yolo"]), None);
+    }
+
+    #[test]
+    fn codex_leaves_the_confining_to_corral_inside_its_sandbox() {
+        let options = Options { sandbox: Some(Sandbox::WorkspaceWrite), confined: true, ..Options::default() };
+        let argv = Harness::Codex.launch("codex", "t", &options, &[]).unwrap().argv;
+        let at = argv.iter().position(|a| a == "--sandbox").expect("--sandbox");
+        assert_eq!(argv[at + 1..at + 3], ["workspace-write", "--dangerously-bypass-approvals-and-sandbox"]);
+        let free = Options { sandbox: Some(Sandbox::WorkspaceWrite), ..Options::default() };
+        let argv = Harness::Codex.launch("codex", "t", &free, &[]).unwrap().argv;
+        assert!(!argv.iter().any(|a| a.starts_with("--dangerously")), "{argv:?}");
+    }
+
+    #[test]
+    fn a_private_state_folder_is_seeded_with_settings_and_no_credentials() {
+        let root = tempfile::tempdir().unwrap();
+        let person = root.path().join("person");
+        std::fs::create_dir_all(person.join(".claude/projects/-w-api")).unwrap();
+        std::fs::write(person.join(".claude/settings.json"), "{}").unwrap();
+        std::fs::write(person.join(".claude/.credentials.json"), "secret").unwrap();
+        std::fs::write(person.join(".claude/projects/-w-api/s.jsonl"), "{}").unwrap();
+        std::fs::write(person.join(".claude/projects/-w-other.jsonl"), "{}").unwrap();
+        let env = BTreeMap::from([("HOME".to_string(), person.display().to_string())]);
+        let folder = root.path().join("agent");
+        let set = Harness::Claude.private_state(&env, &folder, Path::new("/w/api")).unwrap();
+        assert_eq!(set, vec![("CLAUDE_CONFIG_DIR".to_string(), folder.display().to_string())]);
+        assert!(folder.join("settings.json").exists() && folder.join("projects/-w-api/s.jsonl").exists());
+        assert!(!folder.join(".credentials.json").exists(), "credentials are never copied");
+        assert!(!folder.join("projects/-w-other.jsonl").exists(), "only the sessions of its own folder");
+
+        std::fs::create_dir_all(person.join(".codex")).unwrap();
+        std::fs::write(person.join(".codex/config.toml"), "model = \"o3\"").unwrap();
+        std::fs::write(person.join(".codex/auth.json"), "secret").unwrap();
+        let folder = root.path().join("codex-agent");
+        let set = Harness::Codex.private_state(&env, &folder, Path::new("/w/api")).unwrap();
+        assert_eq!(set[0].0, "CODEX_HOME");
+        assert!(folder.join("config.toml").exists() && !folder.join("auth.json").exists());
+        assert!(Harness::Generic.private_state(&env, &folder, Path::new("/w")).unwrap().is_empty());
+    }
 }

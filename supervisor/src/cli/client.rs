@@ -47,8 +47,10 @@ impl Client {
     /// Connects to the daemon, starting it if none runs.
     pub fn connect(state: &StateDir) -> Result<Client> {
         check_owner(state)?;
-        if let Ok((mut client, build)) = Client::try_connect(state) {
-            if build == crate::wire::protocol::build_id() {
+        if let Ok((mut client, (build, stamp))) = Client::try_connect(state) {
+            // The same binary file is the same build; else compare builds.
+            let same_file = !stamp.is_empty() && stamp == crate::wire::protocol::binary_stamp();
+            if same_file || build == crate::wire::protocol::build_id() {
                 return Ok(client);
             }
             // A daemon of another build (corral was upgraded or rebuilt):
@@ -102,13 +104,13 @@ impl Client {
         Client::try_connect(state).map(|(client, _)| client)
     }
 
-    /// Connects and says hello; returns the daemon's build.
-    fn try_connect(state: &StateDir) -> Result<(Client, String)> {
+    /// Connects and says hello; returns the daemon's build and stamp.
+    fn try_connect(state: &StateDir) -> Result<(Client, (String, String))> {
         let stream = UnixStream::connect(state.socket())
             .map_err(|e| Error::new(ErrorKind::DaemonUnavailable, format!("{}: {e}", state.socket().display())))?;
         let mut client = Client { stream };
         match client.request(&Request::Hello { version: PROTOCOL_VERSION })? {
-            Response::Hello { build, .. } => Ok((client, build)),
+            Response::Hello { build, stamp, .. } => Ok((client, (build, stamp))),
             other => Err(Error::other(format!("unexpected answer to hello: {other:?}"))),
         }
     }

@@ -6,20 +6,21 @@
 //! `/root/lead/helper`. Errors print one line and exit with the code of
 //! their kind (README, "Exit codes").
 
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use chrono::Utc;
 
 use crate::cli::args::{Cli, Command};
 use crate::cli::client::Client;
 use crate::model::address::{validate_name, Address};
 use crate::model::error::{Error, ErrorKind, Result};
-use crate::model::lifecycle::{AgentRecord, MergeState, WAIT_TIMED_OUT};
+use crate::model::lifecycle::{AgentRecord, WAIT_TIMED_OUT};
 use crate::sys::output::clean_line;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest};
+
+pub(crate) use super::attach::attach;
+pub use super::table::{describe, human_count, human_secs, render_tree};
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
@@ -457,171 +458,12 @@ fn unexpected() -> Error {
     Error::other("the daemon gave an unexpected answer")
 }
 
-fn info(state: &StateDir, address: &str) -> Result<(AgentRecord, PathBuf, PathBuf)> {
+pub(super) fn info(state: &StateDir, address: &str) -> Result<(AgentRecord, PathBuf, PathBuf)> {
     let address = Address::resolve(address, &caller())?;
     match Client::connect(state)?.request(&Request::Info { address: address.to_string() })? {
         Response::Info { agent, log, monitor_socket } => Ok((*agent, log, monitor_socket)),
         _ => Err(unexpected()),
     }
-}
-
-/// One line saying where an agent is and how it ended.
-pub fn describe(agent: &AgentRecord) -> String {
-    let mut text = format!("{} {}", agent.address, agent.state.as_str());
-    if let Some(pid) = agent.pid {
-        text.push_str(&format!(" pid {pid}"));
-    }
-    if let Some(runtime) = agent.runtime_secs(Utc::now()) {
-        text.push_str(&format!(" runtime {}", human_secs(runtime)));
-    }
-    match (agent.exit_code, agent.signal) {
-        (Some(code), _) => text.push_str(&format!(" exit {code}")),
-        (None, Some(signal)) => text.push_str(&format!(" signal {signal}")),
-        _ => {}
-    }
-    if agent.usage.total() > 0 {
-        let u = agent.usage;
-        text.push_str(&format!(
-            " tokens in {} out {} cache read {} write {}",
-            u.input, u.output, u.cache_read, u.cache_write
-        ));
-    }
-    if let Some(cost) = agent.cost_usd {
-        text.push_str(&format!(" cost ${cost:.4}"));
-    }
-    if let Some(reason) = &agent.reason {
-        text.push_str(&format!(" ({reason})"));
-    }
-    match &agent.merge_state {
-        Some(MergeState::Merged { commit, commits }) => {
-            let short = &commit[..commit.len().min(10)];
-            text.push_str(&format!(
-                "; merged into {} at {short} ({commits} commits)",
-                agent.merge.target.as_deref().unwrap_or("?")
-            ))
-        }
-        Some(MergeState::Conflict { files }) => text.push_str(&format!("; merge conflict in {}", files.join(", "))),
-        Some(MergeState::GateFailed { code, output }) => {
-            let tail: String =
-                output.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
-            text.push_str(&format!("; gate failed (exit {}): {tail}", code.map_or("?".into(), |c| c.to_string())))
-        }
-        Some(MergeState::Waiting { why, .. }) => text.push_str(&format!("; merge waiting: {why}")),
-        Some(MergeState::Refused { why }) => text.push_str(&format!("; merge refused: {why}")),
-        Some(other) => text.push_str(&format!("; merge {}", other.as_str())),
-        None => {}
-    }
-    text
-}
-
-/// The state, with readiness while running and the restart count.
-fn state_cell(agent: &AgentRecord) -> String {
-    let mut text = match &agent.merge_state {
-        Some(merge) => merge.as_str().to_string(),
-        None => agent.state.as_str().to_string(),
-    };
-    if agent.state == crate::model::lifecycle::AgentState::Running && !agent.ready {
-        text.push_str(" (not ready)");
-    }
-    if agent.restarts > 0 {
-        text.push_str(&format!(" ↻{}", agent.restarts));
-    }
-    text
-}
-
-/// "used", "used/limit", or "-".
-fn spend_cell(used: Option<String>, limit: Option<String>) -> String {
-    match (used, limit) {
-        (used, Some(limit)) => format!("{}/{limit}", used.unwrap_or_else(|| "0".into())),
-        (Some(used), None) => used,
-        (None, None) => "-".into(),
-    }
-}
-
-/// 1234 -> 1.2k, 1234567 -> 1.2M.
-pub fn human_count(n: u64) -> String {
-    match n {
-        0..=9_999 => n.to_string(),
-        10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
-        _ => format!("{:.1}M", n as f64 / 1e6),
-    }
-}
-
-pub fn human_secs(secs: f64) -> String {
-    let whole = secs as u64;
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else if whole < 3600 {
-        format!("{}m{:02}s", whole / 60, whole % 60)
-    } else {
-        format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60)
-    }
-}
-
-/// What the agent runs under, as enforced: `workspace-write`, `read-only
-/// net:none`, `full` (unrestricted, whether asked for or not); `!` when
-/// something asked for is not enforced (`sandbox_fallback = "warn"`).
-fn sandbox_cell(agent: &AgentRecord) -> String {
-    match &agent.enforced {
-        Some(enforced) => enforced.summary(),
-        None => "full".into(),
-    }
-}
-
-/// `corral ps`: the tree, children indented under their parents.
-pub fn render_tree(agents: &[AgentRecord]) -> String {
-    let now = Utc::now();
-    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "SANDBOX", "TASK"];
-    let mut rows = vec![header.map(String::from)];
-    for agent in agents {
-        let indent = "  ".repeat(agent.address.depth().saturating_sub(1));
-        let exit = match (agent.exit_code, agent.signal) {
-            (Some(code), _) => code.to_string(),
-            (None, Some(signal)) => format!("sig{signal}"),
-            _ => "-".into(),
-        };
-        let mut task: String = agent.task.chars().take(48).collect();
-        if agent.task.chars().count() > 48 {
-            task.push('…');
-        }
-        rows.push([
-            format!("{indent}{}", agent.address),
-            state_cell(agent),
-            agent.pid.map_or("-".into(), |p| p.to_string()),
-            agent.runtime_secs(now).map_or("-".into(), human_secs),
-            exit,
-            spend_cell(
-                (agent.usage.total() > 0).then(|| human_count(agent.usage.total())),
-                agent.budget.tokens.map(human_count),
-            ),
-            spend_cell(agent.cost_usd.map(|c| format!("${c:.4}")), agent.budget.cost.map(|c| format!("${c:.2}"))),
-            sandbox_cell(agent),
-            task,
-        ]);
-    }
-    let mut widths = [0usize; 9];
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i == row.len() - 1 {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    if agents.is_empty() {
-        out.push_str("(no agents)\n");
-    }
-    out
 }
 
 /// The last `count` readable lines of a log.
@@ -738,152 +580,5 @@ fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>, hum
                 return Err(Error::new(ErrorKind::DaemonUnavailable, "the daemon closed the event stream"));
             }
         }
-    }
-}
-
-/// Ctrl-]: the detach key, as in telnet.
-const DETACH_KEY: u8 = 0x1d;
-
-/// `corral attach`, and Enter in `corral top`.
-pub(crate) fn attach(state: &StateDir, address: &str) -> Result<i32> {
-    let (agent, _, socket) = info(state, address)?;
-    if agent.state.is_terminal() {
-        return Err(Error::new(
-            ErrorKind::Refused,
-            format!(
-                "{} has ended ({}); `corral logs {}` shows its output",
-                agent.address,
-                agent.state.as_str(),
-                agent.address
-            ),
-        ));
-    }
-    // Watched from before the size is read, so no change of it is missed.
-    let winch = signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH]).ok();
-    let size = terminal_size();
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-        .map_err(|e| Error::other(format!("cannot reach the monitor of {}: {e}", agent.address)))?;
-    let hello = match size {
-        Some((rows, cols)) => format!("{{\"role\":\"attach\",\"replay\":8192,\"rows\":{rows},\"cols\":{cols}}}\n"),
-        None => "{\"role\":\"attach\",\"replay\":8192}\n".to_string(),
-    };
-    stream.write_all(hello.as_bytes()).map_err(|e| Error::other(e.to_string()))?;
-    // The stream is raw bytes; each new size goes on a connection of its own.
-    let winch = match (winch, size) {
-        (Some(mut signals), Some(mut sent)) => {
-            let handle = signals.handle();
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                for _ in signals.forever() {
-                    match terminal_size() {
-                        Some(now) if now != sent => {
-                            sent = now;
-                            send_resize(&socket, now);
-                        }
-                        _ => {}
-                    }
-                }
-            });
-            Some(handle)
-        }
-        _ => None,
-    };
-    let stdin = std::io::stdin();
-    let raw = stdin.is_terminal().then(RawTerminal::enable).transpose()?;
-    if raw.is_some() {
-        eprint!("attached to {} (Ctrl-] detaches)\r\n", agent.address);
-    }
-    let mut from_agent = stream.try_clone().map_err(|e| Error::other(e.to_string()))?;
-    let printer = std::thread::spawn(move || {
-        let mut out = std::io::stdout();
-        let mut buf = [0u8; 8192];
-        loop {
-            match from_agent.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut input = stdin.lock();
-    let mut buf = [0u8; 1024];
-    let detached = loop {
-        if printer.is_finished() {
-            break false;
-        }
-        let n = match input.read(&mut buf) {
-            // SIGWINCH may interrupt the read.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Ok(0) | Err(_) => break true,
-            Ok(n) => n,
-        };
-        if let Some(at) = buf[..n].iter().position(|&b| b == DETACH_KEY) {
-            let _ = stream.write_all(&buf[..at]);
-            break true;
-        }
-        if stream.write_all(&buf[..n]).is_err() {
-            break false;
-        }
-    };
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let _ = printer.join();
-    if let Some(winch) = winch {
-        winch.close();
-    }
-    drop(raw);
-    if detached {
-        eprintln!("\ndetached from {}", agent.address);
-    } else {
-        eprintln!("\n{} ended", agent.address);
-    }
-    Ok(0)
-}
-
-/// The size (rows, columns) of the terminal on stdout or stdin, if either is one.
-fn terminal_size() -> Option<(u16, u16)> {
-    use std::os::fd::AsRawFd;
-    [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()].into_iter().find_map(|fd| {
-        let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: TIOCGWINSZ only writes a `winsize` into `size`.
-        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
-        (rc == 0 && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
-    })
-}
-
-/// Tells the monitor at `socket` the terminal's new size, and waits until
-/// it has applied it (it closes the connection), so sizes arrive in order.
-fn send_resize(socket: &Path, (rows, cols): (u16, u16)) {
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else { return };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let hello = format!("{{\"role\":\"resize\",\"rows\":{rows},\"cols\":{cols}}}\n");
-    if stream.write_all(hello.as_bytes()).is_ok() {
-        let _ = stream.read_to_end(&mut Vec::new());
-    }
-}
-
-/// Puts the terminal in raw mode; restores it when dropped.
-struct RawTerminal {
-    saved: nix::sys::termios::Termios,
-}
-
-impl RawTerminal {
-    fn enable() -> Result<RawTerminal> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).map_err(|e| Error::other(format!("cannot read the terminal mode: {e}")))?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).map_err(|e| Error::other(format!("cannot set raw mode: {e}")))?;
-        Ok(RawTerminal { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
     }
 }

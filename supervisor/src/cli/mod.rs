@@ -9,6 +9,7 @@
 //! does: change state itself: every change is a request to the daemon.
 
 pub mod args;
+mod attach;
 pub mod client;
 pub mod commands;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod fake_agent;
 pub mod human;
 pub mod mcp;
 pub mod run;
+mod table;
 pub mod top;
 
 pub use args::Cli;

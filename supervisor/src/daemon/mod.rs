@@ -125,6 +125,7 @@ pub fn run(state: StateDir) -> anyhow::Result<()> {
     };
     // This daemon's build, fixed now from the binary it started from.
     let _ = crate::wire::protocol::build_id();
+    let _ = crate::wire::protocol::binary_stamp();
     crate::cli::client::check_owner(&state)?;
     std::fs::write(state.pid_file(), std::process::id().to_string())?;
 

@@ -22,8 +22,12 @@ pub(super) async fn serve_client(
     let (mut reader, mut writer) = stream.into_split();
     match framed::read::<Request>(&mut reader).await? {
         Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
-            let hello =
-                Response::Hello { version: PROTOCOL_VERSION, pid: std::process::id(), build: daemon.build.clone() };
+            let hello = Response::Hello {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                build: daemon.build.clone(),
+                stamp: crate::wire::protocol::binary_stamp(),
+            };
             framed::write(&mut writer, &hello).await?;
         }
         Some(Request::Hello { version }) => {

@@ -142,11 +142,7 @@ pub fn exec_agent(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[Strin
     match stdin.map(|path| (path, File::open(path))) {
         // SAFETY: dup2 onto fd 0 of this single-threaded process.
         Some((path, Ok(file))) if unsafe { libc::dup2(file.as_raw_fd(), 0) } < 0 => {
-            eprintln!(
-                "corral exec-agent: cannot use {} as stdin: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
+            eprintln!("corral exec-agent: cannot use {} as stdin: {}", path.display(), std::io::Error::last_os_error());
             return 127;
         }
         Some((_, Ok(_))) => {}

@@ -121,6 +121,10 @@ pub enum Response {
         /// Which build of corral the daemon runs (see `build_id`).
         #[serde(default)]
         build: String,
+        /// The file it runs from, cheaply (see `binary_stamp`): a client
+        /// of the same file need not hash its binary to know the build.
+        #[serde(default)]
+        stamp: String,
     },
     Spawned(Spawned),
     Agents {
@@ -214,6 +218,23 @@ pub fn build_id() -> String {
         format!("{}+{stamp}", env!("CARGO_PKG_VERSION"))
     })
     .clone()
+}
+
+/// The binary this process runs, by file: device, inode, size and
+/// modification time of `/proc/self/exe`. Equal stamps mean the very same
+/// file, so the same build, with no hashing (a client command saves the
+/// few milliseconds of [`build_id`]); different stamps say nothing (two
+/// copies of one build), and then the build ids decide.
+pub fn binary_stamp() -> String {
+    use std::os::unix::fs::MetadataExt;
+    static STAMP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STAMP
+        .get_or_init(|| {
+            std::fs::metadata("/proc/self/exe")
+                .map(|m| format!("{}.{}.{}.{}.{}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// XXH3-128 of everything `input` holds, read in 1 MiB chunks.
