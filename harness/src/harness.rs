@@ -399,7 +399,10 @@ mod tests {
             widening(Harness::Codex, ww, &["--dangerously-bypass-approvals-and-sandbox"]).as_deref(),
             Some("--dangerously-bypass-approvals-and-sandbox")
         );
-        assert_eq!(widening(Harness::Codex, ww, &["-s", "danger-full-access"]).as_deref(), Some("-s danger-full-access"));
+        assert_eq!(
+            widening(Harness::Codex, ww, &["-s", "danger-full-access"]).as_deref(),
+            Some("-s danger-full-access")
+        );
         assert_eq!(widening(Harness::Codex, ww, &["--sandbox=read-only"]), None, "narrower is fine");
         assert_eq!(
             widening(Harness::Codex, Sandbox::ReadOnly, &["-c", "sandbox_mode=\"workspace-write\""]).as_deref(),

@@ -6,7 +6,7 @@
 //! `/root/lead/helper`. Errors print one line and exit with the code of
 //! their kind (README, "Exit codes").
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use crate::cli::client::Client;
 use crate::model::address::{validate_name, Address};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::lifecycle::{AgentRecord, WAIT_TIMED_OUT};
-use crate::sys::output::clean_line;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest};
 
@@ -466,16 +465,7 @@ pub(super) fn info(state: &StateDir, address: &str) -> Result<(AgentRecord, Path
     }
 }
 
-/// The last `count` readable lines of a log.
-fn tail_lines(log: &Path, count: usize) -> Vec<String> {
-    let Ok(mut file) = std::fs::File::open(log) else { return Vec::new() };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let lines: Vec<String> = bytes.split(|&b| b == b'\n').map(clean_line).filter(|l| !l.is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].to_vec()
-}
+use crate::sys::output::tail_lines;
 
 /// The last `count` lines of a structured agent's output as text: its
 /// messages, tool calls and result, through its harness's parser.

@@ -24,8 +24,7 @@
 //!   blocking pool, never on the runtime's thread.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -44,7 +43,6 @@ use crate::model::address::{validate_name, Address};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::AgentRecord;
-use crate::sys::output::clean_line;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest, Spawned};
 
@@ -807,16 +805,7 @@ fn cut(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// The last `count` readable lines of a log (as `corral view` shows them).
-fn tail_lines(log: &Path, count: usize) -> Vec<String> {
-    let Ok(mut file) = std::fs::File::open(log) else { return Vec::new() };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let lines: Vec<String> = bytes.split(|&b| b == b'\n').map(clean_line).filter(|l| !l.is_empty()).collect();
-    lines[lines.len().saturating_sub(count)..].to_vec()
-}
+use crate::sys::output::tail_lines;
 
 #[cfg(test)]
 mod tests {

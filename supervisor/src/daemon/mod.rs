@@ -109,7 +109,7 @@ pub(crate) struct Daemon {
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
 pub fn run(state: StateDir) -> anyhow::Result<()> {
     state.create()?;
-    init_logging();
+    crate::sys::logging::init();
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(state.lock())?;
     // Locked once, and the guard kept for the life of the process: a
     // second lock taken after dropping a first guard would leave a window
@@ -133,19 +133,6 @@ pub fn run(state: StateDir) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let monitors = start::LocalMonitors::new(exe, state.dir.clone());
     runtime.block_on(serve(state, Arc::new(monitors)))
-}
-
-/// The daemon's log (its stderr is `daemon.log`): levels from `RUST_LOG`,
-/// `info` by default.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
 }
 
 /// Serves until `Shutdown` or Ctrl-C, starting agents through `runtime`.

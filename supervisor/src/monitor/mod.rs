@@ -102,7 +102,7 @@ struct State {
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
-    init_logging();
+    crate::sys::logging::init();
     let agent = AgentDir { dir: dir.to_path_buf() };
     let spec: MonitorSpec = serde_json::from_slice(
         &std::fs::read(agent.spec()).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", agent.spec().display()))?,
@@ -367,19 +367,6 @@ fn run_limit(
         let _ = log.read_to_end(&mut tail);
     }
     crate::sys::sandbox::limit_hit(plan, code, signal, during, &tail)
-}
-
-/// The monitor's own log, on its stderr (`monitor.log`): levels from
-/// `RUST_LOG`, `info` by default, with a timestamp, without colours.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
 }
 
 /// Writes a line of the monitor's own into the agent's log (a restart, a

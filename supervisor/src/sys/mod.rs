@@ -8,6 +8,7 @@
 //! Never does: journal, or decide anything about an agent's lifecycle.
 
 pub mod gate;
+pub mod logging;
 pub mod output;
 pub mod paths;
 pub mod process;

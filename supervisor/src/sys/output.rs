@@ -180,6 +180,19 @@ pub fn strip_ansi(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The last `count` readable lines of a log (escapes removed, empty
+/// lines left out), from at most its last 256 KiB.
+pub fn tail_lines(log: &std::path::Path, count: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let lines: Vec<String> = bytes.split(|&b| b == b'\n').map(clean_line).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(count)..].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
