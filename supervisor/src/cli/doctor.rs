@@ -223,29 +223,10 @@ const LANDLOCK_ABIS: &[(i64, &str)] = &[
     (7, "audit logs"),
 ];
 
-/// The kernel's Landlock ABI: a positive version, or why there is none.
+/// The kernel's Landlock ABI: a positive version, or why there is none
+/// (the sandbox's own question, so doctor says what spawn will find).
 pub fn landlock_abi() -> std::result::Result<i64, String> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag,
-    // the call only returns the ABI version (or -1 and errno); it creates
-    // no ruleset and touches no memory of ours.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    if abi > 0 {
-        return Ok(abi as i64);
-    }
-    let err = std::io::Error::last_os_error();
-    Err(match err.raw_os_error() {
-        Some(libc::ENOSYS) => "this kernel has no Landlock (Linux 5.13 or later has it)".into(),
-        Some(libc::EOPNOTSUPP) => "Landlock is built in but not enabled (add landlock to the lsm= boot option)".into(),
-        _ => format!("the kernel refused the question: {err}"),
-    })
+    crate::sys::sandbox::landlock_abi_or_why().map(i64::from)
 }
 
 fn landlock() -> Check {

@@ -369,6 +369,12 @@ impl Kernel {
 /// The Landlock ABI of the running kernel; 0 when it has none (or has it
 /// disabled).
 pub fn landlock_abi() -> u32 {
+    landlock_abi_or_why().unwrap_or(0)
+}
+
+/// The Landlock ABI of the running kernel, or why there is none, in words
+/// a person can act on (`corral doctor` says them).
+pub fn landlock_abi_or_why() -> std::result::Result<u32, String> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the
     // VERSION flag only returns the ABI version (or -1); it touches no memory.
@@ -380,7 +386,15 @@ pub fn landlock_abi() -> u32 {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    u32::try_from(abi).unwrap_or(0)
+    if let Some(abi) = u32::try_from(abi).ok().filter(|abi| *abi > 0) {
+        return Ok(abi);
+    }
+    let err = std::io::Error::last_os_error();
+    Err(match err.raw_os_error() {
+        Some(libc::ENOSYS) => "this kernel has no Landlock (Linux 5.13 or later has it)".into(),
+        Some(libc::EOPNOTSUPP) => "Landlock is built in but not enabled (add landlock to the lsm= boot option)".into(),
+        _ => format!("the kernel refused the question: {err}"),
+    })
 }
 
 /// Checks what is wanted against what the kernel offers: what will be
