@@ -4,16 +4,26 @@
 //! `cargo bench -p corral-harness --bench parse`.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use corral_harness::event::parser_for;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent-output/");
+/// The package folder, read when the test runs (cargo sets it): a test
+/// binary reused from a cargo target folder shared with another checkout
+/// would otherwise read that checkout's files, or none.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 const TARGET_BYTES: usize = 50 * 1024 * 1024;
 
 /// The fixture repeated until it reaches `TARGET_BYTES`.
 fn transcript(name: &str) -> Vec<u8> {
-    let one = std::fs::read(format!("{FIXTURES}{name}")).unwrap_or_else(|e| panic!("read fixture {name}: {e}"));
+    let one = std::fs::read(manifest_dir().join("tests/fixtures/agent-output").join(name))
+        .unwrap_or_else(|e| panic!("read fixture {name}: {e}"));
     let mut all = Vec::with_capacity(TARGET_BYTES + one.len());
     while all.len() < TARGET_BYTES {
         all.extend_from_slice(&one);

@@ -6,7 +6,18 @@ use std::path::PathBuf;
 
 use corral_harness::event::{parser_for, HarnessEvent, Parser, TokenUsage, UsageTotals};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent-output/");
+/// The package folder, read when the test runs (cargo sets it): a test
+/// binary reused from a cargo target folder shared with another checkout
+/// would otherwise read that checkout's files, or none.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn fixtures() -> PathBuf {
+    manifest_dir().join("tests/fixtures/agent-output")
+}
 
 /// Every fixture this file tests, and the harness that reads it.
 const TESTED: [(&str, &str); 11] = [
@@ -24,7 +35,7 @@ const TESTED: [(&str, &str); 11] = [
 ];
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(FIXTURES).join(name)
+    fixtures().join(name)
 }
 
 /// The fixture's lines as the monitor hands them over: split on `\n`,
@@ -99,7 +110,7 @@ fn sessions(events: &[HarnessEvent]) -> Vec<(Option<&str>, Option<&str>)> {
 
 #[test]
 fn every_fixture_has_a_test() {
-    let mut on_disk: Vec<String> = std::fs::read_dir(FIXTURES)
+    let mut on_disk: Vec<String> = std::fs::read_dir(fixtures())
         .expect("fixtures folder beside the repository")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n != "SOURCES.md")

@@ -22,7 +22,7 @@
 //! killed and the scratch folder removed.
 
 mod common;
-use common::{corral_bin, corral_command, describe, env_number, git, kill_marked, load_average, scratch_folder};
+use common::{corral_bin, corral_command, describe, env_number, load_average, scratch_folder};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,16 +42,11 @@ fn main() {
     let (root, path, id) = scratch_folder("corral-run-bench-");
     let mut root = Some(root);
     common::install_interrupt_cleanup("run_overhead", MARKER, id.clone(), path.clone(), || {});
-    let cleanup = Cleanup { id: id.clone() };
+    let cleanup = common::KillMarked { marker: MARKER, id: id.clone() };
     eprintln!("run_overhead bench: scratch folder {} (marker {MARKER}={id})", path.display());
     let load_start = load_average();
 
-    let repo = path.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"], MARKER, &id);
-    std::fs::write(repo.join("README.md"), "# bench\n").unwrap();
-    git(&repo, &["add", "-A"], MARKER, &id);
-    git(&repo, &["commit", "-q", "-m", "first"], MARKER, &id);
+    let repo = common::one_commit_repo(&path, MARKER, &id);
     let corral = |args: &[&str]| corral_command(&bin, &repo, args, &path, MARKER, &id).output().unwrap();
     // A warm daemon for both.
     let warm = corral(&["spawn", "warm", "--", bin.to_str().unwrap(), "fake-agent", "exit 0"]);
@@ -130,15 +125,4 @@ fn shell_loop(bin: &Path, repo: &Path, scratch: &Path, id: &str, round: usize, a
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// Kills what the bench started, also when it panics.
-struct Cleanup {
-    id: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        kill_marked(MARKER, &self.id);
-    }
 }

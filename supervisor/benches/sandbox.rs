@@ -17,9 +17,7 @@
 //! is killed and the scratch folder removed.
 
 mod common;
-use common::{
-    corral_bin, corral_command, describe, env_number, git, kill_marked, load_average, percentile, scratch_folder,
-};
+use common::{corral_bin, corral_command, describe, env_number, load_average, percentile, scratch_folder};
 
 use std::time::Instant;
 
@@ -37,16 +35,11 @@ fn main() {
     let (root, path, id) = scratch_folder("corral-sandbox-bench-");
     let mut root = Some(root);
     common::install_interrupt_cleanup("sandbox", MARKER, id.clone(), path.clone(), || {});
-    let cleanup = Cleanup { id: id.clone() };
+    let cleanup = common::KillMarked { marker: MARKER, id: id.clone() };
     eprintln!("sandbox bench: scratch folder {} (marker {MARKER}={id})", path.display());
     let load_start = load_average();
 
-    let repo = path.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"], MARKER, &id);
-    std::fs::write(repo.join("README.md"), "# bench\n").unwrap();
-    git(&repo, &["add", "-A"], MARKER, &id);
-    git(&repo, &["commit", "-q", "-m", "first"], MARKER, &id);
+    let repo = common::one_commit_repo(&path, MARKER, &id);
     let bin_text = bin.display().to_string();
     let corral = |args: &[&str]| corral_command(&bin, &repo, args, &path, MARKER, &id).output().unwrap();
     let warm = corral(&["spawn", "warm", "--", &bin_text, "fake-agent", "exit 0"]);
@@ -131,16 +124,5 @@ fn wait_for_stamp(agents: &std::path::Path, pid: u64) -> u128 {
         }
         assert!(Instant::now() < deadline, "no stamp from the agent with pid {pid}");
         std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
-/// Kills what the bench started, also when it panics.
-struct Cleanup {
-    id: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        kill_marked(MARKER, &self.id);
     }
 }

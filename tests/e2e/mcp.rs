@@ -483,7 +483,7 @@ fn real_claude_orchestrates_a_background_agent_over_mcp() {
 
 #[test]
 fn the_example_configs_parse() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mcp");
+    let dir = corral_e2e::source_root().join("examples/mcp");
     let path = dir.join("corral.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let config = corral::config::Config::from_str(&text, &path).unwrap_or_else(|e| panic!("{e}"));

@@ -529,7 +529,7 @@ fn the_cron_example_runs_as_cron_runs_it() {
     let home = repo.path("home");
     std::fs::create_dir_all(&home).unwrap();
     let _cleanup = KillByHome(home.display().to_string());
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cron");
+    let examples = corral_e2e::source_root().join("examples/cron");
     let crontab = std::fs::read_to_string(examples.join("crontab")).unwrap();
     assert!(crontab.lines().any(|l| l.contains("corral-nightly.sh") && !l.starts_with('#')), "{crontab}");
     let file = run_file(

@@ -35,6 +35,15 @@ pub fn corral_bin() -> PathBuf {
     bin
 }
 
+/// The repository's root, read when the test runs (cargo sets
+/// CARGO_MANIFEST_DIR): a test binary reused from a target folder shared
+/// with another checkout must read this checkout's files.
+pub fn source_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Waits until `condition` holds, checking every 10 ms, or panics naming `what`.
 pub fn poll_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -244,3 +244,27 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
 }
+
+/// A repository with one commit at `scratch/repo`, for a bench's agents.
+pub fn one_commit_repo(scratch: &Path, marker: &str, id: &str) -> PathBuf {
+    let repo = scratch.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"], marker, id);
+    std::fs::write(repo.join("README.md"), "# bench\n").unwrap();
+    git(&repo, &["add", "-A"], marker, id);
+    git(&repo, &["commit", "-q", "-m", "first"], marker, id);
+    repo
+}
+
+/// Kills every process carrying the bench's marker when dropped (a panic
+/// included).
+pub struct KillMarked {
+    pub marker: &'static str,
+    pub id: String,
+}
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        kill_marked(self.marker, &self.id);
+    }
+}

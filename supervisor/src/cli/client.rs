@@ -155,13 +155,9 @@ fn start_daemon(state: &StateDir) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe. The daemon gets its own session,
-    // so closing the terminal that started it does not stop it.
+    // SAFETY: `new_session` only calls setsid, which is async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
+        command.pre_exec(crate::sys::process::new_session);
     }
     let child = command
         .spawn()

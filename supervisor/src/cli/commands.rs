@@ -317,13 +317,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let Response::Stopped { agents } = Client::connect(&state()?)?.request(&request)? else {
                 return Err(unexpected());
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
-            } else {
-                for agent in &agents {
-                    println!("{}", describe(agent));
-                }
-            }
+            print_agents(&agents, json);
             Ok(0)
         }
         Command::Wait { addresses, timeout, json } => {
@@ -344,13 +338,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let Response::Waited { agents, timed_out } = answer? else {
                 return Err(unexpected());
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
-            } else {
-                for agent in &agents {
-                    println!("{}", describe(agent));
-                }
-            }
+            print_agents(&agents, json);
             let worst = agents.iter().map(AgentRecord::wait_code).max().unwrap_or(0);
             Ok(if timed_out { WAIT_TIMED_OUT } else { worst })
         }
@@ -455,6 +443,18 @@ fn caller() -> Address {
 
 fn unexpected() -> Error {
     Error::other("the daemon gave an unexpected answer")
+}
+
+/// Agents as `stop`, `wait` and `ps --json` print them: versioned JSON,
+/// or a line each for a person.
+fn print_agents(agents: &[AgentRecord], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
+    } else {
+        for agent in agents {
+            println!("{}", describe(agent));
+        }
+    }
 }
 
 pub(super) fn info(state: &StateDir, address: &str) -> Result<(AgentRecord, PathBuf, PathBuf)> {

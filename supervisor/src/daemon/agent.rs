@@ -344,19 +344,12 @@ async fn settle(daemon: &Arc<Daemon>, record: AgentRecord, exit: Option<ExitReco
     // meanwhile, and a restarted daemon reads it from there).
     // Its notice to its parent goes in the same commit as its exit.
     let notice = notices::completion(daemon, &current, &body, &daemon.state.agent(current.id).log());
-    let drafts = || {
-        let mut drafts: Vec<_> = held.iter().map(|b| daemon.draft(&current, b.clone())).collect();
-        drafts.push(daemon.draft(&current, body.clone()));
-        drafts.extend(notice.iter().map(|n| Draft {
-            agent: n.agent.clone(),
-            parent: n.parent.clone(),
-            task: n.task.clone(),
-            body: n.body.clone(),
-        }));
-        drafts
-    };
+    let mut drafts: Vec<Draft> = held.into_iter().map(|b| daemon.draft(&current, b)).collect();
+    drafts.push(daemon.draft(&current, body));
+    let notified = notice.is_some();
+    drafts.extend(notice);
     daemon.commit_retrying(drafts).await;
-    if notice.is_some() {
+    if notified {
         if let Some(parent) = daemon.record(&current.parent) {
             notices::deliver(daemon, &parent);
         }

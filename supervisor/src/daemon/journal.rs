@@ -58,6 +58,7 @@ pub struct Repair {
 }
 
 /// What an event is about, before it gets its seq and time.
+#[derive(Clone)]
 pub struct Draft {
     pub agent: Option<crate::model::address::Address>,
     pub parent: Option<crate::model::address::Address>,

@@ -237,9 +237,9 @@ impl Daemon {
     /// `commit` of what must never be dropped (how an agent ended): while
     /// the journal cannot be written, tries again every second until it
     /// can. Any other refusal is logged and given up.
-    async fn commit_retrying(&self, drafts: impl Fn() -> Vec<Draft>) {
+    async fn commit_retrying(&self, drafts: Vec<Draft>) {
         loop {
-            match self.commit(drafts()).await {
+            match self.commit(drafts.clone()).await {
                 Ok(_) => return,
                 Err(err) if err.kind == ErrorKind::StateUnwritable => {
                     tracing::debug!("waiting for the journal: {err}");

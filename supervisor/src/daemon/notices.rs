@@ -62,7 +62,7 @@ pub(super) fn completion(daemon: &Daemon, child: &AgentRecord, exited: &EventBod
     // A structured CLI's final message; a plain one's last lines.
     let result = match ended.result.as_ref().and_then(|r| r.text.clone()) {
         Some(text) => Some(text),
-        None => last_lines(log, 10),
+        None => Some(crate::sys::output::tail_lines(log, 10).join("\n")).filter(|t| !t.is_empty()),
     };
     let text = notify::completion(&ended, result.as_deref(), ended.runtime_secs(chrono::Utc::now()));
     Some(notice(child, &parent, id, NoticeKind::Completion, text))
@@ -114,14 +114,4 @@ pub(super) fn children_reporting(daemon: &Daemon, parent: &AgentRecord) -> bool 
             a.parent == parent.address && !a.removed && a.notify.is_some_and(Notify::on_completion) && !a.is_done()
         })
     })
-}
-
-/// The last `n` lines of an output log, cleaned of escapes.
-fn last_lines(log: &Path, n: usize) -> Option<String> {
-    let bytes = std::fs::read(log).ok()?;
-    let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
-    let lines: Vec<String> =
-        tail.split(|&b| b == b'\n').map(crate::sys::output::clean_line).filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(n);
-    (start < lines.len()).then(|| lines[start..].join("\n"))
 }

@@ -8,7 +8,8 @@ use super::budgets::DEFAULT_GRACE_SECS;
 use super::{blocking, Daemon};
 use crate::git::worktree;
 use crate::model::address::Address;
-use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::duration::checked_secs;
+use crate::model::error::Result;
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentState};
 use crate::wire::protocol::{GcEntry, Response};
@@ -17,10 +18,7 @@ use crate::wire::protocol::{GcEntry, Response};
 /// gets `grace_secs` if given, else its own grace (`spawn --grace`, or
 /// `[supervisor] grace` when it was spawned), else the default.
 pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option<f64>) -> Result<Response> {
-    let grace_secs = grace_secs
-        .map(|g| crate::model::duration::from_secs(g).map(|d| d.as_secs_f64()))
-        .transpose()
-        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+    let grace_secs = grace_secs.map(|g| checked_secs("--grace", g).map(|d| d.as_secs_f64())).transpose()?;
     let top = Address::parse(address)?;
     let top_record = if top.is_root() { None } else { Some(daemon.find(address)?) };
     let targets: Vec<AgentRecord> = daemon.store.read(|table| {
@@ -70,10 +68,7 @@ pub(super) async fn wait(daemon: &Arc<Daemon>, addresses: &[String], timeout_sec
     for text in addresses {
         wanted.push(daemon.find(text)?.address);
     }
-    let timeout = timeout_secs
-        .map(crate::model::duration::from_secs)
-        .transpose()
-        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--timeout: {e}")))?;
+    let timeout = timeout_secs.map(|t| checked_secs("--timeout", t)).transpose()?;
     let (agents, timed_out) = wait_for(daemon, &wanted, timeout).await;
     Ok(Response::Waited { agents, timed_out })
 }
@@ -114,10 +109,7 @@ pub(super) async fn wait_for(
 /// only agents that ended at least that long ago (`gc --older-than 7d`
 /// after nightly runs).
 pub(super) async fn gc(daemon: &Arc<Daemon>, force: bool, older_than_secs: Option<f64>) -> Result<Response> {
-    let older_than = older_than_secs
-        .map(crate::model::duration::from_secs)
-        .transpose()
-        .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--older-than: {e}")))?;
+    let older_than = older_than_secs.map(|t| checked_secs("--older-than", t)).transpose()?;
     let cutoff = older_than.and_then(|age| chrono::Duration::from_std(age).ok()).map(|age| chrono::Utc::now() - age);
     let old_enough = |a: &AgentRecord| match cutoff {
         Some(cutoff) => a.ended_at.is_some_and(|ended| ended <= cutoff),

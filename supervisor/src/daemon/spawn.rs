@@ -61,8 +61,7 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     }
     let address = parent.child(&request.name)?;
     if let Some(grace) = request.grace_secs {
-        crate::model::duration::from_secs(grace)
-            .map_err(|e| Error::new(ErrorKind::BadBudget, format!("--grace: {e}")))?;
+        crate::model::duration::checked_secs("--grace", grace)?;
     }
     let mut resolved = resolve_settings(daemon, &address, &request)?;
     refuse_if_day_spent(daemon)?;

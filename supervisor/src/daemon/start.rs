@@ -119,8 +119,7 @@ pub(super) enum Start {
 /// back; an assigned task fails).
 pub(super) async fn start_or_queue(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result<Start> {
     let _slots = daemon.slots.lock().await;
-    // A run's driver only waits for the agents it spawns: it takes no slot.
-    if !slot_free(daemon) && !crate::cli::run::is_driver(&record.command) {
+    if record.holds_slot() && !slot_free(daemon) {
         daemon.commit(vec![daemon.draft(record, EventBody::Queued {})]).await?;
         return Ok(Start::Queued);
     }
@@ -135,7 +134,7 @@ pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result
     let (pid, monitor_pid) = launched.pids();
     // It runs: that it started is recorded before its task takes over,
     // waiting for the journal if it cannot be written just now.
-    daemon.commit_retrying(|| vec![daemon.draft(record, EventBody::Started { pid, monitor_pid })]).await;
+    daemon.commit_retrying(vec![daemon.draft(record, EventBody::Started { pid, monitor_pid })]).await;
     let record = daemon.record(&record.address).unwrap_or_else(|| record.clone());
     agent::supervise(daemon, record, launched.link());
     Ok(pid)
@@ -168,13 +167,9 @@ async fn start_monitor(exe: &Path, state_dir: &Path, agent_dir: &AgentDir, recor
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the monitor gets its own session
-    // so no terminal signal meant for the daemon reaches it.
+    // SAFETY: `new_session` only calls setsid, which is async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
+        command.pre_exec(crate::sys::process::new_session);
     }
     let mut child = command.spawn().map_err(|e| Error::other(format!("cannot start the monitor: {e}")))?;
 
@@ -276,7 +271,7 @@ pub(super) async fn hello_monitor(mut stream: UnixStream) -> std::io::Result<(Un
 /// `Daemon::slots`.
 pub(super) fn slot_free(daemon: &Daemon) -> bool {
     let Some(max) = daemon.config().supervisor.max_threads else { return true };
-    let holds_slot = |a: &&AgentRecord| a.state == AgentState::Running && !crate::cli::run::is_driver(&a.command);
+    let holds_slot = |a: &&AgentRecord| a.state == AgentState::Running && a.holds_slot();
     let running = daemon.store.read(|table| table.agents.values().filter(holds_slot).count());
     running < max as usize
 }

@@ -185,19 +185,7 @@ impl TestDaemon {
     /// Spawns a plain agent named `name` with `grace` and waits for its
     /// fake monitor.
     async fn spawn(&mut self, name: &str, grace_secs: Option<f64>) -> FakeAgent {
-        let request = SpawnRequest {
-            name: name.into(),
-            parent: None,
-            task: "a test task".into(),
-            role: None,
-            settings: Default::default(),
-            fork_session: false,
-            command: vec!["true".into()],
-            grace_secs,
-            base: None,
-            env: [("PATH".to_string(), std::env::var("PATH").unwrap_or_default())].into(),
-        };
-        match self.request(Request::Spawn(Box::new(request))).await {
+        match self.request(Request::Spawn(Box::new(spawn_request(name, grace_secs)))).await {
             Ok(Response::Spawned(_)) => {}
             other => panic!("spawn of {name}: {other:?}"),
         }
@@ -223,6 +211,22 @@ impl TestDaemon {
                 panic!("timed out waiting for {address} to be {what}: {record:?}");
             }
         }
+    }
+}
+
+/// A plain agent's spawn, as `corral spawn NAME -- true` sends it.
+fn spawn_request(name: &str, grace_secs: Option<f64>) -> SpawnRequest {
+    SpawnRequest {
+        name: name.into(),
+        parent: None,
+        task: "a test task".into(),
+        role: None,
+        settings: Default::default(),
+        fork_session: false,
+        command: vec!["true".into()],
+        grace_secs,
+        base: None,
+        env: [("PATH".to_string(), std::env::var("PATH").unwrap_or_default())].into(),
     }
 }
 
@@ -297,18 +301,7 @@ async fn max_threads_queues_and_a_freed_slot_starts_the_next() {
     std::fs::write(test.daemon.state.repo_root.join("corral.toml"), toml).unwrap();
     let first = test.spawn("first", None).await;
     // The second waits for a slot: no monitor starts for it yet.
-    let request = SpawnRequest {
-        name: "second".into(),
-        parent: None,
-        task: String::new(),
-        role: None,
-        settings: Default::default(),
-        fork_session: false,
-        command: vec!["true".into()],
-        grace_secs: None,
-        base: None,
-        env: [("PATH".to_string(), std::env::var("PATH").unwrap_or_default())].into(),
-    };
+    let request = spawn_request("second", None);
     let Ok(Response::Spawned(spawned)) = test.request(Request::Spawn(Box::new(request))).await else {
         panic!("spawn refused")
     };

@@ -37,6 +37,14 @@ pub fn from_secs(secs: f64) -> Result<Duration, DurationError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A number of seconds from a request (`--grace`, `--timeout`, MCP's
+/// `grace_seconds`): the duration, or the error that names `what`
+/// (exit 13, like a bad flag).
+pub fn checked_secs(what: &str, secs: f64) -> Result<Duration, crate::model::error::Error> {
+    from_secs(secs)
+        .map_err(|e| crate::model::error::Error::new(crate::model::error::ErrorKind::BadBudget, format!("{what}: {e}")))
+}
+
 /// What a command-line flag takes: a plain number of seconds (`10`, `2.5`)
 /// or a [`parse_duration`] string (`10s`, `5m`, `2h`).
 pub fn parse_arg(text: &str) -> Result<Duration, DurationError> {

@@ -123,6 +123,13 @@ pub fn become_subreaper() -> std::io::Result<()> {
     }
 }
 
+/// For `pre_exec`: the child leads a session of its own, so no signal
+/// meant for the terminal or the process that started it reaches it (the
+/// daemon, each monitor). Async-signal-safe: it only calls setsid.
+pub fn new_session() -> std::io::Result<()> {
+    nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,7 @@ use record::{RunRecord, RunState, Runs};
 pub use report::RUN_SKIPPED;
 
 /// The hidden subcommand the driver runs as.
-pub const DRIVER_COMMAND: &str = "run-driver";
+pub const DRIVER_COMMAND: &str = crate::model::lifecycle::RUN_DRIVER_COMMAND;
 
 /// The driver's stop grace: long enough to stop its agents (each with its
 /// own grace) and write the report.
@@ -67,12 +67,6 @@ const DRIVER_GRACE_SECS: f64 = 60.0;
 /// How long a request keeps trying to reach a daemon that went away
 /// (each try starts one) before it gives up.
 const DAEMON_PATIENCE: Duration = Duration::from_secs(120);
-
-/// True for the command of a run's driver (which takes no `max_threads`
-/// slot: it only waits for the agents it spawns).
-pub fn is_driver(command: &[String]) -> bool {
-    command.get(1).is_some_and(|word| word == DRIVER_COMMAND)
-}
 
 /// `corral run`'s arguments.
 pub struct RunArgs {

@@ -101,6 +101,10 @@ pub const LIMIT_EXCEEDED: i32 = 32;
 /// `corral wait --timeout` ran out before every agent ended.
 pub const WAIT_TIMED_OUT: i32 = 124;
 
+/// The subcommand of a run's driver (`corral run-driver`, see `cli::run`):
+/// an agent that only waits for the agents it spawns.
+pub const RUN_DRIVER_COMMAND: &str = "run-driver";
+
 /// An agent's stop grace (SIGTERM, this long, SIGKILL) when neither its
 /// spawn nor `[supervisor] grace` gave one: the one place it is written.
 pub const DEFAULT_GRACE_SECS: f64 = 10.0;
@@ -634,6 +638,13 @@ impl AgentRecord {
             && self.pending_messages.is_empty()
             && !self.input_closed
             && !self.state.is_terminal()
+    }
+
+    /// Whether it counts against `[supervisor] max_threads`: every agent
+    /// but a run's driver, which only waits for the agents it spawns (were
+    /// it to take a slot, `max_threads = 1` could never run a run).
+    pub fn holds_slot(&self) -> bool {
+        self.command.get(1).is_none_or(|word| word != RUN_DRIVER_COMMAND)
     }
 
     /// Seconds the agent has run (until now, or until it ended).
