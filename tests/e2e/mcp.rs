@@ -510,7 +510,10 @@ fn wait_background_agent_waits_for_the_end_times_out_and_refuses_an_unknown_id()
     std::fs::write(repo.repo.join("corral.toml"), role).unwrap();
     let mut mcp = McpServer::start(repo.command());
     mcp.initialize();
-    let run = mcp.ok("run_background_agent", json!({"role": "sleeper", "task": "wait, then finish"}));
+    let run = mcp.ok(
+        "run_background_agent",
+        json!({"role": "sleeper", "task": "wait, then finish", "expected_output": "the words finished the work"}),
+    );
     let (address, task_id) =
         (run["address"].as_str().unwrap().to_string(), run["task_id"].as_str().unwrap().to_string());
 
@@ -527,6 +530,18 @@ fn wait_background_agent_waits_for_the_end_times_out_and_refuses_an_unknown_id()
     assert!(notice.contains(&format!("{address} ended: succeeded (exit 0)")), "{notice}");
     assert!(notice.contains("finished the work"), "{notice}");
     assert!(done["result"].as_str().unwrap_or("").contains("finished the work"), "{done}");
+    assert!(notice.contains("It was asked to hand back: the words finished the work"), "{notice}");
+    assert_eq!(done["expected_output"], "the words finished the work", "{done}");
+
+    // Every answer about the child carries the notice's fields.
+    let viewed = mcp.ok("view_background_agent", json!({"address": address}));
+    assert_eq!(viewed["notice"], done["notice"], "{viewed}");
+    assert_eq!(viewed["expected_output"], "the words finished the work", "{viewed}");
+    let listed = mcp.ok("list_background_agents", json!({}));
+    let listed = &listed["agents"][0];
+    assert_eq!(listed["expected_output"], "the words finished the work", "{listed}");
+    let listed_notice = listed["notice"].as_str().unwrap_or_else(|| panic!("no notice in the list: {listed}"));
+    assert!(listed_notice.contains(&format!("{address} ended: succeeded (exit 0)")), "{listed}");
 
     let (is_error, text) = mcp.call("wait_background_agent", json!({"address": "t-999"}));
     assert!(is_error, "{text}");

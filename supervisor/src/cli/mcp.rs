@@ -591,9 +591,11 @@ impl Inner {
             .map(|agent| {
                 let mut value = summary(agent);
                 value["task"] = json!(cut(&agent.task, LIST_TASK_CHARS));
-                if let Some(result) = result_value(agent, results.get(&agent.address), LIST_RESULT_CHARS) {
+                let text = results.get(&agent.address).cloned().flatten();
+                if let Some(result) = result_value(agent, text.as_ref(), LIST_RESULT_CHARS) {
                     value["result"] = result;
                 }
+                notice_fields(&mut value, agent, text.as_deref());
                 value
             })
             .collect();
@@ -618,14 +620,19 @@ impl Inner {
         if let Some(merge) = &agent.merge_state {
             value["merge"] = json!(merge);
         }
+        let mut text = None;
         if agent.result.is_some() {
             let state = self.state().map_err(message)?;
-            let texts = result_texts(&state, Some(&agent.address)).map_err(message)?;
-            if let Some(result) = result_value(&agent, texts.get(&agent.address), MAX_RESULT_CHARS) {
+            let mut texts = result_texts(&state, Some(&agent.address)).map_err(message)?;
+            text = texts.remove(&agent.address).flatten();
+            if let Some(result) = result_value(&agent, text.as_ref(), MAX_RESULT_CHARS) {
                 value["result"] = result;
             }
         }
-        value["output"] = json!(tail_lines(&log, lines));
+        let output = tail_lines(&log, lines);
+        let text = text.or_else(|| plain_result(&agent, &output));
+        notice_fields(&mut value, &agent, text.as_deref());
+        value["output"] = json!(output);
         Ok(value)
     }
 
@@ -644,18 +651,17 @@ impl Inner {
         value["ended"] = json!(agent.state.is_terminal());
         if agent.state.is_terminal() {
             let (_, log, _) = self.info(&address)?;
-            let result = agent.result.as_ref().and_then(|r| r.text.clone()).or_else(|| {
-                let lines = tail_lines(&log, 10);
-                (!lines.is_empty()).then(|| lines.join("\n"))
-            });
-            value["notice"] =
-                json!(crate::model::notify::completion(&agent, result.as_deref(), agent.runtime_secs(Utc::now())));
-            if let Some(merge) = crate::model::notify::merge(&agent) {
-                value["merge_notice"] = json!(merge);
-            }
+            let result = agent
+                .result
+                .as_ref()
+                .and_then(|r| r.text.clone())
+                .or_else(|| plain_result(&agent, &tail_lines(&log, NOTICE_TAIL_LINES)));
+            notice_fields(&mut value, &agent, result.as_deref());
             if let Some(result) = result {
                 value["result"] = json!(result);
             }
+        } else {
+            notice_fields(&mut value, &agent, None);
         }
         Ok(value)
     }
@@ -772,10 +778,34 @@ fn summary(agent: &AgentRecord) -> Value {
     })
 }
 
+/// Lines of a plain CLI's output its notice carries as its result.
+const NOTICE_TAIL_LINES: usize = 10;
+
+/// A plain CLI's result: the last lines of its output, once it ended
+/// (a structured CLI's result is its final message).
+fn plain_result(agent: &AgentRecord, output: &[String]) -> Option<String> {
+    let from = output.len().saturating_sub(NOTICE_TAIL_LINES);
+    (agent.result.is_none() && agent.state.is_terminal() && !output.is_empty()).then(|| output[from..].join("\n"))
+}
+
+/// The fields of the notice its parent gets (see `model::notify`), so an
+/// orchestrator that polls learns what one that listens hears: what it was
+/// asked to hand back, and once it ended, the notice itself and its
+/// merge's.
+fn notice_fields(value: &mut Value, agent: &AgentRecord, result: Option<&str>) {
+    value["expected_output"] = json!(crate::model::notify::expected_output(&agent.task));
+    if agent.state.is_terminal() {
+        value["notice"] = json!(crate::model::notify::completion(agent, result, agent.runtime_secs(Utc::now())));
+    }
+    if let Some(merge) = crate::model::notify::merge(agent) {
+        value["merge_notice"] = json!(merge);
+    }
+}
+
 /// How the agent CLI said its last turn went, with its text when known.
-fn result_value(agent: &AgentRecord, text: Option<&Option<String>>, max_chars: usize) -> Option<Value> {
+fn result_value(agent: &AgentRecord, text: Option<&String>, max_chars: usize) -> Option<Value> {
     let result = agent.result.as_ref()?;
-    let text = text.cloned().flatten().map(|t| cut(&t, max_chars));
+    let text = text.map(|t| cut(t, max_chars));
     Some(json!({ "success": result.success, "reason": result.reason, "text": text }))
 }
 

@@ -174,7 +174,7 @@ fn spend(child: &AgentRecord) -> String {
 }
 
 /// The `expected_output` an MCP spawn added to the task, if any.
-fn expected_output(task: &str) -> Option<&str> {
+pub fn expected_output(task: &str) -> Option<&str> {
     task.split_once("\n\nExpected output: ").map(|(_, expected)| expected.trim()).filter(|e| !e.is_empty())
 }
 
