@@ -38,6 +38,9 @@ pub(super) enum Control {
     Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
     /// A child's notice waits in its messages: deliver what it can take.
     Deliver,
+    /// A child that reports to it was spawned: hold it open for the
+    /// child's notices (`ack` once the monitor has been told).
+    Child { ack: oneshot::Sender<()> },
 }
 
 /// The control channels of the agents' tasks, by address: one task per
@@ -151,8 +154,11 @@ async fn follow_monitor(
     // Catch up on output written while nobody watched, and on messages
     // accepted but not delivered before a daemon restart.
     flush_output(daemon, record, reader, false, &mut progress).await;
+    // Whether the monitor holds the agent open for its children, as last told.
+    let mut held = None;
     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
@@ -166,6 +172,7 @@ async fn follow_monitor(
                         flush_output(daemon, record, reader, false, &mut progress).await;
                         deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+                        hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
                     }
                     Ok(MonitorMessage::Restarting { count, reason, backoff_secs, code, signal }) => {
                         let Some(current) = daemon.record(&record.address) else { continue };
@@ -223,6 +230,11 @@ async fn follow_monitor(
                 Control::Deliver => {
                     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
+                    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+                }
+                Control::Child { ack } => {
+                    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+                    let _ = ack.send(());
                 }
             },
             _ = digest.tick() => {
@@ -319,6 +331,29 @@ async fn close_input_if_done(daemon: &Arc<Daemon>, address: &Address, monitor: &
         && send_monitor(monitor, &MonitorCommand::CloseInput).await.is_ok()
     {
         daemon.commit_logged(vec![daemon.draft(&record, EventBody::InputClosed {})]).await;
+    }
+}
+
+/// A CLI that takes a message as a new process (Codex) ends its process
+/// with its turn: while its children still report to it, or a message for
+/// it is not yet handed over, its monitor holds it (no process, no
+/// tokens) for the follow-up that delivers them; then lets it end.
+async fn hold_for_children(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    monitor: &mut tokio::net::unix::OwnedWriteHalf,
+    handed: &HashSet<String>,
+    held: &mut Option<bool>,
+) {
+    let Some(record) = daemon.record(address) else { return };
+    if record.harness.delivery() != Delivery::Resume || record.state.is_terminal() {
+        return;
+    }
+    let hold = notices::children_reporting(daemon, &record)
+        || record.pending_messages.iter().any(|m| !handed.contains(&m.message_id));
+    if *held != Some(hold) && send_monitor(monitor, &MonitorCommand::Hold { hold }).await.is_ok() {
+        tracing::debug!("{address}: held for its children: {hold}");
+        *held = Some(hold);
     }
 }
 

@@ -171,6 +171,7 @@ async fn spawn_reserved(
         err
     })?;
     let record = daemon.record(address).expect("just spawned");
+    tell_parent(daemon, &record).await;
 
     let fail = |reason: String| {
         let daemon = daemon.clone();
@@ -584,4 +585,18 @@ async fn write_monitor_spec(
         .and_then(|mut f| std::io::Write::write_all(&mut f, &spec_bytes))
         .map_err(|e| unwritable(&agent_dir.spec(), e))?;
     Ok(())
+}
+
+/// A parent agent that will hear from this child is told before the
+/// spawn answers, so it cannot end its turn and go before the child
+/// reports (see `agent::hold_for_children`). A parent that does not
+/// answer within a second or two is not waited for.
+async fn tell_parent(daemon: &Arc<Daemon>, child: &AgentRecord) {
+    if child.parent.is_root() || !child.notify.is_some_and(crate::model::notify::Notify::on_completion) {
+        return;
+    }
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    if daemon.agents.control(&child.parent, super::agent::Control::Child { ack }).is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), acked).await;
+    }
 }

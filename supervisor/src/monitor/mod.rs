@@ -86,6 +86,8 @@ struct State {
     tags_seen: std::collections::HashSet<String>,
     /// False once the monitor has decided to finish.
     accepting: bool,
+    /// Told to wait for follow-ups after a clean end (`Hold`).
+    held: bool,
     /// Ids of the messages written to the agent's input.
     inputs_seen: std::collections::HashSet<String>,
     /// The current run is being stopped because a probe failed.
@@ -129,6 +131,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             follow_ups: std::collections::VecDeque::new(),
             tags_seen: std::collections::HashSet::new(),
             accepting: true,
+            held: false,
             inputs_seen: std::collections::HashSet::new(),
             probe_failed: false,
             stopping: 0,
@@ -254,6 +257,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             (_, Some(signal)) => tracing::info!("agent's process {pid} was killed by signal {signal}"),
             (Some(code), _) => tracing::info!("agent's process {pid} exited with code {code}"),
             _ => tracing::info!("agent's process {pid} ended"),
+        }
+        // A process that ended cleanly while the agent is held (children
+        // still to report) leaves the agent waiting, with no process, for
+        // its next follow-up.
+        if state.held && state.follow_ups.is_empty() && !state.stop_requested && (code, signal) == (Some(0), None) {
+            tracing::info!("agent's process {pid} ended; held for a follow-up");
+            state.pid = 0;
+            state =
+                shared.changed.wait_while(state, |s| s.held && s.follow_ups.is_empty() && !s.stop_requested).unwrap();
         }
         // A follow-up runs unless a stop was asked for; once the monitor
         // decides to finish, it takes no more.
@@ -513,7 +525,8 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     tracing::info!("stopping the agent (pid {pid}, grace {grace:?}, probe failed: {probe_failed})");
     let shared = shared.clone();
     std::thread::spawn(move || {
-        process::stop_tree(std::process::id(), Some(pid), grace, Duration::from_secs(10));
+        // pid 0: no process runs (held between follow-ups).
+        process::stop_tree(std::process::id(), (pid != 0).then_some(pid), grace, Duration::from_secs(10));
         shared.state.lock().unwrap().stopping -= 1;
         shared.changed.notify_all();
     });

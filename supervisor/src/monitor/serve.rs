@@ -106,6 +106,11 @@ fn serve_daemon(
                         state.follow_ups.push_back((command, tag));
                     }
                 }
+                Ok(MonitorCommand::Hold { hold }) => {
+                    let mut state = shared_in.state.lock().unwrap();
+                    state.held = hold;
+                    shared_in.changed.notify_all();
+                }
                 Err(err) => tracing::warn!("bad command {line:?}: {err}"),
             }
         }

@@ -168,6 +168,11 @@ pub enum MonitorCommand {
     /// `/dev/null`); `tag` comes back in the `started` message. A tag seen
     /// before is ignored, and nothing is queued once the monitor finishes.
     Then { command: Vec<String>, tag: String },
+    /// With `hold`, a process that ends cleanly with no follow-up queued
+    /// does not end the agent: the monitor waits, no process running, for
+    /// a follow-up (its children's notices, for a CLI that takes a message
+    /// as a new process), a stop, or `hold: false`.
+    Hold { hold: bool },
 }
 
 /// The first line a peer of `monitor.sock` sends: what it is (`role`:

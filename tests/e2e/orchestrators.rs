@@ -1,0 +1,166 @@
+//! Real orchestrators hear their children without polling (issue 13):
+//! real Claude Code that starts a child with `corral spawn` from its Bash
+//! tool, and real Codex, whose process ends with its turn: corral holds it
+//! (no process, no tokens) until the child's completion arrives as a
+//! resumed turn, then lets it end. Both against the scripted model server;
+//! each model request is checked for the child's notice.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use corral_e2e::real_cli::{
+    claude_env, codex_bin, diagnostics, model_requests, ps_record, run_deadline, MockLlm, RUN_DEADLINE,
+};
+use corral_e2e::{corral_bin, poll_until, TestRepo, PATIENCE};
+use serde_json::{json, Value};
+
+/// The child both orchestrators start from their shell tool: a plain
+/// command that waits for `go`, then says its result.
+fn spawn_child_command(go: &Path) -> String {
+    let bin = corral_bin();
+    let bin = bin.display();
+    format!("{bin} spawn worker --task 'say hi' -- {bin} fake-agent 'wait-file {}; print worker-says-hi'", go.display())
+}
+
+/// `corral spawn NAME ...` with extra environment, checked.
+fn spawn(repo: &TestRepo, args: &[&str], env: &[(&str, OsString)]) {
+    let mut command = repo.command();
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, "corral spawn orch");
+    assert!(out.status.success(), "spawn orch: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits for `address` to end; fails with the diagnostics if it does not.
+fn wait_end(repo: &TestRepo, address: &str, mock: &MockLlm) -> Value {
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", address, "--timeout", &timeout]);
+    let out = run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}"));
+    assert_ne!(out.status.code(), Some(124), "{address} did not end\n{}", diagnostics(repo, address, Some(mock)));
+    ps_record(repo, address)
+}
+
+/// The orchestrator's first turn ended (its second model request was
+/// answered and the CLI reported a result) while its child still waits:
+/// it must still be there, then the child may go.
+fn first_turn_ends_with_the_orchestrator_held(repo: &TestRepo, mock: &MockLlm, go: &Path) {
+    poll_until("the orchestrator's first turn to end", RUN_DEADLINE, || {
+        model_requests(&mock.requests()).len() >= 2
+            && ps_record(repo, "/root/orch")["results"].as_u64().unwrap_or(0) >= 1
+    });
+    let why = || diagnostics(repo, "/root/orch", Some(mock));
+    assert_eq!(ps_record(repo, "/root/orch/worker")["state"], "running", "{}", why());
+    assert_eq!(ps_record(repo, "/root/orch")["state"], "running", "the orchestrator ended before its child\n{}", why());
+    std::fs::write(go, "").unwrap();
+}
+
+/// Its third model request carries the child's completion; the second
+/// (sent before the child ended) does not.
+fn third_request_carries_the_notice(repo: &TestRepo, mock: &MockLlm) {
+    let why = || diagnostics(repo, "/root/orch", Some(mock));
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 3, "{}", why());
+    let third = requests[2]["body"].to_string();
+    assert!(third.contains("[corral] /root/orch/worker ended: succeeded (exit 0)"), "{}", why());
+    assert!(third.contains("worker-says-hi"), "the child's result\n{}", why());
+    assert!(!requests[1]["body"].to_string().contains("ended: succeeded"), "the notice came before the child ended");
+}
+
+#[test]
+fn real_claude_hears_a_child_it_spawned_from_its_bash_tool() {
+    let repo = TestRepo::new();
+    let go = repo.path("go");
+    let steps = json!([
+        {"shell": spawn_child_command(&go)},
+        {"text": "I started worker and will hear when it is done."},
+        {"text": "worker is done: it said hi."},
+    ]);
+    let mock = MockLlm::start(&repo, "orch", &json!({"steps": steps}));
+    let args = ["spawn", "orch", "--harness", "claude", "--task", "Delegate saying hi", "--json"];
+    spawn(&repo, &[&args[..], &["--", "--allowedTools", "Bash"]].concat(), &claude_env(&repo, &mock));
+
+    first_turn_ends_with_the_orchestrator_held(&repo, &mock, &go);
+    let orch = wait_end(&repo, "/root/orch", &mock);
+    let why = || diagnostics(&repo, "/root/orch", Some(&mock));
+    assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
+    assert_eq!(ps_record(&repo, "/root/orch/worker")["parent"], "/root/orch");
+    third_request_carries_the_notice(&repo, &mock);
+}
+
+/// Real Codex as `/root/orch`, its model scripted to start the worker and
+/// end its turn, then answer the worker's notice.
+fn spawn_codex_orchestrator(repo: &TestRepo, go: &Path) -> (MockLlm, tempfile::TempDir) {
+    let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let home = repo.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let steps = json!([
+        {"shell": spawn_child_command(go)},
+        {"text": "I started worker and will hear when it is done."},
+        {"text": "worker is done: it said hi."},
+    ]);
+    let mock = MockLlm::start(repo, "orch", &json!({"steps": steps}));
+    let provider = format!(
+        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
+        mock.url
+    );
+    let env = [
+        ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
+        ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),
+        ("MOCK_KEY", "mock-key".into()),
+        ("HOME", home.into_os_string()),
+    ];
+    let args = ["spawn", "orch", "--harness", "codex", "--model", "gpt-mock", "--task", "Delegate saying hi", "--json"];
+    let codex = ["--", "--sandbox", "danger-full-access", "-c", "model_provider=mock", "-c", &provider];
+    spawn(repo, &[&args[..], &codex[..]].concat(), &env);
+    (mock, codex_home)
+}
+
+#[test]
+fn real_codex_hears_its_childs_completion_as_a_resumed_turn() {
+    let repo = TestRepo::new();
+    let go = repo.path("go");
+    let (mock, _codex_home) = spawn_codex_orchestrator(&repo, &go);
+
+    first_turn_ends_with_the_orchestrator_held(&repo, &mock, &go);
+    let orch = wait_end(&repo, "/root/orch", &mock);
+    let why = || diagnostics(&repo, "/root/orch", Some(&mock));
+    assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
+    assert_eq!(orch["exit_code"], 0, "{orch}");
+    third_request_carries_the_notice(&repo, &mock);
+
+    // The notice went in as a resumed turn of the same thread, and was
+    // journaled as delivered once.
+    let events: Vec<Value> = repo
+        .corral_ok(&["events", "--agent", "/root/orch"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let delivered: Vec<&Value> = events.iter().filter(|e| e["type"] == "notice_delivered").collect();
+    assert_eq!(delivered.len(), 1, "{delivered:?}\n{}", why());
+    let started = events.iter().filter(|e| e["type"] == "started" && e["agent"] == "/root/orch").count();
+    assert_eq!(started, 2, "the first process and one resumed turn\n{}", why());
+}
+
+#[test]
+fn a_held_codex_is_stopped_at_once_with_its_subtree() {
+    let repo = TestRepo::new();
+    let go = repo.path("never");
+    let (mock, _codex_home) = spawn_codex_orchestrator(&repo, &go);
+    poll_until("the orchestrator's first turn to end", RUN_DEADLINE, || {
+        model_requests(&mock.requests()).len() >= 2
+            && ps_record(&repo, "/root/orch")["results"].as_u64().unwrap_or(0) >= 1
+    });
+    let why = || diagnostics(&repo, "/root/orch", Some(&mock));
+    assert_eq!(ps_record(&repo, "/root/orch")["state"], "running", "{}", why());
+
+    repo.corral_ok(&["stop", "/root/orch"]);
+    for address in ["/root/orch", "/root/orch/worker"] {
+        let record = wait_end(&repo, address, &mock);
+        assert_eq!(record["state"], "stopped", "{address}: {record}\n{}", why());
+    }
+    // Nothing resumed it: no notice reached a stopped parent.
+    assert_eq!(model_requests(&mock.requests()).len(), 2, "{}", why());
+}
