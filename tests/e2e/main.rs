@@ -14,6 +14,7 @@ mod merge_queue;
 mod notify;
 mod orchestrators;
 mod person;
+mod pool;
 mod probes;
 mod regress_daemon;
 mod regressions;

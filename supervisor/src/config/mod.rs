@@ -60,6 +60,7 @@
 //! max_depth = 2            # deepest address below /root: /root/a/b is depth 2 (unset: no limit)
 //! target_branch = "main"   # default merge target (unset: the branch checked out at spawn)
 //! worktree_root = "/srv/corral/worktrees"   # absolute; unset: $CORRAL_WORKTREE_ROOT or the XDG data dir
+//! worktree_pool = 2     # worktrees kept checked out ahead per base branch; unset: none
 //! grace = "10s"            # default stop grace: SIGTERM, this long, then SIGKILL
 //!
 //! [budget]                 # repository-wide, per calendar day (local time)
@@ -196,6 +197,10 @@ pub struct SupervisorConfig {
     /// Default grace period of a stop (SIGTERM, this long, SIGKILL).
     #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
     pub grace: Option<Duration>,
+    /// Worktrees kept ready per base branch, so a spawn need not check
+    /// out a tree (see `git::pool`). Unset: none.
+    #[serde(default, deserialize_with = "de::positive_u32", skip_serializing_if = "Option::is_none")]
+    pub worktree_pool: Option<u32>,
     /// Time between two progress digests of one child (`notify =
     /// "progress"`); unset: 30 s.
     #[serde(default, with = "crate::model::duration::opt_text", skip_serializing_if = "Option::is_none")]
@@ -443,13 +448,23 @@ impl Config {
     /// appended.
     pub fn overlay(&mut self, other: &Config) {
         let s = &mut self.supervisor;
-        let o = &other.supervisor;
-        set(&mut s.max_threads, &o.max_threads);
-        set(&mut s.max_depth, &o.max_depth);
-        set(&mut s.target_branch, &o.target_branch);
-        set(&mut s.worktree_root, &o.worktree_root);
-        set(&mut s.grace, &o.grace);
-        set(&mut s.progress_interval, &o.progress_interval);
+        // Named field by field, so a new setting cannot be left out here.
+        let SupervisorConfig {
+            max_threads,
+            max_depth,
+            target_branch,
+            worktree_root,
+            grace,
+            worktree_pool,
+            progress_interval,
+        } = &other.supervisor;
+        set(&mut s.max_threads, max_threads);
+        set(&mut s.max_depth, max_depth);
+        set(&mut s.target_branch, target_branch);
+        set(&mut s.worktree_root, worktree_root);
+        set(&mut s.grace, grace);
+        set(&mut s.worktree_pool, worktree_pool);
+        set(&mut s.progress_interval, progress_interval);
         set(&mut self.budget.daily_tokens, &other.budget.daily_tokens);
         set(&mut self.budget.daily_cost, &other.budget.daily_cost);
         set(&mut self.budget.warn_at, &other.budget.warn_at);

@@ -31,6 +31,7 @@ max_threads = 6
 max_depth = 2
 target_branch = "main"
 worktree_root = "/srv/corral"
+worktree_pool = 3
 grace = "10s"
 
 [budget]
@@ -89,6 +90,7 @@ fn the_full_example_parses_to_the_expected_values() {
             target_branch: Some("main".into()),
             worktree_root: Some("/srv/corral".into()),
             grace: Some(Duration::from_secs(10)),
+            worktree_pool: Some(3),
             progress_interval: None,
         }
     );

@@ -13,6 +13,7 @@
 //! | `store` | the journal file, the agent table, the seq: its writer thread is the only writer of both | `commit(drafts)`, `read(closure)` |
 //! | `agent` | one task per live agent: its monitor connection, output reader and parser, probes, budget checks after usage, message delivery | a `Control` message through `Agents` |
 //! | `merges` | the merge queue: one worker, gates run holding nothing | a `MergeJob` on its channel |
+//! | `pool` | the warm worktree pool's filling: one task, fills run holding no lock | a base on its refill channel |
 //! | `start` | the one start path (spawn, pending dispatch, assign) behind the `Runtime` seam, where an agent's process comes to life | `start_or_queue`, `dispatch_pending` |
 //!
 //! Requests (`requests`) are read top to bottom: `spawn` resolves settings
@@ -57,6 +58,7 @@ pub mod journal;
 mod merges;
 mod notices;
 mod ops;
+mod pool;
 mod probe_run;
 mod reader;
 mod requests;
@@ -89,6 +91,10 @@ pub(crate) struct Daemon {
     config: watch::Sender<Arc<crate::config::Config>>,
     /// The merge queue's input.
     merges: mpsc::UnboundedSender<merges::MergeJob>,
+    /// Ready worktrees (`[supervisor] worktree_pool`), and the bases to
+    /// refill it for.
+    pool: Arc<crate::git::pool::Pool>,
+    refills: mpsc::UnboundedSender<Option<String>>,
     /// Spawns in flight, so concurrent spawns of one name cannot clash.
     reserved: Mutex<Reserved>,
     /// When each running agent last printed anything (for idle budgets).
@@ -190,7 +196,10 @@ impl Daemon {
         let store = store::Store::open(&state.journal())?;
         let next_id = store.read(|table| table.last_id) + 1;
         let (merge_tx, merge_rx) = mpsc::unbounded_channel();
+        let (refill_tx, refill_rx) = mpsc::unbounded_channel();
         let daemon = Arc::new(Daemon {
+            pool: pool::pool_of(&state),
+            refills: refill_tx,
             state,
             build: crate::wire::protocol::build_id(),
             store,
@@ -211,6 +220,7 @@ impl Daemon {
         budgets::start_budget_clock(&daemon);
         merges::start_merge_queue(&daemon, merge_rx);
         merges::resume_merges(&daemon, daemon_started).await;
+        pool::start_pool(&daemon, refill_rx);
         start::dispatch_pending(&daemon).await;
         Ok(daemon)
     }

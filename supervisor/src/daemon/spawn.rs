@@ -185,7 +185,21 @@ async fn spawn_reserved(
         let _git = daemon.git.lock().await;
         let (repo, name, branch, path, base) =
             (repo.clone(), git_name.clone(), branch.clone(), worktree_path.clone(), base.clone());
-        if let Err(err) = blocking(move || worktree::create(&repo, &name, &branch, &base, &path)).await {
+        // A ready worktree from the pool when one is at this very commit,
+        // else a checkout; either way the same files, index and HEAD.
+        let pool = daemon.config().supervisor.worktree_pool.map(|_| daemon.pool.clone());
+        let made = blocking(move || {
+            if let Some(pool) = pool {
+                if pool.take(&base, &branch, &path)? {
+                    return Ok(());
+                }
+            }
+            worktree::create(&repo, &name, &branch, &base, &path).map(|_| ())
+        })
+        .await;
+        // Refilled (or emptied, once switched off) in the background.
+        let _ = daemon.refills.send(request.base.clone());
+        if let Err(err) = made {
             fail(err.message.clone()).await;
             return Err(err);
         }

@@ -1,4 +1,4 @@
-//! git: worktrees (`worktree`), merging an agent's branch back (`merge`,
+//! git: worktrees (`worktree`) and a warm pool of them (`pool`), merging an agent's branch back (`merge`,
 //! the engine) and the person's checkouts of the target (`checkout`).
 //!
 //! Owns: every change corral makes to a repository, its refs and the
@@ -11,4 +11,5 @@
 
 pub mod checkout;
 pub mod merge;
+pub mod pool;
 pub mod worktree;
