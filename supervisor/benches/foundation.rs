@@ -1,6 +1,7 @@
 //! The foundation's figures, measured on the built `corral` binary:
 //!
-//! 1. spawn latency on a 20,000-file repository: `corral spawn` (client
+//! 1. spawn latency on a 20,000-file repository, cold and with a warm
+//!    worktree pool (`worktree_pool = 2`): `corral spawn` (client
 //!    command to agent running) against `git worktree add` on the same
 //!    repository, with a breakdown of where a spawn's time goes;
 //! 2. what 100 idle agents cost: resident memory (RSS, PSS, private) and
@@ -136,6 +137,9 @@ struct SpawnFigures {
     first_git: Duration,
     corral: Vec<Duration>,
     git: Vec<Duration>,
+    /// With `worktree_pool = 2`, and the anchor timed beside it.
+    pooled: Vec<Duration>,
+    pooled_git: Vec<Duration>,
     ps_round_trip: Vec<Duration>,
     fsync: Vec<Duration>,
     /// Per phase, one duration in ms per warm spawn (may be missing).
@@ -207,6 +211,33 @@ fn spawn_latency(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> SpawnFigures {
     }
     let machine_busy = busy_percent(machine_before, machine_ticks());
 
+    // The same with a warm pool (`[supervisor] worktree_pool = 2`, read at
+    // the next spawn): each timed call starts with the pool refilled and
+    // nothing else running, so neither side pays for the refill of the
+    // other.
+    std::fs::write(repo.join("corral.toml"), "[supervisor]\nworktree_pool = 2\n").unwrap();
+    let (_, _, _, json) = corral_spawn("p00");
+    let pool = PathBuf::from(json["worktree"].as_str().expect("spawn names its worktree")).with_file_name(".pool");
+    let head = git_output(&repo, &["rev-parse", "HEAD"]);
+    let pool_ready = || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while pool_entries(&pool, &head) < 2 {
+            assert!(Instant::now() < deadline, "the worktree pool did not refill in 10 minutes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut pooled = Vec::new();
+    let mut pooled_git = Vec::new();
+    for i in 1..=sizes.spawns {
+        pool_ready();
+        let (took, _, _, json) = corral_spawn(&format!("p{i:02}"));
+        let gitdir = std::fs::read_to_string(Path::new(json["worktree"].as_str().unwrap()).join(".git")).unwrap();
+        assert!(gitdir.contains(&head), "spawn p{i:02} did not get a pooled worktree: {gitdir}");
+        pooled.push(took);
+        pool_ready();
+        pooled_git.push(git_add(&format!("q{i:02}")));
+    }
+
     let fsync = fsync_probe(scratch.path(), sizes.spawns);
     let phases = spawn_phases(&repo, &runs);
     SpawnFigures {
@@ -216,6 +247,8 @@ fn spawn_latency(scratch: &Scratch, bin: &Path, sizes: &Sizes) -> SpawnFigures {
         first_git,
         corral,
         git,
+        pooled,
+        pooled_git,
         ps_round_trip,
         fsync,
         phases,
@@ -235,6 +268,21 @@ struct CpuPerCall {
 
 fn diff(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
     (b.0 - a.0, b.1 - a.1)
+}
+
+/// Ready entries of the worktree pool at `commit`.
+fn pool_entries(pool: &Path, commit: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(pool) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(commit) && n.ends_with(".ready")))
+        .count()
+}
+
+fn git_output(repo: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git").arg("-C").arg(repo).args(args).output().expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn read_pid(path: &Path) -> u32 {
@@ -425,6 +473,10 @@ impl SpawnFigures {
         out.push_str(&row("git worktree add -b wNN DIR HEAD", &self.git));
         let ratio = stats(&self.corral).1 / stats(&self.git).1;
         out.push_str(&format!("   ratio of medians corral / git: {ratio:.2}x\n"));
+        out.push_str(&row("corral spawn, worktree_pool = 2 (a ready worktree)", &self.pooled));
+        out.push_str(&row("git worktree add -b qNN DIR HEAD (beside it)", &self.pooled_git));
+        let ratio = stats(&self.pooled).1 / stats(&self.pooled_git).1;
+        out.push_str(&format!("   ratio of medians pooled corral / git: {ratio:.2}x (goal: at most 0.10x)\n"));
         out.push_str(&format!(
             "   first corral spawn, daemon start included: {:.1} ms (first git worktree add: {:.1} ms)\n",
             ms(self.first_corral),

@@ -327,7 +327,25 @@ fn untracked_files_elsewhere_do_not_block_and_stay() {
 }
 
 #[test]
-fn dirty_since_prepare_is_caught_when_applying() {
+fn a_change_in_the_way_since_prepare_is_caught_when_applying() {
+    let (_dir, repo) = repo_with(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
+    commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
+    let Prepared::Ready(plan) =
+        merge::prepare_merge(&repo, "corral/root/x", "main", Strategy::Merge, "m", &corral()).unwrap()
+    else {
+        panic!("expected a plan")
+    };
+    write(&repo, "a.txt", "edited meanwhile\n");
+    let outcome = merge::apply_merge(&repo, &plan).unwrap();
+    assert!(matches!(&outcome, MergeOutcome::TargetDirty { files, .. } if files == &["a.txt"]), "{outcome:?}");
+    assert_eq!(rev(&repo, "main"), plan.old);
+    assert_eq!(read(&repo, "a.txt"), "edited meanwhile\n");
+}
+
+#[test]
+fn a_change_elsewhere_since_prepare_is_left_as_it_is() {
+    // Clean when prepared; the person then edits a file the merge does not
+    // write: the merge goes in around it, as `git merge` would.
     let (_dir, repo) = repo_with(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
     commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
     let Prepared::Ready(plan) =
@@ -337,9 +355,11 @@ fn dirty_since_prepare_is_caught_when_applying() {
     };
     write(&repo, "b.txt", "edited meanwhile\n");
     let outcome = merge::apply_merge(&repo, &plan).unwrap();
-    assert!(matches!(&outcome, MergeOutcome::TargetDirty { files, .. } if files == &["b.txt"]), "{outcome:?}");
-    assert_eq!(rev(&repo, "main"), plan.old);
+    assert!(matches!(&outcome, MergeOutcome::Merged { .. }), "{outcome:?}");
+    assert_eq!(rev(&repo, "main"), plan.new);
+    assert_eq!(read(&repo, "a.txt"), "agent\n");
     assert_eq!(read(&repo, "b.txt"), "edited meanwhile\n");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), " M b.txt\n");
 }
 
 /// The branch changes, adds, deletes, renames, makes a file executable

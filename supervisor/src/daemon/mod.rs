@@ -183,6 +183,7 @@ impl Daemon {
         owns_process: bool,
     ) -> anyhow::Result<Arc<Daemon>> {
         let daemon_started = std::time::SystemTime::now();
+        crate::git::configure();
         let config = crate::config::Config::load(&state.repo_root).unwrap_or_else(|err| {
             tracing::warn!("{err}; using no daily budget or prices until it is fixed");
             crate::config::Config::default()

@@ -53,7 +53,13 @@ pub(super) fn checkouts(repo: &Repository, p: &Path, target: &str) -> Result<Vec
     let common = open(repo.commondir())?;
     let mut candidates = Vec::new();
     let names = common.worktrees().ctx("list the worktrees", p)?;
+    let admin = common.path().join("worktrees");
     for name in names.iter().flatten() {
+        // Most linked worktrees are agents' on branches of their own: their
+        // HEAD file says so without opening a repository for each.
+        if !may_have_checked_out(&admin.join(name), target) {
+            continue;
+        }
         let Ok(worktree) = common.find_worktree(name) else { continue };
         if worktree.validate().is_err() {
             continue;
@@ -77,6 +83,17 @@ pub(super) fn checkouts(repo: &Repository, p: &Path, target: &str) -> Result<Vec
         }
     }
     Ok(found)
+}
+
+/// False only when the linked worktree with admin folder `admin` surely
+/// has neither `target` checked out nor a rebase of it in progress: its
+/// HEAD names another branch or a commit, and no rebase says `target`.
+fn may_have_checked_out(admin: &Path, target: &str) -> bool {
+    let Ok(head) = std::fs::read_to_string(admin.join("HEAD")) else { return true };
+    if head.trim().strip_prefix("ref:").map(str::trim) == Some(target) {
+        return true;
+    }
+    ["rebase-merge/head-name", "rebase-apply/head-name"].iter().any(|f| admin.join(f).exists())
 }
 
 fn clean_path(path: &Path) -> PathBuf {
@@ -133,16 +150,23 @@ const WORKTREE_CHANGES: Status = Status::WT_NEW
     .union(Status::WT_RENAMED)
     .union(Status::WT_UNREADABLE);
 
-struct Look {
+struct Seen {
     /// Tracked files modified or staged (against HEAD), and conflicts.
     tracked: Vec<String>,
     /// Paths whose working file differs from the index, or untracked.
     in_worktree: HashSet<Vec<u8>>,
 }
 
-fn look(checkout: &Checkout) -> Result<Look> {
+/// The checkout's status: of every path, or (`only`) of just those paths.
+fn look(checkout: &Checkout, only: Option<&[Vec<u8>]>) -> Result<Seen> {
     let mut options = git2::StatusOptions::new();
     options.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false).exclude_submodules(true);
+    if let Some(paths) = only {
+        options.disable_pathspec_match(true);
+        for path in paths {
+            options.pathspec(os_path(path));
+        }
+    }
     let statuses = checkout.repo.statuses(Some(&mut options)).ctx("read the status", &checkout.path)?;
     let mut tracked = Vec::new();
     let mut in_worktree = HashSet::new();
@@ -155,18 +179,30 @@ fn look(checkout: &Checkout) -> Result<Look> {
             in_worktree.insert(entry.path_bytes().to_vec());
         }
     }
-    Ok(Look { tracked, in_worktree })
+    Ok(Seen { tracked, in_worktree })
+}
+
+/// How closely [`dirty_checkout`] looks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Look {
+    /// Any change of the person's to a tracked file counts (before a
+    /// merge is journaled as started: it waits for a clean checkout).
+    Whole,
+    /// Only what is in the way of the move (just before the ref moves:
+    /// a file the person saved meanwhile elsewhere is not touched).
+    InTheWay,
 }
 
 /// `TargetDirty` for the first checkout of `target` that is not clean
-/// (against `old`, where its HEAD still is) or has files in the way of the
-/// move to `new`.
+/// (against `old`, where its HEAD still is; with [`Look::Whole`]) or has
+/// files in the way of the move to `new`.
 pub(super) fn dirty_checkout(
     repo: &Repository,
     p: &Path,
     target: &str,
     old: Oid,
     new: Oid,
+    how: Look,
 ) -> Result<Option<MergeOutcome>> {
     let checkouts = checkouts(repo, p, target)?;
     if checkouts.is_empty() {
@@ -181,7 +217,9 @@ pub(super) fn dirty_checkout(
             if checkout.repo.state() != RepositoryState::Clean {
                 files.insert(format!("(a {} is in progress)", state_name(checkout.repo.state())));
             }
-            files.extend(look(checkout)?.tracked);
+            if how == Look::Whole {
+                files.extend(look(checkout, None)?.tracked);
+            }
             files.extend(blockers(checkout, old, new, &changed)?);
         }
         if !files.is_empty() {
@@ -220,7 +258,9 @@ pub(super) fn blockers(checkout: &Checkout, old: Oid, new: Oid, changed: &[Vec<u
     let new_tree = repo.find_commit(new).and_then(|c| c.tree()).ctx("read the new tree", p)?;
     let mut index = repo.index().ctx("read the index", p)?;
     index.read(true).ctx("read the index", p)?;
-    let in_worktree = look(checkout)?.in_worktree;
+    // The status of just the paths the move writes: what else the person
+    // changed is not in its way.
+    let in_worktree = look(checkout, Some(changed))?.in_worktree;
     let changed_set: HashSet<&[u8]> = changed.iter().map(Vec::as_slice).collect();
     let mut blocked = Vec::new();
     for path in changed {

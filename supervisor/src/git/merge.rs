@@ -24,6 +24,10 @@
 //!   the outcome is [`MergeOutcome::TargetDirty`]. If it is clean, after the
 //!   ref moves its files and index are brought to the new tree, exactly as
 //!   after `git merge`: `git status` is clean and HEAD follows the branch.
+//!   Just before and just after the ref moves, the paths the merge writes
+//!   are looked at again: a change the person made there meanwhile stops
+//!   the merge (the ref goes back); a change elsewhere is left as it is,
+//!   as `git merge` leaves it.
 //!
 //! Decisions, in git's words:
 //!
@@ -64,7 +68,7 @@ use std::str::FromStr;
 use git2::{Oid, Repository, RepositoryState};
 use serde::{Deserialize, Serialize};
 
-use super::checkout::{blockers, changed_paths, checkouts, compare_and_swap, dirty_checkout, follow};
+use super::checkout::{blockers, changed_paths, checkouts, compare_and_swap, dirty_checkout, follow, Look};
 
 /// How a branch goes onto its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -371,7 +375,7 @@ pub fn prepare_merge(
         Err(outcome) => return Ok(Prepared::Finished(outcome)),
     };
     let plan = MergePlan { target, branch, branch_tip: tip, strategy, old, new, commits };
-    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, old, new)? {
+    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, old, new, Look::Whole)? {
         return Ok(Prepared::Finished(dirty));
     }
     Ok(Prepared::Ready(plan))
@@ -470,8 +474,9 @@ fn rebase(
 }
 
 /// Moves the target from `plan.old` to `plan.new` (compare-and-swap) and
-/// brings its clean checkouts along. Looks at the checkouts again first:
-/// the person may have started editing since [`prepare_merge`].
+/// brings its clean checkouts along. Looks again first at what the move
+/// writes: the person may have started editing since [`prepare_merge`]
+/// (a file they changed elsewhere meanwhile is left as it is).
 ///
 /// `Err(TargetMoved)` when the target is no longer at `plan.old`: nothing
 /// was overwritten; prepare again. `Err(CheckoutFailed)` when the ref
@@ -484,7 +489,9 @@ pub fn apply_merge(repo_path: &Path, plan: &MergePlan) -> Result<MergeOutcome> {
     if current != Some(plan.old) {
         return Err(MergeError::TargetMoved { target: plan.target.clone(), expected: plan.old, found: current });
     }
-    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, plan.old, plan.new)? {
+    // The whole checkout was clean when prepared; what matters now is only
+    // what the move would overwrite.
+    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, plan.old, plan.new, Look::InTheWay)? {
         return Ok(dirty);
     }
     let reflog = format!("corral: {} {} into {}", plan.strategy, plan.branch, plan.target);

@@ -132,6 +132,7 @@ fn serve_daemon(
         drop(state);
         send(&mut stream, &status)?;
     }
+    let mut last_output = std::time::Instant::now() - OUTPUT_EVERY;
     loop {
         let state = shared.state.lock().unwrap();
         let state = shared
@@ -143,6 +144,17 @@ fn serve_daemon(
                     && s.restart_generation == sent_restart
             })
             .unwrap();
+        // A flood of output is told in batches: at most one `output` a
+        // millisecond, so the daemon reads the log in large pieces rather
+        // than waking for every read of the PTY.
+        let since = last_output.elapsed();
+        let state = if state.log_len != sent_len && since < OUTPUT_EVERY {
+            drop(state);
+            std::thread::sleep(OUTPUT_EVERY - since);
+            shared.state.lock().unwrap()
+        } else {
+            state
+        };
         let (log_len, exit) = (state.log_len, state.exit.clone());
         let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
         let restarting = (state.restart_generation != sent_restart).then(|| state.restart_note.clone()).flatten();
@@ -152,6 +164,7 @@ fn serve_daemon(
         // Output first: it was written before the restart or the new run.
         if log_len != sent_len {
             sent_len = log_len;
+            last_output = std::time::Instant::now();
             send(&mut stream, &MonitorMessage::Output { log_len })?;
         }
         if let Some(note) = restarting {
@@ -159,10 +172,6 @@ fn serve_daemon(
         }
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
-        }
-        if log_len != sent_len {
-            sent_len = log_len;
-            send(&mut stream, &MonitorMessage::Output { log_len })?;
         }
         if let Some(record) = exit {
             send(&mut stream, &MonitorMessage::Exit { record })?;
@@ -186,6 +195,9 @@ fn resize(shared: &Shared, rows: u16, cols: u16) {
         }
     }
 }
+
+/// The shortest time between two `output` messages to the daemon.
+const OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn send(stream: &mut UnixStream, message: &MonitorMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
