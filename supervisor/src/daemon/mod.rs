@@ -60,6 +60,7 @@ mod ops;
 mod probe_run;
 mod reader;
 mod requests;
+mod snapshot;
 mod spawn;
 mod start;
 mod store;
