@@ -121,6 +121,16 @@ impl Client {
         self.receive()?.ok_or_else(|| lost(&"the daemon closed the connection"))
     }
 
+    /// Every agent a list names, page after page (see [`list_with`]).
+    pub fn list(
+        &mut self,
+        all: bool,
+        recent: bool,
+        under: Option<String>,
+    ) -> Result<(Vec<crate::model::lifecycle::AgentRecord>, usize)> {
+        list_with(|request| self.request(request), all, recent, under)
+    }
+
     /// Reads the next response of a stream; `None` when the daemon hung up.
     pub fn receive(&mut self) -> Result<Option<Response>> {
         match read_frame::<Response>(&mut self.stream).map_err(|e| lost(&e))? {
@@ -132,6 +142,33 @@ impl Client {
     /// Sends a request without reading (for streams).
     pub fn send(&mut self, request: &Request) -> Result<()> {
         write_frame(&mut self.stream, request).map_err(|e| lost(&e))
+    }
+}
+
+/// Every agent a `List` names, asking through `ask` page after page:
+/// the agents in address order, and how many the recent view left out.
+pub fn list_with(
+    mut ask: impl FnMut(&Request) -> Result<Response>,
+    all: bool,
+    recent: bool,
+    under: Option<String>,
+) -> Result<(Vec<crate::model::lifecycle::AgentRecord>, usize)> {
+    let mut agents = Vec::new();
+    let mut after = None;
+    loop {
+        match ask(&Request::List { all, recent, under: under.clone(), after: after.take() })? {
+            Response::Agents { agents: page, next, older } => {
+                agents.extend(page);
+                match next {
+                    Some(next) => after = Some(next),
+                    None => return Ok((agents, older)),
+                }
+            }
+            other => {
+                let what = serde_json::to_value(&other).ok().and_then(|v| v["response"].as_str().map(str::to_string));
+                return Err(Error::other(format!("the daemon answered a list with {}", what.unwrap_or_default())));
+            }
+        }
     }
 }
 

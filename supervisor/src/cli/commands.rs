@@ -271,14 +271,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Ps { all, json } => {
-            let Response::Agents { agents } = Client::connect(&state()?)?.request(&Request::List { all })? else {
-                return Err(unexpected());
-            };
+            // Without --all, the recent view; with it, all of history, page by page.
+            let (agents, older) = Client::connect(&state()?)?.list(all, !all, None)?;
             if json {
                 // An array still (scripts index it), each agent versioned.
                 println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
             } else {
                 print!("{}", render_tree(&agents));
+                if older > 0 {
+                    let s = if older == 1 { "" } else { "s" };
+                    println!("({older} older agent{s} not shown: `corral ps --all` lists every agent)");
+                }
             }
             Ok(0)
         }

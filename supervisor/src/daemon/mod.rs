@@ -54,6 +54,7 @@ mod assign;
 mod budgets;
 mod events;
 pub mod journal;
+mod listing;
 mod merges;
 mod notices;
 mod ops;
