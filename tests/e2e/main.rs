@@ -9,6 +9,7 @@ mod config;
 mod faults;
 mod foundation;
 mod harness;
+mod history;
 mod mcp;
 mod merge_queue;
 mod notify;
