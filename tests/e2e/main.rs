@@ -11,6 +11,7 @@ mod foundation;
 mod harness;
 mod history;
 mod mcp;
+mod memory;
 mod merge_queue;
 mod notify;
 mod person;
