@@ -108,8 +108,15 @@ fn read(file: File) -> std::result::Result<(AgentTable, Resume), String> {
 }
 
 fn set_aside(path: &Path, why: &str) {
-    let aside =
-        path.with_file_name(format!("snapshot.jsonl.unused-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    // A name of its own, even for two set aside within one millisecond.
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let aside = (0..)
+        .map(|n| match n {
+            0 => path.with_file_name(format!("snapshot.jsonl.unused-{stamp}")),
+            n => path.with_file_name(format!("snapshot.jsonl.unused-{stamp}-{n}")),
+        })
+        .find(|candidate| !candidate.exists())
+        .expect("a free name");
     let moved = std::fs::rename(path, &aside);
     tracing::warn!(
         "the snapshot {} is not used: {why}; folding the whole journal instead{}",
