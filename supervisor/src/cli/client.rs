@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::lifecycle::AgentRecord;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{read_frame, write_frame, Request, Response, PROTOCOL_VERSION};
 
@@ -122,12 +123,7 @@ impl Client {
     }
 
     /// Every agent a list names, page after page (see [`list_with`]).
-    pub fn list(
-        &mut self,
-        all: bool,
-        recent: bool,
-        under: Option<String>,
-    ) -> Result<(Vec<crate::model::lifecycle::AgentRecord>, usize)> {
+    pub fn list(&mut self, all: bool, recent: bool, under: Option<String>) -> Result<(Vec<AgentRecord>, usize)> {
         list_with(|request| self.request(request), all, recent, under)
     }
 
@@ -148,20 +144,37 @@ impl Client {
 /// Every agent a `List` names, asking through `ask` page after page:
 /// the agents in address order, and how many the recent view left out.
 pub fn list_with(
+    ask: impl FnMut(&Request) -> Result<Response>,
+    all: bool,
+    recent: bool,
+    under: Option<String>,
+) -> Result<(Vec<AgentRecord>, usize)> {
+    let mut agents = Vec::new();
+    let older = list_pages(ask, all, recent, under, |page| {
+        agents.extend(page);
+        Ok(())
+    })?;
+    Ok((agents, older))
+}
+
+/// [`list_with`] a page at a time: hands each page to `each` as it
+/// comes (so a long history is never held whole); returns how many
+/// agents the recent view left out.
+pub fn list_pages(
     mut ask: impl FnMut(&Request) -> Result<Response>,
     all: bool,
     recent: bool,
     under: Option<String>,
-) -> Result<(Vec<crate::model::lifecycle::AgentRecord>, usize)> {
-    let mut agents = Vec::new();
+    mut each: impl FnMut(Vec<AgentRecord>) -> Result<()>,
+) -> Result<usize> {
     let mut after = None;
     loop {
         match ask(&Request::List { all, recent, under: under.clone(), after: after.take() })? {
             Response::Agents { agents: page, next, older } => {
-                agents.extend(page);
+                each(page)?;
                 match next {
                     Some(next) => after = Some(next),
-                    None => return Ok((agents, older)),
+                    None => return Ok(older),
                 }
             }
             other => {
