@@ -163,6 +163,7 @@ async fn serve(state: StateDir, runtime: Arc<dyn start::Runtime>) -> anyhow::Res
         }
     }
     let _ = std::fs::remove_file(&socket);
+    daemon.store.settle().await;
     tracing::info!("daemon {} stopped; agents keep running", std::process::id());
     Ok(())
 }

@@ -148,6 +148,16 @@ impl Store {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Returns once the writer has done everything asked of it before,
+    /// a snapshot it is writing included: a daemon that stops settles
+    /// first, so a short-lived daemon still leaves its snapshot behind.
+    pub(super) async fn settle(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.writer.send(Commit { drafts: Vec::new(), reply }).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
     /// Lends the table to `f`.
     pub(super) fn read<T>(&self, f: impl FnOnce(&AgentTable) -> T) -> T {
         f(&self.table.read().unwrap_or_else(|e| e.into_inner()))
@@ -258,6 +268,10 @@ impl Writer {
         let (drafts, replies): (Vec<Vec<Draft>>, Vec<_>) = batch.into_iter().map(|c| (c.drafts, c.reply)).unzip();
         let all: Vec<Draft> = lead.into_iter().chain(drafts.into_iter().flatten()).collect();
         if all.is_empty() {
+            // Only `settle`s: everything before them is done.
+            for reply in replies {
+                let _ = reply.send(Ok(Vec::new()));
+            }
             return;
         }
         // Drafts are moved into the append; a failed append needs the lead
