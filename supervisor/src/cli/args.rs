@@ -212,7 +212,9 @@ pub enum Command {
     /// The agent tree: address, state, pid, runtime, exit.
     #[command(display_order = 2)]
     Ps {
-        /// Include agents whose worktrees `gc` removed.
+        /// Every agent of the history, those `gc` removed included
+        /// (without it: the agents not done yet and the last 100 that ended
+        /// within a day).
         #[arg(long)]
         all: bool,
         #[arg(long)]

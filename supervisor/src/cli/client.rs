@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::model::error::{Error, ErrorKind, Result};
+use crate::model::lifecycle::AgentRecord;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{read_frame, write_frame, Request, Response, PROTOCOL_VERSION};
 
@@ -121,6 +122,11 @@ impl Client {
         self.receive()?.ok_or_else(|| lost(&"the daemon closed the connection"))
     }
 
+    /// Every agent a list names, page after page (see [`list_with`]).
+    pub fn list(&mut self, all: bool, recent: bool, under: Option<String>) -> Result<(Vec<AgentRecord>, usize)> {
+        list_with(|request| self.request(request), all, recent, under)
+    }
+
     /// Reads the next response of a stream; `None` when the daemon hung up.
     pub fn receive(&mut self) -> Result<Option<Response>> {
         match read_frame::<Response>(&mut self.stream).map_err(|e| lost(&e))? {
@@ -132,6 +138,50 @@ impl Client {
     /// Sends a request without reading (for streams).
     pub fn send(&mut self, request: &Request) -> Result<()> {
         write_frame(&mut self.stream, request).map_err(|e| lost(&e))
+    }
+}
+
+/// Every agent a `List` names, asking through `ask` page after page:
+/// the agents in address order, and how many the recent view left out.
+pub fn list_with(
+    ask: impl FnMut(&Request) -> Result<Response>,
+    all: bool,
+    recent: bool,
+    under: Option<String>,
+) -> Result<(Vec<AgentRecord>, usize)> {
+    let mut agents = Vec::new();
+    let older = list_pages(ask, all, recent, under, |page| {
+        agents.extend(page);
+        Ok(())
+    })?;
+    Ok((agents, older))
+}
+
+/// [`list_with`] a page at a time: hands each page to `each` as it
+/// comes (so a long history is never held whole); returns how many
+/// agents the recent view left out.
+pub fn list_pages(
+    mut ask: impl FnMut(&Request) -> Result<Response>,
+    all: bool,
+    recent: bool,
+    under: Option<String>,
+    mut each: impl FnMut(Vec<AgentRecord>) -> Result<()>,
+) -> Result<usize> {
+    let mut after = None;
+    loop {
+        match ask(&Request::List { all, recent, under: under.clone(), after: after.take() })? {
+            Response::Agents { agents: page, next, older } => {
+                each(page)?;
+                match next {
+                    Some(next) => after = Some(next),
+                    None => return Ok(older),
+                }
+            }
+            other => {
+                let what = serde_json::to_value(&other).ok().and_then(|v| v["response"].as_str().map(str::to_string));
+                return Err(Error::other(format!("the daemon answered a list with {}", what.unwrap_or_default())));
+            }
+        }
     }
 }
 

@@ -271,14 +271,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Ps { all, json } => {
-            let Response::Agents { agents } = Client::connect(&state()?)?.request(&Request::List { all })? else {
-                return Err(unexpected());
-            };
+            // Without --all, the recent view; with it, all of history, page by page.
+            let mut client = Client::connect(&state()?)?;
             if json {
-                // An array still (scripts index it), each agent versioned.
-                println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
+                // An array still (scripts index it), each agent versioned,
+                // written a page at a time.
+                use serde::ser::{SerializeSeq, Serializer};
+                let failed = |e: serde_json::Error| Error::other(format!("cannot write the list: {e}"));
+                let mut out = serde_json::Serializer::pretty(std::io::BufWriter::new(std::io::stdout().lock()));
+                let mut array = out.serialize_seq(None).map_err(failed)?;
+                let ask = |request: &Request| client.request(request);
+                crate::cli::client::list_pages(ask, all, !all, None, |page| {
+                    page.iter().try_for_each(|agent| array.serialize_element(&versioned(agent)).map_err(failed))
+                })?;
+                array.end().map_err(failed)?;
+                let mut out = out.into_inner();
+                writeln!(out)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::other(format!("cannot write the list: {e}")))?;
             } else {
+                let (agents, older) = client.list(all, !all, None)?;
                 print!("{}", render_tree(&agents));
+                if older > 0 {
+                    let s = if older == 1 { "" } else { "s" };
+                    println!("({older} older agent{s} not shown: `corral ps --all` lists every agent)");
+                }
             }
             Ok(0)
         }

@@ -107,9 +107,7 @@ pub fn run(keep: bool) -> Result<i32> {
 
     let story = follow(&state, &mut client, started)?;
 
-    let Response::Agents { agents } = client.request(&Request::List { all: true })? else {
-        return Err(Error::other("unexpected answer to ps"));
-    };
+    let (agents, _) = client.list(true, false, None)?;
     println!();
     print_table(&agents);
     println!();

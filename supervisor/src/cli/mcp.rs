@@ -469,9 +469,7 @@ impl Inner {
     /// caller), or by the task id a spawn returned (`t-7`).
     fn target(&self, client: &mut Client, text: &str) -> std::result::Result<Address, String> {
         let address = Address::resolve(text, &self.caller);
-        let Response::Agents { agents } = client.request(&Request::List { all: true }).map_err(message)? else {
-            return Err(unexpected());
-        };
+        let (agents, _) = client.list(true, false, None).map_err(message)?;
         if let Ok(address) = &address {
             if agents.iter().any(|a| a.address == *address) {
                 return Ok(address.clone());
@@ -499,9 +497,7 @@ impl Inner {
         }
         let stem = name_stem(role);
         let mut client = self.connect().map_err(message)?;
-        let Response::Agents { agents } = client.request(&Request::List { all: true }).map_err(message)? else {
-            return Err(unexpected());
-        };
+        let (agents, _) = client.list(true, false, None).map_err(message)?;
         // The next counter after every child of ours named `<stem>-N`, gc'd
         // ones included (their branches stay, so their names stay taken).
         let mut next = agents
@@ -576,9 +572,7 @@ impl Inner {
     /// The agents below `below` (strictly), or every agent.
     fn list(&self, below: Option<&Address>) -> Result<Value> {
         let mut client = self.connect()?;
-        let Response::Agents { agents } = client.request(&Request::List { all: false })? else {
-            return Err(Error::other(unexpected()));
-        };
+        let (agents, _) = client.list(false, false, None)?;
         let agents: Vec<AgentRecord> =
             agents.into_iter().filter(|a| below.is_none_or(|b| a.address.is_within(b) && a.address != *b)).collect();
         let results = if agents.iter().any(|a| a.result.is_some()) {

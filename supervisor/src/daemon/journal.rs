@@ -66,43 +66,99 @@ pub struct Draft {
     pub body: EventBody,
 }
 
+/// Where a fold of the journal already stands (a snapshot's): every event
+/// up to `seq` is folded, and those events are the file's first `len`
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub seq: u64,
+    pub len: u64,
+}
+
 impl Journal {
     /// Opens (or creates) the journal, reads every event, and cuts off a
     /// torn last line. Returns the journal and the events in order.
     pub fn open(path: &Path) -> Result<(Journal, Vec<Event>)> {
-        let mut file = OpenOptions::new()
+        let mut events = Vec::new();
+        let journal = Journal::open_after(path, None, |event| events.push(event))?;
+        Ok((journal, events))
+    }
+
+    /// Whether the journal at `path` holds `resume`: its first `resume.len`
+    /// bytes end with a whole line, and that line is the event `resume.seq`.
+    /// Reads only the end of that prefix.
+    pub fn holds(path: &Path, resume: Resume) -> bool {
+        let Ok(mut file) = File::open(path) else { return resume == Resume { seq: 0, len: 0 } };
+        if resume.len == 0 {
+            return resume.seq == 0;
+        }
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if file_len < resume.len {
+            return false;
+        }
+        // The last line before `len`: look back far enough for any event.
+        let mut back = 64 * 1024u64;
+        loop {
+            let from = resume.len.saturating_sub(back);
+            let mut bytes = vec![0u8; (resume.len - from) as usize];
+            if file.seek(SeekFrom::Start(from)).is_err() || file.read_exact(&mut bytes).is_err() {
+                return false;
+            }
+            if bytes.last() != Some(&b'\n') {
+                return false;
+            }
+            let body = &bytes[..bytes.len() - 1];
+            match body.iter().rposition(|&b| b == b'\n') {
+                Some(newline) => return seq_of(&body[newline + 1..]) == Some(resume.seq),
+                None if from == 0 => return seq_of(body) == Some(resume.seq),
+                None => back *= 4,
+            }
+        }
+    }
+
+    /// Opens (or creates) the journal and hands `fold` every event after
+    /// `resume` (all of them without one), in order, one at a time: the
+    /// file is read as a stream, never whole. A torn last line is cut off;
+    /// damage is kept aside as the module says. The caller has checked
+    /// with [`Journal::holds`] that the journal holds `resume`.
+    pub fn open_after(path: &Path, resume: Option<Resume>, mut fold: impl FnMut(Event)) -> Result<Journal> {
+        let resume = resume.unwrap_or(Resume { seq: 0, len: 0 });
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(|e| Error::io("cannot open the journal", path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Error::io("cannot read the journal", path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io("cannot read the journal", path, e))?.len();
+        let read_err = |e| Error::io("cannot read the journal", path, e);
+        let mut reader = BufReader::with_capacity(1 << 20, &file);
+        reader.seek(SeekFrom::Start(resume.len)).map_err(read_err)?;
 
-        let mut events = Vec::new();
-        let mut good_len = 0usize;
-        let mut start = 0usize;
+        let mut last_seq = resume.seq;
+        let mut good_len = resume.len;
         let mut line_no = 0usize;
         let mut damage = None;
-        while start < bytes.len() {
-            line_no += 1;
-            let Some(newline) = bytes[start..].iter().position(|&b| b == b'\n') else {
-                // No newline: the write of this line never finished.
-                tracing::warn!(
-                    "{}: dropping a torn last line ({} bytes) left by a crash",
-                    path.display(),
-                    bytes.len() - start
-                );
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+            if read == 0 {
                 break;
-            };
-            let line = &bytes[start..start + newline];
-            let last = start + newline + 1 >= bytes.len();
-            let expected = events.last().map(|e: &Event| e.seq + 1).unwrap_or(1);
-            let why = match serde_json::from_slice::<Event>(line) {
+            }
+            line_no += 1;
+            if line.last() != Some(&b'\n') {
+                // No newline: the write of this line never finished.
+                tracing::warn!("{}: dropping a torn last line ({read} bytes) left by a crash", path.display());
+                break;
+            }
+            let last = good_len + read as u64 >= file_len;
+            // Seqs run from 1, one a line: the line number is the seq.
+            let expected = last_seq + 1;
+            let why = match serde_json::from_slice::<Event>(&line[..read - 1]) {
                 Ok(event) if event.seq == expected => {
-                    events.push(event);
-                    start += newline + 1;
-                    good_len = start;
+                    last_seq = event.seq;
+                    good_len += read as u64;
+                    fold(event);
                     continue;
                 }
                 Ok(event) => format!("event seq {} where {expected} was expected", event.seq),
@@ -115,41 +171,39 @@ impl Journal {
             }
             break;
         }
+        drop(reader);
         let mut repair = None;
         if let Some((line, reason)) = damage {
+            let line = resume.seq as usize + line;
             let moved_to = path.with_file_name(format!(
                 "{}.damaged-{}",
                 path.file_name().and_then(|n| n.to_str()).unwrap_or("events.jsonl"),
                 chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
             ));
-            std::fs::write(&moved_to, &bytes[good_len..])
-                .map_err(|e| Error::io("cannot keep the damaged part of the journal in", &moved_to, e))?;
+            let keep_err = |e| Error::io("cannot keep the damaged part of the journal in", &moved_to, e);
+            let mut kept = File::create(&moved_to).map_err(keep_err)?;
+            (&file).seek(SeekFrom::Start(good_len)).map_err(read_err)?;
+            std::io::copy(&mut (&file).take(file_len - good_len), &mut kept).map_err(keep_err)?;
+            kept.sync_all().map_err(keep_err)?;
             tracing::error!(
-                "{}:{line}: {reason}; the journal was damaged: it goes on from the {} whole events before line {line}, \
-                 and the {} bytes from there on are kept in {}",
+                "{}:{line}: {reason}; the journal was damaged: it goes on from the {last_seq} whole events before \
+                 line {line}, and the {} bytes from there on are kept in {}",
                 path.display(),
-                events.len(),
-                bytes.len() - good_len,
+                file_len - good_len,
                 moved_to.display()
             );
-            repair = Some(Repair { line, reason, moved_to, bytes: (bytes.len() - good_len) as u64 });
+            repair = Some(Repair { line, reason, moved_to, bytes: file_len - good_len });
         }
-        if good_len < bytes.len() {
-            file.set_len(good_len as u64).map_err(|e| Error::io("cannot repair the journal", path, e))?;
+        if good_len < file_len {
+            file.set_len(good_len).map_err(|e| Error::io("cannot repair the journal", path, e))?;
             file.sync_all().map_err(|e| Error::io("cannot sync the journal", path, e))?;
         }
-        let last_seq = events.last().map(|e| e.seq).unwrap_or(0);
         let faults = std::env::var_os("CORRAL_FAULT_INJECTION").is_some();
-        let journal = Journal {
-            path: path.to_path_buf(),
-            file,
-            last_seq,
-            len: good_len as u64,
-            faults,
-            needs_cut: false,
-            repair,
-        };
-        Ok((journal, events))
+        Ok(Journal { path: path.to_path_buf(), file, last_seq, len: good_len, faults, needs_cut: false, repair })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// What opening found damaged and repaired, once.
@@ -282,6 +336,15 @@ impl Journal {
     }
 }
 
+/// The seq of a journal line, read without parsing the whole event.
+fn seq_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq)
+}
+
 /// An injected fault (tests only).
 enum Fault {
     Fail { errno: nix::errno::Errno, short: bool },
@@ -300,24 +363,37 @@ enum KillPoint {
 /// to the durable length the writer published (so it never sees a line
 /// that a failed append wrote and then cut back), and never keeps part of
 /// a line: a partial one is read again, whole, next time.
+///
+/// It starts without reading what comes before its seq: seqs run from 1,
+/// one a line, so the file is its own index, and a bisection over its
+/// bytes finds the line in a few reads however long the journal is.
 pub struct JournalReader {
     reader: BufReader<File>,
     /// The end of the last whole line read.
     offset: u64,
     next_seq: u64,
+    /// The start was found (by bisection) already.
+    placed: bool,
 }
+
+/// Below this many bytes, reading on is cheaper than bisecting further.
+const SCAN_WINDOW: u64 = 64 * 1024;
 
 impl JournalReader {
     /// A reader whose first event will be `since + 1`.
     pub fn open(path: &Path, since: u64) -> Result<JournalReader> {
         let file = File::open(path).map_err(|e| Error::io("cannot open the journal", path, e))?;
-        Ok(JournalReader { reader: BufReader::new(file), offset: 0, next_seq: since + 1 })
+        Ok(JournalReader { reader: BufReader::new(file), offset: 0, next_seq: since + 1, placed: since == 0 })
     }
 
     /// The events written since the last call, up to `durable_len` bytes
     /// into the file (whole lines only).
     pub fn read_new(&mut self, durable_len: u64) -> Result<Vec<Event>> {
         let mut out = Vec::new();
+        if !self.placed {
+            self.offset = self.find_start(durable_len).map_err(|e| Error::other(e.to_string()))?;
+            self.placed = true;
+        }
         if durable_len <= self.offset {
             return Ok(out);
         }
@@ -337,6 +413,43 @@ impl JournalReader {
                 out.push(event);
             }
         }
+    }
+
+    /// The start of a line at or before the line of `next_seq`, close to
+    /// it: bisects `[0, durable_len)`, keeping `lo` at the start of a line
+    /// whose seq is at most `next_seq`. A line it cannot read stops the
+    /// bisection where it is (reading on from `lo` is still right).
+    fn find_start(&mut self, durable_len: u64) -> std::io::Result<u64> {
+        let (mut lo, mut hi) = (0u64, durable_len);
+        while hi - lo > SCAN_WINDOW {
+            let mid = lo + (hi - lo) / 2;
+            match self.line_at_or_after(mid, hi)? {
+                Some((start, Some(seq))) if seq <= self.next_seq => lo = start,
+                Some((_, Some(_))) | None => hi = mid,
+                Some((_, None)) => break,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The first line that starts at or after `at` (and before `end`):
+    /// where it starts and its seq (`None` when it does not parse).
+    fn line_at_or_after(&mut self, at: u64, end: u64) -> std::io::Result<Option<(u64, Option<u64>)>> {
+        // A line starts where the byte before it is a newline.
+        self.reader.seek(SeekFrom::Start(at - 1))?;
+        let mut skipped = Vec::new();
+        let read = (&mut self.reader).take(end - (at - 1)).read_until(b'\n', &mut skipped)?;
+        if !skipped.ends_with(b"\n") {
+            return Ok(None);
+        }
+        let start = at - 1 + read as u64;
+        if start >= end {
+            return Ok(None);
+        }
+        let mut line = Vec::new();
+        (&mut self.reader).take(end - start).read_until(b'\n', &mut line)?;
+        let seq = line.strip_suffix(b"\n").and_then(seq_of);
+        Ok(Some((start, seq)))
     }
 }
 
@@ -400,6 +513,58 @@ mod tests {
         let seqs: Vec<u64> = reader.read_new(journal.durable_len()).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![6]);
         assert!(reader.read_new(journal.durable_len()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_far_into_a_long_journal_bisects_to_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        // Far more than the scan window, so the start is bisected.
+        journal.append((1..=20_000).map(draft).collect()).unwrap();
+        let len = journal.durable_len();
+        for since in [0, 1, 2, 9_999, 15_000, 19_998, 19_999, 20_000, 25_000] {
+            let mut reader = JournalReader::open(&path, since).unwrap();
+            let seqs: Vec<u64> = reader.read_new(len).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (since + 1..=20_000).collect::<Vec<_>>(), "since {since}");
+        }
+        let mut reader = JournalReader::open(&path, 15_000).unwrap();
+        let start = reader.find_start(len).unwrap();
+        assert!(start > len / 2 && len - start > 0, "it read from byte {start} of {len}");
+        // A line that cannot be read only stops the bisection: still right.
+        let mut text = lines(&path);
+        text[10_000] = "not an event".into();
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
+        let mut reader = JournalReader::open(&path, 19_990).unwrap();
+        let seqs: Vec<u64> = reader.read_new(len).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (19_991..=20_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn opening_after_a_resume_point_folds_only_what_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append((1..=3).map(draft).collect()).unwrap();
+        let resume = Resume { seq: 3, len: journal.durable_len() };
+        journal.append((4..=6).map(draft).collect()).unwrap();
+        drop(journal);
+        assert!(Journal::holds(&path, resume));
+        assert!(!Journal::holds(&path, Resume { seq: 2, len: resume.len }));
+        assert!(!Journal::holds(&path, Resume { seq: 3, len: resume.len + 1 }));
+        assert!(!Journal::holds(&path, Resume { seq: 9, len: 1 << 20 }));
+        let mut seen = Vec::new();
+        let mut journal = Journal::open_after(&path, Some(resume), |e| seen.push(e.seq)).unwrap();
+        assert_eq!((seen, journal.last_seq()), (vec![4, 5, 6], 6));
+        assert_eq!(journal.append(vec![draft(7)]).unwrap()[0].seq, 7);
+        drop(journal);
+        // Damage after the resume point is named by its line in the whole file.
+        let mut text = lines(&path);
+        text[4] = "{\"v\":1,\"seq\":5,\"ts\"".into();
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
+        let mut journal = Journal::open_after(&path, Some(resume), |_| {}).unwrap();
+        assert_eq!(journal.take_repair().map(|r| r.line), Some(5));
+        assert_eq!(journal.last_seq(), 4);
     }
 
     fn lines(path: &Path) -> Vec<String> {

@@ -231,7 +231,10 @@ pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::git::merge
 /// copy of any file it left cut short), then queues what was queued or
 /// waiting, so nothing runs against a half-finished merge.
 pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::SystemTime) {
-    let agents: Vec<AgentRecord> = daemon.store.read(|table| table.agents.values().cloned().collect());
+    // Only the agents with a merge to finish or to queue: a long history
+    // is not copied.
+    let agents: Vec<AgentRecord> =
+        daemon.store.read(|table| table.agents.values().filter(|a| merge_to_resume(a)).cloned().collect());
     let mut requeue = Vec::new();
     for agent in &agents {
         let Some(MergeState::Merging { target, old, new }) = agent.merge_state.clone() else { continue };
@@ -257,14 +260,22 @@ pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::Syst
         }
     }
     for agent in agents {
-        let auto = agent.merge.policy == crate::config::MergePolicy::Auto && agent.state == AgentState::Succeeded;
-        match agent.merge_state {
-            Some(MergeState::Queued | MergeState::Waiting { .. }) => requeue.push(agent.address.clone()),
-            None if auto => requeue.push(agent.address.clone()),
-            _ => {}
+        if !matches!(agent.merge_state, Some(MergeState::Merging { .. })) {
+            requeue.push(agent.address.clone());
         }
     }
     for address in requeue {
         enqueue_merge(daemon, &address, None, None).await;
+    }
+}
+
+/// A merge a restarted daemon finishes (`Merging`) or queues again
+/// (queued, waiting, or an automatic one not asked for yet).
+fn merge_to_resume(agent: &AgentRecord) -> bool {
+    let auto = agent.merge.policy == crate::config::MergePolicy::Auto && agent.state == AgentState::Succeeded;
+    match agent.merge_state {
+        Some(MergeState::Merging { .. } | MergeState::Queued | MergeState::Waiting { .. }) => true,
+        None => auto,
+        _ => false,
     }
 }

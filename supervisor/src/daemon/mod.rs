@@ -55,6 +55,7 @@ mod assign;
 mod budgets;
 mod events;
 pub mod journal;
+mod listing;
 mod merges;
 mod notices;
 mod ops;
@@ -62,6 +63,7 @@ mod pool;
 mod probe_run;
 mod reader;
 mod requests;
+mod snapshot;
 mod spawn;
 mod start;
 mod store;
@@ -167,6 +169,7 @@ async fn serve(state: StateDir, runtime: Arc<dyn start::Runtime>) -> anyhow::Res
         }
     }
     let _ = std::fs::remove_file(&socket);
+    daemon.store.settle().await;
     tracing::info!("daemon {} stopped; agents keep running", std::process::id());
     Ok(())
 }

@@ -55,11 +55,16 @@ pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option
     let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
     let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
     wait_for(daemon, &addresses, Some(limit)).await;
-    let mut all: Vec<AgentRecord> = daemon.store.read(|table| match &top_record {
-        Some(record) => table.subtree(&record.address).into_iter().cloned().collect(),
-        None => table.agents.values().cloned().collect(),
+    // The agents it stopped (and the one asked for), not the whole history.
+    let stopped: std::collections::HashSet<&Address> = addresses.iter().collect();
+    let top_address = top_record.as_ref().map(|r| &r.address);
+    let all: Vec<AgentRecord> = daemon.store.read(|table| {
+        let wanted = |a: &&AgentRecord| stopped.contains(&a.address) || Some(&a.address) == top_address;
+        match top_address {
+            Some(top) => table.subtree(top).into_iter().filter(wanted).cloned().collect(),
+            None => table.agents.values().filter(wanted).cloned().collect(),
+        }
     });
-    all.retain(|a| addresses.contains(&a.address) || Some(&a.address) == top_record.as_ref().map(|r| &r.address));
     Ok(Response::Stopped { agents: all })
 }
 

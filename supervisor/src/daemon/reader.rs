@@ -39,41 +39,65 @@ impl OutputReader {
         };
         match reader.parser.as_mut() {
             Some(parser) if record.log_offset > 0 => {
-                if let Ok(lines) = reader.cursor.read(Some(record.log_offset), false) {
+                let _ = reader.cursor.read_each(Some(record.log_offset), false, |lines| {
                     for line in lines {
                         parser.feed_line(trim_cr(&line.bytes));
                     }
-                }
+                });
             }
             _ => reader.cursor = LineCursor::new(log, record.log_offset),
         }
         reader
     }
 
-    /// The events for the lines written since the last call.
+    /// The events for the lines written since the last call, read a slice
+    /// of the log at a time (a flood is never in memory whole; its events
+    /// are few, the limiter sees to that).
     pub(super) fn read(&mut self, last: bool) -> std::io::Result<Vec<EventBody>> {
         let mut bodies = Vec::new();
-        let lines = self.cursor.read(None, last)?;
-        if let Some(observations) = &self.observations {
+        let OutputReader { cursor, parser, limiter, observations, .. } = self;
+        cursor
+            .read_each(None, last, |lines| events_of(lines, parser, limiter, observations.as_deref(), &mut bodies))?;
+        if last {
+            let skipped = self.limiter.take_skipped();
+            if skipped > 0 {
+                // Say how many lines were left out, even with nothing after them.
+                bodies.push(EventBody::Output { text: String::new(), offset: self.cursor.offset(), skipped });
+            }
+        }
+        Ok(bodies)
+    }
+}
+
+/// The events of one slice of lines, added to `bodies`.
+fn events_of(
+    lines: Vec<crate::sys::output::RawLine>,
+    parser: &mut Option<Box<dyn corral_harness::Parser>>,
+    limiter: &mut Limiter,
+    observations: Option<&corral_probes::AgentObservations>,
+    bodies: &mut Vec<EventBody>,
+) {
+    {
+        if let Some(observations) = observations {
             let now = std::time::Instant::now();
             for line in &lines {
                 observations.record_line(&clean_line(&line.bytes), now);
             }
         }
         for line in lines {
-            let Some(parser) = self.parser.as_mut() else {
+            let Some(parser) = parser.as_mut() else {
                 let text = clean_line(&line.bytes);
                 if text.is_empty() {
                     continue;
                 }
-                if let Some(skipped) = self.limiter.admit() {
+                if let Some(skipped) = limiter.admit() {
                     bodies.push(EventBody::Output { text, offset: line.offset, skipped });
                 }
                 continue;
             };
             for event in parser.feed_line(trim_cr(&line.bytes)) {
                 let mut body = EventBody::from_harness(event, line.offset);
-                if let Some(observations) = &self.observations {
+                if let Some(observations) = observations {
                     let now = std::time::Instant::now();
                     if let EventBody::SessionStarted { .. } = body {
                         // Claude Code's system/init: `readiness = { event = "init" }`.
@@ -83,7 +107,7 @@ impl OutputReader {
                 }
                 // Only chatter is rate-limited; usage, tools and results never are.
                 if let EventBody::Progress { skipped, .. } = &mut body {
-                    match self.limiter.admit() {
+                    match limiter.admit() {
                         Some(n) => *skipped = n,
                         None => continue,
                     }
@@ -91,14 +115,6 @@ impl OutputReader {
                 bodies.push(body);
             }
         }
-        if last {
-            let skipped = self.limiter.take_skipped();
-            if skipped > 0 {
-                // Say how many lines were left out, even with nothing after them.
-                bodies.push(EventBody::Output { text: String::new(), offset: self.cursor.offset(), skipped });
-            }
-        }
-        Ok(bodies)
     }
 }
 

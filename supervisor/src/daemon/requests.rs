@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 
-use super::{agent, assign, blocking, events, merges, ops, spawn, Daemon};
+use super::{agent, assign, blocking, events, listing, merges, ops, spawn, Daemon};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::sys::sandbox;
 use crate::wire::protocol::{framed, Request, Response, PROTOCOL_VERSION};
@@ -89,10 +89,12 @@ fn sandboxed_caller(daemon: &Daemon, pid: u32) -> Option<crate::model::address::
 pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response> {
     match request {
         Request::Spawn(spawn) => spawn::spawn_agent(daemon, *spawn).await.map(Response::Spawned),
-        Request::List { all } => {
-            let agents =
-                daemon.store.read(|table| table.agents.values().filter(|a| all || !a.removed).cloned().collect());
-            Ok(Response::Agents { agents })
+        Request::List { all, recent, under, after } => {
+            let parse = |text: Option<String>| text.as_deref().map(crate::model::address::Address::parse).transpose();
+            let query = listing::Query { all, recent, under: parse(under)?, after: parse(after)? };
+            let page = daemon.store.read(|table| listing::page(table, &query, chrono::Utc::now()));
+            let next = page.next.map(|a| a.to_string());
+            Ok(Response::Agents { agents: page.agents, next, older: page.older })
         }
         Request::Info { address } => {
             let agent = daemon.find(&address)?;

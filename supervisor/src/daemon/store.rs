@@ -20,6 +20,11 @@
 //! since when and how many appends failed. A damaged journal repaired on
 //! open is said in a `journal_repaired` event.
 //!
+//! History stays cheap: the writer snapshots the table (`snapshot`) once
+//! enough events were written since the last snapshot, so opening folds
+//! the snapshot and only the journal after it; the journal itself is
+//! never cut.
+//!
 //! Never does: decide anything. It records what the daemon decided.
 
 use std::path::Path;
@@ -29,7 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::daemon::journal::{Draft, Journal};
+use crate::daemon::journal::{Draft, Journal, Resume};
+use crate::daemon::snapshot;
 use crate::model::address::Address;
 use crate::model::error::{Error, Result};
 use crate::model::event::{Event, EventBody};
@@ -37,6 +43,14 @@ use crate::model::lifecycle::{AgentRecord, AgentTable};
 
 /// Most commits one write takes together.
 const GROUP_COMMIT_MAX: usize = 512;
+
+/// Events written between two snapshots, at least. A snapshot costs about
+/// as much as the table is large, so with many agents they are further
+/// apart: at least `SNAPSHOT_PER_AGENT` events an agent, which keeps the
+/// cost of snapshots per event the same whatever the history, and what a
+/// start folds after the snapshot at most this many events.
+const SNAPSHOT_EVERY: u64 = 20_000;
+const SNAPSHOT_PER_AGENT: u64 = 1;
 
 /// How often a writer that cannot write tries again by itself.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -65,14 +79,16 @@ pub(super) struct Store {
 }
 
 impl Store {
-    /// Opens the journal, folds every event into a new table and starts
-    /// the writer thread.
+    /// Opens the journal, folds it into a new table (from the snapshot,
+    /// when there is one the journal holds, then the events after it) and
+    /// starts the writer thread.
     pub(super) fn open(path: &Path) -> Result<Store> {
-        let (mut journal, events) = Journal::open(path)?;
-        let mut table = AgentTable::default();
-        for event in &events {
-            table.apply(event);
-        }
+        let (mut table, resume) = match snapshot::load(path) {
+            Some((table, resume)) => (table, Some(resume)),
+            None => (AgentTable::default(), None),
+        };
+        let mut journal = Journal::open_after(path, resume, |event| table.apply(&event))?;
+        let snapshot_seq = resume.map_or(0, |r| r.seq);
         let table = Arc::new(RwLock::new(table));
         let durable = watch::Sender::new(Durable { seq: journal.last_seq(), len: journal.durable_len() });
         let dropped_output = Arc::new(AtomicU64::new(0));
@@ -101,6 +117,7 @@ impl Store {
             dropped_output: dropped_output.clone(),
             fault: None,
             first,
+            snapshot_seq,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -129,6 +146,16 @@ impl Store {
         let stopped = || Error::other("the journal writer has stopped");
         self.writer.send(Commit { drafts, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Returns once the writer has done everything asked of it before,
+    /// a snapshot it is writing included: a daemon that stops settles
+    /// first, so a short-lived daemon still leaves its snapshot behind.
+    pub(super) async fn settle(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.writer.send(Commit { drafts: Vec::new(), reply }).is_ok() {
+            let _ = answer.await;
+        }
     }
 
     /// Lends the table to `f`.
@@ -170,6 +197,8 @@ struct Writer {
     fault: Option<Fault>,
     /// Written before anything else (a repair found on open).
     first: Vec<Draft>,
+    /// The seq of the last snapshot (0: none yet).
+    snapshot_seq: u64,
 }
 
 impl Writer {
@@ -201,6 +230,25 @@ impl Writer {
         }
     }
 
+    /// Writes a snapshot of the table when enough was journaled since the
+    /// last one. One that cannot be written is said and tried again after
+    /// as many events more: the journal still holds everything.
+    fn snapshot_if_due(&mut self) {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let due = SNAPSHOT_EVERY.max(SNAPSHOT_PER_AGENT * table.agents.len() as u64);
+        if self.journal.last_seq() - self.snapshot_seq < due {
+            return;
+        }
+        let resume = Resume { seq: self.journal.last_seq(), len: self.journal.durable_len() };
+        if let Err(err) = snapshot::write(self.journal.path(), &table, resume) {
+            tracing::warn!(
+                "cannot write a snapshot of the agent table beside {}: {err}",
+                self.journal.path().display()
+            );
+        }
+        self.snapshot_seq = resume.seq;
+    }
+
     /// Appends the batch (after what must come first), folds it, publishes
     /// it, answers each commit.
     fn write(&mut self, batch: Vec<Commit>) {
@@ -220,6 +268,10 @@ impl Writer {
         let (drafts, replies): (Vec<Vec<Draft>>, Vec<_>) = batch.into_iter().map(|c| (c.drafts, c.reply)).unzip();
         let all: Vec<Draft> = lead.into_iter().chain(drafts.into_iter().flatten()).collect();
         if all.is_empty() {
+            // Only `settle`s: everything before them is done.
+            for reply in replies {
+                let _ = reply.send(Ok(Vec::new()));
+            }
             return;
         }
         // Drafts are moved into the append; a failed append needs the lead
@@ -242,6 +294,8 @@ impl Writer {
                 for (reply, size) in replies.into_iter().zip(sizes) {
                     let _ = reply.send(Ok(events.by_ref().take(size).collect()));
                 }
+                // After the answers: a snapshot delays the next commits, never these.
+                self.snapshot_if_due();
             }
             Err(err) => {
                 // A repair found on open is written once the disk allows.

@@ -18,8 +18,9 @@ use std::time::Instant;
 pub const MAX_LINE: usize = 400;
 const RATE: f64 = 20.0;
 const BURST: f64 = 100.0;
-/// Read at most this much per call, so a flood is handled in slices.
-const MAX_READ: u64 = 4 * 1024 * 1024;
+/// Read this much at most at a time, so a flood is handled in slices and
+/// the daemon's memory follows the slice, not the backlog.
+const MAX_READ: u64 = 256 * 1024;
 
 /// One complete line of the log (without its `\n`).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,21 +50,36 @@ impl LineCursor {
     /// Reads up to `upto` (or to the end of the log) and returns the
     /// complete lines. With `last`, an unfinished final line counts too.
     pub fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<RawLine>> {
+        let mut all = Vec::new();
+        self.read_each(upto, last, |lines| all.extend(lines))?;
+        Ok(all)
+    }
+
+    /// [`LineCursor::read`] a slice at a time: hands `each` the complete
+    /// lines of every slice of at most `MAX_READ` bytes as it is read, so
+    /// however far behind the reader is, only one slice is in memory.
+    pub fn read_each(
+        &mut self,
+        upto: Option<u64>,
+        last: bool,
+        mut each: impl FnMut(Vec<RawLine>),
+    ) -> std::io::Result<()> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         let end = file.metadata()?.len();
         let end = upto.map_or(end, |u| u.min(end));
-        let mut lines = Vec::new();
+        let mut chunk = Vec::new();
         loop {
+            let mut lines = Vec::new();
             let read_from = self.offset + self.partial.len() as u64;
             if end <= read_from {
                 break;
             }
             file.seek(SeekFrom::Start(read_from))?;
-            let mut chunk = Vec::new();
+            chunk.clear();
             (&mut file).take((end - read_from).min(MAX_READ)).read_to_end(&mut chunk)?;
             if chunk.is_empty() {
                 break;
@@ -79,13 +95,16 @@ impl LineCursor {
                 }
             }
             self.partial.extend_from_slice(&chunk[start..]);
+            if !lines.is_empty() {
+                each(lines);
+            }
         }
         if last && !self.partial.is_empty() {
             let bytes = std::mem::take(&mut self.partial);
             self.offset += bytes.len() as u64;
-            lines.push(RawLine { bytes, offset: self.offset });
+            each(vec![RawLine { bytes, offset: self.offset }]);
         }
-        Ok(lines)
+        Ok(())
     }
 }
 
@@ -197,6 +216,34 @@ pub fn tail_lines(log: &std::path::Path, count: usize) -> Vec<String> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_backlog_is_read_a_slice_at_a_time_and_nothing_is_lost_between_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        // About four slices of lines of every length, a partial one last.
+        let mut text = Vec::new();
+        let mut n = 0;
+        while text.len() < 4 * MAX_READ as usize {
+            text.extend(format!("{n} {}\n", "x".repeat(n % 97)).bytes());
+            n += 1;
+        }
+        text.extend(b"unfinished");
+        std::fs::write(&path, &text).unwrap();
+        let mut slices = Vec::new();
+        LineCursor::new(path.clone(), 0).read_each(None, true, |lines| slices.push(lines)).unwrap();
+        assert!(slices.len() >= 4, "{} slices", slices.len());
+        for slice in &slices {
+            let bytes: usize = slice.iter().map(|l| l.bytes.len() + 1).sum();
+            assert!(bytes <= 2 * MAX_READ as usize, "a slice of {bytes} bytes");
+        }
+        let lines: Vec<RawLine> = slices.into_iter().flatten().collect();
+        assert_eq!(lines, LineCursor::new(path, 0).read(None, true).unwrap());
+        assert_eq!(lines.len(), n + 1);
+        assert_eq!(lines[n].bytes, b"unfinished");
+        assert_eq!(lines[n].offset, text.len() as u64);
+        assert!(lines.iter().take(n).enumerate().all(|(i, l)| l.bytes.starts_with(format!("{i} ").as_bytes())));
+    }
 
     #[test]
     fn cleans_lines() {

@@ -27,8 +27,21 @@ pub enum Request {
         version: u32,
     },
     Spawn(Box<SpawnRequest>),
+    /// Agents, a page at a time (see `daemon::listing`): ask again
+    /// `after` the answer's `next` until it has none.
     List {
+        /// Agents `gc` removed too.
         all: bool,
+        /// Only the recent view: agents not done, and those that ended
+        /// last (`corral ps` without `--all`).
+        #[serde(default)]
+        recent: bool,
+        /// Only this agent and those below it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        under: Option<String>,
+        /// The page after this address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     /// One agent's record and where its files are (`view`, `logs`, `attach`).
     Info {
@@ -127,8 +140,15 @@ pub enum Response {
         stamp: String,
     },
     Spawned(Spawned),
+    /// One page of a `List`.
     Agents {
         agents: Vec<AgentRecord>,
+        /// Ask again after this address for the next page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        /// How many agents the recent view left out.
+        #[serde(default)]
+        older: usize,
     },
     Info {
         agent: Box<AgentRecord>,
@@ -248,6 +268,14 @@ fn content_hash(mut input: impl Read) -> std::io::Result<u128> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+impl Request {
+    /// The first page of a list of every agent (`all`: those `gc` removed
+    /// too).
+    pub fn list(all: bool) -> Request {
+        Request::List { all, recent: false, under: None, after: None }
     }
 }
 

@@ -338,10 +338,9 @@ fn finish(state: &StateDir, runs: &Runs, mut record: RunRecord, me: &Address) ->
 /// The daemon's records of the run at `driver`: the driver and every
 /// agent below it (those gc removed included).
 pub(super) fn run_agents(state: &StateDir, driver: &Address) -> Result<Vec<AgentRecord>> {
-    match ask(state, &Request::List { all: true })? {
-        Response::Agents { agents } => Ok(agents.into_iter().filter(|a| a.address.is_within(driver)).collect()),
-        other => Err(Error::other(format!("the daemon answered a list with {other:?}"))),
-    }
+    let (agents, _) =
+        crate::cli::client::list_with(|request| ask(state, request), true, false, Some(driver.to_string()))?;
+    Ok(agents)
 }
 
 /// One line of the driver's output (its log; `corral logs /root/<run id>`).

@@ -23,7 +23,7 @@ use crate::model::address::Address;
 use crate::model::error::{Error, Result};
 use crate::model::lifecycle::AgentRecord;
 use crate::sys::paths::StateDir;
-use crate::wire::protocol::{Request, Response};
+use crate::wire::protocol::Request;
 
 /// How often the client looks at the run.
 const POLL: Duration = Duration::from_millis(200);
@@ -95,10 +95,9 @@ pub fn follow(state: &StateDir, runs: &Runs, id: &str, json: bool, signals: &Sig
 
 /// The run's agents that gc has not removed (the cheaper list, for polling).
 fn live_agents(state: &StateDir, driver: &Address) -> Result<Vec<AgentRecord>> {
-    match ask(state, &Request::List { all: false })? {
-        Response::Agents { agents } => Ok(agents.into_iter().filter(|a| a.address.is_within(driver)).collect()),
-        other => Err(Error::other(format!("the daemon answered a list with {other:?}"))),
-    }
+    let (agents, _) =
+        crate::cli::client::list_with(|request| ask(state, request), false, false, Some(driver.to_string()))?;
+    Ok(agents)
 }
 
 pub fn print_report(report: &Report, json: bool) {

@@ -325,10 +325,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<i32> {
     let records = Runs::new(state).all();
     let agents = match records.is_empty() {
         true => Vec::new(),
-        false => match ask(state, &Request::List { all: true })? {
-            Response::Agents { agents } => agents,
-            _ => return Err(Error::other("the daemon gave an unexpected answer")),
-        },
+        false => crate::cli::client::list_with(|request| ask(state, request), true, false, None)?.0,
     };
     let mut rows = Vec::new();
     for record in &records {

@@ -92,7 +92,7 @@ fn stretch(
         false => Client::connect_existing(state),
     };
     let mut client = connect()?;
-    if let Ok(Response::Agents { agents }) = client.request(&Request::List { all: true }) {
+    if let Ok((agents, _)) = client.list(true, false, None) {
         send(tx, Feed::Snapshot(agents))?;
     }
     drop(client);

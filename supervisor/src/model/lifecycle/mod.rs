@@ -698,7 +698,7 @@ pub struct AgentTable {
 
 /// One day's spend over all agents, and the daily budgets already warned
 /// about or spent that day.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DailySpend {
     pub tokens: u64,
     pub cost: f64,

@@ -79,6 +79,6 @@ mod tests {
         assert!(check(&me, &Request::Shutdown).is_err());
         let send = Request::Send { to: "/root/b".into(), from: "/root/a".into(), text: "hi".into() };
         assert!(check(&me, &send).is_ok());
-        assert!(check(&me, &Request::List { all: true }).is_ok());
+        assert!(check(&me, &Request::list(true)).is_ok());
     }
 }
