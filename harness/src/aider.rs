@@ -1,8 +1,27 @@
 //! Aider, all of it: how corral starts it and how its output reads.
 //!
-//! - Launch: `aider --yes-always --no-pretty --no-stream [--model M] EXTRA
+//! - Launch: `aider --yes-always --no-pretty --no-stream --no-auto-commits
+//!   --no-dirty-commits --no-gitignore --no-check-update --no-analytics
+//!   --no-show-release-notes --no-show-model-warnings [--model M] EXTRA
 //!   --message TASK`, its stdin `/dev/null`, in a PTY that is not raw (its
-//!   output is text for a terminal).
+//!   output is text for a terminal). Why each:
+//!   - `--no-stream`: streamed, Aider ignores the server's usage and prints
+//!     its own estimate; not streamed, it prints the server's figures.
+//!   - `--no-auto-commits --no-dirty-commits`: Aider writes each commit
+//!     message with a model call whose usage it never prints, so no meter
+//!     reading its output could count it; the agent's edits stay in its
+//!     worktree, uncommitted, as Claude Code's and Codex's do. Give
+//!     `--auto-commits` after `--` to have Aider commit (and those calls go
+//!     uncounted unless a metering proxy sees them).
+//!   - `--no-gitignore`: else it adds `.aider*` to the worktree's
+//!     `.gitignore` (it asks, and `--yes-always` says yes).
+//!   - `--no-check-update --no-analytics --no-show-release-notes
+//!     --no-show-model-warnings`: no network but the model's, no analytics
+//!     opt-in said yes to by `--yes-always`, no browser opened.
+//!
+//!   The model server comes from the environment (`OPENAI_API_BASE`,
+//!   `OPENAI_API_KEY` with `--model openai/NAME`, or Aider's own `AIDER_*`
+//!   variables), passed through from the spawning one.
 //! - Delivery: none; `aider --message` takes no input while it runs. A new
 //!   task for an ended agent is a new `--message TASK` run.
 //! - Output: see below; [`AiderParser`] keeps the agent's token usage and
@@ -32,7 +51,13 @@
 //! line of its own when both cache parts are present. Figures are rounded by
 //! Aider's `format_tokens`: below 1000 exact, below 10 000 one decimal with
 //! `k` (`2.3k`), above that whole thousands (`12k`); an `M` suffix is read
-//! too. So token totals are as exact as Aider prints them, no more.
+//! too. Figures below 1000 are exact. A rounded one is counted as the
+//! largest figure that rounds to it (`2.3k` as 2350, `12k` as 12 500), so
+//! the meter never counts less than was used, and at most one printed unit
+//! more per figure (100 tokens for `2.3k`, 1000 for `12k`: Python rounds
+//! halves to even). Exact figures
+//! for every call are what a metering proxy between Aider and the model
+//! sees.
 //!
 //! Mapping: Aider's "sent" is every input token of the call (it adds the
 //! cache-write tokens into it itself; for DeepSeek- and OpenAI-style
@@ -67,7 +92,9 @@ pub(crate) const DELIVERY: Delivery = Delivery::Refuse("aider --message takes no
 /// arguments, the task last after `--message`.
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
-    push(&mut argv, &["--yes-always", "--no-pretty", "--no-stream"]);
+    push(&mut argv, &["--yes-always", "--no-pretty", "--no-stream", "--no-auto-commits", "--no-dirty-commits"]);
+    push(&mut argv, &["--no-gitignore", "--no-check-update", "--no-analytics"]);
+    push(&mut argv, &["--no-show-release-notes", "--no-show-model-warnings"]);
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
@@ -94,10 +121,10 @@ pub struct AiderParser {
 /// Token figures of one `Tokens:` report.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct TokenReport {
-    sent: u64,
-    cache_write: u64,
-    cache_hit: u64,
-    received: u64,
+    sent: Count,
+    cache_write: Count,
+    cache_hit: Count,
+    received: Count,
 }
 
 /// Cost figures of one `Cost:` report, in US dollars.
@@ -107,16 +134,37 @@ struct CostReport {
     session: Option<f64>,
 }
 
-/// "2.3k" → 2300, "12k" → 12000, "1.5M" → 1 500 000, "440" → 440.
-fn parse_count(s: &str) -> Option<u64> {
+/// A printed token figure: the range of counts that print as it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Count {
+    /// The fewest tokens it can stand for.
+    low: u64,
+    /// The most tokens it can stand for.
+    high: u64,
+}
+
+/// "440" → exactly 440; "2.3k" → 2250..=2350, "12k" → 11 500..=12 500,
+/// "1.5M" → 1 450 000..=1 550 000: a rounded figure stands for half its
+/// last digit's unit either side (both ends, as Python rounds halves to
+/// even).
+fn parse_count(s: &str) -> Option<Count> {
     let s = s.trim();
     let (number, scale) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1e3),
-        (i, 'm' | 'M') => (&s[..i], 1e6),
-        _ => (s, 1.0),
+        (i, 'k' | 'K') => (s[..i].trim(), 1_000u64),
+        (i, 'm' | 'M') => (s[..i].trim(), 1_000_000),
+        _ => (s, 1),
     };
-    let value: f64 = number.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| (value * scale).round() as u64)
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let printed = (value * scale as f64).round() as u64;
+    if scale == 1 {
+        return Some(Count { low: printed, high: printed });
+    }
+    let decimals = number.split_once('.').map_or(0, |(_, fraction)| fraction.len()) as u32;
+    let half = scale / 10u64.saturating_pow(decimals).max(1) / 2;
+    Some(Count { low: printed.saturating_sub(half), high: printed + half })
 }
 
 /// The `Tokens: ...` part of a line (up to `Cost:` or the end).
@@ -176,11 +224,14 @@ impl AiderParser {
 
     /// Usage event for a report with `tokens` and/or `cost`.
     fn report(&mut self, tokens: Option<TokenReport>, cost: Option<CostReport>) -> Option<HarnessEvent> {
+        // Every field at the top of its range, and the input worked out
+        // from the most that was sent less the least that went to the
+        // cache: no field is ever counted lower than it was.
         let delta = tokens.map_or(TokenUsage::default(), |r| TokenUsage {
-            input: r.sent.saturating_sub(r.cache_write).saturating_sub(r.cache_hit),
-            output: r.received,
-            cache_read: r.cache_hit,
-            cache_write: r.cache_write,
+            input: r.sent.high.saturating_sub(r.cache_write.low).saturating_sub(r.cache_hit.low),
+            output: r.received.high,
+            cache_read: r.cache_hit.high,
+            cache_write: r.cache_write.high,
         });
         let cost_delta = match cost {
             Some(CostReport { session: Some(session), .. }) => {
@@ -234,12 +285,15 @@ mod tests {
 
     #[test]
     fn k_and_m_suffixes() {
-        assert_eq!(parse_count("440"), Some(440));
-        assert_eq!(parse_count("2.3k"), Some(2300));
-        assert_eq!(parse_count("12k"), Some(12_000));
-        assert_eq!(parse_count("9.9k"), Some(9900));
-        assert_eq!(parse_count("1.5M"), Some(1_500_000));
-        assert_eq!(parse_count("0.1k"), Some(100));
+        // Exact below 1000; a rounded figure stands for a range.
+        let count = |s: &str| parse_count(s).map(|c| (c.low, c.high));
+        assert_eq!(count("440"), Some((440, 440)));
+        assert_eq!(count("2.3k"), Some((2250, 2350)));
+        assert_eq!(count("12k"), Some((11_500, 12_500)));
+        assert_eq!(count("9.9k"), Some((9850, 9950)));
+        assert_eq!(count("1.5M"), Some((1_450_000, 1_550_000)));
+        assert_eq!(count("0.1k"), Some((50, 150)));
+        assert_eq!(count("10.0k"), Some((9950, 10_050)));
         assert_eq!(parse_count("k"), None);
         assert_eq!(parse_count("-1"), None);
         assert_eq!(parse_count("lots"), None);
@@ -249,12 +303,13 @@ mod tests {
     fn report_with_cache_parts_and_cost_on_the_next_line() {
         let mut p = AiderParser::new();
         let events = p.feed_line(b"Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received.");
-        // input 12000 - 1200 - 3400 = 7400.
+        // Never lower than the truth: input at most 12 500 - 1150 - 3350 =
+        // 8000, the cache figures at the top of their ranges.
         assert_eq!(
             events,
             vec![HarnessEvent::Usage {
-                delta: t(7400, 440, 3400, 1200),
-                total: t(7400, 440, 3400, 1200),
+                delta: t(8000, 440, 3450, 1250),
+                total: t(8000, 440, 3450, 1250),
                 cost_usd: None,
                 settled: true
             }]
@@ -266,15 +321,15 @@ mod tests {
     #[test]
     fn session_cost_counts_growth_and_restarts() {
         let mut p = AiderParser::new();
-        p.feed_line(b"Tokens: 1k sent, 10 received. Cost: $0.01 message, $0.01 session.");
-        p.feed_line(b"Tokens: 2k sent, 20 received. Cost: $0.02 message, $0.03 session.");
-        // Tokens per message add up: 1000+2000 in, 10+20 out.
-        assert_eq!(p.totals().tokens, t(3000, 30, 0, 0));
+        p.feed_line(b"Tokens: 1.0k sent, 10 received. Cost: $0.01 message, $0.01 session.");
+        p.feed_line(b"Tokens: 2.0k sent, 20 received. Cost: $0.02 message, $0.03 session.");
+        // Tokens per message add up, each at its most: 1050+2050 in, 10+20 out.
+        assert_eq!(p.totals().tokens, t(3100, 30, 0, 0));
         assert!((p.totals().cost_usd.unwrap() - 0.03).abs() < 1e-12);
         // A new Aider process: session figure starts again, counted in full.
         p.feed_line(b"Tokens: 500 sent, 5 received. Cost: $0.004 message, $0.004 session.");
         assert!((p.totals().cost_usd.unwrap() - 0.034).abs() < 1e-12);
-        assert_eq!(p.totals().tokens, t(3500, 35, 0, 0));
+        assert_eq!(p.totals().tokens, t(3600, 35, 0, 0));
     }
 
     #[test]
@@ -296,8 +351,8 @@ mod tests {
         assert_eq!(
             events,
             vec![HarnessEvent::Usage {
-                delta: t(3100, 12, 0, 0),
-                total: t(3100, 12, 0, 0),
+                delta: t(3150, 12, 0, 0),
+                total: t(3150, 12, 0, 0),
                 cost_usd: None,
                 settled: true
             }]

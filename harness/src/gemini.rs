@@ -1,8 +1,18 @@
 //! Gemini CLI in its headless structured mode, all of it: how corral starts
 //! it and how its output reads.
 //!
-//! - Launch: `gemini --output-format stream-json [--model M] EXTRA -p TASK`,
-//!   its stdin `/dev/null`.
+//! - Launch: `gemini --output-format stream-json --skip-trust [--model M]
+//!   EXTRA -p TASK`, its stdin `/dev/null`. `--skip-trust`: corral made the
+//!   worktree from the person's repository, and headless Gemini CLI 0.61
+//!   refuses an untrusted folder (exit 55, nothing on stdout). Give a
+//!   `--model`: without one it routes through `auto`, which makes extra
+//!   router calls. Files are written with `--approval-mode auto_edit`
+//!   (corral passes on what is given after `--`); `--yolo` (shell too) is
+//!   refused under corral's sandbox (see [`widening_arg`]). The model
+//!   server comes from the environment (`GOOGLE_GEMINI_BASE_URL`,
+//!   `GEMINI_API_KEY`), passed through from the spawning one; with a base
+//!   URL set, Gemini CLI also needs `security.auth.selectedType:
+//!   "gemini-api-key"` in its settings (docs/agents/gemini-cli.md §2).
 //! - Delivery: none; `gemini -p` takes no input while it runs. A new task
 //!   for an ended agent is a new `-p TASK` run.
 //! - Output: its JSON lines become [`HarnessEvent`]s, and [`GeminiParser`]
@@ -79,7 +89,7 @@ pub(crate) const DELIVERY: Delivery = Delivery::Refuse("gemini -p takes no input
 /// arguments, the task last after `-p`.
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
-    push(&mut argv, &["--output-format", "stream-json"]);
+    push(&mut argv, &["--output-format", "stream-json", "--skip-trust"]);
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }

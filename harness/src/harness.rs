@@ -9,9 +9,9 @@
 //! |---|---|---|---|
 //! | claude | `claude -p --output-format stream-json --verbose --include-partial-messages --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
 //! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
-//! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
-//! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
-//! | aider | `aider --yes-always --no-pretty ... --message TASK` | none | not deliverable |
+//! | gemini | `gemini --output-format stream-json --skip-trust ... -p TASK` | none | not deliverable |
+//! | opencode | `opencode run --format json --title TITLE ... TASK` | none | not deliverable |
+//! | aider | `aider --yes-always --no-pretty --no-stream --no-auto-commits ... --message TASK` | none | not deliverable |
 //! | generic | the command given | the PTY | typed into the PTY |
 //!
 //! Structured (JSON-lines) harnesses run in a raw PTY without echo, so
@@ -382,6 +382,17 @@ mod tests {
         }
         let plain = ["make".to_string(), "test".into()];
         assert_eq!(Harness::Generic.next_task(&plain, None, "other"), (plain.to_vec(), None));
+    }
+
+    #[test]
+    fn the_one_shot_clis_run_headless_with_every_model_call_reported() {
+        let argv = |harness: Harness| harness.launch(harness.as_str(), "t", &Options::default(), &[]).unwrap().argv;
+        assert!(argv(Harness::Gemini).contains(&"--skip-trust".to_string()));
+        assert!(argv(Harness::Opencode).windows(2).any(|w| w == ["--title", "t"]));
+        let aider = argv(Harness::Aider);
+        for flag in ["--no-stream", "--no-auto-commits", "--no-dirty-commits", "--no-analytics", "--no-gitignore"] {
+            assert!(aider.contains(&flag.to_string()), "{flag}: {aider:?}");
+        }
     }
 
     #[test]

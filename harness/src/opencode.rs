@@ -1,8 +1,14 @@
 //! opencode in its headless structured mode, all of it: how corral starts
 //! it and how its output reads.
 //!
-//! - Launch: `opencode run --format json [--model M] EXTRA TASK`, its stdin
-//!   `/dev/null`.
+//! - Launch: `opencode run --format json --title TITLE [--model M] EXTRA
+//!   TASK`, its stdin `/dev/null`. TITLE is the task's first line (cut at
+//!   [`TITLE_MAX_CHARS`]) unless EXTRA has a `--title` of its own: without
+//!   one, opencode 1.18 makes a title call to the model that its JSON
+//!   output never reports, which no meter reading that output could count.
+//!   The model server comes from opencode's own configuration (a provider's
+//!   `options.baseURL`, in `OPENCODE_CONFIG` or `OPENCODE_CONFIG_CONTENT`
+//!   of the spawning environment, passed through).
 //! - Delivery: none; `opencode run` takes no input while it runs. A new task
 //!   for an ended agent is a new run with that task.
 //! - Output: its JSON lines become [`HarnessEvent`]s, and
@@ -49,8 +55,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::{
-    json_count, parse_object, progress, result_text, summarize_input, summarize_output, HarnessEvent, Ledger, Parser,
-    TokenUsage, UsageTotals,
+    json_count, parse_object, progress, result_text, summarize_input, summarize_output, truncate_chars, HarnessEvent,
+    Ledger, Parser, TokenUsage, UsageTotals,
 };
 use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
 
@@ -72,12 +78,26 @@ pub(crate) const DELIVERY: Delivery = Delivery::Refuse("opencode run takes no in
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
     push(&mut argv, &["run", "--format", "json"]);
+    let titled = extra.iter().any(|arg| arg == "--title" || arg.starts_with("--title="));
+    if !titled {
+        push(&mut argv, &["--title", &title(task)]);
+    }
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
     argv.extend_from_slice(extra);
     argv.push(task.to_string());
     Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// Longest session title corral gives opencode, in `char`s.
+pub(crate) const TITLE_MAX_CHARS: usize = 60;
+
+/// The session title for `task`: its first non-empty line, cut (never
+/// empty: opencode would make its title call for an empty one).
+fn title(task: &str) -> String {
+    let line = task.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("corral agent");
+    truncate_chars(line, TITLE_MAX_CHARS)
 }
 
 /// An ended agent's next run with `task`: the launch command with the new
@@ -268,6 +288,24 @@ mod tests {
         format!(
             r#"{{"type":"step_finish","sessionID":"s","part":{{"id":"{id}","reason":"{reason}","type":"step-finish","tokens":{{"input":10,"output":2,"reasoning":3,"cache":{{"write":4,"read":5}}}},"cost":{cost}}}}}"#
         )
+    }
+
+    #[test]
+    fn every_run_has_a_title_so_no_model_call_goes_unreported() {
+        let argv = launch("opencode", "\n  Fix the parser\nthen the tests", &Options::default(), &[]).argv;
+        assert_eq!(
+            argv,
+            ["opencode", "run", "--format", "json", "--title", "Fix the parser", "\n  Fix the parser\nthen the tests"]
+        );
+        let long = "x".repeat(200);
+        let argv = launch("opencode", &long, &Options::default(), &[]).argv;
+        assert_eq!(argv[5].chars().count(), TITLE_MAX_CHARS);
+        // The person's own title wins, in either form.
+        for own in [vec!["--title".to_string(), "mine".into()], vec!["--title=mine".to_string()]] {
+            let argv = launch("opencode", "task", &Options::default(), &own).argv;
+            assert_eq!(argv.iter().filter(|a| a.starts_with("--title")).count(), 1, "{argv:?}");
+        }
+        assert_eq!(title("   \n\n"), "corral agent");
     }
 
     #[test]
