@@ -12,6 +12,7 @@ mod harness;
 mod mcp;
 mod merge_queue;
 mod notify;
+mod other_clis;
 mod person;
 mod probes;
 mod regress_daemon;

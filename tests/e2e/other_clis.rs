@@ -1,0 +1,177 @@
+//! Gemini CLI, opencode and Aider, real, under corral (issue 14): each
+//! pinned CLI runs headless as an agent (`corral spawn --harness
+//! gemini|opencode|aider`) against corral's scripted model server (`corral
+//! mock-llm`, the Gemini API for Gemini CLI, OpenAI Chat Completions for
+//! the other two), writes a file in its worktree through its own editing
+//! tool (Aider through its edit format), and corral reads its live output
+//! into events and usage equal to the script's; a runaway of each is
+//! stopped on its token budget.
+//!
+//! The real binaries come from `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`,
+//! `CORRAL_AIDER_BIN`, else from the cache folder
+//! `tests/install-agent-clis.sh` installs into. A missing binary FAILS the
+//! test: these tests never pass by skipping. How each CLI is pointed at the
+//! server is in corral_e2e::real_cli (`gemini_env`, `opencode_env`,
+//! `aider_env`) and docs/agents/.
+
+use std::path::{Path, PathBuf};
+
+use corral_e2e::real_cli::{
+    aider_env, assert_usage_everywhere, diagnostics, events, figures, find_named, gemini_env, model_requests, of_type,
+    opencode_env, spawn_harness, wait_end, MockLlm, AIDER_MODEL, OPENCODE_MODEL,
+};
+use corral_e2e::TestRepo;
+use serde_json::{json, Value};
+
+/// The file is in the agent's worktree with `content`, and nowhere else in
+/// the test's folders.
+fn assert_written_only_in_worktree(
+    repo: &TestRepo,
+    worktree: &Path,
+    name: &str,
+    content: &str,
+    why: &dyn Fn() -> String,
+) {
+    let target = worktree.join(name);
+    let written = std::fs::read_to_string(&target).unwrap_or_else(|e| panic!("{}: {e}\n{}", target.display(), why()));
+    assert_eq!(written, content, "{}", why());
+    let mut found = Vec::new();
+    find_named(repo.root.path(), name, &mut found);
+    let found: Vec<PathBuf> = found.iter().map(|p| p.canonicalize().unwrap()).collect();
+    assert_eq!(found, vec![target.canonicalize().unwrap()], "the file must exist only in the agent's worktree");
+}
+
+/// The tool_use named `name` and its tool_result, which succeeded, in order.
+fn assert_tool_ran(events: &[Value], name: &str, file: &str, why: &dyn Fn() -> String) {
+    let uses = of_type(events, "tool_use");
+    let used = uses.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no {name} tool_use\n{}", why()));
+    assert!(used["summary"].as_str().is_some_and(|s| s.contains(file)), "the {name} summary names {file}: {used}");
+    let results = of_type(events, "tool_result");
+    let result = results
+        .iter()
+        .find(|e| e["id"] == used["id"])
+        .unwrap_or_else(|| panic!("no tool_result for {}\n{}", used["id"], why()));
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(used["seq"].as_u64() < result["seq"].as_u64(), "the result comes after the use");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Each writes a file in its worktree; usage equals the script's
+
+#[test]
+fn real_gemini_writes_in_its_worktree_and_corral_counts_its_usage_exactly() {
+    let repo = TestRepo::new();
+    let worktree = repo.worktree_of("gem");
+    let (name, content) = ("hello-from-gemini.txt", "hello from the mock, via gemini\n");
+    let steps = [
+        json!({"text": "I'll create the file.",
+               "tool": {"name": "write_file", "input": {"file_path": name, "content": content}},
+               "usage": {"input": 2000, "output": 20}}),
+        json!({"text": "Wrote hello-from-gemini.txt.",
+               "usage": {"input": 2100, "output": 5, "cache_read": 1500, "reasoning": 3}}),
+    ];
+    let mock = MockLlm::start(&repo, "gemini", &json!({"steps": steps}));
+    let task = "Create hello-from-gemini.txt";
+    let extra = ["--approval-mode", "auto_edit"];
+    let spawn =
+        spawn_harness(&repo, "gem", "gemini", Some("gemini-2.5-flash"), task, &gemini_env(&repo, &mock), &extra);
+    let address = spawn["address"].as_str().unwrap_or("/root/gem").to_string();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_written_only_in_worktree(&repo, &worktree, name, content, &why);
+
+    let events = events(&repo, &address);
+    let started = of_type(&events, "session_started");
+    assert_eq!(started.len(), 1, "{started:?}\n{}", why());
+    assert_eq!(started[0]["model"], "gemini-2.5-flash");
+    assert_tool_ran(&events, "write_file", name, &why);
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 1, "{results:?}\n{}", why());
+    assert_eq!(results[0]["success"], true);
+    assert!(results[0]["text"].as_str().is_some_and(|t| t.ends_with("Wrote hello-from-gemini.txt.")), "{}", results[0]);
+    assert_eq!(results[0]["session_id"], started[0]["session_id"]);
+
+    // Gemini's counts hold the cached tokens in the prompt and the thinking
+    // in the total: corral's input is 4100 - 1500, its output 25 + 3.
+    assert_usage_everywhere(&repo, &address, "gemini", &figures(2600, 28, 1500, 0));
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 2, "one model request per step: {requests:?}");
+    assert!(requests[0]["path"].as_str().unwrap().ends_with("/models/gemini-2.5-flash:streamGenerateContent?alt=sse"));
+    assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
+    assert!(requests[1]["body"].to_string().contains("functionResponse"), "the tool's result went back");
+}
+
+#[test]
+fn real_opencode_writes_in_its_worktree_and_corral_counts_its_usage_exactly() {
+    let repo = TestRepo::new();
+    let worktree = repo.worktree_of("oc");
+    let (name, content) = ("hello-from-opencode.txt", "hello from the mock, via opencode\n");
+    let steps = [
+        json!({"tool": {"name": "write", "input": {"filePath": name, "content": content}},
+               "usage": {"input": 3000, "output": 40}}),
+        json!({"text": "Created hello-from-opencode.txt.", "usage": {"input": 3100, "output": 6, "cache_read": 2900}}),
+    ];
+    let mock = MockLlm::start(&repo, "opencode", &json!({"steps": steps}));
+    let task = "Create hello-from-opencode.txt";
+    let spawn = spawn_harness(&repo, "oc", "opencode", Some(OPENCODE_MODEL), task, &opencode_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/oc").to_string();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_written_only_in_worktree(&repo, &worktree, name, content, &why);
+
+    let events = events(&repo, &address);
+    let started = of_type(&events, "session_started");
+    assert_eq!(started.len(), 1, "{started:?}\n{}", why());
+    assert_tool_ran(&events, "write", name, &why);
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 1, "{results:?}\n{}", why());
+    assert_eq!(results[0]["success"], true);
+    assert_eq!(results[0]["text"], "Created hello-from-opencode.txt.");
+
+    // opencode's input leaves the cached tokens out: 3000 + (3100 - 2900).
+    assert_usage_everywhere(&repo, &address, "opencode", &figures(3200, 46, 2900, 0));
+    // corral titled the session, so there was no title call: every model
+    // request the server got is one opencode reported.
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 2, "one model request per step, no title call: {requests:?}");
+    assert!(requests.iter().all(|r| r["path"] == "/v1/chat/completions"), "{requests:?}");
+    assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
+}
+
+#[test]
+fn real_aider_edits_in_its_worktree_and_corral_counts_its_usage_exactly() {
+    let repo = TestRepo::new();
+    let worktree = repo.worktree_of("aid");
+    let (name, content) = ("hello-from-aider.txt", "hello from the mock, via aider\n");
+    // Aider has no tools: it edits through its "whole" edit format, a file
+    // name then the file in a fence. Figures under 1000 print exactly.
+    let reply = format!("I will create the file.\n\n{name}\n```\n{content}```\n");
+    let steps = [json!({"text": reply, "usage": {"input": 600, "output": 40}})];
+    let mock = MockLlm::start(&repo, "aider", &json!({"steps": steps}));
+    let task = "Create hello-from-aider.txt";
+    let spawn = spawn_harness(&repo, "aid", "aider", Some(AIDER_MODEL), task, &aider_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/aid").to_string();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["exit_code"], 0, "{record}");
+    assert_written_only_in_worktree(&repo, &worktree, name, content, &why);
+
+    let events = events(&repo, &address);
+    let progress: Vec<&str> = of_type(&events, "progress").iter().filter_map(|e| e["text"].as_str()).collect();
+    assert!(progress.iter().any(|t| *t == format!("Applied edit to {name}")), "{progress:?}\n{}", why());
+    // Aider prints the server's figures, and the price from its metadata:
+    // 600 * $0.000002 + 40 * $0.00001.
+    let cost = assert_usage_everywhere(&repo, &address, "aider", &figures(600, 40, 0, 0));
+    assert_eq!(cost.as_f64(), Some(0.0016), "{}", why());
+    // One call: no commit-message call (corral runs it --no-auto-commits).
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
+    assert!(requests[0]["body"].get("stream").is_none_or(|s| s == false), "Aider runs --no-stream");
+}
