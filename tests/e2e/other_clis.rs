@@ -14,13 +14,15 @@
 //! server is in corral_e2e::real_cli (`gemini_env`, `opencode_env`,
 //! `aider_env`) and docs/agents/.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use corral_e2e::real_cli::{
-    aider_env, assert_usage_everywhere, diagnostics, events, figures, find_named, gemini_env, model_requests, of_type,
-    opencode_env, spawn_harness, wait_end, MockLlm, AIDER_MODEL, OPENCODE_MODEL,
+    aider_env, assert_usage_everywhere, describe, diagnostics, events, figures, find_named, gemini_env, model_requests,
+    of_type, opencode_env, ps_record, run_deadline, spawn_harness, wait_end, MockLlm, AIDER_MODEL, OPENCODE_MODEL,
+    RUN_DEADLINE,
 };
-use corral_e2e::TestRepo;
+use corral_e2e::{TestRepo, PATIENCE};
 use serde_json::{json, Value};
 
 /// The file is in the agent's worktree with `content`, and nowhere else in
@@ -174,4 +176,109 @@ fn real_aider_edits_in_its_worktree_and_corral_counts_its_usage_exactly() {
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert!(requests[0]["body"].to_string().contains(task), "the task reached the model");
     assert!(requests[0]["body"].get("stream").is_none_or(|s| s == false), "Aider runs --no-stream");
+}
+
+// ---------------------------------------------------------------------------
+// 2. A runaway of each is stopped on its token budget
+
+/// What a runaway's end showed: the model calls the server got, and the
+/// `budget_exceeded` event.
+struct Runaway {
+    calls: u64,
+    exceeded: Value,
+    record: Value,
+}
+
+/// Spawns `harness` with `--max-tokens limit --grace 0` against a script
+/// whose one step repeats for ever, and checks corral stopped it on its
+/// budget: `corral wait` exits 23, state `budget_exceeded`, one
+/// `budget_exceeded` (tokens, the limit) after any warning, nothing of the
+/// agent left. Prints the model calls made after the crossing one.
+#[allow(clippy::too_many_arguments)]
+fn run_away(
+    name: &str,
+    harness: &str,
+    model: &str,
+    step: Value,
+    limit: u64,
+    crossing_call: u64,
+    env: impl Fn(&TestRepo, &MockLlm) -> Vec<(&'static str, OsString)>,
+    extra: &[&str],
+) -> Runaway {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(&repo, name, &json!({"steps": [step]}));
+    let limit_text = limit.to_string();
+    let mut command = repo.command();
+    command.args(["spawn", name, "--harness", harness, "--model", model, "--max-tokens", &limit_text, "--grace", "0"]);
+    command.args(["--task", "Look around again and again, for ever.", "--json"]);
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    for (key, value) in env(&repo, &mock) {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, &format!("corral spawn {name} --harness {harness}"));
+    assert!(out.status.success(), "corral spawn failed: {}", describe(&out));
+    let address = format!("/root/{name}");
+
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", &address, "--timeout", &timeout]);
+    let waited = run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}"));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_ne!(waited.status.code(), Some(124), "the runaway was not stopped within {RUN_DEADLINE:?}\n{}", why());
+    assert_eq!(waited.status.code(), Some(23), "corral wait: {}\n{}", describe(&waited), why());
+    let left = repo.agent_processes(&address);
+    assert!(left.is_empty(), "processes of {address} left after it ended: {left:?}\n{}", why());
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["state"], "budget_exceeded", "{record}\n{}", why());
+
+    let events = events(&repo, &address);
+    let exceeded = of_type(&events, "budget_exceeded");
+    assert_eq!(exceeded.len(), 1, "one budget_exceeded: {exceeded:?}\n{}", why());
+    let exceeded = exceeded[0].clone();
+    assert_eq!(exceeded["kind"], "tokens", "{exceeded}");
+    assert_eq!(exceeded["limit"].as_f64(), Some(limit as f64), "{exceeded}");
+    for warning in of_type(&events, "budget_warning") {
+        assert!(warning["seq"].as_u64() < exceeded["seq"].as_u64(), "a warning after the crossing: {warning}");
+    }
+    let exited = of_type(&events, "exited");
+    assert_eq!(exited.len(), 1, "{exited:?}\n{}", why());
+    assert_eq!(exited[0]["state"], "budget_exceeded");
+
+    let calls = model_requests(&mock.recorded()).len() as u64;
+    assert!(calls >= crossing_call, "only {calls} model calls, the budget needs {crossing_call}\n{}", why());
+    let used = exceeded["used"].as_f64().unwrap_or_default();
+    eprintln!(
+        "{harness} runaway: limit {limit} tokens, crossed by model call {crossing_call} at {used}; the server got \
+         {calls} model calls in all, {} after the crossing one",
+        calls - crossing_call
+    );
+    assert!(calls - crossing_call <= 1, "{} model calls after the crossing one\n{}", calls - crossing_call, why());
+    Runaway { calls, exceeded, record }
+}
+
+#[test]
+fn runaway_opencode_is_stopped_on_its_token_budget() {
+    // Every answer is one more glob call, 1000 in and 50 out; opencode
+    // reports each step's usage as it ends (step_finish), so the fifth
+    // crosses 5000 at 5250.
+    let step = json!({"tool": {"name": "glob", "input": {"pattern": "*.md"}},
+                      "usage": {"input": 1000, "output": 50}, "repeat": "forever"});
+    let end = run_away("runaway-oc", "opencode", OPENCODE_MODEL, step, 5000, 5, opencode_env, &[]);
+    assert_eq!(end.exceeded["used"].as_f64(), Some(5250.0), "{}", end.exceeded);
+    let counted = end.record["usage"]["input"].as_u64().unwrap() + end.record["usage"]["output"].as_u64().unwrap();
+    assert!(counted >= 5250 && counted <= end.calls * 1050, "counted {counted} of {} calls", end.calls);
+}
+
+#[test]
+fn runaway_aider_is_stopped_on_its_token_budget() {
+    // Aider has no tools to call for ever; what it repeats is its own
+    // reflection: an edit whose SEARCH part matches nothing is sent back to
+    // the model to fix, up to three times (four calls). Each call is 400 in
+    // and 50 out (exact figures, under 1000); the second crosses 800 at 900.
+    let reply = "hello.txt\n```\n<<<<<<< SEARCH\nno such line\n=======\nhello\n>>>>>>> REPLACE\n```\n";
+    let step = json!({"text": reply, "usage": {"input": 400, "output": 50}, "repeat": "forever"});
+    let end = run_away("runaway-aid", "aider", AIDER_MODEL, step, 800, 2, aider_env, &["--edit-format", "diff"]);
+    assert_eq!(end.exceeded["used"].as_f64(), Some(900.0), "{}", end.exceeded);
 }
