@@ -1,10 +1,13 @@
 //! Aider, all of it: how corral starts it and how its output reads.
 //!
-//! - Launch: `aider --yes-always --no-pretty --no-stream --no-auto-commits
-//!   --no-dirty-commits --no-gitignore --no-check-update --no-analytics
-//!   --no-show-release-notes --no-show-model-warnings [--model M] EXTRA
-//!   --message TASK`, its stdin `/dev/null`, in a PTY that is not raw (its
+//! - Launch: `aider --yes-always --no-pretty --no-fancy-input --no-stream
+//!   --no-auto-commits --no-dirty-commits --no-gitignore --no-check-update
+//!   --no-analytics --no-show-release-notes --no-show-model-warnings
+//!   [--model M] EXTRA`, its stdin a pipe, in a PTY that is not raw (its
 //!   output is text for a terminal). Why each:
+//!   - `--no-fancy-input`: with its input a pipe, Aider's terminal input
+//!     (prompt_toolkit) warns "Input is not a terminal" and exits without a
+//!     call; plain input reads one line a turn.
 //!   - `--no-stream`: streamed, Aider ignores the server's usage and prints
 //!     its own estimate; not streamed, it prints the server's figures.
 //!   - `--no-auto-commits --no-dirty-commits`: Aider writes each commit
@@ -22,18 +25,31 @@
 //!   The model server comes from the environment (`OPENAI_API_BASE`,
 //!   `OPENAI_API_KEY` with `--model openai/NAME`, or Aider's own `AIDER_*`
 //!   variables), passed through from the spawning one.
-//! - Delivery: none; `aider --message` takes no input while it runs. A new
-//!   task for an ended agent is a new `--message TASK` run.
+//! - Delivery: on stdin, one input a turn, the task first
+//!   ([`message_input`]): a one-line text as it is, a longer one in Aider's
+//!   `{corral` ... `corral}` block. Aider reads the next input once a turn
+//!   is over, so messages wait in the pipe, in order. A text starting with
+//!   `/` is an Aider command (`/add FILE`, `/exit`). Aider exits when its
+//!   input closes, which corral does once every delivered message has been
+//!   answered. A new task for an ended agent is a new process with that
+//!   task as its first input.
 //! - Output: see below; [`AiderParser`] keeps the agent's token usage and
-//!   cost.
+//!   cost, and reports each answered model call as a `Result`.
 //!
 //! Aider has no structured output: its plain text is read line by
 //! line, cleaned like the generic harness ([`crate::generic::clean_line`]:
 //! terminal escapes stripped, lossy UTF-8), and its usage report is parsed
 //! into [`HarnessEvent::Usage`]. Every other line with text on it becomes
-//! `Progress`; empty lines are skipped. Aider prints no session id and no
-//! end-of-task marker, so this parser never reports `SessionStarted` or
-//! `Result`: the process's exit says how the task ended.
+//! `Progress`; empty lines are skipped. Aider prints no session id, so this parser
+//! never reports `SessionStarted`. It prints no end-of-turn marker either
+//! (its `> ` prompt comes without a line end), so each usage report, the
+//! end of one answered model call, is a successful `Result` (its text: the
+//! lines printed since the last one), and an error line of litellm's
+//! (`litellm.BadRequestError: ...`, after which Aider waits for input) is
+//! a failed one (reason `api_error`). A turn Aider retries or reflects on
+//! (an edit that failed to apply) has more than one; its input may then
+//! close early, which loses nothing: what was delivered is in the pipe, and
+//! Aider answers all of it before it reads the end.
 //!
 //! ## The usage report
 //!
@@ -71,9 +87,11 @@
 //! figure lower than the last one counts in full even without a banner. A
 //! report with only a message cost adds that.
 
-use crate::event::{progress, Cumulative, HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals};
+use crate::event::{
+    progress, result_text, Cumulative, HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, RESULT_TEXT_MAX_CHARS,
+};
 use crate::generic::clean_line;
-use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+use crate::launch::{push, Delivery, Input, Launch, Options};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -82,31 +100,58 @@ use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
 /// The environment variable that names the `aider` binary.
 pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_AIDER_BIN";
 
-/// No end-of-task marker: the process's exit says how the task ended.
-pub(crate) const REPORTS_RESULTS: bool = false;
+/// Each answered model call is a result (see the module doc).
+pub(crate) const REPORTS_RESULTS: bool = true;
 
-/// It takes no input while it runs.
-pub(crate) const DELIVERY: Delivery = Delivery::Refuse("aider --message takes no input while it runs");
+/// Messages go to stdin, one input a turn.
+pub(crate) const DELIVERY: Delivery = Delivery::Stdin;
+
+/// The tag of the multi-line input block ([`message_input`]).
+const BLOCK_TAG: &str = "corral";
 
 /// The launch of `program` for `task`; `extra` goes after corral's own
-/// arguments, the task last after `--message`.
+/// arguments; the task is the first input.
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
-    push(&mut argv, &["--yes-always", "--no-pretty", "--no-stream", "--no-auto-commits", "--no-dirty-commits"]);
-    push(&mut argv, &["--no-gitignore", "--no-check-update", "--no-analytics"]);
-    push(&mut argv, &["--no-show-release-notes", "--no-show-model-warnings"]);
+    push(&mut argv, &["--yes-always", "--no-pretty", "--no-fancy-input", "--no-stream"]);
+    push(&mut argv, &["--no-auto-commits", "--no-dirty-commits", "--no-gitignore", "--no-check-update"]);
+    push(&mut argv, &["--no-analytics", "--no-show-release-notes", "--no-show-model-warnings"]);
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
     argv.extend_from_slice(extra);
-    push(&mut argv, &["--message", task]);
-    Launch { argv, raw_pty: false, input: Input::Null, first_input: None }
+    Launch { argv, raw_pty: false, input: Input::Pipe, first_input: Some(message_input(task)) }
 }
 
-/// An ended agent's next run with `task`: the launch command with the new
-/// task (a new session).
+/// What is written to Aider's input to deliver `text` as one turn: the line
+/// itself, or, when it has line breaks, Aider's tagged block (`{corral`,
+/// the lines, `corral}`), which plain input reads whole. Carriage returns
+/// become line breaks; a line of the text that is exactly `corral}` would
+/// end the block early, so it gets a trailing space.
+pub(crate) fn message_input(text: &str) -> String {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let text = text.trim_end_matches('\n');
+    if !text.contains('\n') {
+        return format!("{text}\n");
+    }
+    let end = format!("{BLOCK_TAG}}}");
+    let mut block = format!("{{{BLOCK_TAG}\n");
+    for line in text.lines() {
+        block.push_str(line);
+        if line == end {
+            block.push(' ');
+        }
+        block.push('\n');
+    }
+    block.push_str(&end);
+    block.push('\n');
+    block
+}
+
+/// An ended agent's next run with `task`: the same command, a new Aider
+/// process, the task its first input.
 pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
-    (with_task(launch_argv, task), None)
+    (launch_argv.to_vec(), Some(message_input(task)))
 }
 
 /// Parser for Aider's plain-text output. One per agent.
@@ -116,6 +161,8 @@ pub struct AiderParser {
     session_cost: Cumulative,
     /// Aider processes seen (start banners), the scope of the session cost.
     process: u64,
+    /// The lines printed since the last result, bounded: the next one's text.
+    reply: String,
 }
 
 /// Token figures of one `Tokens:` report.
@@ -246,6 +293,22 @@ impl AiderParser {
     }
 }
 
+/// An error line of litellm's, after which Aider gives up the call or
+/// retries it: `litellm.BadRequestError: OpenAIException - ...`.
+fn is_api_error(text: &str) -> bool {
+    text.strip_prefix("litellm.").is_some_and(|rest| rest.split(':').next().is_some_and(|name| name.ends_with("Error")))
+}
+
+impl AiderParser {
+    /// The result of an answered call (or a failed one), with the lines
+    /// printed since the last result as its text.
+    fn result(&mut self, success: bool, failure: Option<&str>) -> HarnessEvent {
+        let text = result_text(self.reply.trim());
+        self.reply.clear();
+        HarnessEvent::Result { success, reason: failure.map(str::to_owned), text, session_id: None }
+    }
+}
+
 impl Parser for AiderParser {
     fn feed_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
         let Some(text) = clean_line(line) else {
@@ -258,7 +321,9 @@ impl Parser for AiderParser {
             };
             if let Some(tokens) = parse_tokens(tokens_part) {
                 let cost = cost_part.and_then(parse_cost);
-                return self.report(Some(tokens), cost).into_iter().collect();
+                let mut events: Vec<HarnessEvent> = self.report(Some(tokens), cost).into_iter().collect();
+                events.push(self.result(true, None));
+                return events;
             }
         } else if let Some(rest) = text.strip_prefix("Cost:") {
             if let Some(cost) = parse_cost(rest) {
@@ -267,7 +332,15 @@ impl Parser for AiderParser {
         } else if is_banner(&text) {
             self.process += 1;
         }
-        progress(&text).into_iter().collect()
+        let mut events: Vec<HarnessEvent> = progress(&text).into_iter().collect();
+        if is_api_error(&text) {
+            self.reply = text.clone();
+            events.push(self.result(false, Some("api_error")));
+        } else if self.reply.len() < RESULT_TEXT_MAX_CHARS * 4 && !text.trim().is_empty() && text.trim() != ">" {
+            self.reply.push_str(text.trim_start_matches("> "));
+            self.reply.push('\n');
+        }
+        events
     }
 
     fn totals(&self) -> UsageTotals {
@@ -281,6 +354,49 @@ mod tests {
 
     fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
         TokenUsage { input, output, cache_read, cache_write }
+    }
+
+    #[test]
+    fn a_message_is_one_input_a_line_or_a_tagged_block() {
+        assert_eq!(message_input("say hi"), "say hi\n");
+        assert_eq!(message_input("say hi\n"), "say hi\n");
+        assert_eq!(message_input("one\r\ntwo\nthree"), "{corral\none\ntwo\nthree\ncorral}\n");
+        // A line that would end the block early is kept inside it.
+        assert_eq!(message_input("a\ncorral}\nb"), "{corral\na\ncorral} \nb\ncorral}\n");
+    }
+
+    #[test]
+    fn each_answered_call_is_a_result_and_an_api_error_a_failed_one() {
+        let mut p = AiderParser::new();
+        p.feed_line(b"Aider v0.86.2");
+        p.feed_line(b"> ");
+        p.feed_line(b"Hi there!");
+        let events = p.feed_line(b"Tokens: 600 sent, 7 received.");
+        assert_eq!(
+            events.last(),
+            Some(&HarnessEvent::Result {
+                success: true,
+                reason: None,
+                text: Some("Aider v0.86.2\nHi there!".into()),
+                session_id: None
+            })
+        );
+        let events = p.feed_line(b"litellm.BadRequestError: OpenAIException - Invalid request (mock)");
+        assert_eq!(
+            events,
+            vec![
+                HarnessEvent::Progress {
+                    text: "litellm.BadRequestError: OpenAIException - Invalid request (mock)".into()
+                },
+                HarnessEvent::Result {
+                    success: false,
+                    reason: Some("api_error".into()),
+                    text: Some("litellm.BadRequestError: OpenAIException - Invalid request (mock)".into()),
+                    session_id: None
+                }
+            ]
+        );
+        assert!(!is_api_error("litellm is a library"));
     }
 
     #[test]
@@ -306,8 +422,8 @@ mod tests {
         // Never lower than the truth: input at most 12 500 - 1150 - 3350 =
         // 8000, the cache figures at the top of their ranges.
         assert_eq!(
-            events,
-            vec![HarnessEvent::Usage {
+            events[..1],
+            [HarnessEvent::Usage {
                 delta: t(8000, 440, 3450, 1250),
                 total: t(8000, 440, 3450, 1250),
                 cost_usd: None,
@@ -349,13 +465,8 @@ mod tests {
         let mut p = AiderParser::new();
         let events = p.feed_line(b"\x1b[2mTokens: 3.1k sent, 12 received.\x1b[0m");
         assert_eq!(
-            events,
-            vec![HarnessEvent::Usage {
-                delta: t(3150, 12, 0, 0),
-                total: t(3150, 12, 0, 0),
-                cost_usd: None,
-                settled: true
-            }]
+            events[..1],
+            [HarnessEvent::Usage { delta: t(3150, 12, 0, 0), total: t(3150, 12, 0, 0), cost_usd: None, settled: true }]
         );
         // Look-alikes that are not reports stay text.
         assert_eq!(

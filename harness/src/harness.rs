@@ -11,7 +11,7 @@
 //! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
 //! | gemini | `gemini --output-format stream-json --skip-trust ... -p TASK` | none | not deliverable |
 //! | opencode | `opencode run --format json --title TITLE ... TASK` | none | not deliverable |
-//! | aider | `aider --yes-always --no-pretty --no-stream --no-auto-commits ... --message TASK` | none | not deliverable |
+//! | aider | `aider --yes-always --no-pretty --no-fancy-input --no-stream --no-auto-commits ...` | a pipe; the task is the first input line | an input line (a `{corral` block for several lines) on stdin, read once the turn is over |
 //! | generic | the command given | the PTY | typed into the PTY |
 //!
 //! Structured (JSON-lines) harnesses run in a raw PTY without echo, so
@@ -144,12 +144,13 @@ impl Harness {
     /// What is written to a running agent's input to deliver `text` (its
     /// session id, when known, goes with it where the CLI wants one):
     /// `Some` exactly for the harnesses whose [`Harness::delivery`] is
-    /// [`Delivery::StdinJson`] or [`Delivery::TypeIntoPty`].
+    /// [`Delivery::Stdin`] or [`Delivery::TypeIntoPty`].
     pub fn message_input(self, text: &str, session_id: Option<&str>) -> Option<String> {
         match self {
             Harness::Claude => Some(claude::message_input(text, session_id)),
+            Harness::Aider => Some(aider::message_input(text)),
             Harness::Generic => Some(generic::message_input(text)),
-            Harness::Codex | Harness::Gemini | Harness::Opencode | Harness::Aider => None,
+            Harness::Codex | Harness::Gemini | Harness::Opencode => None,
         }
     }
 
@@ -165,8 +166,9 @@ impl Harness {
 
     /// The command line and first input of an ended agent's next run with
     /// `task`, continuing its session where the CLI can (`claude --resume`,
-    /// `codex exec resume`); the other structured CLIs take the task as
-    /// their last argument; a plain command runs again as it was.
+    /// `codex exec resume`); Aider starts again with the task as its first
+    /// input; the other structured CLIs take the task as their last
+    /// argument; a plain command runs again as it was.
     pub fn next_task(self, launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
         match self {
             Harness::Claude => claude::next_task(launch_argv, session, task),
@@ -327,12 +329,12 @@ mod tests {
     fn each_delivery_has_its_means() {
         for harness in Harness::ALL {
             let delivery = harness.delivery();
-            let types = matches!(delivery, Delivery::StdinJson | Delivery::TypeIntoPty);
+            let types = matches!(delivery, Delivery::Stdin | Delivery::TypeIntoPty);
             assert_eq!(harness.message_input("hi", None).is_some(), types, "{harness}");
             let argv = ["x".to_string(), "task".into()];
             assert_eq!(harness.resume_argv(&argv, "s", "hi").is_some(), delivery == Delivery::Resume, "{harness}");
         }
-        assert_eq!(Harness::Claude.delivery(), Delivery::StdinJson);
+        assert_eq!(Harness::Claude.delivery(), Delivery::Stdin);
         assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
         assert_eq!(Harness::Generic.delivery(), Delivery::TypeIntoPty);
         assert_eq!(Harness::Generic.message_input("ls", None).unwrap(), "ls\r");
@@ -344,7 +346,7 @@ mod tests {
             assert_eq!(harness.parser().is_some(), harness != Harness::Generic, "{harness}");
         }
         let results: Vec<_> = Harness::ALL.into_iter().filter(|h| h.reports_results()).collect();
-        assert_eq!(results, [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode]);
+        assert_eq!(results, [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode, Harness::Aider]);
     }
 
     #[test]
@@ -371,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_task_is_the_last_argument_of_the_one_shot_clis() {
-        for harness in [Harness::Gemini, Harness::Opencode, Harness::Aider] {
+        for harness in [Harness::Gemini, Harness::Opencode] {
             let launch = harness.launch(harness.as_str(), "first", &Options::default(), &[]).unwrap();
             assert_eq!(launch.argv.last().map(String::as_str), Some("first"), "{harness}");
             assert_eq!(launch.input, Input::Null, "{harness}");
@@ -382,6 +384,14 @@ mod tests {
         }
         let plain = ["make".to_string(), "test".into()];
         assert_eq!(Harness::Generic.next_task(&plain, None, "other"), (plain.to_vec(), None));
+        // Aider takes its task, and the next one, as its first input line.
+        let aider = Harness::Aider.launch("aider", "first", &Options::default(), &[]).unwrap();
+        assert_eq!((aider.input, aider.first_input.as_deref()), (Input::Pipe, Some("first\n")));
+        assert!(!aider.argv.contains(&"first".to_string()), "{:?}", aider.argv);
+        assert_eq!(
+            Harness::Aider.next_task(&aider.argv, None, "second"),
+            (aider.argv.clone(), Some("second\n".into()))
+        );
     }
 
     #[test]
@@ -390,7 +400,7 @@ mod tests {
         assert!(argv(Harness::Gemini).contains(&"--skip-trust".to_string()));
         assert!(argv(Harness::Opencode).windows(2).any(|w| w == ["--title", "t"]));
         let aider = argv(Harness::Aider);
-        for flag in ["--no-stream", "--no-auto-commits", "--no-dirty-commits", "--no-analytics", "--no-gitignore"] {
+        for flag in ["--no-stream", "--no-auto-commits", "--no-dirty-commits", "--no-analytics", "--no-fancy-input"] {
             assert!(aider.contains(&flag.to_string()), "{flag}: {aider:?}");
         }
     }

@@ -534,7 +534,10 @@ fn aider_1_stdout() {
             "Applied edit to src/modules/leave/leave.routes.ts"
         ]
     );
-    assert_eq!(events.len(), 5);
+    // The report ends an answered call: a result, right after the usage.
+    assert_eq!(results(&events).len(), 1);
+    assert!(matches!(events[1], HarnessEvent::Result { success: true, .. }), "{:?}", events[1]);
+    assert_eq!(events.len(), 6);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! the other two), writes a file in its worktree through its own editing
 //! tool (Aider through its edit format), and corral reads its live output
 //! into events and usage equal to the script's; a runaway of each is
-//! stopped on its token budget.
+//! stopped on its token budget; messages reach the one that takes them
+//! while it runs (Aider, one input a turn).
 //!
 //! The real binaries come from `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`,
 //! `CORRAL_AIDER_BIN`, else from the cache folder
@@ -18,9 +19,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use corral_e2e::real_cli::{
-    aider_env, assert_usage_everywhere, describe, diagnostics, events, figures, find_named, gemini_env, model_requests,
-    of_type, opencode_env, ps_record, run_deadline, spawn_harness, wait_end, MockLlm, AIDER_MODEL, OPENCODE_MODEL,
-    RUN_DEADLINE,
+    aider_env, assert_usage_everywhere, corral_ok, describe, diagnostics, events, figures, find_named, gemini_env,
+    model_requests, of_type, opencode_env, ps_record, run_deadline, spawn_harness, wait_end, MockLlm, AIDER_MODEL,
+    OPENCODE_MODEL, RUN_DEADLINE,
 };
 use corral_e2e::{TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -281,4 +282,65 @@ fn runaway_aider_is_stopped_on_its_token_budget() {
     let step = json!({"text": reply, "usage": {"input": 400, "output": 50}, "repeat": "forever"});
     let end = run_away("runaway-aid", "aider", AIDER_MODEL, step, 800, 2, aider_env, &["--edit-format", "diff"]);
     assert_eq!(end.exceeded["used"].as_f64(), Some(900.0), "{}", end.exceeded);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Messages where the CLI takes them: Aider reads one input a turn
+
+/// The text of the last user message of a Chat Completions request.
+fn last_user_text(request: &Value) -> String {
+    let messages = request["body"]["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.iter().rev().find(|m| m["role"] == "user").cloned().unwrap_or_default();
+    match &last["content"] {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn ten_messages_reach_a_running_aider_agent_in_order() {
+    let repo = TestRepo::new();
+    // The task and each message is a turn of its own: eleven answers, the
+    // first held back so that every message is sent while it runs.
+    let mut steps = vec![json!({"text": "Answer 0.", "delay_ms": 2000, "usage": {"input": 300, "output": 3}})];
+    steps.extend((1..=10).map(|i| json!({"text": format!("Answer {i}."), "usage": {"input": 300, "output": 3}})));
+    let mock = MockLlm::start(&repo, "aider-messages", &json!({"steps": steps}));
+    let task = "Say the word TASK-ZERO back.";
+    let spawn = spawn_harness(&repo, "talk", "aider", Some(AIDER_MODEL), task, &aider_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/talk").to_string();
+    let texts: Vec<String> = (1..=10).map(|i| format!("message number {i}, say it back")).collect();
+    let ids: Vec<String> =
+        texts.iter().map(|text| corral_ok(&repo, &["send", &address, text]).trim().to_string()).collect();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+
+    // The model got the task, then each message, in order, one turn each.
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 11, "the task and ten messages, one call each\n{}", why());
+    assert!(last_user_text(&requests[0]).contains(task), "{}", last_user_text(&requests[0]));
+    for (i, text) in texts.iter().enumerate() {
+        let got = last_user_text(&requests[i + 1]);
+        assert!(got.contains(text.as_str()), "call {} should carry {text:?}, carries {got:?}", i + 1);
+    }
+
+    // Journaled as sent, then delivered, in order; eleven answered calls.
+    let events = events(&repo, &address);
+    let seq_of = |kind: &str, id: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == kind && e["message_id"] == id)
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no {kind} for {id}\n{}", why()))
+    };
+    let delivered: Vec<u64> = ids.iter().map(|id| seq_of("message_delivered", id)).collect();
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "delivered out of order: {delivered:?}");
+    for id in &ids {
+        assert!(seq_of("message_sent", id) < seq_of("message_delivered", id));
+    }
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 11, "{results:?}");
+    assert!(results.iter().all(|r| r["success"] == true), "{results:?}");
+    assert_usage_everywhere(&repo, &address, "aider", &figures(11 * 300, 11 * 3, 0, 0));
 }
