@@ -236,6 +236,19 @@ impl Harness {
         }
     }
 
+    /// The file besides its output where the CLI writes session `session`'s
+    /// usage as it goes, for an agent whose environment is `env`: Gemini
+    /// CLI's chat log ([`gemini::usage_log`]), which has each model call's
+    /// tokens while its output has them only at the end; `None` for the
+    /// others, and while the file is not there. Its lines go to
+    /// [`Parser::feed_usage_log_line`].
+    pub fn usage_log(self, env: &BTreeMap<String, String>, session: &str) -> Option<std::path::PathBuf> {
+        match self {
+            Harness::Gemini => gemini::usage_log(env, session),
+            _ => None,
+        }
+    }
+
     /// A fresh parser of the CLI's output, one per agent; `None` for
     /// `generic`, whose output is not read for events (its
     /// [`generic::GenericParser`] would only repeat the lines).

@@ -5,7 +5,8 @@
 //! the other two), writes a file in its worktree through its own editing
 //! tool (Aider through its edit format), and corral reads its live output
 //! into events and usage equal to the script's; a runaway of each is
-//! stopped on its token budget; messages reach the one that takes them
+//! stopped on its token budget (Gemini CLI's live usage read from its chat
+//! log, its output having it only at the end); messages reach the one that takes them
 //! while it runs (Aider, one input a turn).
 //!
 //! The real binaries come from `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`,
@@ -191,7 +192,7 @@ struct Runaway {
 }
 
 /// Spawns `harness` with `--max-tokens limit --grace 0` against a script
-/// whose one step repeats for ever, and checks corral stopped it on its
+/// that never runs out (its last step repeats for ever), and checks corral stopped it on its
 /// budget: `corral wait` exits 23, state `budget_exceeded`, one
 /// `budget_exceeded` (tokens, the limit) after any warning, nothing of the
 /// agent left. Prints the model calls made after the crossing one.
@@ -200,14 +201,14 @@ fn run_away(
     name: &str,
     harness: &str,
     model: &str,
-    step: Value,
+    steps: Vec<Value>,
     limit: u64,
     crossing_call: u64,
     env: impl Fn(&TestRepo, &MockLlm) -> Vec<(&'static str, OsString)>,
     extra: &[&str],
 ) -> Runaway {
     let repo = TestRepo::new();
-    let mock = MockLlm::start(&repo, name, &json!({"steps": [step]}));
+    let mock = MockLlm::start(&repo, name, &json!({"steps": steps}));
     let limit_text = limit.to_string();
     let mut command = repo.command();
     command.args(["spawn", name, "--harness", harness, "--model", model, "--max-tokens", &limit_text, "--grace", "0"]);
@@ -260,13 +261,31 @@ fn run_away(
 }
 
 #[test]
+fn runaway_gemini_is_stopped_on_its_token_budget() {
+    // Every answer is one more list_directory call: 1000 in (200 of them
+    // cached), 50 out, 4 thinking, which corral counts as 800 + 200 + 54 =
+    // 1054. Gemini CLI prints usage only in its final result; corral reads
+    // each call's from the CLI's chat log as it goes, so the fifth crosses
+    // 5000 at 5270. Each call differs (its `ignore` list): Gemini CLI ends a
+    // run by itself after five identical calls in a row ("loop detected").
+    let usage = json!({"input": 1000, "output": 50, "cache_read": 200, "reasoning": 4});
+    let call =
+        |i: usize| json!({"name": "list_directory", "input": {"dir_path": ".", "ignore": [format!("none-{i}")]}});
+    let mut steps: Vec<Value> = (0..20).map(|i| json!({"tool": call(i), "usage": usage})).collect();
+    steps.push(json!({"tool": call(20), "usage": usage, "repeat": "forever"}));
+    let end = run_away("runaway-gem", "gemini", "gemini-2.5-flash", steps, 5000, 5, gemini_env, &[]);
+    let used = end.exceeded["used"].as_f64().unwrap_or_default();
+    assert!(used >= 5270.0 && used <= (end.calls * 1054) as f64, "{} after {} calls", end.exceeded, end.calls);
+}
+
+#[test]
 fn runaway_opencode_is_stopped_on_its_token_budget() {
     // Every answer is one more glob call, 1000 in and 50 out; opencode
     // reports each step's usage as it ends (step_finish), so the fifth
     // crosses 5000 at 5250.
     let step = json!({"tool": {"name": "glob", "input": {"pattern": "*.md"}},
                       "usage": {"input": 1000, "output": 50}, "repeat": "forever"});
-    let end = run_away("runaway-oc", "opencode", OPENCODE_MODEL, step, 5000, 5, opencode_env, &[]);
+    let end = run_away("runaway-oc", "opencode", OPENCODE_MODEL, vec![step], 5000, 5, opencode_env, &[]);
     assert_eq!(end.exceeded["used"].as_f64(), Some(5250.0), "{}", end.exceeded);
     let counted = end.record["usage"]["input"].as_u64().unwrap() + end.record["usage"]["output"].as_u64().unwrap();
     assert!(counted >= 5250 && counted <= end.calls * 1050, "counted {counted} of {} calls", end.calls);
@@ -280,7 +299,7 @@ fn runaway_aider_is_stopped_on_its_token_budget() {
     // and 50 out (exact figures, under 1000); the second crosses 800 at 900.
     let reply = "hello.txt\n```\n<<<<<<< SEARCH\nno such line\n=======\nhello\n>>>>>>> REPLACE\n```\n";
     let step = json!({"text": reply, "usage": {"input": 400, "output": 50}, "repeat": "forever"});
-    let end = run_away("runaway-aid", "aider", AIDER_MODEL, step, 800, 2, aider_env, &["--edit-format", "diff"]);
+    let end = run_away("runaway-aid", "aider", AIDER_MODEL, vec![step], 800, 2, aider_env, &["--edit-format", "diff"]);
     assert_eq!(end.exceeded["used"].as_f64(), Some(900.0), "{}", end.exceeded);
 }
 
