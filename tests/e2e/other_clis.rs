@@ -363,3 +363,82 @@ fn ten_messages_reach_a_running_aider_agent_in_order() {
     assert!(results.iter().all(|r| r["success"] == true), "{results:?}");
     assert_usage_everywhere(&repo, &address, "aider", &figures(11 * 300, 11 * 3, 0, 0));
 }
+
+// ---------------------------------------------------------------------------
+// 4. Under corral's sandbox
+
+#[test]
+fn the_three_write_in_their_worktrees_under_corrals_workspace_write_sandbox() {
+    let repo = TestRepo::new();
+    // Aider, finding no git identity, writes a placeholder one into the
+    // repository's .git/config, which is outside the worktree: under the
+    // sandbox that write is refused and Aider exits 1. A person's git
+    // has one; so does this repository.
+    repo.git(&["config", "user.name", "Sandboxed Tester"]);
+    repo.git(&["config", "user.email", "tester@example.invalid"]);
+    // One server, the agents one after another: Gemini's two steps, then
+    // opencode's two, then Aider's one.
+    let steps = [
+        json!({"tool": {"name": "write_file", "input": {"file_path": "g.txt", "content": "g\n"}}, "usage": {"input": 100, "output": 2}}),
+        json!({"text": "Done.", "usage": {"input": 110, "output": 1}}),
+        json!({"tool": {"name": "write", "input": {"filePath": "o.txt", "content": "o\n"}}, "usage": {"input": 200, "output": 3}}),
+        json!({"text": "Done.", "usage": {"input": 210, "output": 1}}),
+        json!({"text": "a.txt\n```\na\n```\n", "usage": {"input": 300, "output": 4}}),
+    ];
+    let mock = MockLlm::start(&repo, "sandboxed", &json!({"steps": steps}));
+    /// One agent of the test: name, harness, model, environment, extra
+    /// arguments, the file it writes.
+    struct Run<'a> {
+        name: &'a str,
+        harness: &'a str,
+        model: &'a str,
+        env: Vec<(&'static str, OsString)>,
+        extra: &'a [&'a str],
+        file: &'a str,
+    }
+    let runs = [
+        Run {
+            name: "sgem",
+            harness: "gemini",
+            model: "gemini-2.5-flash",
+            env: gemini_env(&repo, &mock),
+            extra: &["--approval-mode", "auto_edit"],
+            file: "g.txt",
+        },
+        Run {
+            name: "soc",
+            harness: "opencode",
+            model: OPENCODE_MODEL,
+            env: opencode_env(&repo, &mock),
+            extra: &[],
+            file: "o.txt",
+        },
+        Run {
+            name: "said",
+            harness: "aider",
+            model: AIDER_MODEL,
+            env: aider_env(&repo, &mock),
+            extra: &[],
+            file: "a.txt",
+        },
+    ];
+    for Run { name, harness, model, env, extra, file } in runs {
+        let mut command = repo.command();
+        command.args(["spawn", name, "--harness", harness, "--model", model, "--sandbox", "workspace-write"]);
+        command.args(["--task", &format!("Create {file}"), "--json"]);
+        if !extra.is_empty() {
+            command.arg("--").args(extra);
+        }
+        command.envs(env);
+        let out = run_deadline(command, PATIENCE, &format!("corral spawn {name} --sandbox workspace-write"));
+        assert!(out.status.success(), "corral spawn {name} failed: {}", describe(&out));
+        let address = format!("/root/{name}");
+        let record = wait_end(&repo, &address, Some(&mock));
+        let why = || diagnostics(&repo, &address, Some(&mock));
+        assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+        assert_eq!(record["sandbox"], "workspace-write", "{record}");
+        let written = repo.worktree_of(name).join(file);
+        assert!(written.exists(), "{} is missing\n{}", written.display(), why());
+    }
+    assert_eq!(model_requests(&mock.requests()).len(), 5, "each agent made its calls and no more");
+}
