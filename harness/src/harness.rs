@@ -10,7 +10,7 @@
 //! | claude | `claude -p --output-format stream-json --verbose --include-partial-messages --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
 //! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
 //! | gemini | `gemini --output-format stream-json --skip-trust ... -p TASK` | none | not deliverable |
-//! | opencode | `opencode run --format json --title TITLE ... TASK` | none | not deliverable |
+//! | opencode | `opencode run --format json --title TITLE ... TASK` | none | a new process once the run ends: `opencode run ... --session SESSION MESSAGE` |
 //! | aider | `aider --yes-always --no-pretty --no-fancy-input --no-stream --no-auto-commits ...` | a pipe; the task is the first input line | an input line (a `{corral` block for several lines) on stdin, read once the turn is over |
 //! | generic | the command given | the PTY | typed into the PTY |
 //!
@@ -160,21 +160,22 @@ impl Harness {
     pub fn resume_argv(self, launch_argv: &[String], session: &str, text: &str) -> Option<Vec<String>> {
         match self {
             Harness::Codex => Some(codex::resume_argv(launch_argv, session, text)),
-            Harness::Claude | Harness::Gemini | Harness::Opencode | Harness::Aider | Harness::Generic => None,
+            Harness::Opencode => Some(opencode::resume_argv(launch_argv, session, text)),
+            Harness::Claude | Harness::Gemini | Harness::Aider | Harness::Generic => None,
         }
     }
 
     /// The command line and first input of an ended agent's next run with
     /// `task`, continuing its session where the CLI can (`claude --resume`,
-    /// `codex exec resume`); Aider starts again with the task as its first
-    /// input; the other structured CLIs take the task as their last
-    /// argument; a plain command runs again as it was.
+    /// `codex exec resume`, `opencode run --session`); Aider starts again
+    /// with the task as its first input; Gemini CLI takes the task as its
+    /// last argument; a plain command runs again as it was.
     pub fn next_task(self, launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
         match self {
             Harness::Claude => claude::next_task(launch_argv, session, task),
             Harness::Codex => codex::next_task(launch_argv, session, task),
             Harness::Gemini => gemini::next_task(launch_argv, task),
-            Harness::Opencode => opencode::next_task(launch_argv, task),
+            Harness::Opencode => opencode::next_task(launch_argv, session, task),
             Harness::Aider => aider::next_task(launch_argv, task),
             Harness::Generic => generic::next_task(launch_argv),
         }
@@ -349,6 +350,8 @@ mod tests {
         }
         assert_eq!(Harness::Claude.delivery(), Delivery::Stdin);
         assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
+        assert_eq!(Harness::Opencode.delivery(), Delivery::Resume);
+        assert_eq!(Harness::Aider.delivery(), Delivery::Stdin);
         assert_eq!(Harness::Generic.delivery(), Delivery::TypeIntoPty);
         assert_eq!(Harness::Generic.message_input("ls", None).unwrap(), "ls\r");
     }
@@ -387,10 +390,11 @@ mod tests {
     #[test]
     fn the_task_is_the_last_argument_of_the_one_shot_clis() {
         for harness in [Harness::Gemini, Harness::Opencode] {
+            let session = (harness == Harness::Gemini).then_some("s");
             let launch = harness.launch(harness.as_str(), "first", &Options::default(), &[]).unwrap();
             assert_eq!(launch.argv.last().map(String::as_str), Some("first"), "{harness}");
             assert_eq!(launch.input, Input::Null, "{harness}");
-            let (argv, input) = harness.next_task(&launch.argv, Some("s"), "second");
+            let (argv, input) = harness.next_task(&launch.argv, session, "second");
             assert_eq!(argv[..argv.len() - 1], launch.argv[..launch.argv.len() - 1], "{harness}");
             assert_eq!(argv.last().map(String::as_str), Some("second"), "{harness}");
             assert_eq!(input, None);

@@ -9,8 +9,13 @@
 //!   The model server comes from opencode's own configuration (a provider's
 //!   `options.baseURL`, in `OPENCODE_CONFIG` or `OPENCODE_CONFIG_CONTENT`
 //!   of the spawning environment, passed through).
-//! - Delivery: none; `opencode run` takes no input while it runs. A new task
-//!   for an ended agent is a new run with that task.
+//! - Delivery: `opencode run` reads no input once it has started, so a
+//!   message is a follow-up process once the current one ends, continuing
+//!   the same session: the launch command with `--session SESSION MESSAGE`
+//!   in place of the task ([`resume_argv`]; opencode replays the session's
+//!   history and makes no title call). Messages go one process each, in
+//!   order. A new task for an ended agent continues its session the same
+//!   way (a new run with the task when it has none).
 //! - Output: its JSON lines become [`HarnessEvent`]s, and
 //!   [`OpencodeParser`] keeps the agent's token usage and cost.
 //!
@@ -58,7 +63,7 @@ use crate::event::{
     json_count, parse_object, progress, result_text, summarize_input, summarize_output, truncate_chars, HarnessEvent,
     Ledger, Parser, TokenUsage, UsageTotals,
 };
-use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+use crate::launch::{push, with_task, without_task, Delivery, Input, Launch, Options};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -70,8 +75,8 @@ pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_OPENCODE_BIN";
 /// Every run ends with a `step_finish` that is not `tool-calls`, or an `error`.
 pub(crate) const REPORTS_RESULTS: bool = true;
 
-/// It takes no input while it runs.
-pub(crate) const DELIVERY: Delivery = Delivery::Refuse("opencode run takes no input while it runs");
+/// Messages are follow-up processes continuing the session.
+pub(crate) const DELIVERY: Delivery = Delivery::Resume;
 
 /// The launch of `program` for `task`; `extra` goes after corral's own
 /// arguments, the task last.
@@ -100,10 +105,37 @@ fn title(task: &str) -> String {
     truncate_chars(line, TITLE_MAX_CHARS)
 }
 
-/// An ended agent's next run with `task`: the launch command with the new
-/// task (a new session).
-pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
-    (with_task(launch_argv, task), None)
+/// The command that continues session `session` with `text`, from the
+/// agent's launch command: its options stay (a `--session` of its own
+/// gives way), the task gives way to `--session SESSION TEXT`.
+pub(crate) fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
+    let options = without_task(launch_argv);
+    let mut argv = Vec::with_capacity(options.len() + 3);
+    let mut skip_value = false;
+    for arg in options {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--session" || arg == "-s" {
+            skip_value = true;
+            continue;
+        }
+        if arg.starts_with("--session=") {
+            continue;
+        }
+        argv.push(arg);
+    }
+    push(&mut argv, &["--session", session, text]);
+    argv
+}
+
+/// An ended agent's next run with `task`: continuing its session when it
+/// has one, else the launch command with the new task.
+pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
+    match session {
+        Some(session) => (resume_argv(launch_argv, session, task), None),
+        None => (with_task(launch_argv, task), None),
+    }
 }
 
 /// Gives opencode the private state folder `folder`: its data (sessions),
@@ -306,6 +338,32 @@ mod tests {
             assert_eq!(argv.iter().filter(|a| a.starts_with("--title")).count(), 1, "{argv:?}");
         }
         assert_eq!(title("   \n\n"), "corral agent");
+    }
+
+    #[test]
+    fn a_message_continues_the_session_in_a_follow_up_run() {
+        let argv = launch("opencode", "first", &Options { model: Some("mock/m"), ..Options::default() }, &[]).argv;
+        assert_eq!(
+            resume_argv(&argv, "ses_1", "more"),
+            [
+                "opencode",
+                "run",
+                "--format",
+                "json",
+                "--title",
+                "first",
+                "--model",
+                "mock/m",
+                "--session",
+                "ses_1",
+                "more"
+            ]
+        );
+        // A session given after `--` gives way to the agent's own.
+        let own: Vec<String> = ["opencode", "run", "-s", "old", "--session=older", "task"].map(String::from).to_vec();
+        assert_eq!(resume_argv(&own, "ses_2", "x"), ["opencode", "run", "--session", "ses_2", "x"]);
+        assert_eq!(next_task(&argv, None, "second").0.last().map(String::as_str), Some("second"));
+        assert_eq!(next_task(&argv, Some("ses_1"), "second").0, resume_argv(&argv, "ses_1", "second"));
     }
 
     #[test]

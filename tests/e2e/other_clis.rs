@@ -442,3 +442,60 @@ fn the_three_write_in_their_worktrees_under_corrals_workspace_write_sandbox() {
     }
     assert_eq!(model_requests(&mock.requests()).len(), 5, "each agent made its calls and no more");
 }
+
+// ---------------------------------------------------------------------------
+// 5. Messages to opencode: a follow-up run each, continuing the session
+
+#[test]
+fn ten_messages_reach_an_opencode_agent_in_order_one_follow_up_run_each() {
+    let repo = TestRepo::new();
+    // The first answer is held back so that every message is sent while
+    // the first run is still going; then one answer per follow-up run.
+    let mut steps = vec![json!({"text": "Answer 0.", "delay_ms": 3000, "usage": {"input": 300, "output": 3}})];
+    steps.extend((1..=10).map(|i| json!({"text": format!("Answer {i}."), "usage": {"input": 300, "output": 3}})));
+    let mock = MockLlm::start(&repo, "opencode-messages", &json!({"steps": steps}));
+    let task = "Say the word TASK-ZERO back.";
+    let spawn =
+        spawn_harness(&repo, "octalk", "opencode", Some(OPENCODE_MODEL), task, &opencode_env(&repo, &mock), &[]);
+    let address = spawn["address"].as_str().unwrap_or("/root/octalk").to_string();
+    let texts: Vec<String> = (1..=10).map(|i| format!("message number {i}, say it back")).collect();
+    let ids: Vec<String> =
+        texts.iter().map(|text| corral_ok(&repo, &["send", &address, text]).trim().to_string()).collect();
+
+    let record = wait_end(&repo, &address, Some(&mock));
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+
+    // One call per run, each run's last user message the next message, in
+    // the same session (each request carries the history before it).
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 11, "the task and ten messages, one call each\n{}", why());
+    assert!(last_user_text(&requests[0]).contains(task), "{}", last_user_text(&requests[0]));
+    for (i, text) in texts.iter().enumerate() {
+        let got = last_user_text(&requests[i + 1]);
+        assert!(got.contains(text.as_str()), "call {} should carry {text:?}, carries {got:?}", i + 1);
+        assert!(
+            requests[i + 1]["body"].to_string().contains(&format!("Answer {i}.")),
+            "call {} has the history",
+            i + 1
+        );
+    }
+    let sessions: Vec<&str> = requests.iter().filter_map(|r| r["headers"]["x-session-id"].as_str()).collect::<Vec<_>>();
+    assert_eq!(sessions.len(), 11, "opencode names its session in every call");
+    assert!(sessions.iter().all(|s| *s == sessions[0]), "one session throughout: {sessions:?}");
+
+    let events = events(&repo, &address);
+    let seq_of = |kind: &str, id: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == kind && e["message_id"] == id)
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no {kind} for {id}\n{}", why()))
+    };
+    let delivered: Vec<u64> = ids.iter().map(|id| seq_of("message_delivered", id)).collect();
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "delivered out of order: {delivered:?}");
+    assert_eq!(of_type(&events, "session_started").len(), 1, "one session");
+    let results = of_type(&events, "result");
+    assert_eq!(results.len(), 11, "{results:?}");
+    assert_usage_everywhere(&repo, &address, "opencode", &figures(11 * 300, 11 * 3, 0, 0));
+}
