@@ -2,9 +2,9 @@
 # Runs all of corral's tests: what a new user runs, and what CI runs.
 #
 # It installs what the tests need that is not in the repository: the real
-# Claude Code and Codex CLIs from npm, at pinned versions, into a cache
-# folder outside the repository (tests/install-agent-clis.sh; skipped when
-# present). The scripted model server the real CLIs talk to is part of
+# Claude Code, Codex, Gemini CLI and opencode CLIs from npm and Aider from
+# PyPI (in a virtualenv), at pinned versions, into a cache folder outside
+# the repository (tests/install-agent-clis.sh; skipped when present). The scripted model server the real CLIs talk to is part of
 # corral and started by the tests themselves, on loopback.
 #
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh foundation`).
@@ -25,7 +25,7 @@ if ((${#need[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1;
 fi
 
 eval "$(tests/install-agent-clis.sh)"
-export CORRAL_CLAUDE_BIN CORRAL_CODEX_BIN
+export CORRAL_CLAUDE_BIN CORRAL_CODEX_BIN CORRAL_GEMINI_BIN CORRAL_OPENCODE_BIN CORRAL_AIDER_BIN
 
 # One build of everything (the e2e tests run the `corral` binary).
 cargo build --workspace --all-targets --locked

@@ -105,7 +105,7 @@ pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_CLAUDE_BIN";
 pub(crate) const REPORTS_RESULTS: bool = true;
 
 /// Messages go to stdin as JSON user messages.
-pub(crate) const DELIVERY: Delivery = Delivery::StdinJson;
+pub(crate) const DELIVERY: Delivery = Delivery::Stdin;
 
 /// The launch of `program` for `task`; `extra` goes after corral's own
 /// arguments.
@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(&launch.argv[launch.argv.len() - 4..], ["--model", "sonnet", "--max-turns", "3"]);
         let first = launch.first_input.unwrap();
         assert!(first.ends_with('\n') && first.contains("\"fix it\""), "{first}");
-        assert_eq!(Harness::Claude.delivery(), Delivery::StdinJson);
+        assert_eq!(Harness::Claude.delivery(), Delivery::Stdin);
     }
 
     #[test]

@@ -141,6 +141,16 @@ pub trait Parser: Send {
     fn feed_line(&mut self, line: &[u8]) -> Vec<HarnessEvent>;
     /// Usage so far (settled totals where the CLI gave them).
     fn totals(&self) -> UsageTotals;
+
+    /// One line of the CLI's own session log, the file
+    /// [`Harness::usage_log`] names: for a CLI whose output reports usage
+    /// only at the end (Gemini CLI), the live figures come from there, as
+    /// unsettled [`HarnessEvent::Usage`]. The same rules as
+    /// [`Parser::feed_line`]; reading a line twice (the log read again from
+    /// its start) counts nothing twice. Nothing for the other CLIs.
+    fn feed_usage_log_line(&mut self, _line: &[u8]) -> Vec<HarnessEvent> {
+        Vec::new()
+    }
 }
 
 /// The parser for a harness name: `claude`, `codex`, `gemini`, `opencode`,

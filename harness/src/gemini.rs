@@ -1,8 +1,18 @@
 //! Gemini CLI in its headless structured mode, all of it: how corral starts
 //! it and how its output reads.
 //!
-//! - Launch: `gemini --output-format stream-json [--model M] EXTRA -p TASK`,
-//!   its stdin `/dev/null`.
+//! - Launch: `gemini --output-format stream-json --skip-trust [--model M]
+//!   EXTRA -p TASK`, its stdin `/dev/null`. `--skip-trust`: corral made the
+//!   worktree from the person's repository, and headless Gemini CLI 0.61
+//!   refuses an untrusted folder (exit 55, nothing on stdout). Give a
+//!   `--model`: without one it routes through `auto`, which makes extra
+//!   router calls. Files are written with `--approval-mode auto_edit`
+//!   (corral passes on what is given after `--`); `--yolo` (shell too) is
+//!   refused under corral's sandbox (see [`widening_arg`]). The model
+//!   server comes from the environment (`GOOGLE_GEMINI_BASE_URL`,
+//!   `GEMINI_API_KEY`), passed through from the spawning one; with a base
+//!   URL set, Gemini CLI also needs `security.auth.selectedType:
+//!   "gemini-api-key"` in its settings (docs/agents/gemini-cli.md §2).
 //! - Delivery: none; `gemini -p` takes no input while it runs. A new task
 //!   for an ended agent is a new `-p TASK` run.
 //! - Output: its JSON lines become [`HarnessEvent`]s, and [`GeminiParser`]
@@ -42,6 +52,21 @@
 //! `total_tokens`; with no breakdown, all of it counts as `input` (prompts
 //! dominate a coding agent's spend), so budgets still see it.
 //!
+//! ## Live usage: the chat log
+//!
+//! So that a budget can stop a run that keeps calling tools, the live
+//! figures come from the CLI's chat log ([`usage_log`]:
+//! `$GEMINI_CLI_HOME/.gemini/tmp/<project>/chats/session-<time>-<first 8 of
+//! the session id>.jsonl`, `$HOME` when `GEMINI_CLI_HOME` is not set),
+//! where Gemini CLI 0.61 writes each model message as it ends, a line
+//! `{"id", "type": "gemini", "tokens": {"input", "output", "cached",
+//! "thoughts", "tool", "total"}, ...}` (rewritten, same id, when its tool
+//! calls finish). Each message's latest figures count once, mapped as the
+//! stats are (`input - cached`, `cached`, `output + (total - input -
+//! output)`), as unsettled usage, from the run's `init` to its `result`,
+//! which then settles the run on its stats (lines read after it belong to
+//! the run it settled). A run's live figures never lower the total.
+//!
 //! The stats are running totals for the session: the CLI's telemetry
 //! accumulates over the whole process, and on `--resume` it is hydrated from
 //! the saved conversation (`UiTelemetryService.hydrate`: "used when
@@ -79,7 +104,7 @@ pub(crate) const DELIVERY: Delivery = Delivery::Refuse("gemini -p takes no input
 /// arguments, the task last after `-p`.
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
-    push(&mut argv, &["--output-format", "stream-json"]);
+    push(&mut argv, &["--output-format", "stream-json", "--skip-trust"]);
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
@@ -122,6 +147,32 @@ pub(crate) fn private_state(env: &BTreeMap<String, String>, folder: &Path) -> Re
     Ok(vec![("GEMINI_CLI_HOME".into(), folder.display().to_string())])
 }
 
+/// The chat log of Gemini CLI session `session` for an agent whose
+/// environment is `env` (see the module doc), when it exists.
+pub(crate) fn usage_log(env: &BTreeMap<String, String>, session: &str) -> Option<std::path::PathBuf> {
+    let home = ["GEMINI_CLI_HOME", "HOME"].iter().find_map(|name| env.get(*name).filter(|v| !v.is_empty()))?;
+    let short: String = session.chars().take(8).collect();
+    if short.len() < 8 || !short.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let suffix = format!("-{short}.jsonl");
+    let projects = std::fs::read_dir(Path::new(home).join(".gemini/tmp")).ok()?;
+    let mut found: Vec<std::path::PathBuf> = projects
+        .flatten()
+        .filter_map(|project| std::fs::read_dir(project.path().join("chats")).ok())
+        .flat_map(|chats| chats.flatten().map(|entry| entry.path()))
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with("session-") && name.ends_with(&suffix)
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Model messages remembered at most per run (for the live figures).
+const MAX_LIVE_MESSAGES: usize = 100_000;
+
 /// Parser for Gemini CLI `stream-json` output. One per agent.
 #[derive(Debug, Default)]
 pub struct GeminiParser {
@@ -130,6 +181,13 @@ pub struct GeminiParser {
     session_id: Option<String>,
     /// The assistant's reply in this run, bounded.
     reply: String,
+    /// The settled total when this run began: its live figures count on top.
+    run_base: TokenUsage,
+    /// This run's model messages from the chat log: id → latest tokens.
+    live: BTreeMap<String, TokenUsage>,
+    /// Between an `init` and its `result`: chat-log lines count. Lines read
+    /// after the result belong to the run it settled.
+    running: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +237,45 @@ impl GeminiParser {
         Self::default()
     }
 
+    /// A run begins (`running`, at an `init`) or ends (at its `result`):
+    /// the next run's live figures count on top of what is settled so far.
+    fn start_run(&mut self, running: bool) {
+        self.run_base = self.ledger.total();
+        self.live.clear();
+        self.running = running;
+    }
+
+    /// A chat-log line: a model message's tokens → unsettled usage.
+    fn on_usage_log_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
+        if !self.running {
+            return Vec::new();
+        }
+        let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(line) else {
+            return Vec::new();
+        };
+        let (Some("gemini"), Some(id), Some(tokens)) = (
+            message.get("type").and_then(Value::as_str),
+            message.get("id").and_then(Value::as_str),
+            message.get("tokens"),
+        ) else {
+            return Vec::new();
+        };
+        let figures = serde_json::json!({
+            "input_tokens": json_count(tokens.get("input")),
+            "output_tokens": json_count(tokens.get("output")),
+            "cached": json_count(tokens.get("cached")),
+            "total_tokens": json_count(tokens.get("total")),
+        });
+        let Some(usage) = gemini_usage(&figures) else { return Vec::new() };
+        if self.live.len() >= MAX_LIVE_MESSAGES && !self.live.contains_key(id) {
+            return Vec::new();
+        }
+        self.live.insert(id.to_owned(), usage);
+        let live = self.live.values().fold(TokenUsage::default(), |sum, u| sum.saturating_add(*u));
+        let total = self.run_base.saturating_add(live).max(self.ledger.total());
+        self.ledger.set(total, None, false, false).into_iter().collect()
+    }
+
     fn on_message(&mut self, line: &Line) -> Vec<HarnessEvent> {
         match as_str(&line.role) {
             Some("assistant") => {
@@ -203,9 +300,10 @@ impl GeminiParser {
         if let Some(tokens) = line.stats.as_ref().and_then(gemini_usage) {
             let scope = self.session_id.as_deref().unwrap_or("");
             let (growth, _) = self.cumulative.advance(scope, Some(tokens), None);
-            let total = self.ledger.total().saturating_add(growth);
+            let total = self.run_base.saturating_add(growth);
             events.extend(self.ledger.set(total, None, true, true));
         }
+        self.start_run(false);
         let success = as_str(&line.status) == Some("success");
         let error = line.error.as_ref();
         let reason =
@@ -231,6 +329,7 @@ impl Parser for GeminiParser {
                 let session_id = as_str(&parsed.session_id).map(str::to_owned);
                 self.session_id = session_id.clone();
                 self.reply.clear();
+                self.start_run(true);
                 vec![HarnessEvent::SessionStarted { session_id, model: as_str(&parsed.model).map(str::to_owned) }]
             }
             Some("message") => self.on_message(&parsed),
@@ -260,6 +359,10 @@ impl Parser for GeminiParser {
 
     fn totals(&self) -> UsageTotals {
         self.ledger.totals()
+    }
+
+    fn feed_usage_log_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
+        self.on_usage_log_line(line)
     }
 }
 
@@ -294,6 +397,71 @@ mod tests {
         p.feed_line(init.as_bytes());
         p.feed_line(br#"{"type":"result","status":"success","stats":{"total_tokens":165,"input_tokens":150,"output_tokens":15,"cached":0,"input":150}}"#);
         assert_eq!(p.totals().tokens, t(150, 15, 0, 0));
+    }
+
+    #[test]
+    fn the_chat_log_gives_live_usage_once_per_message_and_the_result_settles() {
+        let mut p = GeminiParser::new();
+        p.feed_line(br#"{"type":"init","session_id":"f9693f78-0000","model":"g"}"#);
+        let message = |id: &str, input: u64| {
+            format!(
+                r#"{{"id":"{id}","type":"gemini","tokens":{{"input":{input},"output":50,"cached":200,"thoughts":4,"tool":0,"total":{}}},"model":"g"}}"#,
+                input + 54
+            )
+        };
+        let events = p.feed_usage_log_line(message("m1", 1000).as_bytes());
+        assert_eq!(
+            events,
+            vec![HarnessEvent::Usage {
+                delta: t(800, 54, 200, 0),
+                total: t(800, 54, 200, 0),
+                cost_usd: None,
+                settled: false
+            }]
+        );
+        // The same message again (rewritten with its tool calls, or the log
+        // read again): nothing more.
+        assert!(p.feed_usage_log_line(message("m1", 1000).as_bytes()).is_empty());
+        assert!(p.feed_usage_log_line(br#"{"id":"u1","type":"user","content":"hi"}"#).is_empty());
+        assert!(p.feed_usage_log_line(br#"{"$set":{"lastUpdated":"x"}}"#).is_empty());
+        p.feed_usage_log_line(message("m2", 1000).as_bytes());
+        assert_eq!(p.totals().tokens, t(1600, 108, 400, 0));
+        // The result's stats settle the run.
+        let events = p.feed_line(br#"{"type":"result","status":"success","stats":{"total_tokens":2108,"input_tokens":2000,"output_tokens":100,"cached":400,"input":1600}}"#);
+        assert!(
+            events.contains(&HarnessEvent::Usage {
+                delta: t(0, 0, 0, 0),
+                total: t(1600, 108, 400, 0),
+                cost_usd: None,
+                settled: true
+            }),
+            "{events:?}"
+        );
+        // A line of the settled run read late counts nothing; a second run
+        // counts on top.
+        assert!(p.feed_usage_log_line(message("m9", 1000).as_bytes()).is_empty());
+        p.feed_line(br#"{"type":"init","session_id":"aaaaaaaa-1","model":"g"}"#);
+        p.feed_usage_log_line(message("m3", 1000).as_bytes());
+        assert_eq!(p.totals().tokens, t(2400, 162, 600, 0));
+    }
+
+    #[test]
+    fn the_chat_log_is_found_by_the_session_ids_first_eight() {
+        let home = tempfile::tempdir().unwrap();
+        let chats = home.path().join(".gemini/tmp/ws/chats");
+        std::fs::create_dir_all(&chats).unwrap();
+        std::fs::write(chats.join("session-2026-12-01T11-25-f9693f78.jsonl"), "").unwrap();
+        std::fs::write(chats.join("session-2026-12-01T11-25-0badcafe.jsonl"), "").unwrap();
+        let env = BTreeMap::from([("HOME".to_string(), home.path().display().to_string())]);
+        let found = usage_log(&env, "f9693f78-606c-486d-a75e-f09f2f303f9e").unwrap();
+        assert!(found.ends_with("ws/chats/session-2026-12-01T11-25-f9693f78.jsonl"), "{}", found.display());
+        assert_eq!(usage_log(&env, "12345678-no"), None);
+        assert_eq!(usage_log(&env, "../../x"), None);
+        let env = BTreeMap::from([
+            ("GEMINI_CLI_HOME".to_string(), "/nowhere".to_string()),
+            ("HOME".to_string(), home.path().display().to_string()),
+        ]);
+        assert_eq!(usage_log(&env, "f9693f78-606c"), None, "GEMINI_CLI_HOME wins over HOME");
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! |---|---|---|---|
 //! | claude | `claude -p --output-format stream-json --verbose --include-partial-messages --input-format stream-json --permission-mode acceptEdits` | a pipe; the task is the first JSON user message | a JSON user message on stdin |
 //! | codex | `codex exec --json --skip-git-repo-check ... TASK` | none (`/dev/null`: it waits for stdin otherwise) | a new process once the turn ends: `codex exec ... resume THREAD MESSAGE` |
-//! | gemini | `gemini --output-format stream-json ... -p TASK` | none | not deliverable |
-//! | opencode | `opencode run --format json ... TASK` | none | not deliverable |
-//! | aider | `aider --yes-always --no-pretty ... --message TASK` | none | not deliverable |
+//! | gemini | `gemini --output-format stream-json --skip-trust ... -p TASK` | none | not deliverable |
+//! | opencode | `opencode run --format json --title TITLE ... TASK` | none | a new process once the run ends: `opencode run ... --session SESSION MESSAGE` |
+//! | aider | `aider --yes-always --no-pretty --no-fancy-input --no-stream --no-auto-commits ...` | a pipe; the task is the first input line | an input line (a `{corral` block for several lines) on stdin, read once the turn is over |
 //! | generic | the command given | the PTY | typed into the PTY |
 //!
 //! Structured (JSON-lines) harnesses run in a raw PTY without echo, so
@@ -144,12 +144,13 @@ impl Harness {
     /// What is written to a running agent's input to deliver `text` (its
     /// session id, when known, goes with it where the CLI wants one):
     /// `Some` exactly for the harnesses whose [`Harness::delivery`] is
-    /// [`Delivery::StdinJson`] or [`Delivery::TypeIntoPty`].
+    /// [`Delivery::Stdin`] or [`Delivery::TypeIntoPty`].
     pub fn message_input(self, text: &str, session_id: Option<&str>) -> Option<String> {
         match self {
             Harness::Claude => Some(claude::message_input(text, session_id)),
+            Harness::Aider => Some(aider::message_input(text)),
             Harness::Generic => Some(generic::message_input(text)),
-            Harness::Codex | Harness::Gemini | Harness::Opencode | Harness::Aider => None,
+            Harness::Codex | Harness::Gemini | Harness::Opencode => None,
         }
     }
 
@@ -159,20 +160,22 @@ impl Harness {
     pub fn resume_argv(self, launch_argv: &[String], session: &str, text: &str) -> Option<Vec<String>> {
         match self {
             Harness::Codex => Some(codex::resume_argv(launch_argv, session, text)),
-            Harness::Claude | Harness::Gemini | Harness::Opencode | Harness::Aider | Harness::Generic => None,
+            Harness::Opencode => Some(opencode::resume_argv(launch_argv, session, text)),
+            Harness::Claude | Harness::Gemini | Harness::Aider | Harness::Generic => None,
         }
     }
 
     /// The command line and first input of an ended agent's next run with
     /// `task`, continuing its session where the CLI can (`claude --resume`,
-    /// `codex exec resume`); the other structured CLIs take the task as
-    /// their last argument; a plain command runs again as it was.
+    /// `codex exec resume`, `opencode run --session`); Aider starts again
+    /// with the task as its first input; Gemini CLI takes the task as its
+    /// last argument; a plain command runs again as it was.
     pub fn next_task(self, launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
         match self {
             Harness::Claude => claude::next_task(launch_argv, session, task),
             Harness::Codex => codex::next_task(launch_argv, session, task),
             Harness::Gemini => gemini::next_task(launch_argv, task),
-            Harness::Opencode => opencode::next_task(launch_argv, task),
+            Harness::Opencode => opencode::next_task(launch_argv, session, task),
             Harness::Aider => aider::next_task(launch_argv, task),
             Harness::Generic => generic::next_task(launch_argv),
         }
@@ -231,6 +234,19 @@ impl Harness {
             Harness::Gemini => gemini::private_state(env, folder),
             Harness::Opencode => Ok(opencode::private_state(folder)),
             Harness::Aider | Harness::Generic => Ok(Vec::new()),
+        }
+    }
+
+    /// The file besides its output where the CLI writes session `session`'s
+    /// usage as it goes, for an agent whose environment is `env`: Gemini
+    /// CLI's chat log ([`gemini::usage_log`]), which has each model call's
+    /// tokens while its output has them only at the end; `None` for the
+    /// others, and while the file is not there. Its lines go to
+    /// [`Parser::feed_usage_log_line`].
+    pub fn usage_log(self, env: &BTreeMap<String, String>, session: &str) -> Option<std::path::PathBuf> {
+        match self {
+            Harness::Gemini => gemini::usage_log(env, session),
+            _ => None,
         }
     }
 
@@ -327,13 +343,15 @@ mod tests {
     fn each_delivery_has_its_means() {
         for harness in Harness::ALL {
             let delivery = harness.delivery();
-            let types = matches!(delivery, Delivery::StdinJson | Delivery::TypeIntoPty);
+            let types = matches!(delivery, Delivery::Stdin | Delivery::TypeIntoPty);
             assert_eq!(harness.message_input("hi", None).is_some(), types, "{harness}");
             let argv = ["x".to_string(), "task".into()];
             assert_eq!(harness.resume_argv(&argv, "s", "hi").is_some(), delivery == Delivery::Resume, "{harness}");
         }
-        assert_eq!(Harness::Claude.delivery(), Delivery::StdinJson);
+        assert_eq!(Harness::Claude.delivery(), Delivery::Stdin);
         assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
+        assert_eq!(Harness::Opencode.delivery(), Delivery::Resume);
+        assert_eq!(Harness::Aider.delivery(), Delivery::Stdin);
         assert_eq!(Harness::Generic.delivery(), Delivery::TypeIntoPty);
         assert_eq!(Harness::Generic.message_input("ls", None).unwrap(), "ls\r");
     }
@@ -344,7 +362,7 @@ mod tests {
             assert_eq!(harness.parser().is_some(), harness != Harness::Generic, "{harness}");
         }
         let results: Vec<_> = Harness::ALL.into_iter().filter(|h| h.reports_results()).collect();
-        assert_eq!(results, [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode]);
+        assert_eq!(results, [Harness::Claude, Harness::Codex, Harness::Gemini, Harness::Opencode, Harness::Aider]);
     }
 
     #[test]
@@ -371,17 +389,37 @@ mod tests {
 
     #[test]
     fn the_task_is_the_last_argument_of_the_one_shot_clis() {
-        for harness in [Harness::Gemini, Harness::Opencode, Harness::Aider] {
+        for harness in [Harness::Gemini, Harness::Opencode] {
+            let session = (harness == Harness::Gemini).then_some("s");
             let launch = harness.launch(harness.as_str(), "first", &Options::default(), &[]).unwrap();
             assert_eq!(launch.argv.last().map(String::as_str), Some("first"), "{harness}");
             assert_eq!(launch.input, Input::Null, "{harness}");
-            let (argv, input) = harness.next_task(&launch.argv, Some("s"), "second");
+            let (argv, input) = harness.next_task(&launch.argv, session, "second");
             assert_eq!(argv[..argv.len() - 1], launch.argv[..launch.argv.len() - 1], "{harness}");
             assert_eq!(argv.last().map(String::as_str), Some("second"), "{harness}");
             assert_eq!(input, None);
         }
         let plain = ["make".to_string(), "test".into()];
         assert_eq!(Harness::Generic.next_task(&plain, None, "other"), (plain.to_vec(), None));
+        // Aider takes its task, and the next one, as its first input line.
+        let aider = Harness::Aider.launch("aider", "first", &Options::default(), &[]).unwrap();
+        assert_eq!((aider.input, aider.first_input.as_deref()), (Input::Pipe, Some("first\n")));
+        assert!(!aider.argv.contains(&"first".to_string()), "{:?}", aider.argv);
+        assert_eq!(
+            Harness::Aider.next_task(&aider.argv, None, "second"),
+            (aider.argv.clone(), Some("second\n".into()))
+        );
+    }
+
+    #[test]
+    fn the_one_shot_clis_run_headless_with_every_model_call_reported() {
+        let argv = |harness: Harness| harness.launch(harness.as_str(), "t", &Options::default(), &[]).unwrap().argv;
+        assert!(argv(Harness::Gemini).contains(&"--skip-trust".to_string()));
+        assert!(argv(Harness::Opencode).windows(2).any(|w| w == ["--title", "t"]));
+        let aider = argv(Harness::Aider);
+        for flag in ["--no-stream", "--no-auto-commits", "--no-dirty-commits", "--no-analytics", "--no-fancy-input"] {
+            assert!(aider.contains(&flag.to_string()), "{flag}: {aider:?}");
+        }
     }
 
     #[test]

@@ -52,9 +52,9 @@ pub enum Input {
 /// How a message from `corral send` reaches a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// A JSON user message line on stdin (Claude Code stream-json input);
-    /// the CLI queues it for its next turn.
-    StdinJson,
+    /// On stdin, a turn each: Claude Code's JSON user message line, Aider's
+    /// input line; the CLI queues it for its next turn.
+    Stdin,
     /// The text typed into the PTY, then Enter.
     TypeIntoPty,
     /// A follow-up process once the current one ends, continuing the same

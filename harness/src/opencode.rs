@@ -1,10 +1,21 @@
 //! opencode in its headless structured mode, all of it: how corral starts
 //! it and how its output reads.
 //!
-//! - Launch: `opencode run --format json [--model M] EXTRA TASK`, its stdin
-//!   `/dev/null`.
-//! - Delivery: none; `opencode run` takes no input while it runs. A new task
-//!   for an ended agent is a new run with that task.
+//! - Launch: `opencode run --format json --title TITLE [--model M] EXTRA
+//!   TASK`, its stdin `/dev/null`. TITLE is the task's first line (cut at
+//!   [`TITLE_MAX_CHARS`]) unless EXTRA has a `--title` of its own: without
+//!   one, opencode 1.18 makes a title call to the model that its JSON
+//!   output never reports, which no meter reading that output could count.
+//!   The model server comes from opencode's own configuration (a provider's
+//!   `options.baseURL`, in `OPENCODE_CONFIG` or `OPENCODE_CONFIG_CONTENT`
+//!   of the spawning environment, passed through).
+//! - Delivery: `opencode run` reads no input once it has started, so a
+//!   message is a follow-up process once the current one ends, continuing
+//!   the same session: the launch command with `--session SESSION MESSAGE`
+//!   in place of the task ([`resume_argv`]; opencode replays the session's
+//!   history and makes no title call). Messages go one process each, in
+//!   order. A new task for an ended agent continues its session the same
+//!   way (a new run with the task when it has none).
 //! - Output: its JSON lines become [`HarnessEvent`]s, and
 //!   [`OpencodeParser`] keeps the agent's token usage and cost.
 //!
@@ -49,10 +60,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::{
-    json_count, parse_object, progress, result_text, summarize_input, summarize_output, HarnessEvent, Ledger, Parser,
-    TokenUsage, UsageTotals,
+    json_count, parse_object, progress, result_text, summarize_input, summarize_output, truncate_chars, HarnessEvent,
+    Ledger, Parser, TokenUsage, UsageTotals,
 };
-use crate::launch::{push, with_task, Delivery, Input, Launch, Options};
+use crate::launch::{push, with_task, without_task, Delivery, Input, Launch, Options};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -64,14 +75,18 @@ pub(crate) const PROGRAM_VARIABLE: &str = "CORRAL_OPENCODE_BIN";
 /// Every run ends with a `step_finish` that is not `tool-calls`, or an `error`.
 pub(crate) const REPORTS_RESULTS: bool = true;
 
-/// It takes no input while it runs.
-pub(crate) const DELIVERY: Delivery = Delivery::Refuse("opencode run takes no input while it runs");
+/// Messages are follow-up processes continuing the session.
+pub(crate) const DELIVERY: Delivery = Delivery::Resume;
 
 /// The launch of `program` for `task`; `extra` goes after corral's own
 /// arguments, the task last.
 pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[String]) -> Launch {
     let mut argv = vec![program.to_string()];
     push(&mut argv, &["run", "--format", "json"]);
+    let titled = extra.iter().any(|arg| arg == "--title" || arg.starts_with("--title="));
+    if !titled {
+        push(&mut argv, &["--title", &title(task)]);
+    }
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
@@ -80,10 +95,47 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
     Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
 }
 
-/// An ended agent's next run with `task`: the launch command with the new
-/// task (a new session).
-pub(crate) fn next_task(launch_argv: &[String], task: &str) -> (Vec<String>, Option<String>) {
-    (with_task(launch_argv, task), None)
+/// Longest session title corral gives opencode, in `char`s.
+pub(crate) const TITLE_MAX_CHARS: usize = 60;
+
+/// The session title for `task`: its first non-empty line, cut (never
+/// empty: opencode would make its title call for an empty one).
+fn title(task: &str) -> String {
+    let line = task.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("corral agent");
+    truncate_chars(line, TITLE_MAX_CHARS)
+}
+
+/// The command that continues session `session` with `text`, from the
+/// agent's launch command: its options stay (a `--session` of its own
+/// gives way), the task gives way to `--session SESSION TEXT`.
+pub(crate) fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
+    let options = without_task(launch_argv);
+    let mut argv = Vec::with_capacity(options.len() + 3);
+    let mut skip_value = false;
+    for arg in options {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--session" || arg == "-s" {
+            skip_value = true;
+            continue;
+        }
+        if arg.starts_with("--session=") {
+            continue;
+        }
+        argv.push(arg);
+    }
+    push(&mut argv, &["--session", session, text]);
+    argv
+}
+
+/// An ended agent's next run with `task`: continuing its session when it
+/// has one, else the launch command with the new task.
+pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
+    match session {
+        Some(session) => (resume_argv(launch_argv, session, task), None),
+        None => (with_task(launch_argv, task), None),
+    }
 }
 
 /// Gives opencode the private state folder `folder`: its data (sessions),
@@ -268,6 +320,50 @@ mod tests {
         format!(
             r#"{{"type":"step_finish","sessionID":"s","part":{{"id":"{id}","reason":"{reason}","type":"step-finish","tokens":{{"input":10,"output":2,"reasoning":3,"cache":{{"write":4,"read":5}}}},"cost":{cost}}}}}"#
         )
+    }
+
+    #[test]
+    fn every_run_has_a_title_so_no_model_call_goes_unreported() {
+        let argv = launch("opencode", "\n  Fix the parser\nthen the tests", &Options::default(), &[]).argv;
+        assert_eq!(
+            argv,
+            ["opencode", "run", "--format", "json", "--title", "Fix the parser", "\n  Fix the parser\nthen the tests"]
+        );
+        let long = "x".repeat(200);
+        let argv = launch("opencode", &long, &Options::default(), &[]).argv;
+        assert_eq!(argv[5].chars().count(), TITLE_MAX_CHARS);
+        // The person's own title wins, in either form.
+        for own in [vec!["--title".to_string(), "mine".into()], vec!["--title=mine".to_string()]] {
+            let argv = launch("opencode", "task", &Options::default(), &own).argv;
+            assert_eq!(argv.iter().filter(|a| a.starts_with("--title")).count(), 1, "{argv:?}");
+        }
+        assert_eq!(title("   \n\n"), "corral agent");
+    }
+
+    #[test]
+    fn a_message_continues_the_session_in_a_follow_up_run() {
+        let argv = launch("opencode", "first", &Options { model: Some("mock/m"), ..Options::default() }, &[]).argv;
+        assert_eq!(
+            resume_argv(&argv, "ses_1", "more"),
+            [
+                "opencode",
+                "run",
+                "--format",
+                "json",
+                "--title",
+                "first",
+                "--model",
+                "mock/m",
+                "--session",
+                "ses_1",
+                "more"
+            ]
+        );
+        // A session given after `--` gives way to the agent's own.
+        let own: Vec<String> = ["opencode", "run", "-s", "old", "--session=older", "task"].map(String::from).to_vec();
+        assert_eq!(resume_argv(&own, "ses_2", "x"), ["opencode", "run", "--session", "ses_2", "x"]);
+        assert_eq!(next_task(&argv, None, "second").0.last().map(String::as_str), Some("second"));
+        assert_eq!(next_task(&argv, Some("ses_1"), "second").0, resume_argv(&argv, "ses_1", "second"));
     }
 
     #[test]

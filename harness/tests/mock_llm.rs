@@ -1,5 +1,6 @@
 //! Tests of the scripted model server (`corral_harness::mock_llm`) over real
-//! HTTP on loopback: both APIs streaming and not, errors, delays, repeats,
+//! HTTP on loopback: the four APIs (Anthropic Messages, OpenAI Responses,
+//! OpenAI Chat Completions, Gemini) streaming and not, errors, delays, repeats,
 //! the exhausted script, request recording, and shutdown.
 //!
 //! The client is a few lines of raw HTTP/1.1 over a `TcpStream`, so what is
@@ -51,6 +52,23 @@ impl Reply {
                 let (name, data) = (name.unwrap(), data.unwrap());
                 assert_eq!(data["type"], json!(name), "event name and data type differ");
                 (name, data)
+            })
+            .collect()
+    }
+}
+
+impl Reply {
+    /// The `data:` payloads of server-sent events without event names
+    /// (Chat Completions, Gemini), as JSON; `[DONE]` kept as a string.
+    fn data(&self) -> Vec<Value> {
+        assert_eq!(self.header("content-type"), Some("text/event-stream"));
+        self.body
+            .split("\n\n")
+            .filter(|block| !block.trim().is_empty())
+            .map(|block| {
+                assert!(!block.contains("event: "), "no event names in this API: {block}");
+                let data = block.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line: {block}"));
+                serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_string()))
             })
             .collect()
     }
@@ -121,6 +139,28 @@ fn openai_request(stream: bool, tools: Value) -> Value {
         "stream": stream,
         "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello there"}]}],
         "tools": tools,
+    })
+}
+
+fn chat_request(stream: bool, include_usage: bool, tools: Value) -> Value {
+    let mut body = json!({
+        "model": "mock-coder",
+        "stream": stream,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+        "tools": tools,
+    });
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+fn gemini_request(tools: Value) -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [{"text": "hello there"}]}],
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "tools": [{"functionDeclarations": tools}],
+        "generationConfig": {"temperature": 1},
     })
 }
 
@@ -501,4 +541,185 @@ async fn shutdown_and_drop_stop_the_server() {
         assert!(Instant::now() < deadline, "still accepting 10 s after drop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn chat_streaming_carries_text_tool_call_deltas_and_the_usage_chunk_when_asked() {
+    let server = start(&format!(
+        r#"[{{"thinking": "plan", "text": "Writing the file now.", "tool": {{"name": "write", "input": {{"filePath": "a.txt", "content": "x"}}}}, "usage": {USAGE}, "repeat": 2}}]"#
+    ))
+    .await;
+    let tools = json!([{"type": "function", "function": {"name": "write", "parameters": {}}}]);
+    let reply =
+        request(server.addr(), "POST", "/v1/chat/completions", Some(&chat_request(true, true, tools.clone()))).await;
+    assert_eq!(reply.status, 200);
+    let chunks = reply.data();
+    assert_eq!(chunks.last(), Some(&json!("[DONE]")));
+    let chunks = &chunks[..chunks.len() - 1];
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "mock-coder"));
+    let deltas: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"].get(0)).map(|c| &c["delta"]).collect();
+    assert_eq!(deltas[0]["role"], "assistant");
+    let joined = |key: &str| deltas.iter().filter_map(|d| d[key].as_str()).collect::<String>();
+    assert_eq!(joined("reasoning_content"), "plan");
+    assert_eq!(joined("content"), "Writing the file now.");
+    let calls: Vec<&Value> = deltas.iter().filter_map(|d| d["tool_calls"].get(0)).collect();
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "write");
+    assert!(calls[0]["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let arguments: String = calls.iter().filter_map(|c| c["function"]["arguments"].as_str()).collect();
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"filePath": "a.txt", "content": "x"}));
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("tool_calls")]);
+    // The usage chunk: last before [DONE], no choices, the script's figures.
+    let usage_chunk = chunks.last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(
+        usage_chunk["usage"],
+        json!({
+            "prompt_tokens": 120,
+            "completion_tokens": 30,
+            "total_tokens": 150,
+            "prompt_tokens_details": {"cached_tokens": 1000},
+            "completion_tokens_details": {"reasoning_tokens": 7},
+        })
+    );
+    assert_eq!(chunks.iter().filter(|c| c.get("usage").is_some()).count(), 1);
+
+    // Without stream_options.include_usage there is no usage chunk.
+    let reply = request(server.addr(), "POST", "/v1/chat/completions", Some(&chat_request(true, false, tools))).await;
+    let chunks = reply.data();
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{chunks:?}");
+    assert_eq!(chunks.last(), Some(&json!("[DONE]")));
+}
+
+#[tokio::test]
+async fn chat_non_streaming_is_one_completion_and_shell_becomes_bash() {
+    let server =
+        start(r#"[{"text": "plain", "usage": {"input": 3, "output": 4}}, {"shell": "ls"}, {"shell": "ls"}]"#).await;
+    let addr = server.addr();
+    let reply = request(addr, "POST", "/v1/chat/completions", Some(&chat_request(false, false, json!([])))).await;
+    assert_eq!(reply.status, 200);
+    let completion = reply.json();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["choices"][0]["message"], json!({"role": "assistant", "content": "plain"}));
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert_eq!(completion["usage"]["prompt_tokens"], 3);
+    assert_eq!(completion["usage"]["completion_tokens"], 4);
+
+    let bash =
+        json!([{"type": "function", "function": {"name": "read"}}, {"type": "function", "function": {"name": "bash"}}]);
+    let reply = request(addr, "POST", "/v1/chat/completions", Some(&chat_request(false, false, bash))).await;
+    let call = &reply.json()["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "bash");
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["command"], "ls");
+    assert!(arguments["description"].as_str().is_some_and(|d| !d.is_empty()), "opencode's bash wants one");
+
+    // No shell function offered: a 400 that says so.
+    let none = json!([{"type": "function", "function": {"name": "read"}}]);
+    let reply = request(addr, "POST", "/v1/chat/completions", Some(&chat_request(false, false, none))).await;
+    assert_eq!(reply.status, 400);
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("no shell function") && message.contains("read"), "{message}");
+}
+
+#[tokio::test]
+async fn gemini_sse_streams_parts_and_ends_with_finish_reason_and_exact_usage() {
+    let server = start(&format!(
+        r#"[{{"thinking": "plan", "text": "I'll create the file.", "tool": {{"name": "write_file", "input": {{"file_path": "hello.txt", "content": "hi\n"}}}}, "usage": {USAGE}}}]"#
+    ))
+    .await;
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let tools = json!([{"name": "write_file"}, {"name": "run_shell_command"}]);
+    let reply = request(server.addr(), "POST", path, Some(&gemini_request(tools))).await;
+    assert_eq!(reply.status, 200);
+    let chunks = reply.data();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(chunks.iter().all(|c| c["modelVersion"] == "gemini-2.5-flash"), "the model comes from the path");
+    let parts: Vec<&Value> = chunks.iter().map(|c| &c["candidates"][0]["content"]["parts"][0]).collect();
+    let text = |thought: bool| {
+        parts
+            .iter()
+            .filter(|p| p["thought"].as_bool().unwrap_or(false) == thought)
+            .filter_map(|p| p["text"].as_str())
+            .collect::<String>()
+    };
+    assert_eq!(text(true), "plan");
+    assert_eq!(text(false), "I'll create the file.");
+    let call = parts.iter().find_map(|p| p.get("functionCall")).expect("a functionCall part");
+    assert_eq!(call, &json!({"name": "write_file", "args": {"file_path": "hello.txt", "content": "hi\n"}}));
+    // Only the last chunk finishes and carries usage.
+    let last = chunks.last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c.get("usageMetadata").is_none() && c["candidates"][0].get("finishReason").is_none()));
+    assert_eq!(
+        last["usageMetadata"],
+        json!({
+            "promptTokenCount": 120,
+            "cachedContentTokenCount": 1000,
+            "candidatesTokenCount": 30,
+            "thoughtsTokenCount": 7,
+            "totalTokenCount": 157,
+        })
+    );
+    assert!(server.requests()[0].is_model_request());
+}
+
+#[tokio::test]
+async fn gemini_generate_content_and_stream_without_sse_and_errors() {
+    let server = start(
+        r#"[{"text": "whole", "usage": {"input": 3, "output": 4}},
+            {"text": "as an array"},
+            {"shell": "echo hi", "repeat": 2},
+            {"error": {"status": 429, "message": "Resource has been exhausted", "retry_after": 2}}]"#,
+    )
+    .await;
+    let addr = server.addr();
+    let reply =
+        request(addr, "POST", "/v1beta/models/gemini-x:generateContent", Some(&gemini_request(json!([])))).await;
+    assert_eq!(reply.status, 200);
+    let response = reply.json();
+    assert_eq!(response["candidates"][0]["content"]["parts"], json!([{"text": "whole"}]));
+    assert_eq!(response["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(response["usageMetadata"]["promptTokenCount"], 3);
+    assert_eq!(response["usageMetadata"]["totalTokenCount"], 7);
+    assert_eq!(response["modelVersion"], "gemini-x");
+
+    let reply =
+        request(addr, "POST", "/v1beta/models/gemini-x:streamGenerateContent", Some(&gemini_request(json!([])))).await;
+    let array = reply.json();
+    let text: String = array
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "as an array");
+
+    let shell = json!([{"name": "run_shell_command"}]);
+    let path = "/v1beta/models/gemini-x:streamGenerateContent?alt=sse";
+    let chunks = request(addr, "POST", path, Some(&gemini_request(shell))).await.data();
+    let call = chunks.iter().find_map(|c| c["candidates"][0]["content"]["parts"][0].get("functionCall").cloned());
+    assert_eq!(call, Some(json!({"name": "run_shell_command", "args": {"command": "echo hi"}})));
+    let reply = request(addr, "POST", path, Some(&gemini_request(json!([{"name": "read_file"}])))).await;
+    assert_eq!(reply.status, 400, "no shell tool offered");
+    assert_eq!(reply.json()["error"]["status"], "INVALID_ARGUMENT");
+
+    let reply = request(addr, "POST", path, Some(&gemini_request(json!([])))).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("2"));
+    assert_eq!(
+        reply.json(),
+        json!({"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}})
+    );
+    let steps: Vec<Option<usize>> = server.requests().iter().map(|r| r.step).collect();
+    assert_eq!(steps, [Some(0), Some(1), Some(2), Some(2), Some(3)]);
 }

@@ -1,9 +1,12 @@
-//! The real Claude Code and Codex CLIs driven against the scripted model
-//! server (`mock_llm::MockServer`) on loopback: proof that the server speaks
-//! both APIs well enough for the real binaries, and a record of how those
-//! binaries report usage, take follow-up messages and resume.
+//! The real Claude Code, Codex, Gemini CLI, opencode and Aider driven
+//! against the scripted model server (`mock_llm::MockServer`) on loopback:
+//! proof that the server speaks their APIs (Anthropic Messages, OpenAI
+//! Responses, Gemini, OpenAI Chat Completions) well enough for the real
+//! binaries, and a record of how those binaries report usage, take
+//! follow-up messages and resume.
 //!
-//! The binaries come from `CORRAL_CLAUDE_BIN` / `CORRAL_CODEX_BIN`, else from
+//! The binaries come from `CORRAL_CLAUDE_BIN`, `CORRAL_CODEX_BIN`,
+//! `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`, `CORRAL_AIDER_BIN`, else from
 //! the cache folder `tests/install-agent-clis.sh` installs into. A missing
 //! binary FAILS the test with a message saying to run that script: these
 //! tests never pass by skipping.
@@ -28,6 +31,9 @@ use serde_json::{json, Value};
 /// Versions checked; must match tests/install-agent-clis.sh.
 const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
 const CODEX_PACKAGE_DIR: &str = "@openai+codex@0.169.0";
+const GEMINI_PACKAGE_DIR: &str = "@google+gemini-cli@0.61.0";
+const OPENCODE_PACKAGE_DIR: &str = "opencode-ai@1.18.33";
+const AIDER_PACKAGE_DIR: &str = "aider-chat@0.86.2";
 
 /// How long one CLI run may take on a loaded machine (they take about a
 /// second when idle).
@@ -50,9 +56,14 @@ fn agent_cli_cache() -> PathBuf {
 }
 
 fn agent_bin(env_var: &str, package_dir: &str, bin: &str) -> PathBuf {
+    agent_bin_in(env_var, &Path::new(package_dir).join("node_modules/.bin"), bin)
+}
+
+/// `bin` in `folder` of the cache, unless `env_var` names it.
+fn agent_bin_in(env_var: &str, folder: &Path, bin: &str) -> PathBuf {
     let path = match non_empty_env(env_var) {
         Some(path) => PathBuf::from(path),
-        None => agent_cli_cache().join(package_dir).join("node_modules").join(".bin").join(bin),
+        None => agent_cli_cache().join(folder).join(bin),
     };
     assert!(
         path.exists(),
@@ -69,6 +80,18 @@ fn claude_bin() -> PathBuf {
 
 fn codex_bin() -> PathBuf {
     agent_bin("CORRAL_CODEX_BIN", CODEX_PACKAGE_DIR, "codex")
+}
+
+fn gemini_bin() -> PathBuf {
+    agent_bin("CORRAL_GEMINI_BIN", GEMINI_PACKAGE_DIR, "gemini")
+}
+
+fn opencode_bin() -> PathBuf {
+    agent_bin("CORRAL_OPENCODE_BIN", OPENCODE_PACKAGE_DIR, "opencode")
+}
+
+fn aider_bin() -> PathBuf {
+    agent_bin_in("CORRAL_AIDER_BIN", &Path::new(AIDER_PACKAGE_DIR).join("venv/bin"), "aider")
 }
 
 // ---------------------------------------------------------------------------
@@ -635,4 +658,193 @@ fn codex_resume_reports_usage_cumulative_over_the_thread() {
     assert!(requests[1].body_contains("first answer"));
     assert!(requests[2].body_contains("follow-up two"));
     assert!(requests[2].body_contains("second answer"));
+}
+
+// ---------------------------------------------------------------------------
+// Gemini CLI (the Gemini API), opencode and Aider (OpenAI Chat Completions)
+
+/// `gemini -p TASK -o stream-json` pointed at the mock, with the settings a
+/// base URL needs (docs/agents/gemini-cli.md §0); `args` before `-p`.
+fn gemini_command(mock: &Mock, home: &Path, work: &Path, args: &[&str], task: &str) -> Command {
+    std::fs::create_dir_all(home.join(".gemini")).unwrap();
+    let settings =
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}, "privacy": {"usageStatisticsEnabled": false}}"#;
+    std::fs::write(home.join(".gemini/settings.json"), settings).unwrap();
+    let mut command = Command::new(gemini_bin());
+    base_env(&mut command, home);
+    command
+        .env("GOOGLE_GEMINI_BASE_URL", mock.url())
+        .env("GEMINI_API_KEY", "mock-key")
+        .env("GEMINI_CLI_NO_RELAUNCH", "true")
+        .env("TMPDIR", home)
+        .current_dir(work)
+        .args(["-o", "stream-json", "-m", "gemini-2.5-flash", "--skip-trust"])
+        .args(args)
+        .args(["-p", task]);
+    command
+}
+
+#[test]
+fn gemini_writes_a_file_and_runs_a_shell_step_and_its_stats_are_the_script_sum() {
+    let mock = Mock::start(json!({"steps": [
+        {"text": "Writing.", "tool": {"name": "write_file", "input": {"file_path": "g.txt", "content": "from gemini\n"}},
+         "usage": {"input": 2000, "output": 20}},
+        {"shell": "printf 'from the shell\\n' > shell.txt", "usage": {"input": 2100, "output": 5, "cache_read": 1500, "reasoning": 3}},
+        {"text": "Both done.", "usage": {"input": 2200, "output": 4}},
+    ]}));
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let lines = run_to_end("gemini", gemini_command(&mock, home.path(), work.path(), &["--yolo"], "make two files"));
+    assert_eq!(std::fs::read_to_string(work.path().join("g.txt")).unwrap(), "from gemini\n");
+    assert_eq!(std::fs::read_to_string(work.path().join("shell.txt")).unwrap(), "from the shell\n");
+    let tools: Vec<&Value> = of_type(&lines, "tool_use").into_iter().map(|l| &l["tool_name"]).collect();
+    assert_eq!(tools, [&json!("write_file"), &json!("run_shell_command")]);
+    let result = of_type(&lines, "result");
+    assert_eq!(result.len(), 1, "{lines:?}");
+    assert_eq!(result[0]["status"], "success");
+    // Summed over the calls: prompt 6300 (1500 of it cached), candidates
+    // 29; the total holds the 3 thinking tokens.
+    let stats = &result[0]["stats"];
+    let figures = usage_fields(stats, &["input_tokens", "output_tokens", "cached", "input", "total_tokens"]);
+    assert_eq!(
+        figures,
+        expect_fields(&[
+            ("input_tokens", 6300),
+            ("output_tokens", 29),
+            ("cached", 1500),
+            ("input", 4800),
+            ("total_tokens", 6332)
+        ])
+    );
+    let requests = mock.model_requests();
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|r| r.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"));
+    // The shell's result went back as the run_shell_command's response.
+    let answered = requests[2].body["contents"].as_array().and_then(|c| c.last()).cloned().unwrap_or_default();
+    assert_eq!(answered["parts"][0]["functionResponse"]["name"], "run_shell_command", "{answered}");
+}
+
+/// `opencode run --format json` pointed at the mock through its
+/// openai-compatible provider (docs/agents/opencode-cli.md).
+fn opencode_command(mock: &Mock, home: &Path, work: &Path, task: &str) -> Command {
+    let plugins = home.join(".config/opencode");
+    std::fs::create_dir_all(plugins.join("node_modules")).unwrap();
+    std::fs::write(plugins.join("package.json"), r#"{"dependencies":{"@opencode-ai/plugin":"1.18.33"}}"#).unwrap();
+    std::fs::write(
+        plugins.join("package-lock.json"),
+        r#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"1.18.33"}}}}"#,
+    )
+    .unwrap();
+    let config = json!({"autoupdate": false, "share": "disabled", "provider": {"mock": {
+        "npm": "@ai-sdk/openai-compatible", "name": "Mock",
+        "options": {"baseURL": format!("{}/v1", mock.url()), "apiKey": "mock-key"},
+        "models": {"mock-coder": {"name": "Mock Coder", "limit": {"context": 128000, "output": 4096}}}}}});
+    let config_path = home.join("opencode.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut command = Command::new(opencode_bin());
+    base_env(&mut command, home);
+    command
+        .env("OPENCODE_CONFIG", &config_path)
+        .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
+        .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
+        .env("PWD", work)
+        .current_dir(work)
+        .args(["run", "--format", "json", "--title", "t", "-m", "mock/mock-coder", task]);
+    command
+}
+
+#[test]
+fn opencode_writes_a_file_and_runs_a_shell_step_and_its_steps_carry_the_script_usage() {
+    let mock = Mock::start(json!({"steps": [
+        {"tool": {"name": "write", "input": {"filePath": "o.txt", "content": "from opencode\n"}}, "usage": {"input": 3000, "output": 40}},
+        {"shell": "printf 'from bash\\n' > bash.txt", "usage": {"input": 3100, "output": 6, "cache_read": 2900}},
+        {"text": "Both done.", "usage": {"input": 3200, "output": 2}},
+    ]}));
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let lines = run_to_end("opencode", opencode_command(&mock, home.path(), work.path(), "make two files"));
+    assert_eq!(std::fs::read_to_string(work.path().join("o.txt")).unwrap(), "from opencode\n");
+    assert_eq!(std::fs::read_to_string(work.path().join("bash.txt")).unwrap(), "from bash\n");
+    let tools: Vec<&Value> = of_type(&lines, "tool_use").into_iter().map(|l| &l["part"]["tool"]).collect();
+    assert_eq!(tools, [&json!("write"), &json!("bash")]);
+    // One step_finish per call; opencode's input leaves the cached out.
+    let steps: Vec<(u64, u64, u64)> = of_type(&lines, "step_finish")
+        .iter()
+        .map(|l| {
+            let t = &l["part"]["tokens"];
+            (t["input"].as_u64().unwrap(), t["output"].as_u64().unwrap(), t["cache"]["read"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(steps, [(3000, 40, 0), (200, 6, 2900), (3200, 2, 0)]);
+    let requests = mock.model_requests();
+    assert_eq!(requests.len(), 3, "no title call with --title");
+    assert!(requests
+        .iter()
+        .all(|r| r.path == "/v1/chat/completions" && r.body["stream_options"]["include_usage"] == true));
+}
+
+#[test]
+fn aider_edits_through_its_whole_format_and_prints_the_script_usage() {
+    let mock = Mock::start(json!({"steps": [
+        {"text": "Here it is.\n\na.txt\n```\nfrom aider\n```\n", "usage": {"input": 600, "output": 40}},
+    ]}));
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(work.path()).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    git(&["config", "user.name", "Tester"]);
+    git(&["config", "user.email", "tester@example.invalid"]);
+    let metadata = home.path().join("metadata.json");
+    std::fs::write(
+        &metadata,
+        json!({"openai/gpt-mock": {"max_input_tokens": 128000, "max_output_tokens": 4096, "max_tokens": 4096,
+            "input_cost_per_token": 0.000002, "output_cost_per_token": 0.00001, "litellm_provider": "openai", "mode": "chat"}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut command = Command::new(aider_bin());
+    base_env(&mut command, home.path());
+    command
+        .env("OPENAI_API_BASE", format!("{}/v1", mock.url()))
+        .env("OPENAI_API_KEY", "mock-key")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("TERM", "dumb")
+        .current_dir(work.path())
+        .arg("--model-metadata-file")
+        .arg(&metadata)
+        .args(["--model", "openai/gpt-mock", "--yes-always", "--no-pretty", "--no-stream", "--no-auto-commits"])
+        .args(["--no-check-update", "--no-analytics", "--no-show-release-notes", "--no-show-model-warnings"])
+        .args(["--no-gitignore", "--message", "create a.txt"])
+        .stdin(Stdio::null())
+        .process_group(0);
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("aider starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            panic!("aider still running after {RUN_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().unwrap();
+    assert!(status.success(), "aider exited with {status}: {stdout}");
+    assert_eq!(std::fs::read_to_string(work.path().join("a.txt")).unwrap(), "from aider\n", "{stdout}");
+    // Not streamed, Aider prints the server's figures and prices them.
+    assert!(stdout.contains("Tokens: 600 sent, 40 received. Cost: $0.0016 message, $0.0016 session."), "{stdout}");
+    let requests = mock.model_requests();
+    assert_eq!(requests.len(), 1, "no commit-message call with --no-auto-commits");
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    assert!(requests[0].body.get("stream").is_none(), "{}", requests[0].body);
 }

@@ -22,7 +22,8 @@ fn branches(repo: &TestRepo) -> BTreeSet<String> {
 fn five_agents_each_in_own_worktree_with_a_tty() {
     let repo = TestRepo::new();
     let go = repo.path("go");
-    let script = format!("pwd; tty; env CORRAL_ADDRESS; env CORRAL_TASK_ID; wait-file {}; exit 0", go.display());
+    let script =
+        format!("pwd; tty; env CORRAL_ADDRESS; env CORRAL_TASK_ID; env PWD; wait-file {}; exit 0", go.display());
     let names = ["a1", "a2", "a3", "a4", "a5"];
     let spawned: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = names.iter().map(|n| s.spawn(|| repo.spawn_fake(n, &script))).collect();
@@ -50,6 +51,8 @@ fn five_agents_each_in_own_worktree_with_a_tty() {
         assert!(!worktree.starts_with(repo.repo.to_str().unwrap()), "worktree inside the repository: {worktree}");
         let log = log_text(&repo, address);
         assert!(log.contains(&format!("pwd {worktree}")), "{address} did not run in {worktree}: {log}");
+        // Not the spawner's PWD: opencode wrote files there.
+        assert!(log.contains(&format!("PWD={worktree}")), "{address} has another PWD: {log}");
         assert!(log.contains("isatty true true"), "{address} had no TTY: {log}");
         assert!(log.contains(&format!("CORRAL_ADDRESS={address}")), "{log}");
         assert!(log.contains(&format!("CORRAL_TASK_ID={}", spawn["task_id"].as_str().unwrap())), "{log}");

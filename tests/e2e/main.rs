@@ -15,6 +15,7 @@ mod memory;
 mod merge_queue;
 mod notify;
 mod orchestrators;
+mod other_clis;
 mod person;
 mod pool;
 mod probes;

@@ -1,18 +1,21 @@
-//! Running the real agent CLIs (Claude Code, Codex) under corral against
-//! corral's own scripted model server: finding the pinned binaries,
-//! commands under a deadline, reading events and `ps` records, and the
-//! `corral mock-llm` subprocess guard. Used by tests/harness.rs,
-//! tests/budget_runaway.rs and tests/mcp.rs.
+//! Running the real agent CLIs (Claude Code, Codex, Gemini CLI, opencode,
+//! Aider) under corral against corral's own scripted model server: finding
+//! the pinned binaries, the environment that points each at the server,
+//! commands under a deadline, reading events, usage and `ps` records, and
+//! the `corral mock-llm` subprocess guard. Used by tests/harness.rs,
+//! tests/other_clis.rs, tests/budget_runaway.rs and tests/mcp.rs.
 //!
-//! The real binaries come from `CORRAL_CLAUDE_BIN` / `CORRAL_CODEX_BIN`, else
-//! from the cache folder `tests/install-agent-clis.sh` installs into (the
-//! same rule as harness/tests/real_clis.rs). A missing binary FAILS the
-//! test: these tests never pass by skipping.
+//! The real binaries come from `CORRAL_CLAUDE_BIN`, `CORRAL_CODEX_BIN`,
+//! `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`, `CORRAL_AIDER_BIN`, else from
+//! the cache folder `tests/install-agent-clis.sh` installs into (the same
+//! rule as harness/tests/real_clis.rs). A missing binary FAILS the test:
+//! these tests never pass by skipping.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,10 @@ use crate::{TestRepo, PATIENCE};
 /// Versions checked; must match tests/install-agent-clis.sh.
 pub const CLAUDE_PACKAGE_DIR: &str = "@anthropic-ai+claude-code@2.1.328";
 pub const CODEX_PACKAGE_DIR: &str = "@openai+codex@0.169.0";
+pub const GEMINI_PACKAGE_DIR: &str = "@google+gemini-cli@0.61.0";
+pub const OPENCODE_PACKAGE_DIR: &str = "opencode-ai@1.18.33";
+/// Aider's virtualenv folder in the cache (`venv/bin/aider` inside).
+pub const AIDER_PACKAGE_DIR: &str = "aider-chat@0.86.2";
 
 /// How long a real CLI run may take under corral on a loaded 2-core machine
 /// (a few seconds when idle; these tests run in parallel with each other).
@@ -45,9 +52,14 @@ pub fn agent_cli_cache() -> PathBuf {
 }
 
 pub fn agent_bin(env_var: &str, package_dir: &str, bin: &str) -> PathBuf {
+    agent_bin_in(env_var, &Path::new(package_dir).join("node_modules/.bin"), bin)
+}
+
+/// `bin` in `folder` of the cache, unless `env_var` names it.
+fn agent_bin_in(env_var: &str, folder: &Path, bin: &str) -> PathBuf {
     let path = match non_empty_env(env_var) {
         Some(path) => PathBuf::from(path),
-        None => agent_cli_cache().join(package_dir).join("node_modules").join(".bin").join(bin),
+        None => agent_cli_cache().join(folder).join(bin),
     };
     assert!(
         path.exists(),
@@ -64,6 +76,18 @@ pub fn claude_bin() -> PathBuf {
 
 pub fn codex_bin() -> PathBuf {
     agent_bin("CORRAL_CODEX_BIN", CODEX_PACKAGE_DIR, "codex")
+}
+
+pub fn gemini_bin() -> PathBuf {
+    agent_bin("CORRAL_GEMINI_BIN", GEMINI_PACKAGE_DIR, "gemini")
+}
+
+pub fn opencode_bin() -> PathBuf {
+    agent_bin("CORRAL_OPENCODE_BIN", OPENCODE_PACKAGE_DIR, "opencode")
+}
+
+pub fn aider_bin() -> PathBuf {
+    agent_bin_in("CORRAL_AIDER_BIN", &Path::new(AIDER_PACKAGE_DIR).join("venv/bin"), "aider")
 }
 
 // ---------------------------------------------------------------------------
@@ -189,6 +213,159 @@ pub fn diagnostics(repo: &TestRepo, address: &str, mock: Option<&MockLlm>) -> St
 }
 
 // ---------------------------------------------------------------------------
+// The agent's log and end, spawning under a harness, and usage figures
+
+pub fn output_log(repo: &TestRepo, address: &str) -> (PathBuf, Vec<u8>) {
+    let id = ps_record(repo, address)["id"].as_u64().expect("an agent id in ps --json");
+    let path = repo.state_dir().join(format!("agents/{id}/output.log"));
+    let bytes = std::fs::read(&path).unwrap_or_default();
+    (path, bytes)
+}
+
+/// Waits for the agent to end (`corral wait` under a deadline) and returns
+/// its `ps --json` record.
+pub fn wait_end(repo: &TestRepo, address: &str, mock: Option<&MockLlm>) -> Value {
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", address, "--timeout", &timeout]);
+    let out = run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}"));
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "{address} did not end within {RUN_DEADLINE:?}\n{}",
+        diagnostics(repo, address, mock)
+    );
+    ps_record(repo, address)
+}
+
+/// `corral spawn NAME --harness H [--model M] --task TASK --json [-- EXTRA]`
+/// with extra environment; returns the spawn's JSON.
+pub fn spawn_harness(
+    repo: &TestRepo,
+    name: &str,
+    harness: &str,
+    model: Option<&str>,
+    task: &str,
+    env: &[(&str, OsString)],
+    extra: &[&str],
+) -> Value {
+    let mut command = repo.command();
+    command.args(["spawn", name, "--harness", harness]);
+    if let Some(model) = model {
+        command.args(["--model", model]);
+    }
+    command.args(["--task", task, "--json"]);
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, &format!("corral spawn {name} --harness {harness}"));
+    assert!(out.status.success(), "corral spawn {name} --harness {harness} failed: {}", describe(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("spawn printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+// ---------------------------------------------------------------------------
+// Usage figures
+
+pub type Figures = BTreeMap<String, u64>;
+
+pub fn figures(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Figures {
+    [("input", input), ("output", output), ("cache_read", cache_read), ("cache_write", cache_write)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// The four token figures of a usage object; panics on a missing one.
+pub fn figures_of(usage: &Value, what: &str) -> Figures {
+    ["input", "output", "cache_read", "cache_write"]
+        .into_iter()
+        .map(|k| {
+            let v = usage[k].as_u64().unwrap_or_else(|| panic!("{what}: no integer {k:?} in {usage}"));
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// The script's figures summed over `steps` (a step answering n requests
+/// counted n times is the caller's business).
+pub fn script_sum(steps: &[&Value]) -> Figures {
+    let mut sum = figures(0, 0, 0, 0);
+    for step in steps {
+        for key in ["input", "output", "cache_read", "cache_write"] {
+            *sum.get_mut(key).unwrap() += step["usage"][key].as_u64().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// The JSON lines of a structured agent's log (raw PTY: lines end in `\n`).
+pub fn json_lines(log: &[u8]) -> Vec<Value> {
+    log.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice::<Value>(line.trim_ascii()).ok()).collect()
+}
+
+/// Checks the usage corral reports for a finished structured agent: the
+/// `ps --json` record, the last `usage` event (settled), and
+/// `corral usage --harness H <output.log> --json`; returns the ps cost.
+pub fn assert_usage_everywhere(repo: &TestRepo, address: &str, harness: &str, expected: &Figures) -> Value {
+    let why = || diagnostics(repo, address, None);
+    let record = ps_record(repo, address);
+    assert_eq!(record["harness"], harness, "ps --json record: {record}");
+    assert_eq!(&figures_of(&record["usage"], "ps --json usage"), expected, "ps --json usage: {record}\n{}", why());
+    assert!(record.as_object().is_some_and(|r| r.contains_key("cost_usd")), "ps --json has no cost_usd: {record}");
+
+    let events = events(repo, address);
+    let usage = of_type(&events, "usage");
+    let last = usage.last().unwrap_or_else(|| panic!("no usage event for {address}\n{}", why()));
+    assert_eq!(&figures_of(&last["total"], "last usage event's total"), expected, "last usage event: {last}");
+    assert_eq!(last["settled"], true, "the last usage event must be settled: {last}");
+    // The deltas add up to the total.
+    let mut sum = figures(0, 0, 0, 0);
+    for event in &usage {
+        for (key, value) in figures_of(&event["delta"], "usage event's delta") {
+            *sum.get_mut(&key).unwrap() += value;
+        }
+    }
+    assert_eq!(&sum, expected, "the usage events' deltas do not add up to the total: {usage:?}");
+
+    let (log_path, _) = output_log(repo, address);
+    let log_arg = log_path.to_str().unwrap();
+    let from_file = corral_json(repo, &["usage", "--harness", harness, log_arg, "--json"]);
+    assert_eq!(
+        &figures_of(&from_file, "corral usage --json"),
+        expected,
+        "corral usage --harness {harness} {log_arg} --json: {from_file}"
+    );
+    assert!(
+        from_file.as_object().is_some_and(|r| r.contains_key("cost_usd")),
+        "corral usage --json has no cost_usd: {from_file}"
+    );
+    match (record["cost_usd"].as_f64(), from_file["cost_usd"].as_f64()) {
+        (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "ps cost {a} != usage-file cost {b}"),
+        (None, None) => {}
+        (a, b) => panic!("ps cost_usd {a:?} and `corral usage` cost_usd {b:?} disagree"),
+    }
+    record["cost_usd"].clone()
+}
+
+/// Files named `name` anywhere under `dir` (symlinks not followed).
+pub fn find_named(dir: &Path, name: &str, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            find_named(&path, name, found);
+        } else if entry.file_name() == name {
+            found.push(path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The model server: `corral mock-llm` as a subprocess
 
 /// A running `corral mock-llm --script FILE --record FILE`, killed on drop.
@@ -282,9 +459,14 @@ fn post_path(request: &Value) -> Option<&str> {
 }
 
 /// A request that asks a model for an answer (not `count_tokens` and such):
-/// Anthropic's `/messages` or OpenAI's `/responses`.
+/// Anthropic's `/messages`, OpenAI's `/responses` or `/chat/completions`,
+/// Gemini's `:generateContent` or `:streamGenerateContent`.
 pub fn is_model_request(request: &Value) -> bool {
-    post_path(request).is_some_and(|path| path.ends_with("/messages") || path.ends_with("/responses"))
+    post_path(request).is_some_and(|path| {
+        ["/messages", "/responses", "/chat/completions", ":generateContent", ":streamGenerateContent"]
+            .iter()
+            .any(|end| path.ends_with(end))
+    })
 }
 
 /// A model request on Anthropic's `/messages` only (Claude Code's).
@@ -335,6 +517,98 @@ pub fn claude_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsStrin
         ("ANTHROPIC_BASE_URL", mock.url.clone().into()),
         ("ANTHROPIC_API_KEY", "mock-key".into()),
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ("HOME", home.into_os_string()),
+    ]
+}
+
+/// A scratch HOME for one test's CLI.
+fn scratch_home(repo: &TestRepo) -> PathBuf {
+    let home = repo.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+/// The environment that points the real Gemini CLI at `mock`
+/// (docs/agents/gemini-cli.md §0): the base URL and key, and in a scratch
+/// HOME the settings it needs with a base URL set (API-key auth; no usage
+/// statistics, its only traffic besides the model's).
+pub fn gemini_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
+    let home = scratch_home(repo);
+    std::fs::create_dir_all(home.join(".gemini")).unwrap();
+    let settings =
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}, "privacy": {"usageStatisticsEnabled": false}}"#;
+    std::fs::write(home.join(".gemini/settings.json"), settings).unwrap();
+    vec![
+        ("CORRAL_GEMINI_BIN", gemini_bin().into_os_string()),
+        ("GOOGLE_GEMINI_BASE_URL", mock.url.clone().into()),
+        ("GEMINI_API_KEY", "mock-key".into()),
+        ("HOME", home.into_os_string()),
+    ]
+}
+
+/// The model of the opencode provider [`opencode_env`] configures.
+pub const OPENCODE_MODEL: &str = "mock/mock-coder";
+
+/// The environment that points the real opencode at `mock` through its
+/// openai-compatible provider (docs/agents/opencode-cli.md): a config file
+/// with the provider's `baseURL`, no models catalogue or update check, and
+/// a scratch HOME whose plugin folder is seeded so no npm install is tried.
+pub fn opencode_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
+    let home = scratch_home(repo);
+    let plugins = home.join(".config/opencode");
+    std::fs::create_dir_all(plugins.join("node_modules")).unwrap();
+    std::fs::write(plugins.join("package.json"), r#"{"dependencies":{"@opencode-ai/plugin":"1.18.33"}}"#).unwrap();
+    std::fs::write(
+        plugins.join("package-lock.json"),
+        r#"{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"1.18.33"}}}}"#,
+    )
+    .unwrap();
+    let config = serde_json::json!({
+        "$schema": "https://opencode.ai/config.json",
+        "autoupdate": false,
+        "share": "disabled",
+        "provider": {"mock": {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "Mock",
+            "options": {"baseURL": format!("{}/v1", mock.url), "apiKey": "mock-key"},
+            "models": {"mock-coder": {"name": "Mock Coder", "limit": {"context": 128000, "output": 4096}}},
+        }},
+    });
+    let config_path = repo.path("opencode.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    vec![
+        ("CORRAL_OPENCODE_BIN", opencode_bin().into_os_string()),
+        ("OPENCODE_CONFIG", config_path.into_os_string()),
+        ("OPENCODE_DISABLE_MODELS_FETCH", "1".into()),
+        ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
+        ("HOME", home.into_os_string()),
+    ]
+}
+
+/// The model Aider is given (litellm's `openai/` provider).
+pub const AIDER_MODEL: &str = "openai/gpt-mock";
+
+/// The environment that points the real Aider at `mock`
+/// (docs/agents/aider-cli.md): `OPENAI_API_BASE` and key, litellm's price
+/// table from its own package rather than the network, a model metadata
+/// file for the mock model (else Aider fetches one), a dumb terminal, and a
+/// scratch HOME.
+pub fn aider_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString)> {
+    let home = scratch_home(repo);
+    let metadata = repo.path("aider-model-metadata.json");
+    let entry = serde_json::json!({AIDER_MODEL: {
+        "max_input_tokens": 128000, "max_output_tokens": 4096, "max_tokens": 4096,
+        "input_cost_per_token": 0.000002, "output_cost_per_token": 0.00001,
+        "litellm_provider": "openai", "mode": "chat",
+    }});
+    std::fs::write(&metadata, entry.to_string()).unwrap();
+    vec![
+        ("CORRAL_AIDER_BIN", aider_bin().into_os_string()),
+        ("OPENAI_API_BASE", format!("{}/v1", mock.url).into()),
+        ("OPENAI_API_KEY", "mock-key".into()),
+        ("LITELLM_LOCAL_MODEL_COST_MAP", "True".into()),
+        ("AIDER_MODEL_METADATA_FILE", metadata.into_os_string()),
+        ("TERM", "dumb".into()),
         ("HOME", home.into_os_string()),
     ]
 }

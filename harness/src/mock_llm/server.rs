@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::script::{Repeat, Script, Step};
-use super::{anthropic, openai, RequestContext};
+use super::{anthropic, chat, gemini, openai, RequestContext};
 
 /// Largest request body accepted (Claude Code sends a few hundred KB).
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -73,10 +73,11 @@ impl RecordedRequest {
     }
 
     /// True for a request that asks a model for an answer (Anthropic
-    /// `/messages` or OpenAI `/responses`), as opposed to `count_tokens` and
-    /// the rest.
+    /// `/messages`, OpenAI `/responses` or `/chat/completions`, Gemini
+    /// `:generateContent` or `:streamGenerateContent`), as opposed to
+    /// `count_tokens` and the rest.
     pub fn is_model_request(&self) -> bool {
-        matches!(route(&self.method, self.path.split('?').next().unwrap_or("")), Route::Anthropic | Route::OpenAi)
+        route(&self.method, self.path.split('?').next().unwrap_or("")).is_model()
     }
 }
 
@@ -277,6 +278,8 @@ enum Route {
     Anthropic,
     CountTokens,
     OpenAi,
+    Chat,
+    Gemini,
     MockRequests,
     MockHealth,
     Unknown,
@@ -288,9 +291,18 @@ fn route(method: &str, path: &str) -> Route {
         "POST" if path.ends_with("/messages/count_tokens") => Route::CountTokens,
         "POST" if path.ends_with("/messages") => Route::Anthropic,
         "POST" if path.ends_with("/responses") => Route::OpenAi,
+        "POST" if path.ends_with("/chat/completions") => Route::Chat,
+        "POST" if path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent") => Route::Gemini,
         "GET" if path == "/_mock/requests" => Route::MockRequests,
         "GET" if path == "/_mock/health" => Route::MockHealth,
         _ => Route::Unknown,
+    }
+}
+
+impl Route {
+    /// The routes whose requests consume a script step.
+    fn is_model(self) -> bool {
+        matches!(self, Route::Anthropic | Route::OpenAi | Route::Chat | Route::Gemini)
     }
 }
 
@@ -343,11 +355,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     // Hand out the step and record the request in one critical section.
     let (seq, assigned, recorded) = {
         let mut state = shared.state();
-        let assigned = if matches!(route, Route::Anthropic | Route::OpenAi) {
-            take_step(&mut state, &shared.script)
-        } else {
-            Assigned::None
-        };
+        let assigned = if route.is_model() { take_step(&mut state, &shared.script) } else { Assigned::None };
         let recorded = RecordedRequest {
             seq: state.requests.len() as u64,
             method: method.to_string(),
@@ -380,20 +388,20 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     let body = &recorded.body;
     match (route, assigned) {
         (Route::CountTokens, _) => json_response(StatusCode::OK, anthropic::count_tokens(bytes.len())),
-        (Route::Anthropic | Route::OpenAi, Assigned::Step(index)) => {
+        (route, Assigned::Step(index)) if route.is_model() => {
             let step = &shared.script.steps()[index];
             let ctx = RequestContext {
                 seq,
                 step: Some(index),
-                model: body["model"].as_str().unwrap_or("mock-model").to_string(),
+                model: request_model(route, &path, body),
                 tools: request_tools(body),
             };
             if !step.delay.is_zero() {
                 tokio::time::sleep(step.delay).await;
             }
-            answer(route, step, &ctx, body["stream"] == json!(true))
+            answer(route, step, &ctx, streaming(route, &path_and_query, body))
         }
-        (Route::Anthropic | Route::OpenAi, _) => {
+        (route, _) if route.is_model() => {
             let message = format!(
                 "mock-llm: the script is exhausted: all {steps} steps were used; request #{seq} ({method} {path_and_query}) has no step to answer it"
             );
@@ -404,7 +412,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         _ => json_response(
             StatusCode::NOT_FOUND,
             json!({"error": {"type": "not_found_error", "message": format!(
-                "mock-llm: no such endpoint: {method} {path} (serves POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/responses, GET /_mock/requests, GET /_mock/health)"
+                "mock-llm: no such endpoint: {method} {path} (serves POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/responses, POST /v1/chat/completions, POST /v1beta/models/MODEL:generateContent, POST /v1beta/models/MODEL:streamGenerateContent, GET /_mock/requests, GET /_mock/health)"
             )}}),
         ),
     }
@@ -425,25 +433,89 @@ fn take_step(state: &mut State, script: &Script) -> Assigned {
     Assigned::Step(index)
 }
 
-/// A rendered answer: server-sent events, or one JSON object.
+/// The model a request names: in the body, or in a Gemini path
+/// (`/v1beta/models/MODEL:streamGenerateContent`).
+fn request_model(route: Route, path: &str, body: &Value) -> String {
+    if route == Route::Gemini {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        if let Some((model, _)) = name.split_once(':').filter(|(model, _)| !model.is_empty()) {
+            return model.to_string();
+        }
+    }
+    body["model"].as_str().unwrap_or("mock-model").to_string()
+}
+
+/// Whether the answer is streamed: `"stream": true` in the body, or for
+/// Gemini the `:streamGenerateContent` method.
+fn streaming(route: Route, path_and_query: &str, body: &Value) -> Streaming {
+    match route {
+        Route::Gemini => {
+            let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+            if !path.trim_end_matches('/').ends_with(":streamGenerateContent") {
+                Streaming::No
+            } else if query.split('&').any(|pair| pair == "alt=sse") {
+                Streaming::Sse { include_usage: true }
+            } else {
+                Streaming::JsonArray
+            }
+        }
+        _ if body["stream"] == json!(true) => {
+            Streaming::Sse { include_usage: body["stream_options"]["include_usage"] == json!(true) }
+        }
+        _ => Streaming::No,
+    }
+}
+
+/// How an answer is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Streaming {
+    /// One JSON object.
+    No,
+    /// Server-sent events; `include_usage` is Chat Completions' request
+    /// for a usage chunk.
+    Sse { include_usage: bool },
+    /// Gemini's `streamGenerateContent` without `alt=sse`: the chunks as one
+    /// JSON array.
+    JsonArray,
+}
+
+/// A rendered answer: server-sent events (with or without event names),
+/// or one JSON value.
 enum Rendered {
     Events(Vec<(String, Value)>),
+    Data(Vec<String>),
     Object(Value),
 }
 
-fn answer(route: Route, step: &Step, ctx: &RequestContext, streaming: bool) -> Response<Body> {
+fn answer(route: Route, step: &Step, ctx: &RequestContext, streaming: Streaming) -> Response<Body> {
     if let Some(reply) = &step.error {
         return error_response(route, reply);
     }
     let rendered = match (route, streaming) {
-        (Route::Anthropic, false) => Ok(Rendered::Object(anthropic::message(step, ctx))),
-        (Route::Anthropic, true) => Ok(Rendered::Events(anthropic::stream(step, ctx))),
-        (_, false) => openai::response(step, ctx).map(Rendered::Object),
-        (_, true) => openai::stream(step, ctx).map(Rendered::Events),
+        (Route::Anthropic, Streaming::Sse { .. }) => Ok(Rendered::Events(anthropic::stream(step, ctx))),
+        (Route::Anthropic, _) => Ok(Rendered::Object(anthropic::message(step, ctx))),
+        (Route::Chat, Streaming::Sse { include_usage }) => chat::stream(step, ctx, include_usage).map(Rendered::Data),
+        (Route::Chat, _) => chat::completion(step, ctx).map(Rendered::Object),
+        (Route::Gemini, Streaming::Sse { .. }) => {
+            gemini::stream(step, ctx).map(|chunks| Rendered::Data(chunks.iter().map(Value::to_string).collect()))
+        }
+        (Route::Gemini, Streaming::JsonArray) => {
+            gemini::stream(step, ctx).map(|chunks| Rendered::Object(json!(chunks)))
+        }
+        (Route::Gemini, Streaming::No) => gemini::response(step, ctx).map(Rendered::Object),
+        (_, Streaming::Sse { .. }) => openai::stream(step, ctx).map(Rendered::Events),
+        (_, _) => openai::response(step, ctx).map(Rendered::Object),
     };
     let request_id = format!("req_mock_{:04}", ctx.seq);
     let mut response = match rendered {
-        Ok(Rendered::Events(events)) => sse_response(events),
+        Ok(Rendered::Events(events)) => sse_response(
+            events.into_iter().map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n"))).collect(),
+        ),
+        // Gemini's SSE ends each event with CRLF CRLF, OpenAI's with LF LF;
+        // clients read either.
+        Ok(Rendered::Data(data)) => {
+            sse_response(data.into_iter().map(|d| Bytes::from(format!("data: {d}\n\n"))).collect())
+        }
         Ok(Rendered::Object(object)) => json_response(StatusCode::OK, object),
         Err(message) => {
             eprintln!("{message}");
@@ -459,7 +531,11 @@ fn answer(route: Route, step: &Step, ctx: &RequestContext, streaming: bool) -> R
 }
 
 fn error_response(route: Route, reply: &super::ErrorReply) -> Response<Body> {
-    let body = if route == Route::OpenAi { openai::error(reply) } else { anthropic::error(reply) };
+    let body = match route {
+        Route::OpenAi | Route::Chat => openai::error(reply),
+        Route::Gemini => gemini::error(reply),
+        _ => anthropic::error(reply),
+    };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, body);
     if let Some(seconds) = reply.retry_after {
@@ -475,9 +551,7 @@ fn json_response(status: StatusCode, value: Value) -> Response<Body> {
     response
 }
 
-fn sse_response(events: Vec<(String, Value)>) -> Response<Body> {
-    let frames =
-        events.into_iter().map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n"))).collect();
+fn sse_response(frames: VecDeque<Bytes>) -> Response<Body> {
     let mut response = Response::new(SseBody { frames }.boxed());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -518,16 +592,21 @@ fn recorded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The request's tools as `(type, name)`, nested namespaces flattened.
+/// The request's tools as `(type, name)`, nested namespaces flattened:
+/// Anthropic and Responses tools (`name`), Chat Completions functions
+/// (`function.name`), Gemini's `functionDeclarations` (type `function`).
 fn request_tools(body: &Value) -> Vec<(String, String)> {
     fn collect(tools: &Value, out: &mut Vec<(String, String)>) {
         for tool in tools.as_array().into_iter().flatten() {
             let kind = tool["type"].as_str().unwrap_or_default().to_string();
-            let name = tool["name"].as_str().unwrap_or_default().to_string();
             if let Some(nested) = tool.get("tools") {
                 collect(nested, out);
             }
-            out.push((kind, name));
+            for declaration in tool["functionDeclarations"].as_array().into_iter().flatten() {
+                out.push(("function".to_string(), declaration["name"].as_str().unwrap_or_default().to_string()));
+            }
+            let name = tool["name"].as_str().or_else(|| tool["function"]["name"].as_str());
+            out.push((kind, name.unwrap_or_default().to_string()));
         }
     }
     let mut out = Vec::new();

@@ -191,7 +191,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve scripted model responses (Anthropic Messages and OpenAI Responses APIs) on loopback.
+    /// Serve scripted model responses on loopback: the Anthropic Messages,
+    /// OpenAI Responses, OpenAI Chat Completions and Gemini
+    /// (generateContent, streamGenerateContent) APIs, for Claude Code, Codex,
+    /// opencode, Aider and Gemini CLI.
+    ///
+    /// Point a CLI at the printed URL: ANTHROPIC_BASE_URL=URL (Claude Code),
+    /// a Codex provider base_url URL/v1, GOOGLE_GEMINI_BASE_URL=URL and
+    /// GEMINI_API_KEY (Gemini CLI), OPENAI_API_BASE=URL/v1 with --model
+    /// openai/NAME (Aider), an opencode provider baseURL URL/v1.
     #[command(display_order = 15)]
     MockLlm {
         /// The script: JSON steps, one per model request (see the README).

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::agent::{exited_body, flush_output, supervise};
-use super::reader::OutputReader;
+use super::reader::{agent_env, OutputReader};
 use super::{blocking, Daemon};
 use crate::git::worktree;
 use crate::model::event::EventBody;
@@ -34,7 +34,7 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
     }
     // No live monitor: the exit record tells how the agent ended.
     if let Some(exit) = daemon.runtime.exit_record(&agent_dir) {
-        let mut reader = OutputReader::resume(&record, agent_dir.log());
+        let mut reader = OutputReader::resume(&record, agent_dir.log(), agent_env(&agent_dir.spec()));
         flush_output(daemon, &record, &mut reader, true, &mut crate::model::notify::Progress::default()).await;
         if record.state == AgentState::Starting && exit.error.is_some() {
             give_up_start(daemon, &record, "it could not be started").await;

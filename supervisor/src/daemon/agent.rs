@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::budgets::{enforce_budgets, price_usage, touch, DEFAULT_GRACE_SECS};
 use super::probe_run::{next_probe_event, probe_body, ProbeRun};
-use super::reader::OutputReader;
+use super::reader::{agent_env, OutputReader};
 use super::start::Link;
 use super::{assign, merges, notices, start, Daemon};
 use crate::daemon::journal::Draft;
@@ -111,7 +111,7 @@ async fn watch_monitor(
     mut commands: mpsc::UnboundedReceiver<Control>,
 ) {
     let agent_dir = daemon.state.agent(record.id);
-    let mut reader = OutputReader::resume(&record, agent_dir.log());
+    let mut reader = OutputReader::resume(&record, agent_dir.log(), agent_env(&agent_dir.spec()));
     let exit = match link {
         Some(link) => follow_monitor(daemon, &record, &mut reader, link, &mut commands).await,
         None => daemon.runtime.exit_record(&agent_dir),

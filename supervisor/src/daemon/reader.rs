@@ -3,7 +3,15 @@
 //! agent's task; after a daemon restart it resumes after the last
 //! journaled line, its parser brought to the same state by reading the
 //! log up to there again.
+//!
+//! For a CLI that reports usage only at the end of a run (Gemini CLI), the
+//! reader also follows the session log the CLI writes as it goes
+//! ([`corral_harness::Harness::usage_log`], found from the agent's
+//! environment and its session id), so that live usage, and the budgets
+//! that act on it, see every model call. That log is read from its start
+//! whenever it is opened again; the parser counts nothing twice.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,12 +31,29 @@ pub(super) struct OutputReader {
     /// (merged into one, its deltas added up, so no token goes uncounted),
     /// results and sessions. They go first in the next flush.
     held: Vec<EventBody>,
+    harness: corral_harness::Harness,
+    /// The agent's environment (where its CLI keeps its session logs).
+    env: BTreeMap<String, String>,
+    /// The session its output last started.
+    session: Option<String>,
+    /// The session log followed, and the session it belongs to.
+    usage_log: Option<(String, LineCursor)>,
+}
+
+/// The environment an agent was started with (its monitor's spec), empty
+/// when the spec cannot be read.
+pub(super) fn agent_env(spec: &std::path::Path) -> BTreeMap<String, String> {
+    std::fs::read(spec)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::wire::monitor::MonitorSpec>(&bytes).ok())
+        .map(|spec| spec.env)
+        .unwrap_or_default()
 }
 
 impl OutputReader {
     /// A reader that resumes after the last journaled line. The parser is
     /// brought to the same state by reading the log up to there again.
-    pub(super) fn resume(record: &AgentRecord, log: PathBuf) -> OutputReader {
+    pub(super) fn resume(record: &AgentRecord, log: PathBuf, env: BTreeMap<String, String>) -> OutputReader {
         let parser = record.harness.parser();
         let mut reader = OutputReader {
             cursor: LineCursor::new(log.clone(), 0),
@@ -36,6 +61,10 @@ impl OutputReader {
             limiter: Limiter::default(),
             observations: None,
             held: Vec::new(),
+            harness: record.harness,
+            env,
+            session: record.session_id.clone(),
+            usage_log: None,
         };
         match reader.parser.as_mut() {
             Some(parser) if record.log_offset > 0 => {
@@ -55,9 +84,11 @@ impl OutputReader {
     /// are few, the limiter sees to that).
     pub(super) fn read(&mut self, last: bool) -> std::io::Result<Vec<EventBody>> {
         let mut bodies = Vec::new();
-        let OutputReader { cursor, parser, limiter, observations, .. } = self;
-        cursor
-            .read_each(None, last, |lines| events_of(lines, parser, limiter, observations.as_deref(), &mut bodies))?;
+        let OutputReader { cursor, parser, limiter, observations, session, .. } = self;
+        cursor.read_each(None, last, |lines| {
+            events_of(lines, parser, limiter, observations.as_deref(), session, &mut bodies)
+        })?;
+        self.read_usage_log(&mut bodies, last);
         if last {
             let skipped = self.limiter.take_skipped();
             if skipped > 0 {
@@ -75,6 +106,7 @@ fn events_of(
     parser: &mut Option<Box<dyn corral_harness::Parser>>,
     limiter: &mut Limiter,
     observations: Option<&corral_probes::AgentObservations>,
+    session: &mut Option<String>,
     bodies: &mut Vec<EventBody>,
 ) {
     {
@@ -96,6 +128,9 @@ fn events_of(
                 continue;
             };
             for event in parser.feed_line(trim_cr(&line.bytes)) {
+                if let corral_harness::HarnessEvent::SessionStarted { session_id: Some(id), .. } = &event {
+                    *session = Some(id.clone());
+                }
                 let mut body = EventBody::from_harness(event, line.offset);
                 if let Some(observations) = observations {
                     let now = std::time::Instant::now();
@@ -119,6 +154,25 @@ fn events_of(
 }
 
 impl OutputReader {
+    /// The usage in the session log written since the last call (see the
+    /// module doc), after the output's own events.
+    fn read_usage_log(&mut self, bodies: &mut Vec<EventBody>, last: bool) {
+        let (Some(parser), Some(session)) = (self.parser.as_mut(), self.session.as_ref()) else { return };
+        if self.usage_log.as_ref().is_none_or(|(followed, _)| followed != session) {
+            self.usage_log =
+                self.harness.usage_log(&self.env, session).map(|path| (session.clone(), LineCursor::new(path, 0)));
+        }
+        let Some((_, cursor)) = self.usage_log.as_mut() else { return };
+        // A log that cannot be read leaves the output's own figures.
+        let Ok(lines) = cursor.read(None, last) else { return };
+        let offset = self.cursor.offset();
+        for line in lines {
+            for event in parser.feed_usage_log_line(trim_cr(&line.bytes)) {
+                bodies.push(EventBody::from_harness(event, offset));
+            }
+        }
+    }
+
     /// What was held back from a flush that could not be journaled.
     pub(super) fn take_held(&mut self) -> Vec<EventBody> {
         std::mem::take(&mut self.held)

@@ -575,6 +575,11 @@ async fn write_monitor_spec(
     env.insert("CORRAL_TASK".into(), record.task.clone());
     env.insert("CORRAL_SOCKET".into(), daemon.state.socket().display().to_string());
     env.insert("CORRAL_BRANCH".into(), record.branch.clone());
+    // The agent runs in its worktree: a PWD left from the spawner's shell
+    // would point elsewhere, and CLIs that trust it (opencode 1.18 resolves
+    // relative paths against it) would write outside the worktree.
+    env.insert("PWD".into(), record.worktree.display().to_string());
+    env.remove("OLDPWD");
     env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
     let spec = MonitorSpec {
         command: launch.argv.clone(),

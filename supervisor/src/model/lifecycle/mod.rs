@@ -630,7 +630,7 @@ impl AgentRecord {
     /// True when a JSON-lines agent has answered everything it was given:
     /// its input should be closed so the CLI ends.
     pub fn input_done(&self) -> bool {
-        self.harness.delivery() == corral_harness::launch::Delivery::StdinJson
+        self.harness.delivery() == corral_harness::launch::Delivery::Stdin
             && self.results > 0
             && self.idle
             && !self.turn_pending
