@@ -161,6 +161,13 @@ impl WireMeter {
         if data.is_empty() || data == "[DONE]" {
             return;
         }
+        // Only events that carry usage (every API's field has the word),
+        // or name the model before it is known, are parsed: text deltas
+        // pass unread. An event that spells its keys with escapes is parsed
+        // too, so no usage hides behind `\u0075sage`.
+        if !data.contains("usage") && !data.contains("\\u") && self.model.is_some() {
+            return;
+        }
         match serde_json::from_str::<Value>(data) {
             Ok(event) => self.on_event(&event),
             Err(_) => self.unreadable = true,

@@ -298,3 +298,10 @@ fn fractional_and_negative_counts_never_count_less() {
     assert_eq!(charge.usage, t(EST.input, EST.output, 0, 0));
     assert!(charge.flag.is_some());
 }
+
+#[test]
+fn usage_spelled_with_escapes_is_still_read() {
+    let mut events = anthropic_call("m1", 120, 70);
+    events[4] = r#"{"type":"message_delta","delta":{},"\u0075sage":{"output_tokens":70}}"#.into();
+    assert_eq!(meter_every_split(Provider::Anthropic, &sse(&refs(&events))).usage, t(120, 70, 30, 7));
+}
