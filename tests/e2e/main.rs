@@ -14,6 +14,7 @@ mod merge_queue;
 mod notify;
 mod person;
 mod probes;
+mod proxy;
 mod regress_daemon;
 mod regressions;
 mod run;

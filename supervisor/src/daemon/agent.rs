@@ -191,6 +191,21 @@ async fn follow_monitor(
                         let drafts = bodies.into_iter().map(|b| daemon.draft(&current, b)).collect();
                         daemon.commit_logged(drafts).await;
                     }
+                    Ok(MonitorMessage::Admit { ask }) => {
+                        let call = ask.call;
+                        let decision = super::budgets::admit(daemon, &record.address, &ask);
+                        let refused = matches!(decision, crate::proxy::Decision::Refuse { .. });
+                        let _ = send_monitor(&mut monitor_in, &MonitorCommand::Admission { call, decision }).await;
+                        // A call refused for a budget: that budget is spent
+                        // for this agent, which stops as for any budget.
+                        if refused {
+                            let pending = ask.estimate_input.max(1);
+                            super::budgets::enforce_budgets_with(daemon, &record.address, pending).await;
+                        }
+                    }
+                    Ok(MonitorMessage::ModelCall { record: call }) => {
+                        journal_call(daemon, &record.address, call).await;
+                    }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
                     Err(err) => tracing::warn!("{}: bad monitor message {line:?}: {err}", record.address),
@@ -232,6 +247,35 @@ async fn follow_monitor(
             }
         }
     }
+}
+
+/// Journals a model call the agent's proxy reported (once: a monitor tells
+/// each daemon that connects every call so far), then checks the budgets
+/// over the agent.
+async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord) {
+    let Some(current) = daemon.record(address) else { return };
+    if call.call <= current.calls {
+        return;
+    }
+    let model = call.model.clone().or_else(|| current.model.clone());
+    let cost_usd = super::budgets::price_call(daemon, model.as_deref(), &call.usage);
+    let body = EventBody::ModelCall {
+        call: call.call,
+        provider: call.provider,
+        model: call.model,
+        status: call.status,
+        usage: call.usage,
+        cost_usd,
+        flag: call.flag,
+        refused: call.refused,
+        estimate_input: call.estimate_input,
+        output_cap: call.output_cap,
+        ttfb_ms: call.ttfb_ms,
+        duration_ms: call.duration_ms,
+    };
+    daemon.commit_logged(vec![daemon.draft(&current, body)]).await;
+    touch(daemon, address);
+    enforce_budgets(daemon, address).await;
 }
 
 /// The event that says a pending message reached the agent: a child's

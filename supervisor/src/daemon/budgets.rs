@@ -31,6 +31,14 @@ pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
 /// ancestor's): warns once per budget and kind, and once a budget is spent
 /// journals `budget_exceeded` and stops the budget's whole subtree.
 pub(super) async fn enforce_budgets(daemon: &Arc<Daemon>, address: &Address) {
+    enforce_budgets_with(daemon, address, 0).await
+}
+
+/// [`enforce_budgets`], counting `refused_tokens` more: the input of a
+/// model call the proxy refused because it would not fit. A budget it
+/// would have crossed is spent (the agent can make no call), and says so
+/// with the tokens really used.
+pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address, refused_tokens: u64) {
     // The check and the commit of what it decides are one step: another
     // check waits, and then sees this one's `budget_exceeded`.
     let _checking = daemon.budget_checks.lock().await;
@@ -55,12 +63,16 @@ pub(super) async fn enforce_budgets(daemon: &Arc<Daemon>, address: &Address) {
                 continue;
             }
             let mut spend = subtree_spend(table, &owner_address);
+            spend.tokens += refused_tokens;
             if !owner.state.is_terminal() {
                 spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
                 spend.idle_secs = idle.iter().find(|(a, _)| *a == owner_address).map_or(0.0, |(_, secs)| *secs);
             }
             for crossing in owner.budget.check(&spend) {
-                let (kind, used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                let (kind, mut used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                if kind == BudgetKind::Tokens {
+                    used -= refused_tokens as f64;
+                }
                 if crossing.exceeded {
                     drafts.push(daemon.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
                     for agent in table.subtree(&owner_address) {
@@ -204,4 +216,52 @@ pub(super) fn start_budget_clock(daemon: &Arc<Daemon>) {
 /// Notes that the agent did something (printed output, or started).
 pub(super) fn touch(daemon: &Daemon, address: &Address) {
     daemon.activity.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), Instant::now());
+}
+
+/// The admission of one model call of a proxy-metered agent: what every
+/// budget over it (its own, each ancestor's, the repository's day) has
+/// left, and the proxy's decision from that ([`crate::proxy::decide`]).
+/// An agent stopped or stopping for a budget gets no more calls.
+pub(super) fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> crate::proxy::Decision {
+    use crate::proxy::Headroom;
+    let config = daemon.config();
+    let today = crate::model::lifecycle::day_of(chrono::Utc::now());
+    let headroom = daemon.store.read(|table| {
+        let mut room = Headroom::default();
+        if let Some(kind) = table.agents.get(address).and_then(|r| r.stopped_for) {
+            room.spent = Some(format!("the {} budget", kind.as_str()));
+        }
+        let mut scope = Some(address.clone());
+        while let Some(at) = scope.filter(|a| !a.is_root()) {
+            if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()) {
+                let left = record.budget.left_after(&subtree_spend(table, &at));
+                let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
+                let scope_room = Headroom {
+                    tokens: left.tokens,
+                    output_tokens: left.output_tokens,
+                    spent: spent_cost.then(|| format!("the cost budget of {at}")),
+                };
+                room = room.tighten(scope_room);
+            }
+            scope = at.parent();
+        }
+        let day = table.daily.get(&today).cloned().unwrap_or_default();
+        let day_room = Headroom {
+            tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens)),
+            output_tokens: None,
+            spent: config
+                .budget
+                .daily_cost
+                .filter(|limit| day.cost >= *limit)
+                .map(|_| format!("the repository's daily cost budget for {today}")),
+        };
+        room.tighten(day_room)
+    });
+    crate::proxy::decide(&headroom, ask)
+}
+
+/// Prices a model call from corral.toml's `[prices]` when the model is in it.
+pub(super) fn price_call(daemon: &Daemon, model: Option<&str>, usage: &corral_harness::TokenUsage) -> Option<f64> {
+    let config = daemon.config();
+    model.and_then(|m| config.price(m)).map(|price| price.cost(usage))
 }

@@ -101,6 +101,10 @@ pub(crate) struct Daemon {
     /// Held from a budget check to the commit of what it decided, so two
     /// agents crossing one budget at once journal one `budget_exceeded`.
     budget_checks: tokio::sync::Mutex<()>,
+    /// The real API keys of proxy-metered agents not started yet, by
+    /// agent id: in memory only, handed to the monitor on its standard
+    /// input at start, then forgotten.
+    keys: Mutex<HashMap<u64, crate::wire::monitor::ProxyKeys>>,
     /// The daemon is its process (`corral daemon`), not a test's guest: it
     /// may exit the process when its repository is deleted.
     owns_process: bool,
@@ -200,6 +204,7 @@ impl Daemon {
             merges: merge_tx,
             reserved: Mutex::new(Reserved { addresses: HashSet::new(), next_id }),
             activity: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             git: tokio::sync::Mutex::new(()),
             slots: tokio::sync::Mutex::new(()),
             budget_checks: tokio::sync::Mutex::new(()),

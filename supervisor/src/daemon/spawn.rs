@@ -81,6 +81,7 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     if request.fork_session {
         fork_session(daemon, &parent, &address, &mut resolved)?;
     }
+    plan_metering(&mut resolved)?;
     let launch = build_launch(&resolved)?;
     check_command(&launch.argv[0], &resolved.env)?;
 
@@ -164,6 +165,7 @@ async fn spawn_reserved(
             merge: resolved.merge.clone(),
             sandbox: resolved.sandbox_spec(),
             notify: Some(resolved.notify),
+            meter: resolved.meter,
         },
     };
     daemon.commit(vec![spawned]).await.map_err(|mut err| {
@@ -197,6 +199,9 @@ async fn spawn_reserved(
         let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
         fail(err.message.clone()).await;
         return Err(err);
+    }
+    if let Some(metering) = &resolved.metering {
+        daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(id, metering.keys.clone());
     }
     match start::start_or_queue(daemon, &record).await {
         Ok(Start::Running { pid }) => {
@@ -242,6 +247,9 @@ struct Resolved {
     kernel: Option<sandbox::Kernel>,
     enforced: Option<sandbox::Enforced>,
     reasoning_effort: Option<String>,
+    /// Where its usage is counted; with the proxy, how it is put behind it.
+    meter: crate::model::budget::Meter,
+    metering: Option<crate::proxy::plan::Plan>,
 }
 
 impl Resolved {
@@ -307,6 +315,11 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
         kernel: None,
         enforced: None,
         reasoning_effort: settings.reasoning_effort.clone(),
+        meter: settings.meter.unwrap_or(match crate::proxy::plan::proxy_by_default(harness) {
+            true => crate::model::budget::Meter::Proxy,
+            false => crate::model::budget::Meter::Stream,
+        }),
+        metering: None,
         merge: {
             let merge = settings.merge.clone().unwrap_or_default();
             MergeSpec {
@@ -500,6 +513,22 @@ fn sandbox_plan(
     Ok((!plan.is_empty()).then_some(plan))
 }
 
+/// Puts a proxy-metered agent behind its proxy: a token of its own in
+/// place of the real keys (which the daemon holds for its monitor), and
+/// its CLI pointed at the proxy.
+fn plan_metering(resolved: &mut Resolved) -> Result<()> {
+    if resolved.meter != crate::model::budget::Meter::Proxy {
+        return Ok(());
+    }
+    let token =
+        crate::proxy::Token::random().map_err(|e| Error::other(format!("cannot make the agent's proxy token: {e}")))?;
+    let plan = crate::proxy::plan::plan(resolved.harness, &mut resolved.env, &resolved.command, &token.0)
+        .map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    resolved.command.extend(plan.extra_args.iter().cloned());
+    resolved.metering = Some(plan);
+    Ok(())
+}
+
 /// The harness's command line for these settings (the harness applies
 /// the sandbox and the reasoning effort as its CLI can).
 fn build_launch(resolved: &Resolved) -> Result<Launch> {
@@ -551,7 +580,12 @@ async fn write_monitor_spec(
     let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
     std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
     let mut env = resolved.env.clone();
-    env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
+    env.retain(|k, _| {
+        !k.starts_with("CORRAL_")
+            || k == "CORRAL_WORKTREE_ROOT"
+            || k == "CORRAL_TEST_ID"
+            || (resolved.metering.is_some() && k == crate::proxy::plan::CODEX_TOKEN_VARIABLE)
+    });
     let plan = sandbox_plan(daemon, agent_dir, resolved, record, &mut env)
         .map_err(|why| Error::other(format!("the sandbox of {} cannot be prepared: {why}", record.address)))?;
     env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
@@ -573,6 +607,13 @@ async fn write_monitor_spec(
         rows: 50,
         cols: 160,
         sandbox: plan,
+        meter: resolved.metering.as_ref().map(|metering| {
+            let mut spec = metering.spec.clone();
+            spec.url_args = (0..launch.argv.len())
+                .filter(|i| launch.argv[*i].contains(crate::wire::monitor::PROXY_URL_MARK))
+                .collect();
+            spec
+        }),
     };
     let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::OpenOptions::new()

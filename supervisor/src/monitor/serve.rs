@@ -98,6 +98,13 @@ fn serve_daemon(
                 Ok(MonitorCommand::CloseInput) => {
                     let _ = input.send(InputOp::Close);
                 }
+                Ok(MonitorCommand::Admission { call, decision }) => {
+                    let mut state = shared_in.state.lock().unwrap();
+                    state.asks.remove(&call);
+                    if let Some(waiter) = state.admission_waiters.remove(&call) {
+                        let _ = waiter.send(decision);
+                    }
+                }
                 Ok(MonitorCommand::Then { command, tag }) => {
                     let mut state = shared_in.state.lock().unwrap();
                     if !state.accepting {
@@ -113,6 +120,11 @@ fn serve_daemon(
     let mut sent_len;
     let mut sent_generation;
     let mut sent_restart;
+    // Every call recorded so far goes to each daemon that connects (it
+    // journals each once), and every ask still unanswered.
+    let mut sent_calls = 0;
+    let mut sent_asks = 0;
+    let mut asked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     {
         let state = shared.state.lock().unwrap();
         sent_len = state.log_len;
@@ -136,8 +148,14 @@ fn serve_daemon(
                     && s.exit.is_none()
                     && s.generation == sent_generation
                     && s.restart_generation == sent_restart
+                    && s.calls.len() == sent_calls
+                    && s.asks_generation == sent_asks
             })
             .unwrap();
+        let calls: Vec<_> = state.calls[sent_calls..].to_vec();
+        sent_calls = state.calls.len();
+        let asks: Vec<_> = state.asks.values().filter(|a| !asked.contains(&a.call)).cloned().collect();
+        sent_asks = state.asks_generation;
         let (log_len, exit) = (state.log_len, state.exit.clone());
         let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
         let restarting = (state.restart_generation != sent_restart).then(|| state.restart_note.clone()).flatten();
@@ -158,6 +176,13 @@ fn serve_daemon(
         if log_len != sent_len {
             sent_len = log_len;
             send(&mut stream, &MonitorMessage::Output { log_len })?;
+        }
+        for record in calls {
+            send(&mut stream, &MonitorMessage::ModelCall { record })?;
+        }
+        for ask in asks {
+            asked.insert(ask.call);
+            send(&mut stream, &MonitorMessage::Admit { ask })?;
         }
         if let Some(record) = exit {
             send(&mut stream, &MonitorMessage::Exit { record })?;

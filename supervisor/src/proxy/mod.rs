@@ -14,6 +14,7 @@
 //! | [`provider`] | the APIs: routing by path, upstream defaults, refusal bodies |
 //! | [`request`] | a call's input estimate and the output-cap rewrite |
 //! | [`admit`] | the admission decision, pure |
+//! | [`plan`] | how an agent is put behind its proxy: upstreams, keys, token, base URLs |
 //! | [`meter`] | counting a call from its response's bytes |
 //! | [`server`] | the HTTP server, the upstream client, the [`Gate`] seam |
 //!
@@ -22,6 +23,7 @@
 
 pub mod admit;
 pub mod meter;
+pub mod plan;
 pub mod provider;
 pub mod request;
 pub mod server;

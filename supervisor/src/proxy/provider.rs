@@ -26,7 +26,7 @@ pub enum Provider {
 
 /// Which upstream (and which key) a provider's calls go to: the two
 /// OpenAI APIs share one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     Anthropic,
