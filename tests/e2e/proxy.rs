@@ -219,6 +219,122 @@ fn a_runaway_claude_gets_no_call_upstream_after_its_budget_is_spent() {
     );
 }
 
+/// A small HTTP client (python3) that makes `calls` Anthropic calls (0:
+/// until one is refused) to `$ANTHROPIC_BASE_URL` with `$ANTHROPIC_API_KEY`,
+/// printing each status.
+fn client_script(repo: &TestRepo, name: &str, calls: u32) -> String {
+    let path = repo.path(&format!("{name}.py"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"import json, os, urllib.request, urllib.error
+i = 0
+while {calls} == 0 or i < {calls}:
+    body = json.dumps({{"model": "m", "max_tokens": 1000, "messages": [{{"role": "user", "content": "hi"}}]}}).encode()
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+        headers={{"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"}})
+    try:
+        with urllib.request.urlopen(req) as r:
+            r.read()
+            print("call", i, r.status, flush=True)
+    except urllib.error.HTTPError as e:
+        print("call", i, e.code, json.loads(e.read())["error"]["type"], flush=True)
+        break
+    i += 1
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn charged(call: &Value) -> u64 {
+    ["input", "output", "cache_read", "cache_write"].iter().map(|f| call["usage"][f].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn five_agents_calling_at_once_under_one_subtree_budget_stay_within_it() {
+    const LIMIT: u64 = 3000;
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "five",
+        &json!({"steps": [{"text": "ok", "usage": {"input": 300, "output": 100}, "repeat": "forever"}]}),
+    );
+    let bin = corral_e2e::corral_bin().display().to_string();
+    let limit = LIMIT.to_string();
+    repo.corral_ok(&["spawn", "boss", "--max-tokens", &limit, "--grace", "0", "--", &bin, "fake-agent", "hang"]);
+    let client = client_script(&repo, "forever", 0);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    for i in 0..5 {
+        let name = format!("c{i}");
+        let args = [&name, "--parent", "/root/boss", "--meter", "proxy", "--grace", "0", "--", "python3", &client];
+        spawn(&repo, &args, &env);
+    }
+    assert_eq!(wait_code(&repo, "/root/boss"), Some(23), "{}", diagnostics(&repo, "/root/boss", Some(&mock)));
+
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let events = events(&repo, &format!("/root/boss/c{i}"));
+        sent.extend(of_type(&events, "model_call").into_iter().filter(|c| c["refused"].is_null()).cloned());
+    }
+    let upstream = model_requests(&mock.requests()).len();
+    assert_eq!(upstream, sent.len(), "every call upstream was admitted and metered");
+    let total: u64 = sent.iter().map(charged).sum();
+    // The mock server does not honour max_tokens, so a call's output may
+    // pass its cap: at most one call's input and output over.
+    assert!(total <= LIMIT + 400, "the subtree spent {total} of {LIMIT}: {sent:?}");
+    let boss = ps_record(&repo, "/root/boss");
+    assert_eq!(boss["state"], "budget_exceeded", "{boss}");
+    println!(
+        "five agents under a {LIMIT}-token subtree budget: {} calls upstream, {total} tokens (overshoot {})",
+        sent.len(),
+        total.saturating_sub(LIMIT)
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_call_loses_no_call_and_lets_none_through_unmetered() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "sigkill",
+        &json!({"steps": [
+            {"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 2000},
+            {"text": "ok", "usage": {"input": 200, "output": 20}, "repeat": "forever"},
+        ]}),
+    );
+    let client = client_script(&repo, "three", 3);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["three", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let id = ps_record(&repo, &address)["id"].as_u64().unwrap();
+    let calls_file = repo.state_dir().join(format!("agents/{id}/calls.jsonl"));
+    poll_until("the first call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+
+    // The daemon dies while the first call streams; the call ends, its
+    // record is kept by the monitor, and the next call waits for a daemon.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the first call's record", PATIENCE, || {
+        std::fs::read_to_string(&calls_file).unwrap_or_default().lines().count() == 1
+    });
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "a call went upstream with no daemon to admit it");
+
+    // A new daemon adopts the agent: the call made meanwhile reaches the
+    // journal once, the waiting call is admitted, and the run completes.
+    repo.corral_ok(&["ps"]);
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    let numbers: Vec<u64> = calls.iter().map(|c| c["call"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![1, 2, 3], "each call journaled once: {calls:?}");
+    assert_eq!(calls.iter().map(|c| charged(c)).collect::<Vec<_>>(), vec![110, 220, 220]);
+    assert_eq!(model_requests(&mock.requests()).len(), 3);
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["usage"]["input"].as_u64(), Some(500), "{record}");
+}
+
 #[test]
 fn a_plain_command_honouring_a_base_url_is_metered_and_refused() {
     let repo = TestRepo::new();

@@ -1,6 +1,7 @@
 //! Budgets: the checks after each usage event and on a clock, the daily
 //! budget, and prices for CLIs that report no cost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,15 +219,79 @@ pub(super) fn touch(daemon: &Daemon, address: &Address) {
     daemon.activity.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), Instant::now());
 }
 
+/// How long an admission may wait for calls in flight under the same
+/// budget to settle (below the monitor's own wait, so the agent hears the
+/// daemon's answer, not its monitor's).
+const ADMISSION_WAIT: Duration = Duration::from_secs(20);
+
 /// The admission of one model call of a proxy-metered agent: what every
 /// budget over it (its own, each ancestor's, the repository's day) has
-/// left, and the proxy's decision from that ([`crate::proxy::decide`]).
-/// An agent stopped or stopping for a budget gets no more calls.
-pub(super) fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> crate::proxy::Decision {
+/// left after what is spent and what calls in flight may still spend, and
+/// the proxy's decision from that ([`crate::proxy::decide`]). A call that
+/// fits only once calls in flight settle waits for them (bounded by
+/// [`ADMISSION_WAIT`]); an admitted call holds its estimated input and its
+/// output cap until it is reported. An agent stopped for a budget gets no
+/// more calls.
+pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> crate::proxy::Decision {
+    use crate::proxy::Decision;
+    let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+    loop {
+        let settled = daemon.calls_settled.notified();
+        let (held, spent_only) = {
+            let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let held = crate::proxy::decide(&headroom(daemon, address, &in_flight), ask);
+            if let Decision::Allow { max_output } = &held {
+                let cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
+                let tokens = ask.estimate_input.saturating_add(cap);
+                in_flight.entry(address.clone()).or_default().insert(ask.call, tokens);
+                return held;
+            }
+            (held, crate::proxy::decide(&headroom(daemon, address, &HashMap::new()), ask))
+        };
+        // Refused on what is spent: final. Refused only for what calls in
+        // flight may spend: wait for one of them to settle.
+        if matches!(spent_only, Decision::Refuse { .. }) || tokio::time::Instant::now() >= deadline {
+            return held;
+        }
+        let _ = tokio::time::timeout_at(deadline, settled).await;
+    }
+}
+
+/// A call's admission is over: it was reported, or its agent ended.
+pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>) {
+    {
+        let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match call {
+            Some(call) => {
+                if let Some(calls) = in_flight.get_mut(address) {
+                    calls.remove(&call);
+                    if calls.is_empty() {
+                        in_flight.remove(address);
+                    }
+                }
+            }
+            None => {
+                in_flight.remove(address);
+            }
+        }
+    }
+    daemon.calls_settled.notify_waiters();
+}
+
+/// What the budgets over `address` have left, after what is spent and
+/// what the calls in `in_flight` may spend.
+fn headroom(
+    daemon: &Daemon,
+    address: &Address,
+    in_flight: &HashMap<Address, HashMap<u64, u64>>,
+) -> crate::proxy::Headroom {
     use crate::proxy::Headroom;
+    let held_within = |scope: &Address| -> u64 {
+        in_flight.iter().filter(|(a, _)| a.is_within(scope)).flat_map(|(_, calls)| calls.values()).sum()
+    };
     let config = daemon.config();
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
-    let headroom = daemon.store.read(|table| {
+    daemon.store.read(|table| {
         let mut room = Headroom::default();
         if let Some(kind) = table.agents.get(address).and_then(|r| r.stopped_for) {
             room.spent = Some(format!("the {} budget", kind.as_str()));
@@ -237,7 +302,7 @@ pub(super) fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask)
                 let left = record.budget.left_after(&subtree_spend(table, &at));
                 let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
                 let scope_room = Headroom {
-                    tokens: left.tokens,
+                    tokens: left.tokens.map(|t| t.saturating_sub(held_within(&at))),
                     output_tokens: left.output_tokens,
                     spent: spent_cost.then(|| format!("the cost budget of {at}")),
                 };
@@ -246,8 +311,9 @@ pub(super) fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask)
             scope = at.parent();
         }
         let day = table.daily.get(&today).cloned().unwrap_or_default();
+        let held_all: u64 = in_flight.values().flat_map(|calls| calls.values()).sum();
         let day_room = Headroom {
-            tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens)),
+            tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens).saturating_sub(held_all)),
             output_tokens: None,
             spent: config
                 .budget
@@ -256,8 +322,7 @@ pub(super) fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask)
                 .map(|_| format!("the repository's daily cost budget for {today}")),
         };
         room.tighten(day_room)
-    });
-    crate::proxy::decide(&headroom, ask)
+    })
 }
 
 /// Prices a model call from corral.toml's `[prices]` when the model is in it.

@@ -105,6 +105,13 @@ pub(crate) struct Daemon {
     /// agent id: in memory only, handed to the monitor on its standard
     /// input at start, then forgotten.
     keys: Mutex<HashMap<u64, crate::wire::monitor::ProxyKeys>>,
+    /// Model calls admitted and not yet reported, by agent and call: the
+    /// tokens each may spend (its estimated input and its output cap). An
+    /// admission counts them as spent, so calls made at once under one
+    /// budget cannot together go past it.
+    calls_in_flight: Mutex<HashMap<Address, HashMap<u64, u64>>>,
+    /// Told each time a call in flight is reported or let go.
+    calls_settled: tokio::sync::Notify,
     /// The daemon is its process (`corral daemon`), not a test's guest: it
     /// may exit the process when its repository is deleted.
     owns_process: bool,
@@ -205,6 +212,8 @@ impl Daemon {
             reserved: Mutex::new(Reserved { addresses: HashSet::new(), next_id }),
             activity: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            calls_in_flight: Mutex::new(HashMap::new()),
+            calls_settled: tokio::sync::Notify::new(),
             git: tokio::sync::Mutex::new(()),
             slots: tokio::sync::Mutex::new(()),
             budget_checks: tokio::sync::Mutex::new(()),
