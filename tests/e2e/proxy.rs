@@ -127,10 +127,11 @@ fn real_claude_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_ke
 }
 
 #[test]
-fn real_codex_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key() {
+fn real_codex_and_its_follow_up_through_the_proxy_are_counted_from_the_wire_and_never_hold_the_key() {
     let repo = TestRepo::new();
     let steps = json!([
         {"text": "Nothing to change.", "usage": {"input": 700, "output": 40, "cache_read": 200}, "delay_ms": 1500},
+        {"text": "Still nothing.", "usage": {"input": 900, "output": 10, "cache_read": 100}},
     ]);
     let mock = MockLlm::start(&repo, "codex-keyless", &json!({"steps": steps}));
     let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(repo.path("")).unwrap();
@@ -160,12 +161,17 @@ fn real_codex_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key
         let env = environ(pid);
         assert!(!env.contains(REAL_KEY), "process {pid} of {address} holds the real key:\n{env}");
     }
+    // A message becomes `codex exec resume`, a new process: it goes
+    // through the same proxy.
+    poll_until("codex's session id", PATIENCE, || ps_record(&repo, &address)["session_id"].is_string());
+    repo.corral_ok(&["send", &address, "look again"]);
     assert_eq!(wait_code(&repo, &address), Some(0), "{}", why());
     let events = events(&repo, &address);
     let (input, output, cache_read, _, calls) = call_totals(&events);
-    assert_eq!(calls, 1, "{}", why());
+    assert_eq!(calls, 2, "{}", why());
+    assert_eq!(model_requests(&mock.requests()).len(), 2, "{}", why());
     // OpenAI's input_tokens include the cached ones.
-    assert_eq!((input, output, cache_read), (500, 40, 200), "{}", why());
+    assert_eq!((input, output, cache_read), (500 + 800, 50, 300), "{}", why());
     let mut holding = Vec::new();
     files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
     assert!(holding.is_empty(), "the real key was written to {holding:?}");

@@ -101,9 +101,9 @@ pub(crate) struct Daemon {
     /// Held from a budget check to the commit of what it decided, so two
     /// agents crossing one budget at once journal one `budget_exceeded`.
     budget_checks: tokio::sync::Mutex<()>,
-    /// The real API keys of proxy-metered agents not started yet, by
-    /// agent id: in memory only, handed to the monitor on its standard
-    /// input at start, then forgotten.
+    /// The real API keys of proxy-metered agents, by agent id: in memory
+    /// only (a daemon restart forgets them), handed to each monitor of the
+    /// agent on its standard input at start.
     keys: Mutex<HashMap<u64, crate::wire::monitor::ProxyKeys>>,
     /// Model calls admitted and not yet reported, by agent and call: the
     /// tokens each may spend (its estimated input and its output cap). An

@@ -607,13 +607,7 @@ async fn write_monitor_spec(
         rows: 50,
         cols: 160,
         sandbox: plan,
-        meter: resolved.metering.as_ref().map(|metering| {
-            let mut spec = metering.spec.clone();
-            spec.url_args = (0..launch.argv.len())
-                .filter(|i| launch.argv[*i].contains(crate::wire::monitor::PROXY_URL_MARK))
-                .collect();
-            spec
-        }),
+        meter: resolved.metering.as_ref().map(|metering| metering.spec.clone()),
     };
     let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::OpenOptions::new()

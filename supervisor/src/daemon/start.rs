@@ -141,7 +141,8 @@ pub(super) async fn start_or_queue(daemon: &Arc<Daemon>, record: &AgentRecord) -
 /// `started` and hands it to its task. Callers hold `Daemon::slots`.
 pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result<u32> {
     let dir = daemon.agent_dir(record);
-    let keys = daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&record.id);
+    // Kept for the agent's life: an assigned task starts a new monitor.
+    let keys = daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id).cloned();
     let launched = daemon.runtime.start(&dir, record, keys).await?;
     let (pid, monitor_pid) = launched.pids();
     // It runs: that it started is recorded before its task takes over,

@@ -164,9 +164,7 @@ pub(super) fn point_at(spec: &mut MonitorSpec, addr: SocketAddr) {
     for (name, suffix) in &meter.url_env {
         spec.env.insert(name.clone(), format!("{url}{suffix}"));
     }
-    for &i in &meter.url_args {
-        if let Some(arg) = spec.command.get_mut(i) {
-            *arg = arg.replace(PROXY_URL_MARK, &url);
-        }
+    for arg in &mut spec.command {
+        *arg = arg.replace(PROXY_URL_MARK, &url);
     }
 }

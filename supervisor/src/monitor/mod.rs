@@ -157,12 +157,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
 
     // The metering proxy comes up before the agent, which is pointed at it;
     // an agent whose proxy cannot start does not start (fail closed).
+    let mut proxy_url: Option<String> = None;
     if let Some(meter) = spec.meter.clone() {
         let started = meter::read_keys().and_then(|keys| meter::start(&meter, keys, shared.clone(), &agent));
         match started {
             Ok(addr) => {
                 tracing::info!("metering proxy on {addr}");
                 meter::point_at(&mut spec, addr);
+                proxy_url = Some(format!("http://{addr}"));
             }
             Err(err) => {
                 tracing::error!("{err}");
@@ -303,7 +305,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         // decides to finish, it takes no more.
         if !state.stop_requested {
             if let Some((command, next_tag)) = state.follow_ups.pop_front() {
-                argv = command;
+                // A follow-up made from the agent's command line (Codex's
+                // `exec resume`) names the proxy as the first run did.
+                argv = match &proxy_url {
+                    Some(url) => {
+                        command.into_iter().map(|a| a.replace(crate::wire::monitor::PROXY_URL_MARK, url)).collect()
+                    }
+                    None => command,
+                };
                 input_mode = InputMode::Null;
                 tag = Some(next_tag);
                 continue;

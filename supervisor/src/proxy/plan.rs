@@ -148,11 +148,7 @@ pub fn plan(
     // No copy of a real key stays behind under another name.
     let real: Vec<String> = keys.values().map(|k| k.key.clone()).collect();
     env.retain(|_, value| !real.contains(value));
-    Ok(Plan {
-        spec: MeterSpec { token: token.into(), upstreams, url_env, url_args: Vec::new() },
-        keys: ProxyKeys(keys),
-        extra_args,
-    })
+    Ok(Plan { spec: MeterSpec { token: token.into(), upstreams, url_env }, keys: ProxyKeys(keys), extra_args })
 }
 
 /// The provider Codex's `-c` arguments pick, if they pick one.

@@ -80,15 +80,13 @@ pub struct MeterSpec {
     /// proxy's URL (`http://127.0.0.1:PORT`) followed by the value here
     /// (`""`, or `/v1` for OpenAI's convention).
     pub url_env: BTreeMap<String, String>,
-    /// Arguments of the agent's command in which the monitor replaces
-    /// [`PROXY_URL_MARK`] by its proxy's URL (Codex takes its provider's
-    /// `base_url` on its command line).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub url_args: Vec<usize>,
 }
 
-/// Stands for the proxy's URL in the arguments `url_args` names: the
-/// port is the kernel's choice, made when the monitor binds it.
+/// Stands for the proxy's URL in the agent's arguments (Codex takes its
+/// provider's `base_url` on its command line); the monitor replaces it in
+/// every command it runs for the agent (the first, a restart, a
+/// follow-up, an assigned task's): the port is the kernel's choice, made
+/// when the monitor binds it.
 pub const PROXY_URL_MARK: &str = "{corral-proxy-url}";
 
 /// The real keys, by provider family, as the daemon writes them to a new
