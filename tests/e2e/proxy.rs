@@ -342,6 +342,40 @@ fn a_daemon_killed_mid_call_loses_no_call_and_lets_none_through_unmetered() {
 }
 
 #[test]
+fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
+    let repo = TestRepo::new();
+    let mock =
+        MockLlm::start(&repo, "model-net", &json!({"steps": [{"text": "ok", "usage": {"input": 5, "output": 5}}]}));
+    let client = repo.path("net.py");
+    std::fs::write(
+        &client,
+        format!(
+            r#"import os, socket, subprocess, sys
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    print("direct ok", flush=True)
+except OSError as e:
+    print("direct refused", e.errno, flush=True)
+subprocess.run([sys.executable, {calls:?}], check=False)
+"#,
+            port = mock.port(),
+            calls = client_script(&repo, "one", 1),
+        ),
+    )
+    .unwrap();
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let client = client.display().to_string();
+    let args = ["netted", "--meter", "proxy", "--network", "model", "--", "python3", &client];
+    let spawned = spawn(&repo, &args, &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let log = String::from_utf8_lossy(&repo.log(&address)).to_string();
+    assert!(log.contains("direct refused 13"), "the model server itself was reachable: {log}");
+    assert!(log.contains("call 0 200"), "its proxy was not reachable: {log}");
+    assert_eq!(call_totals(&events(&repo, &address)).4, 1);
+}
+
+#[test]
 fn a_plain_command_honouring_a_base_url_is_metered_and_refused() {
     let repo = TestRepo::new();
     let mock = MockLlm::start(

@@ -157,7 +157,8 @@ pub(super) fn start(
     rx.recv().map_err(|_| anyhow::anyhow!("the metering proxy's thread ended before it started"))?
 }
 
-/// Points the agent at its proxy: the spec's variables and arguments.
+/// Points the agent at its proxy: the spec's variables and arguments, and
+/// under `--network model` its sandbox's one reachable port.
 pub(super) fn point_at(spec: &mut MonitorSpec, addr: SocketAddr) {
     let Some(meter) = spec.meter.clone() else { return };
     let url = format!("http://{addr}");
@@ -166,5 +167,9 @@ pub(super) fn point_at(spec: &mut MonitorSpec, addr: SocketAddr) {
     }
     for arg in &mut spec.command {
         *arg = arg.replace(PROXY_URL_MARK, &url);
+    }
+    // `--network model`: its own proxy is the model.
+    if let Some(plan) = spec.sandbox.as_mut().filter(|plan| plan.model) {
+        plan.connect_ports.push(addr.port());
     }
 }
