@@ -36,7 +36,12 @@
 //! Live usage is counted per `message.id`: Claude Code prints one
 //! `assistant` line per content block and each repeats the message's usage,
 //! so a message counts once, and a later line for the same id only adds what
-//! grew (field by field maximum). Its `output_tokens` is a start-of-message
+//! grew (field by field maximum). Ids are not trusted to be unique (a model
+//! server picks them): a `message_start`, or an id coming back after a
+//! `user` line (tool results) ended its message, is a new call and counts
+//! in full. So no stream makes the count lower than the calls it shows:
+//! repeated ids, figures that go down, a `result` that reports less than
+//! the lines did (settling keeps the larger). Its `output_tokens` is a start-of-message
 //! snapshot, so live output is a lower bound; a `stream_event`
 //! `message_delta` carries the message's exact (cumulative) `usage`, which
 //! is credited to the message its `message_start` opened. Lines from
@@ -361,6 +366,11 @@ impl ClaudeParser {
     }
 
     fn on_user(&mut self, line: &Line) -> Vec<HarnessEvent> {
+        // A user line (tool results) ends the message its stream was
+        // printing: a later message with the same id is another call.
+        if let Some(id) = self.streams.remove(&Self::stream_key(line)) {
+            self.messages.remove(&id);
+        }
         let Some(blocks) = line.message.as_ref().and_then(|m| m.get("content")).and_then(Value::as_array) else {
             return Vec::new();
         };
@@ -387,6 +397,9 @@ impl ClaudeParser {
                 };
                 let id = message.get("id").and_then(Value::as_str);
                 if let Some(id) = id {
+                    // Each message_start opens a call, whatever its id:
+                    // an id seen before counts again from nothing.
+                    self.messages.remove(id);
                     self.streams.insert(key, id.to_owned());
                 }
                 match message.get("usage").filter(|u| u.is_object()) {
@@ -415,7 +428,11 @@ impl ClaudeParser {
             self.cost = Some(self.cost.unwrap_or(0.0) + growth);
         }
         if figures.is_some() {
-            self.settled = self.settled.saturating_add(token_growth);
+            // Settling never lowers the count below what the lines showed:
+            // a result whose figures fall short of the live count (a CLI
+            // that under-reports, a crafted line) leaves the live count.
+            let growth = token_growth.max(self.live);
+            self.settled = self.settled.saturating_add(growth);
             self.live = TokenUsage::default();
             events.extend(self.ledger.set(self.settled, self.cost, true, true));
         } else {
@@ -598,6 +615,96 @@ mod tests {
         feed(&mut p, &assistant("m2", None, (3, 2, 110, 0)));
         // m1 (10,7,100,5) + m2 (3,2,110,0)
         assert_eq!(p.totals().tokens, t(13, 9, 210, 5));
+    }
+
+    fn tool_result_line() -> &'static str {
+        r#"{"type":"user","parent_tool_use_id":null,"session_id":"s","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]}}"#
+    }
+
+    fn stream_start(id: &str, input: u64) -> String {
+        format!(
+            r#"{{"type":"stream_event","event":{{"type":"message_start","message":{{"id":"{id}","usage":{{"input_tokens":{input},"output_tokens":1}}}}}},"parent_tool_use_id":null}}"#
+        )
+    }
+
+    fn stream_delta(output: u64) -> String {
+        format!(
+            r#"{{"type":"stream_event","event":{{"type":"message_delta","delta":{{}},"usage":{{"output_tokens":{output}}}}},"parent_tool_use_id":null}}"#
+        )
+    }
+
+    // Adversarial streams: nothing a model server or a CLI prints may make
+    // the count lower than the calls the output shows.
+
+    #[test]
+    fn a_message_id_used_again_after_tool_results_is_another_call() {
+        let mut p = ClaudeParser::new();
+        for _ in 0..3 {
+            feed(&mut p, &assistant("same", None, (1000, 50, 0, 0)));
+            feed(&mut p, tool_result_line());
+        }
+        assert_eq!(p.totals().tokens, t(3000, 150, 0, 0));
+    }
+
+    #[test]
+    fn every_message_start_is_a_call_whatever_its_id() {
+        let mut p = ClaudeParser::new();
+        for _ in 0..3 {
+            feed(&mut p, &stream_start("same", 1000));
+            feed(&mut p, &stream_delta(50));
+            // The assistant line repeating the message's usage adds nothing.
+            feed(&mut p, &assistant("same", None, (1000, 1, 0, 0)));
+        }
+        assert_eq!(p.totals().tokens, t(3000, 150, 0, 0));
+    }
+
+    #[test]
+    fn figures_going_down_keep_the_largest() {
+        let mut p = ClaudeParser::new();
+        feed(&mut p, &stream_start("m1", 1000));
+        feed(&mut p, &stream_delta(70));
+        feed(&mut p, &stream_delta(3));
+        feed(&mut p, &assistant("m1", None, (10, 1, 0, 0)));
+        assert_eq!(p.totals().tokens, t(1000, 70, 0, 0));
+    }
+
+    #[test]
+    fn events_out_of_order_count_in_full() {
+        let mut p = ClaudeParser::new();
+        // A delta before any start has no message to go to: it counts as it comes.
+        feed(&mut p, &stream_delta(70));
+        feed(&mut p, &stream_start("m1", 1000));
+        assert!(p.totals().tokens.covers(&t(1000, 70, 0, 0)), "{:?}", p.totals().tokens);
+    }
+
+    #[test]
+    fn usage_only_at_the_end_is_counted() {
+        let mut p = ClaudeParser::new();
+        feed(
+            &mut p,
+            r#"{"type":"assistant","session_id":"s","message":{"id":"m1","content":[{"type":"text","text":"x"}]}}"#,
+        );
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(400, 20, 0, 0)), 0.1));
+        assert_eq!(p.totals().tokens, t(400, 20, 0, 0));
+    }
+
+    #[test]
+    fn a_result_reporting_less_than_the_lines_showed_does_not_lower_the_count() {
+        let mut p = ClaudeParser::new();
+        for id in ["a", "b", "c"] {
+            feed(&mut p, &assistant(id, None, (1000, 50, 0, 0)));
+        }
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(1000, 50, 0, 0)), 0.1));
+        assert_eq!(p.totals().tokens, t(3000, 150, 0, 0));
+    }
+
+    #[test]
+    fn a_stream_cut_mid_way_keeps_what_it_showed() {
+        let mut p = ClaudeParser::new();
+        feed(&mut p, &stream_start("m1", 1000));
+        feed(&mut p, &stream_delta(40));
+        // No result: the process died. The count stands.
+        assert_eq!(p.totals().tokens, t(1000, 40, 0, 0));
     }
 
     #[test]

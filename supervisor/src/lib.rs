@@ -11,6 +11,7 @@
 //! - `daemon`: the per-repository daemon; the journal's only writer.
 //! - `monitor`: the per-agent process that owns the PTY and outlives the
 //!   daemon.
+//! - `proxy`: the metering proxy between an agent and its model provider.
 //! - `git`: worktrees and merge back; the only users of git2.
 //! - `sys`: processes and signals, the state folder's paths, output logs.
 
@@ -20,5 +21,6 @@ pub mod daemon;
 pub mod git;
 pub mod model;
 pub mod monitor;
+pub mod proxy;
 pub mod sys;
 pub mod wire;

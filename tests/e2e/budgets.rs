@@ -14,7 +14,9 @@ use serde_json::Value;
 
 fn spawn_claude(repo: &TestRepo, name: &str, script: &str, flags: &[&str]) -> Output {
     let bin = fake_claude(repo, name, script);
-    let mut args = vec!["spawn", name, "--harness", "claude", "--task", "spend", "--grace", "0", "--json"];
+    // The fake CLI prints usage and calls no model: its lines are the meter.
+    let mut args =
+        vec!["spawn", name, "--harness", "claude", "--meter", "stream", "--task", "spend", "--grace", "0", "--json"];
     args.extend_from_slice(flags);
     repo.command().env("CORRAL_CLAUDE_BIN", bin).args(&args).output().unwrap()
 }

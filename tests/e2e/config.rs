@@ -64,7 +64,7 @@ fn spend(repo: &TestRepo, name: &str, id: &str, tokens: u64) {
     let out = repo
         .command()
         .env("CORRAL_CLAUDE_BIN", bin)
-        .args(["spawn", name, "--harness", "claude", "--task", "spend", "--grace", "0"])
+        .args(["spawn", name, "--harness", "claude", "--meter", "stream", "--task", "spend", "--grace", "0"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -111,7 +111,20 @@ fn the_price_table_gives_a_cost_to_clis_that_report_none() {
     let out = repo
         .command()
         .env("CORRAL_CLAUDE_BIN", bin)
-        .args(["spawn", "priced", "--harness", "claude", "--model", "claude-sonnet-4-5", "--task", "t", "--grace", "0"])
+        .args([
+            "spawn",
+            "priced",
+            "--harness",
+            "claude",
+            "--meter",
+            "stream",
+            "--model",
+            "claude-sonnet-4-5",
+            "--task",
+            "t",
+            "--grace",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

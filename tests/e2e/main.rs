@@ -19,6 +19,7 @@ mod other_clis;
 mod person;
 mod pool;
 mod probes;
+mod proxy;
 mod regress_daemon;
 mod regressions;
 mod run;

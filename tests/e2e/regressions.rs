@@ -177,7 +177,18 @@ fn daily_budget_checks_and_pricing_never_deadlock() {
                 let out = repo
                     .command()
                     .env("CORRAL_CLAUDE_BIN", claude)
-                    .args(["spawn", &format!("c{i}"), "--harness", "claude", "--model", "fake-model", "--task", "t"])
+                    .args([
+                        "spawn",
+                        &format!("c{i}"),
+                        "--harness",
+                        "claude",
+                        "--meter",
+                        "stream",
+                        "--model",
+                        "fake-model",
+                        "--task",
+                        "t",
+                    ])
                     .output()
                     .unwrap();
                 assert_eq!(code(&out), Some(0), "{}", stderr(&out));

@@ -119,6 +119,11 @@ pub enum Command {
         /// or full (the default; a child never gets more than its parent).
         #[arg(long, value_name = "NETWORK")]
         network: Option<crate::config::Network>,
+        /// Where its usage is counted: proxy (corral's metering proxy on the
+        /// wire; the default for claude and codex) or stream (its CLI's
+        /// own usage lines; the default for the others).
+        #[arg(long, value_name = "METER")]
+        meter: Option<crate::model::budget::Meter>,
         /// The most memory it may use: 512M, 2G, or bytes.
         #[arg(long, value_name = "SIZE", value_parser = memory)]
         max_memory: Option<u64>,

@@ -96,6 +96,9 @@ pub fn run(keep: bool) -> Result<i32> {
     }
     let runaway = AgentConfig {
         harness: Some(Harness::Claude),
+        // The scripted agent prints its usage and calls no model: its own
+        // lines are the meter.
+        meter: Some(crate::model::budget::Meter::Stream),
         budget: Some(Budget { tokens: Some(RUNAWAY_TOKENS), ..Default::default() }),
         ..Default::default()
     };

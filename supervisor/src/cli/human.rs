@@ -164,6 +164,29 @@ pub fn event_text(body: &EventBody) -> String {
             }
             text
         }
+        EventBody::ModelCall { call, provider, model, status, usage, cost_usd, flag, refused, duration_ms, .. } => {
+            let model = model.as_deref().unwrap_or("?");
+            match refused {
+                Some(why) => format!("model call {call} ({}, {model}) refused: {why}", provider.name()),
+                None => {
+                    let mut text = format!(
+                        "model call {call} ({}, {model}): {status}, {} tokens ({} in, {} out) in {:.0} ms",
+                        provider.name(),
+                        human_count(usage.total()),
+                        human_count(usage.input + usage.cache_read + usage.cache_write),
+                        human_count(usage.output),
+                        duration_ms
+                    );
+                    if let Some(cost) = cost_usd {
+                        text.push_str(&format!(", {}", usd(*cost)));
+                    }
+                    if let Some(flag) = flag {
+                        text.push_str(&format!(" (charged its estimate: {flag})"));
+                    }
+                    text
+                }
+            }
+        }
         EventBody::Result { success, reason, text, .. } => result(*success, reason.as_deref(), text.as_deref()),
         EventBody::MessageSent { message_id, from, text, .. } => format!("message {message_id} from {from}: {text:?}"),
         EventBody::MessageDelivered { message_id } => format!("message {message_id} delivered"),
@@ -259,6 +282,7 @@ pub fn is_notable(body: &EventBody) -> bool {
         EventBody::Output { .. }
             | EventBody::Progress { .. }
             | EventBody::Usage { .. }
+            | EventBody::ModelCall { .. }
             | EventBody::DaemonStarted { .. }
     )
 }

@@ -111,7 +111,7 @@ fn sandbox_cell(agent: &AgentRecord) -> String {
 /// `corral ps`: the tree, children indented under their parents.
 pub fn render_tree(agents: &[AgentRecord]) -> String {
     let now = Utc::now();
-    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "SANDBOX", "TASK"];
+    let header = ["ADDRESS", "STATE", "PID", "RUNTIME", "EXIT", "TOKENS", "COST", "METER", "SANDBOX", "TASK"];
     let mut rows = vec![header.map(String::from)];
     for agent in agents {
         let indent = "  ".repeat(agent.address.depth().saturating_sub(1));
@@ -135,11 +135,12 @@ pub fn render_tree(agents: &[AgentRecord]) -> String {
                 agent.budget.tokens.map(human_count),
             ),
             spend_cell(agent.cost_usd.map(|c| format!("${c:.4}")), agent.budget.cost.map(|c| format!("${c:.2}"))),
+            agent.meter.as_str().to_string(),
             sandbox_cell(agent),
             task,
         ]);
     }
-    let mut widths = [0usize; 9];
+    let mut widths = [0usize; 10];
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());

@@ -258,6 +258,10 @@ pub struct AgentConfig {
     /// proxy) or `full` (see `crate::sys::sandbox`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// Where its usage is counted: `proxy` (corral's metering proxy, the
+    /// default for claude and codex) or `stream` (its CLI's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<crate::model::budget::Meter>,
     /// The most memory the agent may use (`"512M"`, `"2G"`, or bytes).
     #[serde(default, deserialize_with = "de::memory", skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,

@@ -74,6 +74,7 @@ impl AgentConfig {
         }
         set(&mut self.sandbox, &other.sandbox);
         set(&mut self.network, &other.network);
+        set(&mut self.meter, &other.meter);
         set(&mut self.max_memory, &other.max_memory);
         set(&mut self.max_processes, &other.max_processes);
         set(&mut self.max_open_files, &other.max_open_files);

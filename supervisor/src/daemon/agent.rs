@@ -116,6 +116,8 @@ async fn watch_monitor(
         Some(link) => follow_monitor(daemon, &record, &mut reader, link, &mut commands).await,
         None => daemon.runtime.exit_record(&agent_dir),
     };
+    // Its calls are over: what they held under its budgets is let go.
+    super::budgets::settle_call(daemon, &record.address, None);
     flush_output(daemon, &record, &mut reader, true, &mut Progress::default()).await;
     // Whoever still waits to send learns the agent has ended.
     commands.close();
@@ -148,6 +150,8 @@ async fn follow_monitor(
     let mut progress = Progress::default();
     let every = daemon.config().supervisor.progress_interval.unwrap_or(notify::DEFAULT_PROGRESS_INTERVAL);
     let mut digest = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // Admissions decided, on their way to the monitor.
+    let mut admissions = mpsc::unbounded_channel::<(crate::proxy::Ask, crate::proxy::Decision)>();
     digest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Messages handed to the monitor as follow-ups, not yet started.
     let mut handed = HashSet::new();
@@ -198,6 +202,18 @@ async fn follow_monitor(
                         let drafts = bodies.into_iter().map(|b| daemon.draft(&current, b)).collect();
                         daemon.commit_logged(drafts).await;
                     }
+                    Ok(MonitorMessage::Admit { ask }) => {
+                        // Decided on a task of its own: it may wait for other
+                        // calls under the same budget to settle.
+                        let (daemon, address, answers) = (daemon.clone(), record.address.clone(), admissions.0.clone());
+                        tokio::spawn(async move {
+                            let decision = super::budgets::admit(&daemon, &address, &ask).await;
+                            let _ = answers.send((ask, decision));
+                        });
+                    }
+                    Ok(MonitorMessage::ModelCall { record: call }) => {
+                        journal_call(daemon, &record.address, call).await;
+                    }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
                     Err(err) => tracing::warn!("{}: bad monitor message {line:?}: {err}", record.address),
@@ -237,6 +253,21 @@ async fn follow_monitor(
                     let _ = ack.send(());
                 }
             },
+            Some((ask, decision)) = admissions.1.recv() => {
+                let refused = matches!(decision, crate::proxy::Decision::Refuse { .. });
+                let admission = MonitorCommand::Admission { call: ask.call, decision };
+                if send_monitor(&mut monitor_in, &admission).await.is_err() {
+                    // Never reaches the agent: its monitor refuses the call
+                    // when its own wait runs out. What it held is let go.
+                    super::budgets::settle_call(daemon, &record.address, Some(ask.call));
+                }
+                // A call refused for a budget: that budget is spent for this
+                // agent, which stops as for any budget.
+                if refused {
+                    let pending = ask.estimate_input.max(1);
+                    super::budgets::enforce_budgets_with(daemon, &record.address, pending).await;
+                }
+            }
             _ = digest.tick() => {
                 if notices::progress(daemon, record, &progress).await {
                     progress = Progress::default();
@@ -244,6 +275,36 @@ async fn follow_monitor(
             }
         }
     }
+}
+
+/// Journals a model call the agent's proxy reported (once: a monitor tells
+/// each daemon that connects every call so far), then checks the budgets
+/// over the agent.
+async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord) {
+    let Some(current) = daemon.record(address) else { return };
+    if call.call <= current.calls {
+        return;
+    }
+    let model = call.model.clone().or_else(|| current.model.clone());
+    let cost_usd = super::budgets::price_call(daemon, model.as_deref(), &call.usage);
+    let body = EventBody::ModelCall {
+        call: call.call,
+        provider: call.provider,
+        model: call.model,
+        status: call.status,
+        usage: call.usage,
+        cost_usd,
+        flag: call.flag,
+        refused: call.refused,
+        estimate_input: call.estimate_input,
+        output_cap: call.output_cap,
+        ttfb_ms: call.ttfb_ms,
+        duration_ms: call.duration_ms,
+    };
+    daemon.commit_logged(vec![daemon.draft(&current, body)]).await;
+    super::budgets::settle_call(daemon, address, Some(call.call));
+    touch(daemon, address);
+    enforce_budgets(daemon, address).await;
 }
 
 /// The event that says a pending message reached the agent: a child's

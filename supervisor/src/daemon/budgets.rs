@@ -1,6 +1,7 @@
 //! Budgets: the checks after each usage event and on a clock, the daily
 //! budget, and prices for CLIs that report no cost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,14 @@ pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
 /// ancestor's): warns once per budget and kind, and once a budget is spent
 /// journals `budget_exceeded` and stops the budget's whole subtree.
 pub(super) async fn enforce_budgets(daemon: &Arc<Daemon>, address: &Address) {
+    enforce_budgets_with(daemon, address, 0).await
+}
+
+/// [`enforce_budgets`], counting `refused_tokens` more: the input of a
+/// model call the proxy refused because it would not fit. A budget it
+/// would have crossed is spent (the agent can make no call), and says so
+/// with the tokens really used.
+pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address, refused_tokens: u64) {
     // The check and the commit of what it decides are one step: another
     // check waits, and then sees this one's `budget_exceeded`.
     let _checking = daemon.budget_checks.lock().await;
@@ -55,12 +64,16 @@ pub(super) async fn enforce_budgets(daemon: &Arc<Daemon>, address: &Address) {
                 continue;
             }
             let mut spend = subtree_spend(table, &owner_address);
+            spend.tokens += refused_tokens;
             if !owner.state.is_terminal() {
                 spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
                 spend.idle_secs = idle.iter().find(|(a, _)| *a == owner_address).map_or(0.0, |(_, secs)| *secs);
             }
             for crossing in owner.budget.check(&spend) {
-                let (kind, used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                let (kind, mut used, limit) = (crossing.kind, crossing.used, crossing.limit);
+                if kind == BudgetKind::Tokens {
+                    used -= refused_tokens as f64;
+                }
                 if crossing.exceeded {
                     drafts.push(daemon.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
                     for agent in table.subtree(&owner_address) {
@@ -204,4 +217,116 @@ pub(super) fn start_budget_clock(daemon: &Arc<Daemon>) {
 /// Notes that the agent did something (printed output, or started).
 pub(super) fn touch(daemon: &Daemon, address: &Address) {
     daemon.activity.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), Instant::now());
+}
+
+/// How long an admission may wait for calls in flight under the same
+/// budget to settle (below the monitor's own wait, so the agent hears the
+/// daemon's answer, not its monitor's).
+const ADMISSION_WAIT: Duration = Duration::from_secs(20);
+
+/// The admission of one model call of a proxy-metered agent: what every
+/// budget over it (its own, each ancestor's, the repository's day) has
+/// left after what is spent and what calls in flight may still spend, and
+/// the proxy's decision from that ([`crate::proxy::decide`]). A call that
+/// fits only once calls in flight settle waits for them (bounded by
+/// [`ADMISSION_WAIT`]); an admitted call holds its estimated input and its
+/// output cap until it is reported. An agent stopped for a budget gets no
+/// more calls.
+pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> crate::proxy::Decision {
+    use crate::proxy::Decision;
+    let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+    loop {
+        let settled = daemon.calls_settled.notified();
+        let (held, spent_only) = {
+            let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let held = crate::proxy::decide(&headroom(daemon, address, &in_flight), ask);
+            if let Decision::Allow { max_output } = &held {
+                let cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
+                let tokens = ask.estimate_input.saturating_add(cap);
+                in_flight.entry(address.clone()).or_default().insert(ask.call, tokens);
+                return held;
+            }
+            (held, crate::proxy::decide(&headroom(daemon, address, &HashMap::new()), ask))
+        };
+        // Refused on what is spent: final. Refused only for what calls in
+        // flight may spend: wait for one of them to settle.
+        if matches!(spent_only, Decision::Refuse { .. }) || tokio::time::Instant::now() >= deadline {
+            return held;
+        }
+        let _ = tokio::time::timeout_at(deadline, settled).await;
+    }
+}
+
+/// A call's admission is over: it was reported, or its agent ended.
+pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>) {
+    {
+        let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match call {
+            Some(call) => {
+                if let Some(calls) = in_flight.get_mut(address) {
+                    calls.remove(&call);
+                    if calls.is_empty() {
+                        in_flight.remove(address);
+                    }
+                }
+            }
+            None => {
+                in_flight.remove(address);
+            }
+        }
+    }
+    daemon.calls_settled.notify_waiters();
+}
+
+/// What the budgets over `address` have left, after what is spent and
+/// what the calls in `in_flight` may spend.
+fn headroom(
+    daemon: &Daemon,
+    address: &Address,
+    in_flight: &HashMap<Address, HashMap<u64, u64>>,
+) -> crate::proxy::Headroom {
+    use crate::proxy::Headroom;
+    let held_within = |scope: &Address| -> u64 {
+        in_flight.iter().filter(|(a, _)| a.is_within(scope)).flat_map(|(_, calls)| calls.values()).sum()
+    };
+    let config = daemon.config();
+    let today = crate::model::lifecycle::day_of(chrono::Utc::now());
+    daemon.store.read(|table| {
+        let mut room = Headroom::default();
+        if let Some(kind) = table.agents.get(address).and_then(|r| r.stopped_for) {
+            room.spent = Some(format!("the {} budget", kind.as_str()));
+        }
+        let mut scope = Some(address.clone());
+        while let Some(at) = scope.filter(|a| !a.is_root()) {
+            if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()) {
+                let left = record.budget.left_after(&subtree_spend(table, &at));
+                let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
+                let scope_room = Headroom {
+                    tokens: left.tokens.map(|t| t.saturating_sub(held_within(&at))),
+                    output_tokens: left.output_tokens,
+                    spent: spent_cost.then(|| format!("the cost budget of {at}")),
+                };
+                room = room.tighten(scope_room);
+            }
+            scope = at.parent();
+        }
+        let day = table.daily.get(&today).cloned().unwrap_or_default();
+        let held_all: u64 = in_flight.values().flat_map(|calls| calls.values()).sum();
+        let day_room = Headroom {
+            tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens).saturating_sub(held_all)),
+            output_tokens: None,
+            spent: config
+                .budget
+                .daily_cost
+                .filter(|limit| day.cost >= *limit)
+                .map(|_| format!("the repository's daily cost budget for {today}")),
+        };
+        room.tighten(day_room)
+    })
+}
+
+/// Prices a model call from corral.toml's `[prices]` when the model is in it.
+pub(super) fn price_call(daemon: &Daemon, model: Option<&str>, usage: &corral_harness::TokenUsage) -> Option<f64> {
+    let config = daemon.config();
+    model.and_then(|m| config.price(m)).map(|price| price.cost(usage))
 }

@@ -109,6 +109,17 @@ pub(crate) struct Daemon {
     /// Held from a budget check to the commit of what it decided, so two
     /// agents crossing one budget at once journal one `budget_exceeded`.
     budget_checks: tokio::sync::Mutex<()>,
+    /// The real API keys of proxy-metered agents, by agent id: in memory
+    /// only (a daemon restart forgets them), handed to each monitor of the
+    /// agent on its standard input at start.
+    keys: Mutex<HashMap<u64, crate::wire::monitor::ProxyKeys>>,
+    /// Model calls admitted and not yet reported, by agent and call: the
+    /// tokens each may spend (its estimated input and its output cap). An
+    /// admission counts them as spent, so calls made at once under one
+    /// budget cannot together go past it.
+    calls_in_flight: Mutex<HashMap<Address, HashMap<u64, u64>>>,
+    /// Told each time a call in flight is reported or let go.
+    calls_settled: tokio::sync::Notify,
     /// The daemon is its process (`corral daemon`), not a test's guest: it
     /// may exit the process when its repository is deleted.
     owns_process: bool,
@@ -213,6 +224,9 @@ impl Daemon {
             merges: merge_tx,
             reserved: Mutex::new(Reserved { addresses: HashSet::new(), next_id }),
             activity: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            calls_in_flight: Mutex::new(HashMap::new()),
+            calls_settled: tokio::sync::Notify::new(),
             git: tokio::sync::Mutex::new(()),
             slots: tokio::sync::Mutex::new(()),
             budget_checks: tokio::sync::Mutex::new(()),

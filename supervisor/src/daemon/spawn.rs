@@ -81,6 +81,7 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     if request.fork_session {
         fork_session(daemon, &parent, &address, &mut resolved)?;
     }
+    plan_metering(&mut resolved)?;
     let launch = build_launch(&resolved)?;
     check_command(&launch.argv[0], &resolved.env)?;
 
@@ -164,6 +165,7 @@ async fn spawn_reserved(
             merge: resolved.merge.clone(),
             sandbox: resolved.sandbox_spec(),
             notify: Some(resolved.notify),
+            meter: resolved.meter,
         },
     };
     daemon.commit(vec![spawned]).await.map_err(|mut err| {
@@ -213,6 +215,9 @@ async fn spawn_reserved(
         fail(err.message.clone()).await;
         return Err(err);
     }
+    if let Some(metering) = &resolved.metering {
+        daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(id, metering.keys.clone());
+    }
     match start::start_or_queue(daemon, &record).await {
         Ok(Start::Running { pid }) => {
             Ok(Spawned { address: address.to_string(), task_id, branch, worktree: worktree_path, pid })
@@ -257,6 +262,9 @@ struct Resolved {
     kernel: Option<sandbox::Kernel>,
     enforced: Option<sandbox::Enforced>,
     reasoning_effort: Option<String>,
+    /// Where its usage is counted; with the proxy, how it is put behind it.
+    meter: crate::model::budget::Meter,
+    metering: Option<crate::proxy::plan::Plan>,
 }
 
 impl Resolved {
@@ -322,6 +330,11 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
         kernel: None,
         enforced: None,
         reasoning_effort: settings.reasoning_effort.clone(),
+        meter: settings.meter.unwrap_or(match crate::proxy::plan::proxy_by_default(harness) {
+            true => crate::model::budget::Meter::Proxy,
+            false => crate::model::budget::Meter::Stream,
+        }),
+        metering: None,
         merge: {
             let merge = settings.merge.clone().unwrap_or_default();
             MergeSpec {
@@ -515,6 +528,22 @@ fn sandbox_plan(
     Ok((!plan.is_empty()).then_some(plan))
 }
 
+/// Puts a proxy-metered agent behind its proxy: a token of its own in
+/// place of the real keys (which the daemon holds for its monitor), and
+/// its CLI pointed at the proxy.
+fn plan_metering(resolved: &mut Resolved) -> Result<()> {
+    if resolved.meter != crate::model::budget::Meter::Proxy {
+        return Ok(());
+    }
+    let token =
+        crate::proxy::Token::random().map_err(|e| Error::other(format!("cannot make the agent's proxy token: {e}")))?;
+    let plan = crate::proxy::plan::plan(resolved.harness, &mut resolved.env, &resolved.command, &token.0)
+        .map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    resolved.command.extend(plan.extra_args.iter().cloned());
+    resolved.metering = Some(plan);
+    Ok(())
+}
+
 /// The harness's command line for these settings (the harness applies
 /// the sandbox and the reasoning effort as its CLI can).
 fn build_launch(resolved: &Resolved) -> Result<Launch> {
@@ -566,7 +595,12 @@ async fn write_monitor_spec(
     let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
     std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
     let mut env = resolved.env.clone();
-    env.retain(|k, _| !k.starts_with("CORRAL_") || k == "CORRAL_WORKTREE_ROOT" || k == "CORRAL_TEST_ID");
+    env.retain(|k, _| {
+        !k.starts_with("CORRAL_")
+            || k == "CORRAL_WORKTREE_ROOT"
+            || k == "CORRAL_TEST_ID"
+            || (resolved.metering.is_some() && k == crate::proxy::plan::CODEX_TOKEN_VARIABLE)
+    });
     let plan = sandbox_plan(daemon, agent_dir, resolved, record, &mut env)
         .map_err(|why| Error::other(format!("the sandbox of {} cannot be prepared: {why}", record.address)))?;
     env.insert("CORRAL_ADDRESS".into(), record.address.to_string());
@@ -593,6 +627,7 @@ async fn write_monitor_spec(
         rows: 50,
         cols: 160,
         sandbox: plan,
+        meter: resolved.metering.as_ref().map(|metering| metering.spec.clone()),
     };
     let spec_bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::OpenOptions::new()

@@ -24,12 +24,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use super::{agent, Daemon};
+use crate::model::budget::Meter;
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentState};
 use crate::monitor;
 use crate::sys::paths::AgentDir;
-use crate::wire::monitor::{ExitRecord, MonitorMessage};
+use crate::wire::monitor::{ExitRecord, MonitorMessage, ProxyKeys};
 
 /// How long a new monitor may take to come up.
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,8 +45,13 @@ pub(super) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Where an agent's process comes to life.
 pub(crate) trait Runtime: Send + Sync + 'static {
     /// Starts the agent whose spec is written in `dir` and waits until it
-    /// runs (or has already ended).
-    fn start<'a>(&'a self, dir: &'a AgentDir, record: &'a AgentRecord) -> Boxed<'a, Result<Launched>>;
+    /// runs (or has already ended); a metered agent's monitor gets `keys`.
+    fn start<'a>(
+        &'a self,
+        dir: &'a AgentDir,
+        record: &'a AgentRecord,
+        keys: Option<ProxyKeys>,
+    ) -> Boxed<'a, Result<Launched>>;
     /// Reconnects to the agent after a daemon restart: its link, pid and
     /// monitor pid, if it still runs.
     fn connect<'a>(&'a self, dir: &'a AgentDir) -> Boxed<'a, Option<(Link, u32, u32)>>;
@@ -68,8 +74,13 @@ impl LocalMonitors {
 }
 
 impl Runtime for LocalMonitors {
-    fn start<'a>(&'a self, dir: &'a AgentDir, record: &'a AgentRecord) -> Boxed<'a, Result<Launched>> {
-        Box::pin(start_monitor(&self.exe, &self.state_dir, dir, record))
+    fn start<'a>(
+        &'a self,
+        dir: &'a AgentDir,
+        record: &'a AgentRecord,
+        keys: Option<ProxyKeys>,
+    ) -> Boxed<'a, Result<Launched>> {
+        Box::pin(start_monitor(&self.exe, &self.state_dir, dir, record, keys))
     }
 
     fn connect<'a>(&'a self, dir: &'a AgentDir) -> Boxed<'a, Option<(Link, u32, u32)>> {
@@ -130,7 +141,9 @@ pub(super) async fn start_or_queue(daemon: &Arc<Daemon>, record: &AgentRecord) -
 /// `started` and hands it to its task. Callers hold `Daemon::slots`.
 pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result<u32> {
     let dir = daemon.agent_dir(record);
-    let launched = daemon.runtime.start(&dir, record).await?;
+    // Kept for the agent's life: an assigned task starts a new monitor.
+    let keys = daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id).cloned();
+    let launched = daemon.runtime.start(&dir, record, keys).await?;
     let (pid, monitor_pid) = launched.pids();
     // It runs: that it started is recorded before its task takes over,
     // waiting for the journal if it cannot be written just now.
@@ -152,7 +165,13 @@ pub(super) fn could_not_start(err: &Error) -> EventBody {
 
 /// Starts the monitor of an agent whose spec is written, in its own
 /// session, and waits until it reports the agent running.
-async fn start_monitor(exe: &Path, state_dir: &Path, agent_dir: &AgentDir, record: &AgentRecord) -> Result<Launched> {
+async fn start_monitor(
+    exe: &Path,
+    state_dir: &Path,
+    agent_dir: &AgentDir,
+    record: &AgentRecord,
+    keys: Option<ProxyKeys>,
+) -> Result<Launched> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -164,14 +183,30 @@ async fn start_monitor(exe: &Path, state_dir: &Path, agent_dir: &AgentDir, recor
         .arg("monitor")
         .arg(&agent_dir.dir)
         .current_dir(state_dir)
-        .stdin(std::process::Stdio::null())
+        // A metered agent's monitor reads the real keys from a pipe: they
+        // are never in a file, an environment or an argument list.
+        .stdin(if record.meter == Meter::Proxy { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
         .stderr(log);
+    // The daemon's own environment may hold the person's keys: a monitor
+    // gets its agent's keys on its standard input, or none.
+    for name in crate::proxy::plan::KEY_VARIABLES {
+        command.env_remove(name);
+    }
     // SAFETY: `new_session` only calls setsid, which is async-signal-safe.
     unsafe {
         command.pre_exec(crate::sys::process::new_session);
     }
     let mut child = command.spawn().map_err(|e| Error::other(format!("cannot start the monitor: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let bytes = serde_json::to_vec(&keys.unwrap_or_default()).expect("keys serialize");
+        // Small enough for the pipe's buffer; dropping the end closes it.
+        if let Err(err) = stdin.write_all(&bytes).await {
+            let _ = child.start_kill();
+            return Err(Error::other(format!("cannot hand the monitor its keys: {err}")));
+        }
+    }
 
     let deadline = Instant::now() + MONITOR_START_TIMEOUT;
     let outcome = loop {

@@ -21,6 +21,7 @@ use crate::model::address::Address;
 use crate::model::error::{ErrorKind, Result};
 use crate::model::lifecycle::{AgentRecord, AgentState};
 use crate::sys::paths::{AgentDir, StateDir};
+use crate::wire::monitor::ProxyKeys;
 use crate::wire::monitor::{ExitRecord, MonitorCommand, MonitorMessage};
 use crate::wire::protocol::{Request, Response, SpawnRequest};
 
@@ -38,7 +39,14 @@ struct FakeMonitors {
 }
 
 impl Runtime for FakeMonitors {
-    fn start<'a>(&'a self, dir: &'a AgentDir, record: &'a AgentRecord) -> Boxed<'a, Result<Launched>> {
+    fn start<'a>(
+        &'a self,
+        dir: &'a AgentDir,
+        record: &'a AgentRecord,
+        keys: Option<ProxyKeys>,
+    ) -> Boxed<'a, Result<Launched>> {
+        // No monitor runs here, so no proxy takes the keys.
+        drop(keys);
         Box::pin(async move {
             if self.hold_starts.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;

@@ -296,3 +296,24 @@ mod tests {
         assert_eq!(budget, expected);
     }
 }
+
+/// Where an agent's usage is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Meter {
+    /// From the CLI's own output (its usage lines), after each call.
+    #[default]
+    Stream,
+    /// On the wire, by corral's proxy in the agent's monitor: every call is
+    /// admitted before it is sent, bounded, and counted from the response.
+    Proxy,
+}
+
+impl Meter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Meter::Stream => "stream",
+            Meter::Proxy => "proxy",
+        }
+    }
+}

@@ -105,6 +105,10 @@ pub enum EventBody {
         /// What it tells its parent agent (`model::notify`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notify: Option<crate::model::notify::Notify>,
+        /// Where its usage is counted: `stream` (its CLI's output) or
+        /// `proxy` (corral's metering proxy, on the wire).
+        #[serde(default)]
+        meter: crate::model::budget::Meter,
     },
     /// Over `max_threads`: the agent waits in Pending for a slot.
     Queued {},
@@ -165,6 +169,29 @@ pub enum EventBody {
         cost_usd: Option<f64>,
         settled: bool,
         offset: u64,
+    },
+    /// One model call through the agent's metering proxy: what it was
+    /// charged (from the wire, or its estimate when `flag` says why), or
+    /// why corral refused it (`refused`: it never went upstream).
+    ModelCall {
+        /// The call's number, per agent, from 1.
+        call: u64,
+        provider: crate::proxy::Provider,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        status: u16,
+        usage: TokenUsage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flag: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+        estimate_input: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_cap: Option<u64>,
+        ttfb_ms: f64,
+        duration_ms: f64,
     },
     /// The agent CLI's final word on its task.
     Result {
@@ -339,6 +366,7 @@ impl EventBody {
             EventBody::ToolUse { .. } => "tool_use",
             EventBody::ToolResult { .. } => "tool_result",
             EventBody::Usage { .. } => "usage",
+            EventBody::ModelCall { .. } => "model_call",
             EventBody::Result { .. } => "result",
             EventBody::MessageSent { .. } => "message_sent",
             EventBody::MessageDelivered { .. } => "message_delivered",

@@ -31,9 +31,11 @@
 //! Plain threads, no async runtime: a monitor is idle almost always, and a
 //! hundred of them should cost little memory.
 
+mod meter;
 mod pty;
 mod serve;
 
+pub use meter::read_calls;
 pub use pty::exec_agent;
 
 use std::fs::{File, OpenOptions};
@@ -100,13 +102,21 @@ struct State {
     restart_generation: u64,
     /// Output bytes the log could not keep (a full disk), so far.
     log_bytes_lost: u64,
+    /// The proxy's calls not yet admitted, and who waits for each answer.
+    asks: std::collections::BTreeMap<u64, crate::proxy::Ask>,
+    asks_generation: u64,
+    admission_waiters: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<crate::proxy::Decision>>,
+    /// Every call the proxy has recorded, in order.
+    calls: Vec<crate::proxy::CallRecord>,
+    /// Calls admitted and not yet recorded.
+    calls_in_flight: usize,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
     crate::sys::logging::init();
     let agent = AgentDir { dir: dir.to_path_buf() };
-    let spec: MonitorSpec = serde_json::from_slice(
+    let mut spec: MonitorSpec = serde_json::from_slice(
         &std::fs::read(agent.spec()).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", agent.spec().display()))?,
     )?;
     process::become_subreaper()?;
@@ -138,10 +148,46 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             restart_note: None,
             restart_generation: 0,
             log_bytes_lost: 0,
+            asks: Default::default(),
+            asks_generation: 0,
+            admission_waiters: Default::default(),
+            calls: Vec::new(),
+            calls_in_flight: 0,
         }),
         changed: Condvar::new(),
         pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
     });
+
+    // The metering proxy comes up before the agent, which is pointed at it;
+    // an agent whose proxy cannot start does not start (fail closed).
+    let mut proxy_url: Option<String> = None;
+    if let Some(meter) = spec.meter.clone() {
+        let started = meter::read_keys().and_then(|keys| meter::start(&meter, keys, shared.clone(), &agent));
+        match started {
+            Ok(addr) => {
+                tracing::info!("metering proxy on {addr}");
+                meter::point_at(&mut spec, addr);
+                proxy_url = Some(format!("http://{addr}"));
+            }
+            Err(err) => {
+                tracing::error!("{err}");
+                note(&shared, &mut log, &format!("corral: {err}"));
+                let record = ExitRecord {
+                    pid: 0,
+                    code: Some(127),
+                    signal: None,
+                    stop_requested: false,
+                    error: Some(err.to_string()),
+                    ended_at: Utc::now(),
+                    log_bytes_lost: 0,
+                    limit: None,
+                };
+                keep_exit_record(&shared, &agent, &record);
+                finish(&shared, &agent, listener, record, Duration::from_millis(500));
+                return Ok(());
+            }
+        }
+    }
 
     // The agent may be a sequence of processes: the first runs the spec's
     // command; follow-ups queued by the daemon (`Then`, for CLIs that take
@@ -271,7 +317,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         // decides to finish, it takes no more.
         if !state.stop_requested {
             if let Some((command, next_tag)) = state.follow_ups.pop_front() {
-                argv = command;
+                // A follow-up made from the agent's command line (Codex's
+                // `exec resume`) names the proxy as the first run did.
+                argv = match &proxy_url {
+                    Some(url) => {
+                        command.into_iter().map(|a| a.replace(crate::wire::monitor::PROXY_URL_MARK, url)).collect()
+                    }
+                    None => command,
+                };
                 input_mode = InputMode::Null;
                 tag = Some(next_tag);
                 continue;
@@ -333,6 +386,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         (state.stop_requested, state.log_bytes_lost)
     };
     let limit = last_limit.filter(|_| !stop_requested);
+    // Calls still streaming when the agent ended end with its connections:
+    // their records come before the exit's.
+    {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut state = shared.state.lock().unwrap();
+        while state.calls_in_flight > 0 && Instant::now() < deadline {
+            state = shared.changed.wait_timeout(state, Duration::from_millis(20)).unwrap().0;
+        }
+    }
     let record =
         ExitRecord { pid, code, signal, stop_requested, error: None, ended_at: Utc::now(), log_bytes_lost, limit };
     keep_exit_record(&shared, &agent, &record);

@@ -98,6 +98,13 @@ fn serve_daemon(
                 Ok(MonitorCommand::CloseInput) => {
                     let _ = input.send(InputOp::Close);
                 }
+                Ok(MonitorCommand::Admission { call, decision }) => {
+                    let mut state = shared_in.state.lock().unwrap();
+                    state.asks.remove(&call);
+                    if let Some(waiter) = state.admission_waiters.remove(&call) {
+                        let _ = waiter.send(decision);
+                    }
+                }
                 Ok(MonitorCommand::Then { command, tag }) => {
                     let mut state = shared_in.state.lock().unwrap();
                     if !state.accepting {
@@ -118,6 +125,11 @@ fn serve_daemon(
     let mut sent_len;
     let mut sent_generation;
     let mut sent_restart;
+    // Every call recorded so far goes to each daemon that connects (it
+    // journals each once), and every ask still unanswered.
+    let mut sent_calls = 0;
+    let mut sent_asks = 0;
+    let mut asked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     {
         let state = shared.state.lock().unwrap();
         sent_len = state.log_len;
@@ -142,19 +154,30 @@ fn serve_daemon(
                     && s.exit.is_none()
                     && s.generation == sent_generation
                     && s.restart_generation == sent_restart
+                    && s.calls.len() == sent_calls
+                    && s.asks_generation == sent_asks
             })
             .unwrap();
         // A flood of output is told in batches: at most one `output` a
         // millisecond, so the daemon reads the log in large pieces rather
-        // than waking for every read of the PTY.
+        // than waking for every read of the PTY. A model call's admission,
+        // its record and the exit are never held back by it.
         let since = last_output.elapsed();
         let state = if state.log_len != sent_len && since < OUTPUT_EVERY {
-            drop(state);
-            std::thread::sleep(OUTPUT_EVERY - since);
-            shared.state.lock().unwrap()
+            shared
+                .changed
+                .wait_timeout_while(state, OUTPUT_EVERY - since, |s| {
+                    s.exit.is_none() && s.calls.len() == sent_calls && s.asks_generation == sent_asks
+                })
+                .unwrap()
+                .0
         } else {
             state
         };
+        let calls: Vec<_> = state.calls[sent_calls..].to_vec();
+        sent_calls = state.calls.len();
+        let asks: Vec<_> = state.asks.values().filter(|a| !asked.contains(&a.call)).cloned().collect();
+        sent_asks = state.asks_generation;
         let (log_len, exit) = (state.log_len, state.exit.clone());
         let started = (state.generation != sent_generation).then(|| (state.pid, state.tag.clone()));
         let restarting = (state.restart_generation != sent_restart).then(|| state.restart_note.clone()).flatten();
@@ -172,6 +195,13 @@ fn serve_daemon(
         }
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
+        }
+        for record in calls {
+            send(&mut stream, &MonitorMessage::ModelCall { record })?;
+        }
+        for ask in asks {
+            asked.insert(ask.call);
+            send(&mut stream, &MonitorMessage::Admit { ask })?;
         }
         if let Some(record) = exit {
             send(&mut stream, &MonitorMessage::Exit { record })?;

@@ -61,6 +61,60 @@ pub struct MonitorSpec {
     /// nothing to apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<crate::sys::sandbox::Plan>,
+    /// The metering proxy the monitor runs for the agent (`--meter
+    /// proxy`); absent: none, the agent talks to its provider itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<MeterSpec>,
+}
+
+/// What the monitor's metering proxy serves. Holds no real key: those
+/// reach the monitor on its standard input ([`ProxyKeys`]), never a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeterSpec {
+    /// The agent's own token, the only one its proxy takes. It is in the
+    /// agent's environment too; it is good for nothing else.
+    pub token: String,
+    /// Base URLs of the upstreams, by provider family.
+    pub upstreams: BTreeMap<crate::proxy::Family, String>,
+    /// Variables of the agent's environment the monitor sets to its
+    /// proxy's URL (`http://127.0.0.1:PORT`) followed by the value here
+    /// (`""`, or `/v1` for OpenAI's convention).
+    pub url_env: BTreeMap<String, String>,
+}
+
+/// Stands for the proxy's URL in the agent's arguments (Codex takes its
+/// provider's `base_url` on its command line); the monitor replaces it in
+/// every command it runs for the agent (the first, a restart, a
+/// follow-up, an assigned task's): the port is the kernel's choice, made
+/// when the monitor binds it.
+pub const PROXY_URL_MARK: &str = "{corral-proxy-url}";
+
+/// The real keys, by provider family, as the daemon writes them to a new
+/// monitor's standard input (one JSON object, then end of file). `Debug`
+/// prints no key.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProxyKeys(pub BTreeMap<crate::proxy::Family, ProxyKey>);
+
+/// One real key and how its provider takes it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyKey {
+    pub key: String,
+    /// `Authorization: Bearer` (OpenAI, `ANTHROPIC_AUTH_TOKEN`), else the
+    /// provider's key header.
+    #[serde(default)]
+    pub bearer: bool,
+}
+
+impl std::fmt::Debug for ProxyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyKey").field("key", &"(hidden)").field("bearer", &self.bearer).finish()
+    }
+}
+
+impl std::fmt::Debug for ProxyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys().map(|family| format!("{} (hidden)", family.name()))).finish()
+    }
 }
 
 /// Where an agent's standard input comes from.
@@ -139,6 +193,17 @@ pub enum MonitorMessage {
     Exit {
         record: ExitRecord,
     },
+    /// The agent's proxy asks whether a model call may go upstream; the
+    /// daemon answers with `admission`. Sent again to a daemon that
+    /// connects while it waits.
+    Admit {
+        ask: crate::proxy::Ask,
+    },
+    /// A model call has ended (or was refused). Every call so far is sent
+    /// to each daemon that connects; the daemon journals each number once.
+    ModelCall {
+        record: crate::proxy::CallRecord,
+    },
 }
 
 /// Commands from the daemon to the monitor.
@@ -173,6 +238,8 @@ pub enum MonitorCommand {
     /// a follow-up (its children's notices, for a CLI that takes a message
     /// as a new process), a stop, or `hold: false`.
     Hold { hold: bool },
+    /// The answer to an `admit`.
+    Admission { call: u64, decision: crate::proxy::Decision },
 }
 
 /// The first line a peer of `monitor.sock` sends: what it is (`role`:

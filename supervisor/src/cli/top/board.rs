@@ -182,6 +182,7 @@ pub(crate) mod tests {
             merge: Default::default(),
             sandbox: None,
             notify: None,
+            meter: Default::default(),
         };
         let e = event(board, agent, body);
         board.apply(&e);

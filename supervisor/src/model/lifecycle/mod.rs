@@ -140,9 +140,21 @@ pub struct AgentRecord {
     /// Which agent CLI runs (see `corral_harness::launch`).
     #[serde(default)]
     pub harness: Harness,
-    /// Tokens used so far, from the harness's usage events.
+    /// Tokens used so far: from its `model_call` events when the proxy
+    /// meters it, else from the harness's usage events.
     #[serde(default)]
     pub usage: TokenUsage,
+    /// Where its usage is counted.
+    #[serde(default)]
+    pub meter: crate::model::budget::Meter,
+    /// The number of its last `model_call` event (calls the proxy reports
+    /// again after a daemon restart are journaled once).
+    #[serde(default)]
+    pub calls: u64,
+    /// A `model_call` of its was priced from `[prices]`: its cost is the
+    /// calls' (else, for a proxy-metered agent, the CLI's own figure).
+    #[serde(default)]
+    pub calls_priced: bool,
     #[serde(default)]
     pub cost_usd: Option<f64>,
     #[serde(default)]
@@ -351,6 +363,7 @@ impl AgentRecord {
             merge,
             sandbox,
             notify,
+            meter,
         } = &event.body
         else {
             return None;
@@ -380,6 +393,9 @@ impl AgentRecord {
             log_offset: 0,
             harness: *harness,
             usage: TokenUsage::default(),
+            meter: *meter,
+            calls: 0,
+            calls_priced: false,
             cost_usd: None,
             session_id: None,
             result: None,
@@ -446,9 +462,28 @@ impl AgentRecord {
                     self.model = model.clone();
                 }
             }
-            EventBody::Usage { total, cost_usd, .. } => {
+            // A proxy-metered agent's usage comes from its calls alone: the
+            // stream parser's figures would count the same calls twice.
+            EventBody::Usage { total, cost_usd, .. } if self.meter == crate::model::budget::Meter::Stream => {
                 self.usage = *total;
                 if cost_usd.is_some() {
+                    self.cost_usd = *cost_usd;
+                }
+            }
+            EventBody::ModelCall { call, usage, cost_usd, .. } => {
+                self.usage = self.usage.saturating_add(*usage);
+                if let Some(cost) = cost_usd {
+                    // The first priced call replaces what the CLI said.
+                    let before = if self.calls_priced { self.cost_usd.unwrap_or(0.0) } else { 0.0 };
+                    self.cost_usd = Some(before + cost);
+                    self.calls_priced = true;
+                }
+                self.calls = self.calls.max(*call);
+            }
+            // Proxy-metered: the tokens are the calls'; a cost the CLI
+            // reports stands until a call is priced from `[prices]`.
+            EventBody::Usage { cost_usd, .. } => {
+                if cost_usd.is_some() && !self.calls_priced {
                     self.cost_usd = *cost_usd;
                 }
             }
@@ -727,11 +762,31 @@ impl AgentTable {
             EventBody::BudgetExceeded { kind, .. } if event.agent.is_none() => {
                 self.daily.entry(day_of(event.ts)).or_default().exceeded.push(*kind);
             }
-            EventBody::Usage { delta, cost_usd, .. } => {
-                let previous = event.agent.as_ref().and_then(|a| self.agents.get(a)).and_then(|a| a.cost_usd);
+            EventBody::ModelCall { usage, cost_usd, .. } => {
+                let agent = event.agent.as_ref().and_then(|a| self.agents.get(a));
+                // The agent's first priced call replaces the cost its CLI
+                // reported (the day has that already): the day gets the growth.
+                let (priced, previous) = agent.map_or((true, None), |a| (a.calls_priced, a.cost_usd));
                 let day = self.daily.entry(day_of(event.ts)).or_default();
-                day.tokens += delta.total();
-                day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);
+                day.tokens += usage.total();
+                if let Some(cost) = cost_usd {
+                    day.cost += if priced { *cost } else { (cost - previous.unwrap_or(0.0)).max(0.0) };
+                }
+            }
+            EventBody::Usage { delta, cost_usd, .. } => {
+                let agent = event.agent.as_ref().and_then(|a| self.agents.get(a));
+                let previous = agent.and_then(|a| a.cost_usd);
+                // A proxy-metered agent's tokens come from its calls; its
+                // CLI's cost, until a call is priced.
+                let (proxied, priced) =
+                    agent.map_or((false, false), |a| (a.meter == crate::model::budget::Meter::Proxy, a.calls_priced));
+                let day = self.daily.entry(day_of(event.ts)).or_default();
+                if !proxied {
+                    day.tokens += delta.total();
+                }
+                if !(proxied && priced) {
+                    day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);
+                }
             }
             _ => {}
         }

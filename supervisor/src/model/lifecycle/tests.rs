@@ -58,6 +58,7 @@ fn spawned(seq: u64, agent: &str, id: u64) -> Event {
             // Flattened into the event: "no sandbox" reads back as an empty spec.
             sandbox: Some(Default::default()),
             notify: None,
+            meter: Default::default(),
             task_text: "do it".into(),
             command: vec!["true".into()],
             branch: "corral/root/a".into(),
@@ -170,6 +171,7 @@ fn merge_started() -> EventBody {
 /// One event of every type, as the tests below use them.
 fn samples() -> Vec<EventBody> {
     vec![
+        model_call(1, 100, Some(0.5)),
         EventBody::DaemonStarted { pid: 1 },
         EventBody::NoticeSent {
             message_id: "t-9-done".into(),
@@ -253,6 +255,7 @@ fn covered_by(body: &EventBody) -> &'static [&'static str] {
         EventBody::Usage { .. } => {
             tests!(usage_sets_the_total_and_keeps_the_last_known_cost, daily_spend_adds_token_deltas_and_cost_growth)
         }
+        EventBody::ModelCall { .. } => tests!(model_calls_are_a_proxy_metered_agents_usage_counted_once),
         EventBody::Result { .. } => tests!(result_counts_the_turn_and_keeps_the_session),
         EventBody::NoticeSent { .. } | EventBody::NoticeDelivered { .. } => {
             tests!(a_notice_waits_in_the_parents_messages_once_and_is_delivered)
@@ -536,6 +539,52 @@ fn usage_sets_the_total_and_keeps_the_last_known_cost() {
     assert_eq!(record.usage, tokens(300));
     assert_eq!(record.cost_usd, Some(0.25));
     assert_eq!(record.state, AgentState::Running);
+}
+
+fn model_call(call: u64, input: u64, cost_usd: Option<f64>) -> EventBody {
+    EventBody::ModelCall {
+        call,
+        provider: crate::proxy::Provider::Anthropic,
+        model: Some("m".into()),
+        status: 200,
+        usage: tokens(input),
+        cost_usd,
+        flag: None,
+        refused: None,
+        estimate_input: 0,
+        output_cap: None,
+        ttfb_ms: 1.0,
+        duration_ms: 2.0,
+    }
+}
+
+#[test]
+fn model_calls_are_a_proxy_metered_agents_usage_counted_once() {
+    let mut table = AgentTable::default();
+    let mut spawn = spawned(1, A, 1);
+    if let EventBody::Spawned { meter, .. } = &mut spawn.body {
+        *meter = crate::model::budget::Meter::Proxy;
+    }
+    table.apply(&spawn);
+    let ts = at("2026-03-10T12:00:00Z");
+    let mut on = |body| {
+        let mut e = event(0, A, body);
+        e.ts = ts;
+        table.apply(&e);
+        (table.agents[&Address::parse(A).unwrap()].clone(), table.daily.get(&day_of(ts)).cloned().unwrap_or_default())
+    };
+    // The CLI's own usage lines count nothing: the calls are the meter.
+    let (record, day) = on(usage(500, 500, Some(0.25)));
+    assert_eq!((record.usage, record.cost_usd, day.tokens), (TokenUsage::default(), Some(0.25), 0));
+    let (record, day) = on(model_call(1, 100, None));
+    assert_eq!((record.usage, record.calls, day.tokens), (tokens(100), 1, 100));
+    // A priced call replaces the CLI's cost; later calls add to it.
+    let (record, day) = on(model_call(2, 50, Some(0.5)));
+    assert_eq!((record.usage, record.cost_usd, day.tokens, day.cost), (tokens(150), Some(0.5), 150, 0.5));
+    let (record, _) = on(usage(900, 1400, Some(9.0)));
+    assert_eq!((record.usage, record.cost_usd), (tokens(150), Some(0.5)));
+    let (record, day) = on(model_call(3, 10, Some(0.125)));
+    assert_eq!((record.usage, record.cost_usd, record.calls, day.cost), (tokens(160), Some(0.625), 3, 0.625));
 }
 
 #[test]

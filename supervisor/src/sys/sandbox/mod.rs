@@ -42,9 +42,10 @@
 //!
 //! Network (`--network`, Landlock ABI 4 and later, TCP only: UDP is not
 //! covered): `none` allows no TCP connect or bind; `model` allows a TCP
-//! connect only to the port of corral's model proxy (`CORRAL_PROXY_PORT`
-//! in the spawning environment; with no proxy, no port); `full` is
-//! unrestricted and is the default while corral has no metering proxy.
+//! connect only to the agent's own metering proxy (its monitor adds the
+//! port to the plan once bound, see `Plan::model`) and to the port
+//! `CORRAL_PROXY_PORT` names in the spawning environment (with neither,
+//! no port); `full` is unrestricted and is the default.
 //!
 //! Limits: `max_open_files` is `RLIMIT_NOFILE`; `max_processes` is a pids
 //! cgroup's `pids.max` (`RLIMIT_NPROC` counts every process of the user,
@@ -551,6 +552,10 @@ pub struct Plan {
     pub network: bool,
     #[serde(default)]
     pub connect_ports: Vec<u16>,
+    /// `--network model`: the agent's own metering proxy is reachable too
+    /// (its monitor adds the port to `connect_ports` once it is bound).
+    #[serde(default)]
+    pub model: bool,
     pub scoped: bool,
     /// Run with what the kernel can do rather than fail (fallback warn).
     pub best_effort: bool,
@@ -591,6 +596,7 @@ impl Plan {
             deny_read: if filesystem { enforced.deny_read.clone() } else { Vec::new() },
             network,
             connect_ports: enforced.connect_ports.clone(),
+            model: enforced.network == Some(Network::Model),
             scoped: enforced.scoped,
             best_effort: !enforced.not_enforced.is_empty(),
             ..Plan::default()

@@ -1,0 +1,175 @@
+//! The agent's metering proxy, run by its monitor (`--meter proxy`).
+//!
+//! The proxy ([`crate::proxy`]) listens on 127.0.0.1 at a port of the
+//! kernel's choosing; the agent's environment (and Codex's command line)
+//! is pointed at it before the agent starts. The real keys come on the
+//! monitor's standard input and stay in its memory.
+//!
+//! Each call's admission is asked of the daemon over the daemon's
+//! connection (`admit`, answered by `admission`); while no daemon answers
+//! (it is down, or restarting) the call waits up to [`ADMISSION_WAIT`],
+//! then is refused: no call goes upstream unmetered. Each call's record is
+//! appended to `calls.jsonl` in the agent's folder and synced before the
+//! daemon is told, and every record is told again to each daemon that
+//! connects, so calls made while the daemon was down reach the journal.
+//!
+//! Owns: the proxy's thread and runtime, `calls.jsonl`. Never does: decide
+//! an admission (the daemon does) or journal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shared;
+use crate::proxy::server::Admission;
+use crate::proxy::{Ask, CallRecord, Credential, Decision, Gate, ProxyConfig, Token, Upstream};
+use crate::sys::paths::AgentDir;
+use crate::wire::monitor::{MeterSpec, MonitorSpec, ProxyKeys, PROXY_URL_MARK};
+
+/// How long a call waits for the daemon's admission before it is refused.
+pub(super) const ADMISSION_WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's calls file.
+pub(super) fn calls_file(agent: &AgentDir) -> PathBuf {
+    agent.dir.join("calls.jsonl")
+}
+
+/// Reads the calls an agent's proxy recorded (a torn last line is skipped).
+pub fn read_calls(agent: &AgentDir) -> Vec<CallRecord> {
+    let text = std::fs::read_to_string(calls_file(agent)).unwrap_or_default();
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+struct MonitorGate {
+    shared: Arc<Shared>,
+    file: PathBuf,
+}
+
+impl Gate for MonitorGate {
+    fn admit(&self, ask: Ask) -> Admission {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let call = ask.call;
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.calls_in_flight += 1;
+            state.admission_waiters.insert(call, tx);
+            state.asks.insert(call, ask);
+            state.asks_generation += 1;
+        }
+        self.shared.changed.notify_all();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(ADMISSION_WAIT, rx).await {
+                Ok(Ok(decision)) => decision,
+                _ => {
+                    let mut state = shared.state.lock().unwrap();
+                    state.asks.remove(&call);
+                    state.admission_waiters.remove(&call);
+                    tracing::warn!("call {call}: no admission from the daemon; refused");
+                    Decision::Refuse {
+                        message: format!(
+                            "corral: the daemon did not answer within {} s, so the call was not sent (a call \
+                             corral cannot meter is never sent)",
+                            ADMISSION_WAIT.as_secs()
+                        ),
+                    }
+                }
+            }
+        })
+    }
+
+    fn record(&self, call: CallRecord) {
+        if let Err(err) = append(&self.file, &call) {
+            // The daemon still hears of it, and journals it.
+            tracing::warn!("cannot append call {} to {}: {err}", call.call, self.file.display());
+        }
+        let mut state = self.shared.state.lock().unwrap();
+        state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
+        state.calls.push(call);
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+}
+
+fn append(file: &PathBuf, call: &CallRecord) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(call).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+    out.write_all(&line)?;
+    out.sync_data()
+}
+
+/// Reads the real keys from standard input (nothing there: no keys).
+pub(super) fn read_keys() -> anyhow::Result<ProxyKeys> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ProxyKeys::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("the keys on standard input are not readable: {e}"))
+}
+
+/// Starts the proxy on a thread of its own and returns its address.
+pub(super) fn start(
+    meter: &MeterSpec,
+    keys: ProxyKeys,
+    shared: Arc<Shared>,
+    agent: &AgentDir,
+) -> anyhow::Result<SocketAddr> {
+    let upstreams = meter
+        .upstreams
+        .iter()
+        .map(|(family, base)| {
+            let credential = keys.0.get(family).map(|k| match k.bearer {
+                true => Credential::Bearer(k.key.clone()),
+                false => Credential::ApiKey(k.key.clone()),
+            });
+            (*family, Upstream { base: base.clone(), credential })
+        })
+        .collect();
+    let config = ProxyConfig { token: Token(meter.token.clone()), upstreams };
+    let gate = Arc::new(MonitorGate { shared, file: calls_file(agent) });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("proxy".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                let _ = tx.send(Err(anyhow::anyhow!("cannot start the proxy's runtime: {err}")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match crate::proxy::start(config, gate).await {
+                Ok(proxy) => {
+                    let _ = tx.send(Ok(proxy.addr));
+                    // Serves for the monitor's life.
+                    std::future::pending::<()>().await;
+                    drop(proxy);
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("cannot start the metering proxy: {err}")));
+                }
+            }
+        });
+    })?;
+    rx.recv().map_err(|_| anyhow::anyhow!("the metering proxy's thread ended before it started"))?
+}
+
+/// Points the agent at its proxy: the spec's variables and arguments, and
+/// under `--network model` its sandbox's one reachable port.
+pub(super) fn point_at(spec: &mut MonitorSpec, addr: SocketAddr) {
+    let Some(meter) = spec.meter.clone() else { return };
+    let url = format!("http://{addr}");
+    for (name, suffix) in &meter.url_env {
+        spec.env.insert(name.clone(), format!("{url}{suffix}"));
+    }
+    for arg in &mut spec.command {
+        *arg = arg.replace(PROXY_URL_MARK, &url);
+    }
+    // `--network model`: its own proxy is the model.
+    if let Some(plan) = spec.sandbox.as_mut().filter(|plan| plan.model) {
+        plan.connect_ports.push(addr.port());
+    }
+}

@@ -1,0 +1,159 @@
+//! A model call's request, before it goes upstream: its input estimate,
+//! the output cap it asks for, and the rewrites corral makes to it (the
+//! cap lowered to what a budget has left; Chat Completions told to report
+//! usage in its stream).
+//!
+//! The estimate of a call's input comes from the agent's last call:
+//! conversations grow, so the next request of a conversation reads at
+//! least what the last one read, scaled by how much the body grew. The
+//! first call of an agent has no such basis: it is estimated at no input,
+//! so it goes upstream while anything of a budget is left, capped to what
+//! is left. A size rule (four bytes a token) would refuse Claude Code's
+//! first call (60 kB of tools and system prompt) on any budget under
+//! 15,000 tokens, whatever the model server really charges; the price of
+//! not guessing is an overshoot of at most that one call's input.
+//!
+//! Owns: the body fields that cap output and ask for usage. Never does:
+//! I/O, budgets.
+
+use serde_json::{json, Value};
+
+use super::provider::Provider;
+
+/// The output cap charged for a call that names none and is not capped by
+/// a budget: the largest output current models allow.
+pub const UNCAPPED_OUTPUT: u64 = 128_000;
+
+/// What the agent's last metered call read, to scale the next estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastCall {
+    /// Input side tokens: input, cache read and cache write.
+    pub input_tokens: u64,
+    pub body_bytes: u64,
+}
+
+/// The input estimate of a request of `body_bytes`.
+pub fn estimate_input(body_bytes: u64, last: Option<LastCall>) -> u64 {
+    match last {
+        Some(last) if last.body_bytes > 0 && last.input_tokens > 0 => {
+            // Rounded up, in u128: a growing conversation never estimates low
+            // by rounding, and no product overflows.
+            let scaled = (last.input_tokens as u128 * body_bytes as u128).div_ceil(last.body_bytes as u128);
+            u64::try_from(scaled).unwrap_or(u64::MAX)
+        }
+        _ => 0,
+    }
+}
+
+/// The output cap the request asks for, if it names one.
+pub fn output_cap(provider: Provider, body: &Value) -> Option<u64> {
+    provider.output_cap_fields().iter().find_map(|field| lookup(body, field).and_then(Value::as_u64))
+}
+
+/// Lowers the request's output cap to `cap` (sets it when the request
+/// names none); a cap already lower is kept. Returns the cap sent.
+pub fn lower_output_cap(provider: Provider, body: &mut Value, cap: u64) -> u64 {
+    let fields = provider.output_cap_fields();
+    // The first field the request already uses, else the API's own.
+    let field = fields.iter().find(|f| lookup(body, f).is_some()).unwrap_or(&fields[fields.len() - 1]);
+    let field = if provider == Provider::ChatCompletions && lookup(body, field).is_none() {
+        // Without either field, `max_tokens`: every server that speaks the
+        // API knows it.
+        "max_tokens"
+    } else {
+        field
+    };
+    let sent = lookup(body, field).and_then(Value::as_u64).map_or(cap, |asked| asked.min(cap));
+    set(body, field, json!(sent));
+    sent
+}
+
+/// Chat Completions reports usage in a stream only when asked: ask.
+pub fn ask_for_stream_usage(provider: Provider, body: &mut Value) {
+    if provider != Provider::ChatCompletions || body.get("stream").and_then(Value::as_bool) != Some(true) {
+        return;
+    }
+    if let Some(map) = body.as_object_mut() {
+        let options = map.entry("stream_options").or_insert_with(|| json!({}));
+        if !options.is_object() {
+            *options = json!({});
+        }
+        options["include_usage"] = json!(true);
+    }
+}
+
+/// The model the request names in its body.
+pub fn model(body: &Value) -> Option<String> {
+    body.get("model").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn lookup<'a>(body: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted.split('.').try_fold(body, |v, key| v.get(key)).filter(|v| !v.is_null())
+}
+
+fn set(body: &mut Value, dotted: &str, value: Value) {
+    let mut at = body;
+    let mut keys = dotted.split('.').peekable();
+    while let Some(key) = keys.next() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        let map = at.as_object_mut().expect("made an object above");
+        if keys.peek().is_none() {
+            map.insert(key.to_owned(), value);
+            return;
+        }
+        at = map.entry(key.to_owned()).or_insert_with(|| json!({}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_call_is_estimated_at_nothing_then_from_the_last_call() {
+        assert_eq!(estimate_input(4001, None), 0);
+        let last = LastCall { input_tokens: 1000, body_bytes: 10_000 };
+        assert_eq!(estimate_input(10_000, Some(last)), 1000);
+        assert_eq!(estimate_input(12_001, Some(last)), 1201); // rounded up
+        assert_eq!(estimate_input(u64::MAX, Some(LastCall { input_tokens: u64::MAX, body_bytes: 1 })), u64::MAX);
+    }
+
+    #[test]
+    fn the_cap_is_lowered_never_raised() {
+        let mut body = json!({"model": "m", "max_tokens": 32000});
+        assert_eq!(lower_output_cap(Provider::Anthropic, &mut body, 900), 900);
+        assert_eq!(body["max_tokens"], 900);
+        let mut body = json!({"max_tokens": 100});
+        assert_eq!(lower_output_cap(Provider::Anthropic, &mut body, 900), 100);
+        assert_eq!(body["max_tokens"], 100);
+    }
+
+    #[test]
+    fn a_cap_is_set_where_each_api_reads_it() {
+        let mut body = json!({"input": []});
+        lower_output_cap(Provider::OpenAiResponses, &mut body, 50);
+        assert_eq!(body["max_output_tokens"], 50);
+        let mut body = json!({"messages": []});
+        lower_output_cap(Provider::ChatCompletions, &mut body, 50);
+        assert_eq!(body["max_tokens"], 50);
+        let mut body = json!({"max_completion_tokens": 70});
+        lower_output_cap(Provider::ChatCompletions, &mut body, 50);
+        assert_eq!((body["max_completion_tokens"].as_u64(), body.get("max_tokens")), (Some(50), None));
+        let mut body = json!({"contents": [], "generationConfig": {"temperature": 0.5}});
+        lower_output_cap(Provider::Gemini, &mut body, 50);
+        assert_eq!(body["generationConfig"], json!({"temperature": 0.5, "maxOutputTokens": 50}));
+        assert_eq!(output_cap(Provider::Gemini, &body), Some(50));
+    }
+
+    #[test]
+    fn chat_streams_are_asked_for_usage() {
+        let mut body = json!({"stream": true, "stream_options": {"include_usage": false}});
+        ask_for_stream_usage(Provider::ChatCompletions, &mut body);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        let mut body = json!({"stream": false});
+        ask_for_stream_usage(Provider::ChatCompletions, &mut body);
+        assert!(body.get("stream_options").is_none());
+    }
+}

@@ -1,0 +1,429 @@
+//! The metering proxy end to end: real Claude Code and Codex under corral
+//! against corral's scripted model server (`corral mock-llm`), with the
+//! proxy in each agent's monitor between them (`--meter proxy`, the
+//! default for both), and a plain command that honours a base-URL
+//! variable.
+//!
+//! What must hold: the agent never holds the real key (no process of its
+//! tree has it in `/proc/PID/environ`, and no file in the state folder has
+//! it); its tokens are the script's, one `model_call` event a call; a call
+//! over budget never reaches the model server, and the agent stops as for
+//! any budget (`budget_exceeded`, `corral wait` exits 23).
+
+use std::ffi::OsString;
+
+use corral_e2e::real_cli::{
+    claude_env, codex_bin, describe, diagnostics, events, model_requests, of_type, ps_record, run_deadline, MockLlm,
+    RUN_DEADLINE,
+};
+use corral_e2e::{poll_until, TestRepo, PATIENCE};
+use serde_json::{json, Value};
+
+const REAL_KEY: &str = "sk-real-key-that-must-stay-with-corral-7f3a";
+
+fn spawn(repo: &TestRepo, args: &[&str], env: &[(&str, OsString)]) -> Value {
+    let mut command = repo.command();
+    // `--json` before a plain command's `--`.
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    command.arg("spawn").args(&args[..split]).arg("--json").args(&args[split..]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, "corral spawn");
+    assert!(out.status.success(), "corral spawn {args:?} failed: {}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("spawn printed no JSON ({e}): {}", describe(&out)))
+}
+
+fn wait_code(repo: &TestRepo, address: &str) -> Option<i32> {
+    let timeout = RUN_DEADLINE.as_secs().to_string();
+    let mut command = repo.command();
+    command.args(["wait", address, "--timeout", &timeout]);
+    run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}")).status.code()
+}
+
+/// Every file under the state folder that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            files_holding(&path, needle, found);
+        } else if kind.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(path.display().to_string());
+        }
+    }
+}
+
+fn environ(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default()).replace('\0', "\n")
+}
+
+/// The `model_call` events' usage, summed field by field.
+fn call_totals(events: &[Value]) -> (u64, u64, u64, u64, usize) {
+    let calls: Vec<&Value> = of_type(events, "model_call").into_iter().filter(|c| c["refused"].is_null()).collect();
+    let sum = |f: &str| calls.iter().map(|c| c["usage"][f].as_u64().unwrap_or(0)).sum::<u64>();
+    (sum("input"), sum("output"), sum("cache_read"), sum("cache_write"), calls.len())
+}
+
+#[test]
+fn real_claude_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key() {
+    let repo = TestRepo::new();
+    let target = repo.worktree_of("keyless").join("hello.txt");
+    let steps = json!([
+        // The first answer waits, so the agent's processes can be read.
+        {"tool": {"name": "Write", "input": {"file_path": target.display().to_string(), "content": "hi\n"}},
+         "usage": {"input": 120, "output": 30, "cache_read": 1000, "cache_write": 50}, "delay_ms": 1500},
+        {"text": "Wrote hello.txt.", "usage": {"input": 160, "output": 8, "cache_read": 1100}},
+    ]);
+    let mock = MockLlm::start(&repo, "keyless", &json!({"steps": steps}));
+    let mut env = claude_env(&repo, &mock);
+    env.retain(|(k, _)| *k != "ANTHROPIC_API_KEY");
+    env.push(("ANTHROPIC_API_KEY", REAL_KEY.into()));
+    env.push(("A_COPY_OF_THE_KEY", REAL_KEY.into()));
+    let spawned = spawn(&repo, &["keyless", "--harness", "claude", "--task", "write hello.txt"], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let why = || diagnostics(&repo, &address, Some(&mock));
+
+    // While it runs: every process of its tree is free of the real key,
+    // holds its own token, and is pointed at its proxy, not the server.
+    poll_until("the agent's first model call", PATIENCE, || !model_requests(&mock.requests()).is_empty());
+    let processes = repo.agent_processes(&address);
+    assert!(!processes.is_empty(), "no process of {address} found\n{}", why());
+    for pid in &processes {
+        let env = environ(*pid);
+        assert!(!env.contains(REAL_KEY), "process {pid} of {address} holds the real key:\n{env}");
+        assert!(!env.contains(&mock.url), "process {pid} is pointed at the model server itself:\n{env}");
+    }
+    // The CLI itself holds its token (its tools' shells may not inherit it).
+    let with_token = processes.iter().filter(|p| environ(**p).contains("ANTHROPIC_API_KEY=corral-")).count();
+    assert!(with_token > 0, "no process of {address} holds its corral token\n{}", why());
+
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", why());
+    assert_eq!(std::fs::read_to_string(&target).unwrap_or_default(), "hi\n", "{}", why());
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["meter"], "proxy", "{record}");
+    let events = events(&repo, &address);
+    assert_eq!(of_type(&events, "spawned")[0]["meter"], "proxy");
+    let (input, output, cache_read, cache_write, calls) = call_totals(&events);
+    assert_eq!(calls, model_requests(&mock.requests()).len(), "one model_call a call\n{}", why());
+    assert_eq!((input, output, cache_read, cache_write), (280, 38, 2100, 50), "the script's usage\n{}", why());
+    let usage = &record["usage"];
+    assert_eq!(
+        (
+            usage["input"].as_u64(),
+            usage["output"].as_u64(),
+            usage["cache_read"].as_u64(),
+            usage["cache_write"].as_u64()
+        ),
+        (Some(280), Some(38), Some(2100), Some(50)),
+        "ps counts the proxy's figures, once: {record}"
+    );
+    let mut holding = Vec::new();
+    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    assert!(holding.is_empty(), "the real key was written to {holding:?}");
+}
+
+#[test]
+fn real_codex_and_its_follow_up_through_the_proxy_are_counted_from_the_wire_and_never_hold_the_key() {
+    let repo = TestRepo::new();
+    let steps = json!([
+        {"text": "Nothing to change.", "usage": {"input": 700, "output": 40, "cache_read": 200}, "delay_ms": 1500},
+        {"text": "Still nothing.", "usage": {"input": 900, "output": 10, "cache_read": 100}},
+    ]);
+    let mock = MockLlm::start(&repo, "codex-keyless", &json!({"steps": steps}));
+    let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(repo.path("")).unwrap();
+    let provider = format!(
+        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
+        mock.url
+    );
+    let env = [
+        ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
+        ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),
+        ("MOCK_KEY", REAL_KEY.into()),
+    ];
+    let args = ["coder", "--harness", "codex", "--model", "gpt-mock", "--task", "look around", "--"];
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-c", "model_provider=mock", "-c", &provider]);
+    let mut command = repo.command();
+    command.arg("spawn").args(&all[..7]).arg("--json").args(&all[7..]);
+    for (key, value) in &env {
+        command.env(key, value);
+    }
+    let out = run_deadline(command, PATIENCE, "corral spawn coder");
+    assert!(out.status.success(), "{}", describe(&out));
+    let address = "/root/coder".to_string();
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    poll_until("codex's first model call", PATIENCE, || !model_requests(&mock.requests()).is_empty());
+    for pid in repo.agent_processes(&address) {
+        let env = environ(pid);
+        assert!(!env.contains(REAL_KEY), "process {pid} of {address} holds the real key:\n{env}");
+    }
+    // A message becomes `codex exec resume`, a new process: it goes
+    // through the same proxy.
+    poll_until("codex's session id", PATIENCE, || ps_record(&repo, &address)["session_id"].is_string());
+    repo.corral_ok(&["send", &address, "look again"]);
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", why());
+    let events = events(&repo, &address);
+    let (input, output, cache_read, _, calls) = call_totals(&events);
+    assert_eq!(calls, 2, "{}", why());
+    assert_eq!(model_requests(&mock.requests()).len(), 2, "{}", why());
+    // OpenAI's input_tokens include the cached ones.
+    assert_eq!((input, output, cache_read), (500 + 800, 50, 300), "{}", why());
+    let mut holding = Vec::new();
+    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    assert!(holding.is_empty(), "the real key was written to {holding:?}");
+}
+
+#[test]
+fn a_runaway_claude_gets_no_call_upstream_after_its_budget_is_spent() {
+    const LIMIT: u64 = 5000;
+    let repo = TestRepo::new();
+    let step = json!({"shell": "true", "usage": {"input": 20, "output": 300, "cache_read": 600, "cache_write": 130},
+                      "repeat": "forever"});
+    let mock = MockLlm::start(&repo, "runaway-proxy", &json!({"steps": [step]}));
+    let limit = LIMIT.to_string();
+    let args =
+        ["runaway", "--harness", "claude", "--max-tokens", &limit, "--grace", "0", "--task", "run true for ever"];
+    let spawned = spawn(&repo, &args, &claude_env(&repo, &mock));
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    assert_eq!(wait_code(&repo, &address), Some(23), "{}", why());
+
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    let sent: Vec<&&Value> = calls.iter().filter(|c| c["refused"].is_null()).collect();
+    let upstream = model_requests(&mock.requests()).len();
+    assert_eq!(upstream, sent.len(), "every call upstream was admitted and metered\n{}", why());
+    // Calls were sent only while the budget had tokens left: the spend
+    // before the last sent call was under the limit.
+    let charged: Vec<u64> = sent
+        .iter()
+        .map(|c| ["input", "output", "cache_read", "cache_write"].iter().map(|f| c["usage"][f].as_u64().unwrap()).sum())
+        .collect();
+    let total: u64 = charged.iter().sum();
+    let before_last = total - charged.last().copied().unwrap_or(0);
+    assert!(before_last < LIMIT, "a call went upstream after the budget was spent: {charged:?}\n{}", why());
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["state"], "budget_exceeded", "{record}");
+    let overshoot = total.saturating_sub(LIMIT);
+    let after_crossing = charged.iter().scan(0, |sum, c| {
+        let before = *sum;
+        *sum += c;
+        Some(before >= LIMIT)
+    });
+    assert_eq!(after_crossing.filter(|x| *x).count(), 0);
+    // The crossing call went with its output capped to what was left.
+    let capped = sent.last().and_then(|c| c["output_cap"].as_u64());
+    println!(
+        "runaway through the proxy: {} calls upstream, {total} tokens on a {LIMIT}-token budget: overshoot {overshoot} \
+         tokens, 0 calls after the crossing; the last call went with max_tokens {capped:?}; refused: {}",
+        sent.len(),
+        calls.len() - sent.len()
+    );
+}
+
+/// A small HTTP client (python3) that makes `calls` Anthropic calls (0:
+/// until one is refused) to `$ANTHROPIC_BASE_URL` with `$ANTHROPIC_API_KEY`,
+/// printing each status.
+fn client_script(repo: &TestRepo, name: &str, calls: u32) -> String {
+    let path = repo.path(&format!("{name}.py"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"import json, os, urllib.request, urllib.error
+i = 0
+while {calls} == 0 or i < {calls}:
+    body = json.dumps({{"model": "m", "max_tokens": 1000, "messages": [{{"role": "user", "content": "hi"}}]}}).encode()
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+        headers={{"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"}})
+    try:
+        with urllib.request.urlopen(req) as r:
+            r.read()
+            print("call", i, r.status, flush=True)
+    except urllib.error.HTTPError as e:
+        print("call", i, e.code, json.loads(e.read())["error"]["type"], flush=True)
+        break
+    i += 1
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn charged(call: &Value) -> u64 {
+    ["input", "output", "cache_read", "cache_write"].iter().map(|f| call["usage"][f].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn five_agents_calling_at_once_under_one_subtree_budget_stay_within_it() {
+    const LIMIT: u64 = 3000;
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "five",
+        &json!({"steps": [{"text": "ok", "usage": {"input": 300, "output": 100}, "repeat": "forever"}]}),
+    );
+    let bin = corral_e2e::corral_bin().display().to_string();
+    let limit = LIMIT.to_string();
+    repo.corral_ok(&["spawn", "boss", "--max-tokens", &limit, "--grace", "0", "--", &bin, "fake-agent", "hang"]);
+    let client = client_script(&repo, "forever", 0);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    for i in 0..5 {
+        let name = format!("c{i}");
+        let args = [&name, "--parent", "/root/boss", "--meter", "proxy", "--grace", "0", "--", "python3", &client];
+        spawn(&repo, &args, &env);
+    }
+    assert_eq!(wait_code(&repo, "/root/boss"), Some(23), "{}", diagnostics(&repo, "/root/boss", Some(&mock)));
+
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let events = events(&repo, &format!("/root/boss/c{i}"));
+        sent.extend(of_type(&events, "model_call").into_iter().filter(|c| c["refused"].is_null()).cloned());
+    }
+    let upstream = model_requests(&mock.requests()).len();
+    assert_eq!(upstream, sent.len(), "every call upstream was admitted and metered");
+    let total: u64 = sent.iter().map(charged).sum();
+    // The mock server does not honour max_tokens, so a call's output may
+    // pass its cap: at most one call's input and output over.
+    assert!(total <= LIMIT + 400, "the subtree spent {total} of {LIMIT}: {sent:?}");
+    let boss = ps_record(&repo, "/root/boss");
+    assert_eq!(boss["state"], "budget_exceeded", "{boss}");
+    println!(
+        "five agents under a {LIMIT}-token subtree budget: {} calls upstream, {total} tokens (overshoot {})",
+        sent.len(),
+        total.saturating_sub(LIMIT)
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_call_loses_no_call_and_lets_none_through_unmetered() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "sigkill",
+        &json!({"steps": [
+            {"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 2000},
+            {"text": "ok", "usage": {"input": 200, "output": 20}, "repeat": "forever"},
+        ]}),
+    );
+    let client = client_script(&repo, "three", 3);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["three", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let id = ps_record(&repo, &address)["id"].as_u64().unwrap();
+    let calls_file = repo.state_dir().join(format!("agents/{id}/calls.jsonl"));
+    poll_until("the first call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+
+    // The daemon dies while the first call streams; the call ends, its
+    // record is kept by the monitor, and the next call waits for a daemon.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the first call's record", PATIENCE, || {
+        std::fs::read_to_string(&calls_file).unwrap_or_default().lines().count() == 1
+    });
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "a call went upstream with no daemon to admit it");
+
+    // A new daemon adopts the agent: the call made meanwhile reaches the
+    // journal once, the waiting call is admitted, and the run completes.
+    repo.corral_ok(&["ps"]);
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    let numbers: Vec<u64> = calls.iter().map(|c| c["call"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![1, 2, 3], "each call journaled once: {calls:?}");
+    assert_eq!(calls.iter().map(|c| charged(c)).collect::<Vec<_>>(), vec![110, 220, 220]);
+    assert_eq!(model_requests(&mock.requests()).len(), 3);
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["usage"]["input"].as_u64(), Some(500), "{record}");
+}
+
+#[test]
+fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
+    let repo = TestRepo::new();
+    let mock =
+        MockLlm::start(&repo, "model-net", &json!({"steps": [{"text": "ok", "usage": {"input": 5, "output": 5}}]}));
+    let client = repo.path("net.py");
+    std::fs::write(
+        &client,
+        format!(
+            r#"import os, socket, subprocess, sys
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    print("direct ok", flush=True)
+except OSError as e:
+    print("direct refused", e.errno, flush=True)
+subprocess.run([sys.executable, {calls:?}], check=False)
+"#,
+            port = mock.port(),
+            calls = client_script(&repo, "one", 1),
+        ),
+    )
+    .unwrap();
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let client = client.display().to_string();
+    let args = ["netted", "--meter", "proxy", "--network", "model", "--", "python3", &client];
+    let spawned = spawn(&repo, &args, &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let log = String::from_utf8_lossy(&repo.log(&address)).to_string();
+    assert!(log.contains("direct refused 13"), "the model server itself was reachable: {log}");
+    assert!(log.contains("call 0 200"), "its proxy was not reachable: {log}");
+    assert_eq!(call_totals(&events(&repo, &address)).4, 1);
+}
+
+#[test]
+fn a_plain_command_honouring_a_base_url_is_metered_and_refused() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "plain",
+        &json!({"steps": [{"text": "hello", "usage": {"input": 400, "output": 200}, "repeat": "forever"}]}),
+    );
+    // A small HTTP client: three Anthropic calls to $ANTHROPIC_BASE_URL with
+    // $ANTHROPIC_API_KEY, each status printed; no token of its own.
+    let client = repo.path("client.py");
+    std::fs::write(
+        &client,
+        r#"import json, os, urllib.request, urllib.error
+for i in range(3):
+    body = json.dumps({"model": "m", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+        headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            print("call", i, r.status, flush=True)
+    except urllib.error.HTTPError as e:
+        print("call", i, e.code, json.loads(e.read())["error"]["type"], flush=True)
+print("key", os.environ.get("ANTHROPIC_API_KEY", "")[:7], flush=True)
+"#,
+    )
+    .unwrap();
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let client = client.display().to_string();
+    let args = ["plain", "--meter", "proxy", "--max-tokens", "1000", "--grace", "0", "--", "python3", &client];
+    let spawned = spawn(&repo, &args, &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let why = || diagnostics(&repo, &address, Some(&mock));
+    // The first call fits (600 of 1000); the second would not (its input
+    // alone is estimated at 400 of the 400 left): refused with the
+    // billing error that ends a turn, and nothing more goes upstream; the
+    // budget is spent, and the agent stops for it.
+    assert_eq!(wait_code(&repo, &address), Some(23), "{}", why());
+    let log = String::from_utf8_lossy(&repo.log(&address)).to_string();
+    assert!(log.contains("call 0 200"), "{log}\n{}", why());
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
+    let events = events(&repo, &address);
+    let (input, output, _, _, sent) = call_totals(&events);
+    assert_eq!((input, output, sent), (400, 200, 1), "{}", why());
+    let refused: Vec<&Value> =
+        of_type(&events, "model_call").into_iter().filter(|c| c["refused"].is_string()).collect();
+    assert!(!refused.is_empty(), "{}", why());
+    assert_eq!(refused[0]["status"], 402, "{}", refused[0]);
+    let exceeded = of_type(&events, "budget_exceeded");
+    assert_eq!(exceeded.len(), 1, "{}", why());
+    assert_eq!((exceeded[0]["kind"].as_str(), exceeded[0]["used"].as_f64()), (Some("tokens"), Some(600.0)));
+}
