@@ -118,6 +118,14 @@ fn events_of(
         }
         for line in lines {
             let Some(parser) = parser.as_mut() else {
+                // A flood's lines beyond the rate are counted, not cleaned
+                // (a line of only blanks counts as nothing, as when cleaned).
+                if !limiter.would_admit() {
+                    if !line.bytes.iter().all(u8::is_ascii_whitespace) {
+                        limiter.skip();
+                    }
+                    continue;
+                }
                 let text = clean_line(&line.bytes);
                 if text.is_empty() {
                     continue;

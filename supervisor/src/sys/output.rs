@@ -137,6 +137,21 @@ impl Limiter {
         Some(std::mem::take(&mut self.skipped))
     }
 
+    /// Whether a line would be admitted now, without taking it: a reader
+    /// can leave a flood's lines out (with [`Limiter::skip`]) without
+    /// cleaning each one first.
+    pub fn would_admit(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
+        self.refilled = now;
+        self.tokens >= 1.0
+    }
+
+    /// Counts a line left out.
+    pub fn skip(&mut self) {
+        self.skipped += 1;
+    }
+
     /// Lines left out since the last admitted one.
     pub fn take_skipped(&mut self) -> u64 {
         std::mem::take(&mut self.skipped)
