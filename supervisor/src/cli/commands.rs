@@ -32,6 +32,17 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
+/// `corral monitor DIR`: the per-agent monitor, until its agent ended.
+pub fn run_monitor(dir: &std::path::Path) -> i32 {
+    match crate::monitor::run(dir) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("corral: monitor: {err:#}");
+            ErrorKind::Other.exit_code()
+        }
+    }
+}
+
 /// Prints a command-line error and gives its exit code: clap's own (2
 /// for a bad command line, 0 for `--help`), except that a duration corral
 /// cannot use exits 13 like any other bad number (README, "Exit codes").
@@ -54,10 +65,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     };
     let state = || StateDir::discover(&start);
     match cli.command {
-        Command::Monitor { dir } => {
-            crate::monitor::run(&dir).map_err(|e| Error::other(format!("monitor: {e:#}")))?;
-            Ok(0)
-        }
+        Command::Monitor { dir } => Ok(run_monitor(&dir)),
         Command::FakeAgent { script } => Ok(crate::cli::fake_agent::run(&script)),
         Command::Demo { keep } => crate::cli::demo::run(keep),
         Command::Doctor { json } => crate::cli::doctor::run(&start, json),
