@@ -576,6 +576,25 @@ mod tests {
     }
 
     #[test]
+    fn adversarial_turn_figures_never_count_less_than_the_stream_says() {
+        let mut p = CodexParser::new();
+        feed(&mut p, r#"{"type":"thread.started","thread_id":"th1"}"#);
+        turn(&mut p, 1000, 600, 50);
+        // The same figures again (a repeated line): nothing more was spent.
+        turn(&mut p, 1000, 600, 50);
+        assert_eq!(p.totals().tokens, t(400, 50, 600, 0));
+        // One figure up, another down (out of order, or a thread total that
+        // lost a part): not growth of the last figures, so counted in full.
+        turn(&mut p, 1200, 500, 40);
+        assert_eq!(p.totals().tokens, t(400 + 700, 50 + 40, 600 + 500, 0));
+        // A turn with no usage at all counts nothing it cannot see, and the
+        // next figures still count from the last ones seen.
+        feed(&mut p, r#"{"type":"turn.completed"}"#);
+        turn(&mut p, 1300, 500, 60);
+        assert_eq!(p.totals().tokens, t(1100 + 100, 90 + 20, 1100, 0));
+    }
+
+    #[test]
     fn errors_inside_a_turn_are_progress_and_turn_failed_is_the_outcome() {
         let mut p = CodexParser::new();
         feed(&mut p, r#"{"type":"thread.started","thread_id":"th1"}"#);
