@@ -201,3 +201,46 @@ fn a_daemon_killed_at_any_point_of_an_append_leaves_at_most_a_torn_last_line() {
     repo.corral_ok(&["wait", "last"]);
     whole_journal(&repo);
 }
+
+#[test]
+fn a_merge_whose_start_cannot_be_journaled_moves_nothing_and_goes_in_once_it_can() {
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let bin = bin.to_str().unwrap();
+    let start = repo.command().env("CORRAL_FAULT_INJECTION", "1").args(["ps"]).output().unwrap();
+    assert_eq!(code(&start), Some(0), "{}", stderr(&start));
+    repo.corral_ok(&spawn_args("w", "write made.txt hi; commit work; exit 0", bin));
+    poll_until("w to succeed", PATIENCE, || repo.agent("/root/w")["state"] == "succeeded");
+    let before = repo.git(&["rev-parse", "main"]);
+
+    // The journal refuses every write: the merge must not move main, since
+    // a restarted daemon could not know a merge was under way.
+    let fault = repo.state_dir().join("journal.fault");
+    std::fs::write(&fault, "ENOSPC").unwrap();
+    let mut merge = ChildGuard(repo.command().args(["merge", "w"]).spawn().unwrap());
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < std::time::Duration::from_secs(3) {
+        assert_eq!(repo.git(&["rev-parse", "main"]), before, "main moved with no merge_started journaled");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_file(&fault).unwrap();
+    poll_until("the merge to go in", PATIENCE, || repo.git(&["rev-parse", "main"]) != before);
+    assert!(repo.repo.join("made.txt").exists(), "the checkout followed");
+    let _ = merge.0.wait();
+    let events = whole_journal(&repo);
+    let w: Vec<&Value> = events.iter().filter(|e| e["agent"] == "/root/w").collect();
+    let started = w.iter().position(|e| e["type"] == "merge_started").expect("merge_started journaled");
+    let merged = w.iter().position(|e| e["type"] == "merged").expect("merged journaled");
+    assert!(started < merged, "merged before merge_started");
+    assert_eq!(of_type(&events, "merged").len(), 1, "merged once");
+}
+
+/// Kills the child when dropped (a failing assertion included).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -65,6 +65,15 @@ pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedR
     });
 }
 
+/// Puts a merge back in the queue after [`MERGE_RETRY`], if it still waits.
+fn retry_later(daemon: &Arc<Daemon>, address: &Address, strategy: Option<crate::git::merge::Strategy>) {
+    let (daemon, address) = (daemon.clone(), address.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(MERGE_RETRY).await;
+        let _ = daemon.merges.send(MergeJob { address, strategy, reply: None });
+    });
+}
+
 /// How often a merge waiting for a clean checkout looks again.
 pub(super) const MERGE_RETRY: Duration = Duration::from_secs(2);
 
@@ -151,13 +160,21 @@ pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
             }
             Err(err) => return journal(EventBody::MergeRefused { why: err.message }).await,
         };
-        journal(EventBody::MergeStarted {
+        // The ref moves only once `merge_started` is in the journal: it is
+        // what a restarted daemon finishes or undoes a cut-short merge by.
+        // A journal that cannot take it leaves the merge queued, to try
+        // again in a while.
+        let started = EventBody::MergeStarted {
             target: target.clone(),
             old: plan.old.to_string(),
             new: plan.new.to_string(),
             strategy,
-        })
-        .await;
+        };
+        if let Err(err) = daemon.commit(vec![daemon.draft(&record, started)]).await {
+            tracing::error!("{}: merge_started not journaled ({err}); its merge waits", record.address);
+            retry_later(daemon, &job.address, job.strategy);
+            return;
+        }
         let repo2 = repo.clone();
         match tokio::task::spawn_blocking(move || crate::git::merge::apply_merge(&repo2, &plan)).await {
             Ok(Ok(outcome)) => return journal(outcome_body(&repo, &target, outcome)).await,
