@@ -13,8 +13,8 @@
 use std::ffi::OsString;
 
 use corral_e2e::real_cli::{
-    aider_env, claude_env, codex_bin, describe, diagnostics, events, gemini_env, model_requests, of_type, opencode_env,
-    ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL, OPENCODE_MODEL, RUN_DEADLINE,
+    aider_env, claude_env, codex_bin, describe, diagnostics, events, gemini_bin, gemini_env, model_requests, of_type,
+    opencode_env, ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL, OPENCODE_MODEL, RUN_DEADLINE,
 };
 use corral_e2e::{poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -540,4 +540,23 @@ fn real_aider_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key
     let mark = "OPENAI_API_KEY=corral-";
     metered_through_the_proxy(&repo, &mock, "aid", "aider", AIDER_MODEL, &env, &[], mark, (600, 40, 0, 0));
     assert_eq!(std::fs::read_to_string(repo.worktree_of("aid").join("a.txt")).unwrap_or_default(), "a\n");
+}
+
+#[test]
+fn a_gemini_whose_settings_would_refuse_its_proxy_is_refused_at_spawn_with_the_way_out() {
+    // Pointed at a base URL, Gemini CLI 0.61 picks its `gateway` auth and
+    // then refuses it (exit 41) unless its settings pick API-key auth.
+    let repo = TestRepo::new();
+    let home = repo.path("bare-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut command = repo.command();
+    command.args(["spawn", "bare", "--harness", "gemini", "--model", "gemini-2.5-flash", "--task", "hi"]);
+    command.env("CORRAL_GEMINI_BIN", gemini_bin()).env("HOME", &home).env("GEMINI_API_KEY", REAL_KEY);
+    command.env_remove("GEMINI_CLI_HOME");
+    let out = run_deadline(command, PATIENCE, "corral spawn bare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a Gemini CLI that would fail its auth was spawned: {}", describe(&out));
+    assert!(err.contains("selectedType") && err.contains("--meter stream"), "{err}");
+    assert!(!err.contains(REAL_KEY), "{err}");
+    assert!(repo.agent_processes("/root/bare").is_empty());
 }

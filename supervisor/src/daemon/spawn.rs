@@ -541,6 +541,9 @@ fn plan_metering(resolved: &mut Resolved) -> Result<()> {
         corral_harness::Harness::Opencode => opencode_sources(&resolved.env)?,
         _ => Vec::new(),
     };
+    if resolved.harness == corral_harness::Harness::Gemini {
+        gemini_takes_a_base_url(&resolved.env)?;
+    }
     let model = resolved.model.as_deref();
     let plan =
         crate::proxy::plan::plan(resolved.harness, &mut resolved.env, &resolved.command, model, &opencode, &token.0)
@@ -548,6 +551,37 @@ fn plan_metering(resolved: &mut Resolved) -> Result<()> {
     resolved.command.extend(plan.extra_args.iter().cloned());
     resolved.metering = Some(plan);
     Ok(())
+}
+
+/// Gemini CLI 0.61 pointed at a base URL picks its `gateway` auth, which
+/// it then refuses ("Invalid auth method selected", exit 41), unless its
+/// settings pick API-key auth (`security.auth.selectedType:
+/// "gemini-api-key"`) or external auth (`security.auth.useExternal`):
+/// docs/agents/gemini-cli.md §2. Refused at spawn when the settings (under
+/// `GEMINI_CLI_HOME`, else `HOME`) say neither, rather than failing in the
+/// agent's first second.
+fn gemini_takes_a_base_url(env: &BTreeMap<String, String>) -> Result<()> {
+    let home = ["GEMINI_CLI_HOME", "HOME"].iter().find_map(|name| env.get(*name).filter(|v| !v.is_empty()));
+    let settings = home.map(|home| Path::new(home).join(".gemini/settings.json"));
+    let auth = settings
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| value.pointer("/security/auth").cloned());
+    let api_key = auth.as_ref().and_then(|a| a.get("selectedType")).and_then(|t| t.as_str()) == Some("gemini-api-key");
+    let external = auth.as_ref().and_then(|a| a.get("useExternal")).and_then(|u| u.as_bool()) == Some(true);
+    if api_key || external {
+        return Ok(());
+    }
+    let file = settings.map_or_else(|| "~/.gemini/settings.json".to_string(), |p| p.display().to_string());
+    Err(Error::new(
+        ErrorKind::BadConfig,
+        format!(
+            "Gemini CLI pointed at corral's metering proxy needs API-key auth in its settings: add \
+             {{\"security\": {{\"auth\": {{\"selectedType\": \"gemini-api-key\"}}}}}} to {file}, or spawn it with \
+             --meter stream"
+        ),
+    ))
 }
 
 /// opencode's configuration files, as opencode reads them before the

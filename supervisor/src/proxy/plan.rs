@@ -17,8 +17,8 @@
 //!   wire_api="responses"}`, after the agent's own arguments (the last
 //!   `-c` of a key wins), so nothing is written into the person's files.
 //! - gemini: `GOOGLE_GEMINI_BASE_URL` points at the proxy, `GEMINI_API_KEY`
-//!   is the token (the CLI's settings must pick API-key auth, as for any
-//!   base URL: docs/agents/gemini-cli.md §2).
+//!   is the token (its settings must pick API-key auth, as for any base
+//!   URL, which the daemon checks at spawn: docs/agents/gemini-cli.md §2).
 //! - aider, for a `--model openai/NAME` (or `AIDER_MODEL`): `OPENAI_API_BASE`
 //!   and `OPENAI_BASE_URL` point at the proxy's `/v1`, `OPENAI_API_KEY` is
 //!   the token; the upstream is the spawning environment's
