@@ -5,9 +5,10 @@
 //! the other two), writes a file in its worktree through its own editing
 //! tool (Aider through its edit format), and corral reads its live output
 //! into events and usage equal to the script's; a runaway of each is
-//! stopped on its token budget (Gemini CLI's live usage read from its chat
-//! log, its output having it only at the end); messages reach the one that takes them
-//! while it runs (Aider, one input a turn).
+//! stopped on its token budget by its metering proxy (the default meter
+//! for all three), no call reaching the server after the crossing;
+//! messages reach the ones that take them (Aider, one input a turn;
+//! opencode, a follow-up run each).
 //!
 //! The real binaries come from `CORRAL_GEMINI_BIN`, `CORRAL_OPENCODE_BIN`,
 //! `CORRAL_AIDER_BIN`, else from the cache folder
@@ -192,10 +193,15 @@ struct Runaway {
 }
 
 /// Spawns `harness` with `--max-tokens limit --grace 0` against a script
-/// that never runs out (its last step repeats for ever), and checks corral stopped it on its
-/// budget: `corral wait` exits 23, state `budget_exceeded`, one
-/// `budget_exceeded` (tokens, the limit) after any warning, nothing of the
-/// agent left. Prints the model calls made after the crossing one.
+/// that never runs out (its last step repeats for ever), metered by its
+/// proxy (the default), and checks corral stopped it on its budget: `corral
+/// wait` exits 23, state `budget_exceeded`, one `budget_exceeded` (tokens,
+/// the limit) after any warning, nothing of the agent left. The proxy lets
+/// a call go upstream only while the budget has room for it (`sent`
+/// calls), refuses the next before it leaves, and no call reaches the
+/// server after that: every request the server got is one of the metered
+/// calls, and the spend before the last of them was under the limit.
+/// Prints the calls after the crossing (0), and the refused ones.
 #[allow(clippy::too_many_arguments)]
 fn run_away(
     name: &str,
@@ -203,7 +209,7 @@ fn run_away(
     model: &str,
     steps: Vec<Value>,
     limit: u64,
-    crossing_call: u64,
+    sent: u64,
     env: impl Fn(&TestRepo, &MockLlm) -> Vec<(&'static str, OsString)>,
     extra: &[&str],
 ) -> Runaway {
@@ -249,46 +255,64 @@ fn run_away(
     assert_eq!(exited[0]["state"], "budget_exceeded");
 
     let calls = model_requests(&mock.recorded()).len() as u64;
-    assert!(calls >= crossing_call, "only {calls} model calls, the budget needs {crossing_call}\n{}", why());
+    assert_eq!(record["meter"], "proxy", "{record}");
+    let metered = of_type(&events, "model_call");
+    let charged: Vec<u64> = metered
+        .iter()
+        .filter(|c| c["refused"].is_null())
+        .map(|c| ["input", "output", "cache_read", "cache_write"].iter().map(|f| c["usage"][f].as_u64().unwrap()).sum())
+        .collect();
+    let refused = metered.iter().filter(|c| c["refused"].is_string()).count();
+    assert_eq!(calls, charged.len() as u64, "every call upstream was admitted and metered\n{}", why());
+    assert_eq!(calls, sent, "the budget has room for {sent} calls\n{}", why());
+    let before_last: u64 = charged.iter().rev().skip(1).sum();
+    assert!(before_last < limit, "a call went upstream after the budget was spent: {charged:?}\n{}", why());
+    // The crossing: the first call that spent the budget, or that was
+    // refused for want of room; none reached the server after it.
+    let crossing = charged.iter().scan(0, |sum, c| {
+        *sum += c;
+        Some(*sum)
+    });
+    let crossing = crossing.take_while(|sum| *sum < limit).count() as u64 + 1;
+    let after = calls.saturating_sub(crossing);
     let used = exceeded["used"].as_f64().unwrap_or_default();
     eprintln!(
-        "{harness} runaway: limit {limit} tokens, crossed by model call {crossing_call} at {used}; the server got \
-         {calls} model calls in all, {} after the crossing one",
-        calls - crossing_call
+        "{harness} runaway through the proxy: limit {limit} tokens, {used} used; the server got {calls} model calls, \
+         {after} after the crossing (call {crossing}); {refused} refused"
     );
-    assert!(calls - crossing_call <= 1, "{} model calls after the crossing one\n{}", calls - crossing_call, why());
+    assert_eq!(after, 0, "{after} model calls after the crossing one\n{}", why());
+    assert!(refused >= 1 || used >= limit as f64, "the budget was neither spent nor refused a call\n{}", why());
     Runaway { calls, exceeded, record }
 }
 
 #[test]
 fn runaway_gemini_is_stopped_on_its_token_budget() {
     // Every answer is one more list_directory call: 1000 in (200 of them
-    // cached), 50 out, 4 thinking, which corral counts as 800 + 200 + 54 =
-    // 1054. Gemini CLI prints usage only in its final result; corral reads
-    // each call's from the CLI's chat log as it goes, so the fifth crosses
-    // 5000 at 5270. Each call differs (its `ignore` list): Gemini CLI ends a
-    // run by itself after five identical calls in a row ("loop detected").
+    // cached), 50 out, 4 thinking, which the proxy counts from the wire as
+    // 800 + 200 + 54 = 1054. After four (4216) the fifth, estimated at
+    // about 1000 input, does not fit in the 784 left: refused before it
+    // leaves. Each call differs (its `ignore` list): Gemini CLI ends a run
+    // by itself after five identical calls in a row ("loop detected").
     let usage = json!({"input": 1000, "output": 50, "cache_read": 200, "reasoning": 4});
     let call =
         |i: usize| json!({"name": "list_directory", "input": {"dir_path": ".", "ignore": [format!("none-{i}")]}});
     let mut steps: Vec<Value> = (0..20).map(|i| json!({"tool": call(i), "usage": usage})).collect();
     steps.push(json!({"tool": call(20), "usage": usage, "repeat": "forever"}));
-    let end = run_away("runaway-gem", "gemini", "gemini-2.5-flash", steps, 5000, 5, gemini_env, &[]);
-    let used = end.exceeded["used"].as_f64().unwrap_or_default();
-    assert!(used >= 5270.0 && used <= (end.calls * 1054) as f64, "{} after {} calls", end.exceeded, end.calls);
+    let end = run_away("runaway-gem", "gemini", "gemini-2.5-flash", steps, 5000, 4, gemini_env, &[]);
+    assert_eq!(end.exceeded["used"].as_f64(), Some(4216.0), "{} after {} calls", end.exceeded, end.calls);
 }
 
 #[test]
 fn runaway_opencode_is_stopped_on_its_token_budget() {
-    // Every answer is one more glob call, 1000 in and 50 out; opencode
-    // reports each step's usage as it ends (step_finish), so the fifth
-    // crosses 5000 at 5250.
+    // Every answer is one more glob call, 1000 in and 50 out: after four
+    // (4200), the fifth, estimated at about 1000 input, does not fit in the
+    // 800 left.
     let step = json!({"tool": {"name": "glob", "input": {"pattern": "*.md"}},
                       "usage": {"input": 1000, "output": 50}, "repeat": "forever"});
-    let end = run_away("runaway-oc", "opencode", OPENCODE_MODEL, vec![step], 5000, 5, opencode_env, &[]);
-    assert_eq!(end.exceeded["used"].as_f64(), Some(5250.0), "{}", end.exceeded);
+    let end = run_away("runaway-oc", "opencode", OPENCODE_MODEL, vec![step], 5000, 4, opencode_env, &[]);
+    assert_eq!(end.exceeded["used"].as_f64(), Some(4200.0), "{}", end.exceeded);
     let counted = end.record["usage"]["input"].as_u64().unwrap() + end.record["usage"]["output"].as_u64().unwrap();
-    assert!(counted >= 5250 && counted <= end.calls * 1050, "counted {counted} of {} calls", end.calls);
+    assert_eq!(counted, end.calls * 1050, "counted {counted} of {} calls", end.calls);
 }
 
 #[test]
@@ -296,11 +320,12 @@ fn runaway_aider_is_stopped_on_its_token_budget() {
     // Aider has no tools to call for ever; what it repeats is its own
     // reflection: an edit whose SEARCH part matches nothing is sent back to
     // the model to fix, up to three times (four calls). Each call is 400 in
-    // and 50 out (exact figures, under 1000); the second crosses 800 at 900.
+    // and 50 out: after the first (450), the second, estimated at about 400
+    // input, does not fit in the 350 left.
     let reply = "hello.txt\n```\n<<<<<<< SEARCH\nno such line\n=======\nhello\n>>>>>>> REPLACE\n```\n";
     let step = json!({"text": reply, "usage": {"input": 400, "output": 50}, "repeat": "forever"});
-    let end = run_away("runaway-aid", "aider", AIDER_MODEL, vec![step], 800, 2, aider_env, &["--edit-format", "diff"]);
-    assert_eq!(end.exceeded["used"].as_f64(), Some(900.0), "{}", end.exceeded);
+    let end = run_away("runaway-aid", "aider", AIDER_MODEL, vec![step], 800, 1, aider_env, &["--edit-format", "diff"]);
+    assert_eq!(end.exceeded["used"].as_f64(), Some(450.0), "{}", end.exceeded);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-//! The metering proxy end to end: real Claude Code and Codex under corral
-//! against corral's scripted model server (`corral mock-llm`), with the
-//! proxy in each agent's monitor between them (`--meter proxy`, the
-//! default for both), and a plain command that honours a base-URL
-//! variable.
+//! The metering proxy end to end: real Claude Code, Codex, Gemini CLI,
+//! opencode and Aider under corral against corral's scripted model server
+//! (`corral mock-llm`), with the proxy in each agent's monitor between
+//! them (`--meter proxy`, the default for all five), and a plain command
+//! that honours a base-URL variable.
 //!
 //! What must hold: the agent never holds the real key (no process of its
 //! tree has it in `/proc/PID/environ`, and no file in the state folder has
@@ -13,8 +13,8 @@
 use std::ffi::OsString;
 
 use corral_e2e::real_cli::{
-    claude_env, codex_bin, describe, diagnostics, events, model_requests, of_type, ps_record, run_deadline, MockLlm,
-    RUN_DEADLINE,
+    aider_env, claude_env, codex_bin, describe, diagnostics, events, gemini_bin, gemini_env, model_requests, of_type,
+    opencode_env, ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL, OPENCODE_MODEL, RUN_DEADLINE,
 };
 use corral_e2e::{poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -426,4 +426,137 @@ print("key", os.environ.get("ANTHROPIC_API_KEY", "")[:7], flush=True)
     let exceeded = of_type(&events, "budget_exceeded");
     assert_eq!(exceeded.len(), 1, "{}", why());
     assert_eq!((exceeded[0]["kind"].as_str(), exceeded[0]["used"].as_f64()), (Some("tokens"), Some(600.0)));
+}
+
+// ---------------------------------------------------------------------------
+// Gemini CLI, opencode and Aider through the proxy
+
+/// `env` with its key variable `key` holding the real key instead.
+fn with_real_key(mut env: Vec<(&'static str, OsString)>, key: &'static str) -> Vec<(&'static str, OsString)> {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, REAL_KEY.into()));
+    env.push(("A_COPY_OF_THE_KEY", REAL_KEY.into()));
+    env
+}
+
+/// Spawns `harness` against `mock` (whose first answer waits), and checks
+/// that while it runs no process of its tree holds the real key or the
+/// server's address and the CLI holds its token (`token_mark`, how its
+/// environment shows it); that it succeeds through its proxy; and that
+/// its `model_call` events, one a request the server got, add up to
+/// `expected` (input, output, cache read, cache write), as `ps` does.
+#[allow(clippy::too_many_arguments)]
+fn metered_through_the_proxy(
+    repo: &TestRepo,
+    mock: &MockLlm,
+    name: &str,
+    harness: &str,
+    model: &str,
+    env: &[(&str, OsString)],
+    extra: &[&str],
+    token_mark: &str,
+    expected: (u64, u64, u64, u64),
+) {
+    let spawned = spawn_harness(repo, name, harness, Some(model), &format!("Create the file, {name}"), env, extra);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let why = || diagnostics(repo, &address, Some(mock));
+    poll_until("the agent's first model call", PATIENCE, || !model_requests(&mock.requests()).is_empty());
+    let processes = repo.agent_processes(&address);
+    assert!(!processes.is_empty(), "no process of {address} found\n{}", why());
+    for pid in &processes {
+        let env = environ(*pid);
+        assert!(!env.contains(REAL_KEY), "process {pid} of {address} holds the real key:\n{env}");
+        assert!(!env.contains(&mock.url), "process {pid} is pointed at the model server itself:\n{env}");
+    }
+    let with_token = processes.iter().filter(|p| environ(**p).contains(token_mark)).count();
+    assert!(with_token > 0, "no process of {address} holds its corral token ({token_mark})\n{}", why());
+
+    assert_eq!(wait_code(repo, &address), Some(0), "{}", why());
+    let record = ps_record(repo, &address);
+    assert_eq!(record["state"], "succeeded", "{record}\n{}", why());
+    assert_eq!(record["meter"], "proxy", "{record}");
+    let events = events(repo, &address);
+    assert_eq!(of_type(&events, "spawned")[0]["meter"], "proxy");
+    let (input, output, cache_read, cache_write, calls) = call_totals(&events);
+    assert_eq!(calls, model_requests(&mock.requests()).len(), "one model_call a call\n{}", why());
+    assert_eq!((input, output, cache_read, cache_write), expected, "the script's usage, from the wire\n{}", why());
+    let usage = &record["usage"];
+    let ps = ["input", "output", "cache_read", "cache_write"].map(|f| usage[f].as_u64().unwrap_or(u64::MAX));
+    assert_eq!(ps, [expected.0, expected.1, expected.2, expected.3], "ps counts the proxy's figures: {record}");
+    let mut holding = Vec::new();
+    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    assert!(holding.is_empty(), "the real key was written to {holding:?}");
+}
+
+#[test]
+fn real_gemini_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key() {
+    let repo = TestRepo::new();
+    let steps = json!([
+        {"tool": {"name": "write_file", "input": {"file_path": "g.txt", "content": "g\n"}},
+         "usage": {"input": 2000, "output": 20}, "delay_ms": 1500},
+        {"text": "Wrote g.txt.", "usage": {"input": 2100, "output": 5, "cache_read": 1500, "reasoning": 3}},
+    ]);
+    let mock = MockLlm::start(&repo, "gemini-keyless", &json!({"steps": steps}));
+    let env = with_real_key(gemini_env(&repo, &mock), "GEMINI_API_KEY");
+    let extra = ["--approval-mode", "auto_edit"];
+    // Gemini's prompt counts hold the cached tokens, corral's input does
+    // not; the thinking is output: 2000 + 600 in, 20 + 5 + 3 out.
+    let expected = (2600, 28, 1500, 0);
+    let mark = "GEMINI_API_KEY=corral-";
+    metered_through_the_proxy(&repo, &mock, "gem", "gemini", "gemini-2.5-flash", &env, &extra, mark, expected);
+    assert_eq!(std::fs::read_to_string(repo.worktree_of("gem").join("g.txt")).unwrap_or_default(), "g\n");
+}
+
+#[test]
+fn real_opencode_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key() {
+    let repo = TestRepo::new();
+    let steps = json!([
+        {"tool": {"name": "write", "input": {"filePath": "o.txt", "content": "o\n"}},
+         "usage": {"input": 3000, "output": 40}, "delay_ms": 1500},
+        {"text": "Created o.txt.", "usage": {"input": 3100, "output": 6, "cache_read": 2900}},
+    ]);
+    let mock = MockLlm::start(&repo, "opencode-keyless", &json!({"steps": steps}));
+    let mut env = opencode_env(&repo, &mock);
+    // The person's provider reads its key from the environment, as
+    // opencode's `{env:NAME}` lets it.
+    let config_path = repo.path("opencode.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["provider"]["mock"]["options"]["apiKey"] = json!("{env:MOCK_PROVIDER_KEY}");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    env.push(("MOCK_PROVIDER_KEY", REAL_KEY.into()));
+    env.push(("A_COPY_OF_THE_KEY", REAL_KEY.into()));
+    let mark = r#""apiKey":"corral-"#;
+    let expected = (3000 + 200, 46, 2900, 0);
+    metered_through_the_proxy(&repo, &mock, "oc", "opencode", OPENCODE_MODEL, &env, &[], mark, expected);
+    assert_eq!(std::fs::read_to_string(repo.worktree_of("oc").join("o.txt")).unwrap_or_default(), "o\n");
+}
+
+#[test]
+fn real_aider_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_key() {
+    let repo = TestRepo::new();
+    let steps = json!([{"text": "a.txt\n```\na\n```\n", "usage": {"input": 600, "output": 40}, "delay_ms": 1500}]);
+    let mock = MockLlm::start(&repo, "aider-keyless", &json!({"steps": steps}));
+    let env = with_real_key(aider_env(&repo, &mock), "OPENAI_API_KEY");
+    let mark = "OPENAI_API_KEY=corral-";
+    metered_through_the_proxy(&repo, &mock, "aid", "aider", AIDER_MODEL, &env, &[], mark, (600, 40, 0, 0));
+    assert_eq!(std::fs::read_to_string(repo.worktree_of("aid").join("a.txt")).unwrap_or_default(), "a\n");
+}
+
+#[test]
+fn a_gemini_whose_settings_would_refuse_its_proxy_is_refused_at_spawn_with_the_way_out() {
+    // Pointed at a base URL, Gemini CLI 0.61 picks its `gateway` auth and
+    // then refuses it (exit 41) unless its settings pick API-key auth.
+    let repo = TestRepo::new();
+    let home = repo.path("bare-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut command = repo.command();
+    command.args(["spawn", "bare", "--harness", "gemini", "--model", "gemini-2.5-flash", "--task", "hi"]);
+    command.env("CORRAL_GEMINI_BIN", gemini_bin()).env("HOME", &home).env("GEMINI_API_KEY", REAL_KEY);
+    command.env_remove("GEMINI_CLI_HOME");
+    let out = run_deadline(command, PATIENCE, "corral spawn bare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a Gemini CLI that would fail its auth was spawned: {}", describe(&out));
+    assert!(err.contains("selectedType") && err.contains("--meter stream"), "{err}");
+    assert!(!err.contains(REAL_KEY), "{err}");
+    assert!(repo.agent_processes("/root/bare").is_empty());
 }

@@ -120,8 +120,8 @@ pub enum Command {
         #[arg(long, value_name = "NETWORK")]
         network: Option<crate::config::Network>,
         /// Where its usage is counted: proxy (corral's metering proxy on the
-        /// wire; the default for claude and codex) or stream (its CLI's
-        /// own usage lines; the default for the others).
+        /// wire; the default for every harness but generic) or stream (its
+        /// CLI's own usage lines; the default for a plain command).
         #[arg(long, value_name = "METER")]
         meter: Option<crate::model::budget::Meter>,
         /// The most memory it may use: 512M, 2G, or bytes.

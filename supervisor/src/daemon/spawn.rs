@@ -537,11 +537,88 @@ fn plan_metering(resolved: &mut Resolved) -> Result<()> {
     }
     let token =
         crate::proxy::Token::random().map_err(|e| Error::other(format!("cannot make the agent's proxy token: {e}")))?;
-    let plan = crate::proxy::plan::plan(resolved.harness, &mut resolved.env, &resolved.command, &token.0)
-        .map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    let opencode = match resolved.harness {
+        corral_harness::Harness::Opencode => opencode_sources(&resolved.env)?,
+        _ => Vec::new(),
+    };
+    if resolved.harness == corral_harness::Harness::Gemini {
+        gemini_takes_a_base_url(&resolved.env)?;
+    }
+    let model = resolved.model.as_deref();
+    let plan =
+        crate::proxy::plan::plan(resolved.harness, &mut resolved.env, &resolved.command, model, &opencode, &token.0)
+            .map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
     resolved.command.extend(plan.extra_args.iter().cloned());
     resolved.metering = Some(plan);
     Ok(())
+}
+
+/// Gemini CLI 0.61 pointed at a base URL picks its `gateway` auth, which
+/// it then refuses ("Invalid auth method selected", exit 41), unless its
+/// settings pick API-key auth (`security.auth.selectedType:
+/// "gemini-api-key"`) or external auth (`security.auth.useExternal`):
+/// docs/agents/gemini-cli.md §2. Refused at spawn when the settings (under
+/// `GEMINI_CLI_HOME`, else `HOME`) say neither, rather than failing in the
+/// agent's first second.
+fn gemini_takes_a_base_url(env: &BTreeMap<String, String>) -> Result<()> {
+    let home = ["GEMINI_CLI_HOME", "HOME"].iter().find_map(|name| env.get(*name).filter(|v| !v.is_empty()));
+    let settings = home.map(|home| Path::new(home).join(".gemini/settings.json"));
+    let auth = settings
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| value.pointer("/security/auth").cloned());
+    let api_key = auth.as_ref().and_then(|a| a.get("selectedType")).and_then(|t| t.as_str()) == Some("gemini-api-key");
+    let external = auth.as_ref().and_then(|a| a.get("useExternal")).and_then(|u| u.as_bool()) == Some(true);
+    if api_key || external {
+        return Ok(());
+    }
+    let file = settings.map_or_else(|| "~/.gemini/settings.json".to_string(), |p| p.display().to_string());
+    Err(Error::new(
+        ErrorKind::BadConfig,
+        format!(
+            "Gemini CLI pointed at corral's metering proxy needs API-key auth in its settings: add \
+             {{\"security\": {{\"auth\": {{\"selectedType\": \"gemini-api-key\"}}}}}} to {file}, or spawn it with \
+             --meter stream"
+        ),
+    ))
+}
+
+/// opencode's configuration files, as opencode reads them before the
+/// project's (docs/agents/opencode-cli.md): the global `config.json`,
+/// `opencode.json`, `opencode.jsonc` under `$XDG_CONFIG_HOME/opencode`
+/// (else `~/.config/opencode`), then `OPENCODE_CONFIG`'s file. A file that
+/// cannot be read as JSON is an error: corral would not know where the
+/// agent's calls go.
+fn opencode_sources(env: &BTreeMap<String, String>) -> Result<crate::proxy::plan::OpencodeSources> {
+    let config_home = env
+        .get("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|home| Path::new(home).join(".config")));
+    let mut files: Vec<PathBuf> = match config_home {
+        Some(dir) => {
+            ["config.json", "opencode.json", "opencode.jsonc"].iter().map(|f| dir.join("opencode").join(f)).collect()
+        }
+        None => Vec::new(),
+    };
+    files.extend(env.get("OPENCODE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let mut sources = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::new(ErrorKind::BadConfig, format!("cannot read {}: {e}", file.display()))),
+        };
+        let value = serde_json::from_str(&text).map_err(|e| {
+            Error::new(
+                ErrorKind::BadConfig,
+                format!("cannot read opencode's {} as JSON ({e}); spawn it with --meter stream", file.display()),
+            )
+        })?;
+        sources.push(value);
+    }
+    Ok(sources)
 }
 
 /// The harness's command line for these settings (the harness applies

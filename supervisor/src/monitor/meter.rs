@@ -168,6 +168,12 @@ pub(super) fn point_at(spec: &mut MonitorSpec, addr: SocketAddr) {
     for arg in &mut spec.command {
         *arg = arg.replace(PROXY_URL_MARK, &url);
     }
+    // opencode's provider, in the configuration corral gives it.
+    for value in spec.env.values_mut() {
+        if value.contains(PROXY_URL_MARK) {
+            *value = value.replace(PROXY_URL_MARK, &url);
+        }
+    }
     // `--network model`: its own proxy is the model.
     if let Some(plan) = spec.sandbox.as_mut().filter(|plan| plan.model) {
         plan.connect_ports.push(addr.port());

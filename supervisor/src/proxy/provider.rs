@@ -75,21 +75,29 @@ impl Provider {
     /// The answer to a call corral refuses (a budget is spent, or the
     /// daemon cannot be asked): a status and body that make the provider's
     /// CLIs end the turn at once instead of retrying (checked against
-    /// Claude Code 2.1.328 and Codex 0.169.0, see docs/real-agents.md).
-    /// Anthropic: 402 `billing_error` (one call, exit 1). OpenAI: 429
-    /// `insufficient_quota` without Retry-After (one call, "Quota
-    /// exceeded"). Gemini: 429 `RESOURCE_EXHAUSTED`.
+    /// Claude Code 2.1.328, Codex 0.169.0, Gemini CLI 0.61.0, opencode
+    /// 1.18.33 and Aider 0.86.2, see docs/real-agents.md and docs/agents/).
+    /// Anthropic: 402 `billing_error` (one call, exit 1). Responses: 429
+    /// `insufficient_quota` without Retry-After (Codex: one call, "Quota
+    /// exceeded"). Chat Completions: 400 `invalid_request_error` (opencode
+    /// and Aider retry any 429, and opencode reads `insufficient_quota` as
+    /// one; a 400 is never retried). Gemini: 400 `FAILED_PRECONDITION`
+    /// (Gemini CLI retries 429 ten times; never a 400).
     pub fn refusal(self, message: &str) -> (u16, Value) {
-        match self.family() {
-            Family::Anthropic => {
+        match self {
+            Provider::Anthropic => {
                 (402, json!({"type": "error", "error": {"type": "billing_error", "message": message}}))
             }
-            Family::OpenAi => (
+            Provider::OpenAiResponses => (
                 429,
                 json!({"error": {"message": message, "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}),
             ),
-            Family::Gemini => {
-                (429, json!({"error": {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED"}}))
+            Provider::ChatCompletions => (
+                400,
+                json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "budget_spent"}}),
+            ),
+            Provider::Gemini => {
+                (400, json!({"error": {"code": 400, "message": message, "status": "FAILED_PRECONDITION"}}))
             }
         }
     }
@@ -239,8 +247,8 @@ mod tests {
         let (status, body) = Provider::OpenAiResponses.refusal("spent");
         assert_eq!((status, body["error"]["code"].as_str()), (429, Some("insufficient_quota")));
         let (status, body) = Provider::ChatCompletions.refusal("spent");
-        assert_eq!((status, body["error"]["type"].as_str()), (429, Some("insufficient_quota")));
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_request_error")));
         let (status, body) = Provider::Gemini.refusal("spent");
-        assert_eq!((status, body["error"]["status"].as_str()), (429, Some("RESOURCE_EXHAUSTED")));
+        assert_eq!((status, body["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")));
     }
 }
