@@ -16,6 +16,7 @@ mod merge_queue;
 mod notify;
 mod orchestrators;
 mod other_clis;
+mod pause;
 mod person;
 mod pool;
 mod probes;

@@ -235,6 +235,8 @@ pub(crate) mod budget {
         idle: Option<Duration>,
         #[serde(default, deserialize_with = "fraction", skip_serializing_if = "Option::is_none")]
         warn_at: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_exceeded: Option<crate::model::budget::OnExceeded>,
     }
 
     pub fn serialize<S: Serializer>(value: &Option<Budget>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -34,7 +34,7 @@
 //! column, and the key path:
 //!
 //! ```text
-//! corral.toml:12:1: agents.reviewer.budget: unknown key "tokns" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at)
+//! corral.toml:12:1: agents.reviewer.budget: unknown key "tokns" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at, on_exceeded)
 //! corral.toml:7:15: supervisor.max_threads: expected a positive integer, found a string
 //! corral.toml:9:14: budget.daily_cost: must be greater than 0, found -3
 //! corral.toml:20:48: agents.reviewer.readiness.period_seconds: must be a number of seconds greater than 0 and at most 1000000000, got 0
@@ -91,6 +91,8 @@
 //! sandbox_deny_read = ["~/.ssh", "~/.aws", "~/.gnupg", "~/.netrc"]
 //! sandbox_fallback = "refuse"   # or "warn": run with what the kernel can enforce
 //! budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9 }
+//! # on_exceeded = "pause" in a budget: a spent token, output or cost limit freezes the
+//! # subtree until `corral budget` raises it, instead of stopping it (the default, "stop")
 //! startup = { log_line = "ready", failure_threshold = 30 }
 //! readiness = { event = "init" }
 //! liveness = { idle = { seconds = 300 }, period_seconds = 30 }
@@ -307,10 +309,11 @@ pub struct AgentConfig {
     pub task: Option<String>,
 }
 
-/// `budget = { tokens, output_tokens, cost, wall, idle, warn_at }`: an
-/// agent's spending limits, unset meaning no limit of that kind; the one
-/// type the flags, MCP and the journal also use. Every limit must be greater
-/// than 0 and `warn_at` in (0, 1]; `wall` and `idle` are durations.
+/// `budget = { tokens, output_tokens, cost, wall, idle, warn_at,
+/// on_exceeded }`: an agent's spending limits, unset meaning no limit of
+/// that kind; the one type the flags, MCP and the journal also use. Every
+/// limit must be greater than 0 and `warn_at` in (0, 1]; `wall` and `idle`
+/// are durations; `on_exceeded` is `"stop"` (the default) or `"pause"`.
 pub use crate::model::budget::Budget;
 
 /// `sandbox = "read-only" | "workspace-write" | "full"`: what an agent may

@@ -5,6 +5,7 @@ use corral_harness::Harness;
 
 use super::errors::line_column;
 use super::*;
+use crate::model::budget::OnExceeded;
 use crate::model::duration::parse_duration;
 use corral_probes::ProbeKind;
 
@@ -60,7 +61,7 @@ reasoning_effort = "high"
 args = ["--max-turns", "20"]
 env = { RUST_LOG = "info" }
 sandbox = "read-only"
-budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9 }
+budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9, on_exceeded = "pause" }
 readiness = { event = "init" }
 liveness = { idle = { seconds = 300 }, period_seconds = 30 }
 startup = { log_line = "ready", failure_threshold = 30 }
@@ -122,6 +123,7 @@ fn the_full_example_parses_to_the_expected_values() {
             wall: Some(Duration::from_secs(1800)),
             idle: Some(Duration::from_secs(300)),
             warn_at: Some(0.9),
+            on_exceeded: Some(OnExceeded::Pause),
         }),
         startup: Some(ProbeSpec {
             failure_threshold: 30,
@@ -418,7 +420,7 @@ fn an_unknown_key_in_a_nested_budget_names_its_line_and_table() {
     let message = error(text, 6, "agents.reviewer.budget");
     assert_eq!(
         message,
-        "corral.toml:6:1: agents.reviewer.budget: unknown key \"tokns\" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at)"
+        "corral.toml:6:1: agents.reviewer.budget: unknown key \"tokns\" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at, on_exceeded)"
     );
     // The same in an inline table, in [defaults] and in a policy.
     let message = error("[defaults]\nbudget = { tokens = 5, wal = \"1h\" }\n", 2, "defaults.budget");

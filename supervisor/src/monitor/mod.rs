@@ -110,6 +110,9 @@ struct State {
     calls: Vec<crate::proxy::CallRecord>,
     /// Calls admitted and not yet recorded.
     calls_in_flight: usize,
+    /// Calls the daemon holds (a paused budget): they wait past
+    /// `meter::ADMISSION_WAIT` for their answer.
+    held_calls: std::collections::HashSet<u64>,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -153,6 +156,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             admission_waiters: Default::default(),
             calls: Vec::new(),
             calls_in_flight: 0,
+            held_calls: Default::default(),
         }),
         changed: Condvar::new(),
         pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
@@ -564,6 +568,34 @@ impl OutputLog {
 /// the agent's group and every descendant that left it. A stop for a
 /// failed probe leaves the restart policy to decide what follows; any
 /// other stop is final.
+/// Freezes (SIGSTOP) or thaws (SIGCONT) every process of the agent's
+/// tree: its group and every descendant of the monitor, found through
+/// `/proc` as a stop finds them. Freezing walks the tree again until a
+/// walk finds no process left running, so a child forked meanwhile is
+/// caught. Stopped processes still take SIGKILL, and a stop thaws them
+/// after its SIGTERM, so a stop of a frozen agent leaves no process.
+fn freeze(shared: &Arc<Shared>, frozen: bool) {
+    let pid = shared.state.lock().unwrap().pid;
+    let me = std::process::id();
+    let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+    tracing::info!("{} the agent's processes", if frozen { "freezing" } else { "thawing" });
+    if pid != 0 {
+        process::signal_group(pid, signal);
+    }
+    for _ in 0..100 {
+        let running: Vec<u32> =
+            process::descendants(me).into_iter().filter(|p| process::is_stopped(*p) != frozen).collect();
+        if running.is_empty() {
+            return;
+        }
+        for pid in running {
+            process::signal_pid(pid, signal);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::warn!("the agent's processes did not all {} within 100 rounds", if frozen { "stop" } else { "go on" });
+}
+
 fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     let pid = {
         let mut state = shared.state.lock().unwrap();

@@ -37,6 +37,7 @@ pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
         }
         Request::Gc { .. } => Err(format!("{caller} is sandboxed: it may not remove worktrees (gc)")),
         Request::Shutdown => Err(format!("{caller} is sandboxed: it may not stop the daemon")),
+        Request::RaiseBudget { .. } => Err(format!("{caller} is sandboxed: it may not raise a budget")),
         Request::Hello { .. }
         | Request::List { .. }
         | Request::Info { .. }
