@@ -6,7 +6,8 @@
 //! What must hold: while paused, the model server receives no call and
 //! each process of the agent is in state T; after the raise the held call
 //! goes on and the agent ends as it would have; `corral budget` refuses
-//! what it cannot do with an exit code a script can read.
+//! what it cannot do with an exit code a script can read, and over MCP an
+//! agent raises only the budgets below it.
 
 use std::ffi::OsString;
 
@@ -192,6 +193,21 @@ while True:
     assert_eq!(of_type(&events(&repo, &address), "budget_raised").len(), 1, "{}", why());
     assert!(of_type(&events(&repo, &address), "resumed").is_empty(), "{}", why());
     assert!(agent_states(&repo, &address).iter().all(|(_, s)| *s == 'T'), "{}", why());
+    // The same over MCP, with who asked; an agent below may not raise the
+    // budget it runs under (its own), only those below it.
+    let mut mcp = crate::mcp::McpServer::start(repo.command());
+    mcp.initialize();
+    let raised = mcp.ok("raise_budget", json!({"address": address, "add_tokens": 10}));
+    assert_eq!((raised["tokens_limit"].as_u64(), raised["paused"].as_bool()), (Some(960), Some(true)), "{raised}");
+    mcp.close();
+    let mut inside = repo.command();
+    inside.env("CORRAL_ADDRESS", &address);
+    let mut mcp = crate::mcp::McpServer::start(inside);
+    mcp.initialize();
+    let err = mcp.error("raise_budget", json!({"address": address, "add_tokens": 10}));
+    assert!(err.contains("only the budgets of agents below it"), "{err}");
+    mcp.close();
+    assert_eq!(of_type(&events(&repo, &address), "budget_raised").len(), 2, "{}", why());
 
     let stop = corral(&repo, &["stop", &address, "--grace", "1"]);
     assert!(stop.status.success(), "{}", corral_e2e::real_cli::describe(&stop));
