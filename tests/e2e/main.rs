@@ -21,6 +21,7 @@ mod person;
 mod pool;
 mod probes;
 mod proxy;
+mod proxy_config;
 mod regress_daemon;
 mod regressions;
 mod run;

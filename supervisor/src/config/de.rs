@@ -270,6 +270,18 @@ pub(super) fn harness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Opti
     name.parse().map(Some).map_err(de::Error::custom)
 }
 
+/// An `http://` or `https://` base URL with a host (`[proxy.NAME] upstream`).
+pub(super) fn base_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !url.chars().any(char::is_whitespace) => {
+            Ok(Some(url.trim_end_matches('/').to_owned()))
+        }
+        _ => Err(de::Error::custom(format!("must be an http:// or https:// base URL with a host, found {url:?}"))),
+    }
+}
+
 pub(super) fn absolute_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
     let path = PathBuf::deserialize(deserializer)?;
     if !path.is_absolute() {

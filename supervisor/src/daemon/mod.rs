@@ -69,6 +69,7 @@ mod start;
 mod store;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 /// Spawns in flight, and the next agent id.
 #[derive(Default)]

@@ -85,6 +85,10 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     if request.fork_session {
         fork_session(daemon, &parent, &address, &mut resolved)?;
     }
+    if resolved.meter == crate::model::budget::Meter::Proxy {
+        let proxy = daemon.config().proxy.clone();
+        super::upstream::fill_env(&proxy, &mut resolved.env).map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
+    }
     plan_metering(&mut resolved)?;
     let launch = build_launch(&resolved)?;
     check_command(&launch.argv[0], &resolved.env)?;
