@@ -106,6 +106,7 @@ fn a_paused_claude_holds_its_call_until_its_budget_is_raised_then_finishes_its_t
     // Still none after the frozen state was seen: nothing runs to make one.
     assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
 
+    let raising = std::time::Instant::now();
     let raised = corral(&repo, &["budget", &address, "--add-tokens", "20000"]);
     assert!(raised.status.success(), "corral budget failed: {}", corral_e2e::real_cli::describe(&raised));
     let code = {
@@ -114,8 +115,12 @@ fn a_paused_claude_holds_its_call_until_its_budget_is_raised_then_finishes_its_t
         run_deadline(command, std::time::Duration::from_secs(150), "corral wait").status.code()
     };
     assert_eq!(code, Some(0), "{}", why());
-    // The same processes went on (thawed, not started again) until done.
-    let _ = frozen;
+    println!(
+        "paused claude: {} processes frozen (state T) with 1 call upstream and 1 held; from `corral budget` to \
+         its task done: {:.0} ms",
+        frozen.len(),
+        raising.elapsed().as_secs_f64() * 1000.0
+    );
     assert_eq!(std::fs::read_to_string(&target).unwrap_or_default(), "hi\n", "{}", why());
     // The same processes went on: thawed, not restarted.
     let events = events(&repo, &address);
