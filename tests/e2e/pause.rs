@@ -225,3 +225,88 @@ while True:
     assert!(record["paused"].is_null(), "{record}");
     assert_eq!(model_requests(&mock.requests()).len(), 1, "the held call never went upstream\n{}", why());
 }
+
+#[test]
+fn under_a_paused_budget_no_process_of_the_subtree_starts_again_not_even_a_restart() {
+    let repo = TestRepo::new();
+    let bin = corral_e2e::corral_bin().display().to_string();
+    let mock = MockLlm::start(
+        &repo,
+        "subtree",
+        &json!({"steps": [{"text": "hello", "usage": {"input": 400, "output": 200}, "repeat": "forever"}]}),
+    );
+    let client = repo.path("client.py");
+    std::fs::write(
+        &client,
+        r#"import json, os, urllib.request
+while True:
+    body = json.dumps({"model": "m", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+        headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        r.read()
+"#,
+    )
+    .unwrap();
+    let lead =
+        spawn(&repo, &["lead", "--max-tokens", "900", "--on-exceeded", "pause", "--", &bin, "fake-agent", "hang"], &[]);
+    // A child that ends and is restarted again and again, each run a line.
+    let restarting = spawn(
+        &repo,
+        &[
+            "restarting",
+            "--parent",
+            &lead,
+            "--restart",
+            "Always",
+            "--backoff",
+            "0.5",
+            "--max-backoff",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "echo run >> runs; exit 1",
+        ],
+        &[],
+    );
+    let runs = || {
+        std::fs::read_to_string(repo.worktree_of("lead.restarting").join("runs")).unwrap_or_default().lines().count()
+    };
+    poll_until("the child restarting", PATIENCE, || runs() >= 2);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", "sk-test".into())];
+    let client = client.display().to_string();
+    let caller = spawn(&repo, &["caller", "--parent", &lead, "--meter", "proxy", "--", "python3", &client], &env);
+    let why = || diagnostics(&repo, &caller, Some(&mock));
+    // The caller's second call does not fit under the lead's budget: the
+    // whole subtree pauses, the restarting child with it.
+    poll_until("the subtree paused", PATIENCE, || {
+        [&lead, &restarting, &caller].iter().all(|a| ps_record(&repo, a)["paused"].is_object())
+    });
+    assert_eq!(ps_record(&repo, &restarting)["paused"]["owner"], lead.as_str(), "{}", why());
+    // The child is mostly between runs (each run is instant, each back-off
+    // half a second): paused, no new run starts. Watched for a window of
+    // six back-offs: the count must not move and nothing of it may run.
+    poll_until("the restarting child frozen or between runs", PATIENCE, || {
+        agent_states(&repo, &restarting).iter().all(|(_, s)| *s == 'T')
+    });
+    let at_pause = runs();
+    let window = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < window {
+        assert_eq!(runs(), at_pause, "the paused child ran again\n{}", why());
+        let running: Vec<(u32, char)> =
+            agent_states(&repo, &restarting).into_iter().filter(|(_, s)| *s != 'T').collect();
+        assert!(running.is_empty(), "a process of the paused child runs: {running:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
+    // Raised, it runs again.
+    let out = corral(&repo, &["budget", &lead, "--add-tokens", "100000"]);
+    assert!(out.status.success(), "{}", corral_e2e::real_cli::describe(&out));
+    poll_until("the child restarting again", PATIENCE, || runs() > at_pause);
+    let stop = corral(&repo, &["stop", &lead, "--grace", "0"]);
+    assert!(stop.status.success(), "{}", corral_e2e::real_cli::describe(&stop));
+    for address in [&lead, &restarting, &caller] {
+        poll_until("nothing of the subtree left", PATIENCE, || repo.agent_processes(address).is_empty());
+    }
+}

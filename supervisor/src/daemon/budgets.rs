@@ -54,7 +54,7 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
     let now = chrono::Utc::now();
     let mut drafts = Vec::new();
     let mut stops = Vec::new();
-    let mut pauses = Vec::new();
+    let mut pauses: Vec<Address> = Vec::new();
     check_daily(daemon, &mut drafts, &mut stops);
     // How long each budget owner on the way up has been idle, read before
     // the table (the two are never held together).
@@ -88,7 +88,9 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
                 }
                 if crossing.exceeded && owner.budget.pauses(kind) {
                     for agent in table.subtree(&owner_address) {
-                        if agent.state.is_terminal() || agent.stop_requested || agent.paused.is_some() {
+                        // Paused once, by the nearest budget that is spent.
+                        let paused = agent.paused.is_some() || pauses.contains(&agent.address);
+                        if agent.state.is_terminal() || agent.stop_requested || paused {
                             continue;
                         }
                         let owner = owner_address.clone();

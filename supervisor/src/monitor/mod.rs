@@ -113,6 +113,9 @@ struct State {
     /// Calls the daemon holds (a paused budget): they wait past
     /// `meter::ADMISSION_WAIT` for their answer.
     held_calls: std::collections::HashSet<u64>,
+    /// The agent is frozen (a paused budget): no new process of it (a
+    /// follow-up, a restart) starts until it is thawed or stopped.
+    frozen: bool,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -157,6 +160,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             calls: Vec::new(),
             calls_in_flight: 0,
             held_calls: Default::default(),
+            frozen: false,
         }),
         changed: Condvar::new(),
         pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
@@ -317,6 +321,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             state =
                 shared.changed.wait_while(state, |s| s.held && s.follow_ups.is_empty() && !s.stop_requested).unwrap();
         }
+        // Frozen, nothing new of the agent starts: a follow-up or a restart
+        // waits for the thaw (or a stop).
+        state = shared.changed.wait_while(state, |s| s.frozen && !s.stop_requested).unwrap();
         // A follow-up runs unless a stop was asked for; once the monitor
         // decides to finish, it takes no more.
         if !state.stop_requested {
@@ -376,6 +383,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         while !state.stop_requested && Instant::now() < until {
             state = shared.changed.wait_timeout(state, until.saturating_duration_since(Instant::now())).unwrap().0;
         }
+        state = shared.changed.wait_while(state, |s| s.frozen && !s.stop_requested).unwrap();
         if state.stop_requested {
             state.accepting = false;
             break (pid, code, signal);
@@ -564,18 +572,20 @@ impl OutputLog {
     }
 }
 
-/// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for
-/// the agent's group and every descendant that left it. A stop for a
-/// failed probe leaves the restart policy to decide what follows; any
-/// other stop is final.
 /// Freezes (SIGSTOP) or thaws (SIGCONT) every process of the agent's
 /// tree: its group and every descendant of the monitor, found through
 /// `/proc` as a stop finds them. Freezing walks the tree again until a
 /// walk finds no process left running, so a child forked meanwhile is
 /// caught. Stopped processes still take SIGKILL, and a stop thaws them
-/// after its SIGTERM, so a stop of a frozen agent leaves no process.
+/// after its SIGTERM, so a stop of a frozen agent leaves no process. While
+/// frozen, no new process of the agent starts (see `State::frozen`).
 fn freeze(shared: &Arc<Shared>, frozen: bool) {
-    let pid = shared.state.lock().unwrap().pid;
+    let pid = {
+        let mut state = shared.state.lock().unwrap();
+        state.frozen = frozen;
+        shared.changed.notify_all();
+        state.pid
+    };
     let me = std::process::id();
     let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
     tracing::info!("{} the agent's processes", if frozen { "freezing" } else { "thawing" });
@@ -596,6 +606,10 @@ fn freeze(shared: &Arc<Shared>, frozen: bool) {
     tracing::warn!("the agent's processes did not all {} within 100 rounds", if frozen { "stop" } else { "go on" });
 }
 
+/// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for
+/// the agent's group and every descendant that left it. A stop for a
+/// failed probe leaves the restart policy to decide what follows; any
+/// other stop is final.
 fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     let pid = {
         let mut state = shared.state.lock().unwrap();
