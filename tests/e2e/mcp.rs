@@ -28,7 +28,7 @@ use corral_e2e::real_cli::{claude_env, is_messages_request, ps_record, run_deadl
 use corral_e2e::{corral_bin, fake_claude, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
 
-const TOOLS: [&str; 9] = [
+const TOOLS: [&str; 10] = [
     "run_background_agent",
     "spawn_agent",
     "list_background_agents",
@@ -38,13 +38,14 @@ const TOOLS: [&str; 9] = [
     "stop_background_agent",
     "send_message",
     "assign_task",
+    "raise_budget",
 ];
 
 // ---------------------------------------------------------------------------
 // An MCP client over a `corral mcp` subprocess
 
 /// A running `corral mcp`, spoken to line by line; killed on drop.
-struct McpServer {
+pub(crate) struct McpServer {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -52,7 +53,7 @@ struct McpServer {
 }
 
 impl McpServer {
-    fn start(mut command: Command) -> McpServer {
+    pub(crate) fn start(mut command: Command) -> McpServer {
         command.arg("mcp").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = command.spawn().expect("corral mcp starts");
         let stdin = child.stdin.take();
@@ -95,7 +96,7 @@ impl McpServer {
         }
     }
 
-    fn initialize(&mut self) -> Value {
+    pub(crate) fn initialize(&mut self) -> Value {
         let answer = self.request(
             "initialize",
             json!({"protocolVersion": "2025-06-18", "capabilities": {},
@@ -117,14 +118,14 @@ impl McpServer {
     }
 
     /// A call that must succeed; returns its JSON answer.
-    fn ok(&mut self, tool: &str, arguments: Value) -> Value {
+    pub(crate) fn ok(&mut self, tool: &str, arguments: Value) -> Value {
         let (is_error, text) = self.call(tool, arguments.clone());
         assert!(!is_error, "{tool} {arguments} failed: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{tool} answered no JSON ({e}): {text}"))
     }
 
     /// A call that must fail; returns the error text.
-    fn error(&mut self, tool: &str, arguments: Value) -> String {
+    pub(crate) fn error(&mut self, tool: &str, arguments: Value) -> String {
         let (is_error, text) = self.call(tool, arguments.clone());
         assert!(is_error, "{tool} {arguments} should have failed, answered: {text}");
         text
@@ -141,7 +142,7 @@ impl McpServer {
     }
 
     /// Closes stdin; the server must exit 0 by itself.
-    fn close(mut self) {
+    pub(crate) fn close(mut self) {
         drop(self.stdin.take());
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -309,6 +310,14 @@ fn mcp_serves_the_eight_tools_over_json_rpc_and_survives_bad_calls() {
     assert!(err.contains("unknown field `verbose`"), "{err}");
     let err = mcp.error("assign_task", json!({"address": "/root", "task": "x"}));
     assert!(err.contains("/root") && err.contains("takes no tasks"), "{err}");
+    let err = mcp.error("raise_budget", json!({"address": "hello", "add_tokens": 0}));
+    assert!(err.contains("greater than 0"), "{err}");
+    let err = mcp.error("raise_budget", json!({"address": "hello"}));
+    assert!(err.contains("add_tokens or add_cost"), "{err}");
+    let err = mcp.error("raise_budget", json!({"address": "hello", "add_tokens": 10}));
+    assert!(err.contains("only a live agent"), "{err}");
+    let err = mcp.error("raise_budget", json!({"address": "ghost", "add_cost": 1.0}));
+    assert!(err.contains("no agent at /root/ghost"), "{err}");
     let unknown = mcp.request("tools/call", json!({"name": "no_such_tool", "arguments": {}}));
     assert!(unknown["error"]["message"].as_str().is_some_and(|m| m.contains("no_such_tool")), "{unknown}");
     // Nothing was spawned by the bad calls, and the server still answers.

@@ -63,6 +63,11 @@ pub enum Command {
         /// ... or spent this many US dollars.
         #[arg(long, value_name = "USD", allow_negative_numbers = true)]
         max_cost: Option<f64>,
+        /// What a spent token, output-token or cost budget does: stop the
+        /// subtree (the default), or pause it (frozen, no call sent) until
+        /// `corral budget` raises it.
+        #[arg(long, value_name = "ACTION")]
+        on_exceeded: Option<crate::model::budget::OnExceeded>,
         /// ... or ran this long (state timed_out): seconds, or 30s, 5m, 2h.
         #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
         timeout: Option<Duration>,
@@ -183,6 +188,20 @@ pub enum Command {
         /// Who it is from (default: your own address, `/root` for a person).
         #[arg(long)]
         from: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raise a live agent's token or cost budget; a paused agent whose
+    /// budget is no longer spent runs on where it stopped.
+    #[command(display_order = 9)]
+    Budget {
+        address: String,
+        /// Tokens to add to its token budget.
+        #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = raise_tokens)]
+        add_tokens: Option<u64>,
+        /// US dollars to add to its cost budget.
+        #[arg(long, value_name = "USD", allow_negative_numbers = true, value_parser = raise_cost)]
+        add_cost: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -431,5 +450,21 @@ impl ValueEnum for SandboxArg {
             Sandbox::WorkspaceWrite => PossibleValue::new("workspace-write").help("writes its own worktree only"),
             Sandbox::Full => PossibleValue::new("full").help("no restriction"),
         })
+    }
+}
+
+/// A number of tokens to add: a whole number greater than 0.
+fn raise_tokens(text: &str) -> Result<u64, crate::model::budget::AmountError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(crate::model::budget::AmountError(format!("{text:?} is not a whole number of tokens greater than 0"))),
+    }
+}
+
+/// Dollars to add: a number greater than 0.
+fn raise_cost(text: &str) -> Result<f64, crate::model::budget::AmountError> {
+    match text.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c > 0.0 => Ok(c),
+        _ => Err(crate::model::budget::AmountError(format!("{text:?} is not a number of dollars greater than 0"))),
     }
 }

@@ -45,11 +45,14 @@ pub fn run_monitor(dir: &std::path::Path) -> i32 {
 
 /// Prints a command-line error and gives its exit code: clap's own (2
 /// for a bad command line, 0 for `--help`), except that a duration corral
-/// cannot use exits 13 like any other bad number (README, "Exit codes").
+/// cannot use, or an amount `corral budget` cannot add, exits 13 like any
+/// other bad number (README, "Exit codes").
 pub fn parse_error(err: clap::Error) -> i32 {
     use std::error::Error as _;
     let bad_duration = err.kind() == clap::error::ErrorKind::ValueValidation
-        && err.source().is_some_and(|source| source.is::<crate::model::duration::DurationError>());
+        && err.source().is_some_and(|source| {
+            source.is::<crate::model::duration::DurationError>() || source.is::<crate::model::budget::AmountError>()
+        });
     let _ = err.print();
     if bad_duration {
         ErrorKind::BadBudget.exit_code()
@@ -126,6 +129,35 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Budget { address, add_tokens, add_cost, json } => {
+            // Checked here with the exit code of a bad budget, before any daemon starts.
+            if add_tokens.is_none() && add_cost.is_none() {
+                return Err(Error::new(ErrorKind::BadBudget, "say what to add: --add-tokens N or --add-cost USD"));
+            }
+            let caller = caller();
+            let address = Address::resolve(&address, &caller)?.to_string();
+            let request = Request::RaiseBudget { address, add_tokens, add_cost, by: caller.to_string() };
+            let Response::Agent { agent } = Client::connect(&state()?)?.request(&request)? else {
+                return Err(unexpected());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
+            } else {
+                let mut limits = Vec::new();
+                if let Some(tokens) = agent.budget.tokens.filter(|_| add_tokens.is_some()) {
+                    limits.push(format!("tokens {tokens}"));
+                }
+                if let Some(cost) = agent.budget.cost.filter(|_| add_cost.is_some()) {
+                    limits.push(format!("cost ${cost:.4}"));
+                }
+                let now = match &agent.paused {
+                    Some(p) => format!("still paused: {}", p.kind.describe(p.used, p.limit)),
+                    None => agent.state.as_str().to_string(),
+                };
+                println!("{}: budget raised to {} ({now})", agent.address, limits.join(", "));
+            }
+            Ok(0)
+        }
         Command::Diff { address } => {
             let address = Address::resolve(&address, &caller())?.to_string();
             let Response::Diff { patch } = Client::connect(&state()?)?.request(&Request::Diff { address })? else {
@@ -161,6 +193,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             max_tokens,
             max_output_tokens,
             max_cost,
+            on_exceeded,
             timeout,
             idle_timeout,
             grace,
@@ -205,6 +238,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 wall: timeout,
                 idle: idle_timeout,
                 warn_at: None,
+                on_exceeded,
             };
             limits.validate().map_err(|why| Error::new(ErrorKind::BadBudget, why))?;
             let restart_given = restart.is_some()

@@ -75,6 +75,7 @@ pub fn tone(body: &EventBody) -> Tone {
             false => Tone::Bad,
         },
         EventBody::BudgetWarning { .. }
+        | EventBody::Paused { .. }
         | EventBody::Restarted { .. }
         | EventBody::MergeWaiting { .. }
         | EventBody::StopRequested { .. }
@@ -198,6 +199,13 @@ pub fn event_text(body: &EventBody) -> String {
         }
         EventBody::BudgetExceeded { kind, used, limit } => {
             format!("budget exceeded: {}; stopping it and its subtree", kind.describe(*used, *limit))
+        }
+        EventBody::Paused { kind, used, limit, owner } => {
+            format!("paused: {} (budget of {owner}); `corral budget {owner}` raises it", kind.describe(*used, *limit))
+        }
+        EventBody::Resumed { kind, limit } => format!("resumed: its {} budget is now {limit}", kind.as_str()),
+        EventBody::BudgetRaised { kind, added, limit, by } => {
+            format!("budget raised by {by}: {} +{added} to {limit}", kind.as_str())
         }
         EventBody::Probe { probe, kind, change, message, .. } => {
             let change = change.replace('_', " ");

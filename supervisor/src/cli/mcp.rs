@@ -73,6 +73,7 @@ pub const TOOLS: &[&str] = &[
     "stop_background_agent",
     "send_message",
     "assign_task",
+    "raise_budget",
 ];
 
 /// Serves MCP on stdin and stdout until the client closes stdin.
@@ -207,7 +208,19 @@ struct SpawnArgs {
     #[serde(default)]
     max_cost: Option<f64>,
     #[serde(default)]
+    on_exceeded: Option<crate::model::budget::OnExceeded>,
+    #[serde(default)]
     notify: Option<crate::model::notify::Notify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaiseArgs {
+    address: String,
+    #[serde(default)]
+    add_tokens: Option<u64>,
+    #[serde(default)]
+    add_cost: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +319,8 @@ fn tool_definitions() -> Vec<Tool> {
                                    "description": "Stop it (and its subtree) after this many tokens."},
                     "max_cost": {"type": "number", "exclusiveMinimum": 0,
                                  "description": "Stop it (and its subtree) after this many US dollars."},
+                    "on_exceeded": {"type": "string", "enum": ["stop", "pause"],
+                                    "description": "What a spent max_tokens or max_cost does: stop (the default) or pause it until raise_budget raises it."},
                 },
                 "required": ["name", "task"],
                 "additionalProperties": false,
@@ -397,6 +412,22 @@ fn tool_definitions() -> Vec<Tool> {
                 "additionalProperties": false,
             }),
         ),
+        tool(
+            "raise_budget",
+            "Raise the token or cost budget of an agent below you; one paused on that budget runs on where \
+             it stopped once its held call fits. Answers its new limits and whether it is still paused.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "address": address,
+                    "add_tokens": {"type": "integer", "minimum": 1, "description": "Tokens to add to its token budget."},
+                    "add_cost": {"type": "number", "exclusiveMinimum": 0,
+                                 "description": "US dollars to add to its cost budget."},
+                },
+                "required": ["address"],
+                "additionalProperties": false,
+            }),
+        ),
     ]
 }
 
@@ -428,6 +459,7 @@ impl Inner {
             "stop_background_agent" => self.stop(parse(tool, arguments)?),
             "send_message" => self.send(parse(tool, arguments)?),
             "assign_task" => self.assign(parse(tool, arguments)?),
+            "raise_budget" => self.raise_budget(parse(tool, arguments)?),
             other => Err(format!("unknown tool {other:?}")),
         }
     }
@@ -539,8 +571,12 @@ impl Inner {
         if args.task.trim().is_empty() && args.role.is_none() {
             return Err("task is empty: say what the agent should do (or give a role whose task it takes)".into());
         }
-        let limits =
-            crate::model::budget::Budget { tokens: args.max_tokens, cost: args.max_cost, ..Default::default() };
+        let limits = crate::model::budget::Budget {
+            tokens: args.max_tokens,
+            cost: args.max_cost,
+            on_exceeded: args.on_exceeded,
+            ..Default::default()
+        };
         limits.validate()?;
         let harness =
             args.harness.map(|name| name.parse::<corral_harness::Harness>()).transpose().map_err(|e| e.to_string())?;
@@ -680,6 +716,38 @@ impl Inner {
         let request = Request::Stop { address: address.to_string(), grace_secs };
         match client.request(&request).map_err(message)? {
             Response::Stopped { agents } => Ok(json!({ "stopped": agents.iter().map(summary).collect::<Vec<_>>() })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Raises the budget of an agent below the caller (never its own or
+    /// an ancestor's: an agent cannot lift the limit it runs under).
+    fn raise_budget(&self, args: RaiseArgs) -> std::result::Result<Value, String> {
+        if args.add_tokens.is_none() && args.add_cost.is_none() {
+            return Err("say what to add: add_tokens or add_cost".into());
+        }
+        if args.add_tokens == Some(0) || args.add_cost.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+            return Err("add_tokens and add_cost must be greater than 0".into());
+        }
+        let mut client = self.connect().map_err(message)?;
+        let address = self.target(&mut client, &args.address)?;
+        if !self.caller.is_root() && (address == self.caller || !address.is_within(&self.caller)) {
+            return Err(format!("{} may raise only the budgets of agents below it, and {address} is not", self.caller));
+        }
+        let request = Request::RaiseBudget {
+            address: address.to_string(),
+            add_tokens: args.add_tokens,
+            add_cost: args.add_cost,
+            by: self.caller.to_string(),
+        };
+        match client.request(&request).map_err(message)? {
+            Response::Agent { agent } => Ok(json!({
+                "address": agent.address.to_string(),
+                "state": agent.state.as_str(),
+                "tokens_limit": agent.budget.tokens,
+                "cost_limit": agent.budget.cost,
+                "paused": agent.paused.is_some(),
+            })),
             _ => Err(unexpected()),
         }
     }

@@ -60,7 +60,9 @@ fn state_cell(agent: &AgentRecord) -> String {
         Some(merge) => merge.as_str().to_string(),
         None => agent.state.as_str().to_string(),
     };
-    if agent.state == crate::model::lifecycle::AgentState::Running && !agent.ready {
+    if agent.state == crate::model::lifecycle::AgentState::Running && agent.paused.is_some() {
+        text = "paused".to_string();
+    } else if agent.state == crate::model::lifecycle::AgentState::Running && !agent.ready {
         text.push_str(" (not ready)");
     }
     if agent.restarts > 0 {

@@ -235,6 +235,8 @@ pub(crate) mod budget {
         idle: Option<Duration>,
         #[serde(default, deserialize_with = "fraction", skip_serializing_if = "Option::is_none")]
         warn_at: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_exceeded: Option<crate::model::budget::OnExceeded>,
     }
 
     pub fn serialize<S: Serializer>(value: &Option<Budget>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -266,6 +268,18 @@ pub(super) fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
 pub(super) fn harness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<corral_harness::Harness>, D::Error> {
     let name = String::deserialize(deserializer)?;
     name.parse().map(Some).map_err(de::Error::custom)
+}
+
+/// An `http://` or `https://` base URL with a host (`[proxy.NAME] upstream`).
+pub(super) fn base_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !url.chars().any(char::is_whitespace) => {
+            Ok(Some(url.trim_end_matches('/').to_owned()))
+        }
+        _ => Err(de::Error::custom(format!("must be an http:// or https:// base URL with a host, found {url:?}"))),
+    }
 }
 
 pub(super) fn absolute_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {

@@ -34,11 +34,18 @@
 //! column, and the key path:
 //!
 //! ```text
-//! corral.toml:12:1: agents.reviewer.budget: unknown key "tokns" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at)
+//! corral.toml:12:1: agents.reviewer.budget: unknown key "tokns" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at, on_exceeded)
 //! corral.toml:7:15: supervisor.max_threads: expected a positive integer, found a string
 //! corral.toml:9:14: budget.daily_cost: must be greater than 0, found -3
 //! corral.toml:20:48: agents.reviewer.readiness.period_seconds: must be a number of seconds greater than 0 and at most 1000000000, got 0
 //! ```
+//!
+//! `[proxy.anthropic]`, `[proxy.openai]` and `[proxy.gemini]` say where a
+//! proxy-metered agent's calls go (`upstream`, a base URL) and which key
+//! they carry (`key_file`, an absolute path to a file of mode 0600), for an
+//! agent whose spawning environment sets neither; a key file readable by
+//! anyone but its owner is refused at spawn. The file is read by the daemon
+//! (`daemon::upstream`), not here.
 //!
 //! # Resolving an agent
 //!
@@ -91,6 +98,8 @@
 //! sandbox_deny_read = ["~/.ssh", "~/.aws", "~/.gnupg", "~/.netrc"]
 //! sandbox_fallback = "refuse"   # or "warn": run with what the kernel can enforce
 //! budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9 }
+//! # on_exceeded = "pause" in a budget: a spent token, output or cost limit freezes the
+//! # subtree until `corral budget` raises it, instead of stopping it (the default, "stop")
 //! startup = { log_line = "ready", failure_threshold = 30 }
 //! readiness = { event = "init" }
 //! liveness = { idle = { seconds = 300 }, period_seconds = 30 }
@@ -172,9 +181,74 @@ pub struct Config {
     pub policies: BTreeMap<String, AgentConfig>,
     /// `[prices."MODEL"]`: USD per million tokens, by model name.
     pub prices: BTreeMap<String, Price>,
+    /// `[proxy.PROVIDER]`: the upstream and key of proxy-metered agents'
+    /// calls, where the spawning environment gives none.
+    pub proxy: ProxySection,
     /// The files this configuration was read from, lowest precedence first.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
+}
+
+/// `[proxy]`: by provider (`anthropic`, `openai`, `gemini`), where the
+/// metering proxy sends a proxy-metered agent's calls and which key they
+/// carry, for an agent whose spawning environment sets no base URL
+/// (`ANTHROPIC_BASE_URL`, `OPENAI_BASE_URL`, `GOOGLE_GEMINI_BASE_URL`) or
+/// no key of that provider. The spawning environment wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic: Option<ProxyProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openai: Option<ProxyProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemini: Option<ProxyProvider>,
+}
+
+/// One provider's `[proxy.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProvider {
+    /// The upstream's base URL (`https://gateway.example/anthropic`).
+    #[serde(default, deserialize_with = "de::base_url", skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// An absolute path to a file holding the key, of mode 0600 and the
+    /// user's own; read by the daemon at each spawn (a file readable by
+    /// others is refused).
+    #[serde(default, deserialize_with = "de::absolute_path", skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl ProxySection {
+    /// Each provider's table with the variables it fills: the base URL's,
+    /// then the key's (the first of which is set, the rest are
+    /// alternatives the spawning environment may have set instead).
+    pub fn providers(&self) -> [(&'static str, Option<&ProxyProvider>, &'static str, &'static [&'static str]); 3] {
+        [
+            (
+                "anthropic",
+                self.anthropic.as_ref(),
+                "ANTHROPIC_BASE_URL",
+                &["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"],
+            ),
+            ("openai", self.openai.as_ref(), "OPENAI_BASE_URL", &["OPENAI_API_KEY"]),
+            ("gemini", self.gemini.as_ref(), "GOOGLE_GEMINI_BASE_URL", &["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
+        ]
+    }
+
+    fn overlay(&mut self, other: &ProxySection) {
+        for (mine, theirs) in [
+            (&mut self.anthropic, &other.anthropic),
+            (&mut self.openai, &other.openai),
+            (&mut self.gemini, &other.gemini),
+        ] {
+            if let Some(theirs) = theirs {
+                let mine = mine.get_or_insert_with(ProxyProvider::default);
+                set(&mut mine.upstream, &theirs.upstream);
+                set(&mut mine.key_file, &theirs.key_file);
+            }
+        }
+    }
 }
 
 /// `[supervisor]`. Unset fields take the supervisor's defaults.
@@ -307,10 +381,11 @@ pub struct AgentConfig {
     pub task: Option<String>,
 }
 
-/// `budget = { tokens, output_tokens, cost, wall, idle, warn_at }`: an
-/// agent's spending limits, unset meaning no limit of that kind; the one
-/// type the flags, MCP and the journal also use. Every limit must be greater
-/// than 0 and `warn_at` in (0, 1]; `wall` and `idle` are durations.
+/// `budget = { tokens, output_tokens, cost, wall, idle, warn_at,
+/// on_exceeded }`: an agent's spending limits, unset meaning no limit of
+/// that kind; the one type the flags, MCP and the journal also use. Every
+/// limit must be greater than 0 and `warn_at` in (0, 1]; `wall` and `idle`
+/// are durations; `on_exceeded` is `"stop"` (the default) or `"pause"`.
 pub use crate::model::budget::Budget;
 
 /// `sandbox = "read-only" | "workspace-write" | "full"`: what an agent may
@@ -443,6 +518,7 @@ impl Config {
             agents: layer.agents,
             policies: layer.policies,
             prices: layer.prices,
+            proxy: layer.proxy,
             sources: vec![path.to_owned()],
         })
     }
@@ -480,6 +556,7 @@ impl Config {
             self.policies.entry(prefix.clone()).or_default().overlay(policy);
         }
         self.prices.extend(other.prices.iter().map(|(model, price)| (model.clone(), *price)));
+        self.proxy.overlay(&other.proxy);
         self.sources.extend(other.sources.iter().cloned());
     }
 }
@@ -519,6 +596,8 @@ struct Layer {
     policies: BTreeMap<String, AgentConfig>,
     #[serde(default)]
     prices: BTreeMap<String, Price>,
+    #[serde(default)]
+    proxy: ProxySection,
 }
 
 impl Layer {

@@ -5,6 +5,7 @@ use corral_harness::Harness;
 
 use super::errors::line_column;
 use super::*;
+use crate::model::budget::OnExceeded;
 use crate::model::duration::parse_duration;
 use corral_probes::ProbeKind;
 
@@ -60,7 +61,7 @@ reasoning_effort = "high"
 args = ["--max-turns", "20"]
 env = { RUST_LOG = "info" }
 sandbox = "read-only"
-budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9 }
+budget = { tokens = 400_000, output_tokens = 50_000, cost = 2.5, wall = "30m", idle = "5m", warn_at = 0.9, on_exceeded = "pause" }
 readiness = { event = "init" }
 liveness = { idle = { seconds = 300 }, period_seconds = 30 }
 startup = { log_line = "ready", failure_threshold = 30 }
@@ -122,6 +123,7 @@ fn the_full_example_parses_to_the_expected_values() {
             wall: Some(Duration::from_secs(1800)),
             idle: Some(Duration::from_secs(300)),
             warn_at: Some(0.9),
+            on_exceeded: Some(OnExceeded::Pause),
         }),
         startup: Some(ProbeSpec {
             failure_threshold: 30,
@@ -397,7 +399,7 @@ fn an_unknown_top_level_key_names_its_line() {
     let message = error("[supervisor]\nmax_threads = 2\n\n[supervisr]\nx = 1\n", 4, "");
     assert_eq!(
         message,
-        "corral.toml:4:2: unknown key \"supervisr\" (expected one of: supervisor, budget, defaults, agents, policy, prices)"
+        "corral.toml:4:2: unknown key \"supervisr\" (expected one of: supervisor, budget, defaults, agents, policy, prices, proxy)"
     );
 }
 
@@ -418,7 +420,7 @@ fn an_unknown_key_in_a_nested_budget_names_its_line_and_table() {
     let message = error(text, 6, "agents.reviewer.budget");
     assert_eq!(
         message,
-        "corral.toml:6:1: agents.reviewer.budget: unknown key \"tokns\" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at)"
+        "corral.toml:6:1: agents.reviewer.budget: unknown key \"tokns\" (expected one of: tokens, output_tokens, cost, wall, idle, warn_at, on_exceeded)"
     );
     // The same in an inline table, in [defaults] and in a policy.
     let message = error("[defaults]\nbudget = { tokens = 5, wal = \"1h\" }\n", 2, "defaults.budget");
@@ -596,4 +598,31 @@ fn line_and_column_count_characters() {
     assert_eq!(line_column(text, 2), (2, 1));
     assert_eq!(line_column(text, text.find('=').unwrap()), (2, 4));
     assert_eq!(line_column(text, 100), (3, 1));
+}
+
+#[test]
+fn the_proxy_table_takes_an_upstream_and_a_key_file_per_provider_and_names_a_bad_one() {
+    let text = "[proxy.anthropic]\nupstream = \"https://gw.example/anthropic/\"\nkey_file = \"/etc/corral/a.key\"\n\n[proxy.openai]\nupstream = \"http://127.0.0.1:8080/v1\"\n";
+    let config = Config::from_str(text, Path::new("corral.toml")).unwrap();
+    let anthropic = config.proxy.anthropic.as_ref().unwrap();
+    assert_eq!(anthropic.upstream.as_deref(), Some("https://gw.example/anthropic"), "one trailing slash dropped");
+    assert_eq!(anthropic.key_file.as_deref(), Some(Path::new("/etc/corral/a.key")));
+    assert_eq!(config.proxy.openai.as_ref().unwrap().upstream.as_deref(), Some("http://127.0.0.1:8080/v1"));
+    assert!(config.proxy.gemini.is_none());
+    // The repository's file overrides the user's key by key.
+    let mut layered = Config::from_str(text, Path::new("user.toml")).unwrap();
+    layered.overlay(
+        &Config::from_str("[proxy.anthropic]\nupstream = \"https://other.example\"\n", Path::new("corral.toml"))
+            .unwrap(),
+    );
+    let anthropic = layered.proxy.anthropic.as_ref().unwrap();
+    assert_eq!(anthropic.upstream.as_deref(), Some("https://other.example"));
+    assert_eq!(anthropic.key_file.as_deref(), Some(Path::new("/etc/corral/a.key")));
+
+    let message = error("[proxy.anthropic]\nupstream = \"gw.example\"\n", 2, "proxy.anthropic.upstream");
+    assert!(message.contains("must be an http:// or https:// base URL"), "{message}");
+    let message = error("[proxy.anthropic]\nkey_file = \"a.key\"\n", 2, "proxy.anthropic.key_file");
+    assert!(message.contains("must be an absolute path"), "{message}");
+    let message = error("[proxy.mistral]\nupstream = \"https://x\"\n", 1, "proxy");
+    assert!(message.contains("unknown key \"mistral\""), "{message}");
 }

@@ -41,6 +41,10 @@ pub(super) enum Control {
     /// A child that reports to it was spawned: hold it open for the
     /// child's notices (`ack` once the monitor has been told).
     Child { ack: oneshot::Sender<()> },
+    /// A `pause` budget over it is spent: freeze its processes.
+    Pause,
+    /// That budget was raised: let them run again.
+    Resume,
 }
 
 /// The control channels of the agents' tasks, by address: one task per
@@ -206,9 +210,22 @@ async fn follow_monitor(
                         // Decided on a task of its own: it may wait for other
                         // calls under the same budget to settle.
                         let (daemon, address, answers) = (daemon.clone(), record.address.clone(), admissions.0.clone());
+                        // A held call (its agent paused) is decided again
+                        // after each raise, until it is sent or refused, or
+                        // its agent's task ends.
                         tokio::spawn(async move {
-                            let decision = super::budgets::admit(&daemon, &address, &ask).await;
-                            let _ = answers.send((ask, decision));
+                            loop {
+                                let raised = daemon.budget_raised.notified();
+                                let decision = super::budgets::admit(&daemon, &address, &ask).await;
+                                let held = matches!(decision, crate::proxy::Decision::Hold { .. });
+                                if answers.send((ask.clone(), decision)).is_err() || !held {
+                                    return;
+                                }
+                                tokio::select! {
+                                    _ = raised => {}
+                                    _ = answers.closed() => return,
+                                }
+                            }
                         });
                     }
                     Ok(MonitorMessage::ModelCall { record: call }) => {
@@ -252,17 +269,25 @@ async fn follow_monitor(
                     hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
                     let _ = ack.send(());
                 }
+                Control::Pause => {
+                    let _ = send_monitor(&mut monitor_in, &MonitorCommand::Freeze).await;
+                }
+                Control::Resume => {
+                    touch(daemon, &record.address);
+                    let _ = send_monitor(&mut monitor_in, &MonitorCommand::Thaw).await;
+                }
             },
             Some((ask, decision)) = admissions.1.recv() => {
-                let refused = matches!(decision, crate::proxy::Decision::Refuse { .. });
+                // A refusal stops the agent as for any budget; a hold pauses it.
+                let refused = !matches!(decision, crate::proxy::Decision::Allow { .. });
                 let admission = MonitorCommand::Admission { call: ask.call, decision };
                 if send_monitor(&mut monitor_in, &admission).await.is_err() {
                     // Never reaches the agent: its monitor refuses the call
                     // when its own wait runs out. What it held is let go.
                     super::budgets::settle_call(daemon, &record.address, Some(ask.call));
                 }
-                // A call refused for a budget: that budget is spent for this
-                // agent, which stops as for any budget.
+                // A call refused (or held) for a budget: that budget is spent
+                // for this agent, which stops (or pauses) as the budget says.
                 if refused {
                     let pending = ask.estimate_input.max(1);
                     super::budgets::enforce_budgets_with(daemon, &record.address, pending).await;

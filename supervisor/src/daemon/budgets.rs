@@ -1,5 +1,13 @@
 //! Budgets: the checks after each usage event and on a clock, the daily
-//! budget, and prices for CLIs that report no cost.
+//! budget, the admission of proxied calls, pausing and raising (`corral
+//! budget`), and prices for CLIs that report no cost.
+//!
+//! A spent budget stops its subtree, or, with `on_exceeded = "pause"` (for
+//! tokens, output tokens and cost), pauses it: each agent gets a `paused`
+//! event and its monitor freezes its processes; its proxy's calls are held
+//! open, never sent, and decided again after each raise. A raise that
+//! leaves the budget unspent journals `resumed` for each agent it paused
+//! and thaws it; the held call then goes on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +17,7 @@ use super::agent::Control;
 use super::Daemon;
 use crate::daemon::journal::Draft;
 use crate::model::address::Address;
-use crate::model::budget::{BudgetKind, Spend};
+use crate::model::budget::{BudgetKind, OnExceeded, Spend};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentState, AgentTable};
@@ -46,6 +54,7 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
     let now = chrono::Utc::now();
     let mut drafts = Vec::new();
     let mut stops = Vec::new();
+    let mut pauses: Vec<Address> = Vec::new();
     check_daily(daemon, &mut drafts, &mut stops);
     // How long each budget owner on the way up has been idle, read before
     // the table (the two are never held together).
@@ -67,14 +76,29 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
             spend.tokens += refused_tokens;
             if !owner.state.is_terminal() {
                 spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
-                spend.idle_secs = idle.iter().find(|(a, _)| *a == owner_address).map_or(0.0, |(_, secs)| *secs);
+                // A frozen agent prints nothing: that is not idleness.
+                if owner.paused.is_none() {
+                    spend.idle_secs = idle.iter().find(|(a, _)| *a == owner_address).map_or(0.0, |(_, secs)| *secs);
+                }
             }
             for crossing in owner.budget.check(&spend) {
                 let (kind, mut used, limit) = (crossing.kind, crossing.used, crossing.limit);
                 if kind == BudgetKind::Tokens {
                     used -= refused_tokens as f64;
                 }
-                if crossing.exceeded {
+                if crossing.exceeded && owner.budget.pauses(kind) {
+                    for agent in table.subtree(&owner_address) {
+                        // Paused once, by the nearest budget that is spent.
+                        let paused = agent.paused.is_some() || pauses.contains(&agent.address);
+                        if agent.state.is_terminal() || agent.stop_requested || paused {
+                            continue;
+                        }
+                        let owner = owner_address.clone();
+                        drafts.push(daemon.draft(agent, EventBody::Paused { kind, used, limit, owner }));
+                        pauses.push(agent.address.clone());
+                    }
+                    break;
+                } else if crossing.exceeded {
                     drafts.push(daemon.draft(owner, EventBody::BudgetExceeded { kind, used, limit }));
                     for agent in table.subtree(&owner_address) {
                         if agent.state.is_terminal() || agent.stop_requested {
@@ -97,11 +121,102 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
     if let Err(err) = daemon.commit(drafts).await {
         tracing::error!("{address}: cannot journal a budget event: {err}");
     }
-    // A budget is spent: its subtree stops even when the journal could
-    // not say so (a guard fails closed).
+    // A budget is spent: its subtree stops (or freezes) even when the
+    // journal could not say so (a guard fails closed).
     for (address, grace_secs) in stops {
         let _ = daemon.agents.control(&address, Control::Stop { grace_secs });
     }
+    for address in pauses {
+        let _ = daemon.agents.control(&address, Control::Pause);
+    }
+}
+
+/// `corral budget ADDRESS --add-tokens N --add-cost USD`: raises the
+/// agent's own limits (journaled as `budget_raised`, with who asked), then
+/// resumes every agent that limit paused once its budget is no longer
+/// spent. Refused for an agent that has ended or has no limit of that kind.
+pub(super) async fn raise(
+    daemon: &Arc<Daemon>,
+    address: &str,
+    add_tokens: Option<u64>,
+    add_cost: Option<f64>,
+    by: String,
+) -> Result<AgentRecord> {
+    if add_tokens.is_none() && add_cost.is_none() {
+        return Err(Error::new(ErrorKind::BadBudget, "say what to add: --add-tokens N or --add-cost USD"));
+    }
+    if add_tokens == Some(0) || add_cost.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+        return Err(Error::new(ErrorKind::BadBudget, "a raise must be a number greater than 0"));
+    }
+    let _checking = daemon.budget_checks.lock().await;
+    let record = daemon.find(address)?;
+    if record.state.is_terminal() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!("{} is {}; only a live agent's budget can be raised", record.address, record.state.as_str()),
+        ));
+    }
+    let mut drafts = Vec::new();
+    let raises = [
+        (BudgetKind::Tokens, add_tokens.map(|t| t as f64), record.budget.tokens.map(|t| t as f64), "--max-tokens"),
+        (BudgetKind::Cost, add_cost, record.budget.cost, "--max-cost"),
+    ];
+    for (kind, added, current, flag) in raises {
+        let Some(added) = added else { continue };
+        let Some(current) = current else {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "{} has no {} budget of its own to raise (one is set at spawn with {flag}, or a role's budget)",
+                    record.address,
+                    kind.as_str()
+                ),
+            ));
+        };
+        let limit = match kind {
+            BudgetKind::Tokens => (current as u64).saturating_add(added as u64) as f64,
+            _ => current + added,
+        };
+        drafts.push(daemon.draft(&record, EventBody::BudgetRaised { kind, added, limit, by: by.clone() }));
+    }
+    daemon.commit(drafts).await?;
+    // What the raise lifted: the agents this budget paused, once none of
+    // its pausing limits is spent, counting the largest call held (as its
+    // admission does: a call whose input does not fit is not sent).
+    let held = daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let resumes: Vec<(AgentRecord, BudgetKind, f64)> = daemon.store.read(|table| {
+        let Some(owner) = table.agents.get(&record.address) else { return Vec::new() };
+        let mut spend = subtree_spend(table, &record.address);
+        let largest_held = held.iter().filter(|(a, _)| a.is_within(&record.address)).map(|(_, t)| *t).max();
+        spend.tokens += largest_held.map_or(0, |t| t.max(1));
+        let spent = owner.budget.check(&spend).into_iter().any(|c| c.exceeded && owner.budget.pauses(c.kind));
+        if spent {
+            return Vec::new();
+        }
+        table
+            .subtree(&record.address)
+            .into_iter()
+            .filter_map(|agent| {
+                let paused = agent.paused.as_ref().filter(|p| p.owner == record.address)?;
+                let limit = match paused.kind {
+                    BudgetKind::Tokens => owner.budget.tokens.map_or(paused.limit, |t| t as f64),
+                    BudgetKind::OutputTokens => owner.budget.output_tokens.map_or(paused.limit, |t| t as f64),
+                    _ => owner.budget.cost.unwrap_or(paused.limit),
+                };
+                Some((agent.clone(), paused.kind, limit))
+            })
+            .collect()
+    });
+    let drafts = resumes
+        .iter()
+        .map(|(agent, kind, limit)| daemon.draft(agent, EventBody::Resumed { kind: *kind, limit: *limit }));
+    daemon.commit(drafts.collect()).await?;
+    for (agent, _, _) in &resumes {
+        touch(daemon, &agent.address);
+        let _ = daemon.agents.control(&agent.address, Control::Resume);
+    }
+    daemon.budget_raised.notify_waiters();
+    daemon.find(&record.address.to_string())
 }
 
 /// Gives a cost to usage the CLI reported without one, from the price
@@ -237,19 +352,36 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
     let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
     loop {
         let settled = daemon.calls_settled.notified();
-        let (held, spent_only) = {
+        let (held, spent_only, spent_stopping) = {
             let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            let held = crate::proxy::decide(&headroom(daemon, address, &in_flight), ask);
-            if let Decision::Allow { max_output } = &held {
+            let held = crate::proxy::decide(&headroom(daemon, address, &in_flight, true), ask);
+            let paused = daemon.record(address).and_then(|r| r.paused);
+            if let (Decision::Allow { max_output }, None) = (&held, &paused) {
                 let cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
                 let tokens = ask.estimate_input.saturating_add(cap);
                 in_flight.entry(address.clone()).or_default().insert(ask.call, tokens);
+                daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
                 return held;
             }
-            (held, crate::proxy::decide(&headroom(daemon, address, &HashMap::new()), ask))
+            if let Some(paused) = paused {
+                let message =
+                    format!("corral: {} is paused ({})", address, paused.kind.describe(paused.used, paused.limit));
+                return Decision::Hold { message };
+            }
+            let nothing = HashMap::new();
+            (
+                held,
+                crate::proxy::decide(&headroom(daemon, address, &nothing, true), ask),
+                crate::proxy::decide(&headroom(daemon, address, &nothing, false), ask),
+            )
         };
-        // Refused on what is spent: final. Refused only for what calls in
-        // flight may spend: wait for one of them to settle.
+        // Refused on what is spent: final, unless only `pause` budgets
+        // refuse it, which hold it. Refused only for what calls in flight
+        // may spend: wait for one of them to settle.
+        if let (Decision::Refuse { message }, Decision::Allow { .. }) = (&spent_only, &spent_stopping) {
+            daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), ask.estimate_input);
+            return Decision::Hold { message: message.clone() };
+        }
         if matches!(spent_only, Decision::Refuse { .. }) || tokio::time::Instant::now() >= deadline {
             return held;
         }
@@ -272,6 +404,7 @@ pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>)
             }
             None => {
                 in_flight.remove(address);
+                daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
             }
         }
     }
@@ -279,11 +412,13 @@ pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>)
 }
 
 /// What the budgets over `address` have left, after what is spent and
-/// what the calls in `in_flight` may spend.
+/// what the calls in `in_flight` may spend; without `pausing`, leaving out
+/// the budgets that pause rather than stop.
 fn headroom(
     daemon: &Daemon,
     address: &Address,
     in_flight: &HashMap<Address, HashMap<u64, u64>>,
+    pausing: bool,
 ) -> crate::proxy::Headroom {
     use crate::proxy::Headroom;
     let held_within = |scope: &Address| -> u64 {
@@ -298,7 +433,8 @@ fn headroom(
         }
         let mut scope = Some(address.clone());
         while let Some(at) = scope.filter(|a| !a.is_root()) {
-            if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()) {
+            let counts = |r: &&AgentRecord| pausing || r.budget.on_exceeded != Some(OnExceeded::Pause);
+            if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()).filter(counts) {
                 let left = record.budget.left_after(&subtree_spend(table, &at));
                 let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
                 let scope_room = Headroom {

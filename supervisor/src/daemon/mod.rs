@@ -69,6 +69,7 @@ mod start;
 mod store;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 /// Spawns in flight, and the next agent id.
 #[derive(Default)]
@@ -120,6 +121,12 @@ pub(crate) struct Daemon {
     calls_in_flight: Mutex<HashMap<Address, HashMap<u64, u64>>>,
     /// Told each time a call in flight is reported or let go.
     calls_settled: tokio::sync::Notify,
+    /// Told each time `corral budget` raises a limit: held calls of paused
+    /// agents are decided again.
+    budget_raised: tokio::sync::Notify,
+    /// The estimated input of the call each paused agent is held at: a
+    /// raise resumes it only once that call fits.
+    held_inputs: Mutex<HashMap<Address, u64>>,
     /// The daemon is its process (`corral daemon`), not a test's guest: it
     /// may exit the process when its repository is deleted.
     owns_process: bool,
@@ -227,6 +234,8 @@ impl Daemon {
             keys: Mutex::new(HashMap::new()),
             calls_in_flight: Mutex::new(HashMap::new()),
             calls_settled: tokio::sync::Notify::new(),
+            budget_raised: tokio::sync::Notify::new(),
+            held_inputs: Mutex::new(HashMap::new()),
             git: tokio::sync::Mutex::new(()),
             slots: tokio::sync::Mutex::new(()),
             budget_checks: tokio::sync::Mutex::new(()),

@@ -129,6 +129,10 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Res
             let message_id = agent::send_message(daemon, &agent, from, text).await?;
             Ok(Response::Sent { message_id })
         }
+        Request::RaiseBudget { address, add_tokens, add_cost, by } => {
+            let agent = super::budgets::raise(daemon, &address, add_tokens, add_cost, by).await?;
+            Ok(Response::Agent { agent: Box::new(agent) })
+        }
         Request::Hello { .. } | Request::Events { .. } | Request::Shutdown => Err(Error::other("unexpected request")),
     }
 }

@@ -44,6 +44,10 @@ fn grant_from(table: &AgentTable, parent: &Address, wanted: &Budget) -> std::res
             if !record.budget.is_empty() {
                 let left = record.budget.left_after(&subtree_spend(table, &ancestor));
                 granted = Budget::grant(&granted, &left).map_err(|why| format!("{why} (the budget of {ancestor})"))?;
+                // What its share of the ancestor's budget does once spent is
+                // the ancestor's, unless it says otherwise: a child of a
+                // pausing budget pauses rather than being stopped.
+                granted.on_exceeded = granted.on_exceeded.or(record.budget.on_exceeded);
             }
         }
         scope = ancestor.parent();
@@ -80,6 +84,10 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     resolve_sandbox(daemon, &parent, &address, &request, &mut resolved)?;
     if request.fork_session {
         fork_session(daemon, &parent, &address, &mut resolved)?;
+    }
+    if resolved.meter == crate::model::budget::Meter::Proxy {
+        let proxy = daemon.config().proxy.clone();
+        super::upstream::fill_env(&proxy, &mut resolved.env).map_err(|why| Error::new(ErrorKind::BadConfig, why))?;
     }
     plan_metering(&mut resolved)?;
     let launch = build_launch(&resolved)?;

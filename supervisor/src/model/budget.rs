@@ -50,6 +50,44 @@ pub struct Budget {
     /// Warn at this fraction of a limit (default 0.8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_at: Option<f64>,
+    /// What a spent token, output-token or cost limit does (default
+    /// stop). Time limits always stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exceeded: Option<OnExceeded>,
+}
+
+/// An amount of a budget that is not a number greater than 0 (`corral
+/// budget --add-tokens -5`): exits 13 like any other bad budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmountError(pub String);
+
+impl std::fmt::Display for AmountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AmountError {}
+
+/// What happens to a budget's subtree once the budget is spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceeded {
+    /// Stop every agent of the subtree (`budget_exceeded`).
+    #[default]
+    Stop,
+    /// Freeze every agent of the subtree, no call upstream and no process
+    /// running, until `corral budget` raises the limit (`paused`).
+    Pause,
+}
+
+impl OnExceeded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExceeded::Stop => "stop",
+            OnExceeded::Pause => "pause",
+        }
+    }
 }
 
 /// Which limit.
@@ -127,6 +165,15 @@ impl Budget {
         self.wall = other.wall.or(self.wall);
         self.idle = other.idle.or(self.idle);
         self.warn_at = other.warn_at.or(self.warn_at);
+        self.on_exceeded = other.on_exceeded.or(self.on_exceeded);
+    }
+
+    /// Whether a spent limit of `kind` pauses the subtree rather than
+    /// stopping it: only limits a raise can lift (tokens, output tokens,
+    /// cost), and only when the budget says `pause`.
+    pub fn pauses(&self, kind: BudgetKind) -> bool {
+        self.on_exceeded == Some(OnExceeded::Pause)
+            && matches!(kind, BudgetKind::Tokens | BudgetKind::OutputTokens | BudgetKind::Cost)
     }
 
     /// Every limit `spend` is near (at the warning threshold) or past. A
@@ -165,6 +212,7 @@ impl Budget {
             wall: None,
             idle: None,
             warn_at: None,
+            on_exceeded: None,
         }
     }
 
@@ -231,6 +279,24 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_pausing_budget_pauses_and_only_for_limits_a_raise_can_lift() {
+        let stop = Budget { tokens: Some(10), ..Budget::default() };
+        assert!(!stop.pauses(BudgetKind::Tokens));
+        let pause = Budget { on_exceeded: Some(OnExceeded::Pause), ..stop };
+        for kind in [BudgetKind::Tokens, BudgetKind::OutputTokens, BudgetKind::Cost] {
+            assert!(pause.pauses(kind), "{kind:?}");
+        }
+        for kind in [BudgetKind::Wall, BudgetKind::Idle, BudgetKind::DailyTokens, BudgetKind::DailyCost] {
+            assert!(!pause.pauses(kind), "{kind:?}");
+        }
+        let mut layered = pause;
+        layered.overlay(&Budget { on_exceeded: Some(OnExceeded::Stop), ..Budget::default() });
+        assert_eq!(layered.on_exceeded, Some(OnExceeded::Stop));
+        layered.overlay(&Budget::default());
+        assert_eq!(layered.on_exceeded, Some(OnExceeded::Stop), "unset keeps what is below");
+    }
 
     #[test]
     fn warns_then_exceeds() {

@@ -233,6 +233,29 @@ pub enum EventBody {
         used: f64,
         limit: f64,
     },
+    /// A budget with `on_exceeded = "pause"` is spent (`owner`'s, its
+    /// own or an ancestor's): the agent is frozen, no call of it goes
+    /// upstream and none of its processes runs, until the budget is raised.
+    Paused {
+        kind: BudgetKind,
+        used: f64,
+        limit: f64,
+        owner: crate::model::address::Address,
+    },
+    /// The budget that paused the agent was raised: it runs again, and the
+    /// call it was held at goes on.
+    Resumed {
+        kind: BudgetKind,
+        limit: f64,
+    },
+    /// `corral budget` raised this agent's limit of `kind` by `added`, to
+    /// `limit`; `by` is who asked (an address, `/root` for a person).
+    BudgetRaised {
+        kind: BudgetKind,
+        added: f64,
+        limit: f64,
+        by: String,
+    },
     /// A budget is spent: the agent and its subtree are being stopped.
     BudgetExceeded {
         kind: BudgetKind,
@@ -386,6 +409,9 @@ impl EventBody {
             EventBody::MergeRefused { .. } => "merge_refused",
             EventBody::Restarted { .. } => "restarted",
             EventBody::BudgetExceeded { .. } => "budget_exceeded",
+            EventBody::Paused { .. } => "paused",
+            EventBody::Resumed { .. } => "resumed",
+            EventBody::BudgetRaised { .. } => "budget_raised",
         }
     }
 

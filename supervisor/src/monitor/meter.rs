@@ -8,7 +8,9 @@
 //! Each call's admission is asked of the daemon over the daemon's
 //! connection (`admit`, answered by `admission`); while no daemon answers
 //! (it is down, or restarting) the call waits up to [`ADMISSION_WAIT`],
-//! then is refused: no call goes upstream unmetered. Each call's record is
+//! then is refused: no call goes upstream unmetered. A call the daemon
+//! holds (`hold`: a `pause` budget is spent) waits until it is answered
+//! for good, however long the pause. Each call's record is
 //! appended to `calls.jsonl` in the agent's folder and synced before the
 //! daemon is told, and every record is told again to each daemon that
 //! connects, so calls made while the daemon was down reach the journal.
@@ -61,21 +63,27 @@ impl Gate for MonitorGate {
         self.shared.changed.notify_all();
         let shared = self.shared.clone();
         Box::pin(async move {
-            match tokio::time::timeout(ADMISSION_WAIT, rx).await {
-                Ok(Ok(decision)) => decision,
-                _ => {
-                    let mut state = shared.state.lock().unwrap();
-                    state.asks.remove(&call);
-                    state.admission_waiters.remove(&call);
-                    tracing::warn!("call {call}: no admission from the daemon; refused");
-                    Decision::Refuse {
-                        message: format!(
-                            "corral: the daemon did not answer within {} s, so the call was not sent (a call \
-                             corral cannot meter is never sent)",
-                            ADMISSION_WAIT.as_secs()
-                        ),
-                    }
+            let mut rx = rx;
+            loop {
+                match tokio::time::timeout(ADMISSION_WAIT, &mut rx).await {
+                    Ok(Ok(decision)) => return decision,
+                    // Held for a paused budget: waits as long as the pause
+                    // lasts (the agent's processes are frozen meanwhile).
+                    Err(_) if shared.state.lock().unwrap().held_calls.contains(&call) => continue,
+                    _ => {}
                 }
+                let mut state = shared.state.lock().unwrap();
+                state.asks.remove(&call);
+                state.admission_waiters.remove(&call);
+                state.held_calls.remove(&call);
+                tracing::warn!("call {call}: no admission from the daemon; refused");
+                return Decision::Refuse {
+                    message: format!(
+                        "corral: the daemon did not answer within {} s, so the call was not sent (a call \
+                         corral cannot meter is never sent)",
+                        ADMISSION_WAIT.as_secs()
+                    ),
+                };
             }
         })
     }

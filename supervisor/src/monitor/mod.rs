@@ -110,6 +110,12 @@ struct State {
     calls: Vec<crate::proxy::CallRecord>,
     /// Calls admitted and not yet recorded.
     calls_in_flight: usize,
+    /// Calls the daemon holds (a paused budget): they wait past
+    /// `meter::ADMISSION_WAIT` for their answer.
+    held_calls: std::collections::HashSet<u64>,
+    /// The agent is frozen (a paused budget): no new process of it (a
+    /// follow-up, a restart) starts until it is thawed or stopped.
+    frozen: bool,
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.
@@ -153,6 +159,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             admission_waiters: Default::default(),
             calls: Vec::new(),
             calls_in_flight: 0,
+            held_calls: Default::default(),
+            frozen: false,
         }),
         changed: Condvar::new(),
         pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
@@ -313,6 +321,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             state =
                 shared.changed.wait_while(state, |s| s.held && s.follow_ups.is_empty() && !s.stop_requested).unwrap();
         }
+        // Frozen, nothing new of the agent starts: a follow-up or a restart
+        // waits for the thaw (or a stop).
+        state = shared.changed.wait_while(state, |s| s.frozen && !s.stop_requested).unwrap();
         // A follow-up runs unless a stop was asked for; once the monitor
         // decides to finish, it takes no more.
         if !state.stop_requested {
@@ -372,6 +383,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         while !state.stop_requested && Instant::now() < until {
             state = shared.changed.wait_timeout(state, until.saturating_duration_since(Instant::now())).unwrap().0;
         }
+        state = shared.changed.wait_while(state, |s| s.frozen && !s.stop_requested).unwrap();
         if state.stop_requested {
             state.accepting = false;
             break (pid, code, signal);
@@ -558,6 +570,40 @@ impl OutputLog {
     fn finish(&mut self) {
         let _ = self.file.sync_data();
     }
+}
+
+/// Freezes (SIGSTOP) or thaws (SIGCONT) every process of the agent's
+/// tree: its group and every descendant of the monitor, found through
+/// `/proc` as a stop finds them. Freezing walks the tree again until a
+/// walk finds no process left running, so a child forked meanwhile is
+/// caught. Stopped processes still take SIGKILL, and a stop thaws them
+/// after its SIGTERM, so a stop of a frozen agent leaves no process. While
+/// frozen, no new process of the agent starts (see `State::frozen`).
+fn freeze(shared: &Arc<Shared>, frozen: bool) {
+    let pid = {
+        let mut state = shared.state.lock().unwrap();
+        state.frozen = frozen;
+        shared.changed.notify_all();
+        state.pid
+    };
+    let me = std::process::id();
+    let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+    tracing::info!("{} the agent's processes", if frozen { "freezing" } else { "thawing" });
+    if pid != 0 {
+        process::signal_group(pid, signal);
+    }
+    for _ in 0..100 {
+        let running: Vec<u32> =
+            process::descendants(me).into_iter().filter(|p| process::is_stopped(*p) != frozen).collect();
+        if running.is_empty() {
+            return;
+        }
+        for pid in running {
+            process::signal_pid(pid, signal);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::warn!("the agent's processes did not all {} within 100 rounds", if frozen { "stop" } else { "go on" });
 }
 
 /// Runs the stop sequence on its own thread: SIGTERM, grace, SIGKILL, for

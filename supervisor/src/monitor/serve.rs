@@ -98,8 +98,16 @@ fn serve_daemon(
                 Ok(MonitorCommand::CloseInput) => {
                     let _ = input.send(InputOp::Close);
                 }
+                Ok(MonitorCommand::Admission { call, decision: crate::proxy::Decision::Hold { message } }) => {
+                    // The ask stays: a daemon that connects meanwhile decides it again.
+                    tracing::info!("call {call} held: {message}");
+                    shared_in.state.lock().unwrap().held_calls.insert(call);
+                }
+                Ok(MonitorCommand::Freeze) => super::freeze(&shared_in, true),
+                Ok(MonitorCommand::Thaw) => super::freeze(&shared_in, false),
                 Ok(MonitorCommand::Admission { call, decision }) => {
                     let mut state = shared_in.state.lock().unwrap();
+                    state.held_calls.remove(&call);
                     state.asks.remove(&call);
                     if let Some(waiter) = state.admission_waiters.remove(&call) {
                         let _ = waiter.send(decision);

@@ -38,6 +38,10 @@ pub enum Decision {
     },
     /// Answer the agent with the provider's refusal, carrying `message`.
     Refuse { message: String },
+    /// Not yet: a `pause` budget is spent and the agent is frozen. The
+    /// call is held open (its client waits, frozen too) until another
+    /// answer for it comes; it is never sent on this one.
+    Hold { message: String },
 }
 
 /// What the tightest budget over an agent has left, in each kind the

@@ -340,7 +340,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
     };
     let max_output = match inner.gate.admit(ask).await {
         Decision::Allow { max_output } => max_output,
-        Decision::Refuse { message } => {
+        // A gate answers a held call only once it is decided; one that
+        // hands a hold over is refused (a guard fails closed).
+        Decision::Refuse { message } | Decision::Hold { message } => {
             let (status, body) = provider.refusal(&message);
             let elapsed = arrived.elapsed().as_secs_f64() * 1000.0;
             inner.gate.record(CallRecord {

@@ -63,6 +63,12 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// Whether `pid` is stopped by a signal (state `T`; `t` is a tracer's
+/// stop). A process that is gone counts as stopped: nothing of it runs.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_none_or(|stat| stat_state(&stat) == Some('T'))
+}
+
 /// Sends `signal` to the process group `pgid`; a group already gone is fine.
 pub fn signal_group(pgid: u32, signal: Signal) {
     let _ = kill(Pid::from_raw(-(pgid as i32)), signal);
@@ -85,6 +91,14 @@ pub fn stop_tree(root: u32, pgid: Option<u32>, grace: Duration, give_up: Duratio
     }
     for pid in descendants(root) {
         signal_pid(pid, Signal::SIGTERM);
+    }
+    // A stopped process (a paused agent, a Ctrl-Z) takes its SIGTERM only
+    // once it runs again: wake them all, so the grace means something.
+    if let Some(pgid) = pgid {
+        signal_group(pgid, Signal::SIGCONT);
+    }
+    for pid in descendants(root) {
+        signal_pid(pid, Signal::SIGCONT);
     }
     let grace_end = start + grace;
     while Instant::now() < grace_end {

@@ -238,8 +238,13 @@ pub enum MonitorCommand {
     /// a follow-up (its children's notices, for a CLI that takes a message
     /// as a new process), a stop, or `hold: false`.
     Hold { hold: bool },
-    /// The answer to an `admit`.
+    /// The answer to an `admit`. A `hold` is not the last: another
+    /// admission for the same call follows.
     Admission { call: u64, decision: crate::proxy::Decision },
+    /// Stop (SIGSTOP) every process of the agent: a `pause` budget is spent.
+    Freeze,
+    /// Let them run again (SIGCONT): the budget was raised.
+    Thaw,
 }
 
 /// The first line a peer of `monitor.sock` sends: what it is (`role`:

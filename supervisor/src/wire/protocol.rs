@@ -93,6 +93,17 @@ pub enum Request {
         from: String,
         text: String,
     },
+    /// Raises an agent's token and/or cost limit by these amounts (each
+    /// greater than 0), journaling who asked; a paused agent whose budget
+    /// is no longer spent runs again. Answered with the agent.
+    RaiseBudget {
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        add_tokens: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        add_cost: Option<f64>,
+        by: String,
+    },
     /// Stops the daemon; agents keep running under their monitors.
     Shutdown,
 }

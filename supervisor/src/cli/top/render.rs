@@ -74,6 +74,7 @@ fn state_tone(agent: &AgentRecord) -> Tone {
 /// The state, with readiness while running and the restarts.
 pub fn state_text(agent: &AgentRecord) -> String {
     let mut text = match agent.state {
+        AgentState::Running if agent.paused.is_some() => "paused".to_string(),
         AgentState::Running if !agent.ready => "not ready".to_string(),
         state => state.as_str().to_string(),
     };

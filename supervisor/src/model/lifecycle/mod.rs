@@ -109,6 +109,16 @@ pub const RUN_DRIVER_COMMAND: &str = "run-driver";
 /// spawn nor `[supervisor] grace` gave one: the one place it is written.
 pub const DEFAULT_GRACE_SECS: f64 = 10.0;
 
+/// What froze a paused agent (see [`EventBody::Paused`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    pub kind: BudgetKind,
+    pub used: f64,
+    pub limit: f64,
+    /// The agent whose budget it is (the agent itself or an ancestor).
+    pub owner: Address,
+}
+
 /// Everything known about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -196,6 +206,10 @@ pub struct AgentRecord {
     /// The budget (its own or an ancestor's) it was stopped for.
     #[serde(default)]
     pub stopped_for: Option<BudgetKind>,
+    /// While frozen by a spent `pause` budget: which, how much was used of
+    /// what limit, and whose budget it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
     #[serde(default)]
     pub probes: corral_probes::ProbeSet,
     #[serde(default)]
@@ -411,6 +425,7 @@ impl AgentRecord {
             warned: Vec::new(),
             exceeded: None,
             stopped_for: None,
+            paused: None,
             probes: probes.clone(),
             restart: *restart,
             ready: false,
@@ -613,12 +628,23 @@ impl AgentRecord {
                     self.warned.push(*kind);
                 }
             }
+            EventBody::Paused { kind, used, limit, owner } => {
+                self.paused = Some(Paused { kind: *kind, used: *used, limit: *limit, owner: owner.clone() });
+            }
+            EventBody::Resumed { .. } => self.paused = None,
+            EventBody::BudgetRaised { kind, limit, .. } => match kind {
+                BudgetKind::Tokens => self.budget.tokens = Some(*limit as u64),
+                BudgetKind::OutputTokens => self.budget.output_tokens = Some(*limit as u64),
+                BudgetKind::Cost => self.budget.cost = Some(*limit),
+                _ => {}
+            },
             EventBody::BudgetExceeded { kind, used, limit } => {
                 if self.exceeded.is_none() {
                     self.exceeded = Some((*kind, *used, *limit));
                 }
             }
             EventBody::Exited { state, code, signal, reason } => {
+                self.paused = None;
                 if !self.state.is_terminal() {
                     self.state = *state;
                     self.exit_code = *code;

@@ -209,6 +209,9 @@ fn samples() -> Vec<EventBody> {
         EventBody::InputClosed {},
         EventBody::BudgetWarning { kind: BudgetKind::Tokens, used: 80.0, limit: 100.0 },
         EventBody::BudgetExceeded { kind: BudgetKind::Tokens, used: 100.0, limit: 100.0 },
+        EventBody::Paused { kind: BudgetKind::Tokens, used: 90.0, limit: 100.0, owner: addr(A) },
+        EventBody::Resumed { kind: BudgetKind::Tokens, limit: 300.0 },
+        EventBody::BudgetRaised { kind: BudgetKind::Tokens, added: 200.0, limit: 300.0, by: "/root".into() },
         probe("ready"),
         restarted(1),
         EventBody::Assigned { task_text: "next".into(), command: vec!["true".into(), "next".into()] },
@@ -269,6 +272,9 @@ fn covered_by(body: &EventBody) -> &'static [&'static str] {
         }
         EventBody::BudgetExceeded { .. } => {
             tests!(budget_exceeded_keeps_the_first_spent_budget, daily_budget_events_without_an_agent_mark_the_day)
+        }
+        EventBody::Paused { .. } | EventBody::Resumed { .. } | EventBody::BudgetRaised { .. } => {
+            tests!(paused_until_resumed_and_a_raise_sets_the_limit)
         }
         EventBody::Probe { .. } => tests!(
             probe_ready_and_not_ready_set_readiness,
@@ -749,6 +755,25 @@ fn budget_exceeded_keeps_the_first_spent_budget() {
     assert_eq!(record.exceeded, Some((BudgetKind::Tokens, 100.0, 100.0)));
     // The stop follows as its own events.
     assert_eq!((record.state, record.stop_requested, record.stopped_for), (AgentState::Running, false, None));
+}
+
+#[test]
+fn paused_until_resumed_and_a_raise_sets_the_limit() {
+    let mut record = running();
+    record.budget.tokens = Some(100);
+    apply(&mut record, sample("paused"));
+    let paused = record.paused.clone().expect("paused");
+    assert_eq!((paused.kind, paused.used, paused.limit, paused.owner), (BudgetKind::Tokens, 90.0, 100.0, addr(A)));
+    // Paused is no stop: it still runs, and nothing else changed.
+    assert_eq!((record.state, record.stop_requested, record.exceeded), (AgentState::Running, false, None));
+    apply(&mut record, sample("budget_raised"));
+    assert_eq!(record.budget.tokens, Some(300));
+    assert!(record.paused.is_some(), "a raise alone does not resume");
+    apply(&mut record, sample("resumed"));
+    assert!(record.paused.is_none());
+    apply(&mut record, sample("paused"));
+    apply(&mut record, exited(AgentState::Stopped));
+    assert!(record.paused.is_none(), "an agent that ended is not paused");
 }
 
 #[test]

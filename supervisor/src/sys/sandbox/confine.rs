@@ -1,7 +1,8 @@
 //! What a sandboxed agent may ask of the daemon. The daemon runs outside
 //! every sandbox, so a request from inside one must not reach past it: a
 //! sandboxed agent spawns, stops, assigns and merges only within its own
-//! subtree, and never removes worktrees (`gc`) or stops the daemon. It may
+//! subtree, raises budgets only strictly below itself (never the one it
+//! runs under), and never removes worktrees (`gc`) or stops the daemon. It may
 //! read anything (`ps`, `view`, `logs`, `events`, `diff`, `wait`) and send
 //! messages to anyone (that is how agents talk).
 //!
@@ -37,6 +38,15 @@ pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
         }
         Request::Gc { .. } => Err(format!("{caller} is sandboxed: it may not remove worktrees (gc)")),
         Request::Shutdown => Err(format!("{caller} is sandboxed: it may not stop the daemon")),
+        // Strictly below: the budget it runs under (its own, an
+        // ancestor's) is never its to lift.
+        Request::RaiseBudget { address, .. } => match Address::resolve(address, caller) {
+            Ok(at) if at != *caller && at.is_within(caller) => Ok(()),
+            Ok(at) => {
+                Err(format!("{caller} is sandboxed: it may raise only the budgets of agents below it, not {at}'s"))
+            }
+            Err(e) => Err(e.message),
+        },
         Request::Hello { .. }
         | Request::List { .. }
         | Request::Info { .. }
@@ -80,5 +90,16 @@ mod tests {
         let send = Request::Send { to: "/root/b".into(), from: "/root/a".into(), text: "hi".into() };
         assert!(check(&me, &send).is_ok());
         assert!(check(&me, &Request::list(true)).is_ok());
+        let raise = |address: &str| Request::RaiseBudget {
+            address: address.into(),
+            add_tokens: Some(10),
+            add_cost: None,
+            by: "/root/a".into(),
+        };
+        assert!(check(&me, &raise("/root/a/b")).is_ok());
+        let err = check(&me, &raise("/root/a")).unwrap_err();
+        assert_eq!(err, "/root/a is sandboxed: it may raise only the budgets of agents below it, not /root/a's");
+        assert!(check(&me, &raise("/root")).is_err());
+        assert!(check(&me, &raise("/root/b")).is_err());
     }
 }

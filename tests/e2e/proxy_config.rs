@@ -1,0 +1,109 @@
+//! `[proxy]` in corral.toml end to end: a proxy-metered agent whose
+//! spawning environment sets no base URL and no key gets its upstream and
+//! its key from the file, and the key never reaches the agent; a key file
+//! others can read is refused at spawn with what to do about it.
+
+use std::os::unix::fs::PermissionsExt;
+
+use corral_e2e::real_cli::{describe, diagnostics, model_requests, run_deadline, MockLlm};
+use corral_e2e::{poll_until, TestRepo, PATIENCE};
+use serde_json::json;
+
+const FILE_KEY: &str = "sk-from-the-key-file-9c1d";
+
+#[test]
+fn an_upstream_and_a_key_file_in_corral_toml_serve_an_agent_whose_environment_has_neither() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "configured",
+        &json!({"steps": [{"text": "hello", "usage": {"input": 40, "output": 20}, "repeat": "forever"}]}),
+    );
+    let key_file = repo.path("anthropic.key");
+    std::fs::write(&key_file, format!("{FILE_KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        format!("[proxy.anthropic]\nupstream = \"{}\"\nkey_file = \"{}\"\n", mock.url, key_file.display()),
+    )
+    .unwrap();
+    // One Anthropic call to $ANTHROPIC_BASE_URL with $ANTHROPIC_API_KEY,
+    // then what it was given, then it waits to be read.
+    let client = repo.path("client.py");
+    std::fs::write(
+        &client,
+        r#"import json, os, time, urllib.request
+body = json.dumps({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
+req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+    headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"})
+with urllib.request.urlopen(req) as r:
+    print("call", r.status, flush=True)
+print("key", os.environ["ANTHROPIC_API_KEY"][:7], flush=True)
+time.sleep(600)
+"#,
+    )
+    .unwrap();
+    let spawn = |name: &str| {
+        let mut command = repo.command();
+        for variable in ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"] {
+            command.env_remove(variable);
+        }
+        let client = client.display().to_string();
+        command.args(["spawn", name, "--meter", "proxy", "--grace", "0", "--", "python3", &client]);
+        run_deadline(command, PATIENCE, "corral spawn")
+    };
+    let out = spawn("configured");
+    assert!(out.status.success(), "{}", describe(&out));
+    let address = "/root/configured";
+    let why = || diagnostics(&repo, address, Some(&mock));
+    poll_until("the call through the proxy", PATIENCE, || {
+        String::from_utf8_lossy(&repo.log(address)).contains("key corral-")
+    });
+    let log = String::from_utf8_lossy(&repo.log(address)).to_string();
+    assert!(log.contains("call 200"), "{log}\n{}", why());
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 1, "{}", why());
+    assert_eq!(requests[0]["headers"]["x-api-key"], "<redacted>", "a key went upstream: {}", requests[0]);
+    // The agent holds its own token, never the file's key.
+    let processes = repo.agent_processes(address);
+    assert!(!processes.is_empty(), "{}", why());
+    for pid in processes {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&env).contains(FILE_KEY), "process {pid} holds the file's key");
+    }
+    let mut holding = Vec::new();
+    files_holding(&repo.state_dir(), FILE_KEY, &mut holding);
+    assert!(holding.is_empty(), "the file's key was written to {holding:?}");
+    let stop = {
+        let mut command = repo.command();
+        command.args(["stop", address, "--grace", "0"]);
+        run_deadline(command, PATIENCE, "corral stop")
+    };
+    assert!(stop.status.success(), "{}", describe(&stop));
+
+    // Readable by others: refused, naming the file, its mode and the fix.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = spawn("exposed");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(14), "{}", describe(&out));
+    assert!(stderr.contains("[proxy.anthropic] key_file"), "{stderr}");
+    assert!(stderr.contains(&key_file.display().to_string()) && stderr.contains("mode 0644"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            files_holding(&path, needle, found);
+        } else if kind.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(path.display().to_string());
+        }
+    }
+}
