@@ -164,3 +164,24 @@ fn a_held_codex_is_stopped_at_once_with_its_subtree() {
     // Nothing resumed it: no notice reached a stopped parent.
     assert_eq!(model_requests(&mock.requests()).len(), 2, "{}", why());
 }
+
+#[test]
+fn a_held_codex_is_adopted_by_a_restarted_daemon_and_still_hears_its_child() {
+    let repo = TestRepo::new();
+    let go = repo.path("go");
+    let (mock, _codex_home) = spawn_codex_orchestrator(&repo, &go);
+    poll_until("the orchestrator's first turn to end", RUN_DEADLINE, || {
+        model_requests(&mock.requests()).len() >= 2
+            && ps_record(&repo, "/root/orch")["results"].as_u64().unwrap_or(0) >= 1
+    });
+    // Held, with no process: the daemon dies and a new one adopts it.
+    let daemon = repo.daemon_pid().expect("a daemon runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the daemon to die", PATIENCE, || !corral_e2e::alive(daemon));
+    let why = || diagnostics(&repo, "/root/orch", Some(&mock));
+    assert_eq!(ps_record(&repo, "/root/orch")["state"], "running", "not adopted\n{}", why());
+    std::fs::write(&go, "").unwrap();
+    let orch = wait_end(&repo, "/root/orch", &mock);
+    assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
+    third_request_carries_the_notice(&repo, &mock);
+}

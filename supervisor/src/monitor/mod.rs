@@ -90,6 +90,9 @@ struct State {
     accepting: bool,
     /// Told to wait for follow-ups after a clean end (`Hold`).
     held: bool,
+    /// Held between processes: the last pid is gone (its number may be
+    /// reused), so a stop signals no process group by it.
+    between: bool,
     /// Ids of the messages written to the agent's input.
     inputs_seen: std::collections::HashSet<String>,
     /// The current run is being stopped because a probe failed.
@@ -148,6 +151,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             tags_seen: std::collections::HashSet::new(),
             accepting: true,
             held: false,
+            between: false,
             inputs_seen: std::collections::HashSet::new(),
             probe_failed: false,
             stopping: 0,
@@ -317,9 +321,12 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         // its next follow-up.
         if state.held && state.follow_ups.is_empty() && !state.stop_requested && (code, signal) == (Some(0), None) {
             tracing::info!("agent's process {pid} ended; held for a follow-up");
-            state.pid = 0;
+            // The pid stays what `status` says: a daemon that connects
+            // meanwhile adopts the agent, which is alive though idle.
+            state.between = true;
             state =
                 shared.changed.wait_while(state, |s| s.held && s.follow_ups.is_empty() && !s.stop_requested).unwrap();
+            state.between = false;
         }
         // Frozen, nothing new of the agent starts: a follow-up or a restart
         // waits for the thaw (or a stop).
@@ -623,7 +630,12 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
         }
         state.stopping += 1;
         shared.changed.notify_all();
-        state.pid
+        // Between processes of a held agent nothing runs under its pid.
+        if state.between {
+            0
+        } else {
+            state.pid
+        }
     };
     // Whatever the daemon sent, never panic here: a stop that cannot run is
     // an agent nobody can stop. Out of range means "as long as allowed".
@@ -633,7 +645,8 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
     tracing::info!("stopping the agent (pid {pid}, grace {grace:?}, probe failed: {probe_failed})");
     let shared = shared.clone();
     std::thread::spawn(move || {
-        // pid 0: no process runs (held between follow-ups).
+        // pid 0: no process runs (held between follow-ups), only what it
+        // may have left behind, which stop_tree finds as descendants.
         process::stop_tree(std::process::id(), (pid != 0).then_some(pid), grace, Duration::from_secs(10));
         shared.state.lock().unwrap().stopping -= 1;
         shared.changed.notify_all();
