@@ -138,7 +138,12 @@ fn liveness_failures_restart_with_a_doubling_backoff_and_a_growing_count() {
     for (i, event) in restarted.iter().enumerate() {
         let gap_ms = (starts[i + 1] - starts[i]) / 1_000_000;
         let backoff_ms = (event["backoff_secs"].as_f64().unwrap() * 1000.0) as i128;
-        assert!(gap_ms >= backoff_ms, "run {} started {gap_ms} ms after run {}, back-off {backoff_ms} ms", i + 2, i + 1);
+        assert!(
+            gap_ms >= backoff_ms,
+            "run {} started {gap_ms} ms after run {}, back-off {backoff_ms} ms",
+            i + 2,
+            i + 1
+        );
     }
     let agent = repo.agent("/root/flaky");
     assert_eq!(agent["restarts"], 4);
