@@ -185,3 +185,71 @@ fn a_snapshot_the_journal_does_not_hold_is_set_aside_and_the_journal_folded() {
     let aside = std::fs::read_dir(&state).unwrap().flatten();
     assert_eq!(aside.filter(|e| e.file_name().to_string_lossy().starts_with("snapshot.jsonl.unused-")).count(), 1);
 }
+
+/// VmHWM (peak RSS) in kB of a live process.
+fn peak_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_restarted_daemon_with_many_done_agents_answers_ps_all_view_and_assign_to_an_old_one() {
+    let repo = repo_with_one_agent();
+    let view = repo.corral_ok(&["view", "h"]);
+    shut_down(&repo);
+    let (_, last_agent) = grow(&repo, 1, 30_000);
+    let all = ps_all(&repo);
+    assert_eq!(all.len(), last_agent + 1);
+    shut_down(&repo);
+    // The done agents' records were put away, written once beside the
+    // snapshot, which holds only their summaries.
+    let state = repo.state_dir();
+    let (snapshot, done) = (state.join("snapshot.jsonl"), state.join("done.jsonl"));
+    let (snapshot_len, done_len) =
+        (std::fs::metadata(&snapshot).unwrap().len(), std::fs::metadata(&done).unwrap().len());
+    assert!(snapshot_len * 4 < done_len, "snapshot {snapshot_len} bytes, done.jsonl {done_len}");
+
+    // A new daemon, from that snapshot: the same list, the old agent's
+    // record and output, whole.
+    assert_eq!(ps_all(&repo), all, "the table after a restart is not the one before it");
+    assert_eq!(repo.corral_ok(&["view", "h"]), view);
+    let old = repo.agent("/root/h");
+    assert_eq!((old["state"].as_str(), old["task"].as_str()), (Some("succeeded"), Some("test task")), "{old}");
+    let copy = repo.agent(&format!("/root/h{last_agent}"));
+    assert_eq!(copy["branch"], format!("corral/h{last_agent}"), "{copy}");
+
+    // An old agent takes a new task: its record comes back, runs, ends.
+    repo.corral_ok(&["assign", "h", "second"]);
+    assert_eq!(repo.corral(&["wait", "h", "--timeout", "60"]).status.code(), Some(0));
+    let again = repo.agent("/root/h");
+    assert_eq!((again["state"].as_str(), again["task"].as_str()), (Some("succeeded"), Some("second")), "{again}");
+    assert_eq!(again["id"], old["id"]);
+    assert!(again["runs"].as_u64() > old["runs"].as_u64(), "{again}");
+    // And a restart after that folds the new run too.
+    shut_down(&repo);
+    assert_eq!(repo.agent("/root/h")["task"], "second");
+    assert_eq!(ps_all(&repo).len(), all.len());
+}
+
+/// VmHWM the daemon stays under with 100,000 done agents, in kB: generous
+/// (a debug build, a loaded machine). Holding every record took about
+/// 340 MB; `cargo bench -p corral --bench history` gives the figure.
+const HISTORY_BOUND_KB: u64 = 120_000;
+
+#[test]
+fn a_daemon_with_100_000_done_agents_stays_small() {
+    let repo = repo_with_one_agent();
+    let (_, last_agent) = grow(&repo, 1, 300_000);
+    assert!(last_agent >= 100_000, "{last_agent} agents");
+    // The first daemon folds the whole journal, putting away as it goes;
+    // the second starts from the snapshot it left.
+    for start in ["from the journal", "from the snapshot"] {
+        let recent = repo.corral_json(&["ps", "--json"]);
+        assert_eq!(recent.as_array().map(Vec::len), Some(100), "{start}");
+        let daemon = repo.daemon_pid().unwrap();
+        let peak = peak_kb(daemon);
+        println!("{start}: the daemon's peak RSS is {peak} kB");
+        assert!(peak > 0 && peak < HISTORY_BOUND_KB, "{start}: peak RSS {peak} kB, over {HISTORY_BOUND_KB}");
+        shut_down(&repo);
+    }
+}

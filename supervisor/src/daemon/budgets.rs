@@ -24,14 +24,19 @@ use crate::model::lifecycle::{AgentRecord, AgentState, AgentTable};
 
 pub(super) use crate::model::lifecycle::DEFAULT_GRACE_SECS;
 
-/// What `scope` and every agent below it have spent in tokens and cost.
-/// (Time is each agent's own; the caller adds it.)
+/// What `scope` and every agent below it have spent in tokens and cost,
+/// put-away agents included. (Time is each agent's own; the caller adds it.)
 pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
     let mut spend = Spend::default();
     for agent in table.subtree(scope) {
         spend.tokens += agent.usage.total();
         spend.output_tokens += agent.usage.output;
         spend.cost += agent.cost_usd.unwrap_or(0.0);
+    }
+    for (_, done) in table.away_within(scope) {
+        spend.tokens += done.tokens;
+        spend.output_tokens += done.output_tokens;
+        spend.cost += done.cost;
     }
     spend
 }

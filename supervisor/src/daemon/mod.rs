@@ -51,6 +51,7 @@ use crate::sys::paths::StateDir;
 
 mod adopt;
 mod agent;
+mod archive;
 mod assign;
 mod budgets;
 mod events;

@@ -11,7 +11,7 @@ use crate::model::address::Address;
 use crate::model::duration::checked_secs;
 use crate::model::error::Result;
 use crate::model::event::EventBody;
-use crate::model::lifecycle::{AgentRecord, AgentState};
+use crate::model::lifecycle::{AgentRecord, AgentState, Entry};
 use crate::wire::protocol::{GcEntry, Response};
 
 /// Stops an agent and its subtree; `/root` stops every agent. Each agent
@@ -58,13 +58,17 @@ pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option
     // The agents it stopped (and the one asked for), not the whole history.
     let stopped: std::collections::HashSet<&Address> = addresses.iter().collect();
     let top_address = top_record.as_ref().map(|r| &r.address);
-    let all: Vec<AgentRecord> = daemon.store.read(|table| {
+    let mut all: Vec<AgentRecord> = daemon.store.read(|table| {
         let wanted = |a: &&AgentRecord| stopped.contains(&a.address) || Some(&a.address) == top_address;
         match top_address {
             Some(top) => table.subtree(top).into_iter().filter(wanted).cloned().collect(),
             None => table.agents.values().filter(wanted).cloned().collect(),
         }
     });
+    // A top that was done already may be put away (its subtree is done).
+    if let Some(top) = top_address.filter(|top| !all.iter().any(|a| &a.address == *top)) {
+        all.splice(0..0, daemon.record(top));
+    }
     Ok(Response::Stopped { agents: all })
 }
 
@@ -88,8 +92,7 @@ pub(super) async fn wait_for(
     let mut seq = daemon.store.subscribe();
     loop {
         seq.borrow_and_update();
-        let records: Vec<AgentRecord> =
-            daemon.store.read(|table| addresses.iter().filter_map(|a| table.agents.get(a).cloned()).collect());
+        let records: Vec<AgentRecord> = addresses.iter().filter_map(|a| daemon.record(a)).collect();
         if records.iter().all(AgentRecord::is_done) {
             return (records, false);
         }
@@ -116,16 +119,19 @@ pub(super) async fn wait_for(
 pub(super) async fn gc(daemon: &Arc<Daemon>, force: bool, older_than_secs: Option<f64>) -> Result<Response> {
     let older_than = older_than_secs.map(|t| checked_secs("--older-than", t)).transpose()?;
     let cutoff = older_than.and_then(|age| chrono::Duration::from_std(age).ok()).map(|age| chrono::Utc::now() - age);
-    let old_enough = |a: &AgentRecord| match cutoff {
-        Some(cutoff) => a.ended_at.is_some_and(|ended| ended <= cutoff),
+    let old_enough = |a: &Entry| match cutoff {
+        Some(cutoff) => a.ended_at().is_some_and(|ended| ended <= cutoff),
         None => true,
     };
-    let candidates: Vec<AgentRecord> = daemon
-        .store
-        .read(|table| table.agents.values().filter(|a| a.is_done() && !a.removed && old_enough(a)).cloned().collect());
+    // Addresses, not records: a long history's put-away records are read
+    // one at a time, never all at once.
+    let candidates: Vec<Address> = daemon.store.read(|table| {
+        table.entries().filter(|a| a.is_done() && !a.removed() && old_enough(a)).map(|a| a.address().clone()).collect()
+    });
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     let _git = daemon.git.lock().await;
-    for agent in candidates {
+    for address in candidates {
+        let Some(agent) = daemon.record(&address) else { continue };
         let repo = daemon.state.repo_root.clone();
         let (path, branch, target) = (agent.worktree.clone(), agent.branch.clone(), agent.merge.target.clone());
         let entry = |why: String, deleted_branch: Option<String>| GcEntry {

@@ -94,7 +94,16 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Res
             let query = listing::Query { all, recent, under: parse(under)?, after: parse(after)? };
             let page = daemon.store.read(|table| listing::page(table, &query, chrono::Utc::now()));
             let next = page.next.map(|a| a.to_string());
-            Ok(Response::Agents { agents: page.agents, next, older: page.older })
+            // Put-away records are read once the table is let go.
+            let agents = page
+                .agents
+                .into_iter()
+                .filter_map(|listed| match listed {
+                    listing::Listed::Record(record) => Some(*record),
+                    listing::Listed::Away(address, spot) => daemon.store.load(&address, spot),
+                })
+                .collect();
+            Ok(Response::Agents { agents, next, older: page.older })
         }
         Request::Info { address } => {
             let agent = daemon.find(&address)?;

@@ -4,10 +4,15 @@
 //!
 //! A snapshot is the table as of one seq, with the journal length at which
 //! that seq's line ends: a header line (`v`, `seq`, `journal_len`,
-//! `last_id`, the daily spend, how many agents), then one agent record a
-//! line.
+//! `last_id`, the daily spend, how many agents are held and how many put
+//! away, and how long `done.jsonl` was), then one held agent's record a
+//! line, then one put-away agent's summary a line (`[address, summary]`:
+//! its whole record is in `done.jsonl`, written once, never again with
+//! each snapshot). Version 1 snapshots (records only) are still read.
 //!
 //! Guarantees:
+//! - a snapshot names only spots of `done.jsonl` synced before it was
+//!   written; one that names more than the file holds is set aside;
 //! - a snapshot is written beside the old one (`snapshot.jsonl.tmp`),
 //!   fsynced, renamed over it, and the folder fsynced: a crash at any
 //!   point leaves the old snapshot or the new one, whole, in use, never a
@@ -34,9 +39,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::journal::{Journal, Resume};
-use crate::model::lifecycle::{AgentRecord, AgentTable, DailySpend};
+use crate::model::address::Address;
+use crate::model::lifecycle::{AgentRecord, AgentTable, DailySpend, DoneAgent};
 
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// The first line of a snapshot.
 #[derive(Serialize, Deserialize)]
@@ -47,6 +53,12 @@ struct Header {
     last_id: u64,
     daily: BTreeMap<String, DailySpend>,
     agents: usize,
+    /// Put-away agents (after the held ones).
+    #[serde(default)]
+    done: usize,
+    /// How long `done.jsonl` was when written: every spot ends by then.
+    #[serde(default)]
+    archive_len: u64,
 }
 
 /// The snapshot beside the journal at `journal`.
@@ -59,9 +71,10 @@ fn temporary(path: &Path) -> PathBuf {
 }
 
 /// The table of the snapshot beside `journal` and where the journal
-/// goes on after it, if there is one the journal holds. Anything else is
-/// said, set aside and ignored: the caller folds the whole journal.
-pub(super) fn load(journal: &Path) -> Option<(AgentTable, Resume)> {
+/// goes on after it, if there is one the journal holds and whose spots
+/// `done.jsonl` (now `archive_len` long) reaches. Anything else is said,
+/// set aside and ignored: the caller folds the whole journal.
+pub(super) fn load(journal: &Path, archive_len: u64) -> Option<(AgentTable, Resume)> {
     let path = path_for(journal);
     // A temporary file is what a crash left of a snapshot being written.
     let _ = std::fs::remove_file(temporary(&path));
@@ -73,7 +86,7 @@ pub(super) fn load(journal: &Path) -> Option<(AgentTable, Resume)> {
             return None;
         }
     };
-    match read(file) {
+    match read(file, archive_len) {
         Ok((table, resume)) if Journal::holds(journal, resume) => Some((table, resume)),
         Ok((_, resume)) => {
             set_aside(&path, &format!("the journal does not hold its seq {} at byte {}", resume.seq, resume.len));
@@ -86,23 +99,40 @@ pub(super) fn load(journal: &Path) -> Option<(AgentTable, Resume)> {
     }
 }
 
-fn read(file: File) -> std::result::Result<(AgentTable, Resume), String> {
+fn read(file: File, archive_len: u64) -> std::result::Result<(AgentTable, Resume), String> {
     let mut lines = BufReader::with_capacity(1 << 20, file).lines();
     let mut next = || lines.next().transpose().map_err(|e| format!("cannot be read ({e})"));
     let header = next()?.ok_or("it is empty")?;
     let header: Header = serde_json::from_str(&header).map_err(|e| format!("its header is not whole ({e})"))?;
-    if header.v != SNAPSHOT_VERSION {
+    if header.v != SNAPSHOT_VERSION && header.v != 1 {
         return Err(format!("it is of version {}, not {SNAPSHOT_VERSION}", header.v));
     }
-    let mut table = AgentTable { agents: BTreeMap::new(), last_id: header.last_id, daily: header.daily };
+    if header.archive_len > archive_len {
+        return Err(format!(
+            "it names records up to byte {} of done.jsonl, which holds {archive_len}",
+            header.archive_len
+        ));
+    }
+    let mut table = AgentTable::default();
+    (table.last_id, table.daily) = (header.last_id, header.daily);
+    let total = header.agents + header.done;
     for n in 1..=header.agents {
-        let line = next()?.ok_or_else(|| format!("it ends after {} of its {} agents", n - 1, header.agents))?;
+        let line = next()?.ok_or_else(|| format!("it ends after {} of its {total} agents", n - 1))?;
         let record: AgentRecord =
             serde_json::from_str(&line).map_err(|e| format!("agent line {n} is not whole ({e})"))?;
         table.agents.insert(record.address.clone(), record);
     }
+    for n in header.agents + 1..=total {
+        let line = next()?.ok_or_else(|| format!("it ends after {} of its {total} agents", n - 1))?;
+        let (address, done): (Address, DoneAgent) =
+            serde_json::from_str(&line).map_err(|e| format!("agent line {n} is not whole ({e})"))?;
+        if done.spot.end() > header.archive_len {
+            return Err(format!("agent line {n} names bytes past done.jsonl's {}", header.archive_len));
+        }
+        table.insert_away(address, done);
+    }
     if next()?.is_some() {
-        return Err(format!("it holds more than its {} agents", header.agents));
+        return Err(format!("it holds more than its {total} agents"));
     }
     Ok((table, Resume { seq: header.seq, len: header.journal_len }))
 }
@@ -130,8 +160,9 @@ fn set_aside(path: &Path, why: &str) {
 
 /// Writes `table`, the fold of the journal up to `resume`, as the
 /// snapshot beside `journal`, replacing the old one only once the new one
-/// is whole and durable.
-pub(super) fn write(journal: &Path, table: &AgentTable, resume: Resume) -> std::io::Result<()> {
+/// is whole and durable. `done.jsonl` must be synced up to `archive_len`,
+/// past every spot the table names.
+pub(super) fn write(journal: &Path, table: &AgentTable, resume: Resume, archive_len: u64) -> std::io::Result<()> {
     let path = path_for(journal);
     let tmp = temporary(&path);
     let fault = injected_fault(journal);
@@ -144,15 +175,27 @@ pub(super) fn write(journal: &Path, table: &AgentTable, resume: Resume) -> std::
         last_id: table.last_id,
         daily: table.daily.clone(),
         agents: table.agents.len(),
+        done: table.len() - table.agents.len(),
+        archive_len,
     };
     serde_json::to_writer(&mut out, &header)?;
     out.write_all(b"\n")?;
-    for (n, record) in table.agents.values().enumerate() {
-        if fault.as_deref() == Some("kill:mid") && n == table.agents.len() / 2 {
+    let half = table.len() / 2;
+    let mid = |n: usize, out: &mut BufWriter<&File>| {
+        if fault.as_deref() == Some("kill:mid") && n == half {
             out.flush()?;
             kill_self();
         }
+        Ok::<(), std::io::Error>(())
+    };
+    for (n, record) in table.agents.values().enumerate() {
+        mid(n, &mut out)?;
         serde_json::to_writer(&mut out, record)?;
+        out.write_all(b"\n")?;
+    }
+    for (n, away) in table.away().enumerate() {
+        mid(table.agents.len() + n, &mut out)?;
+        serde_json::to_writer(&mut out, &away)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
@@ -202,7 +245,8 @@ mod tests {
             })
             .collect();
         journal.append(drafts).unwrap();
-        let mut table = AgentTable { last_id: 41, ..AgentTable::default() };
+        let mut table = AgentTable::default();
+        table.last_id = 41;
         table.daily.insert("2026-12-01".into(), DailySpend { tokens: 7, cost: 0.5, ..DailySpend::default() });
         (path, table, Resume { seq: journal.last_seq(), len: journal.durable_len() })
     }
@@ -211,8 +255,8 @@ mod tests {
     fn a_snapshot_round_trips_and_names_where_the_journal_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, table, resume) = journal_of(dir.path(), 5);
-        write(&journal, &table, resume).unwrap();
-        let (back, at) = load(&journal).expect("the snapshot is used");
+        write(&journal, &table, resume, 0).unwrap();
+        let (back, at) = load(&journal, 0).expect("the snapshot is used");
         assert_eq!(at, resume);
         assert_eq!((back.last_id, back.daily), (41, table.daily));
         assert!(!temporary(&path_for(&journal)).exists());
@@ -224,8 +268,8 @@ mod tests {
         let (journal, table, resume) = journal_of(dir.path(), 5);
         // Past the journal's end, and at a length that is not where that seq ends.
         for wrong in [Resume { seq: 6, len: resume.len + 10 }, Resume { seq: 4, len: resume.len }] {
-            write(&journal, &table, wrong).unwrap();
-            assert!(load(&journal).is_none(), "{wrong:?} was used");
+            write(&journal, &table, wrong, 0).unwrap();
+            assert!(load(&journal, 0).is_none(), "{wrong:?} was used");
             assert!(!path_for(&journal).exists(), "{wrong:?} stays in place");
         }
         let aside = std::fs::read_dir(dir.path()).unwrap().flatten();
@@ -233,16 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_naming_more_of_done_jsonl_than_it_holds_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, table, resume) = journal_of(dir.path(), 3);
+        write(&journal, &table, resume, 100).unwrap();
+        assert!(load(&journal, 99).is_none(), "a done.jsonl cut short was trusted");
+        assert!(!path_for(&journal).exists());
+        write(&journal, &table, resume, 100).unwrap();
+        assert!(load(&journal, 100).is_some());
+    }
+
+    #[test]
     fn a_snapshot_cut_short_is_not_used_and_a_leftover_temporary_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, table, resume) = journal_of(dir.path(), 3);
-        write(&journal, &table, resume).unwrap();
+        write(&journal, &table, resume, 0).unwrap();
         let path = path_for(&journal);
         // The header promises an agent the file does not hold.
         let text = std::fs::read_to_string(&path).unwrap().replace("\"agents\":0", "\"agents\":1");
         std::fs::write(&path, text).unwrap();
         std::fs::write(temporary(&path), "half a snap").unwrap();
-        assert!(load(&journal).is_none());
+        assert!(load(&journal, 0).is_none());
         assert!(!temporary(&path).exists());
     }
 }

@@ -22,7 +22,7 @@ use crate::model::address::Address;
 use crate::model::budget::Budget;
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
-use crate::model::lifecycle::{AgentRecord, AgentTable, MergeSpec};
+use crate::model::lifecycle::{AgentRecord, MergeSpec};
 use crate::sys::paths::AgentDir;
 use crate::sys::sandbox;
 use crate::wire::monitor::MonitorSpec;
@@ -33,16 +33,14 @@ use corral_harness::Harness;
 /// A new agent's budget: what it asked for, within what each ancestor
 /// with a budget has left (a child never gets more than its parent).
 fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
-    daemon.store.read(|table| grant_from(table, parent, wanted))
-}
-
-fn grant_from(table: &AgentTable, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
     let mut granted = *wanted;
     let mut scope = Some(parent.clone());
     while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
-        if let Some(record) = table.agents.get(&ancestor) {
+        // An ancestor may be done and put away: its record is read back.
+        if let Some(record) = daemon.record(&ancestor) {
             if !record.budget.is_empty() {
-                let left = record.budget.left_after(&subtree_spend(table, &ancestor));
+                let spend = daemon.store.read(|table| subtree_spend(table, &ancestor));
+                let left = record.budget.left_after(&spend);
                 granted = Budget::grant(&granted, &left).map_err(|why| format!("{why} (the budget of {ancestor})"))?;
                 // What its share of the ancestor's budget does once spent is
                 // the ancestor's, unless it says otherwise: a child of a
@@ -98,7 +96,7 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
         let mut reserved = daemon.reserved.lock().unwrap_or_else(|e| e.into_inner());
         // An agent `corral gc` removed frees its name: its history stays in
         // the journal under its id, and the new agent's record replaces it.
-        let taken = daemon.store.read(|table| table.agents.get(&address).is_some_and(|a| !a.removed));
+        let taken = daemon.store.read(|table| table.name_taken(&address));
         if taken || reserved.addresses.contains(&address) {
             return Err(Error::new(ErrorKind::Duplicate, format!("an agent named {address} already exists")));
         }

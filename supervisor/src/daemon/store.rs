@@ -25,8 +25,16 @@
 //! the snapshot and only the journal after it; the journal itself is
 //! never cut.
 //!
+//! Memory follows live agents: the writer puts done agents away (their
+//! whole records written to `done.jsonl`, see `archive`; a summary stays
+//! in the table) a batch at a time, in the fold on open as at run time,
+//! and brings a record back before it applies an event of that agent (a
+//! `gc`, an `assign`, a merge of an old agent). [`Store::record`] reads a
+//! put-away record from the file, so callers never see the difference.
+//!
 //! Never does: decide anything. It records what the daemon decided.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, RwLock};
@@ -34,12 +42,13 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use crate::daemon::archive::Archive;
 use crate::daemon::journal::{Draft, Journal, Resume};
 use crate::daemon::snapshot;
 use crate::model::address::Address;
 use crate::model::error::{Error, Result};
 use crate::model::event::{Event, EventBody};
-use crate::model::lifecycle::{AgentRecord, AgentTable};
+use crate::model::lifecycle::{AgentRecord, AgentTable, Entry, Spot};
 
 /// Most commits one write takes together.
 const GROUP_COMMIT_MAX: usize = 512;
@@ -51,6 +60,11 @@ const GROUP_COMMIT_MAX: usize = 512;
 /// start folds after the snapshot at most this many events.
 const SNAPSHOT_EVERY: u64 = 20_000;
 const SNAPSHOT_PER_AGENT: u64 = 1;
+
+/// Agents touched since the last putting away, at least, before the writer
+/// looks for done ones to put away: at most about this many done agents'
+/// whole records are held in memory.
+const PUT_AWAY_EVERY: usize = 1_024;
 
 /// How often a writer that cannot write tries again by itself.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -72,6 +86,7 @@ struct Commit {
 pub(super) struct Store {
     writer: std_mpsc::Sender<Commit>,
     table: Arc<RwLock<AgentTable>>,
+    archive: Arc<Archive>,
     durable: watch::Sender<Durable>,
     /// Output events left out while the journal could not be written, to
     /// be counted in the next `journal_resumed`.
@@ -83,11 +98,21 @@ impl Store {
     /// when there is one the journal holds, then the events after it) and
     /// starts the writer thread.
     pub(super) fn open(path: &Path) -> Result<Store> {
-        let (mut table, resume) = match snapshot::load(path) {
+        let archive = Archive::open(path)
+            .map_err(|e| Error::other(format!("cannot open {}: {e}", Archive::path_for(path).display())))?;
+        let archive = Arc::new(archive);
+        let (mut table, resume) = match snapshot::load(path, archive.len()) {
             Some((table, resume)) => (table, Some(resume)),
             None => (AgentTable::default(), None),
         };
-        let mut journal = Journal::open_after(path, resume, |event| table.apply(&event))?;
+        let mut keeper = Keeper { archive: archive.clone(), touched: BTreeSet::new() };
+        let mut journal = Journal::open_after(path, resume, |event| {
+            keeper.apply(&mut table, &event);
+            keeper.put_away_if_due(&mut table);
+        })?;
+        // Whatever the snapshot or the fold left held that is done goes now.
+        keeper.touched.extend(table.agents.keys().cloned());
+        keeper.put_away(&mut table);
         let snapshot_seq = resume.map_or(0, |r| r.seq);
         let table = Arc::new(RwLock::new(table));
         let durable = watch::Sender::new(Durable { seq: journal.last_seq(), len: journal.durable_len() });
@@ -118,6 +143,7 @@ impl Store {
             fault: None,
             first,
             snapshot_seq,
+            keeper,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -132,7 +158,7 @@ impl Store {
                 }
             })
             .map_err(|e| Error::other(format!("cannot start the journal writer: {e}")))?;
-        Ok(Store { writer, table, durable, dropped_output })
+        Ok(Store { writer, table, archive, durable, dropped_output })
     }
 
     /// Journals the drafts (fsynced), folds them into the table, wakes
@@ -163,8 +189,28 @@ impl Store {
         f(&self.table.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The agent's whole record, read back from `done.jsonl` when it was
+    /// put away.
     pub(super) fn record(&self, address: &Address) -> Option<AgentRecord> {
-        self.read(|table| table.agents.get(address).cloned())
+        let spot = self.read(|table| match table.entry(address)? {
+            Entry::Held(record) => Some(Err(record.clone())),
+            Entry::Away(_, done) => Some(Ok(done.spot)),
+        })?;
+        match spot {
+            Err(record) => Some(record),
+            Ok(spot) => self.load(address, spot),
+        }
+    }
+
+    /// The put-away record at `spot` (a spot stays good: see `archive`).
+    pub(super) fn load(&self, address: &Address, spot: Spot) -> Option<AgentRecord> {
+        match self.archive.read(spot) {
+            Ok(record) => Some(record),
+            Err(err) => {
+                tracing::error!("cannot read back the record of {address}: {err}");
+                None
+            }
+        }
     }
 
     /// The newest journaled seq and durable length; it changes after
@@ -199,6 +245,68 @@ struct Writer {
     first: Vec<Draft>,
     /// The seq of the last snapshot (0: none yet).
     snapshot_seq: u64,
+    keeper: Keeper,
+}
+
+/// Puts done agents away and brings them back: the writer's (and the
+/// fold's on open), never anyone else's.
+struct Keeper {
+    archive: Arc<Archive>,
+    /// Agents with events since the last putting away.
+    touched: BTreeSet<Address>,
+}
+
+impl Keeper {
+    /// Applies `event`, bringing back first the records it needs.
+    fn apply(&mut self, table: &mut AgentTable, event: &Event) {
+        for (address, spot) in table.put_away_for(event) {
+            match self.archive.read(spot) {
+                Ok(record) => table.bring_back(record),
+                // Not misread: its event is left out of the fold (said).
+                Err(err) => tracing::error!("cannot bring back the record of {address}: {err}"),
+            }
+        }
+        table.apply(event);
+        if let Some(agent) = &event.agent {
+            if !self.touched.contains(agent) {
+                self.touched.insert(agent.clone());
+            }
+        }
+    }
+
+    fn put_away_if_due(&mut self, table: &mut AgentTable) {
+        if self.touched.len() >= PUT_AWAY_EVERY {
+            self.put_away(table);
+        }
+    }
+
+    /// Puts away every touched agent (and ancestor of one) that may be.
+    /// One that cannot be written stays held: nothing is lost, only memory.
+    fn put_away(&mut self, table: &mut AgentTable) {
+        let touched = std::mem::take(&mut self.touched);
+        let mut candidates: BTreeSet<Address> = BTreeSet::new();
+        for address in touched {
+            for at in std::iter::successors(Some(address), Address::parent) {
+                if at.is_root() || !candidates.insert(at) {
+                    break;
+                }
+            }
+        }
+        let records: Vec<&AgentRecord> =
+            candidates.iter().filter(|a| table.can_put_away(a)).filter_map(|a| table.agents.get(a)).collect();
+        if records.is_empty() {
+            return;
+        }
+        match self.archive.append(&records) {
+            Ok(spots) => {
+                let addresses: Vec<Address> = records.iter().map(|r| r.address.clone()).collect();
+                for (address, spot) in addresses.iter().zip(spots) {
+                    table.put_away(address, spot);
+                }
+            }
+            Err(err) => tracing::warn!("cannot put away {} done agents' records: {err}", records.len()),
+        }
+    }
 }
 
 impl Writer {
@@ -235,12 +343,18 @@ impl Writer {
     /// as many events more: the journal still holds everything.
     fn snapshot_if_due(&mut self) {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let due = SNAPSHOT_EVERY.max(SNAPSHOT_PER_AGENT * table.agents.len() as u64);
+        let due = SNAPSHOT_EVERY.max(SNAPSHOT_PER_AGENT * table.len() as u64);
         if self.journal.last_seq() - self.snapshot_seq < due {
             return;
         }
         let resume = Resume { seq: self.journal.last_seq(), len: self.journal.durable_len() };
-        if let Err(err) = snapshot::write(self.journal.path(), &table, resume) {
+        // The records it names are durable before it is.
+        let written = self
+            .keeper
+            .archive
+            .sync()
+            .and_then(|()| snapshot::write(self.journal.path(), &table, resume, self.keeper.archive.len()));
+        if let Err(err) = written {
             tracing::warn!(
                 "cannot write a snapshot of the agent table beside {}: {err}",
                 self.journal.path().display()
@@ -286,7 +400,7 @@ impl Writer {
                 {
                     let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
                     for event in &events {
-                        table.apply(event);
+                        self.keeper.apply(&mut table, event);
                     }
                 }
                 self.durable.send_replace(Durable { seq: self.journal.last_seq(), len: self.journal.durable_len() });
@@ -294,7 +408,12 @@ impl Writer {
                 for (reply, size) in replies.into_iter().zip(sizes) {
                     let _ = reply.send(Ok(events.by_ref().take(size).collect()));
                 }
-                // After the answers: a snapshot delays the next commits, never these.
+                // After the answers: putting away and a snapshot delay the
+                // next commits, never these.
+                if self.keeper.touched.len() >= PUT_AWAY_EVERY {
+                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                    self.keeper.put_away(&mut table);
+                }
                 self.snapshot_if_due();
             }
             Err(err) => {

@@ -10,6 +10,7 @@
 //! touches processes or files.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -746,15 +747,119 @@ pub fn classify_exit(
 }
 
 /// All agents, folded from a journal.
+///
+/// Memory follows live agents, not history: an agent that is done (ended,
+/// its merge settled) and has nothing below it still going can be put
+/// away, leaving a [`DoneAgent`] summary here and its whole record in a
+/// file ([`Spot`] says where; the daemon's store owns that file). Every
+/// address is in `agents` or put away, never both. A put-away record must
+/// be brought back ([`AgentTable::bring_back`]) before an event of its is
+/// applied: [`AgentTable::put_away_for`] names which an event needs.
 #[derive(Debug, Default, Clone)]
 pub struct AgentTable {
+    /// The records held in memory: every agent not done yet (and every
+    /// ancestor of one), and done agents not put away yet.
     pub agents: BTreeMap<Address, AgentRecord>,
+    /// Done agents put away: what lists, budgets and name checks need.
+    done: BTreeMap<Address, DoneAgent>,
     /// The largest agent id seen, so new ids never reuse a folder.
     pub last_id: u64,
     /// What the repository spent each day (local date, `YYYY-MM-DD`): the
     /// journal is kept, so a daemon restart or a second cron run the same
     /// day starts from the same figures.
     pub daily: BTreeMap<String, DailySpend>,
+}
+
+/// What stays in memory of an agent put away: enough to list it, count
+/// its spend in its ancestors' budgets and keep its name, and where its
+/// whole record is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneAgent {
+    pub id: u64,
+    pub state: AgentState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+    #[serde(default)]
+    pub tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cost: f64,
+    pub spot: Spot,
+}
+
+/// Where a put-away record is: its bytes in the store's file of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spot {
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Spot {
+    pub fn end(self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
+impl DoneAgent {
+    pub fn of(record: &AgentRecord, spot: Spot) -> DoneAgent {
+        DoneAgent {
+            id: record.id,
+            state: record.state,
+            ended_at: record.ended_at,
+            removed: record.removed,
+            tokens: record.usage.total(),
+            output_tokens: record.usage.output,
+            cost: record.cost_usd.unwrap_or(0.0),
+            spot,
+        }
+    }
+}
+
+/// One agent of the table, held or put away.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    Held(&'a AgentRecord),
+    Away(&'a Address, &'a DoneAgent),
+}
+
+impl Entry<'_> {
+    pub fn address(&self) -> &Address {
+        match self {
+            Entry::Held(record) => &record.address,
+            Entry::Away(address, _) => address,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        match self {
+            Entry::Held(record) => record.id,
+            Entry::Away(_, done) => done.id,
+        }
+    }
+
+    pub fn removed(&self) -> bool {
+        match self {
+            Entry::Held(record) => record.removed,
+            Entry::Away(_, done) => done.removed,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        match self {
+            Entry::Held(record) => record.is_done(),
+            Entry::Away(..) => true,
+        }
+    }
+
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Entry::Held(record) => record.ended_at,
+            Entry::Away(_, done) => done.ended_at,
+        }
+    }
 }
 
 /// One day's spend over all agents, and the daily budgets already warned
@@ -773,10 +878,14 @@ pub fn day_of(ts: DateTime<Utc>) -> String {
 }
 
 impl AgentTable {
+    /// Applies one event. Records it touches that were put away must have
+    /// been brought back first ([`AgentTable::put_away_for`]); were one
+    /// not, its event is left out of the fold rather than misread.
     pub fn apply(&mut self, event: &Event) {
         if let EventBody::Spawned { id, .. } = &event.body {
             self.last_id = self.last_id.max(*id);
             if let Some(record) = AgentRecord::from_spawned(event) {
+                self.done.remove(&record.address);
                 self.agents.insert(record.address.clone(), record);
             }
             return;
@@ -845,9 +954,106 @@ impl AgentTable {
         }
     }
 
-    /// The agent and every agent below it, parents before children.
+    /// The held agent and every held agent below it, parents before
+    /// children (every agent not done yet is held).
     pub fn subtree(&self, top: &Address) -> Vec<&AgentRecord> {
         self.agents.values().filter(|a| a.address.is_within(top)).collect()
+    }
+
+    /// How many agents there are, held or put away.
+    pub fn len(&self) -> usize {
+        self.agents.len() + self.done.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The agent at `address`, held or put away.
+    pub fn entry(&self, address: &Address) -> Option<Entry<'_>> {
+        match self.agents.get(address) {
+            Some(record) => Some(Entry::Held(record)),
+            None => self.done.get_key_value(address).map(|(a, done)| Entry::Away(a, done)),
+        }
+    }
+
+    /// Every agent from `from` on, held or put away, in address order.
+    pub fn entries_from<'a>(&'a self, from: Bound<&'a Address>) -> impl Iterator<Item = Entry<'a>> + 'a {
+        let mut held = self.agents.range::<Address, _>((from, Bound::Unbounded)).peekable();
+        let mut away = self.done.range::<Address, _>((from, Bound::Unbounded)).peekable();
+        std::iter::from_fn(move || match (held.peek(), away.peek()) {
+            (Some((h, _)), Some((a, _))) if a < h => away.next().map(|(a, done)| Entry::Away(a, done)),
+            (Some(_), _) => held.next().map(|(_, record)| Entry::Held(record)),
+            (None, _) => away.next().map(|(a, done)| Entry::Away(a, done)),
+        })
+    }
+
+    /// Every agent, held or put away, in address order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.entries_from(Bound::Unbounded)
+    }
+
+    /// The put-away agents within `top`.
+    pub fn away_within<'a>(&'a self, top: &'a Address) -> impl Iterator<Item = (&'a Address, &'a DoneAgent)> + 'a {
+        self.done.range::<Address, _>((Bound::Included(top), Bound::Unbounded)).take_while(|(a, _)| a.is_within(top))
+    }
+
+    /// The put-away agents, in address order.
+    pub fn away(&self) -> impl Iterator<Item = (&Address, &DoneAgent)> {
+        self.done.iter()
+    }
+
+    /// An agent holds the name `address` (one `gc` removed frees it).
+    pub fn name_taken(&self, address: &Address) -> bool {
+        self.entry(address).is_some_and(|e| !e.removed())
+    }
+
+    /// The put-away records `event` needs back before it is applied: its
+    /// agent's, the parent a notice goes to, and for a spawn every
+    /// ancestor (an agent with one not done below it is never put away).
+    pub fn put_away_for(&self, event: &Event) -> Vec<(Address, Spot)> {
+        let mut wanted: Vec<Address> = Vec::new();
+        if let Some(agent) = &event.agent {
+            match &event.body {
+                EventBody::Spawned { .. } => wanted.extend(std::iter::successors(agent.parent(), Address::parent)),
+                _ => wanted.push(agent.clone()),
+            }
+        }
+        if let EventBody::NoticeSent { to, .. } = &event.body {
+            wanted.extend(Address::parse(to).ok());
+        }
+        wanted.into_iter().filter_map(|a| self.done.get(&a).map(|done| (a, done.spot))).collect()
+    }
+
+    /// Holds a put-away record again.
+    pub fn bring_back(&mut self, record: AgentRecord) {
+        self.done.remove(&record.address);
+        self.agents.insert(record.address.clone(), record);
+    }
+
+    /// Whether the held agent at `address` may be put away: it is done,
+    /// and so is every held agent below it.
+    pub fn can_put_away(&self, address: &Address) -> bool {
+        let mut subtree = self.agents.range::<Address, _>((Bound::Included(address), Bound::Unbounded));
+        match subtree.next() {
+            Some((a, record)) if a == address && record.is_done() => {}
+            _ => return false,
+        }
+        subtree.take_while(|(a, _)| a.is_within(address)).all(|(_, record)| record.is_done())
+    }
+
+    /// Puts the held record at `address` away, its whole record written
+    /// at `spot`; returns false (and changes nothing) when not held.
+    pub fn put_away(&mut self, address: &Address, spot: Spot) -> bool {
+        let Some(record) = self.agents.remove(address) else { return false };
+        self.done.insert(record.address.clone(), DoneAgent::of(&record, spot));
+        true
+    }
+
+    /// A summary read back from a snapshot.
+    pub fn insert_away(&mut self, address: Address, done: DoneAgent) {
+        self.agents.remove(&address);
+        self.done.insert(address, done);
     }
 }
 

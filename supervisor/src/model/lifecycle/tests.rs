@@ -1346,3 +1346,57 @@ fn a_notice_waits_in_the_parents_messages_once_and_is_delivered() {
     assert!(table.agents[&lead].pending_messages.is_empty());
     assert!(table.agents[&lead].delivered_since_result);
 }
+
+#[test]
+fn a_done_agent_is_put_away_only_once_nothing_below_it_goes_on() {
+    let mut table = AgentTable::default();
+    table.apply(&spawned(1, "/root/p", 1));
+    table.apply(&spawned(2, "/root/p/c", 2));
+    table.apply(&event(3, "/root/p", started(10)));
+    table.apply(&event(4, "/root/p/c", started(11)));
+    table.apply(&event(5, "/root/p", exited(AgentState::Succeeded)));
+    // Its child still runs: the parent's budget and notices need it held.
+    assert!(!table.can_put_away(&addr("/root/p")));
+    assert!(!table.can_put_away(&addr("/root/p/c")));
+    table.apply(&event(6, "/root/p/c", exited(AgentState::Failed)));
+    assert!(table.can_put_away(&addr("/root/p")));
+    let spot = Spot { offset: 0, len: 10 };
+    assert!(table.put_away(&addr("/root/p"), spot));
+    assert!(!table.put_away(&addr("/root/p"), spot), "put away twice");
+    assert!(table.can_put_away(&addr("/root/p/c")));
+    // Held or put away, every agent is listed once, in address order.
+    table.apply(&spawned(7, "/root/a", 3));
+    let order: Vec<String> = table.entries().map(|e| e.address().to_string()).collect();
+    assert_eq!(order, ["/root/a", "/root/p", "/root/p/c"]);
+    assert_eq!(table.len(), 3);
+    assert!(table.name_taken(&addr("/root/p")));
+    assert!(matches!(table.entry(&addr("/root/p")), Some(Entry::Away(_, done)) if done.state == AgentState::Succeeded));
+}
+
+#[test]
+fn an_event_names_the_put_away_records_it_needs_back() {
+    let mut table = AgentTable::default();
+    table.apply(&spawned(1, "/root/p", 1));
+    table.apply(&event(2, "/root/p", exited(AgentState::Succeeded)));
+    let spot = Spot { offset: 5, len: 10 };
+    table.put_away(&addr("/root/p"), spot);
+    // Its own event, and a spawn below it (an ancestor of a live agent is held).
+    let removed = event(3, "/root/p", EventBody::Removed { worktree: "/w".into(), deleted_branch: None });
+    assert_eq!(table.put_away_for(&removed), [(addr("/root/p"), spot)]);
+    assert_eq!(table.put_away_for(&spawned(4, "/root/p/c", 2)), [(addr("/root/p"), spot)]);
+    assert!(table.put_away_for(&spawned(4, "/root/q", 2)).is_empty());
+    // Left out, not misread, when it was not brought back.
+    table.apply(&removed);
+    assert!(matches!(table.entry(&addr("/root/p")), Some(Entry::Away(_, done)) if !done.removed));
+    let mut record = AgentRecord::from_spawned(&spawned(1, "/root/p", 1)).unwrap();
+    record.apply(&event(2, "/root/p", exited(AgentState::Succeeded)));
+    table.bring_back(record);
+    table.apply(&removed);
+    assert!(matches!(table.entry(&addr("/root/p")), Some(Entry::Held(r)) if r.removed));
+    // A new agent at a removed one's address replaces it.
+    table.put_away(&addr("/root/p"), spot);
+    assert!(!table.name_taken(&addr("/root/p")));
+    table.apply(&spawned(5, "/root/p", 9));
+    assert!(matches!(table.entry(&addr("/root/p")), Some(Entry::Held(r)) if r.id == 9));
+    assert_eq!(table.len(), 1);
+}
