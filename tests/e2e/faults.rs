@@ -224,7 +224,9 @@ fn a_merge_whose_start_cannot_be_journaled_moves_nothing_and_goes_in_once_it_can
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::fs::remove_file(&fault).unwrap();
-    poll_until("the merge to go in", PATIENCE, || repo.git(&["rev-parse", "main"]) != before);
+    // main moves first, then `merged` is journaled: wait for both.
+    let merged_journaled = || whole_journal(&repo).iter().any(|e| e["agent"] == "/root/w" && e["type"] == "merged");
+    poll_until("the merge to go in", PATIENCE, || repo.git(&["rev-parse", "main"]) != before && merged_journaled());
     assert!(repo.repo.join("made.txt").exists(), "the checkout followed");
     let _ = merge.0.wait();
     let events = whole_journal(&repo);
