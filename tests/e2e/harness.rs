@@ -17,19 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use corral_e2e::real_cli::{
-    assert_usage_everywhere, claude_env, codex_bin, corral_json, corral_ok, describe, diagnostics, events, figures,
-    find_named, json_lines, model_requests, of_type, output_log, run_deadline, script_sum, spawn_harness, wait_end,
-    MockLlm, RUN_DEADLINE,
+    assert_usage_everywhere, claude_env, codex_bin, codex_home, codex_mock_provider, corral_json, corral_ok, describe,
+    diagnostics, events, figures, find_named, json_lines, model_requests, of_type, output_log, run_deadline,
+    script_sum, spawn_harness, wait_end, MockLlm, RUN_DEADLINE,
 };
 use corral_e2e::{alive, corral_bin, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
-
-/// A folder outside /tmp for CODEX_HOME (Codex warns about one under /tmp).
-fn codex_home() -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).unwrap();
-    tempfile::Builder::new().prefix("codex-home-").tempdir_in(base).unwrap()
-}
 
 // ---------------------------------------------------------------------------
 // 1. Real Claude Code under corral
@@ -160,10 +153,7 @@ fn real_codex_runs_in_its_worktree_and_corral_counts_its_usage_exactly() {
                "usage": {"input": 1500, "output": 7, "cache_read": 1200, "reasoning": 2}}),
     ];
     let mock = MockLlm::start(&repo, "codex", &json!({"steps": steps}));
-    let provider = format!(
-        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
-        mock.url
-    );
+    let provider = codex_mock_provider(&mock);
     let env = [
         ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
         ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),

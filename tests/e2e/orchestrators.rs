@@ -9,7 +9,8 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use corral_e2e::real_cli::{
-    claude_env, codex_bin, diagnostics, model_requests, ps_record, run_deadline, MockLlm, RUN_DEADLINE,
+    claude_env, codex_bin, codex_home, codex_mock_provider, diagnostics, model_requests, ps_record, run_deadline,
+    wait_end, MockLlm, RUN_DEADLINE,
 };
 use corral_e2e::{corral_bin, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -31,16 +32,6 @@ fn spawn(repo: &TestRepo, args: &[&str], env: &[(&str, OsString)]) {
     }
     let out = run_deadline(command, PATIENCE, "corral spawn orch");
     assert!(out.status.success(), "spawn orch: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Waits for `address` to end; fails with the diagnostics if it does not.
-fn wait_end(repo: &TestRepo, address: &str, mock: &MockLlm) -> Value {
-    let timeout = RUN_DEADLINE.as_secs().to_string();
-    let mut command = repo.command();
-    command.args(["wait", address, "--timeout", &timeout]);
-    let out = run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}"));
-    assert_ne!(out.status.code(), Some(124), "{address} did not end\n{}", diagnostics(repo, address, Some(mock)));
-    ps_record(repo, address)
 }
 
 /// The orchestrator's first turn ended (its second model request was
@@ -83,7 +74,7 @@ fn real_claude_hears_a_child_it_spawned_from_its_bash_tool() {
     spawn(&repo, &[&args[..], &["--", "--allowedTools", "Bash"]].concat(), &claude_env(&repo, &mock));
 
     first_turn_ends_with_the_orchestrator_held(&repo, &mock, &go);
-    let orch = wait_end(&repo, "/root/orch", &mock);
+    let orch = wait_end(&repo, "/root/orch", Some(&mock));
     let why = || diagnostics(&repo, "/root/orch", Some(&mock));
     assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
     assert_eq!(ps_record(&repo, "/root/orch/worker")["parent"], "/root/orch");
@@ -93,7 +84,7 @@ fn real_claude_hears_a_child_it_spawned_from_its_bash_tool() {
 /// Real Codex as `/root/orch`, its model scripted to start the worker and
 /// end its turn, then answer the worker's notice.
 fn spawn_codex_orchestrator(repo: &TestRepo, go: &Path) -> (MockLlm, tempfile::TempDir) {
-    let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let codex_home = codex_home();
     let home = repo.path("home");
     std::fs::create_dir_all(&home).unwrap();
     let steps = json!([
@@ -102,10 +93,7 @@ fn spawn_codex_orchestrator(repo: &TestRepo, go: &Path) -> (MockLlm, tempfile::T
         {"text": "worker is done: it said hi."},
     ]);
     let mock = MockLlm::start(repo, "orch", &json!({"steps": steps}));
-    let provider = format!(
-        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
-        mock.url
-    );
+    let provider = codex_mock_provider(&mock);
     let env = [
         ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
         ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),
@@ -125,7 +113,7 @@ fn real_codex_hears_its_childs_completion_as_a_resumed_turn() {
     let (mock, _codex_home) = spawn_codex_orchestrator(&repo, &go);
 
     first_turn_ends_with_the_orchestrator_held(&repo, &mock, &go);
-    let orch = wait_end(&repo, "/root/orch", &mock);
+    let orch = wait_end(&repo, "/root/orch", Some(&mock));
     let why = || diagnostics(&repo, "/root/orch", Some(&mock));
     assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
     assert_eq!(orch["exit_code"], 0, "{orch}");
@@ -158,7 +146,7 @@ fn a_held_codex_is_stopped_at_once_with_its_subtree() {
 
     repo.corral_ok(&["stop", "/root/orch"]);
     for address in ["/root/orch", "/root/orch/worker"] {
-        let record = wait_end(&repo, address, &mock);
+        let record = wait_end(&repo, address, Some(&mock));
         assert_eq!(record["state"], "stopped", "{address}: {record}\n{}", why());
     }
     // Nothing resumed it: no notice reached a stopped parent.
@@ -181,7 +169,7 @@ fn a_held_codex_is_adopted_by_a_restarted_daemon_and_still_hears_its_child() {
     let why = || diagnostics(&repo, "/root/orch", Some(&mock));
     assert_eq!(ps_record(&repo, "/root/orch")["state"], "running", "not adopted\n{}", why());
     std::fs::write(&go, "").unwrap();
-    let orch = wait_end(&repo, "/root/orch", &mock);
+    let orch = wait_end(&repo, "/root/orch", Some(&mock));
     assert_eq!(orch["state"], "succeeded", "{orch}\n{}", why());
     third_request_carries_the_notice(&repo, &mock);
 }

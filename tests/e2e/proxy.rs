@@ -13,8 +13,9 @@
 use std::ffi::OsString;
 
 use corral_e2e::real_cli::{
-    aider_env, claude_env, codex_bin, describe, diagnostics, events, gemini_bin, gemini_env, model_requests, of_type,
-    opencode_env, ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL, OPENCODE_MODEL, RUN_DEADLINE,
+    aider_env, claude_env, codex_bin, codex_mock_provider, describe, diagnostics, events, files_holding, gemini_bin,
+    gemini_env, model_requests, of_type, opencode_env, ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL,
+    OPENCODE_MODEL, RUN_DEADLINE,
 };
 use corral_e2e::{poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -39,22 +40,6 @@ fn wait_code(repo: &TestRepo, address: &str) -> Option<i32> {
     let mut command = repo.command();
     command.args(["wait", address, "--timeout", &timeout]);
     run_deadline(command, RUN_DEADLINE + PATIENCE, &format!("corral wait {address}")).status.code()
-}
-
-/// Every file under the state folder that holds `needle`.
-fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_dir() {
-            files_holding(&path, needle, found);
-        } else if kind.is_file()
-            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
-            found.push(path.display().to_string());
-        }
-    }
 }
 
 fn environ(pid: u32) -> String {
@@ -135,10 +120,7 @@ fn real_codex_and_its_follow_up_through_the_proxy_are_counted_from_the_wire_and_
     ]);
     let mock = MockLlm::start(&repo, "codex-keyless", &json!({"steps": steps}));
     let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(repo.path("")).unwrap();
-    let provider = format!(
-        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
-        mock.url
-    );
+    let provider = codex_mock_provider(&mock);
     let env = [
         ("CORRAL_CODEX_BIN", codex_bin().into_os_string()),
         ("CODEX_HOME", codex_home.path().as_os_str().to_owned()),

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use corral_e2e::real_cli::{describe, diagnostics, model_requests, run_deadline, MockLlm};
+use corral_e2e::real_cli::{describe, diagnostics, files_holding, model_requests, run_deadline, MockLlm};
 use corral_e2e::{poll_until, TestRepo, PATIENCE};
 use serde_json::json;
 
@@ -90,20 +90,4 @@ time.sleep(600)
     assert!(stderr.contains(&key_file.display().to_string()) && stderr.contains("mode 0644"), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_dir() {
-            files_holding(&path, needle, found);
-        } else if kind.is_file()
-            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
-            found.push(path.display().to_string());
-        }
-    }
 }

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use corral_e2e::real_cli::{
-    claude_env, codex_bin, describe, diagnostics, events, of_type, ps_record, run_deadline, MockLlm, RUN_DEADLINE,
+    claude_env, codex_bin, codex_mock_provider, describe, diagnostics, events, of_type, ps_record, run_deadline,
+    MockLlm, RUN_DEADLINE,
 };
 use corral_e2e::{corral_bin, poll_until, TestRepo, PATIENCE};
 use serde_json::{json, Value};
@@ -333,10 +334,7 @@ fn real_codex_under_workspace_write_runs_a_command_in_its_worktree_with_a_privat
         json!({"text": "All done, codex here."}),
     ];
     let mock = MockLlm::start(&repo, "codex", &json!({"steps": steps}));
-    let provider = format!(
-        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
-        mock.url
-    );
+    let provider = codex_mock_provider(&mock);
     // The person's CODEX_HOME: its config is seeded, its auth never.
     let person_home = repo.path("codex-home");
     std::fs::create_dir_all(&person_home).unwrap();

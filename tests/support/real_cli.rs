@@ -612,3 +612,37 @@ pub fn aider_env(repo: &TestRepo, mock: &MockLlm) -> Vec<(&'static str, OsString
         ("HOME", home.into_os_string()),
     ]
 }
+
+/// A folder outside /tmp for CODEX_HOME (Codex warns about one under
+/// /tmp): in `target/tmp`, beside the binary under test.
+pub fn codex_home() -> tempfile::TempDir {
+    let bin = crate::corral_bin();
+    let base = bin.parent().and_then(std::path::Path::parent).expect("target/<profile>/corral").join("tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix("codex-home-").tempdir_in(base).unwrap()
+}
+
+/// The `-c` value that makes Codex talk to `mock` as provider `mock`
+/// (with `-c model_provider=mock`), its key in `MOCK_KEY`.
+pub fn codex_mock_provider(mock: &MockLlm) -> String {
+    format!(
+        r#"model_providers.mock={{name="mock",base_url="{}/v1",wire_api="responses",env_key="MOCK_KEY"}}"#,
+        mock.url
+    )
+}
+
+/// Every file under `dir` that holds `needle`.
+pub fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            files_holding(&path, needle, found);
+        } else if kind.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(path.display().to_string());
+        }
+    }
+}

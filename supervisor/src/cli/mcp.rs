@@ -43,6 +43,7 @@ use crate::model::address::{validate_name, Address};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::AgentRecord;
+use crate::model::notify;
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest, Spawned};
 
@@ -210,7 +211,7 @@ struct SpawnArgs {
     #[serde(default)]
     on_exceeded: Option<crate::model::budget::OnExceeded>,
     #[serde(default)]
-    notify: Option<crate::model::notify::Notify>,
+    notify: Option<notify::Notify>,
 }
 
 #[derive(Deserialize)]
@@ -659,8 +660,13 @@ impl Inner {
                 value["result"] = result;
             }
         }
+        let text = text.or_else(|| {
+            agent
+                .state
+                .is_terminal()
+                .then(|| notify::result_text(&agent, || tail_lines(&log, notify::RESULT_TAIL_LINES)))?
+        });
         let output = tail_lines(&log, lines);
-        let text = text.or_else(|| plain_result(&agent, &output));
         notice_fields(&mut value, &agent, text.as_deref());
         value["output"] = json!(output);
         Ok(value)
@@ -681,11 +687,7 @@ impl Inner {
         value["ended"] = json!(agent.state.is_terminal());
         if agent.state.is_terminal() {
             let (_, log, _) = self.info(&address)?;
-            let result = agent
-                .result
-                .as_ref()
-                .and_then(|r| r.text.clone())
-                .or_else(|| plain_result(&agent, &tail_lines(&log, NOTICE_TAIL_LINES)));
+            let result = notify::result_text(&agent, || tail_lines(&log, notify::RESULT_TAIL_LINES));
             notice_fields(&mut value, &agent, result.as_deref());
             if let Some(result) = result {
                 value["result"] = json!(result);
@@ -840,26 +842,16 @@ fn summary(agent: &AgentRecord) -> Value {
     })
 }
 
-/// Lines of a plain CLI's output its notice carries as its result.
-const NOTICE_TAIL_LINES: usize = 10;
-
-/// A plain CLI's result: the last lines of its output, once it ended
-/// (a structured CLI's result is its final message).
-fn plain_result(agent: &AgentRecord, output: &[String]) -> Option<String> {
-    let from = output.len().saturating_sub(NOTICE_TAIL_LINES);
-    (agent.result.is_none() && agent.state.is_terminal() && !output.is_empty()).then(|| output[from..].join("\n"))
-}
-
 /// The fields of the notice its parent gets (see `model::notify`), so an
 /// orchestrator that polls learns what one that listens hears: what it was
 /// asked to hand back, and once it ended, the notice itself and its
 /// merge's.
 fn notice_fields(value: &mut Value, agent: &AgentRecord, result: Option<&str>) {
-    value["expected_output"] = json!(crate::model::notify::expected_output(&agent.task));
+    value["expected_output"] = json!(notify::expected_output(&agent.task));
     if agent.state.is_terminal() {
-        value["notice"] = json!(crate::model::notify::completion(agent, result, agent.runtime_secs(Utc::now())));
+        value["notice"] = json!(notify::completion(agent, result, agent.runtime_secs(Utc::now())));
     }
-    if let Some(merge) = crate::model::notify::merge(agent) {
+    if let Some(merge) = notify::merge(agent) {
         value["merge_notice"] = json!(merge);
     }
 }

@@ -166,7 +166,7 @@ async fn follow_monitor(
     let mut held = None;
     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
-    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+    hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
     loop {
         tokio::select! {
             line = lines.next_line() => match line {
@@ -180,7 +180,7 @@ async fn follow_monitor(
                         flush_output(daemon, record, reader, false, &mut progress).await;
                         deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                         close_input_if_done(daemon, &record.address, &mut monitor_in).await;
-                        hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+                        hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
                     }
                     Ok(MonitorMessage::Restarting { count, reason, backoff_secs, code, signal }) => {
                         let Some(current) = daemon.record(&record.address) else { continue };
@@ -263,10 +263,10 @@ async fn follow_monitor(
                 Control::Deliver => {
                     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
                     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
-                    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+                    hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
                 }
                 Control::Child { ack } => {
-                    hold_for_children(daemon, &record.address, &mut monitor_in, &handed, &mut held).await;
+                    hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
                     let _ = ack.send(());
                 }
                 Control::Pause => {
@@ -426,13 +426,19 @@ async fn close_input_if_done(daemon: &Arc<Daemon>, address: &Address, monitor: &
 /// tokens) for the follow-up that delivers them; then lets it end.
 async fn hold_for_children(
     daemon: &Arc<Daemon>,
-    address: &Address,
+    agent: &AgentRecord,
     monitor: &mut tokio::net::unix::OwnedWriteHalf,
     handed: &HashSet<String>,
     held: &mut Option<bool>,
 ) {
+    // Asked after every batch of output: the harness, which never changes,
+    // says first whether there is anything to look at.
+    if agent.harness.delivery() != Delivery::Resume {
+        return;
+    }
+    let address = &agent.address;
     let Some(record) = daemon.record(address) else { return };
-    if record.harness.delivery() != Delivery::Resume || record.state.is_terminal() {
+    if record.state.is_terminal() {
         return;
     }
     let hold = notices::children_reporting(daemon, &record)

@@ -48,14 +48,8 @@ pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedR
             if let Some(MergeState::Waiting { .. }) = record.as_ref().and_then(|r| r.merge_state.as_ref()) {
                 // The person's checkout of the target has uncommitted changes:
                 // look again in a while, without holding up the queue.
-                let (daemon, address, strategy) = (daemon.clone(), job.address.clone(), job.strategy);
-                tokio::spawn(async move {
-                    tokio::time::sleep(MERGE_RETRY).await;
-                    let still_waiting =
-                        matches!(daemon.record(&address).and_then(|r| r.merge_state), Some(MergeState::Waiting { .. }));
-                    if still_waiting {
-                        let _ = daemon.merges.send(MergeJob { address, strategy, reply: None });
-                    }
+                retry_later(&daemon, &job.address, job.strategy, |r| {
+                    matches!(r.merge_state, Some(MergeState::Waiting { .. }))
                 });
             }
             if let Some(reply) = job.reply {
@@ -65,12 +59,20 @@ pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedR
     });
 }
 
-/// Puts a merge back in the queue after [`MERGE_RETRY`], if it still waits.
-fn retry_later(daemon: &Arc<Daemon>, address: &Address, strategy: Option<crate::git::merge::Strategy>) {
+/// Puts a merge back in the queue after [`MERGE_RETRY`], if the agent's
+/// record then still says it `waits`.
+fn retry_later(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    strategy: Option<crate::git::merge::Strategy>,
+    waits: fn(&AgentRecord) -> bool,
+) {
     let (daemon, address) = (daemon.clone(), address.clone());
     tokio::spawn(async move {
         tokio::time::sleep(MERGE_RETRY).await;
-        let _ = daemon.merges.send(MergeJob { address, strategy, reply: None });
+        if daemon.record(&address).is_some_and(|r| waits(&r)) {
+            let _ = daemon.merges.send(MergeJob { address, strategy, reply: None });
+        }
     });
 }
 
@@ -172,7 +174,11 @@ pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
         };
         if let Err(err) = daemon.commit(vec![daemon.draft(&record, started)]).await {
             tracing::error!("{}: merge_started not journaled ({err}); its merge waits", record.address);
-            retry_later(daemon, &job.address, job.strategy);
+            // Still to merge: neither merging nor settled since.
+            retry_later(daemon, &job.address, job.strategy, |r| {
+                !matches!(r.merge_state, Some(MergeState::Merging { .. }))
+                    && !r.merge_state.as_ref().is_some_and(MergeState::is_settled)
+            });
             return;
         }
         let repo2 = repo.clone();

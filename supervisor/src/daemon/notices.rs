@@ -59,11 +59,7 @@ pub(super) fn completion(daemon: &Daemon, child: &AgentRecord, exited: &EventBod
         task: Some(child.task_id.clone()),
         body: exited.clone(),
     });
-    // A structured CLI's final message; a plain one's last lines.
-    let result = match ended.result.as_ref().and_then(|r| r.text.clone()) {
-        Some(text) => Some(text),
-        None => Some(crate::sys::output::tail_lines(log, 10).join("\n")).filter(|t| !t.is_empty()),
-    };
+    let result = notify::result_text(&ended, || crate::sys::output::tail_lines(log, notify::RESULT_TAIL_LINES));
     let text = notify::completion(&ended, result.as_deref(), ended.runtime_secs(chrono::Utc::now()));
     Some(notice(child, &parent, id, NoticeKind::Completion, text))
 }

@@ -27,3 +27,17 @@ pub fn configure() {
         git2::opts::strict_object_creation(false);
     });
 }
+
+/// The `git` command run in `repo`, with nothing of the caller's
+/// environment that would point it at another repository or index.
+pub(crate) fn git_command(repo: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("git");
+    command
+        .arg("-C")
+        .arg(repo)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(std::process::Stdio::null());
+    command
+}

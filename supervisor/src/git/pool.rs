@@ -41,18 +41,6 @@ pub struct Pool {
     markers: Mutex<()>,
 }
 
-fn git(repo: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new("git");
-    command
-        .arg("-C")
-        .arg(repo)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(std::process::Stdio::null());
-    command
-}
-
 fn run(mut command: std::process::Command, what: &str) -> Result<()> {
     match command.output() {
         Ok(out) if out.status.success() => Ok(()),
@@ -177,7 +165,7 @@ impl Pool {
         if !hooks.join("post-checkout").exists() {
             return Ok(());
         }
-        let mut command = git(path);
+        let mut command = super::git_command(path);
         command.args(["hook", "run", "--ignore-missing", "post-checkout", "--"]).args([
             "0000000000000000000000000000000000000000",
             commit,
@@ -195,7 +183,7 @@ impl Pool {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
         while self.count(commit) < want {
             let path = self.dir.join(format!("{commit}-{}", unique()));
-            let mut command = git(&self.repo);
+            let mut command = super::git_command(&self.repo);
             command.args(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--quiet", "--detach"]);
             command.arg(&path).arg(commit);
             if let Err(err) = run(command, &format!("cannot fill the worktree pool at {}", path.display())) {

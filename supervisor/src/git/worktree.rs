@@ -83,16 +83,10 @@ pub fn create(repo_path: &Path, name: &str, branch: &str, base_commit: &str, pat
     if repo.find_branch(branch, git2::BranchType::Local).is_ok() {
         return Err(Error::new(ErrorKind::Duplicate, format!("branch {branch} already exists")));
     }
-    let made = std::process::Command::new("git")
-        .arg("-C")
-        .arg(repo_path)
+    let made = super::git_command(repo_path)
         .args(["worktree", "add", "--quiet", "-b", branch])
         .arg(path)
         .arg(base_commit)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(std::process::Stdio::null())
         .output();
     let result = match made {
         Ok(out) if out.status.success() => Ok(()),

@@ -50,6 +50,18 @@ impl Notify {
     }
 }
 
+/// Lines of a plain CLI's output its notice carries as its result.
+pub const RESULT_TAIL_LINES: usize = 10;
+
+/// What a child's notice gives as its result: a structured CLI's final
+/// message, else the last lines of its output (`tail`, read only then).
+pub fn result_text(child: &AgentRecord, tail: impl FnOnce() -> Vec<String>) -> Option<String> {
+    child.result.as_ref().and_then(|r| r.text.clone()).or_else(|| {
+        let lines = tail();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    })
+}
+
 /// The longest result a notice carries; the rest is in `corral view`.
 pub const RESULT_MAX_CHARS: usize = 2000;
 

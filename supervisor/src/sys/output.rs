@@ -126,11 +126,8 @@ impl Limiter {
     /// `Some(lines skipped before this one)` when this line may go to the
     /// journal, `None` when it is left out (and counted).
     pub fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
-        self.refilled = now;
-        if self.tokens < 1.0 {
-            self.skipped += 1;
+        if !self.would_admit() {
+            self.skip();
             return None;
         }
         self.tokens -= 1.0;
