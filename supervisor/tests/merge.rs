@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral::git::checkout;
-use corral::git::merge::{self, MergeError, MergeOutcome, Prepared, Recovery, Strategy};
+use corral::git::merge::{self, MergeError, MergeOutcome, Opened, Prepared, Recovery, Strategy};
 use corral::sys::gate::{self, Gate, GATE_OUTPUT_MAX};
 use git2::{Oid, Repository, Signature};
 
@@ -331,12 +331,13 @@ fn a_change_in_the_way_since_prepare_is_caught_when_applying() {
     let (_dir, repo) = repo_with(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
     commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
     let Prepared::Ready(plan) =
-        merge::prepare_merge(&repo, "corral/root/x", "main", Strategy::Merge, "m", &corral()).unwrap()
+        merge::prepare_merge(&Opened::open(&repo).unwrap(), "corral/root/x", "main", Strategy::Merge, "m", &corral())
+            .unwrap()
     else {
         panic!("expected a plan")
     };
     write(&repo, "a.txt", "edited meanwhile\n");
-    let outcome = merge::apply_merge(&repo, &plan).unwrap();
+    let outcome = merge::apply_merge(&Opened::open(&repo).unwrap(), &plan).unwrap();
     assert!(matches!(&outcome, MergeOutcome::TargetDirty { files, .. } if files == &["a.txt"]), "{outcome:?}");
     assert_eq!(rev(&repo, "main"), plan.old);
     assert_eq!(read(&repo, "a.txt"), "edited meanwhile\n");
@@ -349,12 +350,13 @@ fn a_change_elsewhere_since_prepare_is_left_as_it_is() {
     let (_dir, repo) = repo_with(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
     commit_on(&repo, "corral/root/x", "main", &[("a.txt", Some("agent\n"))], "agent");
     let Prepared::Ready(plan) =
-        merge::prepare_merge(&repo, "corral/root/x", "main", Strategy::Merge, "m", &corral()).unwrap()
+        merge::prepare_merge(&Opened::open(&repo).unwrap(), "corral/root/x", "main", Strategy::Merge, "m", &corral())
+            .unwrap()
     else {
         panic!("expected a plan")
     };
     write(&repo, "b.txt", "edited meanwhile\n");
-    let outcome = merge::apply_merge(&repo, &plan).unwrap();
+    let outcome = merge::apply_merge(&Opened::open(&repo).unwrap(), &plan).unwrap();
     assert!(matches!(&outcome, MergeOutcome::Merged { .. }), "{outcome:?}");
     assert_eq!(rev(&repo, "main"), plan.new);
     assert_eq!(read(&repo, "a.txt"), "agent\n");
@@ -670,7 +672,8 @@ fn target_moved_between_compute_and_update_is_reported_not_overwritten() {
     let (_dir, repo) = repo_with(&[("a.txt", "a\n")]);
     commit_on(&repo, "corral/root/x", "main", &[("b.txt", Some("b\n"))], "agent");
     let Prepared::Ready(plan) =
-        merge::prepare_merge(&repo, "corral/root/x", "main", Strategy::Squash, "m", &corral()).unwrap()
+        merge::prepare_merge(&Opened::open(&repo).unwrap(), "corral/root/x", "main", Strategy::Squash, "m", &corral())
+            .unwrap()
     else {
         panic!("expected a plan")
     };
@@ -678,7 +681,7 @@ fn target_moved_between_compute_and_update_is_reported_not_overwritten() {
     git(&repo, &["commit", "-q", "-am", "person"]);
     let moved = rev(&repo, "main");
 
-    let err = merge::apply_merge(&repo, &plan).unwrap_err();
+    let err = merge::apply_merge(&Opened::open(&repo).unwrap(), &plan).unwrap_err();
     assert!(
         matches!(&err, MergeError::TargetMoved { expected, found, .. } if *expected == plan.old && *found == Some(moved)),
         "{err:?}"
@@ -701,7 +704,9 @@ fn plan_for(repo: &Path) -> merge::MergePlan {
         &[("a.txt", Some("agent a\n")), ("b.txt", None), ("c.txt", Some("agent c\n")), ("n/new.txt", Some("n\n"))],
         "agent",
     );
-    match merge::prepare_merge(repo, "corral/root/x", "main", Strategy::Merge, "m", &corral()).unwrap() {
+    match merge::prepare_merge(&Opened::open(repo).unwrap(), "corral/root/x", "main", Strategy::Merge, "m", &corral())
+        .unwrap()
+    {
         Prepared::Ready(plan) => plan,
         other => panic!("{other:?}"),
     }

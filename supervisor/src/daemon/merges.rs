@@ -39,8 +39,9 @@ pub(super) async fn enqueue_merge(
 pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
     let daemon = daemon.clone();
     tokio::spawn(async move {
+        let mut kept = Kept::default();
         while let Some(job) = jobs.recv().await {
-            run_merge(&daemon, &job).await;
+            run_merge(&daemon, &job, &mut kept).await;
             let record = daemon.record(&job.address);
             if let Some(settled) = &record {
                 super::notices::merge_settled(&daemon, settled).await;
@@ -57,6 +58,49 @@ pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedR
             }
         }
     });
+}
+
+/// The repository, opened once for the merge worker and kept between
+/// merges (see [`Opened`](crate::git::merge::Opened)): one for merging,
+/// one for looking at the person's checkouts beside it.
+#[derive(Default)]
+struct Kept {
+    merge: Option<crate::git::merge::Opened>,
+    look: Option<crate::git::merge::Opened>,
+}
+
+type OnKept<T> = tokio::task::JoinHandle<(Option<crate::git::merge::Opened>, Result<T, Error>)>;
+
+/// Runs `f` off the runtime on a kept repository (opened first if none is
+/// kept); the repository comes back with the answer, unless `f` failed,
+/// so a handle in doubt is never used again.
+fn on_kept<T: Send + 'static>(
+    kept: Option<crate::git::merge::Opened>,
+    path: PathBuf,
+    f: impl FnOnce(&crate::git::merge::Opened) -> Result<T, Error> + Send + 'static,
+) -> OnKept<T> {
+    tokio::task::spawn_blocking(move || {
+        let opened = match kept {
+            Some(opened) => opened,
+            None => match crate::git::merge::Opened::open(&path) {
+                Ok(opened) => opened,
+                Err(err) => return (None, Err(Error::from(err))),
+            },
+        };
+        let answer = f(&opened);
+        (answer.is_ok().then_some(opened), answer)
+    })
+}
+
+/// The answer of an [`on_kept`] task, putting its repository back.
+async fn kept_answer<T>(task: OnKept<T>, slot: &mut Option<crate::git::merge::Opened>) -> Result<T, Error> {
+    match task.await {
+        Ok((opened, answer)) => {
+            *slot = opened;
+            answer
+        }
+        Err(err) => Err(Error::other(format!("a worker thread failed: {err}"))),
+    }
 }
 
 /// Puts a merge back in the queue after [`MERGE_RETRY`], if the agent's
@@ -87,7 +131,7 @@ pub(super) fn is_lock_error(message: &str) -> bool {
 
 /// Commits the agent's leftovers, runs its gate, then merges, journaling
 /// `merge_started` (with the old and new target) before moving the target.
-pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
+async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
     let Some(record) = daemon.record(&job.address) else { return };
     let journal = |body: EventBody| {
         let (daemon, record) = (daemon.clone(), record.clone());
@@ -116,6 +160,18 @@ pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
     };
     let strategy = job.strategy.unwrap_or(record.merge.strategy);
     let repo = daemon.state.repo_root.clone();
+    // Whether the person has changed anything in a checkout of the target
+    // is a status of their whole checkout, as slow as the rest of the
+    // merge: it runs on another thread beside the leftovers' commit (or,
+    // after a gate, beside the merge's computing).
+    let look_at_checkouts = |look: &mut Option<crate::git::merge::Opened>| {
+        let target = target.clone();
+        on_kept(look.take(), repo.clone(), move |opened| {
+            crate::git::merge::checkout_changes(opened, &target).map_err(Error::from)
+        })
+    };
+    let gated = record.merge.gate.is_some() && record.worktree.exists() && !record.removed;
+    let mut changes = (!gated).then(|| look_at_checkouts(&mut kept.look));
 
     if record.worktree.exists() && !record.removed {
         let (path, message) = (
@@ -147,15 +203,17 @@ pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
     let message =
         format!("corral: merge {} ({})\n\nTask {}: {}", record.address, record.branch, record.task_id, record.task);
     for _attempt in 0..5 {
-        let (repo2, branch, target2, message2) = (repo.clone(), record.branch.clone(), target.clone(), message.clone());
-        let prepared = blocking(move || {
+        let changes = changes.take().unwrap_or_else(|| look_at_checkouts(&mut kept.look));
+        let (branch, target2, message2) = (record.branch.clone(), target.clone(), message.clone());
+        let prepare = on_kept(kept.merge.take(), repo.clone(), move |opened| {
             let signature = git2::Signature::now("corral", "corral@localhost")
                 .map_err(|e| Error::other(e.message().to_string()))?;
-            crate::git::merge::prepare_merge(&repo2, &branch, &target2, strategy, &message2, &signature)
+            crate::git::merge::prepare_merge(opened, &branch, &target2, strategy, &message2, &signature)
                 .map_err(Error::from)
-        })
-        .await;
-        let plan = match prepared {
+        });
+        let prepared = kept_answer(prepare, &mut kept.merge).await;
+        let changes = kept_answer(changes, &mut kept.look).await;
+        let plan = match prepared.and_then(|prepared| Ok(crate::git::merge::with_changes(prepared, changes?))) {
             Ok(crate::git::merge::Prepared::Ready(plan)) => plan,
             Ok(crate::git::merge::Prepared::Finished(outcome)) => {
                 return journal(outcome_body(&repo, &target, outcome)).await
@@ -181,15 +239,18 @@ pub(super) async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob) {
             });
             return;
         }
-        let repo2 = repo.clone();
-        match tokio::task::spawn_blocking(move || crate::git::merge::apply_merge(&repo2, &plan)).await {
+        let apply =
+            on_kept(kept.merge.take(), repo.clone(), move |opened| Ok(crate::git::merge::apply_merge(opened, &plan)));
+        let applied = kept_answer(apply, &mut kept.merge).await;
+        if matches!(applied, Ok(Err(_))) {
+            kept.merge = None; // In doubt after a failed apply: opened again next time.
+        }
+        match applied {
             Ok(Ok(outcome)) => return journal(outcome_body(&repo, &target, outcome)).await,
             // The target moved between computing and applying: compute again.
             Ok(Err(crate::git::merge::MergeError::TargetMoved { .. })) => continue,
             Ok(Err(err)) => return journal(EventBody::MergeRefused { why: Error::from(err).message }).await,
-            Err(err) => {
-                return journal(EventBody::MergeRefused { why: format!("the merge worker failed: {err}") }).await
-            }
+            Err(err) => return journal(EventBody::MergeRefused { why: err.message }).await,
         }
     }
     journal(EventBody::MergeRefused { why: format!("{target} kept moving; try `corral merge` again") }).await;

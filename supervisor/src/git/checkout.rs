@@ -39,18 +39,44 @@ pub(super) fn compare_and_swap(
 }
 
 /// A worktree that has the target checked out.
-pub(super) struct Checkout {
+pub(super) struct Checkout<'a> {
     pub(super) path: PathBuf,
-    repo: Repository,
+    repo: Handle<'a>,
     /// HEAD is detached for a rebase of the target (git counts the target
     /// as checked out there): always busy, never written.
     pub(super) rebasing: bool,
 }
 
+/// The caller's own repository (the main checkout, whose caches are warm)
+/// or one opened for a linked worktree.
+enum Handle<'a> {
+    Same(&'a Repository),
+    Own(Repository),
+}
+
+impl std::ops::Deref for Handle<'_> {
+    type Target = Repository;
+
+    fn deref(&self) -> &Repository {
+        match self {
+            Handle::Same(repo) => repo,
+            Handle::Own(repo) => repo,
+        }
+    }
+}
+
 /// Every worktree, main and linked, with `target` checked out (or being
-/// rebased). Worktrees whose folder is gone are skipped.
-pub(super) fn checkouts(repo: &Repository, p: &Path, target: &str) -> Result<Vec<Checkout>> {
-    let common = open(repo.commondir())?;
+/// rebased). Worktrees whose folder is gone are skipped. When `repo` is
+/// the main checkout's repository, that one is used for it, not another.
+pub(super) fn checkouts<'a>(repo: &'a Repository, p: &Path, target: &str) -> Result<Vec<Checkout<'a>>> {
+    let is_common = !repo.is_worktree();
+    let opened;
+    let common = if is_common {
+        repo
+    } else {
+        opened = open(repo.commondir())?;
+        &opened
+    };
     let mut candidates = Vec::new();
     let names = common.worktrees().ctx("list the worktrees", p)?;
     let admin = common.path().join("worktrees");
@@ -65,12 +91,12 @@ pub(super) fn checkouts(repo: &Repository, p: &Path, target: &str) -> Result<Vec
             continue;
         }
         if let Ok(linked) = Repository::open_from_worktree(&worktree) {
-            candidates.push((clean_path(worktree.path()), linked));
+            candidates.push((clean_path(worktree.path()), Handle::Own(linked)));
         }
     }
-    let main_path = common.workdir().filter(|_| !common.is_bare()).map(clean_path);
-    if let Some(path) = main_path {
-        candidates.insert(0, (path, common));
+    if let Some(path) = common.workdir().filter(|_| !common.is_bare()).map(clean_path) {
+        let main = if is_common { Handle::Same(repo) } else { Handle::Own(open(repo.commondir())?) };
+        candidates.insert(0, (path, main));
     }
     let mut found = Vec::new();
     for (path, checkout) in candidates {
@@ -143,6 +169,17 @@ const TRACKED_CHANGES: Status = Status::INDEX_NEW
     .union(Status::WT_UNREADABLE)
     .union(Status::CONFLICTED);
 
+/// The tracked files the person changed (against HEAD, staged or not) and
+/// the conflicts. Untracked files are not looked for: they are only a
+/// change of the person's where a merge would write, which [`blockers`]
+/// looks at path by path.
+fn tracked_changes(checkout: &Checkout) -> Result<Vec<String>> {
+    let mut options = git2::StatusOptions::new();
+    options.include_untracked(false).include_ignored(false).exclude_submodules(true);
+    let statuses = checkout.repo.statuses(Some(&mut options)).ctx("read the status", &checkout.path)?;
+    Ok(statuses.iter().filter(|e| e.status().intersects(TRACKED_CHANGES)).map(|e| lossy(e.path_bytes())).collect())
+}
+
 const WORKTREE_CHANGES: Status = Status::WT_NEW
     .union(Status::WT_MODIFIED)
     .union(Status::WT_DELETED)
@@ -150,77 +187,28 @@ const WORKTREE_CHANGES: Status = Status::WT_NEW
     .union(Status::WT_RENAMED)
     .union(Status::WT_UNREADABLE);
 
-struct Seen {
-    /// Tracked files modified or staged (against HEAD), and conflicts.
-    tracked: Vec<String>,
-    /// Paths whose working file differs from the index, or untracked.
-    in_worktree: HashSet<Vec<u8>>,
-}
-
-/// The checkout's status: of every path, or (`only`) of just those paths.
-fn look(checkout: &Checkout, only: Option<&[Vec<u8>]>) -> Result<Seen> {
+/// Of just `paths`: those whose working file differs from the index, as
+/// git sees it (through the repository's filters), or are untracked.
+fn worktree_changes(checkout: &Checkout, paths: &[&[u8]]) -> Result<HashSet<Vec<u8>>> {
     let mut options = git2::StatusOptions::new();
     options.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false).exclude_submodules(true);
-    if let Some(paths) = only {
-        options.disable_pathspec_match(true);
-        for path in paths {
-            options.pathspec(os_path(path));
-        }
+    options.disable_pathspec_match(true);
+    for path in paths {
+        options.pathspec(os_path(path));
     }
     let statuses = checkout.repo.statuses(Some(&mut options)).ctx("read the status", &checkout.path)?;
-    let mut tracked = Vec::new();
-    let mut in_worktree = HashSet::new();
-    for entry in statuses.iter() {
-        let status = entry.status();
-        if status.intersects(TRACKED_CHANGES) {
-            tracked.push(lossy(entry.path_bytes()));
-        }
-        if status.intersects(WORKTREE_CHANGES) {
-            in_worktree.insert(entry.path_bytes().to_vec());
-        }
-    }
-    Ok(Seen { tracked, in_worktree })
+    Ok(statuses.iter().filter(|e| e.status().intersects(WORKTREE_CHANGES)).map(|e| e.path_bytes().to_vec()).collect())
 }
 
-/// How closely [`dirty_checkout`] looks.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Look {
-    /// Any change of the person's to a tracked file counts (before a
-    /// merge is journaled as started: it waits for a clean checkout).
-    Whole,
-    /// Only what is in the way of the move (just before the ref moves:
-    /// a file the person saved meanwhile elsewhere is not touched).
-    InTheWay,
-}
-
-/// `TargetDirty` for the first checkout of `target` that is not clean
-/// (against `old`, where its HEAD still is; with [`Look::Whole`]) or has
-/// files in the way of the move to `new`.
-pub(super) fn dirty_checkout(
-    repo: &Repository,
-    p: &Path,
-    target: &str,
-    old: Oid,
-    new: Oid,
-    how: Look,
-) -> Result<Option<MergeOutcome>> {
-    let checkouts = checkouts(repo, p, target)?;
-    if checkouts.is_empty() {
-        return Ok(None);
-    }
-    let changed = changed_paths(repo, p, old, new)?;
-    for checkout in &checkouts {
-        let mut files = BTreeSet::new();
-        if checkout.rebasing {
-            files.insert(format!("(a rebase of {target} is in progress)"));
-        } else {
-            if checkout.repo.state() != RepositoryState::Clean {
-                files.insert(format!("(a {} is in progress)", state_name(checkout.repo.state())));
-            }
-            if how == Look::Whole {
-                files.extend(look(checkout, None)?.tracked);
-            }
-            files.extend(blockers(checkout, old, new, &changed)?);
+/// `TargetDirty` for the first checkout of `target` where the person has
+/// changed something: an operation in progress, a tracked file changed or
+/// staged, a conflict. Looks at every tracked file; untracked ones count
+/// only where a merge would write ([`dirty_checkout`]).
+pub(super) fn changed_checkout(repo: &Repository, p: &Path, target: &str) -> Result<Option<MergeOutcome>> {
+    for checkout in &checkouts(repo, p, target)? {
+        let mut files = in_progress(checkout, target);
+        if !checkout.rebasing {
+            files.extend(tracked_changes(checkout)?);
         }
         if !files.is_empty() {
             return Ok(Some(MergeOutcome::TargetDirty {
@@ -230,6 +218,42 @@ pub(super) fn dirty_checkout(
         }
     }
     Ok(None)
+}
+
+/// `TargetDirty` for the first of `checkouts` with an operation in
+/// progress or files in the way of the move from `old` to `new`, whose
+/// `changed` paths the move writes.
+pub(super) fn dirty_checkout(
+    checkouts: &[Checkout],
+    target: &str,
+    old: Oid,
+    new: Oid,
+    changed: &[Vec<u8>],
+) -> Result<Option<MergeOutcome>> {
+    for checkout in checkouts {
+        let mut files = in_progress(checkout, target);
+        if !checkout.rebasing {
+            files.extend(blockers(checkout, old, new, changed)?);
+        }
+        if !files.is_empty() {
+            return Ok(Some(MergeOutcome::TargetDirty {
+                worktree: checkout.path.clone(),
+                files: files.into_iter().collect(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// A rebase of the target, or another operation, under way in a checkout.
+fn in_progress(checkout: &Checkout, target: &str) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    if checkout.rebasing {
+        files.insert(format!("(a rebase of {target} is in progress)"));
+    } else if checkout.repo.state() != RepositoryState::Clean {
+        files.insert(format!("(a {} is in progress)", state_name(checkout.repo.state())));
+    }
+    files
 }
 
 type Entry = Option<(Oid, i32)>;
@@ -256,13 +280,18 @@ pub(super) fn blockers(checkout: &Checkout, old: Oid, new: Oid, changed: &[Vec<u
     }
     let old_tree = repo.find_commit(old).and_then(|c| c.tree()).ctx("read the old tree", p)?;
     let new_tree = repo.find_commit(new).and_then(|c| c.tree()).ctx("read the new tree", p)?;
+    // Read again only if it changed on disk (libgit2 compares the file's
+    // time, size and inode; git replaces the file on every write).
     let mut index = repo.index().ctx("read the index", p)?;
-    index.read(true).ctx("read the index", p)?;
-    // The status of just the paths the move writes: what else the person
-    // changed is not in its way.
-    let in_worktree = look(checkout, Some(changed))?.in_worktree;
+    index.read(false).ctx("read the index", p)?;
+    // Only the paths the move writes are looked at: what else the person
+    // changed is not in its way. Each working file is first compared with
+    // the old and the new blob byte for byte; only the paths where that
+    // fails (a filter such as an end-of-line conversion, or a real change)
+    // get git's status, which is as slow over a few paths as over all.
     let changed_set: HashSet<&[u8]> = changed.iter().map(Vec::as_slice).collect();
     let mut blocked = Vec::new();
+    let mut unsure = Vec::new();
     for path in changed {
         let (old_entry, new_entry) = (entry_at(&old_tree, path), entry_at(&new_tree, path));
         if [old_entry, new_entry].iter().flatten().any(|(_, mode)| *mode == GITLINK) {
@@ -272,22 +301,31 @@ pub(super) fn blockers(checkout: &Checkout, old: Oid, new: Oid, changed: &[Vec<u
         let conflicted = (1..=3).any(|stage| index.get_path(rel, stage).is_some());
         let staged = index.get_path(rel, 0).map(|e| e.id);
         let index_ok = !conflicted && (staged == old_entry.map(|e| e.0) || staged == new_entry.map(|e| e.0));
-        let file_ok = if staged.is_some() && !in_worktree.contains(path) {
-            true // The working file is as in the index.
-        } else {
-            [old_entry, new_entry].iter().any(|want| on_disk_is(repo, p, path, *want, &changed_set))
-        };
-        let folders_ok = path
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'/')
-            .map(|(i, _)| &path[..i])
-            .all(|folder| changed_set.contains(folder) || !is_there_but_not_a_folder(&p.join(os_path(folder))));
-        if !(index_ok && file_ok && folders_ok) {
+        let file_ok = [old_entry, new_entry].iter().any(|want| on_disk_is(repo, p, path, *want, &changed_set));
+        if index_ok && folders_ok(p, path, &changed_set) && !file_ok && staged.is_some() {
+            unsure.push(path.as_slice()); // As in the index, unless git's status says otherwise.
+            continue;
+        }
+        if !(index_ok && file_ok && folders_ok(p, path, &changed_set)) {
             blocked.push(lossy(path));
         }
     }
+    if !unsure.is_empty() {
+        let differ = worktree_changes(checkout, &unsure)?;
+        blocked.extend(unsure.iter().filter(|path| differ.contains(**path)).map(|path| lossy(path)));
+        blocked.sort();
+    }
     Ok(blocked)
+}
+
+/// No folder on the way to `path` is a file or link, unless the merge
+/// changes that path too.
+fn folders_ok(workdir: &Path, path: &[u8], changed: &HashSet<&[u8]>) -> bool {
+    path.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .map(|(i, _)| &path[..i])
+        .all(|folder| changed.contains(folder) || !is_there_but_not_a_folder(&workdir.join(os_path(folder))))
 }
 
 fn is_there_but_not_a_folder(path: &Path) -> bool {
@@ -360,7 +398,7 @@ pub(super) fn follow(checkout: &Checkout, new: Oid, changed: &[Vec<u8>]) -> std:
     // Files that were already as in `new` (a checkout cut short by a
     // crash) were left alone, and so were their index entries: set those.
     let mut index = repo.index()?;
-    index.read(true)?;
+    index.read(false)?;
     let mut touched = false;
     for path in changed {
         let rel = os_path(path);

@@ -68,7 +68,7 @@ use std::str::FromStr;
 use git2::{Oid, Repository, RepositoryState};
 use serde::{Deserialize, Serialize};
 
-use super::checkout::{blockers, changed_paths, checkouts, compare_and_swap, dirty_checkout, follow, Look};
+use super::checkout::{blockers, changed_checkout, changed_paths, checkouts, compare_and_swap, dirty_checkout, follow};
 
 /// How a branch goes onto its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -238,6 +238,24 @@ pub(super) fn open(path: &Path) -> Result<Repository> {
     Repository::open(path).ctx("open the repository", path)
 }
 
+/// A repository opened once and kept for many merges, so what libgit2
+/// caches (the index, trees, the configuration) is not read again for
+/// each: it reads again whatever changed on disk.
+pub struct Opened {
+    path: PathBuf,
+    repo: Repository,
+}
+
+impl Opened {
+    pub fn open(path: &Path) -> Result<Opened> {
+        Ok(Opened { path: path.to_path_buf(), repo: open(path)? })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// `main` is `refs/heads/main`; a name starting with `refs/` is kept.
 pub(super) fn full_ref(name: &str) -> String {
     if name.starts_with("refs/") {
@@ -328,57 +346,94 @@ pub(super) fn state_name(state: RepositoryState) -> String {
 }
 
 /// Computes the merge of `branch` into `target` in memory and writes the
-/// commits it needs, without moving any ref, then looks at the checkouts
-/// of `target`. `branch` and `target` are branch names (`main`) or full
+/// commits it needs, without moving any ref, then looks in the checkouts
+/// of `target` at what the merge would write (the rest of each checkout is
+/// [`checkout_changes`]'s). `branch` and `target` are branch names (`main`) or full
 /// ref names. `message` is the merge or squash commit's message (rebased
 /// commits keep their own); `signature` is the committer (and the author
 /// of merge and squash commits).
 pub fn prepare_merge(
-    repo_path: &Path,
+    opened: &Opened,
     branch: &str,
     target: &str,
     strategy: Strategy,
     message: &str,
     signature: &git2::Signature<'_>,
 ) -> Result<Prepared> {
-    let repo = open(repo_path)?;
+    let (repo, repo_path) = (&opened.repo, opened.path.as_path());
     let (branch, target) = (full_ref(branch), full_ref(target));
-    let old = ref_target(&repo, repo_path, &target)?;
-    let tip = ref_target(&repo, repo_path, &branch)?;
+    let old = ref_target(repo, repo_path, &target)?;
+    let tip = ref_target(repo, repo_path, &branch)?;
     let p = repo_path;
-    if tip == old || repo.graph_descendant_of(old, tip).ctx("walk the history", p)? {
+    // One walk for the branch's commits the target lacks and the target's
+    // the branch lacks. Either count being zero is a decision that could
+    // lose work if wrong, so it is asked again directly before it is taken.
+    let (commits, behind) = repo.graph_ahead_behind(tip, old).ctx("walk the history", p)?;
+    let walk = |a, b| repo.graph_descendant_of(a, b).ctx("walk the history", p);
+    if tip == old || (commits == 0 && walk(old, tip)?) {
         return Ok(Prepared::Finished(MergeOutcome::UpToDate));
     }
-    let commits = repo.graph_ahead_behind(tip, old).ctx("walk the history", p)?.0;
-    let fast_forward = repo.graph_descendant_of(tip, old).ctx("walk the history", p)?;
+    let fast_forward = behind == 0 && walk(tip, old)?;
     let old_commit = repo.find_commit(old).ctx("read the target", p)?;
     let tip_commit = repo.find_commit(tip).ctx("read the branch", p)?;
     let computed: std::result::Result<Oid, MergeOutcome> = match strategy {
         Strategy::FfOnly if fast_forward => Ok(tip),
         Strategy::FfOnly => Err(MergeOutcome::NotFastForward),
         Strategy::Merge if fast_forward => Ok(tip),
-        Strategy::Merge => match merged_tree(&repo, p, &old_commit, &tip_commit)? {
+        Strategy::Merge => match merged_tree(repo, p, &old_commit, &tip_commit)? {
             Err(files) => Err(MergeOutcome::Conflict { files }),
             Ok(tree) => {
-                Ok(commit_tree(&repo, p, signature, signature, &tidy(message), tree, &[&old_commit, &tip_commit])?)
+                Ok(commit_tree(repo, p, signature, signature, &tidy(message), tree, &[&old_commit, &tip_commit])?)
             }
         },
-        Strategy::Squash => match merged_tree(&repo, p, &old_commit, &tip_commit)? {
+        Strategy::Squash => match merged_tree(repo, p, &old_commit, &tip_commit)? {
             Err(files) => Err(MergeOutcome::Conflict { files }),
             Ok(tree) if tree == old_commit.tree_id() => Err(MergeOutcome::UpToDate),
-            Ok(tree) => Ok(commit_tree(&repo, p, signature, signature, &tidy(message), tree, &[&old_commit])?),
+            Ok(tree) => Ok(commit_tree(repo, p, signature, signature, &tidy(message), tree, &[&old_commit])?),
         },
-        Strategy::Rebase => rebase(&repo, p, &old_commit, &tip_commit, fast_forward, signature)?,
+        Strategy::Rebase => rebase(repo, p, &old_commit, &tip_commit, fast_forward, signature)?,
     };
     let new = match computed {
         Ok(new) => new,
         Err(outcome) => return Ok(Prepared::Finished(outcome)),
     };
     let plan = MergePlan { target, branch, branch_tip: tip, strategy, old, new, commits };
-    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, old, new, Look::Whole)? {
+    let checkouts = checkouts(repo, p, &plan.target)?;
+    let changed = if checkouts.is_empty() { Vec::new() } else { changed_paths(repo, p, old, new)? };
+    if let Some(dirty) = dirty_checkout(&checkouts, &plan.target, old, new, &changed)? {
         return Ok(Prepared::Finished(dirty));
     }
     Ok(Prepared::Ready(plan))
+}
+
+/// `TargetDirty` for the first checkout of `target` (main or linked) in
+/// which the person has changed a tracked file, staged something, left a
+/// conflict or has an operation under way: a merge waits for it to be
+/// clean. It reads only the checkouts, so it may run beside
+/// [`commit_leftovers`] and [`prepare_merge`]; [`with_changes`] puts the
+/// two answers together.
+pub fn checkout_changes(opened: &Opened, target: &str) -> Result<Option<MergeOutcome>> {
+    changed_checkout(&opened.repo, &opened.path, &full_ref(target))
+}
+
+/// What [`prepare_merge`] found, given what [`checkout_changes`] found: a
+/// merge that is ready waits for a checkout with changes; one that waits
+/// already lists those changes too (for the same checkout). A conflict, a
+/// refusal or nothing to merge stays as it is.
+pub fn with_changes(prepared: Prepared, changes: Option<MergeOutcome>) -> Prepared {
+    match (prepared, changes) {
+        (Prepared::Ready(_), Some(changes)) => Prepared::Finished(changes),
+        (
+            Prepared::Finished(MergeOutcome::TargetDirty { worktree, mut files }),
+            Some(MergeOutcome::TargetDirty { worktree: same, files: more }),
+        ) if same == worktree => {
+            files.extend(more);
+            files.sort();
+            files.dedup();
+            Prepared::Finished(MergeOutcome::TargetDirty { worktree, files })
+        }
+        (prepared, _) => prepared,
+    }
 }
 
 /// The three-way merge of two commits as a tree in the object store, or
@@ -389,11 +444,91 @@ fn merged_tree(
     ours: &git2::Commit<'_>,
     theirs: &git2::Commit<'_>,
 ) -> Result<std::result::Result<Oid, Vec<String>>> {
+    // Most agents' branches and the target change different files: then
+    // the merge is decided tree by tree, reading only the folders both
+    // sides changed. One merge base, or libgit2 decides (as it does
+    // wherever a file's content would be merged).
+    if let Ok(bases) = repo.merge_bases(ours.id(), theirs.id()) {
+        if let [base] = bases.iter().as_slice() {
+            let base = repo.find_commit(*base).ctx("read the merge base", p)?;
+            let (base, ours, theirs) = (base.tree_id(), ours.tree_id(), theirs.tree_id());
+            if let Some(merged) = tree_level_merge(repo, Some(base), ours, theirs).ctx("merge", p)? {
+                return Ok(Ok(merged.unwrap_or(empty_tree(repo).ctx("write the merged tree", p)?)));
+            }
+        }
+    }
     let mut index = repo.merge_commits(ours, theirs, None).ctx("merge", p)?;
     if index.has_conflicts() {
         return Ok(Err(conflict_files(&index, p)?));
     }
     Ok(Ok(index.write_tree_to(repo).ctx("write the merged tree", p)?))
+}
+
+const TREE: i32 = 0o040000;
+
+type TreeItem = (Oid, i32);
+
+/// The merge of the trees `ours` and `theirs` from `base`, where no path
+/// needs more than a choice: an entry one side left as in `base` takes the
+/// other side's, an entry both sides made the same is kept, and a folder
+/// both sides changed is merged entry by entry the same way. `Ok(None)`
+/// when some path changed on both sides in different ways (a content
+/// merge, a conflict, or a rename for the full merge to find).
+/// `Ok(Some(None))` is a merged tree that is empty (git keeps no empty
+/// folder). What it gives is what git's and libgit2's merges give there.
+fn tree_level_merge(
+    repo: &Repository,
+    base: Option<Oid>,
+    ours: Oid,
+    theirs: Oid,
+) -> std::result::Result<Option<Option<Oid>>, git2::Error> {
+    if ours == theirs || base == Some(theirs) {
+        return Ok(Some(Some(ours)));
+    }
+    if base == Some(ours) {
+        return Ok(Some(Some(theirs)));
+    }
+    let entries = |id: Option<Oid>| -> std::result::Result<std::collections::BTreeMap<Vec<u8>, TreeItem>, git2::Error> {
+        let Some(id) = id else { return Ok(Default::default()) };
+        let tree = repo.find_tree(id)?;
+        Ok(tree.iter().map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode()))).collect())
+    };
+    let (base, ours_entries, theirs_entries) = (entries(base)?, entries(Some(ours))?, entries(Some(theirs))?);
+    let names: BTreeSet<&Vec<u8>> = base.keys().chain(ours_entries.keys()).chain(theirs_entries.keys()).collect();
+    let mut builder = repo.treebuilder(Some(&repo.find_tree(ours)?))?;
+    for name in names {
+        let (b, o, t) = (base.get(name).copied(), ours_entries.get(name).copied(), theirs_entries.get(name).copied());
+        let merged = if o == t || b == t {
+            o
+        } else if b == o {
+            t
+        } else if let (Some((o_id, TREE)), Some((t_id, TREE))) = (o, t) {
+            let b_id = b.filter(|(_, mode)| *mode == TREE).map(|(id, _)| id);
+            match tree_level_merge(repo, b_id, o_id, t_id)? {
+                None => return Ok(None),
+                Some(merged) => merged.map(|id| (id, TREE)),
+            }
+        } else {
+            return Ok(None);
+        };
+        if merged != o {
+            let name = OsStr::from_bytes(name);
+            match merged {
+                Some((id, mode)) => {
+                    builder.insert(name, id, mode)?;
+                }
+                None => builder.remove(name)?,
+            }
+        }
+    }
+    if builder.is_empty() {
+        return Ok(Some(None));
+    }
+    Ok(Some(Some(builder.write()?)))
+}
+
+fn empty_tree(repo: &Repository) -> std::result::Result<Oid, git2::Error> {
+    repo.treebuilder(None)?.write()
 }
 
 fn conflict_files(index: &git2::Index, p: &Path) -> Result<Vec<String>> {
@@ -482,23 +617,23 @@ fn rebase(
 /// was overwritten; prepare again. `Err(CheckoutFailed)` when the ref
 /// moved but a checkout could not be written (a full disk): the merge is
 /// in, and [`recover`] finishes the checkout.
-pub fn apply_merge(repo_path: &Path, plan: &MergePlan) -> Result<MergeOutcome> {
-    let repo = open(repo_path)?;
-    let p = repo_path;
-    let current = current_target(&repo, &plan.target);
+pub fn apply_merge(opened: &Opened, plan: &MergePlan) -> Result<MergeOutcome> {
+    let (repo, p) = (&opened.repo, opened.path.as_path());
+    let current = current_target(repo, &plan.target);
     if current != Some(plan.old) {
         return Err(MergeError::TargetMoved { target: plan.target.clone(), expected: plan.old, found: current });
     }
     // The whole checkout was clean when prepared; what matters now is only
     // what the move would overwrite.
-    if let Some(dirty) = dirty_checkout(&repo, p, &plan.target, plan.old, plan.new, Look::InTheWay)? {
+    let changed = changed_paths(repo, p, plan.old, plan.new)?;
+    if let Some(dirty) = dirty_checkout(&checkouts(repo, p, &plan.target)?, &plan.target, plan.old, plan.new, &changed)?
+    {
         return Ok(dirty);
     }
     let reflog = format!("corral: {} {} into {}", plan.strategy, plan.branch, plan.target);
-    compare_and_swap(&repo, p, &plan.target, plan.old, plan.new, &reflog)?;
+    compare_and_swap(repo, p, &plan.target, plan.old, plan.new, &reflog)?;
 
-    let changed = changed_paths(&repo, p, plan.old, plan.new)?;
-    let checkouts = checkouts(&repo, p, &plan.target)?;
+    let checkouts = checkouts(repo, p, &plan.target)?;
     // Between the look above and the ref move the person may have saved a
     // file the merge writes: look again at just those paths, and if so put
     // the target back, so their checkout and the ref agree again.
@@ -506,7 +641,7 @@ pub fn apply_merge(repo_path: &Path, plan: &MergePlan) -> Result<MergeOutcome> {
         let blocked = blockers(checkout, plan.old, plan.new, &changed)?;
         if !blocked.is_empty() {
             let undo = format!("corral: undo {reflog}: {} changed meanwhile", checkout.path.display());
-            if let Err(err) = compare_and_swap(&repo, p, &plan.target, plan.new, plan.old, &undo) {
+            if let Err(err) = compare_and_swap(repo, p, &plan.target, plan.new, plan.old, &undo) {
                 return Err(MergeError::CheckoutFailed {
                     target: plan.target.clone(),
                     worktree: checkout.path.clone(),
@@ -539,8 +674,10 @@ pub fn merge_branch(
     message: &str,
     signature: &git2::Signature<'_>,
 ) -> Result<MergeOutcome> {
-    match prepare_merge(repo, branch, target, strategy, message, signature)? {
-        Prepared::Ready(plan) => apply_merge(repo, &plan),
+    let opened = Opened::open(repo)?;
+    let prepared = prepare_merge(&opened, branch, target, strategy, message, signature)?;
+    match with_changes(prepared, checkout_changes(&opened, target)?) {
+        Prepared::Ready(plan) => apply_merge(&opened, &plan),
         Prepared::Finished(outcome) => Ok(outcome),
     }
 }
@@ -690,5 +827,204 @@ mod tests {
             assert_eq!(serde_json::to_string(&strategy).unwrap(), format!("\"{strategy}\""));
         }
         assert!("fast-forward".parse::<Strategy>().unwrap_err().contains("ff-only"));
+    }
+
+    /// A commit of `files` (path, content; `None` leaves the path out).
+    fn commit_of(repo: &Repository, files: &[(&str, Option<&str>)], parents: &[Oid]) -> Oid {
+        let mut index = git2::Index::new().unwrap();
+        for (path, content) in files {
+            if let Some(content) = content {
+                let id = repo.blob(content.as_bytes()).unwrap();
+                let mode = if path.ends_with(".sh") { 0o100755 } else { 0o100644 };
+                let entry = git2::IndexEntry {
+                    ctime: git2::IndexTime::new(0, 0),
+                    mtime: git2::IndexTime::new(0, 0),
+                    dev: 0,
+                    ino: 0,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    file_size: content.len() as u32,
+                    id,
+                    flags: 0,
+                    flags_extended: 0,
+                    path: path.as_bytes().to_vec(),
+                };
+                index.add(&entry).unwrap();
+            }
+        }
+        let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let parents: Vec<git2::Commit<'_>> = parents.iter().map(|id| repo.find_commit(*id).unwrap()).collect();
+        repo.commit(None, &sig, &sig, "c", &tree, &parents.iter().collect::<Vec<_>>()).unwrap()
+    }
+
+    /// Applies `changes` (path, new content or `None` for deleted) to `base`.
+    fn changed<'a>(
+        base: &[(&'a str, Option<&'a str>)],
+        changes: &[(&'a str, Option<&'a str>)],
+    ) -> Vec<(&'a str, Option<&'a str>)> {
+        let mut files: std::collections::BTreeMap<&str, Option<&str>> = base.iter().copied().collect();
+        files.extend(changes.iter().copied());
+        files.into_iter().collect()
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = super::super::git_command(dir)
+            .args(["-c", "user.name=person", "-c", "user.email=person@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn merge_with(opened: &Opened, branch: &str) -> MergeOutcome {
+        let sig = git2::Signature::now("corral", "corral@localhost").unwrap();
+        let prepared = prepare_merge(opened, branch, "main", Strategy::Merge, "merge", &sig).unwrap();
+        match with_changes(prepared, checkout_changes(opened, "main").unwrap()) {
+            Prepared::Ready(plan) => apply_merge(opened, &plan).unwrap(),
+            Prepared::Finished(outcome) => outcome,
+        }
+    }
+
+    /// The merge worker keeps one repository open for all its merges: what
+    /// the person does with git in between (a commit, an edit, a revert, a
+    /// commit of their own on the branch) is seen by the next merge.
+    #[test]
+    fn a_kept_repository_sees_what_the_person_did_between_merges() {
+        let (dir, worktrees) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let repo = dir.path();
+        git(repo, &["init", "-q", "-b", "main"]);
+        for (path, text) in [("a.txt", "a\n"), ("dir/b.txt", "b\n")] {
+            std::fs::create_dir_all(repo.join(path).parent().unwrap()).unwrap();
+            std::fs::write(repo.join(path), text).unwrap();
+        }
+        git(repo, &["add", "-A"]);
+        git(repo, &["commit", "-q", "-m", "start"]);
+        for name in ["one", "two", "three"] {
+            git(repo, &["branch", name]);
+        }
+        let commit_on = |branch: &str, path: &str, text: &str| {
+            let wt = worktrees.path().join(branch);
+            git(repo, &["worktree", "add", "-q", wt.to_str().unwrap(), branch]);
+            std::fs::write(wt.join(path), text).unwrap();
+            git(&wt, &["add", "-A"]);
+            git(&wt, &["commit", "-q", "-m", branch]);
+        };
+        commit_on("one", "one.txt", "1\n");
+        commit_on("two", "two.txt", "2\n");
+        commit_on("three", "dir/three.txt", "3\n");
+
+        let opened = Opened::open(repo).unwrap();
+        assert!(matches!(merge_with(&opened, "one"), MergeOutcome::Merged { .. }));
+        assert_eq!(std::fs::read_to_string(repo.join("one.txt")).unwrap(), "1\n");
+        assert_eq!(git(repo, &["status", "--porcelain"]), "");
+
+        // The person commits on main, then leaves an edit uncommitted.
+        std::fs::write(repo.join("a.txt"), "a, the person's\n").unwrap();
+        git(repo, &["commit", "-q", "-am", "the person's commit"]);
+        let theirs = git(repo, &["rev-parse", "HEAD"]);
+        std::fs::write(repo.join("dir/b.txt"), "b, unsaved\n").unwrap();
+        match merge_with(&opened, "two") {
+            MergeOutcome::TargetDirty { files, .. } => assert_eq!(files, ["dir/b.txt"]),
+            other => panic!("merged over an uncommitted edit: {other:?}"),
+        }
+        assert_eq!(git(repo, &["rev-parse", "HEAD"]), theirs, "main moved");
+        assert_eq!(std::fs::read_to_string(repo.join("dir/b.txt")).unwrap(), "b, unsaved\n");
+
+        // Reverted: the merge goes on top of the person's commit.
+        git(repo, &["checkout", "-q", "--", "dir/b.txt"]);
+        assert!(matches!(merge_with(&opened, "two"), MergeOutcome::Merged { .. }));
+        git(repo, &["merge-base", "--is-ancestor", &theirs, "main"]);
+        // The person stages a file the next merge writes into a folder of.
+        std::fs::write(repo.join("dir/three.txt"), "mine\n").unwrap();
+        match merge_with(&opened, "three") {
+            MergeOutcome::TargetDirty { files, .. } => assert_eq!(files, ["dir/three.txt"]),
+            other => panic!("merged over an untracked file: {other:?}"),
+        }
+        std::fs::remove_file(repo.join("dir/three.txt")).unwrap();
+        assert!(matches!(merge_with(&opened, "three"), MergeOutcome::Merged { .. }));
+        assert_eq!(git(repo, &["status", "--porcelain"]), "");
+        for (path, text) in
+            [("one.txt", "1\n"), ("two.txt", "2\n"), ("dir/three.txt", "3\n"), ("a.txt", "a, the person's\n")]
+        {
+            assert_eq!(git(repo, &["show", &format!("main:{path}")]), text.trim_end(), "{path} on main");
+            assert_eq!(std::fs::read_to_string(repo.join(path)).unwrap(), text, "{path} in the checkout");
+        }
+    }
+
+    #[test]
+    fn the_tree_level_merge_gives_what_libgit2s_merge_gives_or_leaves_it_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let base_files = [
+            ("README", Some("readme\n")),
+            ("a/one.txt", Some("one\n")),
+            ("a/two.txt", Some("two\n")),
+            ("a/deep/x.txt", Some("x\n")),
+            ("b/three.txt", Some("three\n")),
+            ("c/gone.txt", Some("gone\n")),
+            ("c/also.txt", Some("also\n")),
+            ("run.sh", Some("echo\n")),
+        ];
+        let base = commit_of(&repo, &base_files, &[]);
+        // (ours' changes, theirs' changes, whether a choice per path does it)
+        type Files<'a> = Vec<(&'a str, Option<&'a str>)>;
+        let cases: Vec<(Files<'_>, Files<'_>, bool)> = vec![
+            // Different files in different folders; a new folder each.
+            (
+                vec![("a/one.txt", Some("one, ours\n")), ("new/ours.txt", Some("o\n"))],
+                vec![("b/three.txt", Some("3\n")), ("other/t.txt", Some("t\n"))],
+                true,
+            ),
+            // Different files in the same folder, one deep.
+            (
+                vec![("a/one.txt", Some("1\n"))],
+                vec![("a/deep/x.txt", Some("X\n")), ("a/deep/y.txt", Some("y\n"))],
+                true,
+            ),
+            // One side deletes a folder, the other changes elsewhere.
+            (vec![("c/gone.txt", None), ("c/also.txt", None)], vec![("README", Some("read me\n"))], true),
+            // Each side deletes one file of a folder of two: the folder goes.
+            (vec![("c/gone.txt", None)], vec![("c/also.txt", None)], true),
+            // The same change on both sides.
+            (
+                vec![("b/three.txt", Some("same\n"))],
+                vec![("b/three.txt", Some("same\n")), ("README", Some("r\n"))],
+                true,
+            ),
+            // Both add the same new file.
+            (vec![("d/new.txt", Some("n\n"))], vec![("d/new.txt", Some("n\n")), ("d/more.txt", Some("m\n"))], true),
+            // A file that becomes a folder on one side only.
+            (vec![("README", None), ("README/inside.txt", Some("i\n"))], vec![("a/two.txt", Some("2\n"))], true),
+            // Both change one file differently: for the full merge.
+            (vec![("a/one.txt", Some("one\nours\n"))], vec![("a/one.txt", Some("theirs\none\n"))], false),
+            // One changes a file the other deletes: for the full merge.
+            (vec![("b/three.txt", Some("3!\n"))], vec![("b/three.txt", None)], false),
+            // A folder on one side, a file of that name on the other.
+            (vec![("e/f.txt", Some("f\n"))], vec![("e", Some("e\n"))], false),
+        ];
+        for (i, (ours, theirs, by_choice)) in cases.into_iter().enumerate() {
+            let ours = commit_of(&repo, &changed(&base_files, &ours), &[base]);
+            let theirs = commit_of(&repo, &changed(&base_files, &theirs), &[base]);
+            let (ours_c, theirs_c) = (repo.find_commit(ours).unwrap(), repo.find_commit(theirs).unwrap());
+            let base_tree = repo.find_commit(base).unwrap().tree_id();
+            let chosen = tree_level_merge(&repo, Some(base_tree), ours_c.tree_id(), theirs_c.tree_id()).unwrap();
+            assert_eq!(chosen.is_some(), by_choice, "case {i}: decided by choice");
+            let mut full = repo.merge_commits(&ours_c, &theirs_c, None).unwrap();
+            if let Some(chosen) = chosen {
+                assert!(!full.has_conflicts(), "case {i}: libgit2 has a conflict");
+                let expected = full.write_tree_to(&repo).unwrap();
+                assert_eq!(chosen.unwrap_or_else(|| empty_tree(&repo).unwrap()), expected, "case {i}: the same tree");
+            }
+            // And through the merge itself: the same tree either way.
+            let merged = merged_tree(&repo, dir.path(), &ours_c, &theirs_c).unwrap();
+            if !full.has_conflicts() {
+                assert_eq!(merged, Ok(full.write_tree_to(&repo).unwrap()), "case {i}: merged_tree");
+            } else {
+                assert!(merged.is_err(), "case {i}: a conflict");
+            }
+        }
     }
 }
