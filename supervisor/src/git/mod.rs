@@ -41,3 +41,45 @@ pub(crate) fn git_command(repo: &std::path::Path) -> std::process::Command {
         .stdin(std::process::Stdio::null());
     command
 }
+
+/// The `git` command for a checkout of a whole tree in `repo` (a new
+/// worktree): with parallel checkout, one worker a core, unless the
+/// person's configuration says how many (`checkout.workers`). git checks
+/// out in one process by default; on this kind of machine, most of a
+/// 20,000-file checkout is the kernel creating files, which two workers do
+/// in about 0.6 of the time (git itself keeps one for trees under
+/// `checkout.thresholdForParallelism`, 100 files).
+pub(crate) fn checkout_command(repo: &std::path::Path) -> std::process::Command {
+    let mut command = git_command(repo);
+    let configured = git2::Repository::open(repo)
+        .and_then(|r| r.config())
+        .and_then(|mut c| c.snapshot())
+        .map(|c| c.get_i64("checkout.workers").is_ok());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if matches!(configured, Ok(false)) && cores > 1 {
+        command.arg("-c").arg(format!("checkout.workers={cores}"));
+    }
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: &std::process::Command) -> Vec<String> {
+        command.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn a_checkout_runs_one_worker_a_core_unless_the_repository_says_how_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = format!("checkout.workers={cores}");
+        assert_eq!(args(&checkout_command(dir.path())).contains(&workers), cores > 1, "{cores} cores");
+
+        repo.config().unwrap().set_i64("checkout.workers", 1).unwrap();
+        let given = args(&checkout_command(dir.path()));
+        assert!(!given.iter().any(|a| a.starts_with("checkout.workers")), "overrode the person's setting: {given:?}");
+    }
+}

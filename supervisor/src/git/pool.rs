@@ -183,7 +183,7 @@ impl Pool {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
         while self.count(commit) < want {
             let path = self.dir.join(format!("{commit}-{}", unique()));
-            let mut command = super::git_command(&self.repo);
+            let mut command = super::checkout_command(&self.repo);
             command.args(["-c", "core.hooksPath=/dev/null", "worktree", "add", "--quiet", "--detach"]);
             command.arg(&path).arg(commit);
             if let Err(err) = run(command, &format!("cannot fill the worktree pool at {}", path.display())) {

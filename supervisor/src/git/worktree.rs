@@ -83,7 +83,7 @@ pub fn create(repo_path: &Path, name: &str, branch: &str, base_commit: &str, pat
     if repo.find_branch(branch, git2::BranchType::Local).is_ok() {
         return Err(Error::new(ErrorKind::Duplicate, format!("branch {branch} already exists")));
     }
-    let made = super::git_command(repo_path)
+    let made = super::checkout_command(repo_path)
         .args(["worktree", "add", "--quiet", "-b", branch])
         .arg(path)
         .arg(base_commit)
