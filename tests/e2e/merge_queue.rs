@@ -1046,8 +1046,13 @@ fn a_daemon_killed_in_the_middle_of_merges_leaves_the_target_whole_and_the_queue
     }
     let recorded = agent_commits(&repo, &first);
 
-    // Kill points (the nth merge_started seen, counting merges redone after
-    // a restart) and a delay after seeing it, to sweep the merge's window.
+    // Kill points (the nth merge_started in the journal, counting merges
+    // redone after a restart) and a delay after seeing it, to sweep the
+    // merge's window. A merge takes a few milliseconds, so by the time a
+    // kill lands the queue may have gone on: the count is read back from
+    // the journal after each kill, and a kill point already passed is
+    // taken at the next merge_started seen. The sweep ends early only if
+    // every merge is done; it must have killed at least three times.
     let kill_at = [1usize, 3, 5, 7, 9];
     let delays_ms = [0u64, 2, 0, 5, 1];
     let mut follow = Follow::start(&repo, all_events(&repo).last().map_or(0, |e| e["seq"].as_u64().unwrap()));
@@ -1055,16 +1060,27 @@ fn a_daemon_killed_in_the_middle_of_merges_leaves_the_target_whole_and_the_queue
     let mut started = 0;
     let mut kills = Vec::new();
     let deadline = Instant::now() + LONG;
+    let all_merged = || {
+        let merged: BTreeSet<String> = journal(&repo)
+            .iter()
+            .filter(|e| e["type"] == "merged")
+            .filter_map(|e| e["agent"].as_str().map(str::to_string))
+            .collect();
+        names.iter().all(|n| merged.contains(&format!("/root/{n}")))
+    };
     while kills.len() < kill_at.len() {
         assert!(Instant::now() < deadline, "only {} merges started\n{}", started, diagnose(&repo));
         let Ok(event) = follow.events.recv_timeout(Duration::from_millis(200)) else {
+            if all_merged() {
+                break;
+            }
             continue;
         };
         if event["type"] != "merge_started" {
             continue;
         }
         started += 1;
-        if !kill_at.contains(&started) {
+        if started < kill_at[kills.len()] {
             continue;
         }
         let delay = delays_ms[kills.len()];
@@ -1093,13 +1109,17 @@ fn a_daemon_killed_in_the_middle_of_merges_leaves_the_target_whole_and_the_queue
         eprintln!("{line}");
         kills.push(line);
         drop(follow);
+        // What the killed daemon started before the kill landed counts too.
+        let journaled = journal(&repo);
+        started = journaled.iter().filter(|e| e["type"] == "merge_started").count();
         // `corral ps` starts a new daemon, which recovers and goes on.
-        let since = journal(&repo).last().map_or(0, |e| e["seq"].as_u64().unwrap());
+        let since = journaled.last().map_or(0, |e| e["seq"].as_u64().unwrap());
         repo.agents();
         follow = Follow::start(&repo, since);
     }
     drop(follow);
     eprintln!("{}", kills.join("\n"));
+    assert!(kills.len() >= 3, "the merges were done after {} kills: {kills:?}", kills.len());
 
     poll_agents(&repo, "every agent's merge to settle after the kills", LONG, |agents| {
         names.iter().all(|n| {
