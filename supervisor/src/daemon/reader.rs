@@ -70,7 +70,7 @@ impl OutputReader {
             Some(parser) if record.log_offset > 0 => {
                 let _ = reader.cursor.read_each(Some(record.log_offset), false, |lines| {
                     for line in lines {
-                        parser.feed_line(trim_cr(&line.bytes));
+                        parser.feed_line(trim_cr(line.bytes));
                     }
                 });
             }
@@ -102,7 +102,7 @@ impl OutputReader {
 
 /// The events of one slice of lines, added to `bodies`.
 fn events_of(
-    lines: Vec<crate::sys::output::RawLine>,
+    lines: &[crate::sys::output::Line<'_>],
     parser: &mut Option<Box<dyn corral_harness::Parser>>,
     limiter: &mut Limiter,
     observations: Option<&corral_probes::AgentObservations>,
@@ -110,32 +110,34 @@ fn events_of(
     bodies: &mut Vec<EventBody>,
 ) {
     {
+        // One clock reading for the slice: it is read in well under a
+        // millisecond, and the limiter's rate is lines a second.
+        let now = std::time::Instant::now();
         if let Some(observations) = observations {
-            let now = std::time::Instant::now();
-            for line in &lines {
-                observations.record_line(&clean_line(&line.bytes), now);
+            for line in lines {
+                observations.record_line(&clean_line(line.bytes), now);
             }
         }
         for line in lines {
             let Some(parser) = parser.as_mut() else {
                 // A flood's lines beyond the rate are counted, not cleaned
                 // (a line of only blanks counts as nothing, as when cleaned).
-                if !limiter.would_admit() {
+                if !limiter.would_admit(now) {
                     if !line.bytes.iter().all(u8::is_ascii_whitespace) {
                         limiter.skip();
                     }
                     continue;
                 }
-                let text = clean_line(&line.bytes);
+                let text = clean_line(line.bytes);
                 if text.is_empty() {
                     continue;
                 }
-                if let Some(skipped) = limiter.admit() {
+                if let Some(skipped) = limiter.admit(now) {
                     bodies.push(EventBody::Output { text, offset: line.offset, skipped });
                 }
                 continue;
             };
-            for event in parser.feed_line(trim_cr(&line.bytes)) {
+            for event in parser.feed_line(trim_cr(line.bytes)) {
                 if let corral_harness::HarnessEvent::SessionStarted { session_id: Some(id), .. } = &event {
                     *session = Some(id.clone());
                 }
@@ -150,7 +152,7 @@ fn events_of(
                 }
                 // Only chatter is rate-limited; usage, tools and results never are.
                 if let EventBody::Progress { skipped, .. } = &mut body {
-                    match limiter.admit() {
+                    match limiter.admit(now) {
                         Some(n) => *skipped = n,
                         None => continue,
                     }

@@ -70,9 +70,29 @@ struct Shared {
     pty: Mutex<PtyControl>,
 }
 
+impl Shared {
+    /// Waits on `changed` while `waiting` holds, counted as a waiter for
+    /// output (see `State::output_waiters`).
+    fn wait_for_output<'a>(
+        &self,
+        mut state: std::sync::MutexGuard<'a, State>,
+        waiting: impl FnMut(&mut State) -> bool,
+    ) -> std::sync::MutexGuard<'a, State> {
+        state.output_waiters += 1;
+        let mut state = self.changed.wait_while(state, waiting).unwrap();
+        state.output_waiters -= 1;
+        state
+    }
+}
+
 struct State {
     pid: u32,
     log_len: u64,
+    /// Threads waiting for `log_len` to change ([`Shared::wait_for_output`]):
+    /// the output pump wakes the others only when one waits, so a flood
+    /// read while the daemon's batch of output is held back (a
+    /// millisecond) wakes no thread for each read of the PTY.
+    output_waiters: usize,
     output_closed: bool,
     stop_requested: bool,
     exit: Option<ExitRecord>,
@@ -141,6 +161,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         state: Mutex::new(State {
             pid: 0,
             log_len: initial_len,
+            output_waiters: 0,
             output_closed: false,
             stop_requested: false,
             exit: None,
@@ -487,7 +508,9 @@ fn spawn_output_pump(mut reader: Box<dyn Read + Send>, log: File, shared: Arc<Sh
                     let mut state = shared.state.lock().unwrap();
                     state.log_len += kept;
                     state.log_bytes_lost += lost;
-                    shared.changed.notify_all();
+                    if state.output_waiters > 0 {
+                        shared.changed.notify_all();
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break, // EIO: every holder of the PTY's other side is gone.

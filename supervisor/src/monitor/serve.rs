@@ -155,17 +155,14 @@ fn serve_daemon(
     let mut last_output = std::time::Instant::now() - OUTPUT_EVERY;
     loop {
         let state = shared.state.lock().unwrap();
-        let state = shared
-            .changed
-            .wait_while(state, |s| {
-                s.log_len == sent_len
-                    && s.exit.is_none()
-                    && s.generation == sent_generation
-                    && s.restart_generation == sent_restart
-                    && s.calls.len() == sent_calls
-                    && s.asks_generation == sent_asks
-            })
-            .unwrap();
+        let state = shared.wait_for_output(state, |s| {
+            s.log_len == sent_len
+                && s.exit.is_none()
+                && s.generation == sent_generation
+                && s.restart_generation == sent_restart
+                && s.calls.len() == sent_calls
+                && s.asks_generation == sent_asks
+        });
         // A flood of output is told in batches: at most one `output` a
         // millisecond, so the daemon reads the log in large pieces rather
         // than waking for every read of the PTY. A model call's admission,
@@ -273,7 +270,7 @@ fn serve_attach(
     loop {
         let (len, done) = {
             let state = shared.state.lock().unwrap();
-            let state = shared.changed.wait_while(state, |s| s.log_len == offset && s.exit.is_none()).unwrap();
+            let state = shared.wait_for_output(state, |s| s.log_len == offset && s.exit.is_none());
             (state.log_len, state.exit.is_some())
         };
         while offset < len {

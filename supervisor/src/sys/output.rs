@@ -30,10 +30,26 @@ pub struct RawLine {
     pub offset: u64,
 }
 
+/// A line of the slice [`LineCursor::read_each`] is handing out, borrowed
+/// from it: a flood of lines costs no allocation a line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line<'a> {
+    pub bytes: &'a [u8],
+    /// Where the line ends in the log.
+    pub offset: u64,
+}
+
+impl Line<'_> {
+    pub fn to_raw(self) -> RawLine {
+        RawLine { bytes: self.bytes.to_vec(), offset: self.offset }
+    }
+}
+
 /// Reads an agent's log line by line from where the last event left off.
 pub struct LineCursor {
     path: PathBuf,
     offset: u64,
+    /// The unfinished line after `offset`, read already.
     partial: Vec<u8>,
 }
 
@@ -51,18 +67,20 @@ impl LineCursor {
     /// complete lines. With `last`, an unfinished final line counts too.
     pub fn read(&mut self, upto: Option<u64>, last: bool) -> std::io::Result<Vec<RawLine>> {
         let mut all = Vec::new();
-        self.read_each(upto, last, |lines| all.extend(lines))?;
+        self.read_each(upto, last, |lines| all.extend(lines.iter().map(|l| l.to_raw())))?;
         Ok(all)
     }
 
     /// [`LineCursor::read`] a slice at a time: hands `each` the complete
     /// lines of every slice of at most `MAX_READ` bytes as it is read, so
-    /// however far behind the reader is, only one slice is in memory.
+    /// however far behind the reader is, only one slice is in memory. The
+    /// slice is read behind the unfinished line of the one before, so every
+    /// line is a piece of one buffer.
     pub fn read_each(
         &mut self,
         upto: Option<u64>,
         last: bool,
-        mut each: impl FnMut(Vec<RawLine>),
+        mut each: impl FnMut(&[Line<'_>]),
     ) -> std::io::Result<()> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
@@ -71,39 +89,38 @@ impl LineCursor {
         };
         let end = file.metadata()?.len();
         let end = upto.map_or(end, |u| u.min(end));
-        let mut chunk = Vec::new();
+        let mut buf = std::mem::take(&mut self.partial);
         loop {
-            let mut lines = Vec::new();
-            let read_from = self.offset + self.partial.len() as u64;
+            let read_from = self.offset + buf.len() as u64;
             if end <= read_from {
                 break;
             }
             file.seek(SeekFrom::Start(read_from))?;
-            chunk.clear();
-            (&mut file).take((end - read_from).min(MAX_READ)).read_to_end(&mut chunk)?;
-            if chunk.is_empty() {
+            let had = buf.len();
+            (&mut file).take((end - read_from).min(MAX_READ)).read_to_end(&mut buf)?;
+            if buf.len() == had {
                 break;
             }
+            let mut lines = Vec::new();
             let mut start = 0;
-            for (i, &byte) in chunk.iter().enumerate() {
-                if byte == b'\n' {
-                    self.partial.extend_from_slice(&chunk[start..i]);
-                    let bytes = std::mem::take(&mut self.partial);
-                    self.offset += bytes.len() as u64 + 1;
-                    lines.push(RawLine { bytes, offset: self.offset });
-                    start = i + 1;
-                }
+            // Only the new bytes can hold a newline: the old are unfinished.
+            for i in memchr::memchr_iter(b'\n', &buf[had..]).map(|i| had + i) {
+                self.offset += (i - start) as u64 + 1;
+                lines.push(Line { bytes: &buf[start..i], offset: self.offset });
+                start = i + 1;
             }
-            self.partial.extend_from_slice(&chunk[start..]);
             if !lines.is_empty() {
-                each(lines);
+                each(&lines);
             }
+            drop(lines);
+            buf.drain(..start);
         }
-        if last && !self.partial.is_empty() {
-            let bytes = std::mem::take(&mut self.partial);
-            self.offset += bytes.len() as u64;
-            each(vec![RawLine { bytes, offset: self.offset }]);
+        if last && !buf.is_empty() {
+            self.offset += buf.len() as u64;
+            each(&[Line { bytes: &buf, offset: self.offset }]);
+            buf.clear();
         }
+        self.partial = buf;
         Ok(())
     }
 }
@@ -124,9 +141,10 @@ impl Default for Limiter {
 
 impl Limiter {
     /// `Some(lines skipped before this one)` when this line may go to the
-    /// journal, `None` when it is left out (and counted).
-    pub fn admit(&mut self) -> Option<u64> {
-        if !self.would_admit() {
+    /// journal at `now`, `None` when it is left out (and counted). A reader
+    /// takes `now` once a slice of lines, not once a line.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if !self.would_admit(now) {
             self.skip();
             return None;
         }
@@ -137,10 +155,11 @@ impl Limiter {
     /// Whether a line would be admitted now, without taking it: a reader
     /// can leave a flood's lines out (with [`Limiter::skip`]) without
     /// cleaning each one first.
-    pub fn would_admit(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
-        self.refilled = now;
+    pub fn would_admit(&mut self, now: Instant) -> bool {
+        if now > self.refilled {
+            self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
+            self.refilled = now;
+        }
         self.tokens >= 1.0
     }
 
@@ -230,6 +249,25 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn a_line_written_in_pieces_is_read_whole_once_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let mut cursor = LineCursor::new(path.clone(), 0);
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"ab").unwrap();
+        assert_eq!(cursor.read(None, false).unwrap(), []);
+        file.write_all(b"c\r\nde").unwrap();
+        assert_eq!(cursor.read(None, false).unwrap(), [RawLine { bytes: b"abc\r".to_vec(), offset: 5 }]);
+        assert_eq!(cursor.offset(), 5);
+        file.write_all(b"f\n\ng").unwrap();
+        let lines = cursor.read(None, false).unwrap();
+        assert_eq!(lines, [RawLine { bytes: b"def".to_vec(), offset: 9 }, RawLine { bytes: Vec::new(), offset: 10 }]);
+        // The end of the agent: its unfinished last line counts.
+        assert_eq!(cursor.read(None, true).unwrap(), [RawLine { bytes: b"g".to_vec(), offset: 11 }]);
+        assert_eq!(cursor.read(None, true).unwrap(), []);
+    }
+
+    #[test]
     fn a_backlog_is_read_a_slice_at_a_time_and_nothing_is_lost_between_slices() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("output.log");
@@ -243,7 +281,9 @@ mod tests {
         text.extend(b"unfinished");
         std::fs::write(&path, &text).unwrap();
         let mut slices = Vec::new();
-        LineCursor::new(path.clone(), 0).read_each(None, true, |lines| slices.push(lines)).unwrap();
+        LineCursor::new(path.clone(), 0)
+            .read_each(None, true, |lines| slices.push(lines.iter().map(|l| l.to_raw()).collect::<Vec<_>>()))
+            .unwrap();
         assert!(slices.len() >= 4, "{} slices", slices.len());
         for slice in &slices {
             let bytes: usize = slice.iter().map(|l| l.bytes.len() + 1).sum();
@@ -301,7 +341,7 @@ mod tests {
         assert_eq!(lines.last().unwrap().offset, body.len() as u64);
 
         let mut limiter = Limiter::default();
-        let admitted = (0..10_000).filter_map(|_| limiter.admit()).count();
+        let admitted = (0..10_000).filter_map(|_| limiter.admit(Instant::now())).count();
         assert!(admitted < 200, "{admitted} lines admitted");
         assert_eq!(admitted as u64 + limiter.take_skipped(), 10_000);
     }
