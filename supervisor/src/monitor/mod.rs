@@ -278,14 +278,6 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 None => tracing::info!("agent started: pid {pid}"),
             }
         }
-        // A second descriptor of the PTY, for the pump to wait on with a
-        // time limit (it owns and closes it).
-        let waiting = pty.master.as_raw_fd().and_then(|fd| {
-            // SAFETY: a duplicate of a descriptor the master holds open.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            // SAFETY: `dup` is a new descriptor that nothing else owns.
-            (dup >= 0).then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
-        });
         *writer.lock().unwrap() = pty.writer;
         {
             // A resize that came while this PTY opened applies now.
@@ -308,7 +300,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         if let (Some(text), Some(sender), true) = (&spec.first_input, &input, argv == spec.command) {
             let _ = sender.send(InputOp::Write(text.clone().into_bytes()));
         }
-        spawn_output_pump(pty.reader, waiting, log.try_clone()?, shared.clone(), agent.dir.clone());
+        spawn_output_pump(pty.reader, log.try_clone()?, shared.clone(), agent.dir.clone());
 
         // Reap until every descendant is gone. When the agent itself exits,
         // whatever it left behind is stopped too.
@@ -502,81 +494,32 @@ fn note(shared: &Shared, log: &mut File, line: &str) {
 }
 
 /// Copies PTY output into the log, byte for byte, and tells waiters.
-///
-/// A flood is written in pieces of up to 64 KiB, not a write for every
-/// read of the PTY (at most 4 KiB): after a read of half that or more, the
-/// pump waits on `waiting` (a descriptor of the PTY) at most
-/// [`HOLD_OUTPUT`] for more before it writes what it holds. A line or a
-/// few are written at once; a flood that stops is in the log within that
-/// time (the monitor tells the daemon of output at most once a
-/// millisecond anyway).
-fn spawn_output_pump(
-    mut reader: Box<dyn Read + Send>,
-    waiting: Option<std::os::fd::OwnedFd>,
-    log: File,
-    shared: Arc<Shared>,
-    dir: PathBuf,
-) {
+fn spawn_output_pump(mut reader: Box<dyn Read + Send>, log: File, shared: Arc<Shared>, dir: PathBuf) {
     std::thread::spawn(move || {
         let mut log = OutputLog::new(log, &dir);
         let mut buf = vec![0u8; 64 * 1024];
-        let mut held = 0;
-        let mut since = Instant::now();
-        let mut flush = |bytes: &[u8]| {
-            if bytes.is_empty() {
-                return;
-            }
-            // The PTY is always read, whatever the log can take: an agent
-            // never blocks on a full disk.
-            let (kept, lost) = log.write(bytes);
-            let mut state = shared.state.lock().unwrap();
-            state.log_len += kept;
-            state.log_bytes_lost += lost;
-            if state.output_waiters > 0 {
-                shared.changed.notify_all();
-            }
-        };
         loop {
-            match reader.read(&mut buf[held..]) {
+            match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if held == 0 {
-                        since = Instant::now();
+                    // The PTY is always read, whatever the log can take: an
+                    // agent never blocks on a full disk.
+                    let (kept, lost) = log.write(&buf[..n]);
+                    let mut state = shared.state.lock().unwrap();
+                    state.log_len += kept;
+                    state.log_bytes_lost += lost;
+                    if state.output_waiters > 0 {
+                        shared.changed.notify_all();
                     }
-                    held += n;
-                    let left = HOLD_OUTPUT.saturating_sub(since.elapsed());
-                    let flood = n >= 2048 && buf.len() - held >= 4096;
-                    if flood && waiting.as_ref().is_some_and(|fd| more_within(fd, left)) {
-                        continue;
-                    }
-                    flush(&buf[..held]);
-                    held = 0;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break, // EIO: every holder of the PTY's other side is gone.
             }
         }
-        flush(&buf[..held]);
         log.finish();
         shared.state.lock().unwrap().output_closed = true;
         shared.changed.notify_all();
     });
-}
-
-/// Longest the output pump holds output it read before writing it.
-const HOLD_OUTPUT: Duration = Duration::from_millis(1);
-
-/// Whether `fd` has something to read (output, or its end) within `wait`.
-fn more_within(fd: &std::os::fd::OwnedFd, wait: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    if wait.is_zero() {
-        return false;
-    }
-    let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout = wait.as_micros().div_ceil(1000).min(1000) as libc::c_int;
-    // SAFETY: one pollfd on a descriptor the caller owns.
-    let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
-    ready > 0 && poll.revents & libc::POLLIN != 0
 }
 
 /// The agent's output log, on a disk that may fill up. What cannot be
