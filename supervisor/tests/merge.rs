@@ -912,3 +912,59 @@ fn diff_shows_what_the_branch_changed_since_it_left_base() {
     assert!(!patch.contains("b.txt"), "{patch}");
     assert!(matches!(merge::diff(&repo, "corral/root/nope", "main"), Err(MergeError::NoBranch { .. })));
 }
+
+fn merge_with(opened: &Opened, branch: &str) -> MergeOutcome {
+    let prepared = merge::prepare_merge(opened, branch, "main", Strategy::Merge, "m", &corral()).unwrap();
+    match merge::with_changes(prepared, merge::checkout_changes(opened, "main").unwrap()) {
+        Prepared::Ready(plan) => merge::apply_merge(opened, &plan).unwrap(),
+        Prepared::Finished(outcome) => outcome,
+    }
+}
+
+/// The merge worker keeps one repository open for all its merges: what
+/// the person does with git in between (a commit, an edit, a revert, an
+/// untracked file in the way) is seen by the next merge.
+#[test]
+fn a_kept_repository_sees_what_the_person_did_between_merges() {
+    let (_dir, repo) = repo_with(&[("a.txt", "a\n"), ("dir/b.txt", "b\n")]);
+    commit_on(&repo, "one", "main", &[("one.txt", Some("1\n"))], "one");
+    commit_on(&repo, "two", "main", &[("two.txt", Some("2\n"))], "two");
+    commit_on(&repo, "three", "main", &[("dir/three.txt", Some("3\n"))], "three");
+
+    let opened = Opened::open(&repo).unwrap();
+    assert!(matches!(merge_with(&opened, "one"), MergeOutcome::Merged { .. }));
+    assert_eq!(read(&repo, "one.txt"), "1\n");
+    assert_clean(&repo);
+
+    // The person commits on main, then leaves an edit uncommitted.
+    write(&repo, "a.txt", "a, the person's\n");
+    git(&repo, &["commit", "-q", "-am", "the person's commit"]);
+    let theirs = rev(&repo, "HEAD");
+    write(&repo, "dir/b.txt", "b, unsaved\n");
+    match merge_with(&opened, "two") {
+        MergeOutcome::TargetDirty { files, .. } => assert_eq!(files, ["dir/b.txt"]),
+        other => panic!("merged over an uncommitted edit: {other:?}"),
+    }
+    assert_eq!(rev(&repo, "HEAD"), theirs, "main moved");
+    assert_eq!(read(&repo, "dir/b.txt"), "b, unsaved\n");
+
+    // Reverted: the merge goes on top of the person's commit.
+    git(&repo, &["checkout", "-q", "--", "dir/b.txt"]);
+    assert!(matches!(merge_with(&opened, "two"), MergeOutcome::Merged { .. }));
+    git(&repo, &["merge-base", "--is-ancestor", &theirs.to_string(), "main"]);
+    // An untracked file where the next merge writes.
+    write(&repo, "dir/three.txt", "mine\n");
+    match merge_with(&opened, "three") {
+        MergeOutcome::TargetDirty { files, .. } => assert_eq!(files, ["dir/three.txt"]),
+        other => panic!("merged over an untracked file: {other:?}"),
+    }
+    std::fs::remove_file(repo.join("dir/three.txt")).unwrap();
+    assert!(matches!(merge_with(&opened, "three"), MergeOutcome::Merged { .. }));
+    assert_clean(&repo);
+    for (path, text) in
+        [("one.txt", "1\n"), ("two.txt", "2\n"), ("dir/three.txt", "3\n"), ("a.txt", "a, the person's\n")]
+    {
+        assert_eq!(git(&repo, &["show", &format!("main:{path}")]), text, "{path} on main");
+        assert_eq!(read(&repo, path), text, "{path} in the checkout");
+    }
+}

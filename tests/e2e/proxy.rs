@@ -106,8 +106,7 @@ fn real_claude_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_ke
         (Some(280), Some(38), Some(2100), Some(50)),
         "ps counts the proxy's figures, once: {record}"
     );
-    let mut holding = Vec::new();
-    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    let holding = files_holding(&repo.state_dir(), REAL_KEY);
     assert!(holding.is_empty(), "the real key was written to {holding:?}");
 }
 
@@ -154,8 +153,7 @@ fn real_codex_and_its_follow_up_through_the_proxy_are_counted_from_the_wire_and_
     assert_eq!(model_requests(&mock.requests()).len(), 2, "{}", why());
     // OpenAI's input_tokens include the cached ones.
     assert_eq!((input, output, cache_read), (500 + 800, 50, 300), "{}", why());
-    let mut holding = Vec::new();
-    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    let holding = files_holding(&repo.state_dir(), REAL_KEY);
     assert!(holding.is_empty(), "the real key was written to {holding:?}");
 }
 
@@ -465,8 +463,7 @@ fn metered_through_the_proxy(
     let usage = &record["usage"];
     let ps = ["input", "output", "cache_read", "cache_write"].map(|f| usage[f].as_u64().unwrap_or(u64::MAX));
     assert_eq!(ps, [expected.0, expected.1, expected.2, expected.3], "ps counts the proxy's figures: {record}");
-    let mut holding = Vec::new();
-    files_holding(&repo.state_dir(), REAL_KEY, &mut holding);
+    let holding = files_holding(&repo.state_dir(), REAL_KEY);
     assert!(holding.is_empty(), "the real key was written to {holding:?}");
 }
 

@@ -71,8 +71,7 @@ time.sleep(600)
         let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         assert!(!String::from_utf8_lossy(&env).contains(FILE_KEY), "process {pid} holds the file's key");
     }
-    let mut holding = Vec::new();
-    files_holding(&repo.state_dir(), FILE_KEY, &mut holding);
+    let holding = files_holding(&repo.state_dir(), FILE_KEY);
     assert!(holding.is_empty(), "the file's key was written to {holding:?}");
     let stop = {
         let mut command = repo.command();

@@ -632,17 +632,19 @@ pub fn codex_mock_provider(mock: &MockLlm) -> String {
 }
 
 /// Every file under `dir` that holds `needle`.
-pub fn files_holding(dir: &std::path::Path, needle: &str, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+pub fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(kind) = entry.file_type() else { continue };
         if kind.is_dir() {
-            files_holding(&path, needle, found);
+            found.extend(files_holding(&path, needle));
         } else if kind.is_file()
             && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
         {
             found.push(path.display().to_string());
         }
     }
+    found
 }

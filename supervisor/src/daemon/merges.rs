@@ -170,10 +170,11 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
             crate::git::merge::checkout_changes(opened, &target).map_err(Error::from)
         })
     };
-    let gated = record.merge.gate.is_some() && record.worktree.exists() && !record.removed;
+    let has_worktree = record.worktree.exists() && !record.removed;
+    let gated = has_worktree && record.merge.gate.is_some();
     let mut changes = (!gated).then(|| look_at_checkouts(&mut kept.look));
 
-    if record.worktree.exists() && !record.removed {
+    if has_worktree {
         let (path, message) = (
             record.worktree.clone(),
             format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),

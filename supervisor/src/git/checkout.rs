@@ -69,14 +69,8 @@ impl std::ops::Deref for Handle<'_> {
 /// rebased). Worktrees whose folder is gone are skipped. When `repo` is
 /// the main checkout's repository, that one is used for it, not another.
 pub(super) fn checkouts<'a>(repo: &'a Repository, p: &Path, target: &str) -> Result<Vec<Checkout<'a>>> {
-    let is_common = !repo.is_worktree();
-    let opened;
-    let common = if is_common {
-        repo
-    } else {
-        opened = open(repo.commondir())?;
-        &opened
-    };
+    let opened = if repo.is_worktree() { Some(open(repo.commondir())?) } else { None };
+    let common = opened.as_ref().unwrap_or(repo);
     let mut candidates = Vec::new();
     let names = common.worktrees().ctx("list the worktrees", p)?;
     let admin = common.path().join("worktrees");
@@ -95,8 +89,7 @@ pub(super) fn checkouts<'a>(repo: &'a Repository, p: &Path, target: &str) -> Res
         }
     }
     if let Some(path) = common.workdir().filter(|_| !common.is_bare()).map(clean_path) {
-        let main = if is_common { Handle::Same(repo) } else { Handle::Own(open(repo.commondir())?) };
-        candidates.insert(0, (path, main));
+        candidates.insert(0, (path, opened.map_or(Handle::Same(repo), Handle::Own)));
     }
     let mut found = Vec::new();
     for (path, checkout) in candidates {
@@ -302,12 +295,11 @@ pub(super) fn blockers(checkout: &Checkout, old: Oid, new: Oid, changed: &[Vec<u
         let staged = index.get_path(rel, 0).map(|e| e.id);
         let index_ok = !conflicted && (staged == old_entry.map(|e| e.0) || staged == new_entry.map(|e| e.0));
         let file_ok = [old_entry, new_entry].iter().any(|want| on_disk_is(repo, p, path, *want, &changed_set));
-        if index_ok && folders_ok(p, path, &changed_set) && !file_ok && staged.is_some() {
-            unsure.push(path.as_slice()); // As in the index, unless git's status says otherwise.
-            continue;
-        }
-        if !(index_ok && file_ok && folders_ok(p, path, &changed_set)) {
-            blocked.push(lossy(path));
+        match (index_ok && folders_ok(p, path, &changed_set), file_ok) {
+            (true, true) => {}
+            // As in the index, unless git's status says otherwise.
+            (true, false) if staged.is_some() => unsure.push(path.as_slice()),
+            _ => blocked.push(lossy(path)),
         }
     }
     if !unsure.is_empty() {

@@ -112,7 +112,6 @@ impl LineCursor {
             if !lines.is_empty() {
                 each(&lines);
             }
-            drop(lines);
             buf.drain(..start);
         }
         if last && !buf.is_empty() {
@@ -156,10 +155,8 @@ impl Limiter {
     /// can leave a flood's lines out (with [`Limiter::skip`]) without
     /// cleaning each one first.
     pub fn would_admit(&mut self, now: Instant) -> bool {
-        if now > self.refilled {
-            self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
-            self.refilled = now;
-        }
+        self.tokens = (self.tokens + now.saturating_duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
+        self.refilled = self.refilled.max(now);
         self.tokens >= 1.0
     }
 
