@@ -258,6 +258,15 @@ fn five_agents_calling_at_once_under_one_subtree_budget_stay_within_it() {
         spawn(&repo, &args, &env);
     }
     assert_eq!(wait_code(&repo, "/root/boss"), Some(23), "{}", diagnostics(&repo, "/root/boss", Some(&mock)));
+    // Each child's calls are journaled before its end: once all have
+    // ended, every call is there, including one whose agent was stopped
+    // while it was upstream.
+    for i in 0..5 {
+        let child = format!("/root/boss/c{i}");
+        wait_code(&repo, &child);
+        let state = ps_record(&repo, &child)["state"].clone();
+        assert!(!["running", "starting", "pending"].contains(&state.as_str().unwrap_or("")), "{child} is {state}");
+    }
 
     let mut sent = Vec::new();
     for i in 0..5 {

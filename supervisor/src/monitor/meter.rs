@@ -25,13 +25,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
-use crate::proxy::server::Admission;
+use crate::proxy::server::{Admission, OpenCalls};
 use crate::proxy::{Ask, CallRecord, Credential, Decision, Gate, ProxyConfig, Token, Upstream};
 use crate::sys::paths::AgentDir;
 use crate::wire::monitor::{MeterSpec, MonitorSpec, ProxyKeys, PROXY_URL_MARK};
 
 /// How long a call waits for the daemon's admission before it is refused.
 pub(super) const ADMISSION_WAIT: Duration = Duration::from_secs(30);
+
+/// How long calls still under way when the agent ends are read on for
+/// their usage before the rest are charged their estimate.
+pub(super) const CALLS_SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The agent's calls file.
 pub(super) fn calls_file(agent: &AgentDir) -> PathBuf {
@@ -119,13 +123,14 @@ pub(super) fn read_keys() -> anyhow::Result<ProxyKeys> {
     serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("the keys on standard input are not readable: {e}"))
 }
 
-/// Starts the proxy on a thread of its own and returns its address.
+/// Starts the proxy on a thread of its own and returns its address and
+/// its calls under way.
 pub(super) fn start(
     meter: &MeterSpec,
     keys: ProxyKeys,
     shared: Arc<Shared>,
     agent: &AgentDir,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, OpenCalls)> {
     let upstreams = meter
         .upstreams
         .iter()
@@ -151,7 +156,7 @@ pub(super) fn start(
         runtime.block_on(async move {
             match crate::proxy::start(config, gate).await {
                 Ok(proxy) => {
-                    let _ = tx.send(Ok(proxy.addr));
+                    let _ = tx.send(Ok((proxy.addr, proxy.open.clone())));
                     // Serves for the monitor's life.
                     std::future::pending::<()>().await;
                     drop(proxy);

@@ -194,13 +194,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     // The metering proxy comes up before the agent, which is pointed at it;
     // an agent whose proxy cannot start does not start (fail closed).
     let mut proxy_url: Option<String> = None;
+    let mut proxy_calls = None;
     if let Some(meter) = spec.meter.clone() {
         let started = meter::read_keys().and_then(|keys| meter::start(&meter, keys, shared.clone(), &agent));
         match started {
-            Ok(addr) => {
+            Ok((addr, calls)) => {
                 tracing::info!("metering proxy on {addr}");
                 meter::point_at(&mut spec, addr);
                 proxy_url = Some(format!("http://{addr}"));
+                proxy_calls = Some(calls);
             }
             Err(err) => {
                 tracing::error!("{err}");
@@ -426,13 +428,25 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         (state.stop_requested, state.log_bytes_lost)
     };
     let limit = last_limit.filter(|_| !stop_requested);
-    // Calls still streaming when the agent ended end with its connections:
-    // their records come before the exit's.
+    // Calls still under way when the agent ended are read to their end
+    // (the answer says what the upstream charged), for a while; any still
+    // open then are charged their estimate. Their records come before the
+    // exit's.
     {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + meter::CALLS_SETTLE_WAIT;
         let mut state = shared.state.lock().unwrap();
         while state.calls_in_flight > 0 && Instant::now() < deadline {
             state = shared.changed.wait_timeout(state, Duration::from_millis(20)).unwrap().0;
+        }
+    }
+    if let Some(calls) = &proxy_calls {
+        let why = format!(
+            "the agent ended and the answer had not within {} s: charged its estimate",
+            meter::CALLS_SETTLE_WAIT.as_secs()
+        );
+        match calls.close(&why) {
+            0 => {}
+            open => tracing::warn!("{open} call(s) still open at the agent's end were charged their estimate"),
         }
     }
     let record =

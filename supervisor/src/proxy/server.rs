@@ -7,9 +7,12 @@
 //! [`Gate`] for an admission with the call's estimate, lower its output
 //! cap to what the admission allows, swap the token for the real key, and
 //! send it. The response goes back to the agent frame by frame as it
-//! arrives (no buffering), through a [`WireMeter`]; when its body ends,
-//! is cut, or the agent hangs up, the call's [`CallRecord`] goes to the
-//! gate. HTTP/1.1 with keep-alive on both sides; HTTPS upstreams through
+//! arrives (at most [`FRAMES_AHEAD`] read ahead of the agent), through a
+//! [`WireMeter`]; when its body ends or is cut, the call's [`CallRecord`]
+//! goes to the gate. A call belongs to the proxy once its body is read:
+//! an agent that hangs up cancels nothing, and the answer is read to its
+//! end for what it charged. Calls still open when the proxy's owner ends
+//! are recorded by [`OpenCalls::close`]. HTTP/1.1 with keep-alive on both sides; HTTPS upstreams through
 //! rustls with the bundled web roots.
 //!
 //! Owns: the agent-side listener, the upstream connections and the
@@ -158,11 +161,15 @@ struct Inner {
     client: HttpsClient,
     next_call: std::sync::atomic::AtomicU64,
     last: Mutex<Option<LastCall>>,
+    /// Calls sent upstream and not yet recorded; `None` once closed.
+    open: Mutex<Option<HashMap<u64, Slot>>>,
 }
 
 /// A running proxy; dropping it stops the listener (calls under way finish).
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Its calls under way.
+    pub open: OpenCalls,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -194,7 +201,9 @@ pub async fn start(config: ProxyConfig, gate: Arc<dyn Gate>) -> std::io::Result<
         client: client()?,
         next_call: std::sync::atomic::AtomicU64::new(1),
         last: Mutex::new(None),
+        open: Mutex::new(Some(HashMap::new())),
     });
+    let open = OpenCalls(inner.clone());
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -212,7 +221,7 @@ pub async fn start(config: ProxyConfig, gate: Arc<dyn Gate>) -> std::io::Result<
             });
         }
     });
-    Ok(Proxy { addr, task })
+    Ok(Proxy { addr, open, task })
 }
 
 fn json_response(status: u16, body: &Value) -> Response<ProxyBody> {
@@ -309,23 +318,64 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
         }
         Route::Call(provider) => provider,
     };
+    // From here the call is the proxy's, not the connection's: an agent
+    // that hangs up cancels nothing, so a call that went upstream is
+    // metered from its answer all the same.
+    let call = Call {
+        provider,
+        family,
+        upstream: upstream.clone(),
+        method: parts.method,
+        headers: parts.headers,
+        path,
+        query,
+        body,
+        arrived,
+        started_at,
+    };
+    let (reply, replied) = tokio::sync::oneshot::channel();
+    tokio::spawn(model_call(inner, call, reply));
+    replied.await.unwrap_or_else(|_| {
+        let message = "corral: the proxy lost this call's answer";
+        json_response(502, &family.error(502, message).1)
+    })
+}
 
-    // A model call: estimate, admit, bound, send, meter.
-    let call = inner.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut json: Value = match serde_json::from_slice(&body) {
+/// A model call, as the agent sent it.
+struct Call {
+    provider: Provider,
+    family: Family,
+    upstream: Upstream,
+    method: hyper::Method,
+    headers: HeaderMap,
+    path: String,
+    query: String,
+    body: Bytes,
+    arrived: Instant,
+    started_at: DateTime<Utc>,
+}
+
+/// Estimates, admits, bounds, sends and meters one call, answering the
+/// agent on `reply`; every call numbered here ends in one record.
+async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
+    let (provider, family) = (call.provider, call.family);
+    let error_reply = |status: u16, message: String| json_response(status, &family.error(status, &message).1);
+    let mut json: Value = match serde_json::from_slice(&call.body) {
         Ok(json) => json,
         Err(err) => {
             let message = format!("corral: the request body is not JSON ({err}); corral sends only calls it can meter");
-            return json_response(400, &family.error(400, &message).1);
+            let _ = reply.send(error_reply(400, message));
+            return;
         }
     };
+    let number = inner.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let last = *inner.last.lock().unwrap();
-    let estimate_input = request::estimate_input(body.len() as u64, last);
+    let estimate_input = request::estimate_input(call.body.len() as u64, last);
     let asked_output = request::output_cap(provider, &json);
-    let model = request::model(&json).or_else(|| provider::model_in_path(&path));
-    let ask = Ask { call, provider, model: model.clone(), estimate_input, asked_output };
+    let model = request::model(&json).or_else(|| provider::model_in_path(&call.path));
+    let ask = Ask { call: number, provider, model: model.clone(), estimate_input, asked_output };
     let record = CallRecord {
-        call,
+        call: number,
         provider,
         model,
         status: 0,
@@ -334,9 +384,20 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
         refused: None,
         estimate_input,
         output_cap: asked_output,
-        started_at,
+        started_at: call.started_at,
         ttfb_ms: 0.0,
         duration_ms: 0.0,
+    };
+    let refused = |status: u16, message: String| {
+        let elapsed = call.arrived.elapsed().as_secs_f64() * 1000.0;
+        inner.gate.record(CallRecord {
+            status,
+            refused: Some(message),
+            output_cap: None,
+            ttfb_ms: elapsed,
+            duration_ms: elapsed,
+            ..record.clone()
+        });
     };
     let max_output = match inner.gate.admit(ask).await {
         Decision::Allow { max_output } => max_output,
@@ -344,55 +405,85 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
         // hands a hold over is refused (a guard fails closed).
         Decision::Refuse { message } | Decision::Hold { message } => {
             let (status, body) = provider.refusal(&message);
-            let elapsed = arrived.elapsed().as_secs_f64() * 1000.0;
-            inner.gate.record(CallRecord {
-                status,
-                refused: Some(message),
-                output_cap: None,
-                ttfb_ms: elapsed,
-                duration_ms: elapsed,
-                ..record
-            });
-            return json_response(status, &body);
+            refused(status, message);
+            let _ = reply.send(json_response(status, &body));
+            return;
         }
     };
+    if reply.is_closed() {
+        refused(499, "corral: the agent hung up before its call was sent; nothing went upstream".into());
+        return;
+    }
     let output_cap = max_output.map(|cap| request::lower_output_cap(provider, &mut json, cap)).or(asked_output);
     request::ask_for_stream_usage(provider, &mut json);
     let body = Bytes::from(serde_json::to_vec(&json).expect("a JSON value serializes"));
-    let estimate = Estimate { input: estimate_input, output: output_cap.unwrap_or(UNCAPPED_OUTPUT) };
-    let record = CallRecord { output_cap, ..record };
-    let request_bytes = body.len() as u64;
-    match send(&inner, family, upstream, &parts.method, &path, &query, &parts.headers, body).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let streamed = response
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("text/event-stream"));
-            let meter = WireMeter::new(provider, status, streamed);
-            let (parts, incoming) = response.into_parts();
-            let metered = MeteredBody {
-                inner: incoming,
-                open: Some(Open { meter, estimate, record: CallRecord { status, ..record }, request_bytes }),
-                proxy: inner.clone(),
-                arrived,
-                first_byte: None,
-            };
-            Response::from_parts(parts, metered.boxed_unsync())
-        }
+    let open = Open {
+        meter: None,
+        estimate: Estimate { input: estimate_input, output: output_cap.unwrap_or(UNCAPPED_OUTPUT) },
+        record: CallRecord { output_cap, ..record.clone() },
+        request_bytes: body.len() as u64,
+        arrived: call.arrived,
+        first_byte: None,
+    };
+    let Some(slot) = inner.open(open) else {
+        let message = "corral: the agent has ended, so its call was not sent".to_string();
+        refused(503, message.clone());
+        let _ = reply.send(error_reply(503, message));
+        return;
+    };
+    let sent = send(&inner, family, &call.upstream, &call.method, &call.path, &call.query, &call.headers, body).await;
+    let response = match sent {
+        Ok(response) => response,
         Err(message) => {
-            let elapsed = arrived.elapsed().as_secs_f64() * 1000.0;
-            inner.gate.record(CallRecord {
-                status: 502,
-                flag: Some(message.clone()),
-                ttfb_ms: elapsed,
-                duration_ms: elapsed,
-                ..record
-            });
-            json_response(502, &family.error(502, &message).1)
+            // Nothing came back: the upstream charged nothing.
+            if let Some(open) = slot.lock().unwrap().as_mut() {
+                open.record.status = 502;
+                open.record.flag = Some(message.clone());
+            }
+            inner.close_call(&slot, End::Complete, None);
+            let _ = reply.send(error_reply(502, message));
+            return;
+        }
+    };
+    let status = response.status().as_u16();
+    let streamed = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if let Some(open) = slot.lock().unwrap().as_mut() {
+        open.meter = Some(WireMeter::new(provider, status, streamed));
+        open.record.status = status;
+    }
+    let (parts, mut incoming) = response.into_parts();
+    let (frames, forwarded) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
+    let hint = incoming.size_hint();
+    let answer = Response::from_parts(parts, Forwarded { frames: forwarded, hint }.boxed_unsync());
+    // Read to its end whether or not the agent still listens: what the
+    // upstream charged is in the answer's last bytes.
+    let mut listening = reply.send(answer).is_ok();
+    loop {
+        match incoming.frame().await {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(open)) = (frame.data_ref(), slot.lock().unwrap().as_mut()) {
+                    open.first_byte.get_or_insert_with(Instant::now);
+                    if let Some(meter) = open.meter.as_mut() {
+                        meter.feed(data);
+                    }
+                }
+                listening = listening && frames.send(Ok(frame)).await.is_ok();
+            }
+            Some(Err(err)) => {
+                inner.close_call(&slot, End::Cut, None);
+                if listening {
+                    let _ = frames.send(Err(err)).await;
+                }
+                return;
+            }
+            None => break,
         }
     }
+    inner.close_call(&slot, End::Complete, None);
 }
 
 /// Sends a request upstream with the real key in place of the agent's
@@ -452,84 +543,113 @@ async fn send(
         .map_err(|e| format!("corral: the upstream {} cannot be reached: {e}", upstream.base))
 }
 
+/// How a call's answer reaches the agent.
+type Reply = tokio::sync::oneshot::Sender<Response<ProxyBody>>;
+
+/// Frames of an answer read ahead of a slow agent.
+const FRAMES_AHEAD: usize = 16;
+
+/// A call sent upstream and not yet recorded.
 struct Open {
-    meter: WireMeter,
+    /// Set once the answer's head arrived.
+    meter: Option<WireMeter>,
     estimate: Estimate,
     record: CallRecord,
     request_bytes: u64,
-}
-
-/// The upstream's answer on its way to the agent: each frame is passed on
-/// as it comes and read by the meter on the way.
-struct MeteredBody {
-    inner: Incoming,
-    open: Option<Open>,
-    proxy: Arc<Inner>,
     arrived: Instant,
     first_byte: Option<Instant>,
 }
 
-impl MeteredBody {
-    fn end(&mut self, end: End) {
-        let Some(open) = self.open.take() else { return };
-        let charge = open.meter.finish(end, open.estimate);
+/// One open call, taken once: by its own end or by [`OpenCalls::close`].
+type Slot = Arc<Mutex<Option<Open>>>;
+
+impl Inner {
+    /// Registers a call about to go upstream; `None` once the proxy is
+    /// closed (nothing more is sent).
+    fn open(&self, open: Open) -> Option<Slot> {
+        let mut calls = self.open.lock().unwrap();
+        let calls = calls.as_mut()?;
+        let call = open.record.call;
+        let slot = Arc::new(Mutex::new(Some(open)));
+        calls.insert(call, slot.clone());
+        Some(slot)
+    }
+
+    /// Records an open call that ended as `end` (`why` says so when it
+    /// was ended for it), unless it was recorded already.
+    fn close_call(&self, slot: &Slot, end: End, why: Option<&str>) {
+        let Some(open) = slot.lock().unwrap().take() else { return };
+        if let Some(calls) = self.open.lock().unwrap().as_mut() {
+            calls.remove(&open.record.call);
+        }
         let now = Instant::now();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let (usage, flag, model) = match open.meter {
+            Some(meter) => {
+                let charge = meter.finish(end, open.estimate);
+                (charge.usage, charge.flag, charge.model)
+            }
+            // Sent, and no answer yet: the upstream may charge it all.
+            None => {
+                let usage =
+                    TokenUsage { input: open.estimate.input, output: open.estimate.output, ..Default::default() };
+                (usage, Some("the call ended before its answer came".to_owned()), None)
+            }
+        };
+        let flag = match (why, flag) {
+            (Some(why), Some(_)) => Some(why.to_owned()),
+            (_, flag) => flag,
+        };
         let record = CallRecord {
-            model: charge.model.or(open.record.model.clone()),
-            usage: charge.usage,
-            flag: charge.flag.clone(),
-            ttfb_ms: ms(self.first_byte.unwrap_or(now) - self.arrived),
-            duration_ms: ms(now - self.arrived),
+            model: model.or(open.record.model.clone()),
+            usage,
+            flag,
+            ttfb_ms: ms(open.first_byte.unwrap_or(now) - open.arrived),
+            duration_ms: ms(now - open.arrived),
             ..open.record
         };
         let input_side = record.usage.input + record.usage.cache_read + record.usage.cache_write;
-        if charge.flag.is_none() && input_side > 0 {
-            *self.proxy.last.lock().unwrap() =
-                Some(LastCall { input_tokens: input_side, body_bytes: open.request_bytes });
+        if record.flag.is_none() && input_side > 0 {
+            *self.last.lock().unwrap() = Some(LastCall { input_tokens: input_side, body_bytes: open.request_bytes });
         }
-        self.proxy.gate.record(record);
+        self.gate.record(record);
     }
 }
 
-impl Body for MeteredBody {
+/// The calls a proxy has under way, for its owner's last word.
+#[derive(Clone)]
+pub struct OpenCalls(Arc<Inner>);
+
+impl OpenCalls {
+    /// Closes the proxy: no call is sent after this, and each one still
+    /// open is recorded now, as cut (charged no less than its estimate),
+    /// with `why`. Returns how many were.
+    pub fn close(&self, why: &str) -> usize {
+        let open = self.0.open.lock().unwrap().take().unwrap_or_default();
+        for slot in open.values() {
+            self.0.close_call(slot, End::Cut, Some(why));
+        }
+        open.len()
+    }
+}
+
+/// An answer on its way to the agent, frame by frame as the upstream
+/// sends it.
+struct Forwarded {
+    frames: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>,
+    hint: SizeHint,
+}
+
+impl Body for Forwarded {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(open)) = (frame.data_ref(), this.open.as_mut()) {
-                    this.first_byte.get_or_insert_with(Instant::now);
-                    open.meter.feed(data);
-                }
-                if this.inner.is_end_stream() {
-                    this.end(End::Complete);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.end(End::Cut),
-            Poll::Ready(None) => this.end(End::Complete),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.frames.poll_recv(cx)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for MeteredBody {
-    /// The agent hung up, or the answer was dropped before its end.
-    fn drop(&mut self) {
-        let end = if self.inner.is_end_stream() { End::Complete } else { End::Cut };
-        self.end(end);
+        self.hint
     }
 }
 

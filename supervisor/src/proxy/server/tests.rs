@@ -195,7 +195,8 @@ async fn the_crossing_call_goes_with_its_cap_lowered_and_its_estimate_from_the_l
 
 /// An upstream of the test's own: it records the headers of each request
 /// and answers with `events`, sending each when `release` lets it (one
-/// permit an event), and cuts the connection after them when `cut`.
+/// permit an event, and one first for the head when `hold_head`), and
+/// cuts the connection after them when `cut`.
 struct OwnUpstream {
     addr: std::net::SocketAddr,
     headers: Arc<Mutex<Vec<hyper::HeaderMap>>>,
@@ -203,7 +204,7 @@ struct OwnUpstream {
     _task: tokio::task::JoinHandle<()>,
 }
 
-async fn upstream_of_own(events: Vec<String>, cut: bool) -> OwnUpstream {
+async fn upstream_of_own(events: Vec<String>, cut: bool, hold_head: bool) -> OwnUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let headers = Arc::new(Mutex::new(Vec::new()));
@@ -237,6 +238,9 @@ async fn upstream_of_own(events: Vec<String>, cut: bool) -> OwnUpstream {
                     }
                 }
                 seen.lock().unwrap().push(map);
+                if hold_head {
+                    gate.acquire().await.unwrap().forget();
+                }
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
                 stream.write_all(head.as_bytes()).await.unwrap();
                 for event in &events {
@@ -270,7 +274,7 @@ fn anthropic_events(input: u64, output: u64) -> Vec<String> {
 
 #[tokio::test]
 async fn the_real_key_replaces_the_token_and_each_event_passes_as_it_comes() {
-    let upstream = upstream_of_own(anthropic_events(300, 20), false).await;
+    let upstream = upstream_of_own(anthropic_events(300, 20), false, false).await;
     let gate = Arc::new(TestGate::default());
     let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
     let response =
@@ -306,7 +310,7 @@ async fn the_real_key_replaces_the_token_and_each_event_passes_as_it_comes() {
 
 #[tokio::test]
 async fn a_stream_cut_mid_way_is_charged_its_estimate() {
-    let upstream = upstream_of_own(anthropic_events(300, 20)[..2].to_vec(), true).await;
+    let upstream = upstream_of_own(anthropic_events(300, 20)[..2].to_vec(), true, false).await;
     upstream.release.add_permits(2);
     let gate = Arc::new(TestGate::default());
     *gate.decision.lock().unwrap() = Some(Decision::Allow { max_output: Some(900) });
@@ -316,6 +320,80 @@ async fn a_stream_cut_mid_way_is_charged_its_estimate() {
     let record = gate.record_of(1).await;
     assert_eq!((record.usage.input, record.usage.output), (300, 900));
     assert!(record.flag.unwrap().contains("cut"));
+}
+
+/// Waits until the upstream has had `n` requests.
+async fn requests_reach(upstream: &OwnUpstream, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while upstream.headers.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "the call never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_up_before_the_answer_is_charged_what_the_answer_says() {
+    let upstream = upstream_of_own(anthropic_events(300, 20), false, true).await;
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
+    let url = format!("http://{}/v1/messages", proxy.addr);
+    let request =
+        Request::post(url).header("x-api-key", TOKEN).body(Full::new(Bytes::from(anthropic_body().to_string())));
+    let call = tokio::spawn(async move { client().request(request.unwrap()).await });
+    requests_reach(&upstream, 1).await;
+    // The agent gives up while the call is upstream: its connection goes.
+    call.abort();
+    let _ = call.await;
+    upstream.release.add_permits(1 + anthropic_events(300, 20).len());
+    let record = gate.record_of(1).await;
+    assert_eq!((record.status, record.usage.input, record.usage.output, record.flag), (200, 300, 20, None));
+}
+
+#[tokio::test]
+async fn an_agent_that_hangs_up_mid_answer_is_charged_what_the_whole_answer_says() {
+    let upstream = upstream_of_own(anthropic_events(300, 20), false, false).await;
+    upstream.release.add_permits(1);
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
+    let response = post(&proxy, "/v1/messages", &[("x-api-key", TOKEN)], anthropic_body()).await;
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame()).await.expect("the first event passed on");
+    assert!(first.is_some());
+    drop(body);
+    upstream.release.add_permits(anthropic_events(300, 20).len());
+    let record = gate.record_of(1).await;
+    assert_eq!((record.usage.input, record.usage.output, record.flag), (300, 20, None));
+}
+
+#[tokio::test]
+async fn closing_charges_an_open_call_its_estimate_and_sends_nothing_after() {
+    let upstream = upstream_of_own(anthropic_events(300, 20), false, true).await;
+    let gate = Arc::new(TestGate::default());
+    *gate.decision.lock().unwrap() = Some(Decision::Allow { max_output: Some(900) });
+    let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
+    let address = proxy.addr;
+    let first = tokio::spawn(async move {
+        let request = Request::post(format!("http://{address}/v1/messages"))
+            .header("x-api-key", TOKEN)
+            .body(Full::new(Bytes::from(anthropic_body().to_string())))
+            .unwrap();
+        client().request(request).await
+    });
+    requests_reach(&upstream, 1).await;
+    assert_eq!(proxy.open.close("the owner ended"), 1);
+    let record = gate.record_of(1).await;
+    assert_eq!((record.usage.output, record.flag.as_deref()), (900, Some("the owner ended")));
+    // A second call is refused at once and never reaches the upstream.
+    let response = post(&proxy, "/v1/messages", &[("x-api-key", TOKEN)], anthropic_body()).await;
+    assert_eq!(response.status(), 503);
+    assert!(gate.record_of(2).await.refused.is_some());
+    assert_eq!(upstream.headers.lock().unwrap().len(), 1);
+    // The first call's answer, when it comes, is passed on and not
+    // recorded twice.
+    upstream.release.add_permits(1 + anthropic_events(300, 20).len());
+    let answer = tokio::time::timeout(PATIENCE, first).await.unwrap().unwrap().expect("answered");
+    assert!(text(answer).await.contains("message_stop"));
+    assert_eq!(gate.records.lock().unwrap().iter().filter(|r| r.call == 1).count(), 1);
 }
 
 #[test]
