@@ -331,6 +331,71 @@ fn a_daemon_killed_mid_call_loses_no_call_and_lets_none_through_unmetered() {
 }
 
 #[test]
+fn two_calls_at_once_that_end_out_of_order_are_both_journaled_once_across_a_daemon_restart() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "overlap",
+        &json!({"steps": [
+            {"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 5000},
+            {"text": "quick", "usage": {"input": 200, "output": 20}, "repeat": "forever"},
+        ]}),
+    );
+    // The agent starts a slow call, then (once the test says the slow one
+    // is upstream) a quick one beside it, and exits when told.
+    let (go, done) = (repo.path("go"), repo.path("done"));
+    let client = repo.path("overlap.py");
+    std::fs::write(
+        &client,
+        format!(
+            r#"import json, os, threading, time, urllib.request
+def call():
+    body = json.dumps({{"model": "m", "max_tokens": 100, "messages": [{{"role": "user", "content": "hi"}}]}}).encode()
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+        headers={{"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"}})
+    with urllib.request.urlopen(req) as r:
+        r.read()
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+slow = threading.Thread(target=call)
+slow.start()
+wait_for({go:?})
+call()
+slow.join()
+wait_for({done:?})
+"#
+        ),
+    )
+    .unwrap();
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let client = client.display().to_string();
+    let spawned = spawn(&repo, &["overlap", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    poll_until("the slow call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    std::fs::write(&go, "").unwrap();
+    // The quick call (the second) ends first, then the slow one.
+    let journaled = || {
+        let numbers: Vec<u64> =
+            of_type(&events(&repo, &address), "model_call").iter().map(|c| c["call"].as_u64().unwrap()).collect();
+        numbers
+    };
+    poll_until("both calls journaled", PATIENCE, || journaled().len() >= 2);
+    assert_eq!(journaled(), vec![2, 1], "each call journaled once, in the order they ended");
+
+    // A new daemon is told both calls again and journals neither twice.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::fs::write(&done, "").unwrap();
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    assert_eq!(calls.iter().map(|c| charged(c)).collect::<Vec<_>>(), vec![220, 110], "{calls:?}");
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["usage"]["input"].as_u64(), Some(300), "{record}");
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =

@@ -228,8 +228,8 @@ async fn follow_monitor(
                             }
                         });
                     }
-                    Ok(MonitorMessage::ModelCall { record: call }) => {
-                        journal_call(daemon, &record.address, call).await;
+                    Ok(MonitorMessage::ModelCall { record: call, index }) => {
+                        journal_call(daemon, &record.address, call, index).await;
                     }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
@@ -303,11 +303,16 @@ async fn follow_monitor(
 }
 
 /// Journals a model call the agent's proxy reported (once: a monitor tells
-/// each daemon that connects every call so far), then checks the budgets
-/// over the agent.
-async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord) {
+/// each daemon that connects every call so far, `index` counting them in
+/// the order they ended), then checks the budgets over the agent.
+async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord, index: Option<u64>) {
     let Some(current) = daemon.record(address) else { return };
-    if call.call <= current.calls {
+    let told = match index {
+        Some(index) => index < current.calls_journaled,
+        // A monitor of an earlier build numbers nothing: by call number.
+        None => call.call <= current.calls,
+    };
+    if told {
         return;
     }
     let model = call.model.clone().or_else(|| current.model.clone());

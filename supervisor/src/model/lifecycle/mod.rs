@@ -162,6 +162,10 @@ pub struct AgentRecord {
     /// again after a daemon restart are journaled once).
     #[serde(default)]
     pub calls: u64,
+    /// How many `model_call` events it has: calls end in any order, and a
+    /// monitor tells them again in that order to each daemon.
+    #[serde(default)]
+    pub calls_journaled: u64,
     /// A `model_call` of its was priced from `[prices]`: its cost is the
     /// calls' (else, for a proxy-metered agent, the CLI's own figure).
     #[serde(default)]
@@ -410,6 +414,7 @@ impl AgentRecord {
             usage: TokenUsage::default(),
             meter: *meter,
             calls: 0,
+            calls_journaled: 0,
             calls_priced: false,
             cost_usd: None,
             session_id: None,
@@ -495,6 +500,7 @@ impl AgentRecord {
                     self.calls_priced = true;
                 }
                 self.calls = self.calls.max(*call);
+                self.calls_journaled += 1;
             }
             // Proxy-metered: the tokens are the calls'; a cost the CLI
             // reports stands until a call is priced from `[prices]`.
