@@ -23,6 +23,10 @@ pub struct Ask {
     pub model: Option<String>,
     /// Input tokens the call is expected to read.
     pub estimate_input: u64,
+    /// Input tokens it is charged at least once sent, if its answer never
+    /// says ([`super::request::input_floor`]).
+    #[serde(default)]
+    pub input_floor: u64,
     /// The output cap the request asks for, if any.
     pub asked_output: Option<u64>,
 }
@@ -108,7 +112,14 @@ mod tests {
     use super::*;
 
     fn ask(estimate_input: u64) -> Ask {
-        Ask { call: 1, provider: Provider::Anthropic, model: None, estimate_input, asked_output: Some(32_000) }
+        Ask {
+            call: 1,
+            provider: Provider::Anthropic,
+            model: None,
+            estimate_input,
+            input_floor: estimate_input,
+            asked_output: Some(32_000),
+        }
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub struct Charge {
     pub model: Option<String>,
 }
 
-/// The request's estimate: what an unsettled call is charged at least.
+/// What an unsettled call is charged at least: its input floor
+/// ([`super::request::input_floor`]) and its output cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Estimate {
     pub input: u64,

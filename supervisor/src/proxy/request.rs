@@ -13,6 +13,12 @@
 //! 15,000 tokens, whatever the model server really charges; the price of
 //! not guessing is an overshoot of at most that one call's input.
 //!
+//! What a call is charged when its answer never says (cut, or never
+//! came) is another matter: it went upstream and was billed, so it is
+//! charged no less than [`input_floor`], which for a first call is the
+//! body's length in bytes, a bound (no text tokenizes to more tokens than
+//! it has bytes) rather than a guess.
+//!
 //! Owns: the body fields that cap output and ask for usage. Never does:
 //! I/O, budgets.
 
@@ -42,6 +48,16 @@ pub fn estimate_input(body_bytes: u64, last: Option<LastCall>) -> u64 {
             u64::try_from(scaled).unwrap_or(u64::MAX)
         }
         _ => 0,
+    }
+}
+
+/// The input a call that went upstream is charged at least when its
+/// answer never said what it read: the estimate, or with no last call to
+/// scale from, the body's bytes.
+pub fn input_floor(body_bytes: u64, last: Option<LastCall>) -> u64 {
+    match estimate_input(body_bytes, last) {
+        0 => body_bytes,
+        estimate => estimate,
     }
 }
 
@@ -118,6 +134,14 @@ mod tests {
         assert_eq!(estimate_input(10_000, Some(last)), 1000);
         assert_eq!(estimate_input(12_001, Some(last)), 1201); // rounded up
         assert_eq!(estimate_input(u64::MAX, Some(LastCall { input_tokens: u64::MAX, body_bytes: 1 })), u64::MAX);
+    }
+
+    #[test]
+    fn the_floor_of_a_first_call_is_its_bytes_then_the_estimate() {
+        assert_eq!(input_floor(4001, None), 4001);
+        let last = LastCall { input_tokens: 1000, body_bytes: 10_000 };
+        assert_eq!(input_floor(12_001, Some(last)), 1201);
+        assert_eq!(input_floor(500, Some(LastCall { input_tokens: 0, body_bytes: 10 })), 500);
     }
 
     #[test]

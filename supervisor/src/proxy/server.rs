@@ -373,7 +373,8 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     let estimate_input = request::estimate_input(call.body.len() as u64, last);
     let asked_output = request::output_cap(provider, &json);
     let model = request::model(&json).or_else(|| provider::model_in_path(&call.path));
-    let ask = Ask { call: number, provider, model: model.clone(), estimate_input, asked_output };
+    let input_floor = request::input_floor(call.body.len() as u64, last);
+    let ask = Ask { call: number, provider, model: model.clone(), estimate_input, input_floor, asked_output };
     let record = CallRecord {
         call: number,
         provider,
@@ -419,7 +420,7 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     let body = Bytes::from(serde_json::to_vec(&json).expect("a JSON value serializes"));
     let open = Open {
         meter: None,
-        estimate: Estimate { input: estimate_input, output: output_cap.unwrap_or(UNCAPPED_OUTPUT) },
+        estimate: Estimate { input: input_floor, output: output_cap.unwrap_or(UNCAPPED_OUTPUT) },
         record: CallRecord { output_cap, ..record.clone() },
         request_bytes: body.len() as u64,
         arrived: call.arrived,

@@ -396,6 +396,22 @@ async fn closing_charges_an_open_call_its_estimate_and_sends_nothing_after() {
     assert_eq!(gate.records.lock().unwrap().iter().filter(|r| r.call == 1).count(), 1);
 }
 
+#[tokio::test]
+async fn a_first_call_cut_before_any_usage_is_charged_its_bodys_bytes() {
+    // The answer's text, then the cut: no usage was ever seen.
+    let upstream = upstream_of_own(anthropic_events(300, 20)[1..2].to_vec(), true, false).await;
+    upstream.release.add_permits(1);
+    let gate = Arc::new(TestGate::default());
+    *gate.decision.lock().unwrap() = Some(Decision::Allow { max_output: Some(900) });
+    let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
+    let response = post(&proxy, "/v1/messages", &[("x-api-key", TOKEN)], anthropic_body()).await;
+    let _ = response.into_body().collect().await;
+    let record = gate.record_of(1).await;
+    let bytes = anthropic_body().to_string().len() as u64;
+    assert_eq!((record.estimate_input, record.usage.input, record.usage.output), (0, bytes, 900));
+    assert!(record.flag.unwrap().contains("cut"));
+}
+
 #[test]
 fn debug_output_names_no_secret() {
     let config = ProxyConfig {
