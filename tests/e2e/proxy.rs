@@ -396,6 +396,68 @@ wait_for({done:?})
 }
 
 #[test]
+fn a_call_recorded_while_no_daemon_listened_is_journaled_after_its_agent_ended() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "unheard",
+        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 2000}]}),
+    );
+    let client = client_script(&repo, "one", 1);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["one", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
+    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    // The daemon dies while the call is upstream; the call ends, the agent
+    // exits and its monitor ends with no daemon to tell.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the monitor's end", PATIENCE, || !corral_e2e::alive(monitor));
+
+    // The next daemon finds the agent ended, and its call in the calls file.
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    assert_eq!(calls.iter().map(|c| charged(c)).collect::<Vec<_>>(), vec![110], "{calls:?}");
+    assert_eq!(ps_record(&repo, &address)["usage"]["input"].as_u64(), Some(100));
+}
+
+#[test]
+fn a_monitor_killed_mid_call_leaves_the_call_charged_what_it_was_admitted_for() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "orphan",
+        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
+    );
+    let client = client_script(&repo, "one", 1);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["orphan", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as i32;
+    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    // The monitor dies with the call upstream: nobody will ever read its
+    // answer, but the model server may charge for it all the same.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the agent's end", PATIENCE, || {
+        let state = ps_record(&repo, &address)["state"].clone();
+        !["running", "starting"].contains(&state.as_str().unwrap_or(""))
+    });
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = calls[0];
+    // Charged its output cap (the request's max_tokens) and, as a first
+    // call, its body's bytes as input.
+    assert_eq!(call["usage"]["output"].as_u64(), Some(1000), "{call}");
+    assert!(call["usage"]["input"].as_u64().unwrap() > 50, "{call}");
+    assert!(call["flag"].as_str().unwrap().contains("monitor"), "{call}");
+    let record = ps_record(&repo, &address);
+    assert_eq!(record["usage"]["output"].as_u64(), Some(1000), "{record}");
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::agent::{exited_body, flush_output, supervise};
+use super::agent::{exited_body, flush_output, journal_untold_calls, supervise};
 use super::reader::{agent_env, OutputReader};
 use super::{blocking, Daemon};
 use crate::git::worktree;
@@ -32,7 +32,9 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
         supervise(daemon, record, Some(link));
         return;
     }
-    // No live monitor: the exit record tells how the agent ended.
+    // No live monitor: the exit record tells how the agent ended, and its
+    // calls file what it spent that no daemon heard.
+    journal_untold_calls(daemon, &record.address, &agent_dir).await;
     if let Some(exit) = daemon.runtime.exit_record(&agent_dir) {
         let mut reader = OutputReader::resume(&record, agent_dir.log(), agent_env(&agent_dir.spec()));
         flush_output(daemon, &record, &mut reader, true, &mut crate::model::notify::Progress::default()).await;

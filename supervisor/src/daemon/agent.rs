@@ -120,8 +120,17 @@ async fn watch_monitor(
         Some(link) => follow_monitor(daemon, &record, &mut reader, link, &mut commands).await,
         None => daemon.runtime.exit_record(&agent_dir),
     };
-    // Its calls are over: what they held under its budgets is let go.
-    super::budgets::settle_call(daemon, &record.address, None);
+    journal_untold_calls(daemon, &record.address, &agent_dir).await;
+    // Its calls are over: what they held under its budgets is let go. A
+    // monitor that vanished without an exit record may have sent a call it
+    // never recorded: each admitted and not reported is charged what it
+    // was admitted for (a meter never counts less than was used).
+    let unreported = super::budgets::settle_call(daemon, &record.address, None);
+    if exit.is_none() {
+        for admitted in unreported {
+            charge_unreported(daemon, &record.address, admitted).await;
+        }
+    }
     flush_output(daemon, &record, &mut reader, true, &mut Progress::default()).await;
     // Whoever still waits to send learns the agent has ended.
     commands.close();
@@ -312,9 +321,56 @@ async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::prox
         // A monitor of an earlier build numbers nothing: by call number.
         None => call.call <= current.calls,
     };
-    if told {
-        return;
+    if !told {
+        journal_model_call(daemon, &current, call).await;
     }
+}
+
+/// Journals the calls of an ended agent that its monitor recorded and
+/// never told (it ended with no daemon listening, or was killed before it
+/// could): they are in its calls file, in the order it would have told.
+pub(super) async fn journal_untold_calls(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    agent_dir: &crate::sys::paths::AgentDir,
+) {
+    for (index, call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
+        journal_call(daemon, address, call, Some(index as u64)).await;
+    }
+}
+
+/// Journals a call admitted whose monitor vanished before reporting it,
+/// charged its input floor and its output cap.
+async fn charge_unreported(daemon: &Arc<Daemon>, address: &Address, admitted: super::budgets::Admitted) {
+    let Some(current) = daemon.record(address) else { return };
+    let ask = admitted.ask;
+    tracing::warn!("{address}: call {} was admitted and never reported; charged what it was admitted for", ask.call);
+    let usage = corral_harness::TokenUsage {
+        input: ask.input_floor.max(ask.estimate_input),
+        output: admitted.output_cap,
+        ..Default::default()
+    };
+    let call = crate::proxy::CallRecord {
+        call: ask.call,
+        provider: ask.provider,
+        model: ask.model,
+        status: 0,
+        usage,
+        flag: Some("the agent's monitor ended without reporting the call: charged what it was admitted for".into()),
+        refused: None,
+        estimate_input: ask.estimate_input,
+        output_cap: Some(admitted.output_cap),
+        started_at: chrono::Utc::now(),
+        ttfb_ms: 0.0,
+        duration_ms: 0.0,
+    };
+    journal_model_call(daemon, &current, call).await;
+}
+
+/// Journals one model call of the agent `current`, then checks the
+/// budgets over it.
+async fn journal_model_call(daemon: &Arc<Daemon>, current: &AgentRecord, call: crate::proxy::CallRecord) {
+    let address = &current.address;
     let model = call.model.clone().or_else(|| current.model.clone());
     let cost_usd = super::budgets::price_call(daemon, model.as_deref(), &call.usage);
     let body = EventBody::ModelCall {
@@ -331,7 +387,7 @@ async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::prox
         ttfb_ms: call.ttfb_ms,
         duration_ms: call.duration_ms,
     };
-    daemon.commit_logged(vec![daemon.draft(&current, body)]).await;
+    daemon.commit_logged(vec![daemon.draft(current, body)]).await;
     super::budgets::settle_call(daemon, address, Some(call.call));
     touch(daemon, address);
     enforce_budgets(daemon, address).await;

@@ -362,9 +362,11 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
             let held = crate::proxy::decide(&headroom(daemon, address, &in_flight, true), ask);
             let paused = daemon.record(address).and_then(|r| r.paused);
             if let (Decision::Allow { max_output }, None) = (&held, &paused) {
-                let cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
-                let tokens = ask.estimate_input.saturating_add(cap);
-                in_flight.entry(address.clone()).or_default().insert(ask.call, tokens);
+                let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
+                in_flight
+                    .entry(address.clone())
+                    .or_default()
+                    .insert(ask.call, Admitted { ask: ask.clone(), output_cap });
                 daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
                 return held;
             }
@@ -394,26 +396,47 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
     }
 }
 
-/// A call's admission is over: it was reported, or its agent ended.
-pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>) {
-    {
+/// A model call admitted and not yet reported.
+#[derive(Debug, Clone)]
+pub(super) struct Admitted {
+    pub ask: crate::proxy::Ask,
+    /// The output cap it was admitted with.
+    pub output_cap: u64,
+}
+
+impl Admitted {
+    /// What it may spend of a token budget.
+    fn tokens(&self) -> u64 {
+        self.ask.estimate_input.saturating_add(self.output_cap)
+    }
+}
+
+/// A call's admission is over: it was reported, or (with no call named)
+/// its agent ended; returns the admissions let go.
+pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>) -> Vec<Admitted> {
+    let let_go = {
         let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
         match call {
             Some(call) => {
+                let mut let_go = Vec::new();
                 if let Some(calls) = in_flight.get_mut(address) {
-                    calls.remove(&call);
+                    let_go.extend(calls.remove(&call));
                     if calls.is_empty() {
                         in_flight.remove(address);
                     }
                 }
+                let_go
             }
             None => {
-                in_flight.remove(address);
                 daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
+                let mut let_go: Vec<Admitted> = in_flight.remove(address).unwrap_or_default().into_values().collect();
+                let_go.sort_by_key(|a| a.ask.call);
+                let_go
             }
         }
-    }
+    };
     daemon.calls_settled.notify_waiters();
+    let_go
 }
 
 /// What the budgets over `address` have left, after what is spent and
@@ -422,12 +445,17 @@ pub(super) fn settle_call(daemon: &Daemon, address: &Address, call: Option<u64>)
 fn headroom(
     daemon: &Daemon,
     address: &Address,
-    in_flight: &HashMap<Address, HashMap<u64, u64>>,
+    in_flight: &HashMap<Address, HashMap<u64, Admitted>>,
     pausing: bool,
 ) -> crate::proxy::Headroom {
     use crate::proxy::Headroom;
     let held_within = |scope: &Address| -> u64 {
-        in_flight.iter().filter(|(a, _)| a.is_within(scope)).flat_map(|(_, calls)| calls.values()).sum()
+        in_flight
+            .iter()
+            .filter(|(a, _)| a.is_within(scope))
+            .flat_map(|(_, calls)| calls.values())
+            .map(Admitted::tokens)
+            .sum()
     };
     let config = daemon.config();
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
@@ -452,7 +480,7 @@ fn headroom(
             scope = at.parent();
         }
         let day = table.daily.get(&today).cloned().unwrap_or_default();
-        let held_all: u64 = in_flight.values().flat_map(|calls| calls.values()).sum();
+        let held_all: u64 = in_flight.values().flat_map(|calls| calls.values()).map(Admitted::tokens).sum();
         let day_room = Headroom {
             tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens).saturating_sub(held_all)),
             output_tokens: None,

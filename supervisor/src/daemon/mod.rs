@@ -115,11 +115,11 @@ pub(crate) struct Daemon {
     /// only (a daemon restart forgets them), handed to each monitor of the
     /// agent on its standard input at start.
     keys: Mutex<HashMap<u64, crate::wire::monitor::ProxyKeys>>,
-    /// Model calls admitted and not yet reported, by agent and call: the
-    /// tokens each may spend (its estimated input and its output cap). An
-    /// admission counts them as spent, so calls made at once under one
+    /// Model calls admitted and not yet reported, by agent and call, with
+    /// the tokens each may spend (its estimated input and its output cap).
+    /// An admission counts them as spent, so calls made at once under one
     /// budget cannot together go past it.
-    calls_in_flight: Mutex<HashMap<Address, HashMap<u64, u64>>>,
+    calls_in_flight: Mutex<HashMap<Address, HashMap<u64, budgets::Admitted>>>,
     /// Told each time a call in flight is reported or let go.
     calls_settled: tokio::sync::Notify,
     /// Told each time `corral budget` raises a limit: held calls of paused

@@ -50,7 +50,10 @@ pub fn read_calls(agent: &AgentDir) -> Vec<CallRecord> {
 
 struct MonitorGate {
     shared: Arc<Shared>,
-    file: PathBuf,
+    /// The calls file, locked from a record's append until it is in
+    /// `calls`: the file and what the daemon is told keep one order, so
+    /// a daemon can take from the file what it was never told.
+    file: std::sync::Mutex<PathBuf>,
 }
 
 impl Gate for MonitorGate {
@@ -93,11 +96,13 @@ impl Gate for MonitorGate {
     }
 
     fn record(&self, call: CallRecord) {
-        if let Err(err) = append(&self.file, &call) {
+        let file = self.file.lock().unwrap();
+        if let Err(err) = append(&file, &call) {
             // The daemon still hears of it, and journals it.
-            tracing::warn!("cannot append call {} to {}: {err}", call.call, self.file.display());
+            tracing::warn!("cannot append call {} to {}: {err}", call.call, file.display());
         }
         let mut state = self.shared.state.lock().unwrap();
+        drop(file);
         state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
         state.calls.push(call);
         drop(state);
@@ -143,7 +148,7 @@ pub(super) fn start(
         })
         .collect();
     let config = ProxyConfig { token: Token(meter.token.clone()), upstreams };
-    let gate = Arc::new(MonitorGate { shared, file: calls_file(agent) });
+    let gate = Arc::new(MonitorGate { shared, file: std::sync::Mutex::new(calls_file(agent)) });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("proxy".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
