@@ -6,7 +6,12 @@
 //! whole file went through the agent's PTY into its log, the daemon read
 //! the log to its end and journaled the exit. The rounds alternate the two,
 //! and every corral run is checked: the agent succeeded and its log holds
-//! at least the file's bytes (a PTY turns each `\n` into `\r\n`).
+//! at least the file's bytes (a PTY turns each `\n` into `\r\n`). Each
+//! run starts on a clean disk (`sync`, untimed): the write-back of one
+//! round's 200 MB log would otherwise land in whichever run comes next.
+//! Besides the two medians, the median of each round's own ratio is shown
+//! (the two runs of a round are side by side in time, so a slow patch of
+//! the machine slows both).
 //!
 //! Run: `cargo bench -p corral --bench pty_throughput`. `CORRAL_BIN`
 //! overrides the binary; `PTY_BENCH_MB` the file's size (200);
@@ -60,6 +65,7 @@ fn main() {
     let mut script_secs = Vec::new();
     let mut corral_secs = Vec::new();
     for round in 0..rounds {
+        settle_disk();
         let started = Instant::now();
         let status = Command::new("script")
             .args(["-qec", &format!("cat {file_text}"), "/dev/null"])
@@ -72,6 +78,7 @@ fn main() {
         script_secs.push(started.elapsed().as_secs_f64());
 
         let name = format!("flood{round}");
+        settle_disk();
         let started = Instant::now();
         let spawned = corral(&["spawn", &name, "--json", "--", "cat", &file_text]);
         assert!(spawned.status.success(), "{}", describe(&spawned));
@@ -87,6 +94,10 @@ fn main() {
         assert!(logged >= bytes, "{address}'s log holds {logged} bytes of {bytes}");
     }
     let mb = bytes as f64 / 1e6;
+    let mut ratios: Vec<f64> = script_secs.iter().zip(&corral_secs).map(|(s, c)| s / c).collect();
+    ratios.sort_by(f64::total_cmp);
+    let rounds_shown: Vec<String> =
+        script_secs.iter().zip(&corral_secs).map(|(s, c)| format!("{s:.2}/{c:.2} s")).collect();
     script_secs.sort_by(f64::total_cmp);
     corral_secs.sort_by(f64::total_cmp);
     let (script_median, corral_median) = (percentile(&script_secs, 50.0), percentile(&corral_secs, 50.0));
@@ -100,9 +111,23 @@ fn main() {
         mb / corral_median
     );
     println!("  throughput ratio corral / script: {:.2}x (goal: at least 0.90x)", script_median / corral_median);
+    println!(
+        "  each round's ratio: median {:.2}x, {:.2}x to {:.2}x (script/corral: {})",
+        percentile(&ratios, 50.0),
+        ratios[0],
+        ratios[ratios.len() - 1],
+        rounds_shown.join(", ")
+    );
     println!("  load average at end {}", load_average());
     drop(cleanup);
     if let Some(root) = root.take() {
         let _ = root.close();
     }
+}
+
+/// Writes every dirty page out and waits for it, so the next run starts on
+/// a clean disk.
+fn settle_disk() {
+    let status = Command::new("sync").status().expect("sync runs");
+    assert!(status.success(), "sync: {status}");
 }

@@ -540,18 +540,39 @@ fn spawn_output_pump(mut reader: Box<dyn Read + Send>, log: File, shared: Arc<Sh
 /// written is counted, never retried from memory (an agent flooding a
 /// full disk would grow the monitor without bound); once writes go
 /// through again, a line in the log says how many bytes are missing.
+///
+/// The log is synced when the agent's output ends, before its exit is
+/// told. So that a flood's sync does not hold the exit up, the disk is
+/// asked to start writing every [`WRITE_OUT_EVERY`] bytes as they come
+/// (without waiting for it): at the end only the last piece is left.
 struct OutputLog {
     file: File,
     /// Bytes lost since the last write that went through, and why.
     gap: Option<(u64, std::io::Error)>,
     /// `log.fault` beside the log, when tests inject faults.
     fault_file: Option<PathBuf>,
+    /// Bytes written since the disk was last asked to write them out.
+    unwritten: u64,
 }
+
+/// How much output gathers before the disk is asked to write it out.
+const WRITE_OUT_EVERY: u64 = 8 << 20;
 
 impl OutputLog {
     fn new(file: File, dir: &Path) -> OutputLog {
         let fault_file = std::env::var_os("CORRAL_FAULT_INJECTION").map(|_| dir.join("log.fault"));
-        OutputLog { file, gap: None, fault_file }
+        OutputLog { file, gap: None, fault_file, unwritten: 0 }
+    }
+
+    /// Starts the disk writing what is written so far (`sync_file_range`
+    /// with only `SYNC_FILE_RANGE_WRITE`: pages already on their way are
+    /// left, nothing is waited for).
+    fn write_out(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.unwritten = 0;
+        // SAFETY: sync_file_range reads only its integer arguments; the
+        // descriptor is the log's own, open for the call.
+        unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
     }
 
     /// Writes `bytes`; returns how many reached the log (the note of a
@@ -570,7 +591,13 @@ impl OutputLog {
             }
         }
         match self.write_some(bytes) {
-            Ok(()) => (kept + bytes.len() as u64, 0),
+            Ok(()) => {
+                self.unwritten += bytes.len() as u64;
+                if self.unwritten >= WRITE_OUT_EVERY {
+                    self.write_out();
+                }
+                (kept + bytes.len() as u64, 0)
+            }
             Err((written, err)) => (kept + written, self.lose(bytes.len() as u64 - written, Some(err))),
         }
     }
