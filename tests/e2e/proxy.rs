@@ -458,6 +458,39 @@ fn a_monitor_killed_mid_call_leaves_the_call_charged_what_it_was_admitted_for() 
 }
 
 #[test]
+fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "again",
+        &json!({"steps": [{"text": "ok", "usage": {"input": 100, "output": 10}, "repeat": "forever"}]}),
+    );
+    // Two calls for the first task, three for the next.
+    let client = client_script(&repo, "two", 2);
+    let script = std::fs::read_to_string(&client).unwrap();
+    let script = script.replace("i = 0\n", "i = 0\nif os.environ.get('CORRAL_TASK') == 'three':\n    i = -1\n");
+    std::fs::write(&client, script).unwrap();
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["again", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    // The next task is a new run, with a new monitor and proxy: its
+    // calls count from 1 again, and are journaled all the same.
+    repo.corral_ok(&["assign", &address, "three"]);
+    assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    // A daemon restart tells nothing twice.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    repo.corral_ok(&["ps"]);
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    let numbers: Vec<u64> = calls.iter().map(|c| c["call"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![1, 2, 1, 2, 3], "{calls:?}");
+    assert_eq!(model_requests(&mock.requests()).len(), 5);
+    assert_eq!(ps_record(&repo, &address)["usage"]["input"].as_u64(), Some(500));
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =

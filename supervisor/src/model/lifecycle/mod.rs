@@ -582,6 +582,9 @@ impl AgentRecord {
                 self.input_closed = false;
                 self.merge_state = None;
                 self.probe_killed = None;
+                // Its monitor and proxy are new: calls count from 1 again.
+                self.calls = 0;
+                self.calls_journaled = 0;
             }
             EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
             EventBody::MergeStarted { target, old, new, .. } => {

@@ -931,6 +931,14 @@ fn assigned_starts_a_new_run_and_keeps_usage() {
     assign.task = None;
     record.apply(&assign);
     assert_eq!((record.task_id.as_str(), record.task.as_str()), ("t-1", "next"));
+
+    // The next run's monitor and proxy are new: its calls count from 1
+    // again, and what the last run's calls spent stays.
+    let mut record = ended(AgentState::Succeeded);
+    record.apply(&event(8, A, model_call(1, 100, None)));
+    assert_eq!((record.calls, record.calls_journaled), (1, 1));
+    record.apply(&event(9, A, sample("assigned")));
+    assert_eq!((record.calls, record.calls_journaled, record.usage), (0, 0, tokens(100)));
 }
 
 #[test]
