@@ -3,7 +3,7 @@
 //! Each test runs the built `corral` binary on its own scratch repository.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -359,16 +359,27 @@ fn attach_types_into_the_pty_and_detaches_with_ctrl_bracket() {
     let mut attach =
         repo.command().args(["attach", "echo"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdin = attach.stdin.take().unwrap();
+    // What attach shows, read as it comes.
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let (shown, mut stdout) = (shown.clone(), attach.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                shown.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let seen = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    poll_until("the replayed output", PATIENCE, || seen().contains("hello-from-agent"));
     stdin.write_all(b"typed-line\r").unwrap();
-    poll_until("the agent to echo the typed line", PATIENCE, || {
-        log_text(&repo, "/root/echo").contains("got typed-line")
-    });
+    // The agent's answer reaches the terminal live.
+    poll_until("the typed line echoed on the terminal", PATIENCE, || seen().contains("got typed-line"));
+    assert!(log_text(&repo, "/root/echo").contains("got typed-line"));
     stdin.write_all(&[0x1d]).unwrap();
-    let out = attach.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let seen = String::from_utf8_lossy(&out.stdout);
-    assert!(seen.contains("hello-from-agent"), "replayed output missing: {seen}");
-    assert!(seen.contains("got typed-line"), "live output missing: {seen}");
+    let status = attach.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success());
     // Detaching leaves the agent running.
     assert_eq!(repo.agent("/root/echo")["state"], "running");
     repo.corral_ok(&["stop", "echo", "--grace", "0"]);
