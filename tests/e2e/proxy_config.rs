@@ -90,3 +90,74 @@ time.sleep(600)
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
 }
+
+#[test]
+fn a_key_an_earlier_daemon_held_comes_from_its_key_file_or_the_next_start_is_refused() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "rekeyed",
+        &json!({"steps": [{"text": "hello", "usage": {"input": 40, "output": 20}, "repeat": "forever"}]}),
+    );
+    // One Anthropic call, then it ends.
+    let client = repo.path("client.py");
+    std::fs::write(
+        &client,
+        r#"import json, os, urllib.request
+body = json.dumps({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
+req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
+    headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"], "content-type": "application/json"})
+with urllib.request.urlopen(req) as r:
+    print("call", r.status, flush=True)
+"#,
+    )
+    .unwrap();
+    let address = "/root/rekeyed";
+    let why = || diagnostics(&repo, address, Some(&mock));
+    let corral = |args: &[&str]| {
+        let mut command = repo.command();
+        command.args(args);
+        run_deadline(command, PATIENCE, &format!("corral {args:?}"))
+    };
+    let kill_daemon = || {
+        let daemon = repo.daemon_pid().expect("a daemon pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::Signal::SIGKILL).unwrap();
+        poll_until("the daemon's end", PATIENCE, || !corral_e2e::alive(daemon as u32));
+    };
+    let waited = |expected: i32| {
+        let out = corral(&["wait", address, "--timeout", "60"]);
+        assert_eq!(out.status.code(), Some(expected), "{}\n{}", describe(&out), why());
+    };
+    let mut command = repo.command();
+    command.env("ANTHROPIC_BASE_URL", &mock.url).env("ANTHROPIC_API_KEY", "sk-from-the-environment-77");
+    command.args(["spawn", "rekeyed", "--meter", "proxy", "--", "python3", &client.display().to_string()]);
+    let out = run_deadline(command, PATIENCE, "corral spawn");
+    assert!(out.status.success(), "{}", describe(&out));
+    waited(0);
+
+    // The key from the environment went with the daemon: the next task is
+    // refused, saying where a key can be kept, and nothing goes upstream.
+    kill_daemon();
+    let out = corral(&["assign", address, "again"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr.contains("[proxy.anthropic]") && stderr.contains("key_file"), "{stderr}");
+    assert_eq!(model_requests(&mock.requests()).len(), 1, "{}", why());
+
+    // With the key in a file, the next daemon gives it to the proxy.
+    let key_file = repo.path("anthropic.key");
+    std::fs::write(&key_file, format!("{FILE_KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        repo.repo.join("corral.toml"),
+        format!("[proxy.anthropic]\nkey_file = \"{}\"\n", key_file.display()),
+    )
+    .unwrap();
+    kill_daemon();
+    let out = corral(&["assign", address, "once more"]);
+    assert!(out.status.success(), "{}\n{}", describe(&out), why());
+    waited(0);
+    let requests = model_requests(&mock.requests());
+    assert_eq!(requests.len(), 2, "{}", why());
+    assert_eq!(requests[1]["headers"]["x-api-key"], "<redacted>", "the call went with no key: {}", requests[1]);
+}

@@ -142,7 +142,11 @@ pub(super) async fn start_or_queue(daemon: &Arc<Daemon>, record: &AgentRecord) -
 pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result<u32> {
     let dir = daemon.agent_dir(record);
     // Kept for the agent's life: an assigned task starts a new monitor.
-    let keys = daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id).cloned();
+    let kept = daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id).cloned();
+    let keys = match kept {
+        Some(keys) => Some(keys),
+        None => recover_keys(daemon, record, &dir)?,
+    };
     let launched = daemon.runtime.start(&dir, record, keys).await?;
     let (pid, monitor_pid) = launched.pids();
     // It runs: that it started is recorded before its task takes over,
@@ -151,6 +155,40 @@ pub(super) async fn launch(daemon: &Arc<Daemon>, record: &AgentRecord) -> Result
     let record = daemon.record(&record.address).unwrap_or_else(|| record.clone());
     agent::supervise(daemon, record, launched.link());
     Ok(pid)
+}
+
+/// The real keys of a metered agent this daemon was never given (it was
+/// spawned under an earlier daemon, which held them in memory only): each
+/// from corral.toml's `key_file`, or the start is refused, saying which
+/// is missing and where to put it. A proxy without a key it had would send
+/// the agent's calls with no key at all.
+fn recover_keys(daemon: &Daemon, record: &AgentRecord, dir: &AgentDir) -> Result<Option<ProxyKeys>> {
+    let spec: Option<crate::wire::monitor::MonitorSpec> =
+        std::fs::read(dir.spec()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let Some(meter) = spec.and_then(|spec| spec.meter).filter(|meter| !meter.keyed.is_empty()) else {
+        return Ok(None);
+    };
+    let proxy = daemon.config().proxy.clone();
+    let mut keys = ProxyKeys::default();
+    for (family, bearer) in meter.keyed {
+        let name = family.name();
+        let file = proxy.providers().into_iter().find(|(n, ..)| *n == name).and_then(|(_, p, ..)| p?.key_file.clone());
+        let why = match file.map(|file| super::upstream::read_key_file(&file)) {
+            Some(Ok(key)) => {
+                keys.0.insert(family, crate::wire::monitor::ProxyKey { key, bearer });
+                continue;
+            }
+            Some(Err(why)) => format!("corral.toml [proxy.{name}] key_file: {why}"),
+            None => format!(
+                "its real {name} key was held only in the memory of the daemon that spawned it, which has \
+                 stopped since; set `key_file` under `[proxy.{name}]` in corral.toml (the key stays in that \
+                 file), or spawn the agent again with the key in its environment"
+            ),
+        };
+        return Err(Error::new(ErrorKind::Refused, format!("{} cannot start: {why}", record.address)));
+    }
+    daemon.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id, keys.clone());
+    Ok(Some(keys))
 }
 
 /// The `exited` of an agent whose start failed.

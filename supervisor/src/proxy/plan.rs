@@ -213,7 +213,8 @@ pub fn plan(
     // No copy of a real key stays behind under another name.
     let real: Vec<String> = keys.values().map(|k| k.key.clone()).collect();
     env.retain(|_, value| !real.contains(value));
-    Ok(Plan { spec: MeterSpec { token: token.into(), upstreams, url_env }, keys: ProxyKeys(keys), extra_args })
+    let keyed = keys.iter().map(|(family, key)| (*family, key.bearer)).collect();
+    Ok(Plan { spec: MeterSpec { token: token.into(), upstreams, url_env, keyed }, keys: ProxyKeys(keys), extra_args })
 }
 
 /// The opencode provider `model` (`PROVIDER/MODEL`) names: its API's

@@ -80,6 +80,11 @@ pub struct MeterSpec {
     /// proxy's URL (`http://127.0.0.1:PORT`) followed by the value here
     /// (`""`, or `/v1` for OpenAI's convention).
     pub url_env: BTreeMap<String, String>,
+    /// The families whose real key the proxy holds (the keys themselves
+    /// are never written), and whether each goes as a bearer token: a
+    /// later start without them (a new daemon's) knows what it lacks.
+    #[serde(default)]
+    pub keyed: BTreeMap<crate::proxy::Family, bool>,
 }
 
 /// Stands for the proxy's URL in the agent's arguments (Codex takes its
