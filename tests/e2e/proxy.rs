@@ -491,6 +491,39 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
 }
 
 #[test]
+fn a_call_admitted_before_a_daemon_restart_is_still_charged_when_its_monitor_dies() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "readmit",
+        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
+    );
+    let client = client_script(&repo, "one", 1);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(&repo, &["readmit", "--meter", "proxy", "--", "python3", &client], &env);
+    let address = spawned["address"].as_str().unwrap().to_string();
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as i32;
+    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    // The daemon that admitted the call dies; the next adopts the agent and
+    // is told of the call under way.
+    let daemon = repo.daemon_pid().expect("a daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the daemon's end", PATIENCE, || !corral_e2e::alive(daemon));
+    poll_until("the agent adopted", PATIENCE, || !of_type(&events(&repo, &address), "adopted").is_empty());
+    // Then the monitor dies with the call still upstream.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    poll_until("the agent's end", PATIENCE, || {
+        let state = ps_record(&repo, &address)["state"].clone();
+        !["running", "starting"].contains(&state.as_str().unwrap_or(""))
+    });
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["usage"]["output"].as_u64(), Some(1000), "{}", calls[0]);
+    assert!(calls[0]["flag"].as_str().unwrap().contains("monitor"), "{}", calls[0]);
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =

@@ -237,6 +237,9 @@ async fn follow_monitor(
                             }
                         });
                     }
+                    Ok(MonitorMessage::Admitted { ask, max_output }) => {
+                        super::budgets::readmit(daemon, &record.address, ask, max_output);
+                    }
                     Ok(MonitorMessage::ModelCall { record: call, index }) => {
                         journal_call(daemon, &record.address, call, index).await;
                     }
@@ -316,10 +319,11 @@ async fn follow_monitor(
 /// the order they ended), then checks the budgets over the agent.
 async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord, index: Option<u64>) {
     let Some(current) = daemon.record(address) else { return };
-    let told = match index {
-        Some(index) => index < current.calls_journaled,
-        // A monitor of an earlier build numbers nothing: by call number.
-        None => call.call <= current.calls,
+    let told = match (index, current.calls_journaled) {
+        (Some(index), Some(journaled)) => index < journaled,
+        // A monitor of an earlier build numbers nothing, a record of one
+        // counted nothing: by call number.
+        _ => call.call <= current.calls,
     };
     if !told {
         journal_model_call(daemon, &current, call).await;
@@ -334,8 +338,10 @@ pub(super) async fn journal_untold_calls(
     address: &Address,
     agent_dir: &crate::sys::paths::AgentDir,
 ) {
-    for (index, call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
-        journal_call(daemon, address, call, Some(index as u64)).await;
+    for (line, call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
+        // Its own index, which a lost line before it does not shift.
+        let index = call.index.unwrap_or(line as u64);
+        journal_call(daemon, address, call, Some(index)).await;
     }
 }
 
@@ -361,6 +367,7 @@ async fn charge_unreported(daemon: &Arc<Daemon>, address: &Address, admitted: su
         estimate_input: ask.estimate_input,
         output_cap: Some(admitted.output_cap),
         started_at: chrono::Utc::now(),
+        index: None,
         ttfb_ms: 0.0,
         duration_ms: 0.0,
     };
@@ -387,7 +394,9 @@ async fn journal_model_call(daemon: &Arc<Daemon>, current: &AgentRecord, call: c
         ttfb_ms: call.ttfb_ms,
         duration_ms: call.duration_ms,
     };
-    daemon.commit_logged(vec![daemon.draft(current, body)]).await;
+    // Waits for a journal that cannot be written just now: a call left out
+    // would be miscounted among those told again.
+    daemon.commit_retrying(vec![daemon.draft(current, body)]).await;
     super::budgets::settle_call(daemon, address, Some(call.call));
     touch(daemon, address);
     enforce_budgets(daemon, address).await;

@@ -396,6 +396,14 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
     }
 }
 
+/// A call an earlier daemon admitted, still under way: held again under
+/// the budgets, as if admitted here.
+pub(super) fn readmit(daemon: &Daemon, address: &Address, ask: crate::proxy::Ask, max_output: Option<u64>) {
+    let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
+    let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    in_flight.entry(address.clone()).or_default().entry(ask.call).or_insert(Admitted { ask, output_cap });
+}
+
 /// A model call admitted and not yet reported.
 #[derive(Debug, Clone)]
 pub(super) struct Admitted {

@@ -95,14 +95,17 @@ impl Gate for MonitorGate {
         })
     }
 
-    fn record(&self, call: CallRecord) {
+    fn record(&self, mut call: CallRecord) {
         let file = self.file.lock().unwrap();
+        // Only a record's own append adds to `calls`, under the file's lock.
+        call.index = Some(self.shared.state.lock().unwrap().calls.len() as u64);
         if let Err(err) = append(&file, &call) {
             // The daemon still hears of it, and journals it.
             tracing::warn!("cannot append call {} to {}: {err}", call.call, file.display());
         }
         let mut state = self.shared.state.lock().unwrap();
         drop(file);
+        state.admitted.remove(&call.call);
         state.calls_in_flight = state.calls_in_flight.saturating_sub(1);
         state.calls.push(call);
         drop(state);

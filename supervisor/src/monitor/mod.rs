@@ -131,6 +131,10 @@ struct State {
     admission_waiters: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<crate::proxy::Decision>>,
     /// Every call the proxy has recorded, in order.
     calls: Vec<crate::proxy::CallRecord>,
+    /// Calls admitted and not yet recorded, with the output cap each was
+    /// allowed: told to each daemon that connects, which holds them under
+    /// the budgets (and charges them if the monitor vanishes).
+    admitted: std::collections::BTreeMap<u64, (crate::proxy::Ask, Option<u64>)>,
     /// Calls admitted and not yet recorded.
     calls_in_flight: usize,
     /// Calls the daemon holds (a paused budget): they wait past
@@ -183,6 +187,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             asks_generation: 0,
             admission_waiters: Default::default(),
             calls: Vec::new(),
+            admitted: Default::default(),
             calls_in_flight: 0,
             held_calls: Default::default(),
             frozen: false,

@@ -108,7 +108,10 @@ fn serve_daemon(
                 Ok(MonitorCommand::Admission { call, decision }) => {
                     let mut state = shared_in.state.lock().unwrap();
                     state.held_calls.remove(&call);
-                    state.asks.remove(&call);
+                    let ask = state.asks.remove(&call);
+                    if let (Some(ask), crate::proxy::Decision::Allow { max_output }) = (ask, &decision) {
+                        state.admitted.insert(call, (ask, *max_output));
+                    }
                     if let Some(waiter) = state.admission_waiters.remove(&call) {
                         let _ = waiter.send(decision);
                     }
@@ -149,8 +152,13 @@ fn serve_daemon(
             log_len: state.log_len,
             exit: state.exit.clone(),
         };
+        let admitted: Vec<_> = state.admitted.values().cloned().collect();
         drop(state);
         send(&mut stream, &status)?;
+        // Calls an earlier daemon admitted that are still under way.
+        for (ask, max_output) in admitted {
+            send(&mut stream, &MonitorMessage::Admitted { ask, max_output })?;
+        }
     }
     let mut last_output = std::time::Instant::now() - OUTPUT_EVERY;
     loop {

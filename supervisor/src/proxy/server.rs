@@ -85,6 +85,10 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_cap: Option<u64>,
     pub started_at: DateTime<Utc>,
+    /// Its place among the records its monitor kept, from 0 (set by the
+    /// monitor, so the calls file says it even when a line is lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
     /// From the request's arrival to the first byte of the answer's body.
     pub ttfb_ms: f64,
     pub duration_ms: f64,
@@ -313,7 +317,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
         Route::Free(_) => {
             return match send(&inner, family, upstream, &parts.method, &path, &query, &parts.headers, body).await {
                 Ok(response) => response.map(|b| b.boxed_unsync()),
-                Err(message) => json_response(502, &family.error(502, &message).1),
+                Err(unsent) => json_response(502, &family.error(502, &unsent.message).1),
             };
         }
         Route::Call(provider) => provider,
@@ -386,6 +390,7 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         estimate_input,
         output_cap: asked_output,
         started_at: call.started_at,
+        index: None,
         ttfb_ms: 0.0,
         duration_ms: 0.0,
     };
@@ -400,7 +405,14 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
             ..record.clone()
         });
     };
-    let max_output = match inner.gate.admit(ask).await {
+    let decision = inner.gate.admit(ask).await;
+    // Closed meanwhile (its owner is ending): it was not sent, and no
+    // record of it is wanted now.
+    if inner.open.lock().unwrap().is_none() {
+        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
+        return;
+    }
+    let max_output = match decision {
         Decision::Allow { max_output } => max_output,
         // A gate answers a held call only once it is decided; one that
         // hands a hold over is refused (a guard fails closed).
@@ -427,22 +439,20 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         first_byte: None,
     };
     let Some(slot) = inner.open(open) else {
-        let message = "corral: the agent has ended, so its call was not sent".to_string();
-        refused(503, message.clone());
-        let _ = reply.send(error_reply(503, message));
+        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
         return;
     };
+    // Closed meanwhile: already recorded, and not to be sent.
+    if slot.lock().unwrap().is_none() {
+        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
+        return;
+    }
     let sent = send(&inner, family, &call.upstream, &call.method, &call.path, &call.query, &call.headers, body).await;
     let response = match sent {
         Ok(response) => response,
-        Err(message) => {
-            // Nothing came back: the upstream charged nothing.
-            if let Some(open) = slot.lock().unwrap().as_mut() {
-                open.record.status = 502;
-                open.record.flag = Some(message.clone());
-            }
-            inner.close_call(&slot, End::Complete, None);
-            let _ = reply.send(error_reply(502, message));
+        Err(unsent) => {
+            inner.fail_call(&slot, &unsent);
+            let _ = reply.send(error_reply(502, unsent.message));
             return;
         }
     };
@@ -464,7 +474,24 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     // upstream charged is in the answer's last bytes.
     let mut listening = reply.send(answer).is_ok();
     loop {
-        match incoming.frame().await {
+        // Nobody listening, an upstream that goes quiet is not waited for
+        // past UNHEARD_QUIET: the call is cut, charged no less than its
+        // estimate, and what it held of its budgets is let go.
+        let next = match listening {
+            true => incoming.frame().await,
+            false => match tokio::time::timeout(UNHEARD_QUIET, incoming.frame()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let why = format!(
+                        "the agent hung up and the upstream sent nothing for {} s: charged its estimate",
+                        UNHEARD_QUIET.as_secs()
+                    );
+                    inner.close_call(&slot, End::Cut, Some(&why));
+                    return;
+                }
+            },
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(open)) = (frame.data_ref(), slot.lock().unwrap().as_mut()) {
                     open.first_byte.get_or_insert_with(Instant::now);
@@ -487,8 +514,23 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     inner.close_call(&slot, End::Complete, None);
 }
 
+/// A request that got no answer from upstream.
+struct Unsent {
+    /// For the agent.
+    message: String,
+    /// Whether it may have reached the upstream all the same.
+    maybe_sent: bool,
+}
+
+impl From<String> for Unsent {
+    /// An error before anything was sent.
+    fn from(message: String) -> Unsent {
+        Unsent { message, maybe_sent: false }
+    }
+}
+
 /// Sends a request upstream with the real key in place of the agent's
-/// token; the error is a message for the agent.
+/// token.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     inner: &Inner,
@@ -499,7 +541,7 @@ async fn send(
     query: &str,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<Response<Incoming>, String> {
+) -> Result<Response<Incoming>, Unsent> {
     // OpenAI's base URLs carry the version (`.../v1`), and so does the one
     // corral gives the agent: the agent's `/v1` is the upstream base's.
     let rest = match upstream.base.trim_end_matches('/').ends_with("/v1") {
@@ -526,22 +568,24 @@ async fn send(
             };
             out.insert(
                 name,
-                HeaderValue::from_str(key).map_err(|_| "corral: the real key is not a valid header".to_string())?,
+                HeaderValue::from_str(key)
+                    .map_err(|_| Unsent::from("corral: the real key is not a valid header".to_string()))?,
             );
         }
         Some(Credential::Bearer(token)) => {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| "corral: the real key is not a valid header".to_string())?;
+                .map_err(|_| Unsent::from("corral: the real key is not a valid header".to_string()))?;
             out.insert(hyper::header::AUTHORIZATION, value);
         }
         None => {}
     }
     let request = request.body(Full::new(body)).map_err(|e| format!("corral: bad upstream address {uri}: {e}"))?;
-    inner
-        .client
-        .request(request)
-        .await
-        .map_err(|e| format!("corral: the upstream {} cannot be reached: {e}", upstream.base))
+    inner.client.request(request).await.map_err(|e| Unsent {
+        message: format!("corral: the upstream {} cannot be reached: {e}", upstream.base),
+        // Connected, the request may have been read and answered (and
+        // charged) before the connection failed.
+        maybe_sent: !e.is_connect(),
+    })
 }
 
 /// How a call's answer reaches the agent.
@@ -549,6 +593,9 @@ type Reply = tokio::sync::oneshot::Sender<Response<ProxyBody>>;
 
 /// Frames of an answer read ahead of a slow agent.
 const FRAMES_AHEAD: usize = 16;
+
+/// How long an answer nobody listens to any more may go quiet.
+const UNHEARD_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A call sent upstream and not yet recorded.
 struct Open {
@@ -574,6 +621,31 @@ impl Inner {
         let slot = Arc::new(Mutex::new(Some(open)));
         calls.insert(call, slot.clone());
         Some(slot)
+    }
+
+    /// Records an open call the upstream never answered: charged nothing
+    /// when it cannot have been sent, else no less than its estimate.
+    fn fail_call(&self, slot: &Slot, unsent: &Unsent) {
+        let Some(open) = slot.lock().unwrap().take() else { return };
+        if let Some(calls) = self.open.lock().unwrap().as_mut() {
+            calls.remove(&open.record.call);
+        }
+        let elapsed = open.arrived.elapsed().as_secs_f64() * 1000.0;
+        let (usage, flag) = match unsent.maybe_sent {
+            false => (TokenUsage::default(), unsent.message.clone()),
+            true => (
+                TokenUsage { input: open.estimate.input, output: open.estimate.output, ..Default::default() },
+                format!("{}; it may have reached the upstream, so it is charged its estimate", unsent.message),
+            ),
+        };
+        self.gate.record(CallRecord {
+            status: 502,
+            usage,
+            flag: Some(flag),
+            ttfb_ms: elapsed,
+            duration_ms: elapsed,
+            ..open.record
+        });
     }
 
     /// Records an open call that ended as `end` (`why` says so when it

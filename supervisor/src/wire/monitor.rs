@@ -213,6 +213,13 @@ pub enum MonitorMessage {
         #[serde(default)]
         index: Option<u64>,
     },
+    /// A call an earlier daemon admitted (with `max_output`) that is still
+    /// under way, told to each daemon that connects.
+    Admitted {
+        ask: crate::proxy::Ask,
+        #[serde(default)]
+        max_output: Option<u64>,
+    },
 }
 
 /// Commands from the daemon to the monitor.

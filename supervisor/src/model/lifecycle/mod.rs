@@ -162,10 +162,12 @@ pub struct AgentRecord {
     /// again after a daemon restart are journaled once).
     #[serde(default)]
     pub calls: u64,
-    /// How many `model_call` events it has: calls end in any order, and a
-    /// monitor tells them again in that order to each daemon.
+    /// How many `model_call` events its current run has: calls end in any
+    /// order, and a monitor tells them again in that order to each daemon.
+    /// Unknown (`None`) in a record folded before it was counted: calls are
+    /// then told apart by number.
     #[serde(default)]
-    pub calls_journaled: u64,
+    pub calls_journaled: Option<u64>,
     /// A `model_call` of its was priced from `[prices]`: its cost is the
     /// calls' (else, for a proxy-metered agent, the CLI's own figure).
     #[serde(default)]
@@ -414,7 +416,7 @@ impl AgentRecord {
             usage: TokenUsage::default(),
             meter: *meter,
             calls: 0,
-            calls_journaled: 0,
+            calls_journaled: Some(0),
             calls_priced: false,
             cost_usd: None,
             session_id: None,
@@ -500,7 +502,9 @@ impl AgentRecord {
                     self.calls_priced = true;
                 }
                 self.calls = self.calls.max(*call);
-                self.calls_journaled += 1;
+                if let Some(journaled) = &mut self.calls_journaled {
+                    *journaled += 1;
+                }
             }
             // Proxy-metered: the tokens are the calls'; a cost the CLI
             // reports stands until a call is priced from `[prices]`.
@@ -584,7 +588,7 @@ impl AgentRecord {
                 self.probe_killed = None;
                 // Its monitor and proxy are new: calls count from 1 again.
                 self.calls = 0;
-                self.calls_journaled = 0;
+                self.calls_journaled = Some(0);
             }
             EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
             EventBody::MergeStarted { target, old, new, .. } => {

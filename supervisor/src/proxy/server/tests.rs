@@ -383,10 +383,11 @@ async fn closing_charges_an_open_call_its_estimate_and_sends_nothing_after() {
     assert_eq!(proxy.open.close("the owner ended"), 1);
     let record = gate.record_of(1).await;
     assert_eq!((record.usage.output, record.flag.as_deref()), (900, Some("the owner ended")));
-    // A second call is refused at once and never reaches the upstream.
+    // A second call is refused at once and never reaches the upstream;
+    // its owner is ending, so nothing of it is recorded either.
     let response = post(&proxy, "/v1/messages", &[("x-api-key", TOKEN)], anthropic_body()).await;
     assert_eq!(response.status(), 503);
-    assert!(gate.record_of(2).await.refused.is_some());
+    assert!(gate.records.lock().unwrap().iter().all(|r| r.call == 1));
     assert_eq!(upstream.headers.lock().unwrap().len(), 1);
     // The first call's answer, when it comes, is passed on and not
     // recorded twice.
@@ -410,6 +411,21 @@ async fn a_first_call_cut_before_any_usage_is_charged_its_bodys_bytes() {
     let bytes = anthropic_body().to_string().len() as u64;
     assert_eq!((record.estimate_input, record.usage.input, record.usage.output), (0, bytes, 900));
     assert!(record.flag.unwrap().contains("cut"));
+}
+
+#[tokio::test]
+async fn an_upstream_that_cannot_be_reached_charges_nothing() {
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&base, gate.clone()).await;
+    let response = post(&proxy, "/v1/messages", &[("x-api-key", TOKEN)], anthropic_body()).await;
+    assert_eq!(response.status(), 502);
+    let record = gate.record_of(1).await;
+    assert_eq!((record.status, record.usage), (502, TokenUsage::default()));
+    assert!(record.flag.unwrap().contains("cannot be reached"));
 }
 
 #[test]
