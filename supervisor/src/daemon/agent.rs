@@ -338,10 +338,14 @@ pub(super) async fn journal_untold_calls(
     address: &Address,
     agent_dir: &crate::sys::paths::AgentDir,
 ) {
+    // Those told already are passed over here, not one by one.
+    let told = daemon.record(address).and_then(|r| r.calls_journaled).unwrap_or(0);
     for (line, call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
         // Its own index, which a lost line before it does not shift.
         let index = call.index.unwrap_or(line as u64);
-        journal_call(daemon, address, call, Some(index)).await;
+        if index >= told {
+            journal_call(daemon, address, call, Some(index)).await;
+        }
     }
 }
 
