@@ -477,7 +477,9 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
     // The next task is a new run, with a new monitor and proxy: its
     // calls count from 1 again, and are journaled all the same.
     repo.corral_ok(&["assign", &address, "three"]);
+    assert_eq!(ps_record(&repo, &address)["task"], "three", "{}", diagnostics(&repo, &address, Some(&mock)));
     assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
+    assert_eq!(model_requests(&mock.requests()).len(), 5, "{}", diagnostics(&repo, &address, Some(&mock)));
     // A daemon restart tells nothing twice.
     let daemon = repo.daemon_pid().expect("a daemon pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -485,8 +487,11 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
     let events = events(&repo, &address);
     let calls = of_type(&events, "model_call");
     let numbers: Vec<u64> = calls.iter().map(|c| c["call"].as_u64().unwrap()).collect();
-    assert_eq!(numbers, vec![1, 2, 1, 2, 3], "{calls:?}");
-    assert_eq!(model_requests(&mock.requests()).len(), 5);
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {}", e["task"].as_str().unwrap_or(""), e["type"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 1, 2, 3], "{kinds:?}\n{}", diagnostics(&repo, &address, Some(&mock)));
     assert_eq!(ps_record(&repo, &address)["usage"]["input"].as_u64(), Some(500));
 }
 
