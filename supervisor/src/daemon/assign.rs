@@ -12,6 +12,10 @@ use crate::model::lifecycle::AgentRecord;
 use crate::wire::monitor::MonitorSpec;
 use crate::wire::protocol::Response;
 
+/// How long the next task waits for the last run's monitor to be gone (it
+/// lingers up to 2 s for whoever still reads it).
+const MONITOR_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `corral assign`: an idle (ended) agent gets its next task in the same
 /// worktree, continuing its CLI's session where the CLI can; a busy one
 /// only with `queue`.
@@ -69,6 +73,15 @@ pub(super) async fn start_assigned(
     task: String,
 ) -> Result<()> {
     let agent_dir = daemon.state.agent(record.id);
+    // The last run's monitor tells its end before it has written its exit
+    // record and let go of its socket: the next run waits for it to be
+    // gone, so neither is taken for the new run's.
+    if let Some(monitor) = record.monitor_pid {
+        let deadline = tokio::time::Instant::now() + MONITOR_GONE_WAIT;
+        while crate::sys::process::alive(monitor) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     let mut spec: MonitorSpec = std::fs::read(agent_dir.spec())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())

@@ -210,6 +210,9 @@ async fn start_monitor(
     record: &AgentRecord,
     keys: Option<ProxyKeys>,
 ) -> Result<Launched> {
+    // An exit record older than this start is an earlier run's (an
+    // assigned task's monitor may still be writing the last one's).
+    let launched_at = chrono::Utc::now();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -257,7 +260,7 @@ async fn start_monitor(
                 _ => {}
             }
         }
-        if let Some(exit) = monitor::read_exit_record(agent_dir) {
+        if let Some(exit) = monitor::read_exit_record(agent_dir).filter(|exit| exit.ended_at >= launched_at) {
             if exit.error.is_some() {
                 break Err(start_error(&record.command, &exit));
             }
