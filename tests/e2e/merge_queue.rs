@@ -972,17 +972,6 @@ fn allowed_targets(journal: &[Value], first: &str) -> Vec<String> {
     allowed
 }
 
-fn kill_daemon(repo: &TestRepo) -> u32 {
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while alive(daemon) {
-        assert!(Instant::now() < deadline, "daemon {daemon} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    daemon
-}
-
 /// Each step of main's first-parent chain since `first` adds exactly one
 /// agent's files, whole, and every agent's files arrive exactly once.
 fn assert_each_step_is_one_whole_merge(
@@ -1087,7 +1076,7 @@ fn a_daemon_killed_in_the_middle_of_merges_leaves_the_target_whole_and_the_queue
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        kill_daemon(&repo);
+        repo.kill_daemon();
         // With no daemon running: the target is before or after the merge
         // in flight, never in between.
         let at = rev(&repo, "main");
@@ -1175,7 +1164,7 @@ fn a_daemon_killed_while_slow_gates_run_merges_everything_after_restart() {
     // The gates are running (a second each).
     std::thread::sleep(Duration::from_millis(300));
     drop(follow);
-    kill_daemon(&repo);
+    repo.kill_daemon();
     let at = rev(&repo, "main");
     let allowed = allowed_targets(&journal(&repo), &first);
     assert!(allowed.contains(&at), "after a SIGKILL main is at {at}, the journal allows only {allowed:?}");

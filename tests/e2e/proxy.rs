@@ -17,7 +17,7 @@ use corral_e2e::real_cli::{
     gemini_env, model_requests, of_type, opencode_env, ps_record, run_deadline, spawn_harness, MockLlm, AIDER_MODEL,
     OPENCODE_MODEL, RUN_DEADLINE,
 };
-use corral_e2e::{poll_until, TestRepo, PATIENCE};
+use corral_e2e::{poll_until, sigkill, TestRepo, PATIENCE};
 use serde_json::{json, Value};
 
 const REAL_KEY: &str = "sk-real-key-that-must-stay-with-corral-7f3a";
@@ -234,6 +234,20 @@ while {calls} == 0 or i < {calls}:
     path.display().to_string()
 }
 
+/// Spawns `name`, metered by the proxy, running the Python `client`
+/// against `mock` with a real-looking key; returns its address.
+fn spawn_client(repo: &TestRepo, mock: &MockLlm, name: &str, client: &str) -> String {
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let spawned = spawn(repo, &[name, "--meter", "proxy", "--", "python3", client], &env);
+    spawned["address"].as_str().unwrap().to_string()
+}
+
+/// Whether the agent has ended (whatever its end).
+fn ended(repo: &TestRepo, address: &str) -> bool {
+    let state = ps_record(repo, address)["state"].clone();
+    !["running", "starting", "pending"].contains(&state.as_str().unwrap_or(""))
+}
+
 fn charged(call: &Value) -> u64 {
     ["input", "output", "cache_read", "cache_write"].iter().map(|f| call["usage"][f].as_u64().unwrap_or(0)).sum()
 }
@@ -264,8 +278,7 @@ fn five_agents_calling_at_once_under_one_subtree_budget_stay_within_it() {
     for i in 0..5 {
         let child = format!("/root/boss/c{i}");
         wait_code(&repo, &child);
-        let state = ps_record(&repo, &child)["state"].clone();
-        assert!(!["running", "starting", "pending"].contains(&state.as_str().unwrap_or("")), "{child} is {state}");
+        assert!(ended(&repo, &child), "{child} is {}", ps_record(&repo, &child)["state"]);
     }
 
     let mut sent = Vec::new();
@@ -300,17 +313,14 @@ fn a_daemon_killed_mid_call_loses_no_call_and_lets_none_through_unmetered() {
         ]}),
     );
     let client = client_script(&repo, "three", 3);
-    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
-    let spawned = spawn(&repo, &["three", "--meter", "proxy", "--", "python3", &client], &env);
-    let address = spawned["address"].as_str().unwrap().to_string();
+    let address = spawn_client(&repo, &mock, "three", &client);
     let id = ps_record(&repo, &address)["id"].as_u64().unwrap();
     let calls_file = repo.state_dir().join(format!("agents/{id}/calls.jsonl"));
     poll_until("the first call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
 
     // The daemon dies while the first call streams; the call ends, its
     // record is kept by the monitor, and the next call waits for a daemon.
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    repo.kill_daemon();
     poll_until("the first call's record", PATIENCE, || {
         std::fs::read_to_string(&calls_file).unwrap_or_default().lines().count() == 1
     });
@@ -384,8 +394,7 @@ wait_for({done:?})
     assert_eq!(journaled(), vec![2, 1], "each call journaled once, in the order they ended");
 
     // A new daemon is told both calls again and journals neither twice.
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    repo.kill_daemon();
     std::fs::write(&done, "").unwrap();
     assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
     let events = events(&repo, &address);
@@ -404,15 +413,12 @@ fn a_call_recorded_while_no_daemon_listened_is_journaled_after_its_agent_ended()
         &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 2000}]}),
     );
     let client = client_script(&repo, "one", 1);
-    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
-    let spawned = spawn(&repo, &["one", "--meter", "proxy", "--", "python3", &client], &env);
-    let address = spawned["address"].as_str().unwrap().to_string();
+    let address = spawn_client(&repo, &mock, "one", &client);
     let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
     poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
     // The daemon dies while the call is upstream; the call ends, the agent
     // exits and its monitor ends with no daemon to tell.
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    repo.kill_daemon();
     poll_until("the monitor's end", PATIENCE, || !corral_e2e::alive(monitor));
 
     // The next daemon finds the agent ended, and its call in the calls file.
@@ -432,18 +438,13 @@ fn a_monitor_killed_mid_call_leaves_the_call_charged_what_it_was_admitted_for() 
         &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
     );
     let client = client_script(&repo, "one", 1);
-    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
-    let spawned = spawn(&repo, &["orphan", "--meter", "proxy", "--", "python3", &client], &env);
-    let address = spawned["address"].as_str().unwrap().to_string();
-    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as i32;
+    let address = spawn_client(&repo, &mock, "orphan", &client);
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
     poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
     // The monitor dies with the call upstream: nobody will ever read its
     // answer, but the model server may charge for it all the same.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
-    poll_until("the agent's end", PATIENCE, || {
-        let state = ps_record(&repo, &address)["state"].clone();
-        !["running", "starting"].contains(&state.as_str().unwrap_or(""))
-    });
+    sigkill(monitor);
+    poll_until("the agent's end", PATIENCE, || ended(&repo, &address));
     let events = events(&repo, &address);
     let calls = of_type(&events, "model_call");
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -470,9 +471,7 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
     let script = std::fs::read_to_string(&client).unwrap();
     let script = script.replace("i = 0\n", "i = 0\nif os.environ.get('CORRAL_TASK') == 'three':\n    i = -1\n");
     std::fs::write(&client, script).unwrap();
-    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
-    let spawned = spawn(&repo, &["again", "--meter", "proxy", "--", "python3", &client], &env);
-    let address = spawned["address"].as_str().unwrap().to_string();
+    let address = spawn_client(&repo, &mock, "again", &client);
     assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
     // The next task is a new run, with a new monitor and proxy: its
     // calls count from 1 again, and are journaled all the same.
@@ -481,8 +480,7 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
     assert_eq!(wait_code(&repo, &address), Some(0), "{}", diagnostics(&repo, &address, Some(&mock)));
     assert_eq!(model_requests(&mock.requests()).len(), 5, "{}", diagnostics(&repo, &address, Some(&mock)));
     // A daemon restart tells nothing twice.
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    repo.kill_daemon();
     repo.corral_ok(&["ps"]);
     let events = events(&repo, &address);
     let calls = of_type(&events, "model_call");
@@ -504,23 +502,16 @@ fn a_call_admitted_before_a_daemon_restart_is_still_charged_when_its_monitor_die
         &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
     );
     let client = client_script(&repo, "one", 1);
-    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
-    let spawned = spawn(&repo, &["readmit", "--meter", "proxy", "--", "python3", &client], &env);
-    let address = spawned["address"].as_str().unwrap().to_string();
-    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as i32;
+    let address = spawn_client(&repo, &mock, "readmit", &client);
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
     poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
     // The daemon that admitted the call dies; the next adopts the agent and
     // is told of the call under way.
-    let daemon = repo.daemon_pid().expect("a daemon pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    poll_until("the daemon's end", PATIENCE, || !corral_e2e::alive(daemon));
+    repo.kill_daemon();
     poll_until("the agent adopted", PATIENCE, || !of_type(&events(&repo, &address), "adopted").is_empty());
     // Then the monitor dies with the call still upstream.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
-    poll_until("the agent's end", PATIENCE, || {
-        let state = ps_record(&repo, &address)["state"].clone();
-        !["running", "starting"].contains(&state.as_str().unwrap_or(""))
-    });
+    sigkill(monitor);
+    poll_until("the agent's end", PATIENCE, || ended(&repo, &address));
     let events = events(&repo, &address);
     let calls = of_type(&events, "model_call");
     assert_eq!(calls.len(), 1, "{calls:?}");

@@ -119,11 +119,6 @@ with urllib.request.urlopen(req) as r:
         command.args(args);
         run_deadline(command, PATIENCE, &format!("corral {args:?}"))
     };
-    let kill_daemon = || {
-        let daemon = repo.daemon_pid().expect("a daemon pid") as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::Signal::SIGKILL).unwrap();
-        poll_until("the daemon's end", PATIENCE, || !corral_e2e::alive(daemon as u32));
-    };
     let waited = |expected: i32| {
         let out = corral(&["wait", address, "--timeout", "60"]);
         assert_eq!(out.status.code(), Some(expected), "{}\n{}", describe(&out), why());
@@ -137,7 +132,7 @@ with urllib.request.urlopen(req) as r:
 
     // The key from the environment went with the daemon: the next task is
     // refused, saying where a key can be kept, and nothing goes upstream.
-    kill_daemon();
+    repo.kill_daemon();
     let out = corral(&["assign", address, "again"]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{}", describe(&out));
@@ -153,7 +148,7 @@ with urllib.request.urlopen(req) as r:
         format!("[proxy.anthropic]\nkey_file = \"{}\"\n", key_file.display()),
     )
     .unwrap();
-    kill_daemon();
+    repo.kill_daemon();
     let out = corral(&["assign", address, "once more"]);
     assert!(out.status.success(), "{}\n{}", describe(&out), why());
     waited(0);

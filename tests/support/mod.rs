@@ -53,6 +53,11 @@ pub fn poll_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Sends SIGKILL to `pid`.
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
 /// True when the process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -210,6 +215,14 @@ impl TestRepo {
 
     pub fn daemon_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.state_dir().join("daemon.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// SIGKILLs the daemon and waits until it is gone; returns its pid.
+    pub fn kill_daemon(&self) -> u32 {
+        let daemon = self.daemon_pid().expect("a daemon pid");
+        sigkill(daemon);
+        poll_until(&format!("daemon {daemon} to die of SIGKILL"), PATIENCE, || !alive(daemon));
+        daemon
     }
 
     /// A path in the scratch folder (outside the repository).

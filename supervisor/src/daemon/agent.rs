@@ -240,8 +240,8 @@ async fn follow_monitor(
                     Ok(MonitorMessage::Admitted { ask, max_output }) => {
                         super::budgets::readmit(daemon, &record.address, ask, max_output);
                     }
-                    Ok(MonitorMessage::ModelCall { record: call, index }) => {
-                        journal_call(daemon, &record.address, call, index).await;
+                    Ok(MonitorMessage::ModelCall { record: call }) => {
+                        journal_call(daemon, &record.address, call).await;
                     }
                     Ok(MonitorMessage::Exit { record }) => return Some(record),
                     Ok(MonitorMessage::Status { .. }) => {}
@@ -315,11 +315,11 @@ async fn follow_monitor(
 }
 
 /// Journals a model call the agent's proxy reported (once: a monitor tells
-/// each daemon that connects every call so far, `index` counting them in
-/// the order they ended), then checks the budgets over the agent.
-async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord, index: Option<u64>) {
+/// each daemon that connects every call so far, its `index` counting them
+/// in the order they ended), then checks the budgets over the agent.
+async fn journal_call(daemon: &Arc<Daemon>, address: &Address, call: crate::proxy::CallRecord) {
     let Some(current) = daemon.record(address) else { return };
-    let told = match (index, current.calls_journaled) {
+    let told = match (call.index, current.calls_journaled) {
         (Some(index), Some(journaled)) => index < journaled,
         // A monitor of an earlier build numbers nothing, a record of one
         // counted nothing: by call number.
@@ -340,11 +340,11 @@ pub(super) async fn journal_untold_calls(
 ) {
     // Those told already are passed over here, not one by one.
     let told = daemon.record(address).and_then(|r| r.calls_journaled).unwrap_or(0);
-    for (line, call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
-        // Its own index, which a lost line before it does not shift.
-        let index = call.index.unwrap_or(line as u64);
-        if index >= told {
-            journal_call(daemon, address, call, Some(index)).await;
+    for (line, mut call) in crate::monitor::read_calls(agent_dir).into_iter().enumerate() {
+        // Its own index, which a lost line before it does not shift (a
+        // file of an earlier build has none: its place).
+        if *call.index.get_or_insert(line as u64) >= told {
+            journal_call(daemon, address, call).await;
         }
     }
 }

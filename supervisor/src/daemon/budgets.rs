@@ -362,11 +362,7 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
             let held = crate::proxy::decide(&headroom(daemon, address, &in_flight, true), ask);
             let paused = daemon.record(address).and_then(|r| r.paused);
             if let (Decision::Allow { max_output }, None) = (&held, &paused) {
-                let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
-                in_flight
-                    .entry(address.clone())
-                    .or_default()
-                    .insert(ask.call, Admitted { ask: ask.clone(), output_cap });
+                in_flight.entry(address.clone()).or_default().insert(ask.call, Admitted::new(ask.clone(), *max_output));
                 daemon.held_inputs.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
                 return held;
             }
@@ -399,9 +395,8 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
 /// A call an earlier daemon admitted, still under way: held again under
 /// the budgets, as if admitted here.
 pub(super) fn readmit(daemon: &Daemon, address: &Address, ask: crate::proxy::Ask, max_output: Option<u64>) {
-    let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
     let mut in_flight = daemon.calls_in_flight.lock().unwrap_or_else(|e| e.into_inner());
-    in_flight.entry(address.clone()).or_default().entry(ask.call).or_insert(Admitted { ask, output_cap });
+    in_flight.entry(address.clone()).or_default().entry(ask.call).or_insert_with(|| Admitted::new(ask, max_output));
 }
 
 /// A model call admitted and not yet reported.
@@ -413,6 +408,13 @@ pub(super) struct Admitted {
 }
 
 impl Admitted {
+    /// An admission with `max_output`: the output cap it goes with is that,
+    /// else the one it asked for, else the largest there is.
+    fn new(ask: crate::proxy::Ask, max_output: Option<u64>) -> Admitted {
+        let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
+        Admitted { ask, output_cap }
+    }
+
     /// What it may spend of a token budget.
     fn tokens(&self) -> u64 {
         self.ask.estimate_input.saturating_add(self.output_cap)

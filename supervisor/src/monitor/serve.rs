@@ -187,7 +187,7 @@ fn serve_daemon(
         } else {
             state
         };
-        let calls: Vec<_> = state.calls[sent_calls..].iter().cloned().zip(sent_calls as u64..).collect();
+        let calls: Vec<_> = state.calls[sent_calls..].to_vec();
         sent_calls = state.calls.len();
         let asks: Vec<_> = state.asks.values().filter(|a| !asked.contains(&a.call)).cloned().collect();
         sent_asks = state.asks_generation;
@@ -209,8 +209,8 @@ fn serve_daemon(
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
         }
-        for (record, index) in calls {
-            send(&mut stream, &MonitorMessage::ModelCall { record, index: Some(index) })?;
+        for record in calls {
+            send(&mut stream, &MonitorMessage::ModelCall { record })?;
         }
         for ask in asks {
             asked.insert(ask.call);

@@ -55,6 +55,13 @@ pub struct Estimate {
     pub output: u64,
 }
 
+impl Estimate {
+    /// The estimate as a charge: its input floor and its output cap.
+    pub fn usage(self) -> TokenUsage {
+        TokenUsage { input: self.input, output: self.output, cache_read: 0, cache_write: 0 }
+    }
+}
+
 /// How a response's body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -352,8 +359,7 @@ impl WireMeter {
         };
         // A call whose final usage arrived before a cut is billed that
         // usage; any other is charged no less than its estimate.
-        let floor = TokenUsage { input: estimate.input, output: estimate.output, cache_read: 0, cache_write: 0 };
-        let usage = if self.settled { self.seen } else { charge_floor(self.seen, floor) };
+        let usage = if self.settled { self.seen } else { charge_floor(self.seen, estimate.usage()) };
         Charge { usage, flag: Some(why.to_owned()), model }
     }
 }

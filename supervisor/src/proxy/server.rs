@@ -364,6 +364,7 @@ struct Call {
 async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     let (provider, family) = (call.provider, call.family);
     let error_reply = |status: u16, message: String| json_response(status, &family.error(status, &message).1);
+    let ended = || error_reply(503, "corral: the agent has ended, so its call was not sent".into());
     let mut json: Value = match serde_json::from_slice(&call.body) {
         Ok(json) => json,
         Err(err) => {
@@ -408,8 +409,8 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
     let decision = inner.gate.admit(ask).await;
     // Closed meanwhile (its owner is ending): it was not sent, and no
     // record of it is wanted now.
-    if inner.open.lock().unwrap().is_none() {
-        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
+    if inner.closed() {
+        let _ = reply.send(ended());
         return;
     }
     let max_output = match decision {
@@ -438,15 +439,12 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         arrived: call.arrived,
         first_byte: None,
     };
-    let Some(slot) = inner.open(open) else {
-        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
+    // Opened, unless closed; and closed meanwhile, it is already recorded
+    // and not to be sent.
+    let Some(slot) = inner.open(open).filter(|slot| slot.lock().unwrap().is_some()) else {
+        let _ = reply.send(ended());
         return;
     };
-    // Closed meanwhile: already recorded, and not to be sent.
-    if slot.lock().unwrap().is_none() {
-        let _ = reply.send(error_reply(503, "corral: the agent has ended, so its call was not sent".into()));
-        return;
-    }
     let sent = send(&inner, family, &call.upstream, &call.method, &call.path, &call.query, &call.headers, body).await;
     let response = match sent {
         Ok(response) => response,
@@ -623,18 +621,30 @@ impl Inner {
         Some(slot)
     }
 
-    /// Records an open call the upstream never answered: charged nothing
-    /// when it cannot have been sent, else no less than its estimate.
-    fn fail_call(&self, slot: &Slot, unsent: &Unsent) {
-        let Some(open) = slot.lock().unwrap().take() else { return };
+    /// Takes an open call for its record, once (its own end and a close
+    /// may race), and forgets it.
+    fn take(&self, slot: &Slot) -> Option<Open> {
+        let open = slot.lock().unwrap().take()?;
         if let Some(calls) = self.open.lock().unwrap().as_mut() {
             calls.remove(&open.record.call);
         }
+        Some(open)
+    }
+
+    /// Whether the proxy is closed: nothing more is sent or recorded.
+    fn closed(&self) -> bool {
+        self.open.lock().unwrap().is_none()
+    }
+
+    /// Records an open call the upstream never answered: charged nothing
+    /// when it cannot have been sent, else no less than its estimate.
+    fn fail_call(&self, slot: &Slot, unsent: &Unsent) {
+        let Some(open) = self.take(slot) else { return };
         let elapsed = open.arrived.elapsed().as_secs_f64() * 1000.0;
         let (usage, flag) = match unsent.maybe_sent {
             false => (TokenUsage::default(), unsent.message.clone()),
             true => (
-                TokenUsage { input: open.estimate.input, output: open.estimate.output, ..Default::default() },
+                open.estimate.usage(),
                 format!("{}; it may have reached the upstream, so it is charged its estimate", unsent.message),
             ),
         };
@@ -651,10 +661,7 @@ impl Inner {
     /// Records an open call that ended as `end` (`why` says so when it
     /// was ended for it), unless it was recorded already.
     fn close_call(&self, slot: &Slot, end: End, why: Option<&str>) {
-        let Some(open) = slot.lock().unwrap().take() else { return };
-        if let Some(calls) = self.open.lock().unwrap().as_mut() {
-            calls.remove(&open.record.call);
-        }
+        let Some(open) = self.take(slot) else { return };
         let now = Instant::now();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let (usage, flag, model) = match open.meter {
@@ -663,11 +670,7 @@ impl Inner {
                 (charge.usage, charge.flag, charge.model)
             }
             // Sent, and no answer yet: the upstream may charge it all.
-            None => {
-                let usage =
-                    TokenUsage { input: open.estimate.input, output: open.estimate.output, ..Default::default() };
-                (usage, Some("the call ended before its answer came".to_owned()), None)
-            }
+            None => (open.estimate.usage(), Some("the call ended before its answer came".to_owned()), None),
         };
         let flag = match (why, flag) {
             (Some(why), Some(_)) => Some(why.to_owned()),

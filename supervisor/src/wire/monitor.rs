@@ -205,13 +205,11 @@ pub enum MonitorMessage {
         ask: crate::proxy::Ask,
     },
     /// A model call has ended (or was refused). Every call so far is sent
-    /// to each daemon that connects, in the order they ended, `index`
-    /// counting from 0; the daemon journals each once. (Calls end in any
-    /// order: an agent may make several at once.)
+    /// to each daemon that connects, in the order they ended (the record's
+    /// `index`); the daemon journals each once. (Calls end in any order:
+    /// an agent may make several at once.)
     ModelCall {
         record: crate::proxy::CallRecord,
-        #[serde(default)]
-        index: Option<u64>,
     },
     /// A call an earlier daemon admitted (with `max_output`) that is still
     /// under way, told to each daemon that connects.
