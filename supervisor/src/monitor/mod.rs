@@ -23,8 +23,10 @@
 //! follow-up gets the latest size set by a client.
 //!
 //! Rooms: `pty` starts the agent in its PTY (and `corral exec-agent`, the
-//! shim that gives it another stdin) and writes its input; `serve` answers
-//! the connections on `monitor.sock`; this file runs the agent's life.
+//! shim that gives it another stdin) and writes its input; `output` copies
+//! what it prints into its log; `serve` answers the connections on
+//! `monitor.sock`; `meter` runs its metering proxy; this file runs the
+//! agent's life.
 //! The monitor's own log lines go to its stderr, `monitor.log`, through
 //! `tracing` (levels from `RUST_LOG`, `info` by default).
 //!
@@ -32,6 +34,7 @@
 //! hundred of them should cost little memory.
 
 mod meter;
+mod output;
 mod pty;
 mod serve;
 
@@ -41,7 +44,7 @@ pub use pty::exec_agent;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +55,7 @@ use crate::model::restart::{RestartState, RunEnd};
 use crate::sys::paths::AgentDir;
 use crate::sys::process;
 use crate::wire::monitor::{ExitRecord, InputMode, MonitorMessage, MonitorSpec};
+use output::spawn_output_pump;
 use pty::{resize_master, spawn_input_writer, start_agent, InputOp};
 
 /// The agent's PTY master, kept where connections can resize it, and the
@@ -71,6 +75,45 @@ struct Shared {
 }
 
 impl Shared {
+    /// A fresh start: nothing running, the log `log_len` bytes long, the
+    /// PTY to open at `rows` x `cols`.
+    fn new(log_len: u64, rows: u16, cols: u16) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                pid: 0,
+                log_len,
+                output_waiters: 0,
+                output_closed: false,
+                stop_requested: false,
+                exit: None,
+                peers: 0,
+                generation: 0,
+                tag: None,
+                follow_ups: std::collections::VecDeque::new(),
+                tags_seen: std::collections::HashSet::new(),
+                accepting: true,
+                held: false,
+                between: false,
+                inputs_seen: std::collections::HashSet::new(),
+                probe_failed: false,
+                stopping: 0,
+                restart_note: None,
+                restart_generation: 0,
+                log_bytes_lost: 0,
+                asks: Default::default(),
+                asks_generation: 0,
+                admission_waiters: Default::default(),
+                calls: Vec::new(),
+                admitted: Default::default(),
+                calls_in_flight: 0,
+                held_calls: Default::default(),
+                frozen: false,
+            }),
+            changed: Condvar::new(),
+            pty: Mutex::new(PtyControl { master: None, rows, cols }),
+        }
+    }
+
     /// Waits on `changed` while `waiting` holds, counted as a waiter for
     /// output (see `State::output_waiters`).
     fn wait_for_output<'a>(
@@ -161,40 +204,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let mut log = OpenOptions::new().create(true).append(true).open(agent.log())?;
     let initial_len = log.seek(SeekFrom::End(0))?;
 
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            pid: 0,
-            log_len: initial_len,
-            output_waiters: 0,
-            output_closed: false,
-            stop_requested: false,
-            exit: None,
-            peers: 0,
-            generation: 0,
-            tag: None,
-            follow_ups: std::collections::VecDeque::new(),
-            tags_seen: std::collections::HashSet::new(),
-            accepting: true,
-            held: false,
-            between: false,
-            inputs_seen: std::collections::HashSet::new(),
-            probe_failed: false,
-            stopping: 0,
-            restart_note: None,
-            restart_generation: 0,
-            log_bytes_lost: 0,
-            asks: Default::default(),
-            asks_generation: 0,
-            admission_waiters: Default::default(),
-            calls: Vec::new(),
-            admitted: Default::default(),
-            calls_in_flight: 0,
-            held_calls: Default::default(),
-            frozen: false,
-        }),
-        changed: Condvar::new(),
-        pty: Mutex::new(PtyControl { master: None, rows: spec.rows, cols: spec.cols }),
-    });
+    let shared = Arc::new(Shared::new(initial_len, spec.rows, spec.cols));
 
     // The metering proxy comes up before the agent, which is pointed at it;
     // an agent whose proxy cannot start does not start (fail closed).
@@ -509,142 +519,6 @@ fn note(shared: &Shared, log: &mut File, line: &str) {
     if log.write_all(line.as_bytes()).is_ok() {
         shared.state.lock().unwrap().log_len += line.len() as u64;
         shared.changed.notify_all();
-    }
-}
-
-/// Copies PTY output into the log, byte for byte, and tells waiters.
-fn spawn_output_pump(mut reader: Box<dyn Read + Send>, log: File, shared: Arc<Shared>, dir: PathBuf) {
-    std::thread::spawn(move || {
-        let mut log = OutputLog::new(log, &dir);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    // The PTY is always read, whatever the log can take: an
-                    // agent never blocks on a full disk.
-                    let (kept, lost) = log.write(&buf[..n]);
-                    let mut state = shared.state.lock().unwrap();
-                    state.log_len += kept;
-                    state.log_bytes_lost += lost;
-                    if state.output_waiters > 0 {
-                        shared.changed.notify_all();
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break, // EIO: every holder of the PTY's other side is gone.
-            }
-        }
-        log.finish();
-        shared.state.lock().unwrap().output_closed = true;
-        shared.changed.notify_all();
-    });
-}
-
-/// The agent's output log, on a disk that may fill up. What cannot be
-/// written is counted, never retried from memory (an agent flooding a
-/// full disk would grow the monitor without bound); once writes go
-/// through again, a line in the log says how many bytes are missing.
-///
-/// The log is synced when the agent's output ends, before its exit is
-/// told. So that a flood's sync does not hold the exit up, the disk is
-/// asked to start writing every [`WRITE_OUT_EVERY`] bytes as they come
-/// (without waiting for it): at the end only the last piece is left.
-struct OutputLog {
-    file: File,
-    /// Bytes lost since the last write that went through, and why.
-    gap: Option<(u64, std::io::Error)>,
-    /// `log.fault` beside the log, when tests inject faults.
-    fault_file: Option<PathBuf>,
-    /// Bytes written since the disk was last asked to write them out.
-    unwritten: u64,
-}
-
-/// How much output gathers before the disk is asked to write it out.
-const WRITE_OUT_EVERY: u64 = 8 << 20;
-
-impl OutputLog {
-    fn new(file: File, dir: &Path) -> OutputLog {
-        let fault_file = std::env::var_os("CORRAL_FAULT_INJECTION").map(|_| dir.join("log.fault"));
-        OutputLog { file, gap: None, fault_file, unwritten: 0 }
-    }
-
-    /// Starts the disk writing what is written so far (`sync_file_range`
-    /// with only `SYNC_FILE_RANGE_WRITE`: pages already on their way are
-    /// left, nothing is waited for).
-    fn write_out(&mut self) {
-        use std::os::fd::AsRawFd;
-        self.unwritten = 0;
-        // SAFETY: sync_file_range reads only its integer arguments; the
-        // descriptor is the log's own, open for the call.
-        unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    }
-
-    /// Writes `bytes`; returns how many reached the log (the note of a
-    /// gap included) and how many were lost.
-    fn write(&mut self, bytes: &[u8]) -> (u64, u64) {
-        let mut kept = 0;
-        if let Some((lost, err)) = self.gap.as_ref().map(|(lost, err)| (*lost, err.to_string())) {
-            let note = format!("\r\n[corral: {lost} bytes of output were lost here: {err}]\r\n");
-            match self.write_some(note.as_bytes()) {
-                Ok(()) => {
-                    tracing::info!("the output log can be written again; {lost} bytes were lost");
-                    kept += note.len() as u64;
-                    self.gap = None;
-                }
-                Err(_) => return (0, self.lose(bytes.len() as u64, None)),
-            }
-        }
-        match self.write_some(bytes) {
-            Ok(()) => {
-                self.unwritten += bytes.len() as u64;
-                if self.unwritten >= WRITE_OUT_EVERY {
-                    self.write_out();
-                }
-                (kept + bytes.len() as u64, 0)
-            }
-            Err((written, err)) => (kept + written, self.lose(bytes.len() as u64 - written, Some(err))),
-        }
-    }
-
-    fn lose(&mut self, bytes: u64, err: Option<std::io::Error>) -> u64 {
-        match (&mut self.gap, err) {
-            (Some((lost, _)), _) => *lost += bytes,
-            (None, Some(err)) => {
-                tracing::warn!("cannot write the output log ({err}); the agent runs on, its output is counted as lost");
-                self.gap = Some((bytes, err));
-            }
-            (None, None) => {}
-        }
-        bytes
-    }
-
-    /// `write_all`, saying how far it got when it failed.
-    fn write_some(&mut self, mut bytes: &[u8]) -> Result<(), (u64, std::io::Error)> {
-        let total = bytes.len() as u64;
-        if let Some(err) = self.injected_fault() {
-            return Err((0, err));
-        }
-        while !bytes.is_empty() {
-            match self.file.write(bytes) {
-                Ok(0) => return Err((total - bytes.len() as u64, std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err((total - bytes.len() as u64, e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// With `CORRAL_FAULT_INJECTION` set, a file `log.fault` in the agent's
-    /// folder makes every write fail with ENOSPC until it is removed.
-    fn injected_fault(&self) -> Option<std::io::Error> {
-        let path = self.fault_file.as_ref()?;
-        path.exists().then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
-    }
-
-    fn finish(&mut self) {
-        let _ = self.file.sync_data();
     }
 }
 
