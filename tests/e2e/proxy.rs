@@ -520,6 +520,37 @@ fn a_call_admitted_before_a_daemon_restart_is_still_charged_when_its_monitor_die
 }
 
 #[test]
+fn a_call_admitted_by_a_daemon_that_died_is_charged_when_its_monitor_dies_before_the_next_daemon() {
+    let repo = TestRepo::new();
+    let mock = MockLlm::start(
+        &repo,
+        "unheard",
+        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
+    );
+    let client = client_script(&repo, "one", 1);
+    let address = spawn_client(&repo, &mock, "unheard", &client);
+    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
+    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    // The daemon that admitted the call dies, and the monitor with it
+    // before any daemon comes back: no daemon holds the admission, and the
+    // call was never recorded.
+    repo.kill_daemon();
+    sigkill(monitor);
+    poll_until("the agent's end", PATIENCE, || ended(&repo, &address));
+    let journal = events(&repo, &address);
+    let calls = of_type(&journal, "model_call");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["usage"]["output"].as_u64(), Some(1000), "{}", calls[0]);
+    assert!(calls[0]["usage"]["input"].as_u64().unwrap() > 50, "{}", calls[0]);
+    assert!(calls[0]["flag"].as_str().unwrap().contains("monitor"), "{}", calls[0]);
+    assert_eq!(of_type(&journal, "exited")[0]["state"], "lost", "{journal:?}");
+    // A daemon restart charges it no second time.
+    repo.kill_daemon();
+    repo.corral_ok(&["ps"]);
+    assert_eq!(of_type(&events(&repo, &address), "model_call").len(), 1);
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =

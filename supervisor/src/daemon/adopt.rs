@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::agent::{exited_body, flush_output, journal_untold_calls, supervise};
+use super::agent::{charge_unrecorded, exited_body, flush_output, journal_untold_calls, supervise};
 use super::reader::{agent_env, OutputReader};
 use super::{blocking, Daemon};
 use crate::git::worktree;
@@ -52,6 +52,10 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
         give_up_start(daemon, &record, "the daemon stopped before the agent started").await;
         return;
     }
+    // The monitor died, maybe with calls upstream that no record tells.
+    let held = super::budgets::settle_call(daemon, &record.address, None);
+    charge_unrecorded(daemon, &record.address, &agent_dir, held).await;
+    let record = daemon.record(&record.address).unwrap_or(record);
     let body = EventBody::Exited {
         state: AgentState::Lost,
         code: None,

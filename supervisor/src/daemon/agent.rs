@@ -127,9 +127,7 @@ async fn watch_monitor(
     // was admitted for (a meter never counts less than was used).
     let unreported = super::budgets::settle_call(daemon, &record.address, None);
     if exit.is_none() {
-        for admitted in unreported {
-            charge_unreported(daemon, &record.address, admitted).await;
-        }
+        charge_unrecorded(daemon, &record.address, &agent_dir, unreported).await;
     }
     flush_output(daemon, &record, &mut reader, true, &mut Progress::default()).await;
     // Whoever still waits to send learns the agent has ended.
@@ -345,6 +343,32 @@ pub(super) async fn journal_untold_calls(
         // file of an earlier build has none: its place).
         if *call.index.get_or_insert(line as u64) >= told {
             journal_call(daemon, address, call).await;
+        }
+    }
+}
+
+/// Charges each call the agent's monitor was admitted for and never
+/// recorded, when the monitor vanished without an exit record: those
+/// this daemon held (`held`), and those its `admitted.jsonl` names (the
+/// daemon that admitted them may have died before this one connected).
+/// Calls its calls file records were journaled before this.
+pub(super) async fn charge_unrecorded(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    agent_dir: &crate::sys::paths::AgentDir,
+    held: Vec<super::budgets::Admitted>,
+) {
+    let recorded: std::collections::HashSet<u64> =
+        crate::monitor::read_calls(agent_dir).iter().map(|call| call.call).collect();
+    let mut unrecorded: std::collections::BTreeMap<u64, super::budgets::Admitted> =
+        held.into_iter().map(|admitted| (admitted.ask.call, admitted)).collect();
+    for line in crate::monitor::read_admitted(agent_dir) {
+        let call = line.ask.call;
+        unrecorded.entry(call).or_insert_with(|| super::budgets::Admitted::new(line.ask, line.max_output));
+    }
+    for (call, admitted) in unrecorded {
+        if !recorded.contains(&call) {
+            charge_unreported(daemon, address, admitted).await;
         }
     }
 }

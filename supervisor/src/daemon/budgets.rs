@@ -410,7 +410,7 @@ pub(super) struct Admitted {
 impl Admitted {
     /// An admission with `max_output`: the output cap it goes with is that,
     /// else the one it asked for, else the largest there is.
-    fn new(ask: crate::proxy::Ask, max_output: Option<u64>) -> Admitted {
+    pub(super) fn new(ask: crate::proxy::Ask, max_output: Option<u64>) -> Admitted {
         let output_cap = max_output.or(ask.asked_output).unwrap_or(crate::proxy::request::UNCAPPED_OUTPUT);
         Admitted { ask, output_cap }
     }

@@ -15,8 +15,12 @@
 //! daemon is told, and every record is told again to each daemon that
 //! connects, so calls made while the daemon was down reach the journal.
 //!
-//! Owns: the proxy's thread and runtime, `calls.jsonl`. Never does: decide
-//! an admission (the daemon does) or journal.
+//! Each admission is appended to `admitted.jsonl` (and synced) before its
+//! call is sent: a monitor killed while no daemon listened leaves the
+//! next daemon the calls it may have sent and never recorded.
+//!
+//! Owns: the proxy's thread and runtime, `calls.jsonl`, `admitted.jsonl`.
+//! Never does: decide an admission (the daemon does) or journal.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,12 +48,37 @@ pub(super) fn calls_file(agent: &AgentDir) -> PathBuf {
 
 /// Reads the calls an agent's proxy recorded (a torn last line is skipped).
 pub fn read_calls(agent: &AgentDir) -> Vec<CallRecord> {
-    let text = std::fs::read_to_string(calls_file(agent)).unwrap_or_default();
+    read_lines(&calls_file(agent))
+}
+
+/// The agent's admissions file: every call its proxy was let send.
+pub fn admitted_file(agent: &AgentDir) -> PathBuf {
+    agent.dir.join("admitted.jsonl")
+}
+
+/// One line of `admitted.jsonl`: a call let go upstream, and the output
+/// cap it went with.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AdmittedCall {
+    pub ask: Ask,
+    pub max_output: Option<u64>,
+}
+
+/// Reads the calls an agent's proxy was admitted for (a torn last line
+/// is skipped: its call was not sent).
+pub fn read_admitted(agent: &AgentDir) -> Vec<AdmittedCall> {
+    read_lines(&admitted_file(agent))
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Vec<T> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
 }
 
 struct MonitorGate {
     shared: Arc<Shared>,
+    /// `admitted.jsonl`.
+    admitted: PathBuf,
     /// The calls file, locked from a record's append until it is in
     /// `calls`: the file and what the daemon is told keep one order, so
     /// a daemon can take from the file what it was never told.
@@ -60,6 +89,7 @@ impl Gate for MonitorGate {
     fn admit(&self, ask: Ask) -> Admission {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let call = ask.call;
+        let admitted = (self.admitted.clone(), ask.clone());
         {
             let mut state = self.shared.state.lock().unwrap();
             state.calls_in_flight += 1;
@@ -73,6 +103,24 @@ impl Gate for MonitorGate {
             let mut rx = rx;
             loop {
                 match tokio::time::timeout(ADMISSION_WAIT, &mut rx).await {
+                    Ok(Ok(Decision::Allow { max_output })) => {
+                        let (file, ask) = admitted;
+                        let line = AdmittedCall { ask, max_output };
+                        // Kept before it is sent; a call whose admission
+                        // cannot be kept is not sent.
+                        return match append(&file, &line) {
+                            Ok(()) => Decision::Allow { max_output },
+                            Err(err) => {
+                                tracing::warn!("call {call}: cannot keep its admission in {}: {err}", file.display());
+                                Decision::Refuse {
+                                    message: format!(
+                                        "corral: the call's admission could not be kept ({err}), so the call \
+                                         was not sent"
+                                    ),
+                                }
+                            }
+                        };
+                    }
                     Ok(Ok(decision)) => return decision,
                     // Held for a paused budget: waits as long as the pause
                     // lasts (the agent's processes are frozen meanwhile).
@@ -113,8 +161,8 @@ impl Gate for MonitorGate {
     }
 }
 
-fn append(file: &PathBuf, call: &CallRecord) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(call).map_err(std::io::Error::other)?;
+fn append(file: &PathBuf, line: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(line).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
     out.write_all(&line)?;
@@ -151,7 +199,11 @@ pub(super) fn start(
         })
         .collect();
     let config = ProxyConfig { token: Token(meter.token.clone()), upstreams };
-    let gate = Arc::new(MonitorGate { shared, file: std::sync::Mutex::new(calls_file(agent)) });
+    let gate = Arc::new(MonitorGate {
+        shared,
+        admitted: admitted_file(agent),
+        file: std::sync::Mutex::new(calls_file(agent)),
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("proxy".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -11,6 +11,7 @@
 //!         output.log                everything the agent wrote to its PTY
 //!         monitor.sock, monitor.pid, monitor.log
 //!         exit.json                 the exit record, written by the monitor
+//!         calls.jsonl, admitted.jsonl   the metering proxy's calls and admissions
 //! <worktree root>/<repo>-<hash>/<flat address>   the worktrees
 //! ```
 //!
