@@ -348,10 +348,11 @@ pub(super) async fn journal_untold_calls(
 }
 
 /// Charges each call the agent's monitor was admitted for and never
-/// recorded, when the monitor vanished without an exit record: those
-/// this daemon held (`held`), and those its `admitted.jsonl` names (the
-/// daemon that admitted them may have died before this one connected).
-/// Calls its calls file records were journaled before this.
+/// recorded, when the monitor vanished without an exit record. Its
+/// `admitted.jsonl` names every call it may have sent (it keeps each
+/// admission before it sends); a monitor of an earlier build kept none,
+/// and the admissions this daemon holds (`held`) stand in. Calls its calls
+/// file records were journaled before this.
 pub(super) async fn charge_unrecorded(
     daemon: &Arc<Daemon>,
     address: &Address,
@@ -360,22 +361,28 @@ pub(super) async fn charge_unrecorded(
 ) {
     let recorded: std::collections::HashSet<u64> =
         crate::monitor::read_calls(agent_dir).iter().map(|call| call.call).collect();
-    let mut unrecorded: std::collections::BTreeMap<u64, super::budgets::Admitted> =
-        held.into_iter().map(|admitted| (admitted.ask.call, admitted)).collect();
-    for line in crate::monitor::read_admitted(agent_dir) {
-        let call = line.ask.call;
-        unrecorded.entry(call).or_insert_with(|| super::budgets::Admitted::new(line.ask, line.max_output));
-    }
-    for (call, admitted) in unrecorded {
-        if !recorded.contains(&call) {
-            charge_unreported(daemon, address, admitted).await;
+    let admitted: Vec<super::budgets::Admitted> = match crate::monitor::read_admitted(agent_dir) {
+        Some(lines) => lines.into_iter().map(|line| super::budgets::Admitted::new(line.ask, line.max_output)).collect(),
+        None => held,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for admitted in admitted {
+        if !recorded.contains(&admitted.ask.call) && seen.insert(admitted.ask.call) {
+            charge_unreported(daemon, address, agent_dir, admitted).await;
         }
     }
 }
 
-/// Journals a call admitted whose monitor vanished before reporting it,
-/// charged its input floor and its output cap.
-async fn charge_unreported(daemon: &Arc<Daemon>, address: &Address, admitted: super::budgets::Admitted) {
+/// Journals a call admitted whose monitor vanished before recording it,
+/// charged its input floor and its output cap. The charge goes into the
+/// calls file first, as the call's record: a daemon that dies before
+/// journaling it, or after, finds it there, and it is journaled once.
+async fn charge_unreported(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    agent_dir: &crate::sys::paths::AgentDir,
+    admitted: super::budgets::Admitted,
+) {
     let Some(current) = daemon.record(address) else { return };
     let ask = admitted.ask;
     tracing::warn!("{address}: call {} was admitted and never reported; charged what it was admitted for", ask.call);
@@ -395,11 +402,15 @@ async fn charge_unreported(daemon: &Arc<Daemon>, address: &Address, admitted: su
         estimate_input: ask.estimate_input,
         output_cap: Some(admitted.output_cap),
         started_at: chrono::Utc::now(),
-        index: None,
+        // Numbered after every call journaled, as its monitor would have.
+        index: current.calls_journaled,
         ttfb_ms: 0.0,
         duration_ms: 0.0,
     };
-    journal_model_call(daemon, &current, call).await;
+    if let Err(err) = crate::monitor::record_call(agent_dir, &call) {
+        tracing::warn!("{address}: cannot keep the charge for call {} in its calls file: {err}", call.call);
+    }
+    journal_call(daemon, address, call).await;
 }
 
 /// Journals one model call of the agent `current`, then checks the

@@ -19,8 +19,10 @@
 //! call is sent: a monitor killed while no daemon listened leaves the
 //! next daemon the calls it may have sent and never recorded.
 //!
-//! Owns: the proxy's thread and runtime, `calls.jsonl`, `admitted.jsonl`.
-//! Never does: decide an admission (the daemon does) or journal.
+//! Owns: the proxy's thread and runtime, `calls.jsonl` (once the monitor
+//! is gone, the daemon appends there the charges it makes for calls the
+//! monitor never recorded, [`record_call`]), `admitted.jsonl`. Never does:
+//! decide an admission (the daemon does) or journal.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -64,10 +66,11 @@ pub struct AdmittedCall {
     pub max_output: Option<u64>,
 }
 
-/// Reads the calls an agent's proxy was admitted for (a torn last line
-/// is skipped: its call was not sent).
-pub fn read_admitted(agent: &AgentDir) -> Vec<AdmittedCall> {
-    read_lines(&admitted_file(agent))
+/// Reads the calls an agent's proxy was admitted for; `None` when its
+/// monitor kept no admissions file (an earlier build's).
+pub fn read_admitted(agent: &AgentDir) -> Option<Vec<AdmittedCall>> {
+    let path = admitted_file(agent);
+    path.exists().then(|| read_lines(&path))
 }
 
 fn read_lines<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Vec<T> {
@@ -161,12 +164,25 @@ impl Gate for MonitorGate {
     }
 }
 
-fn append(file: &PathBuf, line: &impl serde::Serialize) -> std::io::Result<()> {
+/// Appends one line and syncs it; a line that cannot be written whole
+/// is cut back off, so the next append does not land on its torn piece.
+fn append(file: &std::path::Path, line: &impl serde::Serialize) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(line).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
-    out.write_all(&line)?;
-    out.sync_data()
+    let len = out.metadata()?.len();
+    let written = out.write_all(&line).and_then(|()| out.sync_data());
+    if written.is_err() {
+        let _ = out.set_len(len);
+    }
+    written
+}
+
+/// Appends a record to the calls file of an agent whose monitor is gone
+/// (the daemon's charge for a call it never recorded), so that every
+/// later daemon finds the call answered there.
+pub fn record_call(agent: &AgentDir, call: &CallRecord) -> std::io::Result<()> {
+    append(&calls_file(agent), call)
 }
 
 /// Reads the real keys from standard input (nothing there: no keys).
@@ -199,11 +215,15 @@ pub(super) fn start(
         })
         .collect();
     let config = ProxyConfig { token: Token(meter.token.clone()), upstreams };
-    let gate = Arc::new(MonitorGate {
-        shared,
-        admitted: admitted_file(agent),
-        file: std::sync::Mutex::new(calls_file(agent)),
-    });
+    // Its being there says admissions are kept: a daemon then charges
+    // only the calls it names.
+    let admitted = admitted_file(agent);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&admitted)
+        .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", admitted.display()))?;
+    let gate = Arc::new(MonitorGate { shared, admitted, file: std::sync::Mutex::new(calls_file(agent)) });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("proxy".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

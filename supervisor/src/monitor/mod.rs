@@ -38,7 +38,7 @@ mod output;
 mod pty;
 mod serve;
 
-pub use meter::{read_admitted, read_calls, AdmittedCall};
+pub use meter::{read_admitted, read_calls, record_call, AdmittedCall};
 pub use pty::exec_agent;
 
 use std::fs::{File, OpenOptions};

@@ -102,6 +102,14 @@ fn write_output(handoff: &Handoff, mut log: OutputLog, shared: &Shared) {
                     break;
                 }
                 if pending.bytes.is_empty() {
+                    // A flood's buffers go with it: an idle monitor keeps
+                    // only what a quiet agent needs.
+                    if pending.bytes.capacity() > READ_SIZE {
+                        pending.bytes = Vec::new();
+                    }
+                    if bytes.capacity() > READ_SIZE {
+                        bytes = Vec::new();
+                    }
                     pending.writer_idle = true;
                     pending = handoff.ready.wait(pending).unwrap();
                     pending.writer_idle = false;
