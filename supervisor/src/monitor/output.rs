@@ -55,6 +55,8 @@ const WRITE_EVERY: Duration = Duration::from_millis(1);
 const WRITE_BATCH: usize = 64 * 1024;
 /// The most output read and not yet written.
 const PENDING_MAX: usize = 2 * WRITE_BATCH;
+/// How long after a flood its buffers are let go.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Output on its way from the pump to the writer.
 #[derive(Default)]
@@ -102,16 +104,20 @@ fn write_output(handoff: &Handoff, mut log: OutputLog, shared: &Shared) {
                     break;
                 }
                 if pending.bytes.is_empty() {
-                    // A flood's buffers go with it: an idle monitor keeps
-                    // only what a quiet agent needs.
-                    if pending.bytes.capacity() > READ_SIZE {
-                        pending.bytes = Vec::new();
-                    }
-                    if bytes.capacity() > READ_SIZE {
-                        bytes = Vec::new();
-                    }
                     pending.writer_idle = true;
-                    pending = handoff.ready.wait(pending).unwrap();
+                    if pending.bytes.capacity().max(bytes.capacity()) > READ_SIZE {
+                        // A flood's buffers go once it has been over for
+                        // a while (not at each pause within it): an idle
+                        // monitor keeps what a quiet agent needs.
+                        let (guard, waited) = handoff.ready.wait_timeout(pending, RELEASE_AFTER).unwrap();
+                        pending = guard;
+                        if waited.timed_out() && pending.bytes.is_empty() {
+                            pending.bytes = Vec::new();
+                            bytes = Vec::new();
+                        }
+                    } else {
+                        pending = handoff.ready.wait(pending).unwrap();
+                    }
                     pending.writer_idle = false;
                     continue;
                 }
