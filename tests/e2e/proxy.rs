@@ -551,6 +551,42 @@ fn a_call_admitted_by_a_daemon_that_died_is_charged_when_its_monitor_dies_before
 }
 
 #[test]
+fn a_call_whose_admission_cannot_be_kept_is_refused_and_never_sent() {
+    let repo = TestRepo::new();
+    let mock =
+        MockLlm::start(&repo, "unkept", &json!({"steps": [{"text": "ok", "usage": {"input": 100, "output": 10}}]}));
+    // The agent calls once the test says go.
+    let go = repo.path("go");
+    let client = client_script(&repo, "after-go", 1);
+    let script = std::fs::read_to_string(&client).unwrap().replacen(
+        "i = 0\n",
+        &format!(
+            "import time\nwhile not os.path.exists({:?}):\n    time.sleep(0.02)\ni = 0\n",
+            go.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&client, script).unwrap();
+    let address = spawn_client(&repo, &mock, "unkept", &client);
+    let dir = repo.state_dir().join(format!("agents/{}", repo.agent(&address)["id"]));
+    let admitted = dir.join("admitted.jsonl");
+    poll_until("the admissions file", PATIENCE, || admitted.is_file());
+    // Where the admission goes, nothing can be appended.
+    std::fs::remove_file(&admitted).unwrap();
+    std::fs::create_dir(&admitted).unwrap();
+    std::fs::write(&go, "").unwrap();
+    poll_until("the agent's end", PATIENCE, || ended(&repo, &address));
+    assert!(model_requests(&mock.requests()).is_empty(), "a call went upstream: {:?}", mock.requests());
+    let log = String::from_utf8_lossy(&repo.log(&address)).to_string();
+    assert!(log.contains("call 0 ") && !log.contains("call 0 200"), "the call was not refused: {log}");
+    let journal = events(&repo, &address);
+    let calls = of_type(&journal, "model_call");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0]["refused"].as_str().unwrap_or("").contains("admission could not be kept"), "{}", calls[0]);
+    assert_eq!(charged(calls[0]), 0, "{}", calls[0]);
+}
+
+#[test]
 fn under_network_model_a_metered_agent_reaches_its_proxy_and_nothing_else() {
     let repo = TestRepo::new();
     let mock =
