@@ -242,6 +242,22 @@ fn spawn_client(repo: &TestRepo, mock: &MockLlm, name: &str, client: &str) -> St
     spawned["address"].as_str().unwrap().to_string()
 }
 
+/// An agent `name` whose one call (max_tokens 1000) is upstream and
+/// answered only after a minute: the model server, its address and its
+/// monitor's pid.
+fn slow_call_upstream(repo: &TestRepo, name: &str) -> (MockLlm, String, u32) {
+    let mock = MockLlm::start(
+        repo,
+        name,
+        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
+    );
+    let client = client_script(repo, "one", 1);
+    let address = spawn_client(repo, &mock, name, &client);
+    let monitor = ps_record(repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
+    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    (mock, address, monitor)
+}
+
 /// Whether the agent has ended (whatever its end).
 fn ended(repo: &TestRepo, address: &str) -> bool {
     let state = ps_record(repo, address)["state"].clone();
@@ -432,15 +448,7 @@ fn a_call_recorded_while_no_daemon_listened_is_journaled_after_its_agent_ended()
 #[test]
 fn a_monitor_killed_mid_call_leaves_the_call_charged_what_it_was_admitted_for() {
     let repo = TestRepo::new();
-    let mock = MockLlm::start(
-        &repo,
-        "orphan",
-        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
-    );
-    let client = client_script(&repo, "one", 1);
-    let address = spawn_client(&repo, &mock, "orphan", &client);
-    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
-    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    let (_mock, address, monitor) = slow_call_upstream(&repo, "orphan");
     // The monitor dies with the call upstream: nobody will ever read its
     // answer, but the model server may charge for it all the same.
     sigkill(monitor);
@@ -496,15 +504,7 @@ fn an_assigned_task_s_calls_are_journaled_beside_the_first_task_s() {
 #[test]
 fn a_call_admitted_before_a_daemon_restart_is_still_charged_when_its_monitor_dies() {
     let repo = TestRepo::new();
-    let mock = MockLlm::start(
-        &repo,
-        "readmit",
-        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
-    );
-    let client = client_script(&repo, "one", 1);
-    let address = spawn_client(&repo, &mock, "readmit", &client);
-    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
-    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    let (_mock, address, monitor) = slow_call_upstream(&repo, "readmit");
     // The daemon that admitted the call dies; the next adopts the agent and
     // is told of the call under way.
     repo.kill_daemon();
@@ -522,15 +522,7 @@ fn a_call_admitted_before_a_daemon_restart_is_still_charged_when_its_monitor_die
 #[test]
 fn a_call_admitted_by_a_daemon_that_died_is_charged_when_its_monitor_dies_before_the_next_daemon() {
     let repo = TestRepo::new();
-    let mock = MockLlm::start(
-        &repo,
-        "unheard",
-        &json!({"steps": [{"text": "slow", "usage": {"input": 100, "output": 10}, "delay_ms": 60000}]}),
-    );
-    let client = client_script(&repo, "one", 1);
-    let address = spawn_client(&repo, &mock, "unheard", &client);
-    let monitor = ps_record(&repo, &address)["monitor_pid"].as_u64().expect("a monitor pid") as u32;
-    poll_until("the call upstream", PATIENCE, || model_requests(&mock.requests()).len() == 1);
+    let (_mock, address, monitor) = slow_call_upstream(&repo, "unheard");
     // The daemon that admitted the call dies, and the monitor with it
     // before any daemon comes back: no daemon holds the admission, and the
     // call was never recorded.

@@ -95,16 +95,8 @@ pub(super) async fn start_assigned(
     spec.env.insert("CORRAL_TASK_ID".into(), task_id.clone());
     let bytes = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     std::fs::write(agent_dir.spec(), bytes).map_err(|e| Error::io("cannot write", &agent_dir.spec(), e))?;
-    // The previous run's exit record, calls and admissions stay, under its
-    // task's name; the new run's monitor starts them afresh (every call of
-    // the last run was journaled before it ended).
-    let _ = std::fs::rename(agent_dir.exit(), agent_dir.dir.join(format!("exit-{}.json", record.task_id)));
-    for name in ["calls", "admitted"] {
-        let _ = std::fs::rename(
-            agent_dir.dir.join(format!("{name}.jsonl")),
-            agent_dir.dir.join(format!("{name}-{}.jsonl", record.task_id)),
-        );
-    }
+    // Every call of the last run was journaled before it ended.
+    crate::monitor::put_away_run(&agent_dir, &record.task_id);
     let assigned = Draft {
         agent: Some(record.address.clone()),
         parent: Some(record.parent.clone()),

@@ -54,7 +54,7 @@ pub fn read_calls(agent: &AgentDir) -> Vec<CallRecord> {
 }
 
 /// The agent's admissions file: every call its proxy was let send.
-pub fn admitted_file(agent: &AgentDir) -> PathBuf {
+pub(super) fn admitted_file(agent: &AgentDir) -> PathBuf {
     agent.dir.join("admitted.jsonl")
 }
 
@@ -92,7 +92,7 @@ impl Gate for MonitorGate {
     fn admit(&self, ask: Ask) -> Admission {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let call = ask.call;
-        let admitted = (self.admitted.clone(), ask.clone());
+        let file = self.admitted.clone();
         {
             let mut state = self.shared.state.lock().unwrap();
             state.calls_in_flight += 1;
@@ -107,11 +107,14 @@ impl Gate for MonitorGate {
             loop {
                 match tokio::time::timeout(ADMISSION_WAIT, &mut rx).await {
                     Ok(Ok(Decision::Allow { max_output })) => {
-                        let (file, ask) = admitted;
-                        let line = AdmittedCall { ask, max_output };
-                        // Kept before it is sent; a call whose admission
-                        // cannot be kept is not sent.
-                        return match append(&file, &line) {
+                        // Kept before it is sent (as `State::admitted` holds
+                        // it); a call whose admission cannot be kept is not sent.
+                        let line = shared.state.lock().unwrap().admitted.get(&call).cloned();
+                        let kept = match line {
+                            Some(line) => append(&file, &line),
+                            None => Err(std::io::Error::other("its admission was not held")),
+                        };
+                        return match kept {
                             Ok(()) => Decision::Allow { max_output },
                             Err(err) => {
                                 tracing::warn!("call {call}: cannot keep its admission in {}: {err}", file.display());

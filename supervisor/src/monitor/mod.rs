@@ -177,7 +177,7 @@ struct State {
     /// Calls admitted and not yet recorded, with the output cap each was
     /// allowed: told to each daemon that connects, which holds them under
     /// the budgets (and charges them if the monitor vanishes).
-    admitted: std::collections::BTreeMap<u64, (crate::proxy::Ask, Option<u64>)>,
+    admitted: std::collections::BTreeMap<u64, AdmittedCall>,
     /// Calls admitted and not yet recorded.
     calls_in_flight: usize,
     /// Calls the daemon holds (a paused budget): they wait past
@@ -186,6 +186,20 @@ struct State {
     /// The agent is frozen (a paused budget): no new process of it (a
     /// follow-up, a restart) starts until it is thawed or stopped.
     frozen: bool,
+}
+
+/// Puts the files of an ended run (its exit record, calls and
+/// admissions) away under `task`'s name, so that the next run's monitor
+/// starts them afresh and no daemon takes the last run's for its.
+pub fn put_away_run(agent: &AgentDir, task: &str) {
+    let files = [
+        (agent.exit(), format!("exit-{task}.json")),
+        (meter::calls_file(agent), format!("calls-{task}.jsonl")),
+        (meter::admitted_file(agent), format!("admitted-{task}.jsonl")),
+    ];
+    for (from, to) in files {
+        let _ = std::fs::rename(from, agent.dir.join(to));
+    }
 }
 
 /// Runs the monitor for the agent in `dir` until the agent has ended.

@@ -110,7 +110,7 @@ fn serve_daemon(
                     state.held_calls.remove(&call);
                     let ask = state.asks.remove(&call);
                     if let (Some(ask), crate::proxy::Decision::Allow { max_output }) = (ask, &decision) {
-                        state.admitted.insert(call, (ask, *max_output));
+                        state.admitted.insert(call, super::AdmittedCall { ask, max_output: *max_output });
                     }
                     if let Some(waiter) = state.admission_waiters.remove(&call) {
                         let _ = waiter.send(decision);
@@ -156,7 +156,7 @@ fn serve_daemon(
         drop(state);
         send(&mut stream, &status)?;
         // Calls an earlier daemon admitted that are still under way.
-        for (ask, max_output) in admitted {
+        for super::AdmittedCall { ask, max_output } in admitted {
             send(&mut stream, &MonitorMessage::Admitted { ask, max_output })?;
         }
     }
