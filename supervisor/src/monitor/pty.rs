@@ -9,7 +9,7 @@
 //! (the monitor's run loop and `sys::process` do).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,8 @@ pub(super) enum InputOp {
 /// A started agent's PTY: the master, its two directions, and the FIFO.
 pub(super) struct Pty {
     pub(super) master: Box<dyn portable_pty::MasterPty + Send>,
-    pub(super) reader: Box<dyn Read + Send>,
+    /// The master again, for the output pump (its `FIONREAD` too).
+    pub(super) reader: File,
     pub(super) writer: Box<dyn Write + Send>,
     /// The write end of the agent's stdin FIFO, in `InputMode::Pipe`.
     pub(super) fifo: Option<File>,
@@ -90,7 +91,10 @@ pub(super) fn start_agent(
     // The monitor reaps with waitpid(-1); the handle must not wait too.
     std::mem::forget(child);
     drop(pair.slave);
-    let reader = pair.master.try_clone_reader()?;
+    let master_fd = pair.master.as_raw_fd().ok_or_else(|| anyhow::anyhow!("the PTY master has no descriptor"))?;
+    // SAFETY: the descriptor is the master's, open while `pair.master`
+    // lives (here); the clone is the reader's own (close-on-exec).
+    let reader = File::from(unsafe { std::os::fd::BorrowedFd::borrow_raw(master_fd) }.try_clone_to_owned()?);
     let writer = pair.master.take_writer()?;
     Ok((Pty { master: pair.master, reader, writer, fifo }, pid))
 }
