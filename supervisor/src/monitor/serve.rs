@@ -160,7 +160,7 @@ fn serve_daemon(
             send(&mut stream, &MonitorMessage::Admitted { ask, max_output })?;
         }
     }
-    let mut last_output = std::time::Instant::now() - OUTPUT_EVERY;
+    let mut pace = OutputPace::new();
     loop {
         let state = shared.state.lock().unwrap();
         let state = shared.wait_for_output(state, |s| {
@@ -171,15 +171,15 @@ fn serve_daemon(
                 && s.calls.len() == sent_calls
                 && s.asks_generation == sent_asks
         });
-        // A flood of output is told in batches: at most one `output` a
-        // millisecond, so the daemon reads the log in large pieces rather
-        // than waking for every read of the PTY. A model call's admission,
-        // its record and the exit are never held back by it.
-        let since = last_output.elapsed();
-        let state = if state.log_len != sent_len && since < OUTPUT_EVERY {
+        // A flood of output is told in batches (see `OutputPace`), so the
+        // daemon reads the log in large pieces rather than waking for
+        // every read of the PTY. A model call's admission, its record and
+        // the exit are never held back by it.
+        let wait = pace.wait(std::time::Instant::now());
+        let state = if state.log_len != sent_len && !wait.is_zero() {
             shared
                 .changed
-                .wait_timeout_while(state, OUTPUT_EVERY - since, |s| {
+                .wait_timeout_while(state, wait, |s| {
                     s.exit.is_none() && s.calls.len() == sent_calls && s.asks_generation == sent_asks
                 })
                 .unwrap()
@@ -200,7 +200,7 @@ fn serve_daemon(
         // Output first: it was written before the restart or the new run.
         if log_len != sent_len {
             sent_len = log_len;
-            last_output = std::time::Instant::now();
+            pace.sent(std::time::Instant::now());
             send(&mut stream, &MonitorMessage::Output { log_len })?;
         }
         if let Some(note) = restarting {
@@ -239,8 +239,43 @@ fn resize(shared: &Shared, rows: u16, cols: u16) {
     }
 }
 
+/// When the next `output` message may go to the daemon. The first after
+/// a quiet spell goes at once, so an agent's line reaches its event in a
+/// millisecond or two. While output keeps coming, the gap doubles, up to
+/// [`FLOOD_OUTPUT_EVERY`]: a flood is told about 40 times a second, not
+/// a thousand. Each message wakes this thread and the daemon, and on two
+/// cores those wake-ups slowed an agent's flood through its PTY by about
+/// a tenth.
+struct OutputPace {
+    /// When the last message went (none yet: the first goes at once).
+    last: Option<std::time::Instant>,
+    gap: std::time::Duration,
+}
+
 /// The shortest time between two `output` messages to the daemon.
 const OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+/// The longest, in a flood.
+const FLOOD_OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl OutputPace {
+    fn new() -> OutputPace {
+        OutputPace { last: None, gap: OUTPUT_EVERY }
+    }
+
+    /// How long output that came at `now` waits before it is told.
+    fn wait(&self, now: std::time::Instant) -> std::time::Duration {
+        self.last.map_or(std::time::Duration::ZERO, |last| self.gap.saturating_sub(now.saturating_duration_since(last)))
+    }
+
+    /// An `output` message went at `now`: output that kept coming within
+    /// twice the gap is a flood, and the gap doubles; after a longer quiet
+    /// spell it starts again at [`OUTPUT_EVERY`].
+    fn sent(&mut self, now: std::time::Instant) {
+        let flood = self.last.is_some_and(|last| now.saturating_duration_since(last) <= 2 * self.gap);
+        self.gap = if flood { (2 * self.gap).min(FLOOD_OUTPUT_EVERY) } else { OUTPUT_EVERY };
+        self.last = Some(now);
+    }
+}
 
 fn send(stream: &mut UnixStream, message: &MonitorMessage) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
@@ -293,5 +328,41 @@ fn serve_attach(
         if done && offset >= len {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn output_after_a_quiet_spell_is_told_at_once_and_a_flood_in_ever_fewer_messages() {
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let mut pace = OutputPace::new();
+        assert_eq!(pace.wait(start), Duration::ZERO, "the first output waits");
+
+        // Output that never stops: each message goes when its gap is over.
+        let mut at = 0;
+        let mut gaps = Vec::new();
+        pace.sent(ms(at));
+        for _ in 0..8 {
+            let wait = pace.wait(ms(at));
+            gaps.push(wait.as_millis() as u64);
+            at += wait.as_millis() as u64;
+            pace.sent(ms(at));
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 25, 25, 25], "the gaps in a flood");
+
+        // A line after a quiet spell goes at once, and so does the next one
+        // after another quiet spell: the gap starts again at a millisecond.
+        at += 200;
+        assert_eq!(pace.wait(ms(at)), Duration::ZERO);
+        pace.sent(ms(at));
+        at += 100;
+        assert_eq!(pace.wait(ms(at)), Duration::ZERO);
+        pace.sent(ms(at));
+        assert_eq!(pace.wait(ms(at)), OUTPUT_EVERY, "the gap did not start again");
     }
 }
