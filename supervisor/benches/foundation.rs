@@ -395,7 +395,7 @@ fn fsync_probe(dir: &Path, n: usize) -> Vec<Duration> {
 }
 
 /// Where each warm spawn's time went, from the journal's timestamps and
-/// the mtimes of the files the daemon, libgit2 and the monitor write.
+/// the mtimes of the files the daemon, git and the monitor write.
 fn spawn_phases(repo: &Path, runs: &[(SystemTime, SystemTime, Value)]) -> Vec<(&'static str, Vec<f64>)> {
     let state = repo.join(".git/corral");
     let journal = std::fs::read_to_string(state.join("events.jsonl")).unwrap_or_default();
@@ -419,7 +419,7 @@ fn spawn_phases(repo: &Path, runs: &[(SystemTime, SystemTime, Value)]) -> Vec<(&
     let names = [
         "client start, connect, validate (until `spawned` stamped)",
         "`spawned` journaled + fsynced, branch + worktree admin files",
-        "libgit2 checkout of the files + index write",
+        "checkout of the files + index write (`git worktree add`)",
         "daemon: after checkout until monitor spec written",
         "monitor process start (exec, read spec)",
         "PTY + agent exec + daemon connect/hello",
