@@ -6,7 +6,8 @@
 //! environment, which the agent inherits) names a small shell script in the
 //! scratch folder that execs `corral fake-agent "$SCRIPT"`, so `corral spawn
 //! --harness claude` runs the fake agent and corral parses its output as
-//! Claude Code's stream-json. The script prints an `init` line and two
+//! Claude Code's stream-json, metered from those lines (`--meter stream`:
+//! the fake makes no model calls for the proxy to count). The script prints an `init` line and two
 //! `assistant` lines of 400 input tokens each (distinct message ids; the
 //! second reaches the 80% warning of `--max-tokens 1000`), then
 //! `stamp 1 1` (one line `stamp 1 NANOS`, NANOS the wall-clock time of its
@@ -228,7 +229,8 @@ fn measure(scratch: &mut Scratch, bin: &Path, runs: usize) -> Vec<Sample> {
         let address = format!("/root/{name}");
         let spawned = scratch
             .command(bin, &repo, &["spawn", &name, "--harness", "claude", "--max-tokens", &LIMIT.to_string()])
-            .args(["--grace", "0", "--task", "spend", "--json"])
+            // The fake CLI makes no model calls: its usage lines are the meter.
+            .args(["--meter", "stream", "--grace", "0", "--task", "spend", "--json"])
             .env("CORRAL_CLAUDE_BIN", &fake)
             .env("BUDGET_STOP_SCRIPT", &script)
             .output()
