@@ -209,12 +209,21 @@ fn a_runaway_claude_gets_no_call_upstream_after_its_budget_is_spent() {
 /// until one is refused) to `$ANTHROPIC_BASE_URL` with `$ANTHROPIC_API_KEY`,
 /// printing each status.
 fn client_script(repo: &TestRepo, name: &str, calls: u32) -> String {
+    client_script_after(repo, name, calls, None)
+}
+
+/// [`client_script`] that makes its first call only once the file `go`
+/// exists, when one is given.
+fn client_script_after(repo: &TestRepo, name: &str, calls: u32, go: Option<&std::path::Path>) -> String {
     let path = repo.path(&format!("{name}.py"));
+    let wait = go.map_or(String::new(), |go| {
+        format!("while not os.path.exists({:?}):\n    time.sleep(0.02)\n", go.display().to_string())
+    });
     std::fs::write(
         &path,
         format!(
-            r#"import json, os, urllib.request, urllib.error
-i = 0
+            r#"import json, os, time, urllib.request, urllib.error
+{wait}i = 0
 while {calls} == 0 or i < {calls}:
     body = json.dumps({{"model": "m", "max_tokens": 1000, "messages": [{{"role": "user", "content": "hi"}}]}}).encode()
     req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=body,
@@ -549,16 +558,7 @@ fn a_call_whose_admission_cannot_be_kept_is_refused_and_never_sent() {
         MockLlm::start(&repo, "unkept", &json!({"steps": [{"text": "ok", "usage": {"input": 100, "output": 10}}]}));
     // The agent calls once the test says go.
     let go = repo.path("go");
-    let client = client_script(&repo, "after-go", 1);
-    let script = std::fs::read_to_string(&client).unwrap().replacen(
-        "i = 0\n",
-        &format!(
-            "import time\nwhile not os.path.exists({:?}):\n    time.sleep(0.02)\ni = 0\n",
-            go.display().to_string()
-        ),
-        1,
-    );
-    std::fs::write(&client, script).unwrap();
+    let client = client_script_after(&repo, "after-go", 1, Some(&go));
     let address = spawn_client(&repo, &mock, "unkept", &client);
     let dir = repo.state_dir().join(format!("agents/{}", repo.agent(&address)["id"]));
     let admitted = dir.join("admitted.jsonl");

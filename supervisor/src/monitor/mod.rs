@@ -133,8 +133,8 @@ struct State {
     log_len: u64,
     /// Threads waiting for `log_len` to change ([`Shared::wait_for_output`]):
     /// the output pump wakes the others only when one waits, so a flood
-    /// read while the daemon's batch of output is held back (a
-    /// millisecond) wakes no thread for each read of the PTY.
+    /// read while the daemon's next `output` message is held back (see
+    /// `serve::OutputPace`) wakes no thread for each write of the log.
     output_waiters: usize,
     output_closed: bool,
     stop_requested: bool,
@@ -531,8 +531,7 @@ fn run_limit(
 fn note(shared: &Shared, log: &mut File, line: &str) {
     let line = format!("{line}\r\n");
     if log.write_all(line.as_bytes()).is_ok() {
-        shared.state.lock().unwrap().log_len += line.len() as u64;
-        shared.changed.notify_all();
+        output::tell(shared, (line.len() as u64, 0));
     }
 }
 

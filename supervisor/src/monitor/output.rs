@@ -61,13 +61,12 @@ fn pump(mut pty: File, mut log: OutputLog, shared: &Shared) {
             batch.reserve_exact(WRITE_BATCH + READ_SIZE);
         }
         batch.extend_from_slice(&buf[..n]);
-        if !more || batch.len() >= WRITE_BATCH {
-            tell(shared, log.write(&batch));
-            batch.clear();
-        }
         if !more {
             // The flood is over (or paused): its buffer goes with it.
-            batch = Vec::new();
+            tell(shared, log.write(&std::mem::take(&mut batch)));
+        } else if batch.len() >= WRITE_BATCH {
+            tell(shared, log.write(&batch));
+            batch.clear();
         }
     }
     if !batch.is_empty() {
@@ -93,7 +92,7 @@ fn unread(pty: &File) -> bool {
 
 /// Counts what reached the log (and what a full disk lost), and wakes the
 /// threads waiting for output.
-fn tell(shared: &Shared, (kept, lost): (u64, u64)) {
+pub(super) fn tell(shared: &Shared, (kept, lost): (u64, u64)) {
     let mut state = shared.state.lock().unwrap();
     state.log_len += kept;
     state.log_bytes_lost += lost;
