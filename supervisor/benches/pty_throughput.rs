@@ -20,7 +20,9 @@
 //!
 //! Run: `cargo bench -p corral --bench pty_throughput`. `CORRAL_BIN`
 //! overrides the binary; `PTY_BENCH_MB` the file's size (200);
-//! `PTY_BENCH_ROUNDS` the rounds (3).
+//! `PTY_BENCH_ROUNDS` the rounds (7: on two cores a run of the same
+//! relay swings between about 1.6 and 2.8 s, and three rounds gave
+//! medians that moved by a tenth from one bench run to the next).
 //!
 //! Every command carries `PTY_BENCH_ID=<unique>`; at the end, on a panic,
 //! or on SIGINT/SIGTERM/SIGHUP, every live process with the marker is
@@ -41,7 +43,7 @@ fn main() {
         return;
     }
     let megabytes: usize = env_number("PTY_BENCH_MB", 200);
-    let rounds: usize = env_number("PTY_BENCH_ROUNDS", 3);
+    let rounds: usize = env_number("PTY_BENCH_ROUNDS", 7);
     let bin = corral_bin();
     let (root, path, id) = scratch_folder("corral-pty-bench-");
     let mut root = Some(root);
