@@ -29,7 +29,7 @@
 //! killed and the scratch folder removed.
 
 mod common;
-use common::{corral_bin, corral_command, describe, env_number, load_average, percentile, scratch_folder};
+use common::{corral_bin, corral_command, describe, env_number, load_average, median, scratch_folder};
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -98,11 +98,6 @@ fn main() {
         assert!(logged >= bytes, "{address}'s log holds {logged} bytes of {bytes}");
     }
     let mb = bytes as f64 / 1e6;
-    let median = |secs: &[f64]| {
-        let mut sorted = secs.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        percentile(&sorted, 50.0)
-    };
     let (script_median, kept_median, corral_median) = (median(&script_secs), median(&kept_secs), median(&corral_secs));
     println!(
         "pty_throughput: {mb:.0} MB of 100-byte lines through a PTY, {rounds} rounds (load at start {load_start})"
@@ -161,7 +156,7 @@ fn script_cat(file: &str, typescript: &str, id: &str) -> f64 {
 fn round_ratios(anchor: &[f64], corral: &[f64]) -> String {
     let mut ratios: Vec<f64> = anchor.iter().zip(corral).map(|(a, c)| a / c).collect();
     ratios.sort_by(f64::total_cmp);
-    format!("median {:.2}x, {:.2}x to {:.2}x", percentile(&ratios, 50.0), ratios[0], ratios[ratios.len() - 1])
+    format!("median {:.2}x, {:.2}x to {:.2}x", median(&ratios), ratios[0], ratios[ratios.len() - 1])
 }
 
 /// Writes every dirty page out and waits for it, so the next run starts on

@@ -245,6 +245,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The median of `values`, in any order.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 50.0)
+}
+
 /// A repository with one commit at `scratch/repo`, for a bench's agents.
 pub fn one_commit_repo(scratch: &Path, marker: &str, id: &str) -> PathBuf {
     let repo = scratch.join("repo");

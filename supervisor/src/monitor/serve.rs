@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::pty::{resize_master, InputOp};
 use super::{request_stop, Shared};
@@ -175,7 +176,7 @@ fn serve_daemon(
         // daemon reads the log in large pieces rather than waking for
         // every read of the PTY. A model call's admission, its record and
         // the exit are never held back by it.
-        let wait = pace.wait(std::time::Instant::now());
+        let wait = pace.wait(Instant::now());
         let state = if state.log_len != sent_len && !wait.is_zero() {
             shared
                 .changed
@@ -200,7 +201,7 @@ fn serve_daemon(
         // Output first: it was written before the restart or the new run.
         if log_len != sent_len {
             sent_len = log_len;
-            pace.sent(std::time::Instant::now());
+            pace.sent(Instant::now());
             send(&mut stream, &MonitorMessage::Output { log_len })?;
         }
         if let Some(note) = restarting {
@@ -248,14 +249,14 @@ fn resize(shared: &Shared, rows: u16, cols: u16) {
 /// a tenth.
 struct OutputPace {
     /// When the last message went (none yet: the first goes at once).
-    last: Option<std::time::Instant>,
-    gap: std::time::Duration,
+    last: Option<Instant>,
+    gap: Duration,
 }
 
 /// The shortest time between two `output` messages to the daemon.
-const OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+const OUTPUT_EVERY: Duration = Duration::from_millis(1);
 /// The longest, in a flood.
-const FLOOD_OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+const FLOOD_OUTPUT_EVERY: Duration = Duration::from_millis(25);
 
 impl OutputPace {
     fn new() -> OutputPace {
@@ -263,14 +264,14 @@ impl OutputPace {
     }
 
     /// How long output that came at `now` waits before it is told.
-    fn wait(&self, now: std::time::Instant) -> std::time::Duration {
-        self.last.map_or(std::time::Duration::ZERO, |last| self.gap.saturating_sub(now.saturating_duration_since(last)))
+    fn wait(&self, now: Instant) -> Duration {
+        self.last.map_or(Duration::ZERO, |last| self.gap.saturating_sub(now.saturating_duration_since(last)))
     }
 
     /// An `output` message went at `now`: output that kept coming within
     /// twice the gap is a flood, and the gap doubles; after a longer quiet
     /// spell it starts again at [`OUTPUT_EVERY`].
-    fn sent(&mut self, now: std::time::Instant) {
+    fn sent(&mut self, now: Instant) {
         let flood = self.last.is_some_and(|last| now.saturating_duration_since(last) <= 2 * self.gap);
         self.gap = if flood { (2 * self.gap).min(FLOOD_OUTPUT_EVERY) } else { OUTPUT_EVERY };
         self.last = Some(now);
@@ -334,7 +335,6 @@ fn serve_attach(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn output_after_a_quiet_spell_is_told_at_once_and_a_flood_in_ever_fewer_messages() {
