@@ -13,7 +13,8 @@
 //!   `incomplete` / `failed`, Chat Completions' usage chunk (the proxy
 //!   asks for it with `stream_options.include_usage`), Gemini's
 //!   `usageMetadata` on the chunk that carries a `finishReason`;
-//! - an unsettled successful call (no usage, a stream cut mid-way, a body
+//! - a successful call that is not settled and read whole (no usage, a
+//!   stream cut mid-way, even after its usage came, an event or a body
 //!   that is not what its API sends) is charged, field by field, the
 //!   larger of what it showed and its request's estimate (estimated input,
 //!   and the output cap the call was sent with), and flagged.
@@ -298,14 +299,21 @@ impl WireMeter {
             .and_then(Value::as_array)
             .is_some_and(|c| c.iter().any(|c| c.get("finishReason").is_some_and(|r| !r.is_null())));
         if let Some(usage) = event.get("usageMetadata").filter(|u| u.is_object()) {
-            let prompt = count(usage.get("promptTokenCount"));
+            // The prompt includes the cached tokens; tools' own prompts
+            // (code execution, grounding) are counted apart.
+            let prompt =
+                count(usage.get("promptTokenCount")).saturating_add(count(usage.get("toolUsePromptTokenCount")));
             let cached = count(usage.get("cachedContentTokenCount"));
-            let tokens = TokenUsage {
+            let mut tokens = TokenUsage {
                 input: prompt.saturating_sub(cached),
                 output: count(usage.get("candidatesTokenCount")).saturating_add(count(usage.get("thoughtsTokenCount"))),
                 cache_read: cached,
                 cache_write: 0,
             };
+            // Whatever the total counts beyond the parts named above is
+            // charged as output, the dearer side.
+            let beyond = count(usage.get("totalTokenCount")).saturating_sub(tokens.total());
+            tokens.output = tokens.output.saturating_add(beyond);
             // Each chunk's figures are the call's so far; the finishing
             // chunk's are final.
             self.take(tokens, has(usage, "promptTokenCount"), finished);
@@ -340,27 +348,23 @@ impl WireMeter {
         if !self.ok_status {
             return Charge { usage: self.seen, flag: None, model };
         }
-        if self.settled && end == End::Complete && !self.overflow {
+        if self.settled && end == End::Complete && !self.overflow && !self.unreadable {
             return Charge { usage: self.seen, flag: None, model };
         }
-        // Settled before a cut: the final usage had arrived, but the rest of
-        // the stream did not; charge no less than the estimate either way.
         let why = if end == End::Cut {
             "the response was cut before its end"
         } else if self.overflow {
             "the response was too large to read for its usage"
-        } else if self.unreadable && !self.settled {
+        } else if self.unreadable {
             "the response could not be read for its usage"
-        } else if self.settled {
-            // Complete, settled: handled above; unreachable in practice.
-            return Charge { usage: self.seen, flag: None, model };
         } else {
             "the response carried no final usage"
         };
-        // A call whose final usage arrived before a cut is billed that
-        // usage; any other is charged no less than its estimate.
-        let usage = if self.settled { self.seen } else { charge_floor(self.seen, estimate.usage()) };
-        Charge { usage, flag: Some(why.to_owned()), model }
+        // Anything short of a whole, readable answer is charged no less
+        // than its estimate, even when usage came: what came before a cut
+        // or an unreadable event need not be the call's last figure (some
+        // servers report usage on every chunk).
+        Charge { usage: charge_floor(self.seen, estimate.usage()), flag: Some(why.to_owned()), model }
     }
 }
 

@@ -127,12 +127,32 @@ fn a_cut_stream_is_charged_no_less_than_its_estimate() {
 }
 
 #[test]
-fn a_cut_after_the_final_usage_is_billed_that_usage() {
+fn a_cut_after_the_final_usage_is_still_charged_no_less_than_its_estimate() {
+    // The usage that came need not be the call's last: the rest of the
+    // stream never arrived.
     let events = anthropic_call("m1", 120, 70);
     let body = sse(&refs(&events[..5]));
     let charge = meter(Provider::Anthropic, true, &body, 4, End::Cut);
-    assert_eq!(charge.usage, t(120, 70, 30, 7));
-    assert!(charge.flag.is_some());
+    assert_eq!(charge.usage, t(EST.input - 37, EST.output, 30, 7));
+    assert!(charge.flag.as_deref().unwrap().contains("cut"));
+}
+
+#[test]
+fn usage_on_every_chunk_then_a_cut_is_charged_no_less_than_the_estimate() {
+    // vLLM's `continuous_usage_stats`: usage with both sides on each chunk,
+    // so the first chunk settles the call; then the stream is cut.
+    let chunk = |completion: u64| {
+        format!(
+            "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"delta\":{{\"content\":\"x\"}}}}],\
+             \"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{completion}}}}}\n\n"
+        )
+    };
+    let body = format!("{}{}", chunk(1), chunk(2));
+    let charge = meter(Provider::ChatCompletions, true, &body, 9, End::Cut);
+    assert_eq!(charge.usage, t(EST.input, EST.output, 0, 0));
+    // Read whole, its last figure stands.
+    let body = format!("{}{}data: [DONE]\n\n", chunk(1), chunk(2000));
+    assert_eq!(meter_every_split(Provider::ChatCompletions, &body).usage, t(10, 2000, 0, 0));
 }
 
 #[test]
@@ -268,6 +288,16 @@ fn gemini_cut_before_the_finish_is_charged_its_estimate() {
 }
 
 #[test]
+fn gemini_counts_tools_prompts_and_whatever_else_its_total_holds() {
+    let chunk = r#"{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":20,"toolUsePromptTokenCount":5000,"totalTokenCount":5120}}"#;
+    let charge = meter_every_split(Provider::Gemini, &format!("data: {chunk}\n\n"));
+    assert_eq!((charge.usage, charge.flag), (t(5100, 20, 0, 0), None));
+    // A total above the parts it names: the rest is charged as output.
+    let chunk = r#"{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":20,"totalTokenCount":900}}"#;
+    assert_eq!(meter_every_split(Provider::Gemini, &format!("data: {chunk}\n\n")).usage, t(100, 800, 0, 0));
+}
+
+#[test]
 fn gemini_json_array_body_is_counted() {
     let body = format!("[{},{}]", gemini_chunk(50, 1, false), gemini_chunk(50, 9, true));
     assert_eq!(meter(Provider::Gemini, false, &body, 8, End::Complete).usage, t(40, 13, 10, 0));
@@ -286,7 +316,19 @@ fn an_overlong_event_line_flags_the_call_and_reading_goes_on() {
         m.feed(format!("data: {e}\n\n").as_bytes());
     }
     let charge = m.finish(End::Complete, EST);
-    assert_eq!(charge.usage, t(120, 70, 30, 7));
+    // The usage after it is read; the skipped line might have carried a
+    // larger figure, so the call is charged no less than its estimate.
+    assert_eq!(charge.usage, t(EST.input - 37, EST.output, 30, 7));
+    assert!(charge.flag.as_deref().unwrap().contains("could not be read"), "{charge:?}");
+}
+
+#[test]
+fn an_unreadable_event_after_the_final_usage_is_charged_no_less_than_the_estimate() {
+    let mut events = anthropic_call("m1", 120, 70);
+    events.push(r#"{"type":"message_delta","usage":{"output_tokens":99999"#.into());
+    let charge = meter(Provider::Anthropic, true, &sse(&refs(&events)), 13, End::Complete);
+    assert_eq!(charge.usage, t(EST.input - 37, EST.output, 30, 7));
+    assert!(charge.flag.is_some());
 }
 
 #[test]
