@@ -19,7 +19,8 @@
 //! body's length in bytes, a bound (no text tokenizes to more tokens than
 //! it has bytes) rather than a guess.
 //!
-//! Owns: the body fields that cap output and ask for usage. Never does:
+//! Owns: the body fields that cap output, multiply it (answer counts) and
+//! ask for usage. Never does:
 //! I/O, budgets.
 
 use serde_json::{json, Value};
@@ -61,27 +62,84 @@ pub fn input_floor(body_bytes: u64, last: Option<LastCall>) -> u64 {
     }
 }
 
-/// The output cap the request asks for, if it names one.
-pub fn output_cap(provider: Provider, body: &Value) -> Option<u64> {
-    provider.output_cap_fields().iter().find_map(|field| lookup(body, field).and_then(Value::as_u64))
+/// Why corral cannot bound the request's output, if it cannot: a field
+/// that multiplies or caps output written in a form corral does not read
+/// (Gemini also takes its fields' proto names, `generation_config`,
+/// `max_output_tokens`, `candidate_count`), or an answer count that is not
+/// a whole number from 1. Such a call is refused, never sent unbounded.
+pub fn unbounded(provider: Provider, body: &Value) -> Option<String> {
+    if provider == Provider::Gemini {
+        let config = lookup(body, "generationConfig");
+        let unread = [
+            ("generation_config", lookup(body, "generation_config").is_some()),
+            ("generationConfig.max_output_tokens", config.is_some_and(|c| c.get("max_output_tokens").is_some())),
+            ("generationConfig.candidate_count", config.is_some_and(|c| c.get("candidate_count").is_some())),
+        ];
+        if let Some((field, _)) = unread.iter().find(|(_, present)| *present) {
+            return Some(format!(
+                "corral: the request sets `{field}`; corral bounds Gemini calls by `generationConfig.maxOutputTokens` \
+                 and `generationConfig.candidateCount` and sends no call whose output it cannot bound"
+            ));
+        }
+    }
+    let field = choices_field(provider)?;
+    let value = lookup(body, field)?;
+    value.as_u64().filter(|n| *n >= 1).is_none().then(|| {
+        format!(
+            "corral: the request's `{field}` is {value}, not a whole number from 1; corral sends no call whose \
+             output it cannot bound"
+        )
+    })
 }
 
-/// Lowers the request's output cap to `cap` (sets it when the request
-/// names none); a cap already lower is kept. Returns the cap sent.
+/// How many answers the request asks for (Chat Completions' `n`, Gemini's
+/// `generationConfig.candidateCount`; 1 when it says nothing): each may
+/// run to the output cap. Call [`unbounded`] first.
+pub fn choices(provider: Provider, body: &Value) -> u64 {
+    choices_field(provider).and_then(|field| lookup(body, field)).and_then(Value::as_u64).unwrap_or(1).max(1)
+}
+
+fn choices_field(provider: Provider) -> Option<&'static str> {
+    match provider {
+        Provider::ChatCompletions => Some("n"),
+        Provider::Gemini => Some("generationConfig.candidateCount"),
+        Provider::Anthropic | Provider::OpenAiResponses => None,
+    }
+}
+
+/// The output the request may run to by its own cap, if it names one:
+/// the largest cap field it sets, times its [`choices`].
+pub fn output_cap(provider: Provider, body: &Value) -> Option<u64> {
+    let fields = provider.output_cap_fields().iter();
+    let per_answer = fields.filter_map(|field| lookup(body, field).and_then(Value::as_u64)).max()?;
+    Some(per_answer.saturating_mul(choices(provider, body)))
+}
+
+/// Lowers the request's output cap so that all its answers together stay
+/// within `cap`: each cap field it sets (Chat Completions has two, and a
+/// server may read either) is lowered to `cap` divided among its
+/// [`choices`] (at least 1 each), or the API's own field is set when it
+/// names none; a cap already lower is kept. Returns the output the call
+/// may run to as sent (the cap per answer, times the answers).
 pub fn lower_output_cap(provider: Provider, body: &mut Value, cap: u64) -> u64 {
+    let answers = choices(provider, body);
+    let per_answer = (cap / answers).max(1);
     let fields = provider.output_cap_fields();
-    // The first field the request already uses, else the API's own.
-    let field = fields.iter().find(|f| lookup(body, f).is_some()).unwrap_or(&fields[fields.len() - 1]);
-    let field = if provider == Provider::ChatCompletions && lookup(body, field).is_none() {
+    let present: Vec<&str> = fields.iter().copied().filter(|f| lookup(body, f).is_some()).collect();
+    let targets = match (present.is_empty(), provider) {
         // Without either field, `max_tokens`: every server that speaks the
         // API knows it.
-        "max_tokens"
-    } else {
-        field
+        (true, Provider::ChatCompletions) => vec!["max_tokens"],
+        (true, _) => vec![fields[fields.len() - 1]],
+        (false, _) => present,
     };
-    let sent = lookup(body, field).and_then(Value::as_u64).map_or(cap, |asked| asked.min(cap));
-    set(body, field, json!(sent));
-    sent
+    let mut sent = 0;
+    for field in targets {
+        let lowered = lookup(body, field).and_then(Value::as_u64).map_or(per_answer, |asked| asked.min(per_answer));
+        set(body, field, json!(lowered));
+        sent = sent.max(lowered);
+    }
+    sent.saturating_mul(answers)
 }
 
 /// Chat Completions reports usage in a stream only when asked: ask.
@@ -169,6 +227,56 @@ mod tests {
         lower_output_cap(Provider::Gemini, &mut body, 50);
         assert_eq!(body["generationConfig"], json!({"temperature": 0.5, "maxOutputTokens": 50}));
         assert_eq!(output_cap(Provider::Gemini, &body), Some(50));
+    }
+
+    #[test]
+    fn every_cap_field_a_request_sets_is_lowered() {
+        // A server may read either of Chat Completions' two fields.
+        let mut body = json!({"max_completion_tokens": 100_000, "max_tokens": 10});
+        assert_eq!(output_cap(Provider::ChatCompletions, &body), Some(100_000));
+        assert_eq!(lower_output_cap(Provider::ChatCompletions, &mut body, 500), 500);
+        assert_eq!((body["max_completion_tokens"].as_u64(), body["max_tokens"].as_u64()), (Some(500), Some(10)));
+    }
+
+    #[test]
+    fn several_answers_share_the_cap_and_are_each_counted() {
+        let mut body = json!({"n": 8, "max_tokens": 4000});
+        assert_eq!(output_cap(Provider::ChatCompletions, &body), Some(32_000));
+        assert_eq!(lower_output_cap(Provider::ChatCompletions, &mut body, 1000), 1000);
+        assert_eq!(body["max_tokens"], 125);
+        let mut body = json!({"n": 3});
+        assert_eq!(lower_output_cap(Provider::ChatCompletions, &mut body, 1000), 999);
+        assert_eq!(body["max_tokens"], 333);
+        // Fewer tokens than answers: one each, counted as sent.
+        let mut body = json!({"n": 8});
+        assert_eq!(lower_output_cap(Provider::ChatCompletions, &mut body, 5), 8);
+        let mut body = json!({"generationConfig": {"candidateCount": 4, "maxOutputTokens": 100}});
+        assert_eq!(output_cap(Provider::Gemini, &body), Some(400));
+        assert_eq!(lower_output_cap(Provider::Gemini, &mut body, 200), 200);
+        assert_eq!(body["generationConfig"]["maxOutputTokens"], 50);
+        // Anthropic and Responses have no answer count: `n` is nothing to them.
+        assert_eq!(output_cap(Provider::Anthropic, &json!({"n": 8, "max_tokens": 10})), Some(10));
+    }
+
+    #[test]
+    fn what_corral_cannot_read_it_does_not_send() {
+        for body in [json!({"n": 0}), json!({"n": 2.5}), json!({"n": "8"}), json!({"n": -1})] {
+            let why = unbounded(Provider::ChatCompletions, &body).expect("refused");
+            assert!(why.contains("`n`"), "{why}");
+        }
+        assert_eq!(unbounded(Provider::ChatCompletions, &json!({"n": 2, "max_tokens": 5})), None);
+        assert_eq!(unbounded(Provider::ChatCompletions, &json!({"n": null})), None);
+        for (body, field) in [
+            (json!({"generation_config": {"max_output_tokens": 10}}), "generation_config"),
+            (json!({"generationConfig": {"max_output_tokens": 10}}), "generationConfig.max_output_tokens"),
+            (json!({"generationConfig": {"candidate_count": 2}}), "generationConfig.candidate_count"),
+            (json!({"generationConfig": {"candidateCount": 0}}), "generationConfig.candidateCount"),
+        ] {
+            let why = unbounded(Provider::Gemini, &body).expect("refused");
+            assert!(why.contains(&format!("`{field}`")), "{why}");
+        }
+        assert_eq!(unbounded(Provider::Gemini, &json!({"generationConfig": {"maxOutputTokens": 5}})), None);
+        assert_eq!(unbounded(Provider::Anthropic, &json!({"n": "x"})), None);
     }
 
     #[test]

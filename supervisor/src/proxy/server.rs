@@ -373,6 +373,10 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
             return;
         }
     };
+    if let Some(message) = request::unbounded(provider, &json) {
+        let _ = reply.send(error_reply(400, message));
+        return;
+    }
     let number = inner.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let last = *inner.last.lock().unwrap();
     let estimate_input = request::estimate_input(call.body.len() as u64, last);
@@ -429,11 +433,13 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         return;
     }
     let output_cap = max_output.map(|cap| request::lower_output_cap(provider, &mut json, cap)).or(asked_output);
+    // Uncapped, each answer may run to the largest output there is.
+    let uncapped = UNCAPPED_OUTPUT.saturating_mul(request::choices(provider, &json));
     request::ask_for_stream_usage(provider, &mut json);
     let body = Bytes::from(serde_json::to_vec(&json).expect("a JSON value serializes"));
     let open = Open {
         meter: None,
-        estimate: Estimate { input: input_floor, output: output_cap.unwrap_or(UNCAPPED_OUTPUT) },
+        estimate: Estimate { input: input_floor, output: output_cap.unwrap_or(uncapped) },
         record: CallRecord { output_cap, ..record.clone() },
         request_bytes: body.len() as u64,
         arrived: call.arrived,

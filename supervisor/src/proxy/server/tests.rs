@@ -193,6 +193,46 @@ async fn the_crossing_call_goes_with_its_cap_lowered_and_its_estimate_from_the_l
     assert_eq!(asks[1].asked_output, Some(32000));
 }
 
+#[tokio::test]
+async fn several_answers_share_the_cap_and_a_request_corral_cannot_bound_is_never_sent() {
+    let mock = MockServer::start(
+        script(json!([{"text": "a", "usage": {"input": 10, "output": 5}}])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&mock.url(), gate.clone()).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"model": "gpt-mock", "max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, field) in [(json!({"n": 2.5}), "`n`"), (json!({"n": "8"}), "`n`")] {
+        let response = post(&proxy, "/v1/chat/completions", &[("authorization", &bearer)], chat(extra)).await;
+        assert_eq!(response.status(), 400);
+        assert!(text(response).await.contains(field));
+    }
+    let gemini = json!({"contents": [], "generation_config": {"max_output_tokens": 999_999}});
+    let response = post(&proxy, "/v1beta/models/gemini-x:generateContent", &[("x-goog-api-key", TOKEN)], gemini).await;
+    assert_eq!(response.status(), 400);
+    assert!(text(response).await.contains("generation_config"));
+    assert!(mock.requests().is_empty(), "a request corral cannot bound went upstream");
+    assert!(gate.asks.lock().unwrap().is_empty());
+
+    // Eight answers: asked and held as eight caps, and capped so that all
+    // eight together stay within what the budget leaves.
+    *gate.decision.lock().unwrap() = Some(Decision::Allow { max_output: Some(1000) });
+    let response = post(&proxy, "/v1/chat/completions", &[("authorization", &bearer)], chat(json!({"n": 8}))).await;
+    text(response).await;
+    let record = gate.record_of(1).await;
+    assert_eq!(gate.asks.lock().unwrap()[0].asked_output, Some(32_000));
+    assert_eq!(mock.requests()[0].body["max_tokens"], 125);
+    assert_eq!(record.output_cap, Some(1000));
+}
+
 /// An upstream of the test's own: it records the headers of each request
 /// and answers with `events`, sending each when `release` lets it (one
 /// permit an event, and one first for the head when `hold_head`), and
