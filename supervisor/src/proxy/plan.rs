@@ -52,6 +52,22 @@ use crate::wire::monitor::{MeterSpec, ProxyKey, ProxyKeys, PROXY_URL_MARK};
 pub const KEY_VARIABLES: [&str; 5] =
     ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"];
 
+/// Variables that make a CLI reach its models some other way than the base
+/// URL corral points it at (a cloud's own API), so its calls would pass no
+/// meter: a proxied agent whose environment sets one is refused.
+const ELSEWHERE: [(Harness, &str, &str); 5] = [
+    (Harness::Claude, "CLAUDE_CODE_USE_BEDROCK", "Amazon Bedrock"),
+    (Harness::Claude, "CLAUDE_CODE_USE_VERTEX", "Google Vertex AI"),
+    (Harness::Claude, "CLAUDE_CODE_USE_FOUNDRY", "Microsoft Foundry"),
+    (Harness::Gemini, "GOOGLE_GENAI_USE_VERTEXAI", "Google Vertex AI"),
+    (Harness::Gemini, "GOOGLE_GENAI_USE_GCA", "Google's Code Assist login"),
+];
+
+/// Credentials a CLI calls with in place of an API key (Claude Code's
+/// long-lived login token): taken out of a proxied agent's environment, as
+/// a key is, so the agent cannot call past its proxy with them.
+const LOGIN_VARIABLES: [&str; 1] = ["CLAUDE_CODE_OAUTH_TOKEN"];
+
 /// The variable Codex's provider of corral's own reads its key from.
 pub const CODEX_TOKEN_VARIABLE: &str = "CORRAL_PROXY_TOKEN";
 
@@ -86,6 +102,18 @@ pub fn plan(
     opencode: &[Value],
     token: &str,
 ) -> Result<Plan, String> {
+    let set = |value: &String| !matches!(value.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off");
+    if let Some((_, name, what)) =
+        ELSEWHERE.iter().find(|(h, name, _)| *h == harness && env.get(*name).is_some_and(set))
+    {
+        return Err(format!(
+            "{name} is set, so the CLI would call {what} directly, past corral's metering proxy; unset it, \
+             or spawn with --meter stream"
+        ));
+    }
+    for name in LOGIN_VARIABLES {
+        env.remove(name);
+    }
     let mut upstreams = BTreeMap::new();
     let mut keys = BTreeMap::new();
     let mut url_env = BTreeMap::new();
@@ -408,6 +436,27 @@ mod tests {
         assert_eq!(plan.spec.url_env["OPENAI_BASE_URL"], "/v1");
         let err = plan_err(Harness::Aider, Some("sonnet"), &[]);
         assert!(err.contains("--meter stream") && err.contains("openai/"), "{err}");
+    }
+
+    #[test]
+    fn a_cli_told_to_call_its_cloud_directly_is_refused_and_login_tokens_are_taken_out() {
+        for (harness, name) in [
+            (Harness::Claude, "CLAUDE_CODE_USE_BEDROCK"),
+            (Harness::Claude, "CLAUDE_CODE_USE_VERTEX"),
+            (Harness::Gemini, "GOOGLE_GENAI_USE_VERTEXAI"),
+        ] {
+            let mut e = env(&[(name, "1"), ("ANTHROPIC_API_KEY", "sk-a")]);
+            let err = plan(harness, &mut e, &[], None, &[], "tok").unwrap_err();
+            assert!(err.contains(name) && err.contains("--meter stream"), "{err}");
+            // Set to nothing or false, it routes nowhere else.
+            for off in ["", "0", "false"] {
+                let mut e = env(&[(name, off)]);
+                assert!(plan(harness, &mut e, &[], None, &[], "tok").is_ok(), "{name}={off:?}");
+            }
+        }
+        let mut e = env(&[("CLAUDE_CODE_OAUTH_TOKEN", "oauth-secret"), ("ANTHROPIC_API_KEY", "sk-a")]);
+        plan(Harness::Claude, &mut e, &[], None, &[], "tok").unwrap();
+        assert!(!e.contains_key("CLAUDE_CODE_OAUTH_TOKEN"), "{e:?}");
     }
 
     fn plan_err(harness: Harness, model: Option<&str>, sources: &[Value]) -> String {
