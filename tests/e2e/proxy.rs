@@ -796,3 +796,28 @@ fn a_gemini_whose_settings_would_refuse_its_proxy_is_refused_at_spawn_with_the_w
     assert!(!err.contains(REAL_KEY), "{err}");
     assert!(repo.agent_processes("/root/bare").is_empty());
 }
+
+#[test]
+fn under_a_cost_budget_a_call_for_a_model_with_no_price_is_refused_and_never_sent() {
+    let repo = TestRepo::new();
+    // A price for another model only: the client's model `m` has none.
+    std::fs::write(repo.repo.join("corral.toml"), "[prices.\"other\"]\ninput = 3.0\noutput = 15.0\n").unwrap();
+    let mock = MockLlm::start(
+        &repo,
+        "unpriced",
+        &json!({"steps": [{"text": "ok", "usage": {"input": 300, "output": 100}, "repeat": "forever"}]}),
+    );
+    let client = client_script(&repo, "forever", 0);
+    let env = [("ANTHROPIC_BASE_URL", OsString::from(&mock.url)), ("ANTHROPIC_API_KEY", REAL_KEY.into())];
+    let args = ["spender", "--meter", "proxy", "--max-cost", "5", "--grace", "0", "--", "python3", &client];
+    let address = spawn(&repo, &args, &env)["address"].as_str().unwrap().to_string();
+    wait_code(&repo, &address);
+    assert!(model_requests(&mock.requests()).is_empty(), "a call no price covers went upstream");
+    let events = events(&repo, &address);
+    let calls = of_type(&events, "model_call");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let refused = calls[0]["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("\"m\"") && refused.contains("[prices"), "{refused}");
+    let log = repo.corral_ok(&["logs", &address]);
+    assert!(log.contains("call 0 402 billing_error"), "{log}");
+}

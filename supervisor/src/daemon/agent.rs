@@ -675,7 +675,7 @@ pub(super) async fn flush_output(
     for body in &all {
         match body {
             EventBody::ToolUse { name, .. } => progress.tool(name),
-            EventBody::Usage { delta, .. } => progress.tokens += delta.total(),
+            EventBody::Usage { delta, .. } => progress.tokens = progress.tokens.saturating_add(delta.total()),
             EventBody::Output { .. } | EventBody::Progress { .. } => progress.lines += 1,
             _ => {}
         }

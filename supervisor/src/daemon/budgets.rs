@@ -29,13 +29,13 @@ pub(super) use crate::model::lifecycle::DEFAULT_GRACE_SECS;
 pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
     let mut spend = Spend::default();
     for agent in table.subtree(scope) {
-        spend.tokens += agent.usage.total();
-        spend.output_tokens += agent.usage.output;
+        spend.tokens = spend.tokens.saturating_add(agent.usage.total());
+        spend.output_tokens = spend.output_tokens.saturating_add(agent.usage.output);
         spend.cost += agent.cost_usd.unwrap_or(0.0);
     }
     for (_, done) in table.away_within(scope) {
-        spend.tokens += done.tokens;
-        spend.output_tokens += done.output_tokens;
+        spend.tokens = spend.tokens.saturating_add(done.tokens);
+        spend.output_tokens = spend.output_tokens.saturating_add(done.output_tokens);
         spend.cost += done.cost;
     }
     spend
@@ -78,7 +78,7 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
                 continue;
             }
             let mut spend = subtree_spend(table, &owner_address);
-            spend.tokens += refused_tokens;
+            spend.tokens = spend.tokens.saturating_add(refused_tokens);
             if !owner.state.is_terminal() {
                 spend.wall_secs = owner.runtime_secs(now).unwrap_or(0.0);
                 // A frozen agent prints nothing: that is not idleness.
@@ -193,7 +193,7 @@ pub(super) async fn raise(
         let Some(owner) = table.agents.get(&record.address) else { return Vec::new() };
         let mut spend = subtree_spend(table, &record.address);
         let largest_held = held.iter().filter(|(a, _)| a.is_within(&record.address)).map(|(_, t)| *t).max();
-        spend.tokens += largest_held.map_or(0, |t| t.max(1));
+        spend.tokens = spend.tokens.saturating_add(largest_held.map_or(0, |t| t.max(1)));
         let spent = owner.budget.check(&spend).into_iter().any(|c| c.exceeded && owner.budget.pauses(c.kind));
         if spent {
             return Vec::new();
@@ -354,6 +354,9 @@ const ADMISSION_WAIT: Duration = Duration::from_secs(20);
 /// more calls.
 pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> crate::proxy::Decision {
     use crate::proxy::Decision;
+    if let Some(message) = unpriced(daemon, address, ask) {
+        return Decision::Refuse { message };
+    }
     let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
     loop {
         let settled = daemon.calls_settled.notified();
@@ -389,6 +392,38 @@ pub(super) async fn admit(daemon: &Daemon, address: &Address, ask: &crate::proxy
             return held;
         }
         let _ = tokio::time::timeout_at(deadline, settled).await;
+    }
+}
+
+/// Why `ask` cannot go out under the cost budgets over `address`, if it
+/// cannot: a cost budget covers the agent (its own, an ancestor's, the
+/// repository's daily one) and the call's model has no price in
+/// `[prices]`, so what the call costs could not be counted. A guard fails
+/// closed: the call is refused, saying which price is missing.
+fn unpriced(daemon: &Daemon, address: &Address, ask: &crate::proxy::Ask) -> Option<String> {
+    let config = daemon.config();
+    let (model, owner) = daemon.store.read(|table| {
+        let model = ask.model.clone().or_else(|| table.agents.get(address).and_then(|r| r.model.clone()));
+        let owner = std::iter::successors(Some(address.clone()), Address::parent)
+            .filter(|a| !a.is_root())
+            .find(|a| table.agents.get(a).is_some_and(|r| r.budget.cost.is_some()));
+        (model, owner)
+    });
+    let which = match owner {
+        Some(owner) => format!("the cost budget of {owner}"),
+        None if config.budget.daily_cost.is_some() => "the repository's daily cost budget".to_owned(),
+        None => return None,
+    };
+    match model {
+        Some(model) if config.price(&model).is_some() => None,
+        Some(model) => Some(format!(
+            "corral: {which} cannot be kept for model {model:?}: it has no price in corral.toml's [prices] \
+             (add [prices.\"{model}\"] with input and output, USD per million tokens); this call was not sent"
+        )),
+        None => Some(format!(
+            "corral: {which} cannot be kept: the call names no model, so no price in corral.toml's [prices] \
+             applies; this call was not sent"
+        )),
     }
 }
 
@@ -464,8 +499,14 @@ fn headroom(
             .iter()
             .filter(|(a, _)| a.is_within(scope))
             .flat_map(|(_, calls)| calls.values())
-            .map(Admitted::tokens)
-            .sum()
+            .fold(0u64, |sum, call| sum.saturating_add(call.tokens()))
+    };
+    let held_output_within = |scope: &Address| -> u64 {
+        in_flight
+            .iter()
+            .filter(|(a, _)| a.is_within(scope))
+            .flat_map(|(_, calls)| calls.values())
+            .fold(0u64, |sum, call| sum.saturating_add(call.output_cap))
     };
     let config = daemon.config();
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
@@ -482,7 +523,7 @@ fn headroom(
                 let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
                 let scope_room = Headroom {
                     tokens: left.tokens.map(|t| t.saturating_sub(held_within(&at))),
-                    output_tokens: left.output_tokens,
+                    output_tokens: left.output_tokens.map(|t| t.saturating_sub(held_output_within(&at))),
                     spent: spent_cost.then(|| format!("the cost budget of {at}")),
                 };
                 room = room.tighten(scope_room);
@@ -490,7 +531,10 @@ fn headroom(
             scope = at.parent();
         }
         let day = table.daily.get(&today).cloned().unwrap_or_default();
-        let held_all: u64 = in_flight.values().flat_map(|calls| calls.values()).map(Admitted::tokens).sum();
+        let held_all = in_flight
+            .values()
+            .flat_map(|calls| calls.values())
+            .fold(0u64, |sum, call| sum.saturating_add(call.tokens()));
         let day_room = Headroom {
             tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens).saturating_sub(held_all)),
             output_tokens: None,

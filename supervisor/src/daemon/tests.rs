@@ -370,3 +370,93 @@ async fn an_assigned_task_cut_short_by_a_daemon_crash_keeps_the_agents_work() {
     assert!(after.worktree.join("work.txt").exists(), "the worktree was discarded");
     assert!(git(&["log", "--format=%s", &after.branch]).contains("first task"), "the branch lost its commit");
 }
+
+/// Spawns a plain agent `name` with the budget `budget`, for its fake
+/// monitor to ask admissions of.
+async fn spawn_with_budget(daemon: &mut TestDaemon, name: &str, budget: crate::model::budget::Budget) -> FakeAgent {
+    let mut request = spawn_request(name, Some(0.0));
+    request.settings.budget = Some(budget);
+    match daemon.request(Request::Spawn(Box::new(request))).await {
+        Ok(Response::Spawned(_)) => {}
+        other => panic!("spawn of {name}: {other:?}"),
+    }
+    tokio::time::timeout(SOON, daemon.started.recv()).await.expect("started in time").unwrap()
+}
+
+fn ask(call: u64, model: &str) -> crate::proxy::Ask {
+    crate::proxy::Ask {
+        call,
+        provider: crate::proxy::Provider::Anthropic,
+        model: Some(model.into()),
+        estimate_input: 0,
+        input_floor: 0,
+        asked_output: None,
+    }
+}
+
+/// The daemon's answer to the admission of `ask`, asked by `agent`.
+async fn admission(agent: &mut FakeAgent, ask: crate::proxy::Ask) -> crate::proxy::Decision {
+    let call = ask.call;
+    agent.send(&MonitorMessage::Admit { ask }).await;
+    match agent.command().await {
+        MonitorCommand::Admission { call: answered, decision } if answered == call => decision,
+        other => panic!("expected the admission of call {call}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn calls_in_flight_hold_an_output_budget_as_they_hold_a_token_budget() {
+    use crate::proxy::Decision;
+    let mut daemon = TestDaemon::new().await;
+    let budget = crate::model::budget::Budget { output_tokens: Some(1000), ..Default::default() };
+    let mut agent = spawn_with_budget(&mut daemon, "writer", budget).await;
+    assert_eq!(admission(&mut agent, ask(1, "m")).await, Decision::Allow { max_output: Some(1000) });
+    // The first call may still write all 1000: the second waits for it.
+    agent.send(&MonitorMessage::Admit { ask: ask(2, "m") }).await;
+    let usage = corral_harness::TokenUsage { input: 50, output: 300, cache_read: 0, cache_write: 0 };
+    let record = crate::proxy::CallRecord {
+        call: 1,
+        provider: crate::proxy::Provider::Anthropic,
+        model: Some("m".into()),
+        status: 200,
+        usage,
+        flag: None,
+        refused: None,
+        estimate_input: 0,
+        output_cap: Some(1000),
+        started_at: chrono::Utc::now(),
+        index: Some(0),
+        ttfb_ms: 1.0,
+        duration_ms: 2.0,
+    };
+    agent.send(&MonitorMessage::ModelCall { record }).await;
+    match agent.command().await {
+        MonitorCommand::Admission { call: 2, decision } => {
+            assert_eq!(decision, Decision::Allow { max_output: Some(700) }, "after the first call wrote 300")
+        }
+        other => panic!("expected the admission of call 2, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cost_budget_refuses_a_call_whose_model_has_no_price() {
+    use crate::proxy::Decision;
+    let mut daemon = TestDaemon::new().await;
+    let config = "[prices.\"m-priced\"]\ninput = 3.0\noutput = 15.0\n";
+    std::fs::write(daemon.daemon.state.repo_root.join("corral.toml"), config).unwrap();
+    let budget = crate::model::budget::Budget { cost: Some(1.0), ..Default::default() };
+    let mut agent = spawn_with_budget(&mut daemon, "spender", budget).await;
+    match admission(&mut agent, ask(1, "m-free")).await {
+        Decision::Refuse { message } => {
+            assert!(message.contains("\"m-free\"") && message.contains("[prices"), "{message}");
+            assert!(message.contains("cost budget of /root/spender"), "{message}");
+        }
+        other => panic!("a call no price covers went out under a cost budget: {other:?}"),
+    }
+    // Priced, by its own name or a dated one, it goes.
+    assert!(matches!(admission(&mut agent, ask(2, "m-priced")).await, Decision::Allow { .. }));
+    assert!(matches!(admission(&mut agent, ask(3, "m-priced-20260101")).await, Decision::Allow { .. }));
+    // With no budget of cost over it, an agent's calls need no price.
+    let mut free = daemon.spawn("free", Some(0.0)).await;
+    assert!(matches!(admission(&mut free, ask(1, "m-free")).await, Decision::Allow { .. }));
+}

@@ -128,8 +128,8 @@ impl Board {
     pub fn subtree_spend(&self, address: &Address) -> Spend {
         let mut spend = Spend::default();
         for agent in self.agents().into_iter().chain(self.removed()).filter(|a| a.address.is_within(address)) {
-            spend.tokens += agent.usage.total();
-            spend.output_tokens += agent.usage.output;
+            spend.tokens = spend.tokens.saturating_add(agent.usage.total());
+            spend.output_tokens = spend.output_tokens.saturating_add(agent.usage.output);
             spend.cost += agent.cost_usd.unwrap_or(0.0);
         }
         spend

@@ -916,7 +916,7 @@ impl AgentTable {
                 // reported (the day has that already): the day gets the growth.
                 let (priced, previous) = agent.map_or((true, None), |a| (a.calls_priced, a.cost_usd));
                 let day = self.daily.entry(day_of(event.ts)).or_default();
-                day.tokens += usage.total();
+                day.tokens = day.tokens.saturating_add(usage.total());
                 if let Some(cost) = cost_usd {
                     day.cost += if priced { *cost } else { (cost - previous.unwrap_or(0.0)).max(0.0) };
                 }
@@ -930,7 +930,7 @@ impl AgentTable {
                     agent.map_or((false, false), |a| (a.meter == crate::model::budget::Meter::Proxy, a.calls_priced));
                 let day = self.daily.entry(day_of(event.ts)).or_default();
                 if !proxied {
-                    day.tokens += delta.total();
+                    day.tokens = day.tokens.saturating_add(delta.total());
                 }
                 if !(proxied && priced) {
                     day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);

@@ -594,6 +594,26 @@ fn model_calls_are_a_proxy_metered_agents_usage_counted_once() {
 }
 
 #[test]
+fn counts_a_server_reports_at_their_largest_saturate_and_never_wrap() {
+    // A hostile upstream's figures: were the sums to wrap, a budget would
+    // see almost nothing spent.
+    let mut table = AgentTable::default();
+    let mut spawn = spawned(1, A, 1);
+    if let EventBody::Spawned { meter, .. } = &mut spawn.body {
+        *meter = crate::model::budget::Meter::Proxy;
+    }
+    table.apply(&spawn);
+    let ts = at("2026-03-10T12:00:00Z");
+    for (call, input) in [(1, u64::MAX), (2, 5)] {
+        let mut e = event(0, A, model_call(call, input, None));
+        e.ts = ts;
+        table.apply(&e);
+    }
+    assert_eq!(table.agents[&Address::parse(A).unwrap()].usage.total(), u64::MAX);
+    assert_eq!(table.daily[&day_of(ts)].tokens, u64::MAX);
+}
+
+#[test]
 fn daily_spend_adds_token_deltas_and_cost_growth() {
     let day1 = at("2026-03-10T12:00:00Z");
     let day3 = at("2026-03-12T12:00:00Z");
