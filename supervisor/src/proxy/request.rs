@@ -62,11 +62,12 @@ pub fn input_floor(body_bytes: u64, last: Option<LastCall>) -> u64 {
     }
 }
 
-/// Why corral cannot bound the request's output, if it cannot: a field
+/// Why corral cannot bound or meter the request, if it cannot: a field
 /// that multiplies or caps output written in a form corral does not read
 /// (Gemini also takes its fields' proto names, `generation_config`,
-/// `max_output_tokens`, `candidate_count`), or an answer count that is not
-/// a whole number from 1. Such a call is refused, never sent unbounded.
+/// `max_output_tokens`, `candidate_count`), an answer count that is not a
+/// whole number from 1, or a Responses call run in the background (its
+/// usage never comes through). Such a call is refused, never sent.
 pub fn unbounded(provider: Provider, body: &Value) -> Option<String> {
     if provider == Provider::Gemini {
         let config = lookup(body, "generationConfig");
@@ -81,6 +82,15 @@ pub fn unbounded(provider: Provider, body: &Value) -> Option<String> {
                  and `generationConfig.candidateCount` and sends no call whose output it cannot bound"
             ));
         }
+    }
+    // A background response answers at once with no usage, and its
+    // tokens are spent later, where no proxy sees them.
+    if provider == Provider::OpenAiResponses && lookup(body, "background").is_some_and(|b| b != &json!(false)) {
+        return Some(
+            "corral: the request asks for a background response (`background`), whose usage never passes \
+             corral's proxy; it was not sent"
+                .to_owned(),
+        );
     }
     let field = choices_field(provider)?;
     let value = lookup(body, field)?;
@@ -277,6 +287,9 @@ mod tests {
         }
         assert_eq!(unbounded(Provider::Gemini, &json!({"generationConfig": {"maxOutputTokens": 5}})), None);
         assert_eq!(unbounded(Provider::Anthropic, &json!({"n": "x"})), None);
+        let why = unbounded(Provider::OpenAiResponses, &json!({"background": true})).expect("refused");
+        assert!(why.contains("`background`"), "{why}");
+        assert_eq!(unbounded(Provider::OpenAiResponses, &json!({"background": false})), None);
     }
 
     #[test]
