@@ -7,6 +7,11 @@
 //!   next, with nothing missed and nothing repeated;
 //! - a torn last line (the daemon died mid-write) is cut off when the
 //!   journal is opened, never fatal: it was never acknowledged;
+//! - an append of several events is one commit: each of its lines begins
+//!   `{"batch_end":SEQ,` (the seq of its last event), and opening folds
+//!   the commit only once that event is read; a commit cut short by a
+//!   crash is cut off whole, as a torn line is (so no reader ever sees a
+//!   child's exit without the notice journaled with it);
 //! - an append that fails (a full disk, a read-only filesystem, an I/O
 //!   error; wholly or after a short write) is cut back to the last whole
 //!   line and uses no seq: the file is always a run of whole lines with
@@ -139,6 +144,8 @@ impl Journal {
         let mut line_no = 0usize;
         let mut damage = None;
         let mut line = Vec::new();
+        // The commit of several events being read: folded once whole.
+        let mut commit: Option<Commit> = None;
         loop {
             line.clear();
             let read = reader.read_until(b'\n', &mut line).map_err(read_err)?;
@@ -156,9 +163,19 @@ impl Journal {
             let expected = last_seq + 1;
             let why = match serde_json::from_slice::<Event>(&line[..read - 1]) {
                 Ok(event) if event.seq == expected => {
-                    last_seq = event.seq;
+                    let seq = event.seq;
+                    let open = commit.get_or_insert_with(|| Commit {
+                        end: batch_end_of(&line).filter(|end| *end > seq).unwrap_or(seq),
+                        start_len: good_len,
+                        start_seq: last_seq,
+                        events: Vec::new(),
+                    });
+                    open.events.push(event);
+                    if seq >= open.end {
+                        commit.take().into_iter().flat_map(|c| c.events).for_each(&mut fold);
+                    }
+                    last_seq = seq;
                     good_len += read as u64;
-                    fold(event);
                     continue;
                 }
                 Ok(event) => format!("event seq {} where {expected} was expected", event.seq),
@@ -172,6 +189,19 @@ impl Journal {
             break;
         }
         drop(reader);
+        if let Some(unfinished) = commit {
+            // Never acknowledged: its appender died before the commit's
+            // last line. Cut off whole, or kept aside with the damage.
+            tracing::warn!(
+                "{}: dropping a commit of {} events (seqs {} to {}) that a crash left unfinished",
+                path.display(),
+                unfinished.end - unfinished.start_seq,
+                unfinished.start_seq + 1,
+                unfinished.end
+            );
+            good_len = unfinished.start_len;
+            last_seq = unfinished.start_seq;
+        }
         let mut repair = None;
         if let Some((line, reason)) = damage {
             let line = resume.seq as usize + line;
@@ -224,6 +254,8 @@ impl Journal {
     pub fn append(&mut self, drafts: Vec<Draft>) -> Result<Vec<Event>> {
         let ts = chrono::Utc::now();
         let mut buffer = Vec::new();
+        let count = drafts.len() as u64;
+        let batch = count > 1;
         let mut events = Vec::with_capacity(drafts.len());
         for (i, draft) in drafts.into_iter().enumerate() {
             let event = Event {
@@ -235,7 +267,15 @@ impl Journal {
                 task: draft.task,
                 body: draft.body,
             };
-            serde_json::to_writer(&mut buffer, &event).expect("events serialize");
+            let line = serde_json::to_vec(&event).expect("events serialize");
+            if batch {
+                // The commit's mark first, so a reader finds it without
+                // parsing the event (an object always opens with `{`).
+                write!(buffer, "{{\"{BATCH_END}\":{},", self.last_seq + count).expect("writes to a Vec");
+                buffer.extend_from_slice(&line[1..]);
+            } else {
+                buffer.extend_from_slice(&line);
+            }
             buffer.push(b'\n');
             events.push(event);
         }
@@ -334,6 +374,27 @@ impl Journal {
         };
         Some(Fault::Fail { errno, short: text.contains("short") })
     }
+}
+
+/// The key that marks each line of a commit of several events.
+const BATCH_END: &str = "batch_end";
+
+/// A commit of several events, read in part.
+struct Commit {
+    /// The seq of its last event.
+    end: u64,
+    /// The journal's whole length and last seq before it.
+    start_len: u64,
+    start_seq: u64,
+    events: Vec<Event>,
+}
+
+/// The seq of the last event of the commit a line belongs to, when the
+/// line carries the mark (it opens the line, as appends write it).
+fn batch_end_of(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"")?.strip_prefix(BATCH_END.as_bytes())?.strip_prefix(b"\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// The seq of a journal line, read without parsing the whole event.
@@ -501,6 +562,35 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_cut_short_by_a_crash_is_cut_off_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append(vec![draft(1)]).unwrap();
+        journal.append(vec![draft(2), draft(3), draft(4)]).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(whole.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!lines[0].contains(BATCH_END), "a commit of one event carries no mark: {}", lines[0]);
+        assert!(lines[1..].iter().all(|l| l.starts_with(r#"{"batch_end":4,"#)), "{lines:?}");
+        drop(journal);
+        // Readers parse the marked lines as the events they are.
+        let (_, events) = Journal::open(&path).unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+
+        // The crash left the commit's first two lines whole and its third
+        // torn, or not written at all: none of the commit is folded.
+        let second_line_end = lines[0].len() + lines[1].len() + lines[2].len() + 3;
+        for cut in [second_line_end + 10, second_line_end] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let (mut journal, events) = Journal::open(&path).unwrap();
+            assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1], "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), lines[0].len() as u64 + 1);
+            assert_eq!(journal.append(vec![draft(9)]).unwrap()[0].seq, 2);
+        }
+    }
+
+    #[test]
     fn reader_resumes_after_a_seq() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
@@ -564,7 +654,9 @@ mod tests {
         std::fs::write(&path, text.join("\n") + "\n").unwrap();
         let mut journal = Journal::open_after(&path, Some(resume), |_| {}).unwrap();
         assert_eq!(journal.take_repair().map(|r| r.line), Some(5));
-        assert_eq!(journal.last_seq(), 4);
+        // Seq 4 was whole, but of the same commit as the damaged 5: the
+        // commit is kept aside whole.
+        assert_eq!(journal.last_seq(), 3);
     }
 
     fn lines(path: &Path) -> Vec<String> {
@@ -576,7 +668,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let (mut journal, _) = Journal::open(&path).unwrap();
-        journal.append((1..=5).map(draft).collect()).unwrap();
+        for pid in 1..=5 {
+            journal.append(vec![draft(pid)]).unwrap();
+        }
         drop(journal);
         let mut text = lines(&path);
         text[2] = r#"{"v":1,"seq":3,"ts":"2026-12-01T00:00:00Z","type":"daemon_st"#.to_string();
@@ -601,7 +695,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let (mut journal, _) = Journal::open(&path).unwrap();
-        journal.append((1..=4).map(draft).collect()).unwrap();
+        for pid in 1..=4 {
+            journal.append(vec![draft(pid)]).unwrap();
+        }
         drop(journal);
         let mut text = lines(&path);
         text[1] = text[1].replace("\"seq\":2", "\"seq\":7");
