@@ -653,6 +653,29 @@ fn a_failing_gate_gives_gate_failed_with_its_output_and_merges_nothing() {
     assert_eq!(show(&repo, "main", "left.txt").as_deref(), Some("left uncommitted\n"));
 }
 
+#[test]
+fn a_gate_runs_in_the_agent_s_environment_not_the_daemon_s() {
+    // The daemon starts first, from an environment without the setting
+    // (as a daemon a cron job started has cron's PATH); the agent is
+    // spawned from one with it, and its gate needs it.
+    let repo = TestRepo::new();
+    repo.corral_ok(&["ps"]);
+    let bin = corral_bin();
+    let task = task_of("envgate");
+    let out = repo
+        .command()
+        .env("MERGE_GATE_SETTING", "from the spawner")
+        .args(["spawn", "envgate", "--task", &task, "--merge", "auto", "--gate"])
+        .arg("test \"$MERGE_GATE_SETTING\" = 'from the spawner'")
+        .args(["--", bin.to_str().unwrap(), "fake-agent", "write e.txt env; commit 'env change'"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_wait(&repo, &["envgate"], PATIENCE, 0);
+    assert_eq!(merge_state(&repo.agent("/root/envgate")).as_deref(), Some("merged"), "{}", diagnose(&repo));
+    assert_eq!(show(&repo, "main", "e.txt").as_deref(), Some("env\n"));
+}
+
 // ---- 5. each strategy's history -----------------------------------------------
 
 #[test]

@@ -193,8 +193,14 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
         // The gate runs in the agent's own worktree and holds no lock: a
         // gate of minutes (`cargo test`) never holds up a spawn, a stop or
         // a read. The merge queue itself waits for it, one merge at a time.
+        // It runs in the agent's own environment (the one it was spawned
+        // with: a cron job's PATH, a run file's `env`), not the daemon's.
         if let Some(gate) = record.merge.gate.clone() {
-            if let Some(failed) = run_gate_closed(record.worktree.clone(), gate).await {
+            let env = std::fs::read(daemon.agent_dir(&record).spec())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<crate::wire::monitor::MonitorSpec>(&bytes).ok())
+                .map(|spec| spec.env);
+            if let Some(failed) = run_gate_closed(record.worktree.clone(), gate, env).await {
                 return journal(failed).await;
             }
         }
@@ -260,13 +266,17 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
 /// Runs a merge gate off the runtime. `None` only when it passed: a gate
 /// whose runner fails (its thread panics or cannot be joined) did not pass,
 /// so the merge never goes through on a gate nobody saw pass.
-pub(super) async fn run_gate_closed(worktree: PathBuf, gate: crate::sys::gate::Gate) -> Option<EventBody> {
+pub(super) async fn run_gate_closed(
+    worktree: PathBuf,
+    gate: crate::sys::gate::Gate,
+    env: Option<std::collections::BTreeMap<String, String>>,
+) -> Option<EventBody> {
     let ran = tokio::task::spawn_blocking(move || {
         if std::env::var_os("CORRAL_TEST_GATE_RUNNER_PANICS").is_some() {
             // The regression test's way to make the runner itself fail.
             panic!("the gate runner was told to fail (CORRAL_TEST_GATE_RUNNER_PANICS)");
         }
-        crate::sys::gate::run_gate(&worktree, &gate, Duration::from_secs(GATE_TIMEOUT_SECS))
+        crate::sys::gate::run_gate(&worktree, &gate, env.as_ref(), Duration::from_secs(GATE_TIMEOUT_SECS))
     })
     .await;
     match ran {

@@ -152,11 +152,17 @@ impl Tail {
 }
 
 /// Runs `gate` in `worktree`, in its own process group, stdin from
-/// /dev/null, stdout and stderr captured together. After `timeout` the
+/// /dev/null, stdout and stderr captured together; with `env`, in that
+/// environment alone (the agent's own), else in this process's. After `timeout` the
 /// whole group is killed (SIGKILL). When the gate's main process ends,
 /// whatever it left running in its group is killed too. Never fails: a
 /// gate that cannot start did not pass, and says why in `output`.
-pub fn run_gate(worktree: &Path, gate: &Gate, timeout: Duration) -> GateResult {
+pub fn run_gate(
+    worktree: &Path,
+    gate: &Gate,
+    env: Option<&std::collections::BTreeMap<String, String>>,
+    timeout: Duration,
+) -> GateResult {
     let failed = |output: String| GateResult { passed: false, code: None, timed_out: false, output };
     let mut command = match gate {
         Gate::Shell(script) => {
@@ -183,6 +189,9 @@ pub fn run_gate(worktree: &Path, gate: &Gate, timeout: Duration) -> GateResult {
         Ok(fd) => fd,
         Err(e) => return failed(format!("corral: cannot make a pipe for the gate: {e}")),
     };
+    if let Some(env) = env {
+        command.env_clear().envs(env);
+    }
     command
         .current_dir(worktree)
         .stdin(Stdio::null())
@@ -251,6 +260,19 @@ pub fn run_gate(worktree: &Path, gate: &Gate, timeout: Duration) -> GateResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_runs_in_the_environment_it_is_given_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = std::collections::BTreeMap::from([
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("GATE_SETTING".to_string(), "from the agent".to_string()),
+        ]);
+        let gate = Gate::Shell("echo \"$GATE_SETTING|${HOME-unset}\"".into());
+        let result = run_gate(dir.path(), &gate, Some(&env), Duration::from_secs(30));
+        assert!(result.passed, "{result:?}");
+        assert_eq!(result.output, "from the agent|unset\n");
+    }
 
     #[test]
     fn gate_tail_keeps_the_end_and_says_what_was_cut() {
