@@ -184,7 +184,8 @@ pub fn route(method: &str, path: &str) -> Option<Route> {
         // `/v1beta/models`.
         let last = path.rsplit('/').next().unwrap_or("");
         let parent = path.rsplit('/').nth(1).unwrap_or("");
-        if last == "models" || parent == "models" {
+        // A model's page, never a model's method (`M:generateContent`).
+        if last == "models" || (parent == "models" && !last.contains(':')) {
             return Some(Route::Free(if path.contains("/v1beta/") { Family::Gemini } else { Family::OpenAi }));
         }
     }
@@ -229,6 +230,8 @@ mod tests {
         assert_eq!(route("POST", "/v1/files"), None);
         assert_eq!(route("POST", "/v1/embeddings"), None);
         assert_eq!(route("DELETE", "/v1/messages"), None);
+        // A model's method is no model page, whatever the method says.
+        assert_eq!(route("GET", "/v1beta/models/gemini-2.5-pro:generateContent"), None);
     }
 
     #[test]

@@ -273,6 +273,11 @@ const DROPPED_HEADERS: &[&str] = &[
     "x-api-key",
     "x-goog-api-key",
     "authorization",
+    // A request goes upstream as the method it was routed (and metered)
+    // by: a free GET must never turn into a call.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -315,6 +320,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody
     };
     let provider = match route {
         Route::Free(_) => {
+            // A model list reads no body: none goes with it.
+            let body = if parts.method == hyper::Method::GET { Bytes::new() } else { body };
             return match send(&inner, family, upstream, &parts.method, &path, &query, &parts.headers, body).await {
                 Ok(response) => response.map(|b| b.boxed_unsync()),
                 Err(unsent) => json_response(502, &family.error(502, &unsent.message).1),

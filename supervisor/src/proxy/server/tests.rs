@@ -317,8 +317,8 @@ async fn the_real_key_replaces_the_token_and_each_event_passes_as_it_comes() {
     let upstream = upstream_of_own(anthropic_events(300, 20), false, false).await;
     let gate = Arc::new(TestGate::default());
     let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
-    let response =
-        post(&proxy, "/v1/messages", &[("x-api-key", TOKEN), ("accept-encoding", "gzip")], anthropic_body()).await;
+    let headers = [("x-api-key", TOKEN), ("accept-encoding", "gzip"), ("x-http-method-override", "DELETE")];
+    let response = post(&proxy, "/v1/messages", &headers, anthropic_body()).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     // One event released at a time: each reaches the client before the
@@ -345,6 +345,7 @@ async fn the_real_key_replaces_the_token_and_each_event_passes_as_it_comes() {
     let headers = upstream.headers.lock().unwrap()[0].clone();
     assert_eq!(headers.get("x-api-key").unwrap(), REAL_KEY);
     assert!(headers.get("accept-encoding").is_none());
+    assert!(headers.get("x-http-method-override").is_none(), "the method it was metered by is the method sent");
     assert!(!format!("{headers:?}").contains(TOKEN));
 }
 
