@@ -203,3 +203,46 @@ fn a_probe_host_that_is_not_loopback_is_refused_at_spawn() {
     ]);
     assert_eq!(repo.agent("/root/near")["state"], "running");
 }
+
+#[test]
+fn a_client_whose_binary_was_replaced_uses_the_newer_daemon_and_never_shuts_it_down() {
+    // A long-lived client of the old build (an MCP server, as Claude Code
+    // keeps one) outlives an upgrade: the binary at its path is replaced
+    // by another build, whose first command replaces the daemon. The old
+    // client's next call must use that daemon, not shut it down.
+    let repo = TestRepo::new();
+    let now = std::time::SystemTime::now();
+    let installed = copy_corral(&repo.path("bin/corral"), now);
+    assert!(ps_with(&repo, &installed).is_empty());
+    let old_daemon = repo.daemon_pid().expect("the old build started a daemon");
+    let mut mcp = crate::mcp::McpServer::start(repo.command_with(&installed));
+    mcp.initialize();
+    mcp.ok("list_agents", serde_json::json!({}));
+
+    // The upgrade: another build (one byte more) renamed over the path.
+    let next = copy_corral(&repo.path("bin/corral.next"), now);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&next)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap();
+    std::fs::rename(&next, &installed).unwrap();
+    assert!(ps_with(&repo, &installed).is_empty());
+    let new_daemon = repo.daemon_pid().expect("the new build started a daemon");
+    assert_ne!(new_daemon, old_daemon);
+    poll_until("the old daemon to exit", PATIENCE, || !alive(old_daemon));
+
+    for _ in 0..3 {
+        mcp.ok("list_agents", serde_json::json!({}));
+        assert_eq!(repo.daemon_pid(), Some(new_daemon), "the old client replaced the newer daemon");
+        assert!(alive(new_daemon), "the old client shut the newer daemon down");
+    }
+    // With no daemon running, the old client starts the build now at its
+    // path (its own file is gone).
+    repo.corral_ok(&["shutdown"]);
+    poll_until("the new daemon to exit", PATIENCE, || !alive(new_daemon));
+    mcp.ok("list_agents", serde_json::json!({}));
+    let started = repo.daemon_pid().expect("the old client started a daemon");
+    assert_eq!(exe_of(started), installed, "the daemon runs the build at the path");
+    mcp.close();
+}

@@ -54,6 +54,14 @@ impl Client {
             if same_file || build == crate::wire::protocol::build_id() {
                 return Ok(client);
             }
+            // This process runs a binary that was replaced since it started
+            // (a long `corral mcp` or run driver across an upgrade): the
+            // daemon is likely the newer build, and it speaks our protocol
+            // (the hello passed). Replacing it would start the old build
+            // again, or nothing, once for every request.
+            if replaced_since_started() {
+                return Ok(client);
+            }
             // A daemon of another build (corral was upgraded or rebuilt):
             // replace it. Agents keep running and the new daemon adopts them.
             let old = std::fs::read_to_string(state.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok());
@@ -189,8 +197,29 @@ fn lost(why: &dyn std::fmt::Display) -> Error {
     Error::new(ErrorKind::DaemonUnavailable, format!("lost the daemon connection: {why}"))
 }
 
+/// Whether the file this process was started from is no longer the one
+/// at its path (deleted, or another file renamed over it).
+fn replaced_since_started() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::fs::metadata("/proc/self/exe");
+    let Ok(link) = std::fs::read_link("/proc/self/exe") else { return false };
+    let text = link.to_string_lossy();
+    let path = text.strip_suffix(" (deleted)").map_or_else(|| link.clone(), std::path::PathBuf::from);
+    match (running, std::fs::metadata(path)) {
+        (Ok(running), Ok(on_disk)) => (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()),
+        (Ok(_), Err(_)) => true,
+        (Err(_), _) => false,
+    }
+}
+
 fn start_daemon(state: &StateDir) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
+    // Replaced since this process started (an upgrade): the daemon is the
+    // build now at that path.
+    let exe = match exe.to_string_lossy().strip_suffix(" (deleted)") {
+        Some(path) if std::path::Path::new(path).is_file() => std::path::PathBuf::from(path),
+        _ => exe,
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
