@@ -246,3 +246,38 @@ fn a_client_whose_binary_was_replaced_uses_the_newer_daemon_and_never_shuts_it_d
     assert_eq!(exe_of(started), installed, "the daemon runs the build at the path");
     mcp.close();
 }
+
+#[test]
+fn a_monitor_that_outlived_an_upgrade_still_restarts_its_agent() {
+    // The monitor (and its daemon) run a binary an upgrade then replaces;
+    // the restart runs the sandbox shim of the monitor's own build.
+    let repo = TestRepo::new();
+    let installed = copy_corral(&repo.path("bin/corral"), std::time::SystemTime::now());
+    let go = repo.path("go");
+    let script = format!("print run; wait-file {}; exit 3", go.display());
+    let mut command = repo.command_with(&installed);
+    command.args(["spawn", "upgraded", "--sandbox", "workspace-write", "--restart", "OnFailure"]);
+    command.args(["--restart-limit", "1", "--", installed.to_str().unwrap(), "fake-agent", &script]);
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    poll_until("the first run", PATIENCE, || repo.corral_ok(&["logs", "/root/upgraded"]).contains("run"));
+
+    let next = repo.path("bin/corral.next");
+    std::fs::copy(corral_bin(), &next).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&next)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap();
+    std::fs::rename(&next, &installed).unwrap();
+    std::fs::write(&go, "").unwrap();
+
+    let mut wait = repo.command();
+    wait.args(["wait", "/root/upgraded", "--timeout", "120"]);
+    let waited = wait.output().unwrap();
+    let agent = repo.agent("/root/upgraded");
+    let log = repo.corral_ok(&["logs", "/root/upgraded"]);
+    assert_eq!(log.matches("run").count(), 2, "the restart did not run: {agent} {log:?}");
+    assert_eq!(agent["restarts"], 1, "{agent}");
+    assert_eq!(agent["exit_code"], 3, "{agent} (wait: {:?})", waited.status.code());
+}

@@ -219,8 +219,12 @@ async fn start_monitor(
         .open(agent_dir.monitor_log())
         .map_err(|e| Error::io("cannot open", &agent_dir.monitor_log(), e))?;
 
-    let mut command = tokio::process::Command::new(exe);
+    // The daemon's own binary, even once an upgrade replaced the file it
+    // started from: its monitors speak its protocol. (The path stays the
+    // name the monitor shows in `ps`.)
+    let mut command = tokio::process::Command::new(crate::monitor::OWN_BINARY);
     command
+        .arg0(exe)
         .arg("monitor")
         .arg(&agent_dir.dir)
         .current_dir(state_dir)

@@ -70,7 +70,7 @@ pub(super) fn start_agent(
     };
     let argv = match (&stdin, &sandbox) {
         (None, None) => command.to_vec(),
-        _ => shim_argv(stdin.as_deref(), sandbox.as_deref(), command)?,
+        _ => shim_argv(stdin.as_deref(), sandbox.as_deref(), command),
     };
     let program = &argv[0];
     let pair = portable_pty::native_pty_system().openpty(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })?;
@@ -111,14 +111,20 @@ fn prepare_sandbox(agent: &AgentDir, plan: &crate::sys::sandbox::Plan) -> anyhow
     Ok(())
 }
 
+/// This process's own binary, as a child it forks can exec it.
+pub(crate) const OWN_BINARY: &str = "/proc/self/exe";
+
 /// Where the monitor keeps the sandbox plan the shim applies.
 pub(super) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
     agent.dir.join("sandbox.json")
 }
 
-fn shim_argv(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -> anyhow::Result<Vec<String>> {
-    let exe = std::env::current_exe()?;
-    let mut argv = vec![exe.display().to_string(), "exec-agent".into()];
+fn shim_argv(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -> Vec<String> {
+    // The monitor's own binary, even once an upgrade has replaced the file
+    // it started from (a monitor outlives daemons and upgrades, and its
+    // restarts and follow-ups run the shim of its own build): the child
+    // resolves the link at exec, and it is still the monitor's image then.
+    let mut argv = vec![OWN_BINARY.to_string(), "exec-agent".into()];
     if let Some(stdin) = stdin {
         argv.extend(["--stdin".into(), stdin.display().to_string()]);
     }
@@ -127,7 +133,7 @@ fn shim_argv(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -
     }
     argv.push("--".into());
     argv.extend(command.iter().cloned());
-    Ok(argv)
+    argv
 }
 
 /// `corral exec-agent [--stdin PATH] [--sandbox PLAN] -- COMMAND...`: runs
