@@ -420,6 +420,62 @@ fn bad_run_files_are_refused_with_file_line_and_key_and_nothing_starts() {
     assert!(!repo.state_dir().join("daemon.sock").exists());
 }
 
+/// Waits for a background `corral run` to end within `timeout`, reading
+/// its output meanwhile; kills it and panics if it does not end.
+fn ends_within(mut child: Child, timeout: Duration, what: &str) -> Output {
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("{what}: corral run did not end within {timeout:?}\nstderr: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+#[test]
+fn a_task_over_the_wire_limit_fails_that_agent_at_once_and_the_run_goes_on() {
+    // Regression: the spawn was cut off mid-frame, taken for a daemon gone
+    // away, and retried for ever.
+    let repo = TestRepo::new();
+    let task = "x".repeat(corral::wire::protocol::MAX_FRAME + 1);
+    let file = run_file(
+        &repo,
+        "big.toml",
+        &format!(
+            "name = \"big\"\n[[agent]]\nname = \"huge\"\ntask = \"{task}\"\n{}\n[[agent]]\nname = \"small\"\n{}\n",
+            fake("exit 0"),
+            fake("exit 0")
+        ),
+    );
+    drop(task);
+    let out = ends_within(start_run(&repo, &file, &["--json"]), PATIENCE, "a run with a 16 MiB task");
+    assert_eq!(out.status.code(), Some(20), "an agent that could not start counts as failed\n{}", describe(&out));
+    let report = report(&out);
+    let huge = row(&report, "huge");
+    assert_eq!(huge["state"], "refused", "{huge}");
+    let reason = huge["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("16 MiB") && reason.contains("bytes"), "the reason names the size and the limit: {reason}");
+    assert_eq!(row(&report, "small")["state"], "succeeded", "the run's other agents still run");
+}
+
 #[test]
 fn a_run_survives_a_daemon_killed_mid_run() {
     let repo = TestRepo::new();

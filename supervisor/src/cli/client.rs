@@ -126,7 +126,7 @@ impl Client {
 
     /// Sends a request and reads one response; a `Response::Error` becomes `Err`.
     pub fn request(&mut self, request: &Request) -> Result<Response> {
-        write_frame(&mut self.stream, request).map_err(|e| lost(&e))?;
+        write_frame(&mut self.stream, request).map_err(not_sent)?;
         self.receive()?.ok_or_else(|| lost(&"the daemon closed the connection"))
     }
 
@@ -145,7 +145,7 @@ impl Client {
 
     /// Sends a request without reading (for streams).
     pub fn send(&mut self, request: &Request) -> Result<()> {
-        write_frame(&mut self.stream, request).map_err(|e| lost(&e))
+        write_frame(&mut self.stream, request).map_err(not_sent)
     }
 }
 
@@ -190,6 +190,19 @@ pub fn list_pages(
                 return Err(Error::other(format!("the daemon answered a list with {}", what.unwrap_or_default())));
             }
         }
+    }
+}
+
+/// Why a request could not be sent. One over the wire's size limit is the
+/// request's fault, not the daemon's ([`ErrorKind::BadConfig`], exit 14):
+/// trying again would fail the same way, so nothing retries it.
+fn not_sent(err: std::io::Error) -> Error {
+    match err.kind() {
+        std::io::ErrorKind::InvalidInput => Error::new(
+            ErrorKind::BadConfig,
+            format!("the request was not sent: {err} (a task, command or environment that large cannot be)"),
+        ),
+        _ => lost(&err),
     }
 }
 

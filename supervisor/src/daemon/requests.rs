@@ -64,7 +64,16 @@ pub(super) async fn serve_client(
             }
             request => {
                 let response = handle(&daemon, request).await.unwrap_or_else(Response::Error);
-                framed::write(&mut writer, &response).await?;
+                match framed::write(&mut writer, &response).await {
+                    // An answer over the wire's limit (a huge diff, say) was
+                    // not sent: the client hears why, not a hang-up it would
+                    // take for a daemon gone away.
+                    Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                        let error = Error::other(format!("the daemon's answer was not sent: {err}"));
+                        framed::write(&mut writer, &Response::Error(error)).await?;
+                    }
+                    written => written?,
+                }
             }
         }
     }

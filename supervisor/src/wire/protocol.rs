@@ -290,12 +290,30 @@ impl Request {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame. A body over [`MAX_FRAME`] is refused before a byte
+/// is sent, as `InvalidInput` naming its size and the limit: the other
+/// side would drop the connection, and the sender would take that for a
+/// daemon gone away and try again, forever.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    check_size(body.len())?;
     out.write_all(&(body.len() as u32).to_be_bytes())?;
     out.write_all(&body)?;
     out.flush()
+}
+
+/// Refuses a frame body over [`MAX_FRAME`] (see [`write_frame`]).
+fn check_size(len: usize) -> std::io::Result<()> {
+    if len <= MAX_FRAME {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "the message is {len} bytes, over the {} MiB ({MAX_FRAME}-byte) limit between corral and its daemon",
+            MAX_FRAME >> 20
+        ),
+    ))
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream.
@@ -321,8 +339,11 @@ pub mod framed {
 
     use super::*;
 
+    /// Writes one frame; one over [`MAX_FRAME`] is refused as
+    /// `InvalidInput`, nothing sent (see [`write_frame`]).
     pub async fn write<T: Serialize>(out: &mut (impl tokio::io::AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
         let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        check_size(body.len())?;
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
         frame.extend_from_slice(&body);
@@ -367,6 +388,51 @@ mod tests {
         let err = read_frame::<Request>(&mut huge.as_slice()).unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
         assert!(read_frame::<Request>(&mut [].as_slice()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_a_byte_is_sent() {
+        // The body is the task and some JSON around it: a task of exactly
+        // the limit makes a frame over it.
+        let spawn = Request::Spawn(Box::new(SpawnRequest {
+            name: "big".into(),
+            parent: None,
+            task: "x".repeat(MAX_FRAME),
+            role: None,
+            settings: Default::default(),
+            fork_session: false,
+            command: Vec::new(),
+            grace_secs: None,
+            base: None,
+            env: BTreeMap::new(),
+        }));
+        let mut sent = Vec::new();
+        let err = write_frame(&mut sent, &spawn).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        let message = err.to_string();
+        let size = serde_json::to_vec(&spawn).unwrap().len();
+        assert!(message.contains(&format!("is {size} bytes")), "names the size: {message}");
+        assert!(message.contains(&format!("{MAX_FRAME}-byte")), "names the limit: {message}");
+        assert!(message.contains("16 MiB"), "{message}");
+        assert!(sent.is_empty(), "nothing is sent: {} bytes were", sent.len());
+
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut sent = Vec::new();
+        let err = runtime.block_on(framed::write(&mut sent, &spawn)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        assert!(sent.is_empty());
+
+        // Just under the limit still goes through, and reads back.
+        let Request::Spawn(mut fits) = spawn else { unreachable!() };
+        let around =
+            serde_json::to_vec(&Request::Spawn(Box::new(SpawnRequest { task: String::new(), ..*fits.clone() })))
+                .unwrap()
+                .len();
+        fits.task.truncate(MAX_FRAME - around);
+        let mut sent = Vec::new();
+        write_frame(&mut sent, &Request::Spawn(fits)).unwrap();
+        assert_eq!(sent.len(), MAX_FRAME + 4);
+        assert!(read_frame::<Request>(&mut sent.as_slice()).unwrap().is_some());
     }
 
     #[test]
