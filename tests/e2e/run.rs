@@ -477,6 +477,34 @@ fn a_task_over_the_wire_limit_fails_that_agent_at_once_and_the_run_goes_on() {
 }
 
 #[test]
+fn a_reader_that_goes_away_never_panics_the_run_client() {
+    // Regression: print! and eprintln! panicked on EPIPE, so `corral run
+    // ... | head -1` ended the client with 101.
+    let repo = TestRepo::new();
+    let file = run_file(&repo, "pipe.toml", &format!("name = \"pipe\"\n[[agent]]\nname = \"a\"\n{}\n", fake("exit 0")));
+    // A pipe whose read end is already closed: every write gets EPIPE.
+    let closed = || {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        Stdio::from(write)
+    };
+    for extra in [&["--json"][..], &[][..], &["--dry-run"][..]] {
+        let child = repo.command().arg("run").arg(&file).args(extra).stdout(closed()).stderr(Stdio::piped()).spawn();
+        let out = ends_within(child.unwrap(), PATIENCE, "a run with its stdout closed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: the run's own code\n{}", describe(&out));
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    }
+    // Its stderr gone too (progress lines are written there).
+    let child = repo.command().arg("run").arg(&file).stdout(closed()).stderr(closed()).spawn();
+    let out = ends_within(child.unwrap(), PATIENCE, "a run with stdout and stderr closed");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let child = repo.command().args(["runs"]).stdout(closed()).stderr(Stdio::piped()).spawn();
+    let out = ends_within(child.unwrap(), PATIENCE, "corral runs with its stdout closed");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
 fn a_run_survives_a_daemon_killed_mid_run() {
     let repo = TestRepo::new();
     let go = repo.path("go");

@@ -329,7 +329,7 @@ fn finish(state: &StateDir, runs: &Runs, mut record: RunRecord, me: &Address) ->
     record.code = Some(code);
     built.code = code;
     built.state = record.state;
-    print!("{}", report::render(&built));
+    super::follow::out(&report::render(&built));
     record.report = Some(built);
     runs.save(&record)?;
     Ok(code)
@@ -344,6 +344,8 @@ pub(super) fn run_agents(state: &StateDir, driver: &Address) -> Result<Vec<Agent
 }
 
 /// One line of the driver's output (its log; `corral logs /root/<run id>`).
+/// A terminal gone (its monitor killed) loses the line, not the run: the
+/// report still goes into the record.
 fn say(line: &str) {
-    println!("{} {line}", chrono::Local::now().format("%H:%M:%S"));
+    super::follow::out(&format!("{} {line}\n", chrono::Local::now().format("%H:%M:%S")));
 }

@@ -6,6 +6,10 @@
 //! the JSON's): on a terminal, a live line per agent (indicatif); else
 //! (cron, CI) a plain line each time an agent's state, exit or merge
 //! changes, with no escape codes. Nothing here reads stdin.
+//!
+//! Nothing here panics on a reader that went away: `corral run ... | head
+//! -1`, or a closed stderr, loses what could not be written, while the
+//! run goes on and the exit code still says how it went ([`out`], [`err`]).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -88,7 +92,9 @@ pub fn follow(state: &StateDir, runs: &Runs, id: &str, json: bool, signals: &Sig
     progress.finish(&report);
     print_report(&report, json);
     if report.state == RunState::Interrupted {
-        eprintln!("corral run: the driver of {id} ended before the run did; `corral run --resume {id}` finishes it");
+        err(&format!(
+            "corral run: the driver of {id} ended before the run did; `corral run --resume {id}` finishes it"
+        ));
     }
     Ok(report.code)
 }
@@ -102,10 +108,31 @@ fn live_agents(state: &StateDir, driver: &Address) -> Result<Vec<AgentRecord>> {
 
 pub fn print_report(report: &Report, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).expect("a report serializes"));
+        out(&format!("{}\n", serde_json::to_string_pretty(report).expect("a report serializes")));
     } else {
-        print!("{}", report::render(report));
+        out(&report::render(report));
     }
+}
+
+/// Writes `text` on stdout, as `print!` does but without its panic: a
+/// reader that went away (`| head -1`, EPIPE) takes nothing more, and any
+/// other failure is said on stderr.
+pub(crate) fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            err(&format!("corral run: cannot write to stdout: {e}"))
+        }
+        _ => {}
+    }
+}
+
+/// Writes `line` and a newline on stderr, as `eprintln!` does but without
+/// its panic when stderr is gone.
+pub(crate) fn err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// What the client shows while the run goes.
@@ -122,12 +149,12 @@ struct Bars {
 
 impl Progress {
     fn new(record: &RunRecord) -> Progress {
-        eprintln!(
+        err(&format!(
             "corral run: {} ({} agents; `corral ps`, `corral logs {}`)",
             record.run,
             record.plan.agents.len(),
             record.address
-        );
+        ));
         let terminal = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let width = record.plan.agents.iter().map(|a| a.name.chars().count()).max().unwrap_or(0);
@@ -154,7 +181,7 @@ impl Progress {
             Some(bars) => {
                 let _ = bars.multi.println(text);
             }
-            None => eprintln!("corral run: {text}"),
+            None => err(&format!("corral run: {text}")),
         }
     }
 
@@ -178,7 +205,7 @@ impl Progress {
                     if self.said.get(&row.name) != Some(&key) {
                         if row.state != "waiting" || self.said.contains_key(&row.name) {
                             let time = chrono::Local::now().format("%H:%M:%S");
-                            eprintln!("{time} {}: {line}", row.name);
+                            err(&format!("{time} {}: {line}", row.name));
                         }
                         self.said.insert(row.name.clone(), key);
                     }

@@ -52,7 +52,7 @@ use crate::model::error::{Error, ErrorKind, Result};
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest};
 use file::{Overlap, RunFile};
-use follow::Signals;
+use follow::{err, out, Signals};
 use record::{RunRecord, RunState, Runs};
 
 pub use report::RUN_SKIPPED;
@@ -93,7 +93,7 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
                 vars.insert(key, value);
             }
             Err(why) => {
-                eprintln!("corral: {why}");
+                err(&format!("corral: {why}"));
                 return Ok(2);
             }
         }
@@ -118,7 +118,7 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
     let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
     if args.dry_run {
         let id = format!("{}-{stamp}", plan.name);
-        print!("{}", dry_run(&plan.expand(&values(&vars, &id, &plan.name, now)), &caller, &id));
+        out(&dry_run(&plan.expand(&values(&vars, &id, &plan.name, now)), &caller, &id));
         return Ok(0);
     }
 
@@ -142,15 +142,15 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
             )?;
             let going = runs.all().into_iter().rev().find(|r| r.plan.name == plan.name && !r.state.is_final());
             let going = going.map_or(String::new(), |r| format!(" ({})", r.run));
-            eprintln!("corral run: skipped: a run named {} is still going{going}", plan.name);
+            err(&format!("corral run: skipped: a run named {} is still going{going}", plan.name));
             let report = report::build(&record, &[], now);
             follow::print_report(&report, args.json);
             return Ok(RUN_SKIPPED);
         }
         Overlap::Wait if runs.try_lock(&plan.name, Overlap::Wait)?.is_none() => {
-            eprintln!("corral run: a run named {} is still going; this one starts when it ends", plan.name);
+            err(&format!("corral run: a run named {} is still going; this one starts when it ends", plan.name));
             if runs.lock(&plan.name, Overlap::Wait, || signals.stop_requested())?.is_none() {
-                eprintln!("corral run: stopped while waiting; nothing was started");
+                err("corral run: stopped while waiting; nothing was started");
                 return Ok(report::STOPPED);
             }
         }
@@ -247,7 +247,7 @@ fn resume(start: &Path, id: &str, json: bool) -> Result<i32> {
     let agents = drive::run_agents(&state, &driver)?;
     let driver_record = agents.iter().find(|a| a.address == driver);
     if record.state.is_final() && driver_record.is_none_or(|d| d.state.is_terminal()) {
-        eprintln!("corral run: {id} has ended ({}); nothing to resume", record.state.as_str());
+        err(&format!("corral run: {id} has ended ({}); nothing to resume", record.state.as_str()));
         let report = report::build(&record, &agents, Utc::now());
         follow::print_report(&report, json);
         return Ok(report.code);
@@ -260,17 +260,17 @@ fn resume(start: &Path, id: &str, json: bool) -> Result<i32> {
         let overlap = record.overlap();
         if overlap != Overlap::Allow && runs.try_lock(&record.plan.name, overlap)?.is_none() {
             if overlap == Overlap::Skip {
-                eprintln!("corral run: a run named {} is still going; resume {id} once it ends", record.plan.name);
+                err(&format!("corral run: a run named {} is still going; resume {id} once it ends", record.plan.name));
                 return Ok(RUN_SKIPPED);
             }
-            eprintln!("corral run: a run named {} is still going; {id} resumes when it ends", record.plan.name);
+            err(&format!("corral run: a run named {} is still going; {id} resumes when it ends", record.plan.name));
             if runs.lock(&record.plan.name, overlap, || signals.stop_requested())?.is_none() {
                 return Ok(report::STOPPED);
             }
         }
         let request = Request::Assign { address: driver.to_string(), task: "resume".into(), queue: false };
         ask(&state, &request)?;
-        eprintln!("corral run: resuming {id}");
+        err(&format!("corral run: resuming {id}"));
     }
     follow::follow(&state, &runs, id, json, &signals)
 }
@@ -347,11 +347,11 @@ pub fn list(state: &StateDir, json: bool) -> Result<i32> {
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("serializes"));
+        out(&format!("{}\n", serde_json::to_string_pretty(&rows).expect("serializes")));
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("(no runs)");
+        out("(no runs)\n");
         return Ok(0);
     }
     let header = ["RUN", "FILE", "STARTED", "STATE", "EXIT", "AGENTS", "TOKENS", "COST"];
@@ -376,7 +376,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<i32> {
     }
     for row in &table {
         let line: String = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}  ", w = widths[i])).collect();
-        println!("{}", line.trim_end());
+        out(&format!("{}\n", line.trim_end()));
     }
     Ok(0)
 }
