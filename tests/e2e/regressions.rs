@@ -341,3 +341,43 @@ fn a_gc_ed_agents_name_can_be_spawned_again() {
     assert_ne!(ids[0], ids[1]);
     assert!(Path::new(second["worktree"].as_str().unwrap()).is_dir());
 }
+
+// ---- a variable that is not UTF-8 in the client's environment -----------------------
+
+#[test]
+fn a_non_utf8_environment_variable_is_left_out_of_spawns_not_a_panic() {
+    use std::os::unix::ffi::OsStringExt;
+    let repo = TestRepo::new();
+    let bad = std::ffi::OsString::from_vec(b"\xff".to_vec());
+    let shows = "printf 'bad=%s good=%s\\n' \"${TEST_NOT_UTF8-unset}\" \"${TEST_UTF8-unset}\"";
+    // corral spawn.
+    let out = repo
+        .command()
+        .env("TEST_NOT_UTF8", &bad)
+        .env("TEST_UTF8", "fine")
+        .args(["spawn", "env", "--task", "show the environment", "--", "sh", "-c", shows])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    repo.corral_ok(&["wait", "env"]);
+    assert!(log_has(&repo, "/root/env", "bad=unset good=fine"), "{}", String::from_utf8_lossy(&repo.log("/root/env")));
+    // corral run (the client spawns the driver, the driver its agents).
+    let file = repo.path("env.toml");
+    std::fs::write(&file, format!("name = \"env\"\n[[agent]]\nname = \"a\"\ncommand = [\"sh\", \"-c\", {shows:?}]\n"))
+        .unwrap();
+    let out = repo.command().env("TEST_NOT_UTF8", &bad).arg("run").arg(&file).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    // corral mcp's spawn_agent.
+    let mut command = repo.command();
+    command.env("TEST_NOT_UTF8", &bad);
+    let mut mcp = crate::mcp::McpServer::start(command);
+    mcp.initialize();
+    let spawned =
+        mcp.ok("spawn_agent", serde_json::json!({"name": "mcp-env", "task": "show", "command": ["sh", "-c", shows]}));
+    assert_eq!(spawned["address"], "/root/mcp-env", "{spawned}");
+    mcp.close();
+    repo.corral_ok(&["wait", "mcp-env"]);
+    assert!(log_has(&repo, "/root/mcp-env", "bad=unset"));
+}

@@ -149,6 +149,15 @@ impl Client {
     }
 }
 
+/// The client's environment, for a spawn (`SpawnRequest::env`): every
+/// variable whose name and value are UTF-8. One that is not is left out
+/// (the wire carries text; `std::env::vars` would panic on it).
+pub fn environment() -> std::collections::BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
 /// Every agent a `List` names, asking through `ask` page after page:
 /// the agents in address order, and how many the recent view left out.
 pub fn list_with(

@@ -285,7 +285,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 None => caller,
             };
             let state = state()?;
-            let env = std::env::vars().collect();
+            let env = crate::cli::client::environment();
             let request = SpawnRequest {
                 name,
                 parent: Some(parent.to_string()),

@@ -136,7 +136,7 @@ fn spawn(
     command: Vec<String>,
     extra_env: BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut env = crate::cli::client::environment();
     env.extend(extra_env);
     let request = SpawnRequest {
         name: name.into(),

@@ -552,7 +552,7 @@ impl Inner {
                 command: Vec::new(),
                 grace_secs: None,
                 base: None,
-                env: std::env::vars().collect(),
+                env: crate::cli::client::environment(),
             };
             match client.request(&Request::Spawn(Box::new(request))) {
                 Ok(Response::Spawned(spawned)) => return Ok(spawned_value(&spawned)),
@@ -598,7 +598,7 @@ impl Inner {
             command: args.command.unwrap_or_default(),
             grace_secs: None,
             base: None,
-            env: std::env::vars().collect(),
+            env: crate::cli::client::environment(),
         };
         match self.connect().and_then(|mut c| c.request(&Request::Spawn(Box::new(request)))).map_err(message)? {
             Response::Spawned(spawned) => Ok(spawned_value(&spawned)),

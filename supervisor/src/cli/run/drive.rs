@@ -233,7 +233,7 @@ impl Driver {
             command: planned.command.clone(),
             grace_secs: planned.grace_secs,
             base: None,
-            env: std::env::vars().collect(),
+            env: crate::cli::client::environment(),
         };
         match ask(&self.state, &Request::Spawn(Box::new(request)))? {
             Response::Spawned(spawned) => {

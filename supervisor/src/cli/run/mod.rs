@@ -227,7 +227,7 @@ fn spawn_driver(state: &StateDir, record: &RunRecord) -> Result<()> {
         command: vec![exe.display().to_string(), DRIVER_COMMAND.into(), "--id".into(), record.run.clone()],
         grace_secs: Some(DRIVER_GRACE_SECS),
         base: None,
-        env: std::env::vars().collect(),
+        env: crate::cli::client::environment(),
     };
     match ask(state, &Request::Spawn(Box::new(request)))? {
         Response::Spawned(_) => Ok(()),
