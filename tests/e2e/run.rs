@@ -505,6 +505,33 @@ fn a_reader_that_goes_away_never_panics_the_run_client() {
 }
 
 #[test]
+fn a_driver_spawn_retried_across_a_daemon_killed_after_it_started_keeps_the_run() {
+    // Regression: the daemon died once the driver ran, before it answered
+    // the spawn; the retried spawn was refused as a duplicate, and the
+    // client deleted the live run's record and exited 7.
+    let repo = TestRepo::new();
+    // A daemon with the fault seam on; the run's client, without it,
+    // starts the next daemon with none.
+    let start = repo.command().env("CORRAL_FAULT_INJECTION", "1").args(["ps"]).output().unwrap();
+    assert_eq!(start.status.code(), Some(0), "{}", describe(&start));
+    let daemon = repo.daemon_pid().unwrap();
+    let fault = repo.state_dir().join("journal.fault");
+    std::fs::write(&fault, "kill:after-sync started").unwrap();
+    let file =
+        run_file(&repo, "retry.toml", &format!("name = \"retry\"\n[[agent]]\nname = \"a\"\n{}\n", fake("exit 0")));
+    let client = start_run(&repo, &file, &["--json"]);
+    poll_until("the daemon to die once the driver started", PATIENCE, || !alive(daemon));
+    std::fs::remove_file(&fault).unwrap();
+    let out = ends_within(client, PATIENCE, "a run whose driver spawn was retried");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let report = report(&out);
+    assert_eq!((report["state"].as_str(), row(&report, "a")["state"].as_str()), (Some("succeeded"), Some("succeeded")));
+    let runs = runs(&repo);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["state"], "succeeded", "the run's record is kept: {runs:?}");
+}
+
+#[test]
 fn a_run_survives_a_daemon_killed_mid_run() {
     let repo = TestRepo::new();
     let go = repo.path("go");

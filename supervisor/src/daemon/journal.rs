@@ -313,7 +313,9 @@ impl Journal {
                 }
                 return Err(std::io::Error::from_raw_os_error(errno as i32));
             }
-            Some(Fault::Kill(point)) => {
+            // Not the append it waits for.
+            Some(Fault::Kill(_, Some(kind))) if memchr::memmem::find(buffer, kind.as_bytes()).is_none() => {}
+            Some(Fault::Kill(point, _)) => {
                 // The daemon dies at this point of the append, as SIGKILL
                 // would have it: nothing after runs.
                 match point {
@@ -351,20 +353,24 @@ impl Journal {
     /// `EROFS`, `EDQUOT`), after writing half the lines first if it also
     /// says `short`; or, with `kill:before`, `kill:mid`, `kill:after-write`
     /// or `kill:after-sync`, makes the daemon SIGKILL itself at that point
-    /// of the next append. Removing the file ends the fault.
+    /// of the next append (followed by an event type, `kill:after-sync
+    /// started`, of the next append holding an event of that type).
+    /// Removing the file ends the fault.
     fn injected_fault(&self) -> Option<Fault> {
         if !self.faults {
             return None;
         }
         let text = std::fs::read_to_string(self.path.with_file_name("journal.fault")).ok()?;
-        let word = text.split_whitespace().next()?;
+        let mut words = text.split_whitespace();
+        let word = words.next()?;
         if let Some(point) = word.strip_prefix("kill:") {
-            return Some(Fault::Kill(match point {
+            let point = match point {
                 "before" => KillPoint::Before,
                 "mid" => KillPoint::Mid,
                 "after-write" => KillPoint::AfterWrite,
                 _ => KillPoint::AfterSync,
-            }));
+            };
+            return Some(Fault::Kill(point, words.next().map(|kind| format!(r#""type":"{kind}""#))));
         }
         let errno = match word {
             "ENOSPC" => nix::errno::Errno::ENOSPC,
@@ -408,8 +414,12 @@ fn seq_of(line: &[u8]) -> Option<u64> {
 
 /// An injected fault (tests only).
 enum Fault {
-    Fail { errno: nix::errno::Errno, short: bool },
-    Kill(KillPoint),
+    Fail {
+        errno: nix::errno::Errno,
+        short: bool,
+    },
+    /// At this point; of an append holding this `"type":"..."` if given.
+    Kill(KillPoint, Option<String>),
 }
 
 /// Where in an append an injected SIGKILL lands.

@@ -229,9 +229,22 @@ fn spawn_driver(state: &StateDir, record: &RunRecord) -> Result<()> {
         base: None,
         env: crate::cli::client::environment(),
     };
-    match ask(state, &Request::Spawn(Box::new(request)))? {
-        Response::Spawned(_) => Ok(()),
-        other => Err(Error::other(format!("the daemon answered a spawn with {other:?}"))),
+    match ask(state, &Request::Spawn(Box::new(request))) {
+        Ok(Response::Spawned(_)) => Ok(()),
+        // A spawn retried across a daemon restart (see `ask`) whose first
+        // try went through: the agent at the address is this run's driver.
+        Err(err) if err.kind == ErrorKind::Duplicate && drives(state, &address, &record.run)? => Ok(()),
+        Ok(other) => Err(Error::other(format!("the daemon answered a spawn with {other:?}"))),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether the agent at `address` is the driver of run `id` (its command
+/// is `corral run-driver --id ID`; the id is this run's alone).
+fn drives(state: &StateDir, address: &Address, id: &str) -> Result<bool> {
+    match ask(state, &Request::Info { address: address.to_string() })? {
+        Response::Info { agent, .. } => Ok(agent.command.windows(3).any(|words| words == [DRIVER_COMMAND, "--id", id])),
+        _ => Ok(false),
     }
 }
 
