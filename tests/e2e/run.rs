@@ -404,6 +404,20 @@ fn bad_run_files_are_refused_with_file_line_and_key_and_nothing_starts() {
         // --dry-run checks the same.
         assert_eq!(corral_run(&repo, &file, &["--dry-run"]).status.code(), Some(14));
     }
+    // A file that is not UTF-8 is a bad run file too, named with its line.
+    let latin1 = repo.path("latin1.toml");
+    std::fs::write(&latin1, b"name = \"n\"\n[[agent]]\nname = \"a\"\ntask = \"caf\xe9\"\n").unwrap();
+    let out = corral_run(&repo, &latin1, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(14), "{stderr}");
+    assert!(stderr.contains(&format!("{}:4:", latin1.display())) && stderr.contains("UTF-8"), "{stderr}");
+    // --resume takes a run id, not a path.
+    for id in ["../x", "a/b", ""] {
+        let out = repo.corral(&["run", "--resume", id]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "--resume {id:?}: {stderr}");
+        assert!(stderr.contains("not a run id"), "--resume {id:?}: {stderr}");
+    }
     // Nothing started: no daemon, no run, no agent.
     assert!(!repo.state_dir().join("daemon.sock").exists(), "no daemon was started");
     assert!(

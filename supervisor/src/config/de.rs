@@ -256,7 +256,7 @@ pub(crate) mod budget {
 // ---------------------------------------------------------------------------
 
 /// A non-empty string without control characters (a branch, model or effort).
-pub(super) fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(deserializer)?;
     if name.trim().is_empty() || name.chars().any(char::is_control) {
         return Err(de::Error::custom(format!("must be a non-empty name without control characters, found {name:?}")));
@@ -291,7 +291,7 @@ pub(super) fn absolute_path<'de, D: Deserializer<'de>>(deserializer: D) -> Resul
 }
 
 /// Environment variables: names without `=` or NUL, values without NUL.
-pub(super) fn env<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+pub(crate) fn env<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
     let env = BTreeMap::<String, String>::deserialize(deserializer)?;
     for (name, value) in &env {
         if name.is_empty() || name.contains(['=', '\0']) {

@@ -24,7 +24,9 @@
 //! names (valid, unique), `after` (known names, not itself, no cycle),
 //! roles (defined in corral.toml), an agent with neither a task nor a
 //! command, a plain (generic) agent without a command, a limit given both
-//! as `timeout` and as `budget.wall`, and `{{variables}}` nobody defines.
+//! as `timeout` and as `budget.wall`, `{{variables}}` nobody defines, and
+//! a NUL byte in a task or a command word; `model` and `env` are checked
+//! by corral.toml's own deserializers (`config::de`).
 //!
 //! Variables are written `{{name}}` in a task or a command's words: the
 //! built-ins ([`BUILTIN_VARIABLES`]) and `--var KEY=VALUE`. They are
@@ -148,7 +150,7 @@ struct RawAgent {
     role: Option<String>,
     #[serde(default, deserialize_with = "harness")]
     harness: Option<corral_harness::Harness>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::de::name")]
     model: Option<String>,
     #[serde(default)]
     command: Option<Vec<String>>,
@@ -165,7 +167,7 @@ struct RawAgent {
     grace: Option<Duration>,
     #[serde(default)]
     sandbox: Option<Sandbox>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::de::env")]
     env: Option<BTreeMap<String, String>>,
 }
 
@@ -297,10 +299,12 @@ impl RunFile {
                 }
             }
             if let Some(task) = &agent.task {
-                check_variables(task, &known).map_err(|why| at_agent(index, &["task"], &["task"], why))?;
+                no_nul(task)
+                    .and_then(|()| check_variables(task, &known))
+                    .map_err(|why| at_agent(index, &["task"], &["task"], why))?;
             }
             for (word, text) in agent.command.iter().flatten().enumerate() {
-                check_variables(text, &known).map_err(|why| {
+                no_nul(text).and_then(|()| check_variables(text, &known)).map_err(|why| {
                     let key = [agent_path(index, &["command"]), vec![Segment::Index(word)]].concat();
                     source.problem_at(&key, &agent_path(index, &["command"]), false, why)
                 })?;
@@ -455,6 +459,15 @@ fn variables_in(text: &str) -> Result<Vec<String>, String> {
         rest = &after[close + 2..];
     }
     Ok(names)
+}
+
+/// A task or a command word goes into an argument or a variable of the
+/// agent's process, which cannot hold a NUL byte.
+fn no_nul(text: &str) -> Result<(), String> {
+    match text.find('\0') {
+        Some(at) => Err(format!("holds a NUL byte (at byte {at}), which no command line or environment can carry")),
+        None => Ok(()),
+    }
 }
 
 fn check_variables(text: &str, known: &BTreeSet<&str>) -> Result<(), String> {

@@ -98,9 +98,10 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
             }
         }
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read the run file", &path, e))?;
-    let state = StateDir::discover(start)?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read the run file", &path, e))?;
     let bad = |e: crate::config::ConfigError| Error::new(ErrorKind::BadConfig, e.to_string());
+    let text = String::from_utf8(bytes).map_err(|e| bad(not_utf8(&path, e.as_bytes(), e.utf8_error())))?;
+    let state = StateDir::discover(start)?;
     let config = Config::load(&state.repo_root).map_err(bad)?;
     let names: BTreeSet<String> = vars.keys().cloned().collect();
     let plan = RunFile::parse(&text, &path, &config, &names).map_err(bad)?;
@@ -163,6 +164,20 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
         return Err(err);
     }
     follow::follow(&state, &runs, &record.run, args.json, &signals)
+}
+
+/// A run file that is not UTF-8 (TOML is), at the line and column of its
+/// first bad byte.
+fn not_utf8(path: &Path, bytes: &[u8], err: std::str::Utf8Error) -> crate::config::ConfigError {
+    let good = &bytes[..err.valid_up_to()];
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    crate::config::ConfigError::Invalid {
+        path: path.to_owned(),
+        line: good.iter().filter(|&&b| b == b'\n').count() + 1,
+        column: good.len() - line_start + 1,
+        key: String::new(),
+        message: format!("not UTF-8 text (byte {:#04x}); a run file is TOML, which is UTF-8", bytes[err.valid_up_to()]),
+    }
 }
 
 /// The values of the variables of run `id`: the built-ins, then `--var`s.

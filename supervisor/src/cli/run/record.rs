@@ -205,6 +205,13 @@ impl Runs {
     }
 
     pub fn load(&self, id: &str) -> Result<RunRecord> {
+        // An id is an agent name: never a path out of the runs folder.
+        if crate::model::address::validate_name(id).is_err() {
+            return Err(Error::new(
+                ErrorKind::InvalidName,
+                format!("{id:?} is not a run id (one looks like nightly-20261201T030000Z; see `corral runs`)"),
+            ));
+        }
         let path = self.path(id);
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {

@@ -87,6 +87,32 @@ fn the_plan_survives_the_record_it_is_kept_in() {
 
 /// Each bad file, the line and the words its error must have.
 const BAD: &[(&str, &str, &[&str])] = &[
+    // The checks corral.toml makes of the same settings.
+    (
+        "an env name with =",
+        "name = \"n\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { \"A=B\" = \"x\" }\n",
+        &["run.toml:5:", "agent[0].env", "\"A=B\" is not a valid environment variable name"],
+    ),
+    (
+        "a NUL in an env value",
+        "name = \"n\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { A = \"x\\u0000y\" }\n",
+        &["run.toml:5:", "agent[0].env", "the value of A holds a NUL byte"],
+    ),
+    (
+        "an empty model",
+        "name = \"n\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\nmodel = \" \"\n",
+        &["run.toml:5:", "agent[0].model", "non-empty name without control characters"],
+    ),
+    (
+        "a NUL in a command word",
+        "name = \"n\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\", \"y\\u0000\"]\n",
+        &["run.toml:4:", "agent[0].command[1]", "holds a NUL byte"],
+    ),
+    (
+        "a NUL in a task",
+        "name = \"n\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\ntask = \"do\\u0000it\"\n",
+        &["run.toml:5:", "agent[0].task", "holds a NUL byte"],
+    ),
     (
         "unknown key at the top",
         "name = \"n\"\novrlap = \"skip\"\n[[agent]]\nname = \"a\"\ncommand = [\"x\"]\n",
