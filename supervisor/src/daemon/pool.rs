@@ -55,11 +55,13 @@ pub(super) fn start_pool(daemon: &Arc<Daemon>, mut refills: mpsc::UnboundedRecei
 async fn fill(daemon: &Arc<Daemon>, pool: &Arc<Pool>, bases: &BTreeSet<Option<String>>) {
     let size = daemon.config().supervisor.worktree_pool.unwrap_or(0) as usize;
     let (repo, pool, bases) = (daemon.state.repo_root.clone(), pool.clone(), bases.clone());
+    let worktrees = daemon.state.worktrees.clone();
     let filled = tokio::task::spawn_blocking(move || {
         if size == 0 {
             pool.empty();
             return Ok(());
         }
+        crate::sys::paths::check_worktrees(&worktrees)?;
         // A base that no longer resolves (a deleted branch) keeps nothing.
         let commits: Vec<String> = bases
             .iter()

@@ -141,7 +141,10 @@ async fn spawn_reserved(
     // Validate against git before anything is made.
     let base = {
         let (repo, base, branch, other_form) = (repo.clone(), request.base.clone(), branch.clone(), other_form);
+        let worktrees = daemon.state.worktrees.clone();
         blocking(move || {
+            // A shared worktree folder must be ours alone (see `sys::paths`).
+            crate::sys::paths::check_worktrees(&worktrees)?;
             let commit = worktree::resolve_base(&repo, base.as_deref())?;
             worktree::ensure_branch_free(&repo, &branch)?;
             // The other form of its name would clash in git's ref folders.

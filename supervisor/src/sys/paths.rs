@@ -18,7 +18,11 @@
 //! Worktrees live outside the repository's own folders (Claude Code, for
 //! one, refuses to edit files under `.git`): by default under
 //! `$XDG_DATA_HOME/corral/worktrees` (`~/.local/share/...`), or wherever
-//! `CORRAL_WORKTREE_ROOT` points.
+//! `CORRAL_WORKTREE_ROOT` points. With none of `CORRAL_WORKTREE_ROOT`,
+//! `XDG_DATA_HOME` and `HOME` set, they go to `<temp dir>/corral/worktrees`,
+//! a folder every user could make first: before a worktree goes there,
+//! [`check_worktrees`] makes it mode 0700 and refuses it when it is not
+//! ours alone.
 
 use std::path::{Path, PathBuf};
 
@@ -136,9 +140,67 @@ pub fn worktree_root() -> PathBuf {
     let data = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
-        .unwrap_or_else(std::env::temp_dir);
-    data.join("corral").join("worktrees")
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")));
+    data.map_or_else(shared_folder, |data| data.join("corral")).join("worktrees")
+}
+
+/// `<temp dir>/corral`: where worktrees go when nothing says where, in a
+/// folder every user may write.
+fn shared_folder() -> PathBuf {
+    std::env::temp_dir().join("corral")
+}
+
+/// Before a worktree is made in `worktrees` (one repository's folder of a
+/// worktree root): when that is under the shared `<temp dir>/corral/worktrees`,
+/// makes `<temp dir>/corral` and its `worktrees` (mode 0700) and refuses
+/// either if it is not a folder of ours that no one else may write.
+/// Another user who made it first would read the agents' checkouts, or
+/// swap a folder in them for a link elsewhere.
+pub fn check_worktrees(worktrees: &Path) -> Result<()> {
+    check_shared(worktrees, &shared_folder())
+}
+
+fn check_shared(worktrees: &Path, shared: &Path) -> Result<()> {
+    let root = shared.join("worktrees");
+    if !worktrees.starts_with(&root) {
+        return Ok(());
+    }
+    for dir in [shared, root.as_path()] {
+        private_folder(dir).map_err(|why| {
+            Error::new(
+                ErrorKind::NotOwner,
+                format!(
+                    "{} {why}; corral will not put worktrees there (set CORRAL_WORKTREE_ROOT, XDG_DATA_HOME or HOME)",
+                    dir.display()
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` (mode 0700) if missing; says why an existing one is not
+/// ours alone: not a folder (a link, say), another user's, or writable by
+/// its group or by anyone.
+fn private_folder(dir: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot be created: {e}")),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot be read: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err("is not a folder (a link, or a file)".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("is owned by uid {}, not by you (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("may be written by others (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 /// The folder holding one repository's worktrees under a worktree root:
@@ -160,4 +222,47 @@ fn repo_slug(repo_root: &Path) -> String {
         hash = hash.wrapping_mul(0x01000193);
     }
     format!("{name}-{hash:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn the_shared_worktree_folder_is_made_private_and_refused_when_not_ours_alone() {
+        let temp = tempfile::tempdir().unwrap();
+        let shared = temp.path().join("corral");
+        let worktrees = shared.join("worktrees").join("repo-0123abcd");
+        // Missing: made, mode 0700.
+        check_shared(&worktrees, &shared).unwrap();
+        for dir in [&shared, &shared.join("worktrees")] {
+            assert_eq!(std::fs::metadata(dir).unwrap().mode() & 0o777, 0o700, "{}", dir.display());
+        }
+        // Writable by others (made first by someone, say, with mode 0777).
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_shared(&worktrees, &shared).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotOwner, "{err}");
+        assert!(err.message.contains("may be written by others (mode 777)"), "{err}");
+        assert!(err.message.contains(&shared.display().to_string()) && err.message.contains("CORRAL_WORKTREE_ROOT"));
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A link in its place.
+        std::fs::remove_dir(shared.join("worktrees")).unwrap();
+        std::os::unix::fs::symlink(temp.path(), shared.join("worktrees")).unwrap();
+        let err = check_shared(&worktrees, &shared).unwrap_err();
+        assert!(err.message.contains("is not a folder"), "{err}");
+        std::fs::remove_file(shared.join("worktrees")).unwrap();
+        // Another user's (only root can make one to try).
+        if nix::unistd::geteuid().is_root() {
+            check_shared(&worktrees, &shared).unwrap();
+            let nobody = nix::unistd::Uid::from_raw(65534);
+            nix::unistd::chown(&shared.join("worktrees"), Some(nobody), None).unwrap();
+            let err = check_shared(&worktrees, &shared).unwrap_err();
+            assert!(err.message.contains("is owned by uid 65534"), "{err}");
+        }
+        // Elsewhere (the user chose the root): not looked at.
+        check_shared(&temp.path().join("mine/repo-0123abcd"), &shared).unwrap();
+        assert!(!temp.path().join("mine").exists(), "nothing made");
+    }
 }
