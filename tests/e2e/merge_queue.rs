@@ -1553,3 +1553,37 @@ fn poll_merge_state_in(repo: &TestRepo, address: &str, states: &[&str], timeout:
         agents.iter().any(|a| a["address"] == address && merge_state(a).is_some_and(|s| states.contains(&s.as_str())))
     });
 }
+
+// ---- a merge resumed after a crash keeps its strategy ------------------------------
+
+#[test]
+fn a_merge_resumed_after_the_daemon_was_killed_keeps_the_strategy_it_was_asked_for() {
+    // Regression: `merge_queued` did not say the strategy of `corral merge
+    // --strategy`, so a restarted daemon merged with the agent's own.
+    let repo = TestRepo::new();
+    let first = rev(&repo, "main");
+    let (gating, go) = (repo.path("gating"), repo.path("go"));
+    let gate = format!("touch {}; while [ ! -e {} ]; do sleep 0.05; done", gating.display(), go.display());
+    spawn(
+        &repo,
+        "sq",
+        &["--merge", "manual", "--gate", &gate],
+        "write s1.txt one; commit one; write s2.txt two; commit two",
+    );
+    assert_wait(&repo, &["sq"], PATIENCE, 0);
+    let tip = rev(&repo, "corral/root/sq");
+    // Its own strategy is merge, which would fast-forward main to its tip.
+    let mut merge = repo.command().args(["merge", "sq", "--strategy", "squash"]).spawn().unwrap();
+    corral_e2e::poll_until("the merge's gate to run", PATIENCE, || gating.exists());
+    repo.kill_daemon();
+    let _ = merge.wait();
+    touch(&go);
+    // A new daemon resumes the queued merge.
+    poll_merge_state(&repo, "/root/sq", "merged", PATIENCE);
+    assert_ne!(rev(&repo, "main"), tip, "main was fast-forwarded: the merge forgot --strategy squash");
+    assert_eq!(parents(&repo, "main"), vec![first.clone()], "one squashed commit on the old main");
+    assert_eq!(repo.git(&["rev-list", "--count", &format!("{first}..main")]).trim(), "1");
+    for file in ["s1.txt", "s2.txt"] {
+        assert!(show(&repo, "main", file).is_some(), "{file} missing on main");
+    }
+}

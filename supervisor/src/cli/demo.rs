@@ -277,7 +277,7 @@ fn tell(event: &Event, at: f64, story: &mut Story) -> Option<String> {
         EventBody::Started { .. }
         | EventBody::BudgetWarning { .. }
         | EventBody::MessageSent { .. }
-        | EventBody::MergeQueued {}
+        | EventBody::MergeQueued { .. }
         | EventBody::Conflict { .. }
         | EventBody::GateFailed { .. }
         | EventBody::MergeWaiting { .. }

@@ -219,7 +219,7 @@ pub fn event_text(body: &EventBody) -> String {
         }
         EventBody::Assigned { task_text, .. } => format!("assigned a new task: {task_text}"),
         EventBody::TaskQueued { task_id, task_text } => format!("task {task_id} queued for when it finishes: {task_text}"),
-        EventBody::MergeQueued {} => "merge queued".into(),
+        EventBody::MergeQueued { .. } => "merge queued".into(),
         EventBody::MergeStarted { target, strategy, .. } => {
             format!("merging onto {target} ({})", serde_plain(strategy))
         }

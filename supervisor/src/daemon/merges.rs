@@ -30,7 +30,7 @@ pub(super) async fn enqueue_merge(
     reply: Option<oneshot::Sender<Option<AgentRecord>>>,
 ) {
     if let Some(record) = daemon.record(address) {
-        daemon.commit_logged(vec![daemon.draft(&record, EventBody::MergeQueued {})]).await;
+        daemon.commit_logged(vec![daemon.draft(&record, EventBody::MergeQueued { strategy })]).await;
     }
     let _ = daemon.merges.send(MergeJob { address: address.clone(), strategy, reply });
 }
@@ -351,16 +351,17 @@ pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::Syst
                 daemon.commit_logged(vec![daemon.draft(agent, body)]).await;
             }
             // Not applied (or the target moved on): do it again.
-            _ => requeue.push(agent.address.clone()),
+            _ => requeue.push((agent.address.clone(), agent.merge_asked)),
         }
     }
     for agent in agents {
         if !matches!(agent.merge_state, Some(MergeState::Merging { .. })) {
-            requeue.push(agent.address.clone());
+            requeue.push((agent.address.clone(), agent.merge_asked));
         }
     }
-    for address in requeue {
-        enqueue_merge(daemon, &address, None, None).await;
+    // By the strategy each was asked for, not by the agent's own.
+    for (address, strategy) in requeue {
+        enqueue_merge(daemon, &address, strategy, None).await;
     }
 }
 

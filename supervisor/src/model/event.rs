@@ -295,8 +295,13 @@ pub enum EventBody {
         task_id: String,
         task_text: String,
     },
-    /// The agent's branch joined the merge queue.
-    MergeQueued {},
+    /// The agent's branch joined the merge queue, to go in by `strategy`
+    /// (`corral merge --strategy`; none: the agent's own). Journals from
+    /// before it was said have none.
+    MergeQueued {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strategy: Option<crate::git::merge::Strategy>,
+    },
     /// Its merge is computed and about to move `target` from `old` to `new`
     /// (journaled first, so a restarted daemon can finish or redo it).
     MergeStarted {
@@ -400,7 +405,7 @@ impl EventBody {
             EventBody::Probe { .. } => "probe",
             EventBody::Assigned { .. } => "assigned",
             EventBody::TaskQueued { .. } => "task_queued",
-            EventBody::MergeQueued {} => "merge_queued",
+            EventBody::MergeQueued { .. } => "merge_queued",
             EventBody::MergeStarted { .. } => "merge_started",
             EventBody::Merged { .. } => "merged",
             EventBody::Conflict { .. } => "conflict",

@@ -244,6 +244,11 @@ pub struct AgentRecord {
     /// Where its merge stands, once one was asked for.
     #[serde(default)]
     pub merge_state: Option<MergeState>,
+    /// The strategy its last merge was queued with (`corral merge
+    /// --strategy`), which a restarted daemon merges it by; none: its own
+    /// (`merge.strategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_asked: Option<crate::git::merge::Strategy>,
     /// What it may write (its children never get more).
     #[serde(default)]
     pub sandbox: Option<crate::config::Sandbox>,
@@ -443,6 +448,7 @@ impl AgentRecord {
             model: model.clone(),
             merge: merge.clone(),
             merge_state: None,
+            merge_asked: None,
             sandbox: sandbox.as_ref().and_then(|s| s.mode),
             network: sandbox.as_ref().and_then(|s| s.network),
             limits: sandbox.as_ref().map(|s| s.limits).unwrap_or_default(),
@@ -585,12 +591,16 @@ impl AgentRecord {
                 self.idle = false;
                 self.input_closed = false;
                 self.merge_state = None;
+                self.merge_asked = None;
                 self.probe_killed = None;
                 // Its monitor and proxy are new: calls count from 1 again.
                 self.calls = 0;
                 self.calls_journaled = Some(0);
             }
-            EventBody::MergeQueued {} => self.merge_state = Some(MergeState::Queued),
+            EventBody::MergeQueued { strategy } => {
+                self.merge_state = Some(MergeState::Queued);
+                self.merge_asked = *strategy;
+            }
             EventBody::MergeStarted { target, old, new, .. } => {
                 self.merge_state =
                     Some(MergeState::Merging { target: target.clone(), old: old.clone(), new: new.clone() })

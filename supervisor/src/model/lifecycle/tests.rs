@@ -216,7 +216,7 @@ fn samples() -> Vec<EventBody> {
         restarted(1),
         EventBody::Assigned { task_text: "next".into(), command: vec!["true".into(), "next".into()] },
         EventBody::TaskQueued { task_id: "t-2".into(), task_text: "later".into() },
-        EventBody::MergeQueued {},
+        EventBody::MergeQueued { strategy: Some(crate::git::merge::Strategy::Squash) },
         merge_started(),
         EventBody::Merged { target: "main".into(), commit: "def".into(), commits: 2, rescued: vec![] },
         EventBody::Conflict { files: vec!["src/lib.rs".into()] },
@@ -286,8 +286,12 @@ fn covered_by(body: &EventBody) -> &'static [&'static str] {
             tests!(assigned_starts_a_new_run_and_keeps_usage, assigned_clears_the_previous_stop)
         }
         EventBody::TaskQueued { .. } => tests!(task_queued_waits_in_order_until_assigned),
-        EventBody::MergeQueued {} | EventBody::MergeStarted { .. } => {
-            tests!(merge_queued_and_started_leave_the_merge_unsettled, is_done_waits_for_an_auto_merge_to_settle)
+        EventBody::MergeQueued { .. } | EventBody::MergeStarted { .. } => {
+            tests!(
+                merge_queued_and_started_leave_the_merge_unsettled,
+                is_done_waits_for_an_auto_merge_to_settle,
+                merge_queued_keeps_the_strategy_asked_for_and_old_journals_ask_none
+            )
         }
         EventBody::Merged { .. }
         | EventBody::Conflict { .. }
@@ -901,7 +905,7 @@ fn assigned_starts_a_new_run_and_keeps_usage() {
         restarted(2),
         probe("kill"),
         exited(AgentState::Succeeded),
-        EventBody::MergeQueued {},
+        EventBody::MergeQueued { strategy: None },
         sample("merged"),
     ] {
         apply(&mut record, body);
@@ -1023,6 +1027,28 @@ fn merge_queued_and_started_leave_the_merge_unsettled() {
     assert_eq!(merge.as_str(), "merging");
     assert!(!MergeState::Queued.is_settled());
     assert_eq!(record.state, AgentState::Succeeded);
+}
+
+#[test]
+fn merge_queued_keeps_the_strategy_asked_for_and_old_journals_ask_none() {
+    use crate::git::merge::Strategy;
+    // What a restarted daemon merges by (`daemon::merges::resume_merges`).
+    let mut record = ended(AgentState::Succeeded);
+    apply(&mut record, EventBody::MergeQueued { strategy: Some(Strategy::Squash) });
+    assert_eq!((record.merge_state.clone(), record.merge_asked), (Some(MergeState::Queued), Some(Strategy::Squash)));
+    // A journal line from before the strategy was journaled: the agent's own.
+    let old: EventBody = serde_json::from_str(r#"{"type":"merge_queued"}"#).unwrap();
+    assert_eq!(old, EventBody::MergeQueued { strategy: None });
+    apply(&mut record, old);
+    assert_eq!(record.merge_asked, None);
+    // A record written before the field: none asked.
+    let mut json = serde_json::to_value(&record).unwrap();
+    json.as_object_mut().unwrap().remove("merge_asked");
+    assert_eq!(serde_json::from_value::<AgentRecord>(json).unwrap().merge_asked, None);
+    // A new task's merge starts afresh.
+    apply(&mut record, EventBody::MergeQueued { strategy: Some(Strategy::Rebase) });
+    apply(&mut record, sample("assigned"));
+    assert_eq!(record.merge_asked, None);
 }
 
 #[test]
