@@ -134,6 +134,13 @@ impl Driver {
                 return self.stop_all();
             }
             let agents = self.agents()?;
+            // A stop of the run reaches its agents and the driver at once
+            // (all marked before any is signalled): an agent it stopped is
+            // not one whose followers are to be skipped, and the driver may
+            // see it stopped before its own SIGTERM lands.
+            if agents.iter().any(|a| a.address == self.me && a.stop_requested) {
+                return self.stop_all();
+            }
             let mut changed = false;
             let mut settled = true;
             for planned in self.record.plan.agents.clone() {
