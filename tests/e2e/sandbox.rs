@@ -528,3 +528,54 @@ fn a_kernel_without_the_landlock_needed_refuses_the_spawn_unless_told_to_warn() 
     assert!(enforced["not_enforced"][0].as_str().unwrap().contains("needs Landlock ABI 3"), "{record}");
     assert!(repo.corral_ok(&["ps"]).contains("full!"), "ps marks what is not enforced");
 }
+
+#[test]
+fn a_connection_a_sandboxed_process_hands_to_its_child_before_it_exits_is_refused() {
+    // The daemon places a caller by its connecting process's ancestors;
+    // once that process is gone nobody can say where the connection came
+    // from, and a guard fails closed.
+    let repo = TestRepo::new();
+    spawned(&repo, "sibling", &[], &[], "hang");
+    let helper = repo.path("handover.py");
+    std::fs::write(
+        &helper,
+        r#"import json, os, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+def send(m):
+    b = json.dumps(m).encode()
+    s.sendall(struct.pack(">I", len(b)) + b)
+def recv():
+    n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+    return s.recv(n, socket.MSG_WAITALL).decode()
+if os.fork():
+    os._exit(0)
+# Let go of the output the parent's runner reads, so it reaps the parent.
+null = os.open("/dev/null", os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+while os.path.exists("/proc/%d" % int(sys.argv[3])):
+    time.sleep(0.02)
+send({"request": "hello", "version": 1})
+recv()
+send({"request": "stop", "address": "/root/sibling"})
+with open(sys.argv[2], "w") as f:
+    f.write(recv())
+"#,
+    )
+    .unwrap();
+    // `$$` is the shell's pid, then python's (exec): the connecting process,
+    // which exits once it has forked. The answer goes in its worktree.
+    let script = format!(
+        "run sh -c 'exec python3 {} \"$CORRAL_SOCKET\" answer.json $$'; wait-file answer.json",
+        helper.display()
+    );
+    spawned(&repo, "handover", &["--sandbox", "workspace-write"], &[], &script);
+    let answer = repo.worktree_of("handover").join("answer.json");
+    poll_until("the handed-over connection's answer", PATIENCE, || {
+        std::fs::read_to_string(&answer).is_ok_and(|a| a.contains('}'))
+    });
+    let text = std::fs::read_to_string(&answer).unwrap();
+    assert!(text.contains("refused") && text.contains("is gone"), "{text}");
+    assert_eq!(repo.agent("/root/sibling")["state"], "running", "{text}");
+}

@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{agent, assign, blocking, events, listing, merges, ops, spawn, Daemon};
 use crate::model::error::{Error, ErrorKind, Result};
-use crate::sys::sandbox;
+use crate::sys::sandbox::{self, confine::Caller};
 use crate::wire::protocol::{framed, Request, Response, PROTOCOL_VERSION};
 
 pub(super) async fn serve_client(
@@ -17,8 +17,10 @@ pub(super) async fn serve_client(
     stream: UnixStream,
     stop: watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    // A client inside a sandboxed agent acts within that agent's subtree.
-    let confined = stream.peer_cred().ok().and_then(|c| c.pid()).and_then(|pid| sandboxed_caller(&daemon, pid as u32));
+    // A client inside a sandboxed agent acts within that agent's subtree;
+    // which agent it is, is looked up again at each request (an agent that
+    // connected while it was starting is placed once its monitor is known).
+    let peer = stream.peer_cred().ok().and_then(|c| c.pid()).map(|pid| pid as u32);
     let (mut reader, mut writer) = stream.into_split();
     match framed::read::<Request>(&mut reader).await? {
         Some(Request::Hello { version }) if version == PROTOCOL_VERSION => {
@@ -49,7 +51,12 @@ pub(super) async fn serve_client(
             }
             Err(err) => return Err(err),
         };
-        if let Some(Err(why)) = confined.as_ref().map(|caller| sandbox::confine::check(caller, &request)) {
+        let refused = match peer.map(|pid| sandboxed_caller(&daemon, pid)) {
+            Some(Caller::Agent(caller)) => sandbox::confine::check(&caller, &request).err(),
+            Some(Caller::Unknown(why)) => Some(format!("refused: {why}")),
+            Some(Caller::Outside) | None => None,
+        };
+        if let Some(why) = refused {
             framed::write(&mut writer, &Response::Error(Error::new(ErrorKind::Refused, why))).await?;
             continue;
         }
@@ -79,20 +86,38 @@ pub(super) async fn serve_client(
     }
 }
 
-/// The sandboxed agent whose process `pid` is (or descends from), if any.
-fn sandboxed_caller(daemon: &Daemon, pid: u32) -> Option<crate::model::address::Address> {
-    let sandboxed: Vec<(u32, crate::model::address::Address)> = daemon.store.read(|table| {
-        table
-            .agents
-            .values()
-            .filter(|a| !a.state.is_terminal() && a.enforced.as_ref().is_some_and(|e| e.restricts()))
-            .filter_map(|a| a.monitor_pid.map(|m| (m, a.address.clone())))
-            .collect()
-    });
+/// Where the process `pid` stands: inside a sandboxed agent (it is, or
+/// descends from, the agent's monitor), outside them all, or not known.
+/// The monitors are the records' and, for an agent still starting (or
+/// started again by an assign) before its `started` is journaled, the one
+/// its folder names (the monitor writes its pid before it starts the
+/// agent).
+fn sandboxed_caller(daemon: &Daemon, pid: u32) -> Caller {
+    let sandboxed: Vec<(Option<u32>, crate::sys::paths::AgentDir, crate::model::address::Address)> =
+        daemon.store.read(|table| {
+            table
+                .agents
+                .values()
+                .filter(|a| !a.state.is_terminal() && a.enforced.as_ref().is_some_and(|e| e.restricts()))
+                .map(|a| (a.monitor_pid, daemon.agent_dir(a), a.address.clone()))
+                .collect()
+        });
     if sandboxed.is_empty() {
-        return None;
+        return Caller::Outside;
     }
-    sandbox::confine::caller(pid, |at| sandboxed.iter().find(|(m, _)| *m == at).map(|(_, a)| a.clone()))
+    let known = |at: u32| sandboxed.iter().find(|(m, _, _)| *m == Some(at)).map(|(_, _, a)| a.clone());
+    match sandbox::confine::caller(pid, known) {
+        Caller::Outside => {}
+        placed => return placed,
+    }
+    let starting: Vec<(u32, crate::model::address::Address)> = sandboxed
+        .iter()
+        .filter_map(|(_, dir, address)| {
+            let pid = std::fs::read_to_string(dir.monitor_pid()).ok()?.trim().parse().ok()?;
+            Some((pid, address.clone()))
+        })
+        .collect();
+    sandbox::confine::caller(pid, |at| starting.iter().find(|(m, _)| *m == at).map(|(_, a)| a.clone()))
 }
 
 pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response> {

@@ -57,19 +57,47 @@ pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
     }
 }
 
+/// Who a connecting process is, as far as sandboxes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Outside every sandboxed agent: its ancestors run up to init.
+    Outside,
+    /// A process of the sandboxed agent at this address.
+    Agent(Address),
+    /// Not known: a process on the way up is gone (the caller exited and
+    /// left its connection to a child, say), or the chain is too long to
+    /// follow. Refused everything: a guard fails closed.
+    Unknown(String),
+}
+
+/// How far up the walk goes before it gives up (and the caller is
+/// [`Caller::Unknown`]).
+const MAX_DEPTH: usize = 256;
+
 /// The sandboxed agent a process belongs to: the first of its ancestors
 /// (itself included) that `monitor_of` names as an agent's monitor. Every
 /// process of an agent descends from its monitor (which reaps orphans), so
-/// the walk ends there; `None` for a process outside every agent.
-pub fn caller(pid: u32, monitor_of: impl Fn(u32) -> Option<Address>) -> Option<Address> {
+/// the walk ends there; a walk that reaches init found none.
+pub fn caller(pid: u32, monitor_of: impl Fn(u32) -> Option<Address>) -> Caller {
     let mut at = pid;
-    for _ in 0..128 {
+    for _ in 0..MAX_DEPTH {
         if let Some(address) = monitor_of(at) {
-            return Some(address);
+            return Caller::Agent(address);
         }
-        at = crate::sys::process::parent_of(at)?;
+        if at == 1 {
+            return Caller::Outside;
+        }
+        match crate::sys::process::parent_of(at) {
+            Some(parent) => at = parent,
+            None => {
+                return Caller::Unknown(format!(
+                    "process {at} (of the chain up from the caller, pid {pid}) is gone, so corral cannot tell \
+                     whether the request comes from inside a sandboxed agent"
+                ))
+            }
+        }
     }
-    None
+    Caller::Unknown(format!("the caller (pid {pid}) has over {MAX_DEPTH} ancestors; corral does not follow them all"))
 }
 
 #[cfg(test)]
@@ -101,5 +129,17 @@ mod tests {
         assert_eq!(err, "/root/a is sandboxed: it may raise only the budgets of agents below it, not /root/a's");
         assert!(check(&me, &raise("/root")).is_err());
         assert!(check(&me, &raise("/root/b")).is_err());
+    }
+
+    #[test]
+    fn a_caller_is_placed_by_its_ancestors_and_one_whose_chain_is_broken_is_unknown() {
+        let me = std::process::id();
+        let parent = crate::sys::process::parent_of(me).unwrap();
+        let lead = Address::parse("/root/lead").unwrap();
+        assert_eq!(caller(me, |_| None), Caller::Outside);
+        assert_eq!(caller(me, |at| (at == parent).then(|| lead.clone())), Caller::Agent(lead));
+        // A process that is gone (its pid above any in use) cannot be placed.
+        let gone = caller(u32::MAX - 1, |_| None);
+        assert!(matches!(&gone, Caller::Unknown(why) if why.contains("is gone")), "{gone:?}");
     }
 }
