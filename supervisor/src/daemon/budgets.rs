@@ -17,7 +17,7 @@ use super::agent::Control;
 use super::Daemon;
 use crate::daemon::journal::Draft;
 use crate::model::address::Address;
-use crate::model::budget::{BudgetKind, OnExceeded, Spend};
+use crate::model::budget::{cost_sum, BudgetKind, OnExceeded, Spend};
 use crate::model::error::{Error, ErrorKind, Result};
 use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentState, AgentTable};
@@ -31,12 +31,12 @@ pub(super) fn subtree_spend(table: &AgentTable, scope: &Address) -> Spend {
     for agent in table.subtree(scope) {
         spend.tokens = spend.tokens.saturating_add(agent.usage.total());
         spend.output_tokens = spend.output_tokens.saturating_add(agent.usage.output);
-        spend.cost += agent.cost_usd.unwrap_or(0.0);
+        spend.cost = cost_sum(spend.cost, agent.cost_usd.unwrap_or(0.0));
     }
     for (_, done) in table.away_within(scope) {
         spend.tokens = spend.tokens.saturating_add(done.tokens);
         spend.output_tokens = spend.output_tokens.saturating_add(done.output_tokens);
-        spend.cost += done.cost;
+        spend.cost = cost_sum(spend.cost, done.cost);
     }
     spend
 }
@@ -180,7 +180,7 @@ pub(super) async fn raise(
         };
         let limit = match kind {
             BudgetKind::Tokens => (current as u64).saturating_add(added as u64) as f64,
-            _ => current + added,
+            _ => cost_sum(current, added),
         };
         drafts.push(daemon.draft(&record, EventBody::BudgetRaised { kind, added, limit, by: by.clone() }));
     }

@@ -268,6 +268,16 @@ impl Journal {
                 body: draft.body,
             };
             let line = serde_json::to_vec(&event).expect("events serialize");
+            // A number JSON cannot hold (an infinite or NaN float) is
+            // written as `null`, which no reader takes for a number: such a
+            // line would end the journal's readable prefix. It is refused,
+            // never written.
+            if line.windows(4).any(|w| w == b"null") && serde_json::from_slice::<Event>(&line).is_err() {
+                return Err(Error::other(format!(
+                    "corral would journal an event it could not read back (a number JSON cannot hold?): {}",
+                    String::from_utf8_lossy(&line)
+                )));
+            }
             if batch {
                 // The commit's mark first, so a reader finds it without
                 // parsing the event (an object always opens with `{`).
@@ -598,6 +608,30 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().len(), lines[0].len() as u64 + 1);
             assert_eq!(journal.append(vec![draft(9)]).unwrap()[0].seq, 2);
         }
+    }
+
+    #[test]
+    fn an_event_that_could_not_be_read_back_is_refused_and_the_journal_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append(vec![draft(1)]).unwrap();
+        let infinite = Draft {
+            body: EventBody::BudgetRaised {
+                kind: crate::model::budget::BudgetKind::Cost,
+                added: 1.0,
+                limit: f64::INFINITY,
+                by: "/root".into(),
+            },
+            ..draft(2)
+        };
+        let err = journal.append(vec![infinite]).unwrap_err();
+        assert!(err.message.contains("could not read back"), "{err}");
+        journal.append(vec![draft(3)]).unwrap();
+        drop(journal);
+        let (mut journal, events) = Journal::open(&path).unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(journal.take_repair().is_none());
     }
 
     #[test]

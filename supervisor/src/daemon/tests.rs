@@ -460,3 +460,31 @@ async fn a_cost_budget_refuses_a_call_whose_model_has_no_price() {
     let mut free = daemon.spawn("free", Some(0.0)).await;
     assert!(matches!(admission(&mut free, ask(1, "m-free")).await, Decision::Allow { .. }));
 }
+
+#[tokio::test]
+async fn raises_past_the_largest_number_keep_the_budget_finite_and_the_journal_whole() {
+    let mut daemon = TestDaemon::new().await;
+    let budget = crate::model::budget::Budget { cost: Some(1.0), ..Default::default() };
+    let _agent = spawn_with_budget(&mut daemon, "rich", budget).await;
+    for _ in 0..2 {
+        let raise = Request::RaiseBudget {
+            address: "/root/rich".into(),
+            add_tokens: None,
+            add_cost: Some(1e308),
+            by: "/root".into(),
+        };
+        daemon.request(raise).await.expect("the raise is taken");
+    }
+    assert_eq!(daemon.record("/root/rich").budget.cost, Some(f64::MAX));
+    // Every event reads back: a restart folds them all, the raises too.
+    daemon.restart().await;
+    assert_eq!(daemon.record("/root/rich").budget.cost, Some(f64::MAX));
+    assert!(daemon
+        .daemon
+        .state
+        .dir
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().contains("damaged")));
+}

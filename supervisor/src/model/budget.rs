@@ -136,6 +136,18 @@ pub struct Spend {
     pub idle_secs: f64,
 }
 
+/// `a + b` for money, kept finite: a sum past the largest `f64` stays at
+/// it (a budget sees it spent), never infinity, which JSON cannot carry
+/// (the journal would hold a line no reader could parse).
+pub fn cost_sum(a: f64, b: f64) -> f64 {
+    let sum = a + b;
+    if sum.is_finite() {
+        sum
+    } else {
+        f64::MAX
+    }
+}
+
 /// A limit near or past.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Crossing {

@@ -141,7 +141,7 @@ pub fn build(record: &RunRecord, agents: &[AgentRecord], now: DateTime<Utc>) -> 
         not_started: rows.iter().filter(|r| r.state == "not_started").count(),
         tokens: rows.iter().map(|r| r.tokens).sum(),
         // From 0.0: an empty f64 sum is -0.0.
-        cost: rows.iter().filter_map(|r| r.cost).fold(0.0, |sum, cost| sum + cost),
+        cost: rows.iter().filter_map(|r| r.cost).fold(0.0, crate::model::budget::cost_sum),
     };
     let end = record.ended.or_else(|| driver.and_then(|d| d.ended_at).filter(|_| state.is_final()));
     Report {

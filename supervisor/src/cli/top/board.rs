@@ -130,7 +130,7 @@ impl Board {
         for agent in self.agents().into_iter().chain(self.removed()).filter(|a| a.address.is_within(address)) {
             spend.tokens = spend.tokens.saturating_add(agent.usage.total());
             spend.output_tokens = spend.output_tokens.saturating_add(agent.usage.output);
-            spend.cost += agent.cost_usd.unwrap_or(0.0);
+            spend.cost = crate::model::budget::cost_sum(spend.cost, agent.cost_usd.unwrap_or(0.0));
         }
         spend
     }

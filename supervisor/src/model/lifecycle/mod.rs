@@ -504,7 +504,7 @@ impl AgentRecord {
                 if let Some(cost) = cost_usd {
                     // The first priced call replaces what the CLI said.
                     let before = if self.calls_priced { self.cost_usd.unwrap_or(0.0) } else { 0.0 };
-                    self.cost_usd = Some(before + cost);
+                    self.cost_usd = Some(crate::model::budget::cost_sum(before, *cost));
                     self.calls_priced = true;
                 }
                 self.calls = self.calls.max(*call);
@@ -928,7 +928,8 @@ impl AgentTable {
                 let day = self.daily.entry(day_of(event.ts)).or_default();
                 day.tokens = day.tokens.saturating_add(usage.total());
                 if let Some(cost) = cost_usd {
-                    day.cost += if priced { *cost } else { (cost - previous.unwrap_or(0.0)).max(0.0) };
+                    let grown = if priced { *cost } else { (cost - previous.unwrap_or(0.0)).max(0.0) };
+                    day.cost = crate::model::budget::cost_sum(day.cost, grown);
                 }
             }
             EventBody::Usage { delta, cost_usd, .. } => {
@@ -943,7 +944,10 @@ impl AgentTable {
                     day.tokens = day.tokens.saturating_add(delta.total());
                 }
                 if !(proxied && priced) {
-                    day.cost += (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0);
+                    day.cost = crate::model::budget::cost_sum(
+                        day.cost,
+                        (cost_usd.unwrap_or(0.0) - previous.unwrap_or(0.0)).max(0.0),
+                    );
                 }
             }
             _ => {}
