@@ -579,3 +579,21 @@ with open(sys.argv[2], "w") as f:
     assert!(text.contains("refused") && text.contains("is gone"), "{text}");
     assert_eq!(repo.agent("/root/sibling")["state"], "running", "{text}");
 }
+
+#[test]
+fn the_deny_list_is_placed_without_home_and_an_entry_it_cannot_place_refuses_the_spawn() {
+    let repo = TestRepo::new();
+    // No HOME (cron, systemd): the user's home from the password database.
+    let mut command = repo.command();
+    command.env_remove("HOME").args(["spawn", "nohome", "--sandbox", "workspace-write", "--json", "--", "true"]);
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let home = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().dir;
+    let enforced = repo.agent("/root/nohome")["enforced"].clone();
+    let denied: Vec<&str> = enforced["deny_read"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(denied.contains(&home.join(".ssh").to_str().unwrap()), "{enforced}");
+    // An entry that names no absolute path is refused, not left out.
+    std::fs::write(repo.repo.join("corral.toml"), "[defaults]\nsandbox_deny_read = [\"relative/secrets\"]\n").unwrap();
+    let out = spawn(&repo, "relative", &["--sandbox", "workspace-write"], &[], "exit 0");
+    refused(&out, "\"relative/secrets\" names no absolute path");
+}

@@ -265,6 +265,9 @@ struct Resolved {
     limits: sandbox::Limits,
     /// Absolute paths its sandbox may not read.
     deny_read: Vec<PathBuf>,
+    /// `sandbox_deny_read` entries that name no absolute path (`~` with no
+    /// home known, a relative path): a sandbox that restricts refuses them.
+    deny_unplaced: Vec<String>,
     fallback: sandbox::Fallback,
     /// What the kernel offers and will be made to enforce (set by
     /// [`resolve_sandbox`]; `None`: nothing asked for).
@@ -311,6 +314,15 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
     // a child of /root tells nobody (a person has events -f and wait).
     let parent_is_agent = address.parent().is_some_and(|p| !p.is_root());
     let notify = settings.notify.unwrap_or(crate::model::notify::Notify::default_for(parent_is_agent));
+    // Without HOME in the spawning environment (cron, systemd), the
+    // user's own home from the password database.
+    let home = request
+        .env
+        .get("HOME")
+        .map(PathBuf::from)
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|user| user.dir));
+    let deny_read = settings.sandbox_deny_read.clone();
+    let deny_read = deny_read.unwrap_or_else(|| sandbox::DEFAULT_DENY_READ.map(String::from).to_vec());
     Ok(Resolved {
         harness,
         notify,
@@ -329,12 +341,12 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
             max_processes: settings.max_processes,
             max_open_files: settings.max_open_files,
         },
-        deny_read: {
-            let home = request.env.get("HOME").map(PathBuf::from);
-            let listed = settings.sandbox_deny_read.clone();
-            let listed = listed.unwrap_or_else(|| sandbox::DEFAULT_DENY_READ.map(String::from).to_vec());
-            listed.iter().filter_map(|path| sandbox::expand_home(path, home.as_deref())).collect()
-        },
+        deny_read: deny_read.iter().filter_map(|path| sandbox::expand_home(path, home.as_deref())).collect(),
+        deny_unplaced: deny_read
+            .iter()
+            .filter(|path| sandbox::expand_home(path, home.as_deref()).is_none())
+            .cloned()
+            .collect(),
         fallback: settings.sandbox_fallback.unwrap_or_default(),
         kernel: None,
         enforced: None,
@@ -466,6 +478,16 @@ fn resolve_sandbox(
         return Ok(());
     }
     let refuse = |why: String| Error::new(ErrorKind::Refused, format!("spawn of {address} refused: {why}"));
+    // A deny list entry that cannot be placed would be left out, and what
+    // it names readable: fail closed.
+    if resolved.sandbox.is_some_and(|mode| mode < crate::config::Sandbox::Full) {
+        if let Some(entry) = resolved.deny_unplaced.first() {
+            return Err(refuse(format!(
+                "sandbox_deny_read entry {entry:?} names no absolute path (a `~` needs HOME, and neither the \
+                 environment nor the password database gives one); write it absolute"
+            )));
+        }
+    }
     let proxy_port = match request.env.get(sandbox::PROXY_PORT_VARIABLE) {
         Some(text) => Some(
             text.trim()
