@@ -871,14 +871,14 @@ fn commit_leftovers_commits_changes_and_untracked_files_but_not_ignored_ones() {
     let wt = dir.path().join("agent");
     git(&repo, &["worktree", "add", "-q", "-b", "corral/root/x", wt.to_str().unwrap()]);
     let base = rev(&repo, "corral/root/x");
-    assert_eq!(merge::commit_leftovers(&wt, ("corral", "corral@example.com"), "m").unwrap(), None);
+    assert_eq!(merge::commit_leftovers(&wt, "corral/root/x", ("corral", "corral@example.com"), "m").unwrap(), None);
 
     write(&wt, "a.txt", "changed\n");
     std::fs::remove_file(wt.join("gone.txt")).unwrap();
     write(&wt, "src/new.rs", "fn main() {}\n");
     write(&wt, "debug.log", "ignored\n");
     let message = "corral: leftovers of /root/x (task t-7: add a health endpoint)";
-    let id = merge::commit_leftovers(&wt, ("corral", "corral@example.com"), message).unwrap().unwrap();
+    let id = merge::commit_leftovers(&wt, "corral/root/x", ("corral", "corral@example.com"), message).unwrap().unwrap();
     assert_eq!(rev(&repo, "corral/root/x"), id);
     assert_eq!(rev(&repo, "corral/root/x^"), base);
     assert_eq!(
@@ -889,7 +889,7 @@ fn commit_leftovers_commits_changes_and_untracked_files_but_not_ignored_ones() {
     assert_eq!(changed, "M\ta.txt\nD\tgone.txt\nA\tsrc/new.rs\n");
     assert_eq!(git(&wt, &["status", "--porcelain"]), "");
     assert_eq!(read(&wt, "debug.log"), "ignored\n");
-    assert_eq!(merge::commit_leftovers(&wt, ("corral", "corral@example.com"), message).unwrap(), None);
+    assert_eq!(merge::commit_leftovers(&wt, "corral/root/x", ("corral", "corral@example.com"), message).unwrap(), None);
     assert_eq!(rev(&repo, "main"), base, "only the agent's branch moves");
 }
 
@@ -898,9 +898,39 @@ fn commit_leftovers_refuses_a_detached_head() {
     let (_dir, repo) = repo_with(&[("a.txt", "a\n")]);
     git(&repo, &["checkout", "-q", "--detach"]);
     write(&repo, "a.txt", "changed\n");
-    let err = merge::commit_leftovers(&repo, ("c", "c@example.com"), "m").unwrap_err();
+    let err = merge::commit_leftovers(&repo, "main", ("c", "c@example.com"), "m").unwrap_err();
     assert!(matches!(err, MergeError::Detached { .. }), "{err:?}");
     assert_eq!(read(&repo, "a.txt"), "changed\n");
+}
+
+#[test]
+fn commit_leftovers_commits_on_the_agents_branch_alone_whatever_its_worktree_says() {
+    let (dir, repo) = repo_with(&[("a.txt", "a\n")]);
+    let wt = dir.path().join("agent");
+    git(&repo, &["worktree", "add", "-q", "-b", "corral/root/x", wt.to_str().unwrap()]);
+    let main = rev(&repo, "main");
+    let leftover = |what: &str| {
+        write(&wt, "a.txt", &format!("{what}\n"));
+        merge::commit_leftovers(&wt, "corral/root/x", ("c", "c@example.com"), "m").unwrap_err()
+    };
+    // The agent points its worktree's HEAD at main.
+    let admin = PathBuf::from(git(&wt, &["rev-parse", "--absolute-git-dir"]).trim());
+    std::fs::write(admin.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    let err = leftover("head moved");
+    assert!(matches!(&err, MergeError::NotItsBranch { why, .. } if why.contains("refs/heads/main")), "{err:?}");
+    std::fs::write(admin.join("HEAD"), "ref: refs/heads/corral/root/x\n").unwrap();
+    // Its branch made a symbolic ref to main.
+    git(&repo, &["symbolic-ref", "refs/heads/corral/root/x", "refs/heads/main"]);
+    let err = leftover("symbolic");
+    assert!(matches!(&err, MergeError::NotItsBranch { why, .. } if why.contains("refs/heads/main")), "{err:?}");
+    git(&repo, &["update-ref", "--no-deref", "refs/heads/corral/root/x", &main.to_string()]);
+    // Its .git pointed at the main repository.
+    std::fs::write(wt.join(".git"), format!("gitdir: {}\n", repo.join(".git").display())).unwrap();
+    git(&repo, &["checkout", "-q", "--ignore-other-worktrees", "corral/root/x"]);
+    let err = leftover("main repo");
+    assert!(matches!(&err, MergeError::NotItsBranch { why, .. } if why.contains("linked worktree")), "{err:?}");
+    git(&repo, &["checkout", "-q", "main"]);
+    assert_eq!(rev(&repo, "main"), main, "main never moved");
 }
 
 #[test]

@@ -175,14 +175,15 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
     let mut changes = (!gated).then(|| look_at_checkouts(&mut kept.look));
 
     if has_worktree {
-        let (path, message) = (
+        let (path, branch, message) = (
             record.worktree.clone(),
+            record.branch.clone(),
             format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
         );
         let committed = {
             let _git = daemon.git.lock().await;
             blocking(move || {
-                crate::git::merge::commit_leftovers(&path, ("corral", "corral@localhost"), &message)
+                crate::git::merge::commit_leftovers(&path, &branch, ("corral", "corral@localhost"), &message)
                     .map_err(Error::from)
             })
             .await

@@ -204,6 +204,8 @@ pub enum MergeError {
     Detached { worktree: PathBuf },
     #[error("a {state} is in progress in {}: finish or abort it first", worktree.display())]
     InProgress { worktree: PathBuf, state: String },
+    #[error("{} is not the agent's own checkout of {branch} ({why}): its changes were left uncommitted", worktree.display())]
+    NotItsBranch { worktree: PathBuf, branch: String, why: String },
     #[error(
         "the target {target} moved to the merge, but the checkout {} could not follow: {message}; \
          call recover to finish it",
@@ -215,7 +217,9 @@ pub enum MergeError {
 impl From<MergeError> for crate::model::error::Error {
     fn from(err: MergeError) -> crate::model::error::Error {
         let kind = match err {
-            MergeError::Detached { .. } | MergeError::InProgress { .. } => crate::model::error::ErrorKind::Refused,
+            MergeError::Detached { .. } | MergeError::InProgress { .. } | MergeError::NotItsBranch { .. } => {
+                crate::model::error::ErrorKind::Refused
+            }
             _ => crate::model::error::ErrorKind::Other,
         };
         crate::model::error::Error::new(kind, err.to_string())
@@ -294,17 +298,32 @@ pub(super) fn os_path(path: &[u8]) -> &Path {
 /// (the caller names the agent and its task). `None` when there was
 /// nothing to commit. Refuses a detached HEAD or an operation in progress
 /// (a merge, a rebase), leaving everything as it was.
-pub fn commit_leftovers(worktree: &Path, author: (&str, &str), message: &str) -> Result<Option<Oid>> {
+///
+/// The commit goes on `branch` (the agent's, `corral/root/...`) and
+/// nowhere else: the worktree's HEAD and `.git` are the agent's to
+/// rewrite, so a checkout that is not a linked worktree, or a HEAD that
+/// comes to another branch (named so, or through the branch made a
+/// symbolic ref to `main`), is refused before its index is touched.
+pub fn commit_leftovers(worktree: &Path, branch: &str, author: (&str, &str), message: &str) -> Result<Option<Oid>> {
     let repo = open(worktree)?;
     if repo.state() != RepositoryState::Clean {
         return Err(MergeError::InProgress { worktree: worktree.to_path_buf(), state: state_name(repo.state()) });
     }
+    let full = format!("refs/heads/{branch}");
+    let not_its =
+        |why: String| MergeError::NotItsBranch { worktree: worktree.to_path_buf(), branch: branch.into(), why };
     let parent = match repo.head() {
         Ok(head) if !head.is_branch() => return Err(MergeError::Detached { worktree: worktree.to_path_buf() }),
+        Ok(head) if head.name() != Some(full.as_str()) => {
+            return Err(not_its(format!("its HEAD is {}", head.name().unwrap_or("not a ref"))))
+        }
         Ok(head) => Some(head.peel_to_commit().ctx("read HEAD", worktree)?),
         Err(e) if e.code() == git2::ErrorCode::UnbornBranch => None,
         Err(e) => return Err(e).ctx("read HEAD", worktree),
     };
+    if !repo.is_worktree() {
+        return Err(not_its("its .git names the main repository, not a linked worktree".into()));
+    }
     let mut options = git2::StatusOptions::new();
     options.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false).exclude_submodules(true);
     if repo.statuses(Some(&mut options)).ctx("read the status", worktree)?.is_empty() {
@@ -322,7 +341,7 @@ pub fn commit_leftovers(worktree: &Path, author: (&str, &str), message: &str) ->
     let signature = git2::Signature::now(author.0, author.1).ctx("make the signature", worktree)?;
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
     let message = tidy(message);
-    let id = repo.commit(Some("HEAD"), &signature, &signature, &message, &tree, &parents).ctx("commit", worktree)?;
+    let id = repo.commit(Some(&full), &signature, &signature, &message, &tree, &parents).ctx("commit", worktree)?;
     Ok(Some(id))
 }
 
