@@ -597,3 +597,49 @@ fn the_deny_list_is_placed_without_home_and_an_entry_it_cannot_place_refuses_the
     let out = spawn(&repo, "relative", &["--sandbox", "workspace-write"], &[], "exit 0");
     refused(&out, "\"relative/secrets\" names no absolute path");
 }
+
+#[test]
+fn a_sandboxed_agent_cannot_talk_to_another_agents_monitor() {
+    // Landlock lets a sandboxed process connect to any socket; the monitor
+    // takes the daemon's role only from the daemon, and a terminal only
+    // from outside every sandbox.
+    let repo = TestRepo::new();
+    let sibling = spawned(&repo, "sibling", &[], &[], "hang");
+    let id = sibling["task_id"].as_str().and_then(|t| t.strip_prefix("t-")).unwrap().to_string();
+    let socket = repo.repo.join(format!(".git/corral/agents/{id}/monitor.sock"));
+    let helper = repo.path("monitor_talk.py");
+    std::fs::write(
+        &helper,
+        r#"import socket, sys
+said = []
+for hello, then in [('{"role":"daemon"}', '{"t":"stop","grace_secs":0,"probe_failed":false}'),
+                    ('{"role":"attach","replay":0}', 'echo typed by a sandboxed agent')]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    try:
+        s.sendall((hello + "\n" + then + "\n").encode())
+        s.settimeout(5)
+        said.append("got %d bytes" % len(s.recv(65536)))
+    except Exception as e:
+        said.append("closed: %s" % e)
+    s.close()
+open("said.txt", "w").write("; ".join(said))
+"#,
+    )
+    .unwrap();
+    let script = format!("run python3 {} {}; wait-file said.txt", helper.display(), socket.display());
+    spawned(&repo, "intruder", &["--sandbox", "workspace-write"], &[], &script);
+    let said = repo.worktree_of("intruder").join("said.txt");
+    poll_until("the intruder's attempts", PATIENCE, || said.exists());
+    let text = std::fs::read_to_string(&said).unwrap();
+    // Each connection is closed at once, unanswered (a status line for a
+    // daemon, the terminal for an attach would be bytes, or a wait).
+    for attempt in text.split("; ") {
+        assert!(attempt == "got 0 bytes" || attempt.contains("reset"), "the monitor answered: {text}");
+    }
+    assert_eq!(repo.agent("/root/sibling")["state"], "running");
+    assert!(!log(&repo, "/root/sibling").contains("typed by a sandboxed agent"));
+    // The daemon still reaches it: a stop from a person works.
+    repo.corral_ok(&["stop", "/root/sibling", "--grace", "0"]);
+    assert_eq!(repo.agent("/root/sibling")["state"], "stopped");
+}

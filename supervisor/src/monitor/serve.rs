@@ -3,12 +3,20 @@
 //! bytes both ways), and a resize. The protocol is described, as types, in
 //! [`crate::wire::monitor`].
 //!
+//! Who may connect is the kernel's word (`SO_PEERCRED`), not the hello's:
+//! the daemon role only from the daemon whose pid the state folder names
+//! (it holds the daemon lock), a terminal (attach, resize) only from a
+//! process outside every sandboxed agent. A sandboxed agent can reach this
+//! socket (Landlock does not cover connecting), so without that it could
+//! stop, thaw or admit calls for any agent, or type into its terminal.
+//!
 //! Owns: one thread per connection, and the PTY's size as clients set it.
 //! Never starts, reaps or signals the agent: a stop goes to the monitor's
 //! stop sequence, input to the input writer.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +64,12 @@ fn serve_connection(
     let mut first = String::new();
     lines.read_line(&mut first)?;
     let hello: Hello = serde_json::from_str(&first).map_err(std::io::Error::other)?;
+    let peer =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.pid() as u32);
+    if let Err(why) = admit_peer(&hello.role, peer, agent) {
+        tracing::warn!("refused a {} connection: {why}", hello.role);
+        return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why));
+    }
     match hello.role.as_str() {
         "daemon" => serve_daemon(stream, lines, shared, input),
         "attach" => {
@@ -73,6 +87,53 @@ fn serve_connection(
         },
         other => Err(std::io::Error::other(format!("unknown role {other:?}"))),
     }
+}
+
+/// Whether the process `peer` may take `role` on this monitor's socket.
+fn admit_peer(role: &str, peer: Option<u32>, agent: &AgentDir) -> Result<(), String> {
+    let Some(peer) = peer else { return Err("the kernel does not say who connected".into()) };
+    match role {
+        "daemon" => {
+            // `<state>/agents/<id>`: the daemon's pid file is in `<state>`.
+            let pid_file = agent.dir.parent().and_then(std::path::Path::parent).map(|s| s.join("daemon.pid"));
+            let daemon = pid_file.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|p| p.trim().parse().ok());
+            match daemon == Some(peer) {
+                true => Ok(()),
+                false => Err(format!("process {peer} is not the daemon ({daemon:?})")),
+            }
+        }
+        _ => match sandboxed_ancestor(peer) {
+            None => Ok(()),
+            Some(why) => Err(why),
+        },
+    }
+}
+
+/// Why `pid` counts as inside a sandboxed agent, if it does: one of its
+/// ancestors (itself included) is the monitor (`corral monitor DIR`) of an
+/// agent with a sandbox plan in DIR, or the chain up cannot be followed (a
+/// guard fails closed). A process that only looks like a monitor makes its
+/// descendants more confined, never less.
+fn sandboxed_ancestor(pid: u32) -> Option<String> {
+    let mut at = pid;
+    for _ in 0..256 {
+        let cmdline = std::fs::read(format!("/proc/{at}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if let [_, b"monitor", dir, ..] = args.as_slice() {
+            let dir = AgentDir { dir: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(dir)) };
+            if super::pty::sandbox_plan_path(&dir).exists() {
+                return Some(format!("process {pid} runs inside the sandboxed agent of {}", dir.dir.display()));
+            }
+        }
+        if at == 1 {
+            return None;
+        }
+        at = match crate::sys::process::parent_of(at) {
+            Some(parent) => parent,
+            None => return Some(format!("process {at}, on the way up from {pid}, is gone")),
+        };
+    }
+    Some(format!("process {pid} has too many ancestors to follow"))
 }
 
 fn serve_daemon(
