@@ -29,6 +29,12 @@ pub trait ProbeContext: Send + Sync {
     /// supervisor's own environment is not inherited), so it needs `PATH`.
     fn env(&self) -> Vec<(OsString, OsString)>;
 
+    /// Words put before every `exec` command (a sandbox shim: the
+    /// supervisor runs an agent's exec probes as confined as the agent).
+    fn exec_prefix(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The first output line since the agent started that `pattern`
     /// matches, if any.
     fn first_line_matching(&self, pattern: &Regex) -> Option<String>;
@@ -62,6 +68,7 @@ pub struct AgentObservations {
     worktree: PathBuf,
     env: Vec<(OsString, OsString)>,
     allow_remote_hosts: bool,
+    exec_prefix: Vec<String>,
     seen: Mutex<Seen>,
 }
 
@@ -97,6 +104,7 @@ impl AgentObservations {
             worktree: worktree.into(),
             env,
             allow_remote_hosts: false,
+            exec_prefix: Vec::new(),
             seen: Mutex::new(Seen { watches, events: HashSet::new(), last_activity: started_at }),
         }
     }
@@ -104,6 +112,13 @@ impl AgentObservations {
     /// Lets `http_get` and `tcp_socket` probes reach non-loopback hosts.
     pub fn with_remote_hosts_allowed(mut self, allowed: bool) -> Self {
         self.allow_remote_hosts = allowed;
+        self
+    }
+
+    /// Runs every `exec` command after `prefix` (see
+    /// [`ProbeContext::exec_prefix`]).
+    pub fn with_exec_prefix(mut self, prefix: Vec<String>) -> Self {
+        self.exec_prefix = prefix;
         self
     }
 
@@ -150,6 +165,10 @@ impl ProbeContext for AgentObservations {
 
     fn env(&self) -> Vec<(OsString, OsString)> {
         self.env.clone()
+    }
+
+    fn exec_prefix(&self) -> Vec<String> {
+        self.exec_prefix.clone()
     }
 
     /// Patterns given to [`AgentObservations::new`] see every line. Any

@@ -643,3 +643,42 @@ open("said.txt", "w").write("; ".join(said))
     repo.corral_ok(&["stop", "/root/sibling", "--grace", "0"]);
     assert_eq!(repo.agent("/root/sibling")["state"], "stopped");
 }
+
+#[test]
+fn a_sandboxed_agents_merge_gate_runs_in_its_sandbox() {
+    // The gate runs the agent's code (its tests, its build scripts): it
+    // gets no more than the agent did.
+    let repo = TestRepo::new();
+    let outside = repo.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let leak = outside.join("leak.txt");
+    let gate = format!("touch {}", leak.display());
+    let flags = ["--sandbox", "workspace-write", "--merge", "auto", "--gate", gate.as_str()];
+    spawned(&repo, "leaky", &flags, &[], "write inside.txt x; commit 'its work'");
+    let (code, record) = wait(&repo, "/root/leaky");
+    assert_eq!(code, Some(28), "its gate failed: {record}");
+    assert_eq!(record["merge_state"]["state"], "gate_failed", "{record}");
+    assert!(!leak.exists(), "the gate wrote outside the agent's sandbox");
+    // Within the sandbox, the gate passes and the work merges.
+    let flags = ["--sandbox", "workspace-write", "--merge", "auto", "--gate", "test -f inside.txt"];
+    spawned(&repo, "tidy", &flags, &[], "write inside.txt x; commit 'its work'");
+    let (code, record) = wait(&repo, "/root/tidy");
+    assert_eq!(code, Some(0), "{record}");
+    assert_eq!(record["merge_state"]["state"], "merged", "{record}");
+}
+
+#[test]
+fn a_sandboxed_agents_exec_probes_run_in_its_sandbox() {
+    let repo = TestRepo::new();
+    let outside = repo.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let leak = outside.join("probe-leak.txt");
+    let probe = format!(
+        r#"{{ exec = {{ command = ["sh", "-c", "touch {}; echo ran >> probe-runs"] }}, period_seconds = 0.1 }}"#,
+        leak.display()
+    );
+    spawned(&repo, "probed", &["--sandbox", "workspace-write", "--readiness", &probe], &[], "hang");
+    let runs = repo.worktree_of("probed").join("probe-runs");
+    poll_until("three probe runs", PATIENCE, || std::fs::read_to_string(&runs).is_ok_and(|t| t.lines().count() >= 3));
+    assert!(!leak.exists(), "an exec probe wrote outside the agent's sandbox");
+}

@@ -40,6 +40,10 @@ pub(super) async fn run(
     deadline: Instant,
     timeout: Duration,
 ) -> ProbeResult {
+    if command.is_empty() {
+        return ProbeResult::failure("exec.command is empty");
+    }
+    let command: Vec<String> = ctx.exec_prefix().into_iter().chain(command.iter().cloned()).collect();
     let Some((program, args)) = command.split_first() else {
         return ProbeResult::failure("exec.command is empty");
     };

@@ -40,7 +40,7 @@ mod serve;
 
 pub use meter::{read_admitted, read_calls, record_call, AdmittedCall};
 pub use pty::exec_agent;
-pub(crate) use pty::OWN_BINARY;
+pub(crate) use pty::{sandbox_plan_path, OWN_BINARY};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

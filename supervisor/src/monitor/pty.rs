@@ -115,7 +115,7 @@ fn prepare_sandbox(agent: &AgentDir, plan: &crate::sys::sandbox::Plan) -> anyhow
 pub(crate) const OWN_BINARY: &str = "/proc/self/exe";
 
 /// Where the monitor keeps the sandbox plan the shim applies.
-pub(super) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
+pub(crate) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
     agent.dir.join("sandbox.json")
 }
 
