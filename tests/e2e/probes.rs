@@ -180,3 +180,24 @@ fn on_failure_restarts_a_crashing_agent_but_not_a_stopped_one() {
     let agent = repo.agent("/root/forever");
     assert_eq!((agent["state"].as_str(), agent["restarts"].as_u64()), (Some("stopped"), Some(0)), "{agent}");
 }
+
+#[test]
+fn a_message_sent_during_a_restarts_back_off_reaches_the_next_run() {
+    // The first run fails at once; the message comes while the agent waits
+    // to start again, and the next run reads it.
+    let repo = TestRepo::new();
+    let command = "if [ -f ran ]; then read line; echo \"got $line\"; sleep 30; else touch ran; exit 1; fi";
+    let args =
+        ["spawn", "again", "--restart", "OnFailure", "--backoff", "3", "--grace", "0", "--", "sh", "-c", command];
+    repo.corral_ok(&args);
+    poll_until("the restart's back-off", PATIENCE, || !events(&repo, "/root/again", "restarted").is_empty());
+    repo.corral_ok(&["send", "/root/again", "hello from the back-off"]);
+    poll_until("the next run to read the message", PATIENCE, || {
+        String::from_utf8_lossy(&repo.log("/root/again")).contains("got hello from the back-off")
+    });
+    let delivered = events(&repo, "/root/again", "message_delivered");
+    let started = events(&repo, "/root/again", "started");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(delivered[0]["seq"].as_u64() > started.last().unwrap()["seq"].as_u64(), "delivered before the run began");
+    repo.corral_ok(&["stop", "/root/again"]);
+}

@@ -171,7 +171,7 @@ async fn follow_monitor(
     flush_output(daemon, record, reader, false, &mut progress).await;
     // Whether the monitor holds the agent open for its children, as last told.
     let mut held = None;
-    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, restarting).await;
     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
     hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
     loop {
@@ -185,7 +185,7 @@ async fn follow_monitor(
                         // chatty agent costs one journal write per batch, not
                         // one per notice.
                         flush_output(daemon, record, reader, false, &mut progress).await;
-                        deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                        deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, restarting).await;
                         close_input_if_done(daemon, &record.address, &mut monitor_in).await;
                         hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
                     }
@@ -200,7 +200,8 @@ async fn follow_monitor(
                     }
                     Ok(MonitorMessage::Started { pid, tag }) => {
                         // A restart or a follow-up: the agent goes on under a new pid.
-                        if std::mem::take(&mut restarting) {
+                        let restarted = std::mem::take(&mut restarting);
+                        if restarted {
                             probes = ProbeRun::start(daemon, record, reader);
                             touch(daemon, &record.address);
                         }
@@ -212,6 +213,10 @@ async fn follow_monitor(
                         }
                         let drafts = bodies.into_iter().map(|b| daemon.draft(&current, b)).collect();
                         daemon.commit_logged(drafts).await;
+                        if restarted {
+                            // What came during the back-off goes to this run.
+                            deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, false).await;
+                        }
                     }
                     Ok(MonitorMessage::Admit { ask }) => {
                         // Decided on a task of its own: it may wait for other
@@ -268,10 +273,10 @@ async fn follow_monitor(
                 Control::Send { from, text, reply } => {
                     let result = accept_message(daemon, &record.address, from, text).await;
                     let _ = reply.send(result);
-                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, restarting).await;
                 }
                 Control::Deliver => {
-                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed).await;
+                    deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, restarting).await;
                     close_input_if_done(daemon, &record.address, &mut monitor_in).await;
                     hold_for_children(daemon, record, &mut monitor_in, &handed, &mut held).await;
                 }
@@ -486,7 +491,13 @@ async fn deliver_pending(
     address: &Address,
     monitor: &mut tokio::net::unix::OwnedWriteHalf,
     handed: &mut HashSet<String>,
+    restarting: bool,
 ) {
+    // Between runs (a restart's back-off) there is no process to read a
+    // message: it waits, queued, for the next run's start.
+    if restarting {
+        return;
+    }
     let Some(record) = daemon.record(address) else { return };
     for message in &record.pending_messages {
         if handed.contains(&message.message_id) {
