@@ -201,3 +201,32 @@ fn a_message_sent_during_a_restarts_back_off_reaches_the_next_run() {
     assert!(delivered[0]["seq"].as_u64() > started.last().unwrap()["seq"].as_u64(), "delivered before the run began");
     repo.corral_ok(&["stop", "/root/again"]);
 }
+
+#[test]
+fn a_stop_of_an_agent_that_restarts_without_pause_leaves_nothing_running_and_starts_nothing() {
+    // A crash loop with no back-off: a stop lands at any point of it,
+    // also between a run's end and the next's start.
+    let repo = TestRepo::new();
+    for round in 0..15 {
+        let name = format!("loop{round}");
+        let address = format!("/root/{name}");
+        let args =
+            ["spawn", &name, "--restart", "Always", "--backoff", "0", "--grace", "0", "--", "sh", "-c", "exit 1"];
+        repo.corral_ok(&args);
+        poll_until("a few restarts", PATIENCE, || events(&repo, &address, "restarted").len() >= 2);
+        repo.corral_ok(&["stop", &address]);
+        let agent = repo.agent(&address);
+        assert_eq!(agent["state"], "stopped", "round {round}: {agent}");
+        assert!(repo.agent_processes(&address).is_empty(), "round {round}: a process was left");
+        let all = repo.corral_ok(&["events", "--agent", &address]);
+        let kinds: Vec<String> = all
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap_or("").to_string())
+            .collect();
+        // Runs the monitor started before the stop reached it are stopped
+        // too (their events may come after `stop_requested`); none starts
+        // once the agent has ended.
+        assert!(kinds.contains(&"stop_requested".to_string()), "{kinds:?}");
+        assert_eq!(kinds.last().map(String::as_str), Some("exited"), "round {round}: {kinds:?}");
+    }
+}

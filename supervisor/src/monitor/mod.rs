@@ -98,6 +98,7 @@ impl Shared {
                 inputs_seen: std::collections::HashSet::new(),
                 probe_failed: false,
                 stopping: 0,
+                stop_grace: None,
                 restart_note: None,
                 restart_generation: 0,
                 log_bytes_lost: 0,
@@ -164,6 +165,8 @@ struct State {
     /// Stop sequences still running; a new run waits for them, so no
     /// stop meant for one run can reach the next.
     stopping: usize,
+    /// The grace of the last stop asked for.
+    stop_grace: Option<f64>,
     /// The latest restart, and how many so far (the daemon is told of each).
     restart_note: Option<MonitorMessage>,
     restart_generation: u64,
@@ -265,11 +268,20 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let mut first = true;
     let mut restarts = RestartState::default();
     let mut input: Option<std::sync::mpsc::Sender<InputOp>> = None;
-    let mut last_limit: Option<crate::sys::sandbox::LimitHit>;
+    let mut last_limit: Option<crate::sys::sandbox::LimitHit> = None;
+    // How the last run ended, for a stop that comes before the next starts.
+    let mut last_run: (u32, Option<i32>, Option<i32>) = (0, None, None);
     let (pid, code, signal) = loop {
         if !first {
+            // A stop asked for since the last check ends the agent here:
+            // nothing new starts after a stop. From here to the new pid,
+            // a stop or a freeze is left for the launch to apply.
             let state = shared.state.lock().unwrap();
-            drop(shared.changed.wait_while(state, |s| s.stopping > 0).unwrap());
+            let mut state = shared.changed.wait_while(state, |s| s.stopping > 0).unwrap();
+            if state.stop_requested {
+                state.accepting = false;
+                break last_run;
+            }
         }
         let run_started = Instant::now();
         let counted_before = limit_counters(&spec);
@@ -298,7 +310,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
-        {
+        let (stop_now, freeze_now) = {
             let mut state = shared.state.lock().unwrap();
             state.pid = pid;
             state.output_closed = false;
@@ -309,6 +321,14 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 Some(tag) => tracing::info!("agent started: pid {pid}, follow-up {tag}"),
                 None => tracing::info!("agent started: pid {pid}"),
             }
+            (state.stop_requested.then(|| state.stop_grace.unwrap_or(DEFAULT_GRACE_SECS)), state.frozen)
+        };
+        // A stop or a freeze that came while it was starting reaches it.
+        if let Some(grace) = stop_now {
+            tracing::info!("a stop came while process {pid} started: it is stopped too");
+            request_stop(&shared, grace, false);
+        } else if freeze_now {
+            freeze(&shared, true);
         }
         *writer.lock().unwrap() = pty.writer;
         {
@@ -398,6 +418,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 };
                 input_mode = InputMode::Null;
                 tag = Some(next_tag);
+                last_run = (pid, code, signal);
                 continue;
             }
         }
@@ -450,6 +471,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         }
         argv = spec.command.clone();
         input_mode = spec.input;
+        last_run = (pid, code, signal);
     };
     // Both read under one lock (two guards in one statement would
     // deadlock: a temporary guard lives to the statement's end).
@@ -584,6 +606,7 @@ fn request_stop(shared: &Arc<Shared>, grace_secs: f64, probe_failed: bool) {
             state.probe_failed = true;
         } else {
             state.stop_requested = true;
+            state.stop_grace = Some(grace_secs);
         }
         state.stopping += 1;
         shared.changed.notify_all();
