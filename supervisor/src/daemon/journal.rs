@@ -267,24 +267,24 @@ impl Journal {
                 task: draft.task,
                 body: draft.body,
             };
-            let line = serde_json::to_vec(&event).expect("events serialize");
+            let at = buffer.len();
+            serde_json::to_writer(&mut buffer, &event).expect("events serialize");
             // A number JSON cannot hold (an infinite or NaN float) is
             // written as `null`, which no reader takes for a number: such a
             // line would end the journal's readable prefix. It is refused,
             // never written.
-            if line.windows(4).any(|w| w == b"null") && serde_json::from_slice::<Event>(&line).is_err() {
+            let line = &buffer[at..];
+            if line.windows(4).any(|w| w == b"null") && serde_json::from_slice::<Event>(line).is_err() {
                 return Err(Error::other(format!(
                     "corral would journal an event it could not read back (a number JSON cannot hold?): {}",
-                    String::from_utf8_lossy(&line)
+                    String::from_utf8_lossy(line)
                 )));
             }
             if batch {
                 // The commit's mark first, so a reader finds it without
                 // parsing the event (an object always opens with `{`).
-                write!(buffer, "{{\"{BATCH_END}\":{},", self.last_seq + count).expect("writes to a Vec");
-                buffer.extend_from_slice(&line[1..]);
-            } else {
-                buffer.extend_from_slice(&line);
+                let mark = format!("{{\"{BATCH_END}\":{},", self.last_seq + count);
+                buffer.splice(at..at + 1, mark.into_bytes());
             }
             buffer.push(b'\n');
             events.push(event);
