@@ -164,15 +164,21 @@ impl Journal {
             let why = match serde_json::from_slice::<Event>(&line[..read - 1]) {
                 Ok(event) if event.seq == expected => {
                     let seq = event.seq;
-                    let open = commit.get_or_insert_with(|| Commit {
-                        end: batch_end_of(&line).filter(|end| *end > seq).unwrap_or(seq),
-                        start_len: good_len,
-                        start_seq: last_seq,
-                        events: Vec::new(),
-                    });
-                    open.events.push(event);
-                    if seq >= open.end {
-                        commit.take().into_iter().flat_map(|c| c.events).for_each(&mut fold);
+                    match &mut commit {
+                        Some(open) => {
+                            open.events.push(event);
+                            if seq >= open.end {
+                                commit.take().into_iter().flat_map(|c| c.events).for_each(&mut fold);
+                            }
+                        }
+                        None => match batch_end_of(&line).filter(|end| *end > seq) {
+                            // The first line of a commit of several.
+                            Some(end) => {
+                                let events = vec![event];
+                                commit = Some(Commit { end, start_len: good_len, start_seq: last_seq, events });
+                            }
+                            None => fold(event),
+                        },
                     }
                     last_seq = seq;
                     good_len += read as u64;
