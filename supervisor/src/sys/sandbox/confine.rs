@@ -4,7 +4,8 @@
 //! subtree, raises budgets only strictly below itself (never the one it
 //! runs under), and never removes worktrees (`gc`) or stops the daemon. It may
 //! read anything (`ps`, `view`, `logs`, `events`, `diff`, `wait`) and send
-//! messages to anyone (that is how agents talk).
+//! messages to anyone (that is how agents talk), as itself or an agent
+//! below it, never signed as another.
 //!
 //! Which agent a caller is comes from the kernel (the connecting process's
 //! pid, `SO_PEERCRED`), never from what the caller says: the daemon walks
@@ -40,6 +41,11 @@ pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
         Request::Shutdown => Err(format!("{caller} is sandboxed: it may not stop the daemon")),
         // Strictly below: the budget it runs under (its own, an
         // ancestor's) is never its to lift.
+        // Who it says it is: itself or an agent below it, never another.
+        Request::Send { from, .. } => below(from, &|at| format!("send messages only as itself, not as {at}")),
+        Request::RaiseBudget { by, .. } if below(by, &|_| String::new()).is_err() => {
+            Err(format!("{caller} is sandboxed: it may raise budgets only as itself, not as {by}"))
+        }
         Request::RaiseBudget { address, .. } => match Address::resolve(address, caller) {
             Ok(at) if at != *caller && at.is_within(caller) => Ok(()),
             Ok(at) => {
@@ -52,8 +58,7 @@ pub fn check(caller: &Address, request: &Request) -> Result<(), String> {
         | Request::Info { .. }
         | Request::Events { .. }
         | Request::Wait { .. }
-        | Request::Diff { .. }
-        | Request::Send { .. } => Ok(()),
+        | Request::Diff { .. } => Ok(()),
     }
 }
 
@@ -129,6 +134,18 @@ mod tests {
         assert_eq!(err, "/root/a is sandboxed: it may raise only the budgets of agents below it, not /root/a's");
         assert!(check(&me, &raise("/root")).is_err());
         assert!(check(&me, &raise("/root/b")).is_err());
+        let forged = Request::Send { to: "/root/b".into(), from: "/root".into(), text: "hi".into() };
+        assert_eq!(
+            check(&me, &forged).unwrap_err(),
+            "/root/a is sandboxed: it may send messages only as itself, not as /root"
+        );
+        let forged = Request::RaiseBudget {
+            address: "/root/a/b".into(),
+            add_tokens: Some(1),
+            add_cost: None,
+            by: "/root".into(),
+        };
+        assert!(check(&me, &forged).unwrap_err().contains("only as itself"));
     }
 
     #[test]
