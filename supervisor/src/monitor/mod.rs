@@ -404,9 +404,12 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         // Frozen, nothing new of the agent starts: a follow-up or a restart
         // waits for the thaw (or a stop).
         state = shared.changed.wait_while(state, |s| s.frozen && !s.stop_requested).unwrap();
-        // A follow-up runs unless a stop was asked for; once the monitor
-        // decides to finish, it takes no more.
-        if !state.stop_requested {
+        // A follow-up runs unless a stop was asked for, or a probe failed
+        // (the restart policy decides first; the follow-up waits for the
+        // next run's end); once the monitor decides to finish, it takes no
+        // more.
+        let probe_failed = std::mem::take(&mut state.probe_failed);
+        if !state.stop_requested && !probe_failed {
             if let Some((command, next_tag)) = state.follow_ups.pop_front() {
                 // A follow-up made from the agent's command line (Codex's
                 // `exec resume`) names the proxy as the first run did.
@@ -423,7 +426,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             }
         }
         // Then the restart policy.
-        let end = if std::mem::take(&mut state.probe_failed) {
+        let end = if probe_failed {
             RunEnd::ProbeFailure
         } else if state.stop_requested {
             RunEnd::Stopped
