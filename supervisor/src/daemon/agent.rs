@@ -84,8 +84,14 @@ pub(super) fn supervise(daemon: &Arc<Daemon>, record: AgentRecord, link: Option<
     let (tx, rx) = mpsc::unbounded_channel();
     daemon.agents.insert(&record.address, tx.clone());
     if record.stop_requested {
-        // A stop arrived while the agent was starting.
-        let _ = tx.send(Control::Stop { grace_secs: record.grace_secs.unwrap_or(DEFAULT_GRACE_SECS) });
+        // A stop arrived while the agent was starting. One that already
+        // ended it (it was pending when stopped) gets no grace: its record
+        // is closed, and nothing of it is to run.
+        let grace_secs = match record.state.is_terminal() {
+            true => 0.0,
+            false => record.grace_secs.unwrap_or(DEFAULT_GRACE_SECS),
+        };
+        let _ = tx.send(Control::Stop { grace_secs });
     }
     let daemon = daemon.clone();
     tokio::spawn(async move {
