@@ -718,3 +718,21 @@ fn runs_in(repo: &TestRepo, home: &Path, path: &str) -> Vec<Value> {
         .unwrap();
     serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().cloned().unwrap()
 }
+
+#[test]
+fn the_driver_gets_grace_enough_to_stop_an_agent_with_a_long_one_and_report() {
+    // The driver stops its agents one grace each (and the daemon allows
+    // 30 s more): killed before that, it would leave no report.
+    let repo = TestRepo::new();
+    let file = run_file(
+        &repo,
+        "slow.toml",
+        &format!("name = \"slow\"\n[[agent]]\nname = \"patient\"\ngrace = \"90s\"\n{}\n", fake("hang")),
+    );
+    let mut client = start_run(&repo, &file, &[]);
+    let agent = wait_for_agent(&repo, "patient", "running");
+    let driver = repo.agent(agent["parent"].as_str().unwrap());
+    assert!(driver["grace_secs"].as_f64().unwrap() >= 90.0 + 30.0, "{driver}");
+    repo.corral_ok(&["stop", driver["address"].as_str().unwrap(), "--grace", "0"]);
+    let _ = client.wait();
+}

@@ -60,9 +60,27 @@ pub use report::RUN_SKIPPED;
 /// The hidden subcommand the driver runs as.
 pub const DRIVER_COMMAND: &str = crate::model::lifecycle::RUN_DRIVER_COMMAND;
 
-/// The driver's stop grace: long enough to stop its agents (each with its
-/// own grace) and write the report.
+/// The driver's stop grace, at least: long enough to stop its agents (each
+/// with its own grace) and write the report. An agent with a longer grace
+/// lengthens it ([`driver_grace`]).
 const DRIVER_GRACE_SECS: f64 = 60.0;
+
+/// What a stop of the driver waits beyond its agents' longest grace: the
+/// daemon's own allowance for a stop (30 s), and the report.
+const DRIVER_GRACE_MARGIN_SECS: f64 = 45.0;
+
+/// The driver's grace for `record`'s run: its agents' longest grace (the
+/// run file's, else `[supervisor] grace`, else the daemon's default) and
+/// [`DRIVER_GRACE_MARGIN_SECS`],
+/// and never under [`DRIVER_GRACE_SECS`]. A shorter one would have the
+/// driver killed before its agents are stopped and its report written.
+fn driver_grace(state: &StateDir, record: &RunRecord) -> f64 {
+    let config = Config::load(&state.repo_root).unwrap_or_default();
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    let fallback = secs(config.supervisor.grace).unwrap_or(crate::model::lifecycle::DEFAULT_GRACE_SECS);
+    let longest = record.plan.agents.iter().map(|agent| agent.grace_secs.unwrap_or(fallback)).fold(0.0, f64::max);
+    DRIVER_GRACE_SECS.max(longest + DRIVER_GRACE_MARGIN_SECS)
+}
 
 /// How long a request keeps trying to reach a daemon that went away
 /// (each try starts one) before it gives up.
@@ -240,7 +258,7 @@ fn spawn_driver(state: &StateDir, record: &RunRecord) -> Result<()> {
         settings,
         fork_session: false,
         command: vec![exe.display().to_string(), DRIVER_COMMAND.into(), "--id".into(), record.run.clone()],
-        grace_secs: Some(DRIVER_GRACE_SECS),
+        grace_secs: Some(driver_grace(state, record)),
         base: None,
         env: crate::cli::client::environment(),
     };
