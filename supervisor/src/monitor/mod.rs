@@ -92,6 +92,8 @@ impl Shared {
                 tag: None,
                 follow_ups: std::collections::VecDeque::new(),
                 tags_seen: std::collections::HashSet::new(),
+                tags_started: std::collections::HashSet::new(),
+                delivered_again: Vec::new(),
                 accepting: true,
                 held: false,
                 between: false,
@@ -151,6 +153,11 @@ struct State {
     follow_ups: std::collections::VecDeque<(Vec<String>, String)>,
     /// Tags queued before: a daemon that restarts may send one again.
     tags_seen: std::collections::HashSet<String>,
+    /// Tags of the follow-ups that have started.
+    tags_started: std::collections::HashSet<String>,
+    /// Follow-ups handed again that had started already, in order: each
+    /// daemon connection tells those after the ones it told.
+    delivered_again: Vec<String>,
     /// False once the monitor has decided to finish.
     accepting: bool,
     /// Told to wait for follow-ups after a clean end (`Hold`).
@@ -316,6 +323,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             state.output_closed = false;
             state.generation += 1;
             state.tag = tag.take();
+            if let Some(tag) = state.tag.clone() {
+                state.tags_started.insert(tag);
+            }
             shared.changed.notify_all();
             match &state.tag {
                 Some(tag) => tracing::info!("agent started: pid {pid}, follow-up {tag}"),

@@ -184,6 +184,10 @@ fn serve_daemon(
                         tracing::warn!("the agent has ended; follow-up {tag} not run");
                     } else if state.tags_seen.insert(tag.clone()) {
                         state.follow_ups.push_back((command, tag));
+                    } else if state.tags_started.contains(&tag) {
+                        // Handed again by a daemon that never heard it start.
+                        state.delivered_again.push(tag);
+                        shared_in.changed.notify_all();
                     }
                 }
                 Ok(MonitorCommand::Hold { hold }) => {
@@ -201,6 +205,7 @@ fn serve_daemon(
     // Every call recorded so far goes to each daemon that connects (it
     // journals each once), and every ask still unanswered.
     let mut sent_calls = 0;
+    let mut sent_again;
     let mut sent_asks = 0;
     let mut asked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     {
@@ -208,6 +213,7 @@ fn serve_daemon(
         sent_len = state.log_len;
         sent_generation = state.generation;
         sent_restart = state.restart_generation;
+        sent_again = state.delivered_again.len();
         let status = MonitorMessage::Status {
             pid: state.pid,
             monitor_pid: std::process::id(),
@@ -232,6 +238,7 @@ fn serve_daemon(
                 && s.restart_generation == sent_restart
                 && s.calls.len() == sent_calls
                 && s.asks_generation == sent_asks
+                && s.delivered_again.len() == sent_again
         });
         // A flood of output is told in batches (see `OutputPace`), so the
         // daemon reads the log in large pieces rather than waking for
@@ -251,6 +258,8 @@ fn serve_daemon(
         };
         let calls: Vec<_> = state.calls[sent_calls..].to_vec();
         sent_calls = state.calls.len();
+        let again: Vec<String> = state.delivered_again[sent_again..].to_vec();
+        sent_again = state.delivered_again.len();
         let asks: Vec<_> = state.asks.values().filter(|a| !asked.contains(&a.call)).cloned().collect();
         sent_asks = state.asks_generation;
         let (log_len, exit) = (state.log_len, state.exit.clone());
@@ -270,6 +279,9 @@ fn serve_daemon(
         }
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
+        }
+        for tag in again {
+            send(&mut stream, &MonitorMessage::Delivered { tag })?;
         }
         for record in calls {
             send(&mut stream, &MonitorMessage::ModelCall { record })?;
