@@ -111,6 +111,41 @@ fn real_claude_through_the_proxy_is_counted_from_the_wire_and_never_holds_the_ke
 }
 
 #[test]
+fn a_codex_follow_up_that_starts_while_the_daemon_is_down_is_delivered_once() {
+    // The message is handed to the monitor as `codex exec resume`; the
+    // daemon is killed before that process starts, and the next daemon,
+    // which never heard it start, hands it again.
+    let repo = TestRepo::new();
+    let steps = json!([
+        {"text": "Nothing to change.", "usage": {"input": 70, "output": 4}, "delay_ms": 1500},
+        {"text": "Still nothing.", "usage": {"input": 90, "output": 1}},
+    ]);
+    let mock = MockLlm::start(&repo, "codex-resume", &json!({"steps": steps}));
+    let codex_home = tempfile::Builder::new().prefix("codex-home-").tempdir_in(repo.path("")).unwrap();
+    let provider = codex_mock_provider(&mock);
+    let mut command = repo.command();
+    command
+        .args(["spawn", "coder", "--harness", "codex", "--model", "gpt-mock", "--meter", "stream"])
+        .args(["--task", "look around", "--json", "--", "-c", "model_provider=mock", "-c", &provider])
+        .env("CORRAL_CODEX_BIN", codex_bin())
+        .env("CODEX_HOME", codex_home.path())
+        .env("MOCK_KEY", REAL_KEY);
+    let out = run_deadline(command, PATIENCE, "corral spawn coder");
+    assert!(out.status.success(), "{}", describe(&out));
+    let address = "/root/coder";
+    poll_until("codex's session id", PATIENCE, || ps_record(&repo, address)["session_id"].is_string());
+    repo.corral_ok(&["send", address, "look again"]);
+    sigkill(repo.daemon_pid().expect("a daemon"));
+    // The follow-up runs with no daemon: its model call reaches the server.
+    poll_until("the follow-up's model call", PATIENCE, || model_requests(&mock.requests()).len() == 2);
+    assert_eq!(wait_code(&repo, address), Some(0), "{}", diagnostics(&repo, address, Some(&mock)));
+    let delivered = of_type(&events(&repo, address), "message_delivered").len();
+    assert_eq!(delivered, 1, "{}", diagnostics(&repo, address, Some(&mock)));
+    let record = ps_record(&repo, address);
+    assert_eq!(record["pending_messages"], json!([]), "{record}");
+}
+
+#[test]
 fn real_codex_and_its_follow_up_through_the_proxy_are_counted_from_the_wire_and_never_hold_the_key() {
     let repo = TestRepo::new();
     let steps = json!([
