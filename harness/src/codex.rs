@@ -91,9 +91,7 @@ use crate::event::{
     json_count, one_line, parse_object, progress, result_text, summarize_input, summarize_output, Cumulative,
     HarnessEvent, Ledger, Parser, TokenUsage, UsageTotals, SUMMARY_MAX_CHARS,
 };
-use crate::launch::{
-    config_folder, flag_value, push, seed, with_task, without_task, Delivery, Input, Launch, Options, Sandbox,
-};
+use crate::launch::{config_folder, flag_value, push, seed, without_task, Delivery, Input, Launch, Options, Sandbox};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -134,8 +132,19 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
         push(&mut argv, &["-c", &format!("model_reasoning_effort={effort}")]);
     }
     argv.extend_from_slice(extra);
-    argv.push(task.to_string());
+    // After `--`: a task that starts with `-` is a prompt, not a flag.
+    push(&mut argv, &["--", task]);
     Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// The launch command's options: without the task, and the `--` before
+/// it (a launch from before it had one has none).
+fn options_of(launch_argv: &[String]) -> Vec<String> {
+    let mut argv = without_task(launch_argv);
+    if argv.last().is_some_and(|a| a == "--") {
+        argv.pop();
+    }
+    argv
 }
 
 /// The first of `args` that would lift Codex's own sandbox above `sandbox`
@@ -188,8 +197,8 @@ pub(crate) fn private_state(env: &BTreeMap<String, String>, folder: &Path) -> Re
 /// agent's launch command: the `exec` options stay and the task gives way
 /// to `resume SESSION TEXT`.
 pub fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
-    let mut argv = without_task(launch_argv);
-    argv.extend([String::from("resume"), session.to_string(), text.to_string()]);
+    let mut argv = options_of(launch_argv);
+    push(&mut argv, &["resume", session, "--", text]);
     argv
 }
 
@@ -198,7 +207,11 @@ pub fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<Str
 pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
     match session {
         Some(session) => (resume_argv(launch_argv, session, task), None),
-        None => (with_task(launch_argv, task), None),
+        None => {
+            let mut argv = options_of(launch_argv);
+            push(&mut argv, &["--", task]);
+            (argv, None)
+        }
     }
 }
 
@@ -487,12 +500,29 @@ mod tests {
     fn codex_takes_the_task_last_and_no_stdin() {
         let launch =
             Harness::Codex.launch("codex", "do", &Options::default(), &["-c".into(), "model=x".into()]).unwrap();
-        assert_eq!(launch.argv, ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "do"]);
+        assert_eq!(launch.argv, ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "--", "do"]);
         assert_eq!(launch.input, Input::Null);
-        let resume = Harness::Codex.resume_argv(&launch.argv, "th-1", "more").unwrap();
+        let resume = Harness::Codex.resume_argv(&launch.argv, "th-1", "-v broke the tests").unwrap();
         assert_eq!(
             resume,
-            ["codex", "exec", "--json", "--skip-git-repo-check", "-c", "model=x", "resume", "th-1", "more"]
+            [
+                "codex",
+                "exec",
+                "--json",
+                "--skip-git-repo-check",
+                "-c",
+                "model=x",
+                "resume",
+                "th-1",
+                "--",
+                "-v broke the tests"
+            ]
+        );
+        // A launch from before the `--` resumes the same way.
+        let old: Vec<String> = ["codex", "exec", "--json", "do"].map(String::from).to_vec();
+        assert_eq!(
+            Harness::Codex.resume_argv(&old, "th-1", "more").unwrap(),
+            ["codex", "exec", "--json", "resume", "th-1", "--", "more"]
         );
         assert_eq!(Harness::Codex.delivery(), Delivery::Resume);
     }
@@ -502,9 +532,9 @@ mod tests {
         let codex = ["codex".to_string(), "exec".into(), "--json".into(), "first".into()];
         assert_eq!(
             Harness::Codex.next_task(&codex, Some("th"), "second").0,
-            ["codex", "exec", "--json", "resume", "th", "second"]
+            ["codex", "exec", "--json", "resume", "th", "--", "second"]
         );
-        assert_eq!(Harness::Codex.next_task(&codex, None, "second").0, ["codex", "exec", "--json", "second"]);
+        assert_eq!(Harness::Codex.next_task(&codex, None, "second").0, ["codex", "exec", "--json", "--", "second"]);
     }
 
     fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {

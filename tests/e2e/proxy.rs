@@ -126,7 +126,7 @@ fn a_codex_follow_up_that_starts_while_the_daemon_is_down_is_delivered_once() {
     let mut command = repo.command();
     command
         .args(["spawn", "coder", "--harness", "codex", "--model", "gpt-mock", "--meter", "stream"])
-        .args(["--task", "look around", "--json", "--", "-c", "model_provider=mock", "-c", &provider])
+        .args(["--task=-v: look around", "--json", "--", "-c", "model_provider=mock", "-c", &provider])
         .env("CORRAL_CODEX_BIN", codex_bin())
         .env("CODEX_HOME", codex_home.path())
         .env("MOCK_KEY", REAL_KEY);
@@ -134,7 +134,8 @@ fn a_codex_follow_up_that_starts_while_the_daemon_is_down_is_delivered_once() {
     assert!(out.status.success(), "{}", describe(&out));
     let address = "/root/coder";
     poll_until("codex's session id", PATIENCE, || ps_record(&repo, address)["session_id"].is_string());
-    repo.corral_ok(&["send", address, "look again"]);
+    // A task and a message that start with `-` are prompts, not flags.
+    repo.corral_ok(&["send", address, "--", "--look again"]);
     sigkill(repo.daemon_pid().expect("a daemon"));
     // The follow-up runs with no daemon: its model call reaches the server.
     poll_until("the follow-up's model call", PATIENCE, || model_requests(&mock.requests()).len() == 2);
