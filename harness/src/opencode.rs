@@ -63,7 +63,7 @@ use crate::event::{
     json_count, parse_object, progress, result_text, summarize_input, summarize_output, truncate_chars, HarnessEvent,
     Ledger, Parser, TokenUsage, UsageTotals,
 };
-use crate::launch::{push, with_task, without_task, Delivery, Input, Launch, Options};
+use crate::launch::{push, without_task, Delivery, Input, Launch, Options};
 
 // ---------------------------------------------------------------------------
 // Launch and delivery.
@@ -85,14 +85,26 @@ pub(crate) fn launch(program: &str, task: &str, options: &Options, extra: &[Stri
     push(&mut argv, &["run", "--format", "json"]);
     let titled = extra.iter().any(|arg| arg == "--title" || arg.starts_with("--title="));
     if !titled {
-        push(&mut argv, &["--title", &title(task)]);
+        // One word, so a title that starts with `-` is not read as a flag.
+        argv.push(format!("--title={}", title(task)));
     }
     if let Some(model) = options.model {
         push(&mut argv, &["--model", model]);
     }
     argv.extend_from_slice(extra);
-    argv.push(task.to_string());
+    // After `--`: a task that starts with `-` is the message, not a flag.
+    push(&mut argv, &["--", task]);
     Launch { argv, raw_pty: true, input: Input::Null, first_input: None }
+}
+
+/// The launch command's options: without the task, and the `--` before
+/// it (a launch from before it had one has none).
+fn options_of(launch_argv: &[String]) -> Vec<String> {
+    let mut argv = without_task(launch_argv);
+    if argv.last().is_some_and(|a| a == "--") {
+        argv.pop();
+    }
+    argv
 }
 
 /// Longest session title corral gives opencode, in `char`s.
@@ -109,8 +121,8 @@ fn title(task: &str) -> String {
 /// agent's launch command: its options stay (a `--session` of its own
 /// gives way), the task gives way to `--session SESSION TEXT`.
 pub(crate) fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> Vec<String> {
-    let options = without_task(launch_argv);
-    let mut argv = Vec::with_capacity(options.len() + 3);
+    let options = options_of(launch_argv);
+    let mut argv = Vec::with_capacity(options.len() + 4);
     let mut skip_value = false;
     for arg in options {
         if std::mem::take(&mut skip_value) {
@@ -125,7 +137,7 @@ pub(crate) fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> 
         }
         argv.push(arg);
     }
-    push(&mut argv, &["--session", session, text]);
+    push(&mut argv, &["--session", session, "--", text]);
     argv
 }
 
@@ -134,7 +146,11 @@ pub(crate) fn resume_argv(launch_argv: &[String], session: &str, text: &str) -> 
 pub(crate) fn next_task(launch_argv: &[String], session: Option<&str>, task: &str) -> (Vec<String>, Option<String>) {
     match session {
         Some(session) => (resume_argv(launch_argv, session, task), None),
-        None => (with_task(launch_argv, task), None),
+        None => {
+            let mut argv = options_of(launch_argv);
+            push(&mut argv, &["--", task]);
+            (argv, None)
+        }
     }
 }
 
@@ -327,11 +343,23 @@ mod tests {
         let argv = launch("opencode", "\n  Fix the parser\nthen the tests", &Options::default(), &[]).argv;
         assert_eq!(
             argv,
-            ["opencode", "run", "--format", "json", "--title", "Fix the parser", "\n  Fix the parser\nthen the tests"]
+            [
+                "opencode",
+                "run",
+                "--format",
+                "json",
+                "--title=Fix the parser",
+                "--",
+                "\n  Fix the parser\nthen the tests"
+            ]
         );
         let long = "x".repeat(200);
         let argv = launch("opencode", &long, &Options::default(), &[]).argv;
-        assert_eq!(argv[5].chars().count(), TITLE_MAX_CHARS);
+        assert_eq!(argv[4].chars().count(), "--title=".len() + TITLE_MAX_CHARS);
+        // A task that starts with `-` (a list item) is neither a flag nor
+        // a title's flag.
+        let argv = launch("opencode", "- fix it", &Options::default(), &[]).argv;
+        assert_eq!(&argv[4..], ["--title=- fix it", "--", "- fix it"]);
         // The person's own title wins, in either form.
         for own in [vec!["--title".to_string(), "mine".into()], vec!["--title=mine".to_string()]] {
             let argv = launch("opencode", "task", &Options::default(), &own).argv;
@@ -350,18 +378,18 @@ mod tests {
                 "run",
                 "--format",
                 "json",
-                "--title",
-                "first",
+                "--title=first",
                 "--model",
                 "mock/m",
                 "--session",
                 "ses_1",
+                "--",
                 "more"
             ]
         );
         // A session given after `--` gives way to the agent's own.
         let own: Vec<String> = ["opencode", "run", "-s", "old", "--session=older", "task"].map(String::from).to_vec();
-        assert_eq!(resume_argv(&own, "ses_2", "x"), ["opencode", "run", "--session", "ses_2", "x"]);
+        assert_eq!(resume_argv(&own, "ses_2", "x"), ["opencode", "run", "--session", "ses_2", "--", "x"]);
         assert_eq!(next_task(&argv, None, "second").0.last().map(String::as_str), Some("second"));
         assert_eq!(next_task(&argv, Some("ses_1"), "second").0, resume_argv(&argv, "ses_1", "second"));
     }

@@ -119,7 +119,8 @@ fn real_opencode_writes_in_its_worktree_and_corral_counts_its_usage_exactly() {
         json!({"text": "Created hello-from-opencode.txt.", "usage": {"input": 3100, "output": 6, "cache_read": 2900}}),
     ];
     let mock = MockLlm::start(&repo, "opencode", &json!({"steps": steps}));
-    let task = "Create hello-from-opencode.txt";
+    // It starts with `-`, as a list item does: it is the message, not a flag.
+    let task = "- Create hello-from-opencode.txt";
     let spawn = spawn_harness(&repo, "oc", "opencode", Some(OPENCODE_MODEL), task, &opencode_env(&repo, &mock), &[]);
     let address = spawn["address"].as_str().unwrap_or("/root/oc").to_string();
 

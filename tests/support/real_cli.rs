@@ -254,7 +254,8 @@ pub fn spawn_harness(
     if let Some(model) = model {
         command.args(["--model", model]);
     }
-    command.args(["--task", task, "--json"]);
+    // One word: a task that starts with `-` is not read as a flag.
+    command.arg(format!("--task={task}")).arg("--json");
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }
