@@ -28,6 +28,7 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
     let agent_dir = daemon.state.agent(record.id);
     if let Some((link, pid, monitor_pid)) = daemon.runtime.connect(&agent_dir).await {
         daemon.commit_logged(vec![daemon.draft(&record, EventBody::Adopted { pid, monitor_pid })]).await;
+        journal_started_follow_ups(daemon, &record.address, &agent_dir).await;
         let record = daemon.record(&record.address).unwrap_or(record);
         supervise(daemon, record, Some(link));
         return;
@@ -35,6 +36,8 @@ async fn adopt(daemon: &Arc<Daemon>, record: AgentRecord) {
     // No live monitor: the exit record tells how the agent ended, and its
     // calls file what it spent that no daemon heard.
     journal_untold_calls(daemon, &record.address, &agent_dir).await;
+    journal_started_follow_ups(daemon, &record.address, &agent_dir).await;
+    let record = daemon.record(&record.address).unwrap_or(record);
     if let Some(exit) = daemon.runtime.exit_record(&agent_dir) {
         let mut reader = OutputReader::resume(&record, agent_dir.log(), agent_env(&agent_dir.spec()));
         flush_output(daemon, &record, &mut reader, true, &mut crate::model::notify::Progress::default()).await;
@@ -89,4 +92,25 @@ async fn discard_unstarted(daemon: &Arc<Daemon>, record: &AgentRecord, why: &str
     let (repo, branch, path) = (daemon.state.repo_root.clone(), record.branch.clone(), record.worktree.clone());
     let _ = blocking(move || worktree::discard(&repo, &branch, &path)).await;
     daemon.commit_logged(vec![daemon.draft(record, EventBody::SpawnFailed { reason: why.into() })]).await;
+}
+
+/// The messages whose follow-up runs started while no daemon listened
+/// (their monitor lists them in the agent's folder): journaled delivered,
+/// each once, so none stays pending for ever or is handed over again.
+async fn journal_started_follow_ups(
+    daemon: &Arc<Daemon>,
+    address: &crate::model::address::Address,
+    agent_dir: &crate::sys::paths::AgentDir,
+) {
+    let Ok(text) = std::fs::read_to_string(crate::monitor::started_follow_ups_file(agent_dir)) else { return };
+    let Some(record) = daemon.record(address) else { return };
+    let drafts: Vec<_> = record
+        .pending_messages
+        .iter()
+        .filter(|m| text.lines().any(|tag| tag == m.message_id))
+        .map(|m| daemon.draft(&record, super::agent::delivered(&record, m.message_id.clone())))
+        .collect();
+    if !drafts.is_empty() {
+        daemon.commit_logged(drafts).await;
+    }
 }

@@ -461,7 +461,7 @@ async fn journal_model_call(daemon: &Arc<Daemon>, current: &AgentRecord, call: c
 
 /// The event that says a pending message reached the agent: a child's
 /// notice or a message someone sent.
-fn delivered(record: &AgentRecord, message_id: String) -> EventBody {
+pub(super) fn delivered(record: &AgentRecord, message_id: String) -> EventBody {
     match record.pending_messages.iter().find(|m| m.message_id == message_id) {
         Some(m) if m.notice => EventBody::NoticeDelivered { message_id, from: m.from.clone() },
         _ => EventBody::MessageDelivered { message_id },

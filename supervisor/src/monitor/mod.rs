@@ -213,6 +213,18 @@ pub fn put_away_run(agent: &AgentDir, task: &str) {
     }
 }
 
+/// The file in an agent's folder that lists, a line each, the tags of the
+/// follow-ups that started.
+pub fn started_follow_ups_file(agent: &AgentDir) -> std::path::PathBuf {
+    agent.dir.join("follow-ups-started")
+}
+
+fn record_started_follow_up(agent: &AgentDir, tag: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(started_follow_ups_file(agent))?;
+    file.write_all(format!("{tag}\n").as_bytes())?;
+    file.sync_data()
+}
+
 /// Runs the monitor for the agent in `dir` until the agent has ended.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
     crate::sys::logging::init();
@@ -324,6 +336,11 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             state.generation += 1;
             state.tag = tag.take();
             if let Some(tag) = state.tag.clone() {
+                // Kept in the agent's folder too: a daemon that was away
+                // when it started learns from there that it was delivered.
+                if let Err(err) = record_started_follow_up(&agent, &tag) {
+                    tracing::warn!("cannot note that follow-up {tag} started: {err}");
+                }
                 state.tags_started.insert(tag);
             }
             shared.changed.notify_all();
