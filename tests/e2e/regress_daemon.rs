@@ -54,6 +54,26 @@ fn copy_corral(path: &Path, mtime: std::time::SystemTime) -> PathBuf {
     path.to_path_buf()
 }
 
+/// A copy of the built corral binary at `path` that is another build: one
+/// byte more (an ELF runs with trailing bytes), its modification time set
+/// to `mtime`.
+fn another_build(path: &Path, mtime: std::time::SystemTime) -> PathBuf {
+    let path = copy_corral(path, mtime);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        .unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    path
+}
+
+/// An upgrade of the binary at `installed`: another build renamed over it.
+fn upgrade(repo: &TestRepo, installed: &Path) {
+    let next = another_build(&repo.path("bin/corral.next"), std::time::SystemTime::now());
+    std::fs::rename(&next, installed).unwrap();
+}
+
 /// The binary a process runs.
 fn exe_of(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
@@ -130,13 +150,7 @@ fn the_build_id_hashes_the_binary_so_two_copies_of_one_build_share_a_daemon() {
 
     // A different build (one byte more: an ELF runs with trailing bytes)
     // still replaces the daemon.
-    let c = copy_corral(&repo.path("copy-c/corral"), now - Duration::from_secs(3600));
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&c)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
-        .unwrap();
-    std::fs::File::options().write(true).open(&c).unwrap().set_modified(now - Duration::from_secs(3600)).unwrap();
+    let c = another_build(&repo.path("copy-c/corral"), now - Duration::from_secs(3600));
     assert!(ps_with(&repo, &c).is_empty());
     let replaced = repo.daemon_pid().expect("a daemon pid");
     assert_ne!(replaced, daemon, "a daemon of another build was kept");
@@ -219,14 +233,7 @@ fn a_client_whose_binary_was_replaced_uses_the_newer_daemon_and_never_shuts_it_d
     mcp.initialize();
     mcp.ok("list_agents", serde_json::json!({}));
 
-    // The upgrade: another build (one byte more) renamed over the path.
-    let next = copy_corral(&repo.path("bin/corral.next"), now);
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&next)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
-        .unwrap();
-    std::fs::rename(&next, &installed).unwrap();
+    upgrade(&repo, &installed);
     assert!(ps_with(&repo, &installed).is_empty());
     let new_daemon = repo.daemon_pid().expect("the new build started a daemon");
     assert_ne!(new_daemon, old_daemon);
@@ -262,14 +269,7 @@ fn a_monitor_that_outlived_an_upgrade_still_restarts_its_agent() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     poll_until("the first run", PATIENCE, || repo.corral_ok(&["logs", "/root/upgraded"]).contains("run"));
 
-    let next = repo.path("bin/corral.next");
-    std::fs::copy(corral_bin(), &next).unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&next)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
-        .unwrap();
-    std::fs::rename(&next, &installed).unwrap();
+    upgrade(&repo, &installed);
     std::fs::write(&go, "").unwrap();
 
     let mut wait = repo.command();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use corral_e2e::real_cli::wait_deadline;
 use corral_e2e::{alive, corral_bin, poll_until, processes_with_env, TestRepo, PATIENCE};
 use serde_json::Value;
 
@@ -434,36 +435,6 @@ fn bad_run_files_are_refused_with_file_line_and_key_and_nothing_starts() {
     assert!(!repo.state_dir().join("daemon.sock").exists());
 }
 
-/// Waits for a background `corral run` to end within `timeout`, reading
-/// its output meanwhile; kills it and panics if it does not end.
-fn ends_within(mut child: Child, timeout: Duration, what: &str) -> Output {
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
-            panic!("{what}: corral run did not end within {timeout:?}\nstderr: {stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-}
-
 #[test]
 fn a_task_over_the_wire_limit_fails_that_agent_at_once_and_the_run_goes_on() {
     // Regression: the spawn was cut off mid-frame, taken for a daemon gone
@@ -480,7 +451,7 @@ fn a_task_over_the_wire_limit_fails_that_agent_at_once_and_the_run_goes_on() {
         ),
     );
     drop(task);
-    let out = ends_within(start_run(&repo, &file, &["--json"]), PATIENCE, "a run with a 16 MiB task");
+    let out = wait_deadline(start_run(&repo, &file, &["--json"]), PATIENCE, "a run with a 16 MiB task");
     assert_eq!(out.status.code(), Some(20), "an agent that could not start counts as failed\n{}", describe(&out));
     let report = report(&out);
     let huge = row(&report, "huge");
@@ -504,17 +475,17 @@ fn a_reader_that_goes_away_never_panics_the_run_client() {
     };
     for extra in [&["--json"][..], &[][..], &["--dry-run"][..]] {
         let child = repo.command().arg("run").arg(&file).args(extra).stdout(closed()).stderr(Stdio::piped()).spawn();
-        let out = ends_within(child.unwrap(), PATIENCE, "a run with its stdout closed");
+        let out = wait_deadline(child.unwrap(), PATIENCE, "a run with its stdout closed");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{extra:?}: the run's own code\n{}", describe(&out));
         assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
     }
     // Its stderr gone too (progress lines are written there).
     let child = repo.command().arg("run").arg(&file).stdout(closed()).stderr(closed()).spawn();
-    let out = ends_within(child.unwrap(), PATIENCE, "a run with stdout and stderr closed");
+    let out = wait_deadline(child.unwrap(), PATIENCE, "a run with stdout and stderr closed");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let child = repo.command().args(["runs"]).stdout(closed()).stderr(Stdio::piped()).spawn();
-    let out = ends_within(child.unwrap(), PATIENCE, "corral runs with its stdout closed");
+    let out = wait_deadline(child.unwrap(), PATIENCE, "corral runs with its stdout closed");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
@@ -536,7 +507,7 @@ fn a_driver_spawn_retried_across_a_daemon_killed_after_it_started_keeps_the_run(
     let client = start_run(&repo, &file, &["--json"]);
     poll_until("the daemon to die once the driver started", PATIENCE, || !alive(daemon));
     std::fs::remove_file(&fault).unwrap();
-    let out = ends_within(client, PATIENCE, "a run whose driver spawn was retried");
+    let out = wait_deadline(client, PATIENCE, "a run whose driver spawn was retried");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let report = report(&out);
     assert_eq!((report["state"].as_str(), row(&report, "a")["state"].as_str()), (Some("succeeded"), Some("succeeded")));

@@ -97,19 +97,25 @@ pub fn aider_bin() -> PathBuf {
 /// out first (a hung client or daemon must not hang the test).
 pub fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
+    let child = command.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    wait_deadline(child, timeout, what)
+}
+
+/// Waits for `child` to end within `timeout`, reading its piped output
+/// meanwhile (a pipe it was not given reads as nothing); kills it and
+/// panics, showing its stderr, when it does not end.
+pub fn wait_deadline(mut child: Child, timeout: Duration, what: &str) -> Output {
+    fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let out_reader = reader(child.stdout.take());
+    let err_reader = reader(child.stderr.take());
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -118,7 +124,8 @@ pub fn run_deadline(mut command: Command, timeout: Duration, what: &str) -> Outp
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what}: still running after {timeout:?}; killed");
+            let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+            panic!("{what}: still running after {timeout:?}; killed\nstderr: {stderr}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

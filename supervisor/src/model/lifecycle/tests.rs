@@ -568,14 +568,20 @@ fn model_call(call: u64, input: u64, cost_usd: Option<f64>) -> EventBody {
     }
 }
 
-#[test]
-fn model_calls_are_a_proxy_metered_agents_usage_counted_once() {
+/// A table with agent A spawned, metered by its proxy.
+fn proxy_metered() -> AgentTable {
     let mut table = AgentTable::default();
     let mut spawn = spawned(1, A, 1);
     if let EventBody::Spawned { meter, .. } = &mut spawn.body {
         *meter = crate::model::budget::Meter::Proxy;
     }
     table.apply(&spawn);
+    table
+}
+
+#[test]
+fn model_calls_are_a_proxy_metered_agents_usage_counted_once() {
+    let mut table = proxy_metered();
     let ts = at("2026-03-10T12:00:00Z");
     let mut on = |body| {
         let mut e = event(0, A, body);
@@ -601,12 +607,7 @@ fn model_calls_are_a_proxy_metered_agents_usage_counted_once() {
 fn counts_a_server_reports_at_their_largest_saturate_and_never_wrap() {
     // A hostile upstream's figures: were the sums to wrap, a budget would
     // see almost nothing spent.
-    let mut table = AgentTable::default();
-    let mut spawn = spawned(1, A, 1);
-    if let EventBody::Spawned { meter, .. } = &mut spawn.body {
-        *meter = crate::model::budget::Meter::Proxy;
-    }
-    table.apply(&spawn);
+    let mut table = proxy_metered();
     let ts = at("2026-03-10T12:00:00Z");
     for (call, input) in [(1, u64::MAX), (2, 5)] {
         let mut e = event(0, A, model_call(call, input, None));
