@@ -44,9 +44,7 @@ pub(super) async fn run(
         return ProbeResult::failure("exec.command is empty");
     }
     let command: Vec<String> = ctx.exec_prefix().into_iter().chain(command.iter().cloned()).collect();
-    let Some((program, args)) = command.split_first() else {
-        return ProbeResult::failure("exec.command is empty");
-    };
+    let (program, args) = command.split_first().expect("a command that is not empty");
     let mut child = match Command::new(program)
         .args(args)
         .current_dir(ctx.worktree())

@@ -223,25 +223,28 @@ fn lost(why: &dyn std::fmt::Display) -> Error {
 /// at its path (deleted, or another file renamed over it).
 fn replaced_since_started() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let running = std::fs::metadata("/proc/self/exe");
-    let Ok(link) = std::fs::read_link("/proc/self/exe") else { return false };
-    let text = link.to_string_lossy();
-    let path = text.strip_suffix(" (deleted)").map_or_else(|| link.clone(), std::path::PathBuf::from);
-    match (running, std::fs::metadata(path)) {
-        (Ok(running), Ok(on_disk)) => (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()),
-        (Ok(_), Err(_)) => true,
-        (Err(_), _) => false,
+    let Ok(running) = std::fs::metadata("/proc/self/exe") else { return false };
+    match installed_path().map(std::fs::metadata) {
+        Ok(Ok(on_disk)) => (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()),
+        Ok(Err(_)) => true,
+        Err(_) => false,
     }
 }
 
+/// The path this process's binary was started from, whatever is there now
+/// (the kernel marks a replaced one `... (deleted)`).
+fn installed_path() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(match exe.to_string_lossy().strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe,
+    })
+}
+
 fn start_daemon(state: &StateDir) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
     // Replaced since this process started (an upgrade): the daemon is the
     // build now at that path.
-    let exe = match exe.to_string_lossy().strip_suffix(" (deleted)") {
-        Some(path) if std::path::Path::new(path).is_file() => std::path::PathBuf::from(path),
-        _ => exe,
-    };
+    let exe = installed_path().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

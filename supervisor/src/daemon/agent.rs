@@ -224,13 +224,6 @@ async fn follow_monitor(
                             deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, false).await;
                         }
                     }
-                    Ok(MonitorMessage::Delivered { tag }) => {
-                        // A follow-up that started while no daemon listened.
-                        let Some(current) = daemon.record(&record.address) else { continue };
-                        if current.pending_messages.iter().any(|m| m.message_id == tag) {
-                            daemon.commit_logged(vec![daemon.draft(&current, delivered(&current, tag))]).await;
-                        }
-                    }
                     Ok(MonitorMessage::Admit { ask }) => {
                         // Decided on a task of its own: it may wait for other
                         // calls under the same budget to settle.

@@ -494,19 +494,16 @@ fn headroom(
     pausing: bool,
 ) -> crate::proxy::Headroom {
     use crate::proxy::Headroom;
-    let held_within = |scope: &Address| -> u64 {
+    // What the calls in flight under `scope` may still spend: (tokens of
+    // every kind, output tokens).
+    let held_within = |scope: &Address| -> (u64, u64) {
         in_flight
             .iter()
             .filter(|(a, _)| a.is_within(scope))
             .flat_map(|(_, calls)| calls.values())
-            .fold(0u64, |sum, call| sum.saturating_add(call.tokens()))
-    };
-    let held_output_within = |scope: &Address| -> u64 {
-        in_flight
-            .iter()
-            .filter(|(a, _)| a.is_within(scope))
-            .flat_map(|(_, calls)| calls.values())
-            .fold(0u64, |sum, call| sum.saturating_add(call.output_cap))
+            .fold((0u64, 0u64), |(tokens, output), call| {
+                (tokens.saturating_add(call.tokens()), output.saturating_add(call.output_cap))
+            })
     };
     let config = daemon.config();
     let today = crate::model::lifecycle::day_of(chrono::Utc::now());
@@ -521,9 +518,10 @@ fn headroom(
             if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()).filter(counts) {
                 let left = record.budget.left_after(&subtree_spend(table, &at));
                 let spent_cost = left.cost.is_some_and(|c| c <= 0.0);
+                let (held_tokens, held_output) = held_within(&at);
                 let scope_room = Headroom {
-                    tokens: left.tokens.map(|t| t.saturating_sub(held_within(&at))),
-                    output_tokens: left.output_tokens.map(|t| t.saturating_sub(held_output_within(&at))),
+                    tokens: left.tokens.map(|t| t.saturating_sub(held_tokens)),
+                    output_tokens: left.output_tokens.map(|t| t.saturating_sub(held_output)),
                     spent: spent_cost.then(|| format!("the cost budget of {at}")),
                 };
                 room = room.tighten(scope_room);
@@ -531,10 +529,7 @@ fn headroom(
             scope = at.parent();
         }
         let day = table.daily.get(&today).cloned().unwrap_or_default();
-        let held_all = in_flight
-            .values()
-            .flat_map(|calls| calls.values())
-            .fold(0u64, |sum, call| sum.saturating_add(call.tokens()));
+        let (held_all, _) = held_within(&Address::root());
         let day_room = Headroom {
             tokens: config.budget.daily_tokens.map(|limit| limit.saturating_sub(day.tokens).saturating_sub(held_all)),
             output_tokens: None,

@@ -201,14 +201,12 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
         // agent did.
         if let Some(gate) = record.merge.gate.clone() {
             let agent_dir = daemon.agent_dir(&record);
-            let env = std::fs::read(agent_dir.spec())
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<crate::wire::monitor::MonitorSpec>(&bytes).ok())
-                .map(|spec| spec.env);
+            let env = Some(super::reader::agent_env(&agent_dir.spec())).filter(|env| !env.is_empty());
             let restricts = record.enforced.as_ref().is_some_and(|e| e.restricts());
-            let gate = match confined_gate(&agent_dir, gate, restricts) {
-                Ok(gate) => gate,
-                Err(why) => return journal(EventBody::GateFailed { code: None, output: why }).await,
+            let shim = crate::monitor::confining_shim(&agent_dir, restricts, "gate");
+            let gate = match shim.is_empty() {
+                true => gate,
+                false => crate::sys::gate::Gate::Argv(shim.into_iter().chain(gate.argv()).collect()),
             };
             if let Some(failed) = run_gate_closed(record.worktree.clone(), gate, env).await {
                 return journal(failed).await;
@@ -271,56 +269,6 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
         }
     }
     journal(EventBody::MergeRefused { why: format!("{target} kept moving; try `corral merge` again") }).await;
-}
-
-/// `gate` as it runs for the agent in `agent_dir`: as it is, or for an
-/// agent whose sandbox restricts, after [`confined_prefix`].
-fn confined_gate(
-    agent_dir: &crate::sys::paths::AgentDir,
-    gate: crate::sys::gate::Gate,
-    restricts: bool,
-) -> std::result::Result<crate::sys::gate::Gate, String> {
-    let prefix = confined_prefix(agent_dir, restricts, "gate")?;
-    if prefix.is_empty() {
-        return Ok(gate);
-    }
-    Ok(crate::sys::gate::Gate::Argv(prefix.into_iter().chain(gate.argv()).collect()))
-}
-
-/// The words that run a command of the daemon's for the agent in
-/// `agent_dir` (its merge gate, its exec probes: they run the agent's
-/// code) as confined as the agent: none for an agent without a sandbox,
-/// else the sandbox shim with the agent's own plan (its Landlock rules,
-/// network and limits; not its cgroups, which belong to its runs), kept
-/// as `<what>-sandbox.json`. A sandboxed agent whose plan cannot be read
-/// gets an error, and the command is not run (a guard fails closed).
-pub(super) fn confined_prefix(
-    agent_dir: &crate::sys::paths::AgentDir,
-    restricts: bool,
-    what: &str,
-) -> std::result::Result<Vec<String>, String> {
-    let plan_path = crate::monitor::sandbox_plan_path(agent_dir);
-    if !restricts && !plan_path.exists() {
-        return Ok(Vec::new());
-    }
-    let cannot =
-        |why: String| format!("[corral: the {what} was not run: it cannot be confined as its agent is: {why}]\n");
-    let bytes = std::fs::read(&plan_path).map_err(|e| cannot(format!("{}: {e}", plan_path.display())))?;
-    let mut plan: crate::sys::sandbox::Plan =
-        serde_json::from_slice(&bytes).map_err(|e| cannot(format!("{}: {e}", plan_path.display())))?;
-    plan.cgroups.clear();
-    let own_plan = agent_dir.dir.join(format!("{what}-sandbox.json"));
-    let written = serde_json::to_vec(&plan)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| std::fs::write(&own_plan, bytes).map_err(|e| format!("{}: {e}", own_plan.display())));
-    written.map_err(cannot)?;
-    Ok(vec![
-        crate::monitor::OWN_BINARY.to_string(),
-        "exec-agent".to_string(),
-        "--sandbox".to_string(),
-        own_plan.display().to_string(),
-        "--".to_string(),
-    ])
 }
 
 /// Runs a merge gate off the runtime. `None` only when it passed: a gate

@@ -37,14 +37,9 @@ impl ProbeRun {
         let env = spec.map(|s| s.env.into_iter().map(|(k, v)| (k.into(), v.into())).collect()).unwrap_or_default();
         let clock: Arc<dyn corral_probes::Clock> = Arc::new(corral_probes::SystemClock);
         let started = clock.now();
-        // A sandboxed agent's exec probes run in its sandbox (as its gate
-        // does, see `merges::confined_gate`); one whose plan cannot be
-        // read runs no exec probe unconfined: each fails, naming why.
+        // A sandboxed agent's exec probes run in its sandbox, as its gate does.
         let restricts = record.enforced.as_ref().is_some_and(|e| e.restricts());
-        let prefix = match super::merges::confined_prefix(&daemon.state.agent(record.id), restricts, "probe") {
-            Ok(prefix) => prefix,
-            Err(why) => vec!["/bin/sh".into(), "-c".into(), format!("echo '{}' >&2; exit 126", why.replace('\'', ""))],
-        };
+        let prefix = crate::monitor::confining_shim(&daemon.state.agent(record.id), restricts, "probe");
         let observations = Arc::new(
             corral_probes::AgentObservations::new(record.worktree.clone(), env, &record.probes, started)
                 .with_exec_prefix(prefix),

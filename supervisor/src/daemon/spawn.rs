@@ -321,8 +321,15 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
         .get("HOME")
         .map(PathBuf::from)
         .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|user| user.dir));
-    let deny_read = settings.sandbox_deny_read.clone();
-    let deny_read = deny_read.unwrap_or_else(|| sandbox::DEFAULT_DENY_READ.map(String::from).to_vec());
+    let listed = settings.sandbox_deny_read.clone();
+    let listed = listed.unwrap_or_else(|| sandbox::DEFAULT_DENY_READ.map(String::from).to_vec());
+    let (mut deny_read, mut deny_unplaced) = (Vec::new(), Vec::new());
+    for entry in listed {
+        match sandbox::expand_home(&entry, home.as_deref()) {
+            Some(path) => deny_read.push(path),
+            None => deny_unplaced.push(entry),
+        }
+    }
     Ok(Resolved {
         harness,
         notify,
@@ -341,12 +348,8 @@ fn resolve_settings(daemon: &Daemon, address: &Address, request: &SpawnRequest) 
             max_processes: settings.max_processes,
             max_open_files: settings.max_open_files,
         },
-        deny_read: deny_read.iter().filter_map(|path| sandbox::expand_home(path, home.as_deref())).collect(),
-        deny_unplaced: deny_read
-            .iter()
-            .filter(|path| sandbox::expand_home(path, home.as_deref()).is_none())
-            .cloned()
-            .collect(),
+        deny_read,
+        deny_unplaced,
         fallback: settings.sandbox_fallback.unwrap_or_default(),
         kernel: None,
         enforced: None,

@@ -40,7 +40,7 @@ mod serve;
 
 pub use meter::{read_admitted, read_calls, record_call, AdmittedCall};
 pub use pty::exec_agent;
-pub(crate) use pty::{sandbox_plan_path, OWN_BINARY};
+pub(crate) use pty::{confining_shim, OWN_BINARY};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -92,8 +92,6 @@ impl Shared {
                 tag: None,
                 follow_ups: std::collections::VecDeque::new(),
                 tags_seen: std::collections::HashSet::new(),
-                tags_started: std::collections::HashSet::new(),
-                delivered_again: Vec::new(),
                 accepting: true,
                 held: false,
                 between: false,
@@ -153,11 +151,6 @@ struct State {
     follow_ups: std::collections::VecDeque<(Vec<String>, String)>,
     /// Tags queued before: a daemon that restarts may send one again.
     tags_seen: std::collections::HashSet<String>,
-    /// Tags of the follow-ups that have started.
-    tags_started: std::collections::HashSet<String>,
-    /// Follow-ups handed again that had started already, in order: each
-    /// daemon connection tells those after the ones it told.
-    delivered_again: Vec<String>,
     /// False once the monitor has decided to finish.
     accepting: bool,
     /// Told to wait for follow-ups after a clean end (`Hold`).
@@ -329,20 +322,20 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
+        // A follow-up's start is noted in the agent's folder first (synced,
+        // outside the lock): a daemon that was away when it started learns
+        // from there that its message was delivered.
+        if let Some(tag) = &tag {
+            if let Err(err) = record_started_follow_up(&agent, tag) {
+                tracing::warn!("cannot note that follow-up {tag} started: {err}");
+            }
+        }
         let (stop_now, freeze_now) = {
             let mut state = shared.state.lock().unwrap();
             state.pid = pid;
             state.output_closed = false;
             state.generation += 1;
             state.tag = tag.take();
-            if let Some(tag) = state.tag.clone() {
-                // Kept in the agent's folder too: a daemon that was away
-                // when it started learns from there that it was delivered.
-                if let Err(err) = record_started_follow_up(&agent, &tag) {
-                    tracing::warn!("cannot note that follow-up {tag} started: {err}");
-                }
-                state.tags_started.insert(tag);
-            }
             shared.changed.notify_all();
             match &state.tag {
                 Some(tag) => tracing::info!("agent started: pid {pid}, follow-up {tag}"),

@@ -115,8 +115,32 @@ fn prepare_sandbox(agent: &AgentDir, plan: &crate::sys::sandbox::Plan) -> anyhow
 pub(crate) const OWN_BINARY: &str = "/proc/self/exe";
 
 /// Where the monitor keeps the sandbox plan the shim applies.
-pub(crate) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
+pub(super) fn sandbox_plan_path(agent: &AgentDir) -> std::path::PathBuf {
     agent.dir.join("sandbox.json")
+}
+
+/// The words that run a command of the daemon's for the agent in `agent`
+/// (its merge gate, its exec probes: they run the agent's code) as
+/// confined as the agent: none for an agent without a sandbox, else the
+/// shim with the agent's plan, less its cgroups (they belong to its runs),
+/// kept as `<what>-sandbox.json`. If that copy cannot be made, the plan
+/// itself: the shim then applies it or, unreadable, runs nothing (exit
+/// 126, saying why): never the command unconfined.
+pub(crate) fn confining_shim(agent: &AgentDir, restricts: bool, what: &str) -> Vec<String> {
+    let plan_path = sandbox_plan_path(agent);
+    if !restricts && !plan_path.exists() {
+        return Vec::new();
+    }
+    let own_plan = agent.dir.join(format!("{what}-sandbox.json"));
+    let copied = std::fs::read(&plan_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::sys::sandbox::Plan>(&bytes).ok())
+        .and_then(|mut plan| {
+            plan.cgroups.clear();
+            std::fs::write(&own_plan, serde_json::to_vec(&plan).ok()?).ok()
+        });
+    let plan = if copied.is_some() { own_plan } else { plan_path };
+    shim_argv(None, Some(&plan), &[])
 }
 
 fn shim_argv(stdin: Option<&Path>, sandbox: Option<&Path>, command: &[String]) -> Vec<String> {

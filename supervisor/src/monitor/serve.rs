@@ -115,25 +115,18 @@ fn admit_peer(role: &str, peer: Option<u32>, agent: &AgentDir) -> Result<(), Str
 /// guard fails closed). A process that only looks like a monitor makes its
 /// descendants more confined, never less.
 fn sandboxed_ancestor(pid: u32) -> Option<String> {
-    let mut at = pid;
-    for _ in 0..256 {
+    let sandboxed_monitor = |at: u32| {
         let cmdline = std::fs::read(format!("/proc/{at}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if let [_, b"monitor", dir, ..] = args.as_slice() {
-            let dir = AgentDir { dir: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(dir)) };
-            if super::pty::sandbox_plan_path(&dir).exists() {
-                return Some(format!("process {pid} runs inside the sandboxed agent of {}", dir.dir.display()));
-            }
-        }
-        if at == 1 {
-            return None;
-        }
-        at = match crate::sys::process::parent_of(at) {
-            Some(parent) => parent,
-            None => return Some(format!("process {at}, on the way up from {pid}, is gone")),
-        };
+        let [_, b"monitor", dir, ..] = args.as_slice() else { return None };
+        let dir = AgentDir { dir: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(dir)) };
+        super::pty::sandbox_plan_path(&dir).exists().then_some(dir)
+    };
+    match crate::sys::sandbox::confine::first_ancestor(pid, sandboxed_monitor) {
+        Ok(None) => None,
+        Ok(Some(dir)) => Some(format!("process {pid} runs inside the sandboxed agent of {}", dir.dir.display())),
+        Err(why) => Some(why),
     }
-    Some(format!("process {pid} has too many ancestors to follow"))
 }
 
 fn serve_daemon(
@@ -184,10 +177,6 @@ fn serve_daemon(
                         tracing::warn!("the agent has ended; follow-up {tag} not run");
                     } else if state.tags_seen.insert(tag.clone()) {
                         state.follow_ups.push_back((command, tag));
-                    } else if state.tags_started.contains(&tag) {
-                        // Handed again by a daemon that never heard it start.
-                        state.delivered_again.push(tag);
-                        shared_in.changed.notify_all();
                     }
                 }
                 Ok(MonitorCommand::Hold { hold }) => {
@@ -205,7 +194,6 @@ fn serve_daemon(
     // Every call recorded so far goes to each daemon that connects (it
     // journals each once), and every ask still unanswered.
     let mut sent_calls = 0;
-    let mut sent_again;
     let mut sent_asks = 0;
     let mut asked: std::collections::HashSet<u64> = std::collections::HashSet::new();
     {
@@ -213,7 +201,6 @@ fn serve_daemon(
         sent_len = state.log_len;
         sent_generation = state.generation;
         sent_restart = state.restart_generation;
-        sent_again = state.delivered_again.len();
         let status = MonitorMessage::Status {
             pid: state.pid,
             monitor_pid: std::process::id(),
@@ -238,7 +225,6 @@ fn serve_daemon(
                 && s.restart_generation == sent_restart
                 && s.calls.len() == sent_calls
                 && s.asks_generation == sent_asks
-                && s.delivered_again.len() == sent_again
         });
         // A flood of output is told in batches (see `OutputPace`), so the
         // daemon reads the log in large pieces rather than waking for
@@ -258,8 +244,6 @@ fn serve_daemon(
         };
         let calls: Vec<_> = state.calls[sent_calls..].to_vec();
         sent_calls = state.calls.len();
-        let again: Vec<String> = state.delivered_again[sent_again..].to_vec();
-        sent_again = state.delivered_again.len();
         let asks: Vec<_> = state.asks.values().filter(|a| !asked.contains(&a.call)).cloned().collect();
         sent_asks = state.asks_generation;
         let (log_len, exit) = (state.log_len, state.exit.clone());
@@ -279,9 +263,6 @@ fn serve_daemon(
         }
         if let Some((pid, tag)) = started {
             send(&mut stream, &MonitorMessage::Started { pid, tag })?;
-        }
-        for tag in again {
-            send(&mut stream, &MonitorMessage::Delivered { tag })?;
         }
         for record in calls {
             send(&mut stream, &MonitorMessage::ModelCall { record })?;

@@ -195,12 +195,6 @@ pub enum MonitorMessage {
         pid: u32,
         tag: Option<String>,
     },
-    /// A follow-up the daemon handed again (after it reconnected) had
-    /// started already, while no daemon listened: its `started` was never
-    /// told, so it is said here that it reached the agent.
-    Delivered {
-        tag: String,
-    },
     Exit {
         record: ExitRecord,
     },

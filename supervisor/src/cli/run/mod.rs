@@ -74,8 +74,7 @@ const DRIVER_GRACE_MARGIN_SECS: f64 = 45.0;
 /// [`DRIVER_GRACE_MARGIN_SECS`],
 /// and never under [`DRIVER_GRACE_SECS`]. A shorter one would have the
 /// driver killed before its agents are stopped and its report written.
-fn driver_grace(state: &StateDir, record: &RunRecord) -> f64 {
-    let config = Config::load(&state.repo_root).unwrap_or_default();
+fn driver_grace(config: &Config, record: &RunRecord) -> f64 {
     let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
     let fallback = secs(config.supervisor.grace).unwrap_or(crate::model::lifecycle::DEFAULT_GRACE_SECS);
     let longest = record.plan.agents.iter().map(|agent| agent.grace_secs.unwrap_or(fallback)).fold(0.0, f64::max);
@@ -176,7 +175,7 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
         _ => {}
     }
     let record = runs.create_record(|id| new_record(id, &path, &caller, now, &vars, &plan), &plan.name, &stamp)?;
-    if let Err(err) = spawn_driver(&state, &record) {
+    if let Err(err) = spawn_driver(&state, &config, &record) {
         // Nothing started: the run leaves no record.
         let _ = std::fs::remove_file(runs.path(&record.run));
         return Err(err);
@@ -236,7 +235,7 @@ fn new_record(
 
 /// Spawns the run's driver at `<caller>/<run id>`: this very binary, with
 /// the run's budget and timeout, merging nothing, never restarted.
-fn spawn_driver(state: &StateDir, record: &RunRecord) -> Result<()> {
+fn spawn_driver(state: &StateDir, config: &Config, record: &RunRecord) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
     let address = Address::parse(&record.address)?;
     let parent = address.parent().unwrap_or_else(Address::root);
@@ -258,7 +257,7 @@ fn spawn_driver(state: &StateDir, record: &RunRecord) -> Result<()> {
         settings,
         fork_session: false,
         command: vec![exe.display().to_string(), DRIVER_COMMAND.into(), "--id".into(), record.run.clone()],
-        grace_secs: Some(driver_grace(state, record)),
+        grace_secs: Some(driver_grace(config, record)),
         base: None,
         env: crate::cli::client::environment(),
     };

@@ -84,25 +84,34 @@ const MAX_DEPTH: usize = 256;
 /// process of an agent descends from its monitor (which reaps orphans), so
 /// the walk ends there; a walk that reaches init found none.
 pub fn caller(pid: u32, monitor_of: impl Fn(u32) -> Option<Address>) -> Caller {
+    match first_ancestor(pid, monitor_of) {
+        Ok(Some(address)) => Caller::Agent(address),
+        Ok(None) => Caller::Outside,
+        Err(why) => Caller::Unknown(why),
+    }
+}
+
+/// What `find` says of the first of `pid`'s ancestors (itself included)
+/// it says anything of; `None` once the walk reaches init. An error when
+/// the chain cannot be followed: a process on the way up is gone, or
+/// there are more than [`MAX_DEPTH`] of them.
+pub fn first_ancestor<T>(pid: u32, find: impl Fn(u32) -> Option<T>) -> Result<Option<T>, String> {
     let mut at = pid;
     for _ in 0..MAX_DEPTH {
-        if let Some(address) = monitor_of(at) {
-            return Caller::Agent(address);
+        if let Some(found) = find(at) {
+            return Ok(Some(found));
         }
         if at == 1 {
-            return Caller::Outside;
+            return Ok(None);
         }
-        match crate::sys::process::parent_of(at) {
-            Some(parent) => at = parent,
-            None => {
-                return Caller::Unknown(format!(
-                    "process {at} (of the chain up from the caller, pid {pid}) is gone, so corral cannot tell \
-                     whether the request comes from inside a sandboxed agent"
-                ))
-            }
-        }
+        at = crate::sys::process::parent_of(at).ok_or_else(|| {
+            format!(
+                "process {at} (of the chain up from the caller, pid {pid}) is gone, so corral cannot tell \
+                 whether the request comes from inside a sandboxed agent"
+            )
+        })?;
     }
-    Caller::Unknown(format!("the caller (pid {pid}) has over {MAX_DEPTH} ancestors; corral does not follow them all"))
+    Err(format!("the caller (pid {pid}) has over {MAX_DEPTH} ancestors; corral does not follow them all"))
 }
 
 #[cfg(test)]
