@@ -381,3 +381,60 @@ fn a_non_utf8_environment_variable_is_left_out_of_spawns_not_a_panic() {
     repo.corral_ok(&["wait", "mcp-env"]);
     assert!(log_has(&repo, "/root/mcp-env", "bad=unset"));
 }
+
+#[test]
+fn a_command_whose_reader_went_away_ends_quietly_and_a_full_disk_behind_it_is_said() {
+    // Regression: println! panicked on EPIPE, so `corral ps --all | head -1`
+    // with a long history ended with 101 and a panic on stderr.
+    let repo = TestRepo::new();
+    repo.spawn_fake("done", "exit 0");
+    repo.corral_ok(&["wait", "done"]);
+    let closed = || {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        std::process::Stdio::from(write)
+    };
+    let commands: [&[&str]; 12] = [
+        &["ps"],
+        &["ps", "--all"],
+        &["ps", "--json"],
+        &["view", "done"],
+        &["view", "done", "--json"],
+        &["wait", "done"],
+        &["events"],
+        &["logs", "done"],
+        &["diff", "done"],
+        &["gc", "--older-than", "7d"],
+        &["completions", "bash"],
+        &["man"],
+    ];
+    for args in commands {
+        let child = repo.command().args(args).stdout(closed()).stderr(std::process::Stdio::piped()).spawn();
+        let out = corral_e2e::real_cli::wait_deadline(child.unwrap(), PATIENCE, "a command with its stdout closed");
+        assert_eq!(code(&out), Some(0), "corral {args:?} with its stdout closed: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "corral {args:?} with its stdout closed: {}", stderr(&out));
+    }
+    // A code that says how an agent ended is kept, whatever the output.
+    let failed = repo.spawn_fake("failed", "exit 3");
+    assert_eq!(failed["address"], "/root/failed", "{failed}");
+    for json in [&[][..], &["--json"][..]] {
+        let child = repo.command().args(["wait", "failed"]).args(json).stdout(closed()).spawn();
+        let out = corral_e2e::real_cli::wait_deadline(child.unwrap(), PATIENCE, "wait with its stdout closed");
+        assert_eq!(code(&out), Some(20), "corral wait {json:?} of a failed agent, stdout closed");
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = repo.command().args(["wait", "failed"]).args(json).stdout(full).output().unwrap();
+        assert_eq!(code(&out), Some(20), "corral wait {json:?} to /dev/full: {}", stderr(&out));
+        assert!(stderr(&out).contains("cannot write to standard output"), "{}", stderr(&out));
+    }
+    // Any other failure to write is an error that says so.
+    for args in [&["ps"][..], &["view", "done"][..], &["man"][..]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = repo.command().args(args).stdout(full).output().unwrap();
+        assert_eq!(code(&out), Some(1), "corral {args:?} to /dev/full: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot write to standard output: No space left on device"),
+            "corral {args:?} to /dev/full: {}",
+            stderr(&out)
+        );
+    }
+}

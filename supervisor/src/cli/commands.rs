@@ -74,7 +74,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Doctor { json } => crate::cli::doctor::run(&start, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut script);
+            crate::cli::out::write_bytes(&script);
             Ok(0)
         }
         Command::Man { command } => man(command.as_deref()),
@@ -107,9 +109,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
+                report!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
             } else {
-                println!("{}", describe(&agent));
+                report!("{}", describe(&agent));
             }
             Ok(agent.merge_state.as_ref().map_or(1, |m| m.exit_code()))
         }
@@ -120,12 +122,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
+                say!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
             } else if agent.queued_tasks.is_empty() {
-                println!("{} {}  ({})", agent.address, agent.task_id, agent.state.as_str());
+                say!("{} {}  ({})", agent.address, agent.task_id, agent.state.as_str());
             } else {
                 let (id, _) = agent.queued_tasks.last().expect("not empty");
-                println!("{} {id}  (queued: it runs when {} finishes its task)", agent.address, agent.task_id);
+                say!("{} {id}  (queued: it runs when {} finishes its task)", agent.address, agent.task_id);
             }
             Ok(0)
         }
@@ -141,7 +143,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
+                say!("{}", serde_json::to_string_pretty(&versioned(&agent)).expect("serializes"));
             } else {
                 let mut limits = Vec::new();
                 if let Some(tokens) = agent.budget.tokens.filter(|_| add_tokens.is_some()) {
@@ -154,7 +156,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     Some(p) => format!("still paused: {}", p.kind.describe(p.used, p.limit)),
                     None => agent.state.as_str().to_string(),
                 };
-                println!("{}: budget raised to {} ({now})", agent.address, limits.join(", "));
+                say!("{}: budget raised to {} ({now})", agent.address, limits.join(", "));
             }
             Ok(0)
         }
@@ -163,7 +165,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let Response::Diff { patch } = Client::connect(&state()?)?.request(&Request::Diff { address })? else {
                 return Err(unexpected());
             };
-            print!("{patch}");
+            crate::cli::out::write_bytes(patch.as_bytes());
             Ok(0)
         }
         Command::Send { address, text, from, json } => {
@@ -176,9 +178,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::json!({ "v": JSON_VERSION, "message_id": message_id }));
+                say!("{}", serde_json::json!({ "v": JSON_VERSION, "message_id": message_id }));
             } else {
-                println!("{message_id}");
+                say!("{message_id}");
             }
             Ok(0)
         }
@@ -303,14 +305,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Err(unexpected());
             };
             if json {
-                println!("{}", serde_json::to_string(&versioned(&spawned)).expect("serializes"));
+                say!("{}", serde_json::to_string(&versioned(&spawned)).expect("serializes"));
             } else {
                 let how = match spawned.pid {
                     0 => "pending: max_threads agents run already".to_string(),
                     pid => format!("pid {pid}"),
                 };
                 let (address, task_id, branch) = (&spawned.address, &spawned.task_id, &spawned.branch);
-                println!("{address} {task_id}  ({how}, branch {branch}, worktree {})", spawned.worktree.display());
+                say!("{address} {task_id}  ({how}, branch {branch}, worktree {})", spawned.worktree.display());
             }
             Ok(0)
         }
@@ -321,7 +323,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 // An array still (scripts index it), each agent versioned,
                 // written a page at a time.
                 use serde::ser::{SerializeSeq, Serializer};
-                let failed = |e: serde_json::Error| Error::other(format!("cannot write the list: {e}"));
+                let failed = |e: serde_json::Error| -> Error { crate::cli::out::failed(&e.into()) };
                 let mut out = serde_json::Serializer::pretty(std::io::BufWriter::new(std::io::stdout().lock()));
                 let mut array = out.serialize_seq(None).map_err(failed)?;
                 let ask = |request: &Request| client.request(request);
@@ -330,15 +332,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 })?;
                 array.end().map_err(failed)?;
                 let mut out = out.into_inner();
-                writeln!(out)
-                    .and_then(|_| out.flush())
-                    .map_err(|e| Error::other(format!("cannot write the list: {e}")))?;
+                if let Err(err) = writeln!(out).and_then(|_| out.flush()) {
+                    crate::cli::out::failed(&err);
+                }
             } else {
                 let (agents, older) = client.list(all, !all, None)?;
-                print!("{}", render_tree(&agents));
+                crate::cli::out::write_bytes(render_tree(&agents).as_bytes());
                 if older > 0 {
                     let s = if older == 1 { "" } else { "s" };
-                    println!("({older} older agent{s} not shown: `corral ps --all` lists every agent)");
+                    say!("({older} older agent{s} not shown: `corral ps --all` lists every agent)");
                 }
             }
             Ok(0)
@@ -348,16 +350,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let output = tail_lines(&log, lines);
             if json {
                 let value = serde_json::json!({ "v": JSON_VERSION, "agent": agent, "output": output });
-                println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+                say!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
             } else {
-                println!("{}", describe(&agent));
+                say!("{}", describe(&agent));
                 // A structured CLI's JSON lines, as its messages, tool calls and result.
                 let output = match agent.harness.parser() {
                     Some(_) => readable_tail(agent.harness, &log, lines),
                     None => output,
                 };
                 for line in output {
-                    println!("  {line}");
+                    say!("  {line}");
                 }
             }
             Ok(0)
@@ -411,16 +413,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             if json {
                 let value = serde_json::json!({ "v": JSON_VERSION, "removed": removed, "kept": kept });
-                println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+                say!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
             } else {
                 for entry in &removed {
-                    println!("removed {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
+                    say!("removed {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
                 }
                 for entry in &kept {
-                    println!("kept {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
+                    say!("kept {} ({}): {}", entry.worktree.display(), entry.address, entry.why);
                 }
                 if removed.is_empty() && kept.is_empty() {
-                    println!("nothing to remove");
+                    say!("nothing to remove");
                 }
             }
             Ok(0)
@@ -429,15 +431,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let state = state()?;
             crate::cli::client::check_owner(&state)?;
             if !state.socket().exists() {
-                println!("no daemon runs for {}", state.repo_root.display());
+                say!("no daemon runs for {}", state.repo_root.display());
                 return Ok(0);
             }
             match Client::connect_existing(&state) {
                 Ok(mut client) => {
                     client.request(&Request::Shutdown)?;
-                    println!("daemon stopped; agents keep running");
+                    say!("daemon stopped; agents keep running");
                 }
-                Err(_) => println!("no daemon runs for {}", state.repo_root.display()),
+                Err(_) => say!("no daemon runs for {}", state.repo_root.display()),
             }
             Ok(0)
         }
@@ -483,15 +485,15 @@ fn usage(harness: &str, file: &Path, json: bool) -> Result<i32> {
             "input": t.input, "output": t.output, "cache_read": t.cache_read, "cache_write": t.cache_write,
             "cost_usd": totals.cost_usd,
         });
-        println!("{value}");
+        say!("{value}");
     } else {
-        println!("input       {:>12}", t.input);
-        println!("output      {:>12}", t.output);
-        println!("cache read  {:>12}", t.cache_read);
-        println!("cache write {:>12}", t.cache_write);
+        say!("input       {:>12}", t.input);
+        say!("output      {:>12}", t.output);
+        say!("cache read  {:>12}", t.cache_read);
+        say!("cache write {:>12}", t.cache_write);
         match totals.cost_usd {
-            Some(cost) => println!("cost        {:>12}", format!("${cost:.6}")),
-            None => println!("cost        {:>12}", "unknown"),
+            Some(cost) => say!("cost        {:>12}", format!("${cost:.6}")),
+            None => say!("cost        {:>12}", "unknown"),
         }
     }
     Ok(0)
@@ -510,10 +512,10 @@ fn unexpected() -> Error {
 /// or a line each for a person.
 fn print_agents(agents: &[AgentRecord], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
+        report!("{}", serde_json::to_string_pretty(&versioned(&agents)).expect("serializes"));
     } else {
         for agent in agents {
-            println!("{}", describe(agent));
+            report!("{}", describe(agent));
         }
     }
 }
@@ -573,7 +575,7 @@ fn man(command: Option<&str>) -> Result<i32> {
     clap_mangen::Man::new(page)
         .render(&mut out)
         .map_err(|e| Error::other(format!("cannot render the man page: {e}")))?;
-    std::io::stdout().write_all(&out).map_err(|e| Error::other(format!("cannot print the man page: {e}")))?;
+    crate::cli::out::write_bytes(&out);
     Ok(0)
 }
 
@@ -582,11 +584,10 @@ fn logs(state: &StateDir, address: &str, follow: bool) -> Result<i32> {
     let mut file = std::fs::File::open(&log).map_err(|e| Error::io("cannot open", &log, e))?;
     let mut out = std::io::stdout().lock();
     let copy = |file: &mut std::fs::File, out: &mut std::io::StdoutLock| -> Result<()> {
-        match std::io::copy(file, out).and_then(|_| out.flush()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-            Err(e) => Err(Error::other(format!("cannot write the log out: {e}"))),
+        if let Err(err) = std::io::copy(file, out).and_then(|_| out.flush()) {
+            crate::cli::out::failed(&err);
         }
+        Ok(())
     };
     copy(&mut file, &mut out)?;
     if !follow || agent.state.is_terminal() {
@@ -621,8 +622,8 @@ fn events(state: &StateDir, since: u64, follow: bool, agent: Option<String>, hum
                     true => crate::cli::human::event_line(&event, color),
                     false => serde_json::to_string(&event).expect("serializes"),
                 };
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    return Ok(0); // The reader went away (`| head`).
+                if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    crate::cli::out::failed(&err);
                 }
             }
             Some(Response::End) => return Ok(0),

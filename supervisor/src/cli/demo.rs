@@ -35,6 +35,14 @@ use crate::model::lifecycle::{AgentRecord, AgentState, MergeState};
 use crate::sys::paths::StateDir;
 use crate::wire::protocol::{Request, Response, SpawnRequest};
 
+/// `println!` that never ends the demo: with its output gone (`| head`)
+/// it still stops its agents and removes its scratch folder.
+macro_rules! show {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The longest the demo waits for its agents before it gives up.
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -82,8 +90,8 @@ pub fn run(keep: bool) -> Result<i32> {
     let exe = std::env::current_exe().map_err(|e| Error::other(e.to_string()))?;
     let claude = fake_claude(scratch.path(), &exe)?;
 
-    println!("corral demo: {} scripted agents on a scratch repository {}", MERGING.len() + 2, repo.display());
-    println!("  (no API key, no network: the agents are `corral fake-agent` scripts)\n");
+    show!("corral demo: {} scripted agents on a scratch repository {}", MERGING.len() + 2, repo.display());
+    show!("  (no API key, no network: the agents are `corral fake-agent` scripts)\n");
     let started = Instant::now();
     let mut client = Client::connect(&state)?;
     let fake = |script: &str| vec![exe.display().to_string(), "fake-agent".into(), script.into()];
@@ -106,21 +114,21 @@ pub fn run(keep: bool) -> Result<i32> {
     spawn(&mut client, "runaway", "refactor everything, for ever", runaway, Vec::new(), env)?;
     let chat = "print 'chat: ready for questions'; echo-input 1; print 'chat: back to work'; sleep 0.5";
     spawn(&mut client, "chat", "answer questions while working", AgentConfig::default(), fake(chat), BTreeMap::new())?;
-    println!();
+    show!();
 
     let story = follow(&state, &mut client, started)?;
 
     let (agents, _) = client.list(true, false, None)?;
-    println!();
+    show!();
     print_table(&agents);
-    println!();
+    show!();
     print_story(&story, &agents);
 
     let _ = client.request(&Request::Shutdown);
     if keep {
         let kept = scratch.keep();
-        println!("\nkept the scratch folder: {}", kept.display());
-        println!("try: cd {} && corral top", kept.join("repo").display());
+        show!("\nkept the scratch folder: {}", kept.display());
+        show!("try: cd {} && corral top", kept.join("repo").display());
     } else {
         // The worktrees go with the scratch folder; git's entries with the repo.
         drop(scratch);
@@ -153,7 +161,7 @@ fn spawn(
     let Response::Spawned(spawned) = client.request(&Request::Spawn(Box::new(request)))? else {
         return Err(Error::other("unexpected answer to spawn"));
     };
-    println!("  spawned {:<14} pid {:<7} branch {}", spawned.address, spawned.pid, spawned.branch);
+    show!("  spawned {:<14} pid {:<7} branch {}", spawned.address, spawned.pid, spawned.branch);
     Ok(())
 }
 
@@ -290,9 +298,9 @@ fn tell(event: &Event, at: f64, story: &mut Story) -> Option<String> {
 }
 
 fn print_table(agents: &[AgentRecord]) {
-    println!("{:<14} {:<16} {:>4} {:>8} {:>7} {:<9}  BRANCH", "AGENT", "STATE", "EXIT", "RUNTIME", "TOKENS", "MERGE");
+    show!("{:<14} {:<16} {:>4} {:>8} {:>7} {:<9}  BRANCH", "AGENT", "STATE", "EXIT", "RUNTIME", "TOKENS", "MERGE");
     for agent in agents {
-        println!(
+        show!(
             "{:<14} {:<16} {:>4} {:>8} {:>7} {:<9}  {}",
             agent.address.to_string(),
             agent.state.as_str(),
@@ -312,33 +320,33 @@ fn print_table(agents: &[AgentRecord]) {
 /// and the conflict.
 fn print_story(story: &Story, agents: &[AgentRecord]) {
     let find = |name: &str| agents.iter().find(|a| a.address.name() == name);
-    println!("What happened:");
+    show!("What happened:");
     match (find("runaway"), story.budget_stop) {
-        (Some(agent), Some((used, limit))) if agent.state == AgentState::BudgetExceeded => println!(
+        (Some(agent), Some((used, limit))) if agent.state == AgentState::BudgetExceeded => show!(
             "  budget    /root/runaway ran away and was stopped by its token budget: {used:.0} of {limit:.0} tokens \
              (state budget_exceeded; `corral wait` exits 23)"
         ),
-        (agent, _) => println!(
+        (agent, _) => show!(
             "  budget    /root/runaway was not stopped by its budget (it is {})",
             agent.map_or("missing", |a| a.state.as_str())
         ),
     }
     match (&story.answer, story.asked_at, story.delivered_at) {
-        (Some((answered, text)), Some(asked), delivered) => println!(
+        (Some((answered, text)), Some(asked), delivered) => show!(
             "  message   /root/chat was sent {QUESTION:?} while it ran (at {asked:.1}s{}) and answered {text:?} at {answered:.1}s",
             delivered.map_or(String::new(), |d| format!(", delivered at {d:.1}s"))
         ),
-        _ => println!("  message   /root/chat did not answer its message"),
+        _ => show!("  message   /root/chat did not answer its message"),
     }
     let target = find("api").and_then(|a| a.merge.target.clone()).unwrap_or_else(|| "main".into());
-    println!(
+    show!(
         "  merges    {} agents' work merged into {target} through the queue, one at a time: {}",
         story.merged.len(),
         story.merged.join(", ")
     );
     for agent in agents {
         if let Some(MergeState::Conflict { files }) = &agent.merge_state {
-            println!(
+            show!(
                 "  conflict  {} changed the same lines in {}: nothing was changed, its work is kept on branch {}",
                 agent.address,
                 files.join(", "),

@@ -88,9 +88,9 @@ pub fn run(start: &Path, json: bool) -> Result<i32> {
     let verdict = verdict(&checks, can_run);
     if json {
         let value = serde_json::json!({ "v": 1, "ok": can_run, "checks": checks, "verdict": verdict });
-        println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+        say!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
     } else {
-        print!("{}", render(&checks, &verdict));
+        crate::cli::out::write_bytes(render(&checks, &verdict).as_bytes());
     }
     Ok(match (can_run, not_owner) {
         (true, _) => 0,

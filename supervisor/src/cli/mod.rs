@@ -8,6 +8,8 @@
 //! Owns: what a person or script sees (output formats, exit codes). Never
 //! does: change state itself: every change is a request to the daemon.
 
+#[macro_use]
+mod out;
 pub mod args;
 mod attach;
 pub mod client;
