@@ -45,6 +45,9 @@ pub struct Charge {
     pub flag: Option<String>,
     /// The model the response named, if it named one.
     pub model: Option<String>,
+    /// The id of the response (Responses API), which a later call may
+    /// continue with `previous_response_id`.
+    pub response_id: Option<String>,
 }
 
 /// What an unsettled call is charged at least: its input floor
@@ -84,6 +87,7 @@ pub struct WireMeter {
     output_known: bool,
     settled: bool,
     model: Option<String>,
+    response_id: Option<String>,
     /// Bytes of the line being read (streamed) or of the body (JSON).
     pending: Vec<u8>,
     /// `data:` lines of the event being read.
@@ -105,6 +109,7 @@ impl WireMeter {
             output_known: false,
             settled: false,
             model: None,
+            response_id: None,
             pending: Vec::new(),
             data: String::new(),
             overflow: false,
@@ -244,6 +249,7 @@ impl WireMeter {
             "response.completed" | "response.incomplete" | "response.failed" => event.get("response"),
             "response.created" | "response.in_progress" => {
                 self.note_model(event.get("response").and_then(|r| r.get("model")));
+                self.note_response_id(event.get("response"));
                 None
             }
             // A non-streamed answer is the response object itself.
@@ -252,6 +258,7 @@ impl WireMeter {
         };
         let Some(response) = response else { return };
         self.note_model(response.get("model"));
+        self.note_response_id(Some(response));
         if let Some(usage) = response.get("usage").filter(|u| u.is_object()) {
             let input = count(usage.get("input_tokens"));
             let cached = count(usage.get("input_tokens_details").and_then(|d| d.get("cached_tokens")));
@@ -265,6 +272,15 @@ impl WireMeter {
             };
             self.take(tokens, has(usage, "input_tokens"), has(usage, "output_tokens"));
             self.settled = self.input_known && self.output_known;
+        }
+    }
+
+    /// The first id a response names: a later event that names another
+    /// does not move the conversation this call's charge is kept under.
+    fn note_response_id(&mut self, response: Option<&Value>) {
+        if self.response_id.is_none() {
+            let id = response.and_then(|r| r.get("id")).and_then(Value::as_str).filter(|id| !id.is_empty());
+            self.response_id = id.map(str::to_owned);
         }
     }
 
@@ -344,12 +360,12 @@ impl WireMeter {
                 Err(_) => self.unreadable = true,
             }
         }
-        let model = self.model.take();
+        let (model, response_id) = (self.model.take(), self.response_id.take());
         if !self.ok_status {
-            return Charge { usage: self.seen, flag: None, model };
+            return Charge { usage: self.seen, flag: None, model, response_id };
         }
         if self.settled && end == End::Complete && !self.overflow && !self.unreadable {
-            return Charge { usage: self.seen, flag: None, model };
+            return Charge { usage: self.seen, flag: None, model, response_id };
         }
         let why = if end == End::Cut {
             "the response was cut before its end"
@@ -364,7 +380,7 @@ impl WireMeter {
         // than its estimate, even when usage came: what came before a cut
         // or an unreadable event need not be the call's last figure (some
         // servers report usage on every chunk).
-        Charge { usage: charge_floor(self.seen, estimate.usage()), flag: Some(why.to_owned()), model }
+        Charge { usage: charge_floor(self.seen, estimate.usage()), flag: Some(why.to_owned()), model, response_id }
     }
 }
 

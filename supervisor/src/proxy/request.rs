@@ -102,6 +102,35 @@ pub fn unbounded(provider: Provider, body: &Value) -> Option<String> {
     })
 }
 
+/// The input a Responses call reads from what the upstream keeps rather
+/// than from its body. `Ok(None)`: none, the body is the whole input.
+/// `Ok(Some(id))`: the conversation up to response `id`
+/// (`previous_response_id`), which the caller knows the size of only if
+/// that response passed its proxy. `Err`: a stored input corral cannot
+/// see the size of (`conversation`, a stored `prompt`, an id that is not
+/// a string): the call is refused, never sent, since neither its estimate
+/// nor, were its answer cut, its charge could hold what it reads.
+pub fn stored_input(provider: Provider, body: &Value) -> Result<Option<String>, String> {
+    if provider != Provider::OpenAiResponses {
+        return Ok(None);
+    }
+    for (field, what) in [("conversation", "a stored conversation"), ("prompt", "a stored prompt")] {
+        if lookup(body, field).is_some() {
+            return Err(format!(
+                "corral: the request reads {what} (`{field}`), whose size corral cannot see, so it cannot meter \
+                 the call; it was not sent (send the input in the request instead)"
+            ));
+        }
+    }
+    match lookup(body, "previous_response_id") {
+        None => Ok(None),
+        Some(Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
+        Some(other) => {
+            Err(format!("corral: the request's `previous_response_id` is {other}, not a response id; it was not sent"))
+        }
+    }
+}
+
 /// How many answers the request asks for (Chat Completions' `n`, Gemini's
 /// `generationConfig.candidateCount`; 1 when it says nothing): each may
 /// run to the output cap. Call [`unbounded`] first.

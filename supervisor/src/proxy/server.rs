@@ -165,8 +165,39 @@ struct Inner {
     client: HttpsClient,
     next_call: std::sync::atomic::AtomicU64,
     last: Mutex<Option<LastCall>>,
+    contexts: Mutex<Contexts>,
     /// Calls sent upstream and not yet recorded; `None` once closed.
     open: Mutex<Option<HashMap<u64, Slot>>>,
+}
+
+/// What each response this proxy metered leaves for a call that continues
+/// it (`previous_response_id`): the input it read and the output it wrote,
+/// all of which that call reads again. The latest [`KEPT_CONTEXTS`] only:
+/// a call that continues one older is refused, as one that continues a
+/// response this proxy never saw.
+#[derive(Default)]
+struct Contexts {
+    tokens: HashMap<String, u64>,
+    order: std::collections::VecDeque<String>,
+}
+
+const KEPT_CONTEXTS: usize = 4096;
+
+impl Contexts {
+    fn get(&self, id: &str) -> Option<u64> {
+        self.tokens.get(id).copied()
+    }
+
+    fn keep(&mut self, id: String, tokens: u64) {
+        if self.tokens.insert(id.clone(), tokens).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > KEPT_CONTEXTS {
+            if let Some(old) = self.order.pop_front() {
+                self.tokens.remove(&old);
+            }
+        }
+    }
 }
 
 /// A running proxy; dropping it stops the listener (calls under way finish).
@@ -205,6 +236,7 @@ pub async fn start(config: ProxyConfig, gate: Arc<dyn Gate>) -> std::io::Result<
         client: client()?,
         next_call: std::sync::atomic::AtomicU64::new(1),
         last: Mutex::new(None),
+        contexts: Mutex::default(),
         open: Mutex::new(Some(HashMap::new())),
     });
     let open = OpenCalls(inner.clone());
@@ -384,12 +416,34 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         let _ = reply.send(error_reply(400, message));
         return;
     }
+    // A Responses call that continues an earlier response reads all of
+    // that conversation again, which its body does not show.
+    let stored = match request::stored_input(provider, &json) {
+        Ok(None) => None,
+        Ok(Some(id)) => match inner.contexts.lock().unwrap().get(&id) {
+            Some(tokens) => Some(tokens),
+            None => {
+                let message = format!(
+                    "corral: the request continues response `{id}` (`previous_response_id`), which did not pass \
+                     this agent's proxy, so corral cannot tell what the call reads; it was not sent (send the \
+                     input in the request instead)"
+                );
+                let _ = reply.send(error_reply(400, message));
+                return;
+            }
+        },
+        Err(message) => {
+            let _ = reply.send(error_reply(400, message));
+            return;
+        }
+    };
     let number = inner.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let last = *inner.last.lock().unwrap();
-    let estimate_input = request::estimate_input(call.body.len() as u64, last);
+    let context = stored.unwrap_or(0);
+    let estimate_input = context.saturating_add(request::estimate_input(call.body.len() as u64, last));
     let asked_output = request::output_cap(provider, &json);
     let model = request::model(&json).or_else(|| provider::model_in_path(&call.path));
-    let input_floor = request::input_floor(call.body.len() as u64, last);
+    let input_floor = context.saturating_add(request::input_floor(call.body.len() as u64, last));
     let ask = Ask { call: number, provider, model: model.clone(), estimate_input, input_floor, asked_output };
     let record = CallRecord {
         call: number,
@@ -449,6 +503,7 @@ async fn model_call(inner: Arc<Inner>, call: Call, reply: Reply) {
         estimate: Estimate { input: input_floor, output: output_cap.unwrap_or(uncapped) },
         record: CallRecord { output_cap, ..record.clone() },
         request_bytes: body.len() as u64,
+        continues: stored.is_some(),
         arrived: call.arrived,
         first_byte: None,
     };
@@ -615,6 +670,9 @@ struct Open {
     estimate: Estimate,
     record: CallRecord,
     request_bytes: u64,
+    /// Whether it continues an earlier response (its body is not its
+    /// whole input, so it is no basis for the next call's estimate).
+    continues: bool,
     arrived: Instant,
     first_byte: Option<Instant>,
 }
@@ -677,13 +735,13 @@ impl Inner {
         let Some(open) = self.take(slot) else { return };
         let now = Instant::now();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let (usage, flag, model) = match open.meter {
+        let (usage, flag, model, response_id) = match open.meter {
             Some(meter) => {
                 let charge = meter.finish(end, open.estimate);
-                (charge.usage, charge.flag, charge.model)
+                (charge.usage, charge.flag, charge.model, charge.response_id)
             }
             // Sent, and no answer yet: the upstream may charge it all.
-            None => (open.estimate.usage(), Some("the call ended before its answer came".to_owned()), None),
+            None => (open.estimate.usage(), Some("the call ended before its answer came".to_owned()), None, None),
         };
         let flag = match (why, flag) {
             (Some(why), Some(_)) => Some(why.to_owned()),
@@ -698,8 +756,13 @@ impl Inner {
             ..open.record
         };
         let input_side = record.usage.input + record.usage.cache_read + record.usage.cache_write;
-        if record.flag.is_none() && input_side > 0 {
+        if record.flag.is_none() && input_side > 0 && !open.continues {
             *self.last.lock().unwrap() = Some(LastCall { input_tokens: input_side, body_bytes: open.request_bytes });
+        }
+        if let Some(id) = response_id {
+            // What it was charged, a cut answer's floor included: never less
+            // than the conversation a call continuing it reads.
+            self.contexts.lock().unwrap().keep(id, input_side.saturating_add(record.usage.output));
         }
         self.gate.record(record);
     }

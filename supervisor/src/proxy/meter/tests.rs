@@ -190,7 +190,10 @@ fn anthropic_json_body_is_counted() {
 fn an_error_status_is_charged_what_it_shows() {
     let mut m = WireMeter::new(Provider::Anthropic, 429, false);
     m.feed(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#);
-    assert_eq!(m.finish(End::Complete, EST), Charge { usage: TokenUsage::default(), flag: None, model: None });
+    assert_eq!(
+        m.finish(End::Complete, EST),
+        Charge { usage: TokenUsage::default(), flag: None, model: None, response_id: None }
+    );
 }
 
 fn responses_completed(kind: &str, input: u64, cached: u64, output: u64) -> String {

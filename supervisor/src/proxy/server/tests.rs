@@ -488,3 +488,79 @@ fn random_tokens_differ() {
     assert_ne!(a, b);
     assert!(a.0.starts_with("corral-") && a.0.len() == 7 + 64);
 }
+
+/// A Responses stream: its id, then its usage.
+fn responses_events(id: &str, input: u64, output: u64) -> Vec<String> {
+    vec![
+        json!({"type": "response.created", "response": {"id": id, "model": "gpt-x", "usage": null}}).to_string(),
+        json!({"type": "response.completed", "response": {"id": id, "model": "gpt-x",
+            "usage": {"input_tokens": input, "output_tokens": output}}})
+        .to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn a_call_that_continues_a_response_is_estimated_and_charged_no_less_than_that_conversation() {
+    // Regression: a call sending only its new turn with
+    // `previous_response_id` was estimated (and, cut, charged) from its
+    // small body, though the upstream reads the whole conversation again.
+    let upstream = upstream_of_own(responses_events("resp_1", 5000, 300), false, true).await;
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&format!("http://{}", upstream.addr), gate.clone()).await;
+    let auth = format!("Bearer {TOKEN}");
+    upstream.release.add_permits(1 + 2);
+    let first = json!({"model": "gpt-x", "stream": true, "input": [{"role": "user", "content": "x".repeat(20_000)}]});
+    let response = post(&proxy, "/v1/responses", &[("authorization", &auth)], first).await;
+    text(response).await;
+    assert_eq!((gate.record_of(1).await.usage.input, gate.record_of(1).await.flag), (5000, None));
+    // The next call sends only its new turn, and is cut before its answer.
+    let next = json!({"model": "gpt-x", "stream": true, "previous_response_id": "resp_1",
+        "input": [{"role": "user", "content": "go on"}]});
+    let address = proxy.addr;
+    let pending = tokio::spawn(async move {
+        let request = Request::post(format!("http://{address}/v1/responses"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::from(next.to_string())))
+            .unwrap();
+        client().request(request).await
+    });
+    requests_reach(&upstream, 2).await;
+    let ask = gate.asks.lock().unwrap()[1].clone();
+    assert!(ask.estimate_input >= 5300, "estimated at {} input tokens", ask.estimate_input);
+    assert!(ask.input_floor >= 5300, "floored at {} input tokens", ask.input_floor);
+    assert_eq!(proxy.open.close("the owner ended"), 1);
+    let record = gate.record_of(2).await;
+    assert!(record.usage.input >= 5300, "charged {:?}", record.usage);
+    pending.abort();
+}
+
+#[tokio::test]
+async fn a_call_whose_stored_input_corral_cannot_size_is_refused_and_never_sent() {
+    let steps = script(json!([{"text": "x"}, {"text": "y"}]));
+    let mock = MockServer::start(steps, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let gate = Arc::new(TestGate::default());
+    let proxy = proxy_to(&mock.url(), gate.clone()).await;
+    let auth = format!("Bearer {TOKEN}");
+    let turn = json!([{"role": "user", "content": "hi"}]);
+    for (field, value, says) in [
+        ("previous_response_id", json!("resp_never_seen"), "did not pass this agent's proxy"),
+        ("previous_response_id", json!(7), "not a response id"),
+        ("conversation", json!("conv_1"), "a stored conversation"),
+        ("prompt", json!({"id": "pmpt_1"}), "a stored prompt"),
+    ] {
+        let body = json!({"model": "gpt-x", "stream": true, "input": turn, field: value});
+        let response = post(&proxy, "/v1/responses", &[("authorization", &auth)], body).await;
+        assert_eq!(response.status(), 400, "{field}: {value}");
+        let said = text(response).await;
+        assert!(said.contains(says), "{field}: {value}: {said}");
+    }
+    assert!(mock.requests().is_empty(), "a refused call reached the upstream");
+    // A response that passed the proxy may be continued.
+    let body = json!({"model": "gpt-x", "stream": true, "input": turn});
+    let answer = text(post(&proxy, "/v1/responses", &[("authorization", &auth)], body).await).await;
+    let at = answer.find("resp_mock_").expect("the answer names its response");
+    let id: String = answer[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let body = json!({"model": "gpt-x", "stream": true, "input": turn, "previous_response_id": id});
+    let response = post(&proxy, "/v1/responses", &[("authorization", &auth)], body).await;
+    assert_eq!(response.status(), 200, "{}", text(response).await);
+}
