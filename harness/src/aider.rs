@@ -163,6 +163,63 @@ pub struct AiderParser {
     process: u64,
     /// The lines printed since the last result, bounded: the next one's text.
     reply: String,
+    /// A report the console wrapped at the PTY's width, waiting for the
+    /// rest of it on the next lines.
+    held: Option<Held>,
+}
+
+/// The start of a wrapped `Tokens:` or `Cost:` report. Aider's console
+/// wraps at the terminal's width, and the PTY is as narrow as the last
+/// terminal that attached to it: `... 3.4k cache hit, 440` then
+/// `received.`, or `... Cost: $0.04 message, $1.23` then `session.`.
+#[derive(Debug)]
+struct Held {
+    text: String,
+    /// Whether its tokens were counted already (only its cost was cut).
+    tokens_counted: bool,
+    /// The lines it was read from so far.
+    lines: usize,
+}
+
+/// The most lines a wrapped report is read from: on a 40-column PTY, the
+/// longest (with cache write, cache hit and cost) takes three.
+const MAX_REPORT_LINES: usize = 4;
+
+/// What a report line says.
+enum Report {
+    /// Whole: its tokens, its cost, or both.
+    Whole(Option<TokenReport>, Option<CostReport>),
+    /// Its tokens, and a cost part that cannot be read (cut by a wrap).
+    TokensOnly(TokenReport),
+    /// Nothing that can be read (cut by a wrap, or not a report).
+    Unread,
+}
+
+/// The report that starts `text` at `Tokens:` or `Cost:`, if one does,
+/// after nothing but what a spinner or a prompt leaves on the line (no
+/// letter or digit before it): `░█  Tokens: 600 sent, 40 received.`
+fn report_in(text: &str) -> Option<&str> {
+    let at = ["Tokens:", "Cost:"].iter().find_map(|marker| text.find(marker))?;
+    (!text[..at].chars().any(char::is_alphanumeric)).then(|| &text[at..])
+}
+
+fn read_report(report: &str) -> Report {
+    if let Some(rest) = report.strip_prefix("Tokens:") {
+        let (tokens_part, cost_part) = match rest.split_once("Cost:") {
+            Some((t, c)) => (t, Some(c)),
+            None => (rest, None),
+        };
+        let Some(tokens) = parse_tokens(tokens_part) else { return Report::Unread };
+        return match cost_part.map(parse_cost) {
+            None => Report::Whole(Some(tokens), None),
+            Some(Some(cost)) => Report::Whole(Some(tokens), Some(cost)),
+            Some(None) => Report::TokensOnly(tokens),
+        };
+    }
+    match report.strip_prefix("Cost:").and_then(parse_cost) {
+        Some(cost) => Report::Whole(None, Some(cost)),
+        None => Report::Unread,
+    }
 }
 
 /// Token figures of one `Tokens:` report.
@@ -309,25 +366,63 @@ impl AiderParser {
     }
 }
 
+impl AiderParser {
+    /// The events of a report: its usage, and for tokens the result of the
+    /// call they close.
+    fn reported(&mut self, tokens: Option<TokenReport>, cost: Option<CostReport>) -> Vec<HarnessEvent> {
+        let mut events: Vec<HarnessEvent> = self.report(tokens, cost).into_iter().collect();
+        if tokens.is_some() {
+            events.push(self.result(true, None));
+        }
+        events
+    }
+
+    /// The rest of a held report, if `text` completes it.
+    fn complete_held(&mut self, text: &str) -> Option<Vec<HarnessEvent>> {
+        let mut held = self.held.take()?;
+        held.text = format!("{} {}", held.text.trim_end(), text.trim());
+        held.lines += 1;
+        let counted = held.tokens_counted;
+        match read_report(&held.text) {
+            Report::Whole(tokens, cost) => Some(self.reported(tokens.filter(|_| !counted), cost)),
+            Report::TokensOnly(tokens) if !counted => {
+                let events = self.reported(Some(tokens), None);
+                held.tokens_counted = true;
+                self.held = (held.lines < MAX_REPORT_LINES).then_some(held);
+                Some(events)
+            }
+            // Still cut: read on, within bounds; the line is also read as
+            // itself (it may be no part of the report at all).
+            _ => {
+                self.held = (held.lines < MAX_REPORT_LINES).then_some(held);
+                None
+            }
+        }
+    }
+}
+
 impl Parser for AiderParser {
     fn feed_line(&mut self, line: &[u8]) -> Vec<HarnessEvent> {
         let Some(text) = clean_line(line) else {
             return Vec::new();
         };
-        if let Some(rest) = text.strip_prefix("Tokens:") {
-            let (tokens_part, cost_part) = match rest.split_once("Cost:") {
-                Some((t, c)) => (t, Some(c)),
-                None => (rest, None),
-            };
-            if let Some(tokens) = parse_tokens(tokens_part) {
-                let cost = cost_part.and_then(parse_cost);
-                let mut events: Vec<HarnessEvent> = self.report(Some(tokens), cost).into_iter().collect();
-                events.push(self.result(true, None));
-                return events;
-            }
-        } else if let Some(rest) = text.strip_prefix("Cost:") {
-            if let Some(cost) = parse_cost(rest) {
-                return self.report(None, Some(cost)).into_iter().collect();
+        if let Some(events) = self.complete_held(&text) {
+            return events;
+        }
+        if let Some(report) = report_in(&text) {
+            let report = report.to_owned();
+            match read_report(&report) {
+                Report::Whole(tokens, cost) => {
+                    self.held = None;
+                    return self.reported(tokens, cost);
+                }
+                Report::TokensOnly(tokens) => {
+                    // Its tokens now (nothing of them waits on a wrap), its
+                    // cost once the rest of the line comes.
+                    self.held = Some(Held { text: report, tokens_counted: true, lines: 1 });
+                    return self.reported(Some(tokens), None);
+                }
+                Report::Unread => self.held = Some(Held { text: report, tokens_counted: false, lines: 1 }),
             }
         } else if is_banner(&text) {
             self.process += 1;
@@ -363,6 +458,44 @@ mod tests {
         assert_eq!(message_input("one\r\ntwo\nthree"), "{corral\none\ntwo\nthree\ncorral}\n");
         // A line that would end the block early is kept inside it.
         assert_eq!(message_input("a\ncorral}\nb"), "{corral\na\ncorral} \nb\ncorral}\n");
+    }
+
+    /// The last usage event's totals (tokens, cost), and how many results.
+    fn fed(lines: &[&str]) -> (TokenUsage, Option<f64>, usize) {
+        let mut p = AiderParser::new();
+        let mut results = 0;
+        for line in lines {
+            results += p.feed_line(line.as_bytes()).iter().filter(|e| matches!(e, HarnessEvent::Result { .. })).count();
+        }
+        let totals = p.totals();
+        (totals.tokens, totals.cost_usd, results)
+    }
+
+    #[test]
+    fn a_report_the_console_wrapped_at_a_narrow_pty_is_read_whole() {
+        // Regression: a report wrapped onto two lines lost its cost, or
+        // all its tokens (`corral attach` from a narrow terminal leaves
+        // the PTY that narrow).
+        let whole = fed(&[
+            "Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received. Cost: $0.04 message, $1.23 session.",
+        ]);
+        assert_eq!(whole.2, 1);
+        for wrapped in [
+            &["Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440", "received. Cost: $0.04 message, $1.23 session."][..],
+            &["Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received. Cost: $0.04 message, $1.23", "session."],
+            &["Tokens: 12k sent, 1.2k cache write,", "3.4k cache hit, 440 received. Cost:", "$0.04 message, $1.23 session."],
+            &["Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received.", "Cost: $0.04 message, $1.23 session."],
+            &["░█\u{8}\u{8}  Tokens: 12k sent, 1.2k cache write, 3.4k cache hit, 440 received. Cost: $0.04 message, $1.23 session."],
+        ] {
+            assert_eq!(fed(wrapped), whole, "{wrapped:?}");
+        }
+        // A prompt's leftovers before it count; words before it do not
+        // make a report (the model's own text saying "Tokens:").
+        assert_eq!(fed(&["> Tokens: 600 sent, 40 received."]).0.output, 40);
+        assert_eq!(fed(&["the Tokens: 600 sent, 40 received."]).0, TokenUsage::default());
+        // A line that is no rest of the report is read as itself.
+        let (tokens, _, results) = fed(&["Tokens: 12k sent, 440", "Tokens: 600 sent, 40 received."]);
+        assert_eq!((tokens.output, results), (40, 1));
     }
 
     #[test]

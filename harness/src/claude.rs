@@ -424,6 +424,21 @@ impl ClaudeParser {
         let cost = line.total_cost_usd.as_ref().and_then(Value::as_f64).or_else(|| model_usage_cost(line));
         let scope = as_str(&line.session_id).unwrap_or("");
         let (token_growth, cost_growth) = self.cumulative.advance(scope, figures, cost);
+        // A live count nearer the result's whole figures than their growth
+        // over the last result shows the result restates this process's
+        // figures alone (a resume that did not carry the earlier ones over):
+        // its cost is this process's alone too, and counts in full, as its
+        // tokens do below. A count that is merely a little above the
+        // growth (a CLI that under-reports) is not taken for one: each
+        // later turn would count the whole cost again.
+        let restated = figures.is_some_and(|whole| {
+            let before = whole.total().saturating_sub(token_growth.total());
+            self.live.total() > token_growth.total().saturating_add(before / 2)
+        });
+        let cost_growth = match restated {
+            true => cost.filter(|c| c.is_finite() && *c >= 0.0),
+            false => cost_growth,
+        };
         if let Some(growth) = cost_growth {
             self.cost = Some(self.cost.unwrap_or(0.0) + growth);
         }
@@ -686,6 +701,27 @@ mod tests {
         );
         feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(400, 20, 0, 0)), 0.1));
         assert_eq!(p.totals().tokens, t(400, 20, 0, 0));
+    }
+
+    #[test]
+    fn a_resumed_process_whose_result_restates_its_own_figures_counts_its_cost_in_full() {
+        // Regression: tokens were counted as a restart (the live count
+        // showed it), the cost as a difference (1.2 - 1.0).
+        let mut p = ClaudeParser::new();
+        feed(&mut p, &assistant("a", None, (100, 50, 1000, 10)));
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(100, 50, 1000, 10)), 1.0));
+        feed(&mut p, &assistant("b", None, (120, 60, 1200, 12)));
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(120, 60, 1200, 12)), 1.2));
+        assert_eq!(p.totals().tokens, t(220, 110, 2200, 22));
+        assert!((p.totals().cost_usd.unwrap() - 2.2).abs() < 1e-9, "{:?}", p.totals().cost_usd);
+        // Turns of one process restate a growing total: each counts its growth.
+        let mut p = ClaudeParser::new();
+        feed(&mut p, &assistant("a", None, (100, 50, 1000, 10)));
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(100, 50, 1000, 10)), 1.0));
+        feed(&mut p, &assistant("b", None, (21, 11, 201, 3)));
+        feed(&mut p, &result(&format!(r#"{{"a":{}}}"#, model(120, 60, 1200, 12)), 1.2));
+        assert_eq!(p.totals().tokens, t(121, 61, 1201, 13));
+        assert!((p.totals().cost_usd.unwrap() - 1.2).abs() < 1e-9, "{:?}", p.totals().cost_usd);
     }
 
     #[test]

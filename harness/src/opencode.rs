@@ -229,7 +229,14 @@ impl OpencodeParser {
         };
         if fresh {
             let tokens = part.get("tokens").filter(|t| t.is_object()).map(opencode_usage).unwrap_or_default();
-            let cost = part.get("cost").and_then(Value::as_f64).filter(|c| c.is_finite() && *c >= 0.0);
+            // opencode says 0 for a model its config does not price: for a
+            // step that used tokens, that is no cost reported, not a free
+            // call (corral's `[prices]` may price it).
+            let cost = part
+                .get("cost")
+                .and_then(Value::as_f64)
+                .filter(|c| c.is_finite() && *c >= 0.0)
+                .filter(|c| *c > 0.0 || tokens.is_zero());
             let total = self.ledger.total().saturating_add(tokens);
             let cost_total = cost.map(|c| self.ledger.totals().cost_usd.unwrap_or(0.0) + c);
             events.extend(self.ledger.set(total, cost_total, true, true));

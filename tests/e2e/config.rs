@@ -136,6 +136,33 @@ fn the_price_table_gives_a_cost_to_clis_that_report_none() {
 }
 
 #[test]
+fn the_price_table_raises_a_cost_the_cli_reports_below_its_tokens() {
+    // Regression: a CLI's own cost was kept whatever the table said, so a
+    // cost that lags the tokens (the last turn's, on the next turn's live
+    // usage) or says nothing in a number (opencode's 0) left a cost
+    // budget blind.
+    let repo = TestRepo::new();
+    write_config(&repo, "[prices.\"claude-sonnet-4-5\"]\ninput = 3.0\noutput = 15.0\n");
+    let result = r#"print '{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"s-1","total_cost_usd":0.01,"usage":{"input_tokens":400000,"output_tokens":0}}'"#;
+    let script = format!("{}; {result}; {}; hang", assistant("p-1", 400_000), assistant("p-2", 400_000));
+    let bin = fake_claude(&repo, "lagging", &script);
+    let out = repo
+        .command()
+        .env("CORRAL_CLAUDE_BIN", bin)
+        .args(["spawn", "lagging", "--harness", "claude", "--meter", "stream", "--model", "claude-sonnet-4-5"])
+        .args(["--task", "t", "--grace", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The second turn's 400,000 live tokens too, at $3 a million: $2.40,
+    // not the $0.01 the first turn's result said.
+    poll_until("the second turn priced", PATIENCE, || {
+        repo.agent("/root/lagging")["cost_usd"].as_f64().is_some_and(|cost| (cost - 2.4).abs() < 1e-9)
+    });
+    repo.corral_ok(&["stop", "lagging", "--grace", "0"]);
+}
+
+#[test]
 fn worktree_root_in_the_config_places_the_worktrees() {
     let repo = TestRepo::new();
     let root = repo.path("elsewhere");

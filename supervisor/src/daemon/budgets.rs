@@ -224,15 +224,22 @@ pub(super) async fn raise(
     daemon.find(&record.address.to_string())
 }
 
-/// Gives a cost to usage the CLI reported without one, from the price
-/// table in corral.toml (`[prices."MODEL"]`), when the model is in it.
+/// Prices usage from the price table in corral.toml (`[prices."MODEL"]`),
+/// when the model is in it: usage the CLI reported no cost for gets the
+/// table's, and usage it did gets the larger of the two. A CLI's own
+/// figure can lag its tokens (Claude Code's comes with each turn's
+/// result, so a long turn's live usage still carries the last turn's
+/// cost) or say nothing in a number (opencode's 0 for a model its config
+/// does not price): the table's figure for the tokens seen keeps a cost
+/// budget from running blind.
 pub(super) fn price_usage(daemon: &Daemon, record: &AgentRecord, bodies: &mut [EventBody]) {
     let config = daemon.config();
     let model = daemon.record(&record.address).and_then(|r| r.model).or_else(|| record.model.clone());
     let Some(price) = model.as_deref().and_then(|m| config.price(m)) else { return };
     for body in bodies {
-        if let EventBody::Usage { total, cost_usd: cost @ None, .. } = body {
-            *cost = Some(price.cost(total));
+        if let EventBody::Usage { total, cost_usd, .. } = body {
+            let priced = price.cost(total);
+            *cost_usd = Some(cost_usd.map_or(priced, |reported| reported.max(priced)));
         }
     }
 }
