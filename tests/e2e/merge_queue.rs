@@ -1548,6 +1548,41 @@ fn a_checkout_cut_inside_a_file_is_never_called_merged_while_inconsistent() {
     }
 }
 
+/// The kill lands after the ref moved and before the checkout was written;
+/// the person then edits a file the merge changes and makes one where the
+/// merge adds one. The restart finishes the merge over everything else
+/// and leaves both of theirs exactly as they are.
+#[test]
+fn a_merge_finished_after_a_crash_keeps_what_the_person_changed_meanwhile() {
+    // Regression: every file in the way was taken for one the crash cut
+    // short, copied aside and overwritten with the merge's version.
+    let repo = TestRepo::new();
+    let old = rev(&repo, "main");
+    spawn(&repo, "late", &[], "write README.md merged; write k/f0.txt zero; write k/f1.txt one; commit 'late work'");
+    assert_wait(&repo, &["late"], PATIENCE, 0);
+    let late = repo.agent("/root/late");
+    let new = rev(&repo, "corral/root/late");
+    shutdown(&repo);
+    journal_merge_started(&repo, &late, &old, &new);
+    repo.git(&["update-ref", "refs/heads/main", &new, &old]);
+    // The person, before the next corral command: an edit, a new file.
+    std::fs::write(repo.repo.join("README.md"), "the person's edit\n").unwrap();
+    std::fs::create_dir_all(repo.repo.join("k")).unwrap();
+    std::fs::write(repo.repo.join("k/f0.txt"), "the person's own file\n").unwrap();
+
+    repo.agents();
+    poll_merge_state_in(&repo, "/root/late", &SETTLED, PATIENCE);
+    assert_eq!(merge_state(&repo.agent("/root/late")).as_deref(), Some("merged"), "{}", diagnose(&repo));
+    assert_eq!(std::fs::read_to_string(repo.repo.join("README.md")).unwrap(), "the person's edit\n");
+    assert_eq!(std::fs::read_to_string(repo.repo.join("k/f0.txt")).unwrap(), "the person's own file\n");
+    // The rest is the merge's, and the person's changes show against it.
+    assert_eq!(std::fs::read_to_string(repo.repo.join("k/f1.txt")).unwrap(), "one\n");
+    assert_eq!(status(&repo), " M README.md\n M k/f0.txt\n", "{}", diagnose(&repo));
+    let merged = merge_events(&repo).into_iter().rfind(|e| e["type"] == "merged").unwrap();
+    assert_eq!(merged["kept"], serde_json::json!(["README.md", "k/f0.txt"]), "{merged}");
+    assert!(merged.get("rescued").is_none(), "nothing was cut short: {merged}");
+}
+
 fn poll_merge_state_in(repo: &TestRepo, address: &str, states: &[&str], timeout: Duration) {
     poll_agents(repo, &format!("{address} to reach one of {states:?}"), timeout, |agents| {
         agents.iter().any(|a| a["address"] == address && merge_state(a).is_some_and(|s| states.contains(&s.as_str())))

@@ -223,13 +223,22 @@ pub fn event_text(body: &EventBody) -> String {
         EventBody::MergeStarted { target, strategy, .. } => {
             format!("merging onto {target} ({})", serde_plain(strategy))
         }
-        EventBody::Merged { target, commit, commits, .. } => {
+        EventBody::Merged { target, commit, commits, rescued, kept } => {
             let short = &commit[..commit.len().min(10)];
-            match commits {
-                0 => format!("merged: nothing new for {target}"),
-                1 => format!("merged into {target} at {short} (1 commit)"),
-                n => format!("merged into {target} at {short} ({n} commits)"),
+            let mut line = match (commits, rescued.is_empty() && kept.is_empty()) {
+                (0, true) => format!("merged: nothing new for {target}"),
+                (0, false) => format!("merged into {target} at {short} (finished after a crash)"),
+                (1, _) => format!("merged into {target} at {short} (1 commit)"),
+                (n, _) => format!("merged into {target} at {short} ({n} commits)"),
+            };
+            if !rescued.is_empty() {
+                let copies: Vec<String> = rescued.iter().map(|p| p.display().to_string()).collect();
+                line.push_str(&format!("; files the crash cut short were copied first: {}", copies.join(", ")));
             }
+            if !kept.is_empty() {
+                line.push_str(&format!("; files changed in the checkout meanwhile were kept as they were: {}", kept.join(", ")));
+            }
+            line
         }
         EventBody::Conflict { files } => format!("merge conflict in {}; its branch is kept", files.join(", ")),
         EventBody::GateFailed { code, output } => {

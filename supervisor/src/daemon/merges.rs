@@ -304,13 +304,20 @@ pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::git::merge
     use crate::git::merge::MergeOutcome;
     match outcome {
         MergeOutcome::Merged { new, commits, .. } => {
-            EventBody::Merged { target: target.to_string(), commit: new.to_string(), commits, rescued: Vec::new() }
+            EventBody::Merged {
+                target: target.to_string(),
+                commit: new.to_string(),
+                commits,
+                rescued: Vec::new(),
+                kept: Vec::new(),
+            }
         }
         MergeOutcome::UpToDate => EventBody::Merged {
             target: target.to_string(),
             commit: worktree::branch_tip(repo, target).unwrap_or_default(),
             commits: 0,
             rescued: Vec::new(),
+            kept: Vec::new(),
         },
         MergeOutcome::Conflict { files } => EventBody::Conflict { files },
         MergeOutcome::NotFastForward => {
@@ -354,8 +361,16 @@ pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::Syst
         })
         .await;
         match recovered {
-            Ok((crate::git::merge::Recovery::Applied, rescued)) => {
-                let body = EventBody::Merged { target, commit: new, commits: 0, rescued };
+            Ok((crate::git::merge::Recovery::Applied, rescue)) => {
+                if !rescue.kept.is_empty() {
+                    tracing::warn!(
+                        "{}: finished its merge after a crash, keeping the files changed meanwhile: {}",
+                        agent.address,
+                        rescue.kept.join(", ")
+                    );
+                }
+                let crate::git::merge::Rescue { rescued, kept } = rescue;
+                let body = EventBody::Merged { target, commit: new, commits: 0, rescued, kept };
                 daemon.commit_logged(vec![daemon.draft(agent, body)]).await;
             }
             // Not applied (or the target moved on): do it again.

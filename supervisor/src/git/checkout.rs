@@ -389,6 +389,19 @@ pub(super) fn follow(checkout: &Checkout, new: Oid, changed: &[Vec<u8>]) -> std:
     repo.checkout_tree(tree.as_object(), Some(&mut builder))?;
     // Files that were already as in `new` (a checkout cut short by a
     // crash) were left alone, and so were their index entries: set those.
+    index_to(repo, &tree, changed)
+}
+
+/// Brings the index entries of `paths` to the tree of `new`, leaving the
+/// working files as they are: after a crash, for the files the person
+/// changed meanwhile, so that their checkout shows their own changes
+/// against the merged HEAD, not the merge undone.
+pub(super) fn follow_index(checkout: &Checkout, new: Oid, paths: &[Vec<u8>]) -> std::result::Result<(), git2::Error> {
+    let tree = checkout.repo.find_commit(new)?.tree()?;
+    index_to(&checkout.repo, &tree, paths)
+}
+
+fn index_to(repo: &Repository, tree: &Tree<'_>, changed: &[Vec<u8>]) -> std::result::Result<(), git2::Error> {
     let mut index = repo.index()?;
     index.read(false)?;
     let mut touched = false;
@@ -396,7 +409,7 @@ pub(super) fn follow(checkout: &Checkout, new: Oid, changed: &[Vec<u8>]) -> std:
         let rel = os_path(path);
         let conflicted = (1..=3).any(|stage| index.get_path(rel, stage).is_some());
         let have = index.get_path(rel, 0).map(|e| (e.id, e.mode));
-        match entry_at(&tree, path) {
+        match entry_at(tree, path) {
             Some((id, mode)) if conflicted || have != Some((id, mode as u32)) => {
                 if conflicted {
                     index.remove_path(rel)?;
@@ -415,6 +428,23 @@ pub(super) fn follow(checkout: &Checkout, new: Oid, changed: &[Vec<u8>]) -> std:
         index.write()?;
     }
     Ok(())
+}
+
+/// Whether the working file at `path` looks cut short by a crash while
+/// the checkout wrote it: a file (not a link) whose bytes begin the blob
+/// `new` has there, and stop short of its end. A file the person wrote is
+/// not taken for one (it would have to be a strict beginning of the
+/// merged version).
+pub(super) fn cut_short(checkout: &Checkout, new: Oid, path: &[u8]) -> bool {
+    let repo = &checkout.repo;
+    let Ok(tree) = repo.find_commit(new).and_then(|c| c.tree()) else { return false };
+    let Some((id, mode)) = entry_at(&tree, path) else { return false };
+    let full = checkout.path.join(os_path(path));
+    let is_file = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file());
+    let (Ok(blob), true, false) = (repo.find_blob(id), is_file, mode == SYMLINK || mode == GITLINK) else {
+        return false;
+    };
+    std::fs::read(&full).is_ok_and(|bytes| bytes.len() < blob.content().len() && blob.content().starts_with(&bytes))
 }
 
 /// An index entry without file stat data: git compares the content the

@@ -739,47 +739,71 @@ pub fn recover(repo_path: &Path, target: &str, expected_old: Oid, expected_new: 
     Ok(Recovery::Applied)
 }
 
-/// [`recover`], for a daemon that died while writing a checkout: a file
-/// it was writing can be cut short, neither as before nor as after the
-/// merge, which `recover` will not overwrite. Here each such file is first
-/// copied under `rescue_dir` (its path kept), so nothing is lost, and then
-/// brought to the merged version like the rest, so the checkout ends as
-/// after the merge. Returns the outcome and the copies made.
+/// What [`recover_rescuing`] did, besides its [`Recovery`].
+#[derive(Debug, Default)]
+pub struct Rescue {
+    /// Copies of the files a crash left cut short, made before the
+    /// checkout was finished over them.
+    pub rescued: Vec<PathBuf>,
+    /// Files the person changed in the checkout after the crash: left as
+    /// they were (their index entries follow the merge).
+    pub kept: Vec<String>,
+}
+
+/// [`recover`], for a daemon that died while writing a checkout, where
+/// `recover` finds files in the way. Two kinds: a file the checkout was
+/// writing can be cut short (its bytes a strict beginning of the merged
+/// version): it is copied under `rescue_dir` (its path kept) and brought
+/// to the merged version like the rest. Any other is the person's (a file
+/// changed, or made, between the crash and this restart): it is left
+/// exactly as it is, and named in [`Rescue::kept`]. The checkout ends as
+/// after the merge, but for the person's files. Safe to call more than
+/// once.
 pub fn recover_rescuing(
     repo_path: &Path,
     target: &str,
     expected_old: Oid,
     expected_new: Oid,
     rescue_dir: &Path,
-) -> Result<(Recovery, Vec<PathBuf>)> {
+) -> Result<(Recovery, Rescue)> {
     let first = recover(repo_path, target, expected_old, expected_new)?;
-    let Recovery::CheckoutBlocked { worktree, files } = first else { return Ok((first, Vec::new())) };
-    let mut rescued = Vec::new();
-    for file in &files {
-        let from = worktree.join(file);
-        if !from.is_file() {
-            continue; // A note such as "(a merge is in progress)", or a folder.
-        }
-        let to = rescue_dir.join(file);
-        let copied = to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::copy(&from, &to));
-        copied.map_err(|e| MergeError::CheckoutFailed {
-            target: target.to_string(),
-            worktree: worktree.clone(),
-            message: format!("cannot keep a copy of {}: {e}", from.display()),
-        })?;
-        rescued.push(to);
+    if !matches!(first, Recovery::CheckoutBlocked { .. }) {
+        return Ok((first, Rescue::default()));
     }
     let repo = open(repo_path)?;
     let full = full_ref(target);
     let changed = changed_paths(&repo, repo_path, expected_old, expected_new)?;
+    let failed = |worktree: &Path, message: String| MergeError::CheckoutFailed {
+        target: full.clone(),
+        worktree: worktree.to_path_buf(),
+        message,
+    };
+    let mut rescue = Rescue::default();
     for checkout in checkouts(&repo, repo_path, &full)?.iter().filter(|c| !c.rebasing) {
-        follow(checkout, expected_new, &changed).map_err(|e| MergeError::CheckoutFailed {
-            target: full.clone(),
-            worktree: checkout.path.clone(),
-            message: e.message().to_string(),
-        })?;
+        let blocked: BTreeSet<String> = blockers(checkout, expected_old, expected_new, &changed)?.into_iter().collect();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for path in &changed {
+            match blocked.contains(&String::from_utf8_lossy(path).into_owned()) {
+                false => ours.push(path.clone()),
+                true if super::checkout::cut_short(checkout, expected_new, path) => {
+                    let (from, to) = (checkout.path.join(os_path(path)), rescue_dir.join(os_path(path)));
+                    let copied =
+                        to.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::copy(&from, &to));
+                    copied.map_err(|e| {
+                        failed(&checkout.path, format!("cannot keep a copy of {}: {e}", from.display()))
+                    })?;
+                    rescue.rescued.push(to);
+                    ours.push(path.clone());
+                }
+                true => theirs.push(path.clone()),
+            }
+        }
+        follow(checkout, expected_new, &ours).map_err(|e| failed(&checkout.path, e.message().to_string()))?;
+        super::checkout::follow_index(checkout, expected_new, &theirs)
+            .map_err(|e| failed(&checkout.path, e.message().to_string()))?;
+        rescue.kept.extend(theirs.iter().map(|p| String::from_utf8_lossy(p).into_owned()));
     }
-    Ok((Recovery::Applied, rescued))
+    Ok((Recovery::Applied, rescue))
 }
 
 /// True when the tip of `branch` is reachable from `target` (ancestor or

@@ -319,6 +319,10 @@ pub enum EventBody {
         /// the checkout was finished (nothing is lost).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         rescued: Vec<PathBuf>,
+        /// Files the person changed in the checkout between a crash and the
+        /// restart that finished the merge: left as they were.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kept: Vec<String>,
     },
     /// Its branch and the target change the same lines; nothing changed.
     Conflict {

@@ -218,7 +218,7 @@ fn samples() -> Vec<EventBody> {
         EventBody::TaskQueued { task_id: "t-2".into(), task_text: "later".into() },
         EventBody::MergeQueued { strategy: Some(crate::git::merge::Strategy::Squash) },
         merge_started(),
-        EventBody::Merged { target: "main".into(), commit: "def".into(), commits: 2, rescued: vec![] },
+        EventBody::Merged { target: "main".into(), commit: "def".into(), commits: 2, rescued: vec![], kept: vec![] },
         EventBody::Conflict { files: vec!["src/lib.rs".into()] },
         EventBody::GateFailed { code: Some(1), output: "1 test failed".into() },
         EventBody::MergeWaiting { why: "main has uncommitted changes".into(), files: vec!["README.md".into()] },
