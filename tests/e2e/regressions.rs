@@ -438,3 +438,38 @@ fn a_command_whose_reader_went_away_ends_quietly_and_a_full_disk_behind_it_is_sa
         );
     }
 }
+
+#[test]
+fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them() {
+    // Regression: the daemon (and each monitor) inherited every descriptor
+    // its client was handed, so a cron wrapper's `flock -n LOCK corral ...`
+    // found its lock taken on every later run, for as long as the daemon
+    // lived.
+    use std::os::fd::AsRawFd;
+    let repo = TestRepo::new();
+    let lock_path = repo.path("cron.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    nix::fcntl::flock(lock.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    // Handed down as a cron wrapper hands it: open across exec.
+    nix::fcntl::fcntl(lock.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let bin = corral_bin();
+    let out =
+        repo.command().args(["spawn", "held", "--", bin.to_str().unwrap(), "fake-agent", "hang"]).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    drop(lock);
+    let daemon = repo.daemon_pid().expect("a daemon runs");
+    let agent = repo.agent("/root/held");
+    let monitor = agent["monitor_pid"].as_u64().expect("a monitor pid") as u32;
+    for (what, pid) in [("daemon", daemon), ("monitor", monitor)] {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        for fd in fds.flatten() {
+            let to = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(to, lock_path, "the {what} holds the caller's lock file on fd {:?}", fd.file_name());
+        }
+    }
+    // The next cron run takes the lock.
+    let again = std::fs::File::open(&lock_path).unwrap();
+    nix::fcntl::flock(again.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .expect("the lock is free once the command that held it ended");
+    repo.corral_ok(&["stop", "held", "--grace", "0"]);
+}

@@ -259,7 +259,7 @@ fn start_daemon(state: &StateDir) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| Error::other(e.to_string()))?)
         .stderr(log);
-    // SAFETY: `new_session` only calls setsid, which is async-signal-safe.
+    // SAFETY: `new_session` calls only async-signal-safe functions.
     unsafe {
         command.pre_exec(crate::sys::process::new_session);
     }

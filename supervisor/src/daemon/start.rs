@@ -238,7 +238,7 @@ async fn start_monitor(
     for name in crate::proxy::plan::KEY_VARIABLES {
         command.env_remove(name);
     }
-    // SAFETY: `new_session` only calls setsid, which is async-signal-safe.
+    // SAFETY: `new_session` calls only async-signal-safe functions.
     unsafe {
         command.pre_exec(crate::sys::process::new_session);
     }

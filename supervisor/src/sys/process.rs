@@ -139,9 +139,46 @@ pub fn become_subreaper() -> std::io::Result<()> {
 
 /// For `pre_exec`: the child leads a session of its own, so no signal
 /// meant for the terminal or the process that started it reaches it (the
-/// daemon, each monitor). Async-signal-safe: it only calls setsid.
+/// daemon, each monitor), and it keeps none of the descriptors it was
+/// handed beyond its standard three. A daemon that outlives its client
+/// must not hold what the client's caller opened: a cron wrapper's
+/// `flock` (every later run would find the lock taken), or the write end
+/// of a pipe (`(corral ps 7>&1) | cat` would never see its end).
+/// Async-signal-safe: it calls setsid, close_range and fcntl only.
 pub fn new_session() -> std::io::Result<()> {
-    nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+    nix::unistd::setsid().map_err(std::io::Error::from)?;
+    close_on_exec_from(3);
+    Ok(())
+}
+
+/// Marks every descriptor from `first` on close-on-exec (what the child
+/// runs then opens nothing it did not open itself). Async-signal-safe.
+fn close_on_exec_from(first: libc::c_int) {
+    // SAFETY: close_range takes integers only and changes only the flags
+    // of this process's descriptors.
+    let done = unsafe {
+        libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+    };
+    if done == 0 {
+        return;
+    }
+    // A kernel before 5.11: each descriptor up to the limit, one by one.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `limit`, which it points at.
+    let last = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur.min(65_536) as libc::c_int,
+        _ => 4096,
+    };
+    for fd in first..last {
+        // SAFETY: F_GETFD/F_SETFD on a descriptor that may not exist
+        // (EBADF, ignored) touch only its flags.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
