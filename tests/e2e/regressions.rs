@@ -449,7 +449,9 @@ fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them()
     let repo = TestRepo::new();
     let lock_path = repo.path("cron.lock");
     let lock = std::fs::File::create(&lock_path).unwrap();
-    nix::fcntl::flock(lock.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    // SAFETY: flock takes a descriptor open for the call and integers.
+    let locked = |fd: std::os::fd::RawFd| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    assert!(locked(lock.as_raw_fd()), "the test takes its lock");
     // Handed down as a cron wrapper hands it: open across exec.
     nix::fcntl::fcntl(lock.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
     let bin = corral_bin();
@@ -469,7 +471,6 @@ fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them()
     }
     // The next cron run takes the lock.
     let again = std::fs::File::open(&lock_path).unwrap();
-    nix::fcntl::flock(again.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .expect("the lock is free once the command that held it ended");
+    assert!(locked(again.as_raw_fd()), "the lock is free once the command that held it ended");
     repo.corral_ok(&["stop", "held", "--grace", "0"]);
 }
