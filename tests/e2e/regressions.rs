@@ -474,3 +474,29 @@ fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them()
     assert!(locked(again.as_raw_fd()), "the lock is free once the command that held it ended");
     repo.corral_ok(&["stop", "held", "--grace", "0"]);
 }
+
+#[test]
+fn nothing_new_starts_below_an_agent_being_stopped_or_stopped() {
+    // Regression: a child spawned below an agent during its stop's grace
+    // was left running once the stop returned, and a stopped agent took
+    // new children.
+    let repo = TestRepo::new();
+    spawn_with(&repo, "lead", &["--grace", "3"], "ignore-sigterm; print armed; hang");
+    poll_until("the lead to ignore SIGTERM", PATIENCE, || log_has(&repo, "/root/lead", "armed"));
+    let stopping = repo.command().args(["stop", "lead"]).spawn().unwrap();
+    poll_until("the stop to be journaled", PATIENCE, || {
+        events(&repo, "/root/lead").iter().any(|e| e["type"] == "stop_requested")
+    });
+    let bin = corral_bin();
+    let child = ["spawn", "helper", "--parent", "/root/lead", "--", bin.to_str().unwrap(), "fake-agent", "hang"];
+    let out = repo.corral(&child);
+    assert_eq!(code(&out), Some(11), "a spawn below a stopping agent: {}", stderr(&out));
+    assert!(stderr(&out).contains("/root/lead is being stopped"), "{}", stderr(&out));
+    let stopped = corral_e2e::real_cli::wait_deadline(stopping, PATIENCE, "the stop");
+    assert_eq!(code(&stopped), Some(0));
+    let out = repo.corral(&child);
+    assert_eq!(code(&out), Some(11), "a spawn below a stopped agent: {}", stderr(&out));
+    assert!(stderr(&out).contains("/root/lead was stopped"), "{}", stderr(&out));
+    assert!(repo.agents().iter().all(|a| a["address"] != "/root/lead/helper"), "{:?}", repo.agents());
+    assert!(repo.agent_processes("/root/lead").is_empty());
+}

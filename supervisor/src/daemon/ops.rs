@@ -14,6 +14,11 @@ use crate::model::event::EventBody;
 use crate::model::lifecycle::{AgentRecord, AgentState, Entry};
 use crate::wire::protocol::{GcEntry, Response};
 
+/// The most rounds a stop takes (see [`stop`]): each catches what was
+/// spawned below the top during the last one's grace, and spawning below
+/// a stopping agent is refused, so a second round finds nothing new.
+const STOP_ROUNDS: usize = 8;
+
 /// Stops an agent and its subtree; `/root` stops every agent. Each agent
 /// gets `grace_secs` if given, else its own grace (`spawn --grace`, or
 /// `[supervisor] grace` when it was spawned), else the default.
@@ -21,40 +26,53 @@ pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option
     let grace_secs = grace_secs.map(|g| checked_secs("--grace", g).map(|d| d.as_secs_f64())).transpose()?;
     let top = Address::parse(address)?;
     let top_record = if top.is_root() { None } else { Some(daemon.find(address)?) };
-    let targets: Vec<AgentRecord> = daemon.store.read(|table| {
-        let scope: Vec<&AgentRecord> = match &top_record {
-            Some(record) => table.subtree(&record.address),
-            None => table.agents.values().collect(),
-        };
-        scope.into_iter().filter(|a| !a.state.is_terminal()).cloned().collect()
-    });
     let grace_of = |agent: &AgentRecord| grace_secs.or(agent.grace_secs).unwrap_or(DEFAULT_GRACE_SECS);
-    let drafts = targets
-        .iter()
-        .filter(|a| !a.stop_requested)
-        .map(|a| daemon.draft(a, EventBody::StopRequested { grace_secs: grace_of(a), budget: None }))
-        .collect();
-    daemon.commit(drafts).await?;
-    for agent in &targets {
-        if agent.state == AgentState::Pending {
-            // Nothing runs yet: it ends here.
-            let body = EventBody::Exited {
-                state: AgentState::Stopped,
-                code: None,
-                signal: None,
-                reason: Some("stopped before it started".into()),
+    // Rounds, until the subtree holds nothing live that this stop did not
+    // already stop: an agent spawned below the top while the first ones
+    // had their grace (a spawn that passed its check just before the stop
+    // was journaled) is stopped too.
+    let mut addresses: Vec<Address> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for _round in 0..STOP_ROUNDS {
+        let targets: Vec<AgentRecord> = daemon.store.read(|table| {
+            let scope: Vec<&AgentRecord> = match &top_record {
+                Some(record) => table.subtree(&record.address),
+                None => table.agents.values().collect(),
             };
-            daemon.commit(vec![daemon.draft(agent, body)]).await?;
-            continue;
+            scope.into_iter().filter(|a| !a.state.is_terminal() && !seen.contains(&a.address)).cloned().collect()
+        });
+        if targets.is_empty() {
+            break;
         }
-        // An agent with no task ended meanwhile: nothing to stop.
-        let _ = daemon.agents.control(&agent.address, Control::Stop { grace_secs: grace_of(agent) });
+        let drafts = targets
+            .iter()
+            .filter(|a| !a.stop_requested)
+            .map(|a| daemon.draft(a, EventBody::StopRequested { grace_secs: grace_of(a), budget: None }))
+            .collect();
+        daemon.commit(drafts).await?;
+        for agent in &targets {
+            if agent.state == AgentState::Pending {
+                // Nothing runs yet: it ends here.
+                let body = EventBody::Exited {
+                    state: AgentState::Stopped,
+                    code: None,
+                    signal: None,
+                    reason: Some("stopped before it started".into()),
+                };
+                daemon.commit(vec![daemon.draft(agent, body)]).await?;
+                continue;
+            }
+            // An agent with no task ended meanwhile: nothing to stop.
+            let _ = daemon.agents.control(&agent.address, Control::Stop { grace_secs: grace_of(agent) });
+        }
+        let round: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
+        // The monitor escalates to SIGKILL after the grace; allow for a slow box.
+        let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
+        let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
+        wait_for(daemon, &round, Some(limit)).await;
+        seen.extend(round.iter().cloned());
+        addresses.extend(round);
     }
-    let addresses: Vec<Address> = targets.iter().map(|a| a.address.clone()).collect();
-    // The monitor escalates to SIGKILL after the grace; allow for a slow box.
-    let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
-    let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
-    wait_for(daemon, &addresses, Some(limit)).await;
     // The agents it stopped (and the one asked for), not the whole history.
     let stopped: std::collections::HashSet<&Address> = addresses.iter().collect();
     let top_address = top_record.as_ref().map(|r| &r.address);

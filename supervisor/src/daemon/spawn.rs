@@ -53,6 +53,24 @@ fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::resu
     Ok(granted)
 }
 
+/// Refuses a spawn below an agent that is being stopped, or was: `corral
+/// stop` ends an agent and everything below it, so nothing new starts
+/// there (until `corral assign` gives it a new task).
+fn refuse_under_stop(daemon: &Daemon, parent: &Address) -> Result<()> {
+    let mut scope = Some(parent.clone());
+    while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
+        if let Some(record) = daemon.record(&ancestor).filter(|r| r.stop_requested) {
+            let how = if record.state.is_terminal() { "was stopped" } else { "is being stopped" };
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("{ancestor} {how}: nothing new starts below it (`corral assign` gives it a new task)"),
+            ));
+        }
+        scope = ancestor.parent();
+    }
+    Ok(())
+}
+
 pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> Result<Spawned> {
     let parent = match &request.parent {
         Some(text) => Address::parse(text)?,
@@ -61,6 +79,7 @@ pub(super) async fn spawn_agent(daemon: &Arc<Daemon>, request: SpawnRequest) -> 
     if !parent.is_root() && daemon.record(&parent).is_none() {
         return Err(Error::new(ErrorKind::UnknownAddress, format!("no agent at {parent} to be the parent")));
     }
+    refuse_under_stop(daemon, &parent)?;
     let address = parent.child(&request.name)?;
     if let Some(grace) = request.grace_secs {
         crate::model::duration::checked_secs("--grace", grace)?;
