@@ -1583,6 +1583,30 @@ fn a_merge_finished_after_a_crash_keeps_what_the_person_changed_meanwhile() {
     assert!(merged.get("rescued").is_none(), "nothing was cut short: {merged}");
 }
 
+/// The kill lands while corral commits an agent's leftovers: its worktree's
+/// index lock stays behind. The next daemon removes it and merges.
+#[test]
+fn an_index_lock_a_killed_daemon_left_in_an_agents_worktree_does_not_block_its_merge() {
+    // Regression: every later merge was refused ("the index is locked"),
+    // exit 30, until the lock was removed by hand.
+    let repo = TestRepo::new();
+    spawn(&repo, "lo", &[], "write left.txt leftover");
+    assert_wait(&repo, &["lo"], PATIENCE, 0);
+    let worktree = std::path::PathBuf::from(repo.agent("/root/lo")["worktree"].as_str().unwrap().to_owned());
+    shutdown(&repo);
+    let dot_git = std::fs::read_to_string(worktree.join(".git")).unwrap();
+    let gitdir = std::path::PathBuf::from(dot_git.trim().strip_prefix("gitdir: ").unwrap());
+    let lock = gitdir.join("index.lock");
+    let file = std::fs::File::create(&lock).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)).unwrap();
+    drop(file);
+
+    let out = repo.corral(&["merge", "lo"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stderr), diagnose(&repo));
+    assert!(!lock.exists(), "the stale lock is still there");
+    assert_eq!(show(&repo, "main", "left.txt").as_deref(), Some("leftover\n"));
+}
+
 fn poll_merge_state_in(repo: &TestRepo, address: &str, states: &[&str], timeout: Duration) {
     poll_agents(repo, &format!("{address} to reach one of {states:?}"), timeout, |agents| {
         agents.iter().any(|a| a["address"] == address && merge_state(a).is_some_and(|s| states.contains(&s.as_str())))

@@ -126,7 +126,7 @@ pub(super) const MERGE_RETRY: Duration = Duration::from_secs(2);
 /// True for a git error that a later try may not meet (another process
 /// holds a lock): the merge waits instead of being refused.
 pub(super) fn is_lock_error(message: &str) -> bool {
-    message.contains("failed to lock") || message.contains(".lock")
+    message.contains("failed to lock") || message.contains(".lock") || message.contains("index is locked")
 }
 
 /// Commits the agent's leftovers, runs its gate, then merges, journaling
@@ -180,9 +180,18 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
             record.branch.clone(),
             format!("corral: work {} left uncommitted\n\nTask {}: {}", record.address, record.task_id, record.task),
         );
+        // A daemon killed while it committed these leftovers left the
+        // worktree's index locked, for every later try: a lock older than
+        // this daemon, in the worktree of an agent that ended, is that.
+        let (repo_root, started, ended) = (repo.clone(), daemon.started, record.state.is_terminal());
         let committed = {
             let _git = daemon.git.lock().await;
             blocking(move || {
+                if ended {
+                    for lock in worktree::clear_stale_agent_locks(&repo_root, &path, &branch, started) {
+                        tracing::info!("removed {}, left by a killed daemon", lock.display());
+                    }
+                }
                 crate::git::merge::commit_leftovers(&path, &branch, ("corral", "corral@localhost"), &message)
                     .map_err(Error::from)
             })

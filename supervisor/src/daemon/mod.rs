@@ -131,6 +131,9 @@ pub(crate) struct Daemon {
     /// The daemon is its process (`corral daemon`), not a test's guest: it
     /// may exit the process when its repository is deleted.
     owns_process: bool,
+    /// When this daemon started: a git lock older than that, in an ended
+    /// agent's worktree, is a killed daemon's.
+    started: std::time::SystemTime,
 }
 
 /// Runs the daemon in the foreground until `Shutdown` or a signal.
@@ -241,6 +244,7 @@ impl Daemon {
             slots: tokio::sync::Mutex::new(()),
             budget_checks: tokio::sync::Mutex::new(()),
             owns_process,
+            started: daemon_started,
         });
         let started = EventBody::DaemonStarted { pid: std::process::id() };
         daemon.commit(vec![Draft { agent: None, parent: None, task: None, body: started }]).await?;

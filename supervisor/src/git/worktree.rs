@@ -210,6 +210,32 @@ pub fn clear_stale_locks(repo_path: &Path, branch: &str, before: std::time::Syst
         .collect()
 }
 
+/// Removes the lock files a killed daemon can leave for an ended agent:
+/// its worktree's index lock (taken while corral commits its leftovers)
+/// and its branch's lock, when older than `before`. Only for an agent
+/// whose processes are gone: nothing of its own runs git there.
+pub fn clear_stale_agent_locks(
+    repo_path: &Path,
+    worktree: &Path,
+    branch: &str,
+    before: std::time::SystemTime,
+) -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(own) = git2::Repository::open(worktree) {
+        candidates.push(own.path().join("index.lock"));
+    }
+    if let Ok(repo) = open(repo_path) {
+        candidates.push(repo.commondir().join("refs/heads").join(format!("{branch}.lock")));
+    }
+    candidates
+        .into_iter()
+        .filter(|lock| {
+            std::fs::metadata(lock).and_then(|m| m.modified()).is_ok_and(|at| at < before)
+                && std::fs::remove_file(lock).is_ok()
+        })
+        .collect()
+}
+
 /// The commit a local branch points at.
 pub fn branch_tip(repo_path: &Path, branch: &str) -> Option<String> {
     let repo = open(repo_path).ok()?;
