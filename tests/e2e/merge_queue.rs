@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use corral_e2e::{alive, corral_bin, TestRepo, PATIENCE};
+use corral_e2e::{alive, corral_bin, poll_until, TestRepo, PATIENCE};
 use serde_json::Value;
 
 /// For the runs with many agents on a loaded 2-core machine.
@@ -1605,6 +1605,27 @@ fn an_index_lock_a_killed_daemon_left_in_an_agents_worktree_does_not_block_its_m
     assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stderr), diagnose(&repo));
     assert!(!lock.exists(), "the stale lock is still there");
     assert_eq!(show(&repo, "main", "left.txt").as_deref(), Some("leftover\n"));
+}
+
+/// The kill lands while a merge gate runs: the next daemon kills what is
+/// left of it before it runs the gate again.
+#[test]
+fn a_gate_a_killed_daemon_left_running_is_killed_before_it_runs_again() {
+    // Regression: the orphaned gate ran on beside the one the next daemon
+    // started, two at once in one worktree.
+    let repo = TestRepo::new();
+    let log = repo.path("gate.log");
+    let gate = format!("echo start $$ >> {0}; sleep 4; echo end $$ >> {0}", log.display());
+    spawn(&repo, "gated", &["--merge", "auto", "--gate", &gate], "write g.txt g; commit gated");
+    poll_until("the gate to start", PATIENCE, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start")));
+    let first: u32 = std::fs::read_to_string(&log).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    repo.kill_daemon();
+    repo.agents();
+    poll_until("the orphaned gate to be killed", PATIENCE, || !alive(first));
+    poll_merge_state(&repo, "/root/gated", "merged", PATIENCE);
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert!(!ran.contains(&format!("end {first}")), "the orphaned gate ran to its end:\n{ran}");
+    assert_eq!(ran.matches("end ").count(), 1, "{ran}");
 }
 
 fn poll_merge_state_in(repo: &TestRepo, address: &str, states: &[&str], timeout: Duration) {

@@ -217,7 +217,8 @@ async fn run_merge(daemon: &Arc<Daemon>, job: &MergeJob, kept: &mut Kept) {
                 true => gate,
                 false => crate::sys::gate::Gate::Argv(shim.into_iter().chain(gate.argv()).collect()),
             };
-            if let Some(failed) = run_gate_closed(record.worktree.clone(), gate, env).await {
+            let mark = daemon.state.dir.display().to_string();
+            if let Some(failed) = run_gate_closed(record.worktree.clone(), gate, env, mark).await {
                 return journal(failed).await;
             }
         }
@@ -287,13 +288,15 @@ pub(super) async fn run_gate_closed(
     worktree: PathBuf,
     gate: crate::sys::gate::Gate,
     env: Option<std::collections::BTreeMap<String, String>>,
+    mark: String,
 ) -> Option<EventBody> {
     let ran = tokio::task::spawn_blocking(move || {
         if std::env::var_os("CORRAL_TEST_GATE_RUNNER_PANICS").is_some() {
             // The regression test's way to make the runner itself fail.
             panic!("the gate runner was told to fail (CORRAL_TEST_GATE_RUNNER_PANICS)");
         }
-        crate::sys::gate::run_gate(&worktree, &gate, env.as_ref(), Duration::from_secs(GATE_TIMEOUT_SECS))
+        let timeout = Duration::from_secs(GATE_TIMEOUT_SECS);
+        crate::sys::gate::run_gate(&worktree, &gate, env.as_ref(), timeout, &mark)
     })
     .await;
     match ran {
@@ -350,6 +353,17 @@ pub(super) fn outcome_body(repo: &Path, target: &str, outcome: crate::git::merge
 /// copy of any file it left cut short), then queues what was queued or
 /// waiting, so nothing runs against a half-finished merge.
 pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::SystemTime) {
+    // A gate a killed daemon ran goes on without it: killed before its
+    // merge is queued again, so no gate runs twice at once in a worktree
+    // (two `cargo test` in one build folder).
+    let mark = daemon.state.dir.display().to_string();
+    let killed = blocking(move || {
+        Ok(crate::sys::process::kill_with_env(crate::sys::gate::GATE_MARK, &mark, Duration::from_secs(5)))
+    })
+    .await;
+    if let Ok(n @ 1..) = killed {
+        tracing::info!("killed {n} process(es) of a merge gate a killed daemon left running");
+    }
     // Only the agents with a merge to finish or to queue: a long history
     // is not copied.
     let agents: Vec<AgentRecord> =

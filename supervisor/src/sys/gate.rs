@@ -151,17 +151,24 @@ impl Tail {
     }
 }
 
+/// The environment variable that marks a gate's processes: its value is
+/// the state folder of the daemon that runs it.
+pub const GATE_MARK: &str = "CORRAL_GATE";
+
 /// Runs `gate` in `worktree`, in its own process group, stdin from
 /// /dev/null, stdout and stderr captured together; with `env`, in that
 /// environment alone (the agent's own), else in this process's. After `timeout` the
 /// whole group is killed (SIGKILL). When the gate's main process ends,
 /// whatever it left running in its group is killed too. Never fails: a
-/// gate that cannot start did not pass, and says why in `output`.
+/// gate that cannot start did not pass, and says why in `output`. Every
+/// process of it carries [`GATE_MARK`]` = mark` in its environment, so that
+/// a daemon started after one killed mid-gate finds and kills what is left.
 pub fn run_gate(
     worktree: &Path,
     gate: &Gate,
     env: Option<&std::collections::BTreeMap<String, String>>,
     timeout: Duration,
+    mark: &str,
 ) -> GateResult {
     let failed = |output: String| GateResult { passed: false, code: None, timed_out: false, output };
     let mut command = match gate {
@@ -192,6 +199,7 @@ pub fn run_gate(
     if let Some(env) = env {
         command.env_clear().envs(env);
     }
+    command.env(GATE_MARK, mark);
     command
         .current_dir(worktree)
         .stdin(Stdio::null())
@@ -269,7 +277,7 @@ mod tests {
             ("GATE_SETTING".to_string(), "from the agent".to_string()),
         ]);
         let gate = Gate::Shell("echo \"$GATE_SETTING|${HOME-unset}\"".into());
-        let result = run_gate(dir.path(), &gate, Some(&env), Duration::from_secs(30));
+        let result = run_gate(dir.path(), &gate, Some(&env), Duration::from_secs(30), "test");
         assert!(result.passed, "{result:?}");
         assert_eq!(result.output, "from the agent|unset\n");
     }

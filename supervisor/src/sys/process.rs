@@ -137,6 +137,37 @@ pub fn become_subreaper() -> std::io::Result<()> {
     }
 }
 
+/// The processes whose environment holds `name=value` exactly (of those
+/// this user may read), this one aside.
+pub fn with_env(name: &str, value: &str) -> Vec<u32> {
+    let wanted = format!("{name}={value}").into_bytes();
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|entry| entry == wanted.as_slice()))
+        })
+        .collect()
+}
+
+/// SIGKILLs every process whose environment holds `name=value`, and waits
+/// (up to `give_up`) until none is left; returns how many there were.
+pub fn kill_with_env(name: &str, value: &str, give_up: Duration) -> usize {
+    let found = with_env(name, value);
+    for pid in &found {
+        signal_pid(*pid, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + give_up;
+    while !with_env(name, value).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    found.len()
+}
+
 /// For `pre_exec`: the child leads a session of its own, so no signal
 /// meant for the terminal or the process that started it reaches it (the
 /// daemon, each monitor), and it keeps none of the descriptors it was
