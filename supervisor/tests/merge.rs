@@ -777,8 +777,13 @@ fn recover_when_the_target_moved_elsewhere_does_nothing() {
 fn gate_that_passes_gives_its_output() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("here.txt"), "").unwrap();
-    let result =
-        gate::run_gate(dir.path(), &Gate::Shell("ls; echo out; echo err >&2".into()), None, Duration::from_secs(20));
+    let result = gate::run_gate(
+        dir.path(),
+        &Gate::Shell("ls; echo out; echo err >&2".into()),
+        None,
+        Duration::from_secs(20),
+        "test",
+    );
     assert!(result.passed && !result.timed_out, "{result:?}");
     assert_eq!(result.code, Some(0));
     assert_eq!(result.output, "here.txt\nout\nerr\n", "runs in the folder, stdout and stderr together");
@@ -792,21 +797,23 @@ fn gate_that_fails_gives_its_code_and_output() {
         &Gate::Shell("echo 'test x failed' >&2; exit 3".into()),
         None,
         Duration::from_secs(20),
+        "test",
     );
     assert!(!result.passed && !result.timed_out);
     assert_eq!(result.code, Some(3));
     assert_eq!(result.output, "test x failed\n");
-    let argv = gate::run_gate(dir.path(), &Gate::Argv(vec!["false".into()]), None, Duration::from_secs(20));
+    let argv = gate::run_gate(dir.path(), &Gate::Argv(vec!["false".into()]), None, Duration::from_secs(20), "test");
     assert_eq!((argv.passed, argv.code), (false, Some(1)));
 }
 
 #[test]
 fn gate_that_cannot_start_fails_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let result = gate::run_gate(dir.path(), &Gate::Argv(vec!["/no/such/gate".into()]), None, Duration::from_secs(5));
+    let result =
+        gate::run_gate(dir.path(), &Gate::Argv(vec!["/no/such/gate".into()]), None, Duration::from_secs(5), "test");
     assert!(!result.passed && result.code.is_none());
     assert!(result.output.contains("/no/such/gate"), "{}", result.output);
-    let empty = gate::run_gate(dir.path(), &Gate::Argv(vec![]), None, Duration::from_secs(5));
+    let empty = gate::run_gate(dir.path(), &Gate::Argv(vec![]), None, Duration::from_secs(5), "test");
     assert!(!empty.passed && empty.output.contains("empty"));
 }
 
@@ -816,7 +823,7 @@ fn gate_that_runs_out_of_time_is_killed_with_its_group() {
     let pidfile = dir.path().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; echo started; wait", pidfile.display());
     let start = Instant::now();
-    let result = gate::run_gate(dir.path(), &Gate::Shell(script), None, Duration::from_millis(500));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script), None, Duration::from_millis(500), "test");
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert!(!result.passed && result.timed_out && result.code.is_none(), "{result:?}");
     assert!(result.output.starts_with("started\n"), "{}", result.output);
@@ -830,7 +837,7 @@ fn gate_leftovers_in_its_group_are_killed_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
     let script = format!("sleep 300 > /dev/null 2>&1 & echo $! > {}", pidfile.display());
-    let result = gate::run_gate(dir.path(), &Gate::Shell(script), None, Duration::from_secs(20));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script), None, Duration::from_secs(20), "test");
     assert!(result.passed, "{result:?}");
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert!(gone(pid), "the gate's leftover {pid} survived");
@@ -855,7 +862,7 @@ fn gone(pid: i32) -> bool {
 fn gate_output_keeps_the_last_part() {
     let dir = tempfile::tempdir().unwrap();
     let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); done";
-    let result = gate::run_gate(dir.path(), &Gate::Shell(script.into()), None, Duration::from_secs(60));
+    let result = gate::run_gate(dir.path(), &Gate::Shell(script.into()), None, Duration::from_secs(60), "test");
     assert!(result.passed);
     assert!(result.output.len() <= GATE_OUTPUT_MAX + 100, "{}", result.output.len());
     assert!(result.output.ends_with("line 19999\n"));
