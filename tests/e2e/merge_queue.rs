@@ -1441,6 +1441,32 @@ fn a_merge_cut_between_the_ref_and_the_checkout_is_finished_on_restart() {
     assert_checkout_matches_main(&repo, &[]);
 }
 
+/// A recovery as slow as a large checkout's: the restarted daemon answers
+/// meanwhile, and finishes the merge.
+#[test]
+fn a_restarted_daemon_answers_while_it_finishes_a_merge_a_crash_cut_short() {
+    // Regression: the daemon finished the merge before it listened, and
+    // every command meanwhile gave up after 30 s with exit 9.
+    let repo = TestRepo::new();
+    let old = rev(&repo, "main");
+    spawn(&repo, "slow", &[], "write s.txt s; commit 'slow work'");
+    assert_wait(&repo, &["slow"], PATIENCE, 0);
+    let agent = repo.agent("/root/slow");
+    let new = rev(&repo, "corral/root/slow");
+    shutdown(&repo);
+    journal_merge_started(&repo, &agent, &old, &new);
+    repo.git(&["update-ref", "refs/heads/main", &new, &old]);
+
+    let started = Instant::now();
+    let out = repo.command().env("CORRAL_TEST_RECOVERY_DELAY_MS", "20000").args(["ps", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(15), "ps answered after {:?}", started.elapsed());
+    // Nothing else merges before it: a merge asked for now waits its turn.
+    assert_eq!(merge_state(&repo.agent("/root/slow")).as_deref(), Some("merging"));
+    poll_merge_state(&repo, "/root/slow", "merged", Duration::from_secs(120));
+    assert_checkout_matches_main(&repo, &[]);
+}
+
 /// The same cut before the ref moved: the next daemon merges again.
 #[test]
 fn a_merge_cut_before_the_ref_moved_is_done_again_on_restart() {

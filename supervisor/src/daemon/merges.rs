@@ -36,9 +36,19 @@ pub(super) async fn enqueue_merge(
 }
 
 /// The one merge worker: merges happen one at a time, in queue order.
-pub(super) fn start_merge_queue(daemon: &Arc<Daemon>, mut jobs: mpsc::UnboundedReceiver<MergeJob>) {
+///
+/// It takes no job before `recovered` (or its sender is gone): the merges
+/// a killed daemon left under way are finished first ([`resume_merges`]),
+/// while the daemon already answers, so nothing runs against a
+/// half-finished merge.
+pub(super) fn start_merge_queue(
+    daemon: &Arc<Daemon>,
+    mut jobs: mpsc::UnboundedReceiver<MergeJob>,
+    recovered: oneshot::Receiver<()>,
+) {
     let daemon = daemon.clone();
     tokio::spawn(async move {
+        let _ = recovered.await;
         let mut kept = Kept::default();
         while let Some(job) = jobs.recv().await {
             run_merge(&daemon, &job, &mut kept).await;
@@ -369,11 +379,17 @@ pub(super) async fn resume_merges(daemon: &Arc<Daemon>, started: std::time::Syst
     let agents: Vec<AgentRecord> =
         daemon.store.read(|table| table.agents.values().filter(|a| merge_to_resume(a)).cloned().collect());
     let mut requeue = Vec::new();
+    if let Some(ms) = std::env::var("CORRAL_TEST_RECOVERY_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        // The tests' way to make a recovery as slow as a large checkout's.
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     for agent in &agents {
         let Some(MergeState::Merging { target, old, new }) = agent.merge_state.clone() else { continue };
         let repo = daemon.state.repo_root.clone();
         let rescue = daemon.state.dir.join("rescued").join(format!("{}-{}", agent.address.flat(), agent.task_id));
         let (t, o, n) = (target.clone(), old.clone(), new.clone());
+        // corral's own git changes (a spawn's worktree) wait for it.
+        let _git = daemon.git.lock().await;
         let recovered = blocking(move || {
             for lock in worktree::clear_stale_locks(&repo, &t, started) {
                 tracing::info!("removed {}, left by a killed merge", lock.display());

@@ -250,8 +250,18 @@ impl Daemon {
         daemon.commit(vec![Draft { agent: None, parent: None, task: None, body: started }]).await?;
         adopt::adopt_all(&daemon).await;
         budgets::start_budget_clock(&daemon);
-        merges::start_merge_queue(&daemon, merge_rx);
-        merges::resume_merges(&daemon, daemon_started).await;
+        // A merge a killed daemon left under way (the checkout of a large
+        // tree) is finished while the daemon answers: clients would give
+        // up on one that listens only after it.
+        let (recovered, recovered_rx) = tokio::sync::oneshot::channel();
+        merges::start_merge_queue(&daemon, merge_rx, recovered_rx);
+        {
+            let daemon = daemon.clone();
+            tokio::spawn(async move {
+                merges::resume_merges(&daemon, daemon_started).await;
+                let _ = recovered.send(());
+            });
+        }
         pool::start_pool(&daemon, refill_rx);
         start::dispatch_pending(&daemon).await;
         Ok(daemon)
