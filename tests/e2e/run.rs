@@ -305,9 +305,12 @@ fn a_killed_run_leaves_no_lock_and_resume_finishes_it() {
     let interrupted = listed.iter().find(|r| r["run"] == id.as_str()).unwrap();
     assert_eq!(interrupted["state"], "interrupted");
 
-    // The next run of the file is not blocked.
+    // Its lock went with its driver, but its agent still works: the run
+    // is still going, and the next run of the file (overlap "skip") does
+    // not do that work a second time.
     let next = corral_run(&repo, &file, &["--json", "--var", &format!("go={}", go.display())]);
-    assert_eq!(next.status.code(), Some(0), "{}", describe(&next));
+    assert_eq!(next.status.code(), Some(31), "{}", describe(&next));
+    assert_eq!(report(&next)["state"], "skipped", "{}", describe(&next));
 
     // --resume waits for the agent already running and starts the rest.
     std::fs::write(&go1, "").unwrap();
@@ -706,4 +709,30 @@ fn the_driver_gets_grace_enough_to_stop_an_agent_with_a_long_one_and_report() {
     assert!(driver["grace_secs"].as_f64().unwrap() >= 90.0 + 30.0, "{driver}");
     repo.corral_ok(&["stop", driver["address"].as_str().unwrap(), "--grace", "0"]);
     let _ = client.wait();
+}
+
+#[test]
+fn a_run_whose_driver_is_killed_exits_interrupted_and_its_running_agents_have_not_failed() {
+    // Regression: the client exited 124 (a wait that timed out) and
+    // counted the agent still at work as failed.
+    let repo = TestRepo::new();
+    let hold = repo.path("hold");
+    let file = run_file(
+        &repo,
+        "cut.toml",
+        &format!("name = \"cut\"\n[[agent]]\nname = \"a\"\n{}\n", fake(&format!("wait-file {}", hold.display()))),
+    );
+    let client = start_run(&repo, &file, &["--json"]);
+    let agent = wait_for_agent(&repo, "a", "running");
+    let driver = agent["parent"].as_str().unwrap().to_owned();
+    let driver_pid = repo.agent(&driver)["pid"].as_u64().unwrap() as u32;
+    kill(driver_pid, nix::sys::signal::Signal::SIGKILL);
+    let out = corral_e2e::real_cli::wait_deadline(client, PATIENCE, "the run's client");
+    assert_eq!(out.status.code(), Some(22), "{}", describe(&out));
+    let report = report(&out);
+    assert_eq!(report["state"], "interrupted");
+    assert_eq!(row(&report, "a")["code"], 22, "{report}");
+    assert_eq!(report["totals"]["failed"], 0, "{report}");
+    std::fs::write(&hold, "").unwrap();
+    repo.corral_ok(&["wait", agent["address"].as_str().unwrap()]);
 }

@@ -97,11 +97,53 @@ pub fn drive(start: &Path, id: &str) -> Result<i32> {
             }
         }
     };
+    // An earlier run of the name whose driver was killed holds no lock,
+    // but its agents may still be at work: that run is still going.
+    if overlap != Overlap::Allow {
+        let mut said = false;
+        while let Some(earlier) = interrupted_and_still_going(&state, &runs, &record)? {
+            if overlap == Overlap::Skip {
+                say(&format!("skipped: run {earlier} of {name} lost its driver and its agents still run"));
+                record.state = RunState::Skipped;
+                return finish(&state, &runs, record, &me);
+            }
+            if !std::mem::replace(&mut said, true) {
+                say(&format!("waiting: run {earlier} of {name} lost its driver and its agents still run"));
+                record.state = RunState::Waiting;
+                runs.save(&record)?;
+            }
+            if stop.load(Ordering::Relaxed) {
+                record.state = RunState::Stopped;
+                return finish(&state, &runs, record, &me);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     record.state = RunState::Running;
     runs.save(&record)?;
     let (woken, wake) = mpsc::channel();
     let driver = Driver { state, runs, record, me, stop, watched: HashSet::new(), woken, wake, said: HashMap::new() };
     driver.run()
+}
+
+/// An earlier run of `record`'s name that is not final, whose driver has
+/// ended (killed), with an agent of its own still live: its id.
+fn interrupted_and_still_going(state: &StateDir, runs: &Runs, record: &RunRecord) -> Result<Option<String>> {
+    let earlier: Vec<RunRecord> = runs
+        .all()
+        .into_iter()
+        .filter(|r| r.plan.name == record.plan.name && r.run != record.run && !r.state.is_final())
+        .collect();
+    for run in earlier {
+        let (agents, _) =
+            crate::cli::client::list_with(|request| ask(state, request), true, false, Some(run.address.clone()))?;
+        let driver_ended = agents.iter().any(|a| a.address.to_string() == run.address && a.is_done());
+        let below = |a: &&AgentRecord| a.address.parent().is_some_and(|p| p.to_string() == run.address);
+        if driver_ended && agents.iter().filter(below).any(|a| !a.is_done()) {
+            return Ok(Some(run.run));
+        }
+    }
+    Ok(None)
 }
 
 struct Driver {

@@ -126,6 +126,19 @@ pub fn build(record: &RunRecord, agents: &[AgentRecord], now: DateTime<Utc>) -> 
         };
         rows.push(row);
     }
+    // Agents still running: of an interrupted run (its driver killed),
+    // they say the run was interrupted, not that a wait timed out; they
+    // have not failed.
+    let live: std::collections::HashSet<String> = agents
+        .iter()
+        .filter(|a| !a.is_done() && a.address.parent().is_some_and(|p| p.to_string() == record.address))
+        .map(|a| a.address.to_string())
+        .collect();
+    if state == RunState::Interrupted {
+        for row in rows.iter_mut().filter(|r| live.contains(&r.address)) {
+            row.code = never_got_to;
+        }
+    }
     let code = match state {
         RunState::Skipped => RUN_SKIPPED,
         _ => rows.iter().map(|r| r.code).max().unwrap_or(0),
@@ -136,6 +149,7 @@ pub fn build(record: &RunRecord, agents: &[AgentRecord], now: DateTime<Utc>) -> 
         failed: rows
             .iter()
             .filter(|r| r.code != 0 && !matches!(r.state.as_str(), "waiting" | "skipped" | "not_started"))
+            .filter(|r| !live.contains(&r.address))
             .count(),
         skipped: rows.iter().filter(|r| r.state == "skipped").count(),
         not_started: rows.iter().filter(|r| r.state == "not_started").count(),
