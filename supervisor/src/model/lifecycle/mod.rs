@@ -493,10 +493,15 @@ impl AgentRecord {
             }
             // A proxy-metered agent's usage comes from its calls alone: the
             // stream parser's figures would count the same calls twice.
-            EventBody::Usage { total, cost_usd, .. } if self.meter == crate::model::budget::Meter::Stream => {
-                self.usage = *total;
-                if cost_usd.is_some() {
-                    self.cost_usd = *cost_usd;
+            EventBody::Usage { delta, total, cost_usd, .. } if self.meter == crate::model::budget::Meter::Stream => {
+                // What each event added, and never less than the CLI's own
+                // total: a parser rebuilt after a daemon restart may know
+                // less than was counted before (a run whose figures only
+                // its CLI's session log held), and its total then starts
+                // again lower; its deltas still say what each call added.
+                self.usage = self.usage.saturating_add(*delta).max(*total);
+                if let Some(cost) = cost_usd {
+                    self.cost_usd = Some(self.cost_usd.map_or(*cost, |counted| counted.max(*cost)));
                 }
             }
             EventBody::ModelCall { call, usage, cost_usd, .. } => {

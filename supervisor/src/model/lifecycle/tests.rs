@@ -645,12 +645,28 @@ fn daily_spend_adds_token_deltas_and_cost_growth() {
     // Every agent counts toward the same day.
     let day = on(day1, "/root/b", usage(10, 10, Some(0.125)));
     assert_eq!((day.tokens, day.cost), (160, 0.875));
-    // Another day starts from nothing.
+    // Another day starts from nothing; its cost is the growth over the
+    // most the agent had shown (0.75: a lower figure takes nothing back,
+    // from the agent either).
     let day = on(day3, A, usage(5, 155, Some(1.0)));
-    assert_eq!((day.tokens, day.cost), (5, 0.5));
+    assert_eq!((day.tokens, day.cost), (5, 0.25));
     assert_eq!(table.daily[&day_of(day1)].tokens, 160);
     assert_eq!(table.agents[&addr(A)].usage, tokens(155));
     assert!(table.daily.values().all(|d| d.warned.is_empty() && d.exceeded.is_empty()));
+}
+
+#[test]
+fn an_agents_usage_never_drops_when_its_parser_starts_again_lower() {
+    // Regression: after a daemon restart, a Gemini parser rebuilt from the
+    // output log alone (a run without a result, whose figures only its
+    // session log had) restarted its total lower, and the agent's usage
+    // was replaced by it.
+    let mut table = AgentTable::default();
+    table.apply(&spawned(1, A, 1));
+    table.apply(&event(0, A, usage(11_100, 11_100, Some(1.0))));
+    table.apply(&event(0, A, usage(500, 600, Some(0.1))));
+    assert_eq!(table.agents[&addr(A)].usage, tokens(11_600));
+    assert_eq!(table.agents[&addr(A)].cost_usd, Some(1.0));
 }
 
 #[test]
