@@ -500,3 +500,38 @@ fn nothing_new_starts_below_an_agent_being_stopped_or_stopped() {
     assert!(repo.agents().iter().all(|a| a["address"] != "/root/lead/helper"), "{:?}", repo.agents());
     assert!(repo.agent_processes("/root/lead").is_empty());
 }
+
+#[test]
+fn an_agents_folder_and_logs_are_private_whatever_the_umask() {
+    // Regression: under umask 022 the agent's folder was 0755 and its
+    // output log 0644 (the state folder above them is 0700; these are a
+    // second wall).
+    use std::os::unix::fs::PermissionsExt;
+    let repo = TestRepo::new();
+    let bin = corral_bin();
+    let script = format!(
+        "umask 022; exec '{}' spawn open --json -- '{}' fake-agent 'print hi; exit 0'",
+        bin.display(),
+        bin.display()
+    );
+    let out = repo.command().arg("ps").output().unwrap(); // the daemon starts under the test's umask
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    repo.corral_ok(&["shutdown"]);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&repo.repo)
+        .envs(repo.command().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    repo.corral_ok(&["wait", "open"]);
+    let id = repo.agent("/root/open")["id"].as_u64().unwrap();
+    let agent_dir = repo.state_dir().join("agents").join(id.to_string());
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent_dir), 0o700, "{}", agent_dir.display());
+    for file in ["output.log", "monitor.log"] {
+        assert_eq!(mode(&agent_dir.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&repo.state_dir().join("daemon.log")), 0o600, "daemon.log");
+}

@@ -245,9 +245,7 @@ fn start_daemon(state: &StateDir) -> Result<()> {
     // Replaced since this process started (an upgrade): the daemon is the
     // build now at that path.
     let exe = installed_path().map_err(|e| Error::other(format!("cannot find the corral binary: {e}")))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let log = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
         .open(state.daemon_log())
         .map_err(|e| Error::io("cannot open", &state.daemon_log(), e))?;
     let mut command = Command::new(exe);

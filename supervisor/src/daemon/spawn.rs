@@ -723,7 +723,11 @@ async fn write_monitor_spec(
 ) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let unwritable = |path: &Path, e| Error::state_write(&daemon.state.dir, path, e, "nothing was started");
-    std::fs::create_dir_all(&agent_dir.dir).map_err(|e| unwritable(&agent_dir.dir, e))?;
+    // Private whatever the umask (the state folder is too: this is its
+    // second wall), as is all the monitor writes in it.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&agent_dir.dir)
+        .map_err(|e| unwritable(&agent_dir.dir, e))?;
     let mut env = resolved.env.clone();
     env.retain(|k, _| {
         !k.starts_with("CORRAL_")

@@ -213,9 +213,7 @@ async fn start_monitor(
     // An exit record older than this start is an earlier run's (an
     // assigned task's monitor may still be writing the last one's).
     let launched_at = chrono::Utc::now();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let log = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
         .open(agent_dir.monitor_log())
         .map_err(|e| Error::io("cannot open", &agent_dir.monitor_log(), e))?;
 

@@ -231,7 +231,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
 
     let _ = std::fs::remove_file(agent.socket());
     let listener = UnixListener::bind(agent.socket())?;
-    let mut log = OpenOptions::new().create(true).append(true).open(agent.log())?;
+    let mut log = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
+        .open(agent.log())?;
     let initial_len = log.seek(SeekFrom::End(0))?;
 
     let shared = Arc::new(Shared::new(initial_len, spec.rows, spec.cols));
