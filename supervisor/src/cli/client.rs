@@ -149,6 +149,40 @@ impl Client {
     }
 }
 
+/// How long a send is tried again after the daemon was lost (see
+/// [`send_message`]).
+const SEND_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Sends a message through the daemon, once: the request carries a key of
+/// its own, and one whose connection was lost (the daemon killed before it
+/// answered, the message journaled or not) is sent again with that key
+/// until a daemon answers, for up to [`SEND_PATIENCE`]. A daemon that has
+/// the key already answers with the message it queued: a script never
+/// sees exit 9 for a message that went, nor sends it twice by retrying.
+pub fn send_message(state: &StateDir, to: String, from: String, text: String) -> Result<String> {
+    let request = Request::Send { to, from, text, key: Some(message_key()) };
+    let started = Instant::now();
+    loop {
+        match Client::connect(state).and_then(|mut client| client.request(&request)) {
+            Ok(Response::Sent { message_id }) => return Ok(message_id),
+            Ok(_) => return Err(Error::other("the daemon gave an unexpected answer")),
+            Err(err) if err.kind == ErrorKind::DaemonUnavailable && started.elapsed() < SEND_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// A key no other send has: this process, the time, and 64 random bits.
+fn message_key() -> String {
+    use std::io::Read;
+    let mut random = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}-{:x}", std::process::id(), u64::from_le_bytes(random))
+}
+
 /// The client's environment, for a spawn (`SpawnRequest::env`): every
 /// variable whose name and value are UTF-8. One that is not is left out
 /// (the wire carries text; `std::env::vars` would panic on it).

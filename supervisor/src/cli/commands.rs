@@ -172,11 +172,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let caller = caller();
             let to = Address::resolve(&address, &caller)?.to_string();
             let from = from.unwrap_or_else(|| caller.to_string());
-            let Response::Sent { message_id } =
-                Client::connect(&state()?)?.request(&Request::Send { to, from, text })?
-            else {
-                return Err(unexpected());
-            };
+            let message_id = crate::cli::client::send_message(&state()?, to, from, text)?;
             if json {
                 say!("{}", serde_json::json!({ "v": JSON_VERSION, "message_id": message_id }));
             } else {

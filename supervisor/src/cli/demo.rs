@@ -245,8 +245,12 @@ fn follow(state: &StateDir, client: &mut Client, started: Instant) -> Result<Sto
             if let (true, EventBody::Output { text, .. }) = (is_chat, &event.body) {
                 if text.contains("ready for questions") && story.asked_at.is_none() {
                     story.asked_at = Some(at);
-                    let request =
-                        Request::Send { to: "/root/chat".into(), from: "/root".into(), text: QUESTION.into() };
+                    let request = Request::Send {
+                        to: "/root/chat".into(),
+                        from: "/root".into(),
+                        text: QUESTION.into(),
+                        key: None,
+                    };
                     client.request(&request)?;
                 }
             }

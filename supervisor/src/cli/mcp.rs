@@ -760,7 +760,7 @@ impl Inner {
         }
         let mut client = self.connect().map_err(message)?;
         let to = self.target(&mut client, &args.to)?;
-        let request = Request::Send { to: to.to_string(), from: self.caller.to_string(), text: args.text };
+        let request = Request::Send { to: to.to_string(), from: self.caller.to_string(), text: args.text, key: None };
         match client.request(&request).map_err(message)? {
             Response::Sent { message_id } => {
                 Ok(json!({ "message_id": message_id, "to": to.to_string(), "from": self.caller.to_string() }))

@@ -35,7 +35,7 @@ pub(super) enum Control {
     /// Stop the agent: SIGTERM to its group, this long, then SIGKILL.
     Stop { grace_secs: f64 },
     /// Journal a message for it and deliver it as its CLI can take it.
-    Send { from: String, text: String, reply: oneshot::Sender<Result<String>> },
+    Send { from: String, text: String, key: Option<String>, reply: oneshot::Sender<Result<String>> },
     /// A child's notice waits in its messages: deliver what it can take.
     Deliver,
     /// A child that reports to it was spawned: hold it open for the
@@ -103,9 +103,18 @@ pub(super) fn supervise(daemon: &Arc<Daemon>, record: AgentRecord, link: Option<
 
 /// `corral send`: hands the message to the agent's task, which journals
 /// it (so it is never lost) and delivers it; answers its id.
-pub(super) async fn send_message(daemon: &Daemon, agent: &AgentRecord, from: String, text: String) -> Result<String> {
+pub(super) async fn send_message(
+    daemon: &Daemon,
+    agent: &AgentRecord,
+    from: String,
+    text: String,
+    key: Option<String>,
+) -> Result<String> {
+    if let Some(sent) = key.as_ref().and_then(|key| sent_with_key(agent, key)) {
+        return Ok(sent); // Sent already: a retry, after its answer was lost.
+    }
     let (reply, answer) = oneshot::channel();
-    if daemon.agents.control(&agent.address, Control::Send { from, text, reply }).is_err() {
+    if daemon.agents.control(&agent.address, Control::Send { from, text, key, reply }).is_err() {
         return Err(Error::new(
             ErrorKind::Refused,
             format!("{} is {}; only a running agent takes messages", agent.address, agent.state.as_str()),
@@ -276,8 +285,8 @@ async fn follow_monitor(
                     let stop = MonitorCommand::Stop { grace_secs, probe_failed: false };
                     let _ = send_monitor(&mut monitor_in, &stop).await;
                 }
-                Control::Send { from, text, reply } => {
-                    let result = accept_message(daemon, &record.address, from, text).await;
+                Control::Send { from, text, key, reply } => {
+                    let result = accept_message(daemon, &record.address, from, text, key).await;
                     let _ = reply.send(result);
                     deliver_pending(daemon, &record.address, &mut monitor_in, &mut handed, restarting).await;
                 }
@@ -468,10 +477,19 @@ async fn send_monitor(monitor: &mut tokio::net::unix::OwnedWriteHalf, command: &
 }
 
 /// Journals a message for the agent, so it is never lost; delivery follows.
-async fn accept_message(daemon: &Arc<Daemon>, address: &Address, from: String, text: String) -> Result<String> {
+async fn accept_message(
+    daemon: &Arc<Daemon>,
+    address: &Address,
+    from: String,
+    text: String,
+    key: Option<String>,
+) -> Result<String> {
     let record = daemon
         .record(address)
         .ok_or_else(|| Error::new(ErrorKind::UnknownAddress, format!("no agent at {address}")))?;
+    if let Some(sent) = key.as_ref().and_then(|key| sent_with_key(&record, key)) {
+        return Ok(sent);
+    }
     if let Delivery::Refuse(why) = record.harness.delivery() {
         return Err(Error::new(ErrorKind::Refused, format!("{address} cannot take messages: {why}")));
     }
@@ -482,9 +500,14 @@ async fn accept_message(daemon: &Arc<Daemon>, address: &Address, from: String, t
         ));
     }
     let message_id = format!("{}-m{}", record.task_id, record.messages_sent + 1);
-    let sent = EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text };
+    let sent = EventBody::MessageSent { message_id: message_id.clone(), from, to: address.to_string(), text, key };
     daemon.commit(vec![daemon.draft(&record, sent)]).await?;
     Ok(message_id)
+}
+
+/// The id of the message the agent took with `key`, if it took one.
+fn sent_with_key(record: &AgentRecord, key: &str) -> Option<String> {
+    record.message_keys.iter().rev().find(|(k, _)| k == key).map(|(_, id)| id.clone())
 }
 
 /// Delivers the agent's journaled messages, oldest first, as far as its

@@ -167,9 +167,9 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Res
             let patch = blocking(move || crate::git::merge::diff(&repo, &branch, &base).map_err(Error::from)).await?;
             Ok(Response::Diff { patch })
         }
-        Request::Send { to, from, text } => {
+        Request::Send { to, from, text, key } => {
             let agent = daemon.find(&to)?;
-            let message_id = agent::send_message(daemon, &agent, from, text).await?;
+            let message_id = agent::send_message(daemon, &agent, from, text, key).await?;
             Ok(Response::Sent { message_id })
         }
         Request::RaiseBudget { address, add_tokens, add_cost, by } => {

@@ -285,7 +285,8 @@ async fn output_becomes_events_and_an_exit_settles_the_agent() {
 async fn a_message_to_a_plain_agent_is_typed_into_its_terminal_once() {
     let mut test = TestDaemon::new().await;
     let mut agent = test.spawn("listener", None).await;
-    let sent = Request::Send { to: "/root/listener".into(), from: "/root".into(), text: "hello there".into() };
+    let sent =
+        Request::Send { to: "/root/listener".into(), from: "/root".into(), text: "hello there".into(), key: None };
     let Ok(Response::Sent { message_id }) = test.request(sent).await else { panic!("not sent") };
     match agent.command().await {
         MonitorCommand::Input { data, id } => {
@@ -298,8 +299,39 @@ async fn a_message_to_a_plain_agent_is_typed_into_its_terminal_once() {
     assert_eq!(record.messages_sent, 1);
     agent.exit(Some(0), None, false).await;
     test.until("/root/listener", "ended", |r| r.state.is_terminal()).await;
-    let late = Request::Send { to: "/root/listener".into(), from: "/root".into(), text: "too late".into() };
+    let late = Request::Send { to: "/root/listener".into(), from: "/root".into(), text: "too late".into(), key: None };
     assert_eq!(test.request(late).await.unwrap_err().kind, ErrorKind::Refused);
+}
+
+#[tokio::test]
+async fn a_message_sent_again_with_its_key_is_queued_once() {
+    // Regression: a `corral send` that lost the daemon after its message
+    // was journaled exited 9, and a script retrying it sent it twice.
+    let mut test = TestDaemon::new().await;
+    let mut agent = test.spawn("listener", None).await;
+    let keyed = |text: &str| Request::Send {
+        to: "/root/listener".into(),
+        from: "/root".into(),
+        text: text.into(),
+        key: Some("k-1".into()),
+    };
+    let Ok(Response::Sent { message_id: first }) = test.request(keyed("once")).await else { panic!("not sent") };
+    let Ok(Response::Sent { message_id: again }) = test.request(keyed("once")).await else { panic!("not sent") };
+    assert_eq!(first, again);
+    let MonitorCommand::Input { data, .. } = agent.command().await else { panic!("no input") };
+    assert_eq!(data, "once\r");
+    let record = test.until("/root/listener", "delivered", |r| r.pending_messages.is_empty()).await;
+    assert_eq!(record.messages_sent, 1);
+    // Another key is another message.
+    let other = Request::Send {
+        to: "/root/listener".into(),
+        from: "/root".into(),
+        text: "twice".into(),
+        key: Some("k-2".into()),
+    };
+    let Ok(Response::Sent { message_id: second }) = test.request(other).await else { panic!("not sent") };
+    assert_ne!(second, first);
+    agent.exit(Some(0), None, false).await;
 }
 
 #[tokio::test]

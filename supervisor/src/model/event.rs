@@ -207,6 +207,10 @@ pub enum EventBody {
         from: String,
         to: String,
         text: String,
+        /// The sender's key for it, if it gave one (a retried send finds
+        /// it by that).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A notice from a child (the event's agent) for its parent agent
     /// (`to`), queued in the parent's messages (see `model::notify`).

@@ -92,6 +92,11 @@ pub enum Request {
         to: String,
         from: String,
         text: String,
+        /// The sender's own key for the message: the same key sent again
+        /// (a retry after a lost connection) is answered with the message
+        /// it already queued, not a second one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Raises an agent's token and/or cost limit by these amounts (each
     /// greater than 0), journaling who asked; a paused agent whose budget

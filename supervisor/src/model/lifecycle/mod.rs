@@ -120,6 +120,10 @@ pub struct Paused {
     pub owner: Address,
 }
 
+/// How many message keys an agent's record keeps (see
+/// [`AgentRecord::message_keys`]): a retry comes within seconds.
+pub const MESSAGE_KEYS_KEPT: usize = 64;
+
 /// Everything known about one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -186,6 +190,11 @@ pub struct AgentRecord {
     pub pending_messages: Vec<PendingMessage>,
     #[serde(default)]
     pub messages_sent: u64,
+    /// The keys of the latest messages sent with one, and their ids: a
+    /// `corral send` retried after it lost the daemon gets its message's
+    /// id back instead of sending it twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub message_keys: Vec<(String, String)>,
     /// A message reached the agent since its last result.
     #[serde(default)]
     pub delivered_since_result: bool,
@@ -428,6 +437,7 @@ impl AgentRecord {
             result: None,
             results: 0,
             pending_messages: Vec::new(),
+            message_keys: Vec::new(),
             messages_sent: 0,
             delivered_since_result: false,
             turn_pending: false,
@@ -535,8 +545,14 @@ impl AgentRecord {
                     self.session_id = session_id.clone();
                 }
             }
-            EventBody::MessageSent { message_id, from, text, .. } => {
+            EventBody::MessageSent { message_id, from, text, key, .. } => {
                 self.messages_sent += 1;
+                if let Some(key) = key {
+                    if self.message_keys.len() >= MESSAGE_KEYS_KEPT {
+                        self.message_keys.remove(0);
+                    }
+                    self.message_keys.push((key.clone(), message_id.clone()));
+                }
                 self.pending_messages.push(PendingMessage {
                     message_id: message_id.clone(),
                     from: from.clone(),

@@ -144,6 +144,7 @@ fn sent(message_id: &str) -> EventBody {
         from: "/root".into(),
         to: A.into(),
         text: format!("text of {message_id}"),
+        key: None,
     }
 }
 
@@ -1359,6 +1360,7 @@ fn input_closes_only_when_every_message_is_answered() {
             from: "/root".into(),
             to: "/root/c".into(),
             text: "x".into(),
+            key: None,
         };
         event(seq, "/root/c", body)
     };

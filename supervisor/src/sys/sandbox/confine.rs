@@ -129,7 +129,7 @@ mod tests {
         assert!(check(&me, &stop("/root")).is_err());
         assert!(check(&me, &Request::Gc { force: false, older_than_secs: None }).is_err());
         assert!(check(&me, &Request::Shutdown).is_err());
-        let send = Request::Send { to: "/root/b".into(), from: "/root/a".into(), text: "hi".into() };
+        let send = Request::Send { to: "/root/b".into(), from: "/root/a".into(), text: "hi".into(), key: None };
         assert!(check(&me, &send).is_ok());
         assert!(check(&me, &Request::list(true)).is_ok());
         let raise = |address: &str| Request::RaiseBudget {
@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(err, "/root/a is sandboxed: it may raise only the budgets of agents below it, not /root/a's");
         assert!(check(&me, &raise("/root")).is_err());
         assert!(check(&me, &raise("/root/b")).is_err());
-        let forged = Request::Send { to: "/root/b".into(), from: "/root".into(), text: "hi".into() };
+        let forged = Request::Send { to: "/root/b".into(), from: "/root".into(), text: "hi".into(), key: None };
         assert_eq!(
             check(&me, &forged).unwrap_err(),
             "/root/a is sandboxed: it may send messages only as itself, not as /root"
