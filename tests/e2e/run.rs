@@ -311,6 +311,14 @@ fn a_killed_run_leaves_no_lock_and_resume_finishes_it() {
     let next = corral_run(&repo, &file, &["--json", "--var", &format!("go={}", go.display())]);
     assert_eq!(next.status.code(), Some(31), "{}", describe(&next));
     assert_eq!(report(&next)["state"], "skipped", "{}", describe(&next));
+    let drivers: Vec<Value> = repo
+        .agents()
+        .into_iter()
+        .filter(|a| {
+            a["address"].as_str().is_some_and(|x| x.starts_with("/root/resumable-") && x.matches('/').count() == 2)
+        })
+        .collect();
+    assert_eq!(drivers.len(), 1, "the skipped run started a driver: {drivers:?}");
 
     // --resume waits for the agent already running and starts the rest.
     std::fs::write(&go1, "").unwrap();

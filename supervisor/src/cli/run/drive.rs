@@ -101,7 +101,7 @@ pub fn drive(start: &Path, id: &str) -> Result<i32> {
     // but its agents may still be at work: that run is still going.
     if overlap != Overlap::Allow {
         let mut said = false;
-        while let Some(earlier) = interrupted_and_still_going(&state, &runs, &record)? {
+        while let Some(earlier) = interrupted_and_still_going(&state, &runs, &record.plan.name, Some(&record.run))? {
             if overlap == Overlap::Skip {
                 say(&format!("skipped: run {earlier} of {name} lost its driver and its agents still run"));
                 record.state = RunState::Skipped;
@@ -126,13 +126,18 @@ pub fn drive(start: &Path, id: &str) -> Result<i32> {
     driver.run()
 }
 
-/// An earlier run of `record`'s name that is not final, whose driver has
-/// ended (killed), with an agent of its own still live: its id.
-fn interrupted_and_still_going(state: &StateDir, runs: &Runs, record: &RunRecord) -> Result<Option<String>> {
+/// A run named `name` (other than `except`) that is not final, whose
+/// driver has ended (killed), with an agent of its own still live: its id.
+pub(super) fn interrupted_and_still_going(
+    state: &StateDir,
+    runs: &Runs,
+    name: &str,
+    except: Option<&str>,
+) -> Result<Option<String>> {
     let earlier: Vec<RunRecord> = runs
         .all()
         .into_iter()
-        .filter(|r| r.plan.name == record.plan.name && r.run != record.run && !r.state.is_final())
+        .filter(|r| r.plan.name == name && Some(r.run.as_str()) != except && !r.state.is_final())
         .collect();
     for run in earlier {
         let (agents, _) =

@@ -145,8 +145,13 @@ pub fn run(start: &Path, args: RunArgs) -> Result<i32> {
     let signals = Signals::install()?;
     // The overlap, checked before anything starts (the driver checks again
     // and holds the lock for its life).
+    // A run whose driver was killed holds no lock while its agents work on.
+    let still_going = || -> Result<bool> {
+        Ok(runs.try_lock(&plan.name, Overlap::Skip)?.is_none()
+            || drive::interrupted_and_still_going(&state, &runs, &plan.name, None)?.is_some())
+    };
     match plan.overlap {
-        Overlap::Skip if runs.try_lock(&plan.name, Overlap::Skip)?.is_none() => {
+        Overlap::Skip if still_going()? => {
             let record = runs.create_record(
                 |id| {
                     let mut record = new_record(id, &path, &caller, now, &vars, &plan);
