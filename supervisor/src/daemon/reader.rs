@@ -76,6 +76,19 @@ impl OutputReader {
             }
             _ => reader.cursor = LineCursor::new(log, record.log_offset),
         }
+        // The session log as far as its usage was journaled: read again
+        // into the parser, not counted again (the deltas after it are new).
+        if let (Some(parser), Some((session, at))) = (reader.parser.as_mut(), &record.usage_log_at) {
+            if let Some(path) = reader.harness.usage_log(&reader.env, session) {
+                let mut cursor = LineCursor::new(path, 0);
+                let _ = cursor.read_each(Some(*at), false, |lines| {
+                    for line in lines {
+                        parser.feed_usage_log_line(trim_cr(line.bytes));
+                    }
+                });
+                reader.usage_log = Some((session.clone(), cursor));
+            }
+        }
         reader
     }
 
@@ -178,7 +191,11 @@ impl OutputReader {
         let offset = self.cursor.offset();
         for line in lines {
             for event in parser.feed_usage_log_line(trim_cr(&line.bytes)) {
-                bodies.push(EventBody::from_harness(event, offset));
+                let mut body = EventBody::from_harness(event, offset);
+                if let EventBody::Usage { usage_log_offset, .. } = &mut body {
+                    *usage_log_offset = Some(line.offset);
+                }
+                bodies.push(body);
             }
         }
     }
@@ -195,22 +212,30 @@ impl OutputReader {
         let mut dropped = 0;
         for body in bodies {
             match body {
-                EventBody::Usage { delta, total, cost_usd, settled, offset } => {
+                EventBody::Usage { delta, total, cost_usd, settled, offset, usage_log_offset } => {
                     let held_usage = self.held.iter_mut().find_map(|b| match b {
-                        EventBody::Usage { delta, total, cost_usd, settled, offset } => {
-                            Some((delta, total, cost_usd, settled, offset))
+                        EventBody::Usage { delta, total, cost_usd, settled, offset, usage_log_offset } => {
+                            Some((delta, total, cost_usd, settled, offset, usage_log_offset))
                         }
                         _ => None,
                     });
                     match held_usage {
-                        Some((d, t, c, s, o)) => {
+                        Some((d, t, c, s, o, u)) => {
                             *d = d.saturating_add(delta);
                             *t = total;
                             *c = cost_usd.or(*c);
                             *s = settled;
                             *o = offset;
+                            *u = usage_log_offset.or(*u);
                         }
-                        None => self.held.push(EventBody::Usage { delta, total, cost_usd, settled, offset }),
+                        None => self.held.push(EventBody::Usage {
+                            delta,
+                            total,
+                            cost_usd,
+                            settled,
+                            offset,
+                            usage_log_offset,
+                        }),
                     }
                 }
                 body @ (EventBody::Result { .. } | EventBody::SessionStarted { .. }) => self.held.push(body),
@@ -223,4 +248,54 @@ impl OutputReader {
 
 pub(super) fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::lifecycle::AgentTable;
+
+    #[test]
+    fn a_resumed_reader_counts_none_of_the_session_log_already_journaled() {
+        // Regression: after a daemon restart the Gemini CLI's chat log was
+        // read again from its start, and its usage counted a second time.
+        let home = tempfile::tempdir().unwrap();
+        let session = "f9693f78-0000";
+        let chats = home.path().join(".gemini/tmp/project/chats");
+        std::fs::create_dir_all(&chats).unwrap();
+        let chat = chats.join("session-2026-12-02T10-00-f9693f78.jsonl");
+        let message = |id: &str| {
+            format!(
+                "{{\"id\":\"{id}\",\"type\":\"gemini\",\"tokens\":{{\"input\":1000,\"output\":50,\"cached\":200,\"thoughts\":4,\"tool\":0,\"total\":1054}},\"model\":\"g\"}}\n"
+            )
+        };
+        std::fs::write(&chat, message("m1")).unwrap();
+        let read_to = std::fs::metadata(&chat).unwrap().len();
+        std::fs::write(&chat, format!("{}{}", message("m1"), message("m2"))).unwrap();
+        let log = home.path().join("output.log");
+        let init = format!("{{\"type\":\"init\",\"session_id\":\"{session}\",\"model\":\"g\"}}\n");
+        std::fs::write(&log, &init).unwrap();
+
+        let spawned = r#"{"v":1,"seq":1,"ts":"2026-12-02T10:00:00Z","agent":"/root/g","parent":"/root","task":"t-1","type":"spawned","id":1,"harness":"gemini","task_text":"t","command":["gemini"],"branch":"corral/root/g","worktree":"/tmp/wt","base":"abc"}"#;
+        let mut table = AgentTable::default();
+        table.apply(&serde_json::from_str(spawned).unwrap());
+        let mut record = table.agents.values().next().unwrap().clone();
+        record.session_id = Some(session.to_owned());
+        record.log_offset = init.len() as u64;
+        // m1 was journaled before the restart; m2 came after.
+        record.usage_log_at = Some((session.to_owned(), read_to));
+        let env = BTreeMap::from([("HOME".to_owned(), home.path().display().to_string())]);
+
+        let mut reader = OutputReader::resume(&record, log, env);
+        let counted: corral_harness::TokenUsage = reader
+            .read(false)
+            .unwrap()
+            .iter()
+            .filter_map(|b| match b {
+                EventBody::Usage { delta, .. } => Some(*delta),
+                _ => None,
+            })
+            .fold(Default::default(), corral_harness::TokenUsage::saturating_add);
+        assert_eq!(counted.input, 800, "only m2 is new: {counted:?}");
+    }
 }

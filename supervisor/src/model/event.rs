@@ -169,6 +169,11 @@ pub enum EventBody {
         cost_usd: Option<f64>,
         settled: bool,
         offset: u64,
+        /// For usage read from the CLI's own session log (Gemini CLI's),
+        /// where in that log it was read to: a restarted daemon reads the
+        /// log again to there without counting it twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage_log_offset: Option<u64>,
     },
     /// One model call through the agent's metering proxy: what it was
     /// charged (from the wire, or its estimate when `flag` says why), or
@@ -454,7 +459,7 @@ impl EventBody {
                 EventBody::ToolResult { id, is_error, summary, offset }
             }
             HarnessEvent::Usage { delta, total, cost_usd, settled } => {
-                EventBody::Usage { delta, total, cost_usd, settled, offset }
+                EventBody::Usage { delta, total, cost_usd, settled, offset, usage_log_offset: None }
             }
             HarnessEvent::Result { success, reason, text, session_id } => {
                 EventBody::Result { success, reason, text, session_id, offset }

@@ -236,6 +236,7 @@ pub(crate) mod tests {
             cost_usd: Some(0.5),
             settled: false,
             offset: 1,
+            usage_log_offset: None,
         };
         let e = event(&board, "/root/a", usage(100));
         board.apply(&e);

@@ -552,6 +552,7 @@ mod tests {
             cost_usd: Some(0.02),
             settled: false,
             offset: 1,
+            usage_log_offset: None,
         };
         let e = event(&board, "/root/alpha", usage);
         board.apply(&e);

@@ -195,6 +195,11 @@ pub struct AgentRecord {
     /// id back instead of sending it twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub message_keys: Vec<(String, String)>,
+    /// How far the daemon read the CLI's own session log for usage (Gemini
+    /// CLI's), and of which session: a restarted daemon reads it again to
+    /// there without counting it, then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_log_at: Option<(String, u64)>,
     /// A message reached the agent since its last result.
     #[serde(default)]
     pub delivered_since_result: bool,
@@ -438,6 +443,7 @@ impl AgentRecord {
             results: 0,
             pending_messages: Vec::new(),
             message_keys: Vec::new(),
+            usage_log_at: None,
             messages_sent: 0,
             delivered_since_result: false,
             turn_pending: false,
@@ -503,7 +509,12 @@ impl AgentRecord {
             }
             // A proxy-metered agent's usage comes from its calls alone: the
             // stream parser's figures would count the same calls twice.
-            EventBody::Usage { delta, total, cost_usd, .. } if self.meter == crate::model::budget::Meter::Stream => {
+            EventBody::Usage { delta, total, cost_usd, usage_log_offset, .. }
+                if self.meter == crate::model::budget::Meter::Stream =>
+            {
+                if let (Some(at), Some(session)) = (usage_log_offset, &self.session_id) {
+                    self.usage_log_at = Some((session.clone(), *at));
+                }
                 // What each event added, and never less than the CLI's own
                 // total: a parser rebuilt after a daemon restart may know
                 // less than was counted before (a run whose figures only

@@ -125,7 +125,14 @@ fn probe(change: &str) -> EventBody {
 }
 
 fn usage(delta: u64, total: u64, cost_usd: Option<f64>) -> EventBody {
-    EventBody::Usage { delta: tokens(delta), total: tokens(total), cost_usd, settled: false, offset: 150 }
+    EventBody::Usage {
+        delta: tokens(delta),
+        total: tokens(total),
+        cost_usd,
+        settled: false,
+        offset: 150,
+        usage_log_offset: None,
+    }
 }
 
 fn result(success: bool) -> EventBody {
