@@ -402,6 +402,9 @@ impl Ledger {
         settled: bool,
         force: bool,
     ) -> Option<HarnessEvent> {
+        // A sum past f64's range stops at its largest (infinity would be
+        // written as `null`, read back as no cost at all).
+        let cost_usd = cost_usd.map(|c| if c.is_nan() || c == f64::INFINITY { f64::MAX } else { c.max(0.0) });
         let cost_usd = cost_usd.or(self.cost_usd);
         let delta = total.saturating_sub(self.total);
         let changed = total != self.total || cost_usd != self.cost_usd;
@@ -473,6 +476,14 @@ mod tests {
 
     fn t(input: u64, output: u64, cache_read: u64, cache_write: u64) -> TokenUsage {
         TokenUsage { input, output, cache_read, cache_write }
+    }
+
+    #[test]
+    fn a_cost_past_f64s_range_stops_at_its_largest() {
+        let mut ledger = Ledger::default();
+        let usage = TokenUsage { input: 1, ..Default::default() };
+        ledger.set(usage, Some(1e308 + 1e308), true, true);
+        assert_eq!(ledger.totals().cost_usd, Some(f64::MAX));
     }
 
     #[test]
