@@ -33,11 +33,15 @@ macro_rules! report {
 pub(crate) fn write_outcome(text: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     match out.write_fmt(text).and_then(|()| out.flush()) {
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("corral: cannot write to standard output: {err}");
-        }
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => cannot_write(&err),
         _ => {}
     }
+}
+
+/// Says on stderr that standard output could not be written, without
+/// `eprintln!`'s panic when stderr is gone too.
+fn cannot_write(err: &std::io::Error) {
+    let _ = writeln!(std::io::stderr().lock(), "corral: cannot write to standard output: {err}");
 }
 
 /// Writes `text` to standard output, flushed; a failure ends the command
@@ -64,6 +68,6 @@ pub(crate) fn failed(err: &std::io::Error) -> ! {
     if err.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("corral: cannot write to standard output: {err}");
+    cannot_write(err);
     std::process::exit(ErrorKind::Other.exit_code())
 }

@@ -70,9 +70,7 @@ pub(super) async fn enforce_budgets_with(daemon: &Arc<Daemon>, address: &Address
             .collect()
     };
     daemon.store.read(|table| {
-        let mut scope = Some(address.clone());
-        while let Some(owner_address) = scope.filter(|a| !a.is_root()) {
-            scope = owner_address.parent();
+        for owner_address in address.agents_up() {
             let Some(owner) = table.agents.get(&owner_address) else { continue };
             if owner.budget.is_empty() || owner.exceeded.is_some() {
                 continue;
@@ -519,8 +517,7 @@ fn headroom(
         if let Some(kind) = table.agents.get(address).and_then(|r| r.stopped_for) {
             room.spent = Some(format!("the {} budget", kind.as_str()));
         }
-        let mut scope = Some(address.clone());
-        while let Some(at) = scope.filter(|a| !a.is_root()) {
+        for at in address.agents_up() {
             let counts = |r: &&AgentRecord| pausing || r.budget.on_exceeded != Some(OnExceeded::Pause);
             if let Some(record) = table.agents.get(&at).filter(|r| !r.budget.is_empty()).filter(counts) {
                 let left = record.budget.left_after(&subtree_spend(table, &at));
@@ -533,7 +530,6 @@ fn headroom(
                 };
                 room = room.tighten(scope_room);
             }
-            scope = at.parent();
         }
         let day = table.daily.get(&today).cloned().unwrap_or_default();
         let (held_all, _) = held_within(&Address::root());

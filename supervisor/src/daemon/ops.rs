@@ -31,15 +31,14 @@ pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option
     // already stop: an agent spawned below the top while the first ones
     // had their grace (a spawn that passed its check just before the stop
     // was journaled) is stopped too.
-    let mut addresses: Vec<Address> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut stopped = std::collections::HashSet::new();
     for _round in 0..STOP_ROUNDS {
         let targets: Vec<AgentRecord> = daemon.store.read(|table| {
             let scope: Vec<&AgentRecord> = match &top_record {
                 Some(record) => table.subtree(&record.address),
                 None => table.agents.values().collect(),
             };
-            scope.into_iter().filter(|a| !a.state.is_terminal() && !seen.contains(&a.address)).cloned().collect()
+            scope.into_iter().filter(|a| !a.state.is_terminal() && !stopped.contains(&a.address)).cloned().collect()
         });
         if targets.is_empty() {
             break;
@@ -70,11 +69,9 @@ pub(super) async fn stop(daemon: &Arc<Daemon>, address: &str, grace_secs: Option
         let longest = targets.iter().map(grace_of).fold(0.0, f64::max);
         let limit = Duration::from_secs_f64(longest) + Duration::from_secs(30);
         wait_for(daemon, &round, Some(limit)).await;
-        seen.extend(round.iter().cloned());
-        addresses.extend(round);
+        stopped.extend(round);
     }
     // The agents it stopped (and the one asked for), not the whole history.
-    let stopped: std::collections::HashSet<&Address> = addresses.iter().collect();
     let top_address = top_record.as_ref().map(|r| &r.address);
     let mut all: Vec<AgentRecord> = daemon.store.read(|table| {
         let wanted = |a: &&AgentRecord| stopped.contains(&a.address) || Some(&a.address) == top_address;

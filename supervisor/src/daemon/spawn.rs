@@ -34,8 +34,7 @@ use corral_harness::Harness;
 /// with a budget has left (a child never gets more than its parent).
 fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::result::Result<Budget, String> {
     let mut granted = *wanted;
-    let mut scope = Some(parent.clone());
-    while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
+    for ancestor in parent.agents_up() {
         // An ancestor may be done and put away: its record is read back.
         if let Some(record) = daemon.record(&ancestor) {
             if !record.budget.is_empty() {
@@ -48,7 +47,6 @@ fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::resu
                 granted.on_exceeded = granted.on_exceeded.or(record.budget.on_exceeded);
             }
         }
-        scope = ancestor.parent();
     }
     Ok(granted)
 }
@@ -57,8 +55,7 @@ fn grant_budget(daemon: &Daemon, parent: &Address, wanted: &Budget) -> std::resu
 /// stop` ends an agent and everything below it, so nothing new starts
 /// there (until `corral assign` gives it a new task).
 fn refuse_under_stop(daemon: &Daemon, parent: &Address) -> Result<()> {
-    let mut scope = Some(parent.clone());
-    while let Some(ancestor) = scope.filter(|a| !a.is_root()) {
+    for ancestor in parent.agents_up() {
         if let Some(record) = daemon.record(&ancestor).filter(|r| r.stop_requested) {
             let how = if record.state.is_terminal() { "was stopped" } else { "is being stopped" };
             return Err(Error::new(
@@ -66,7 +63,6 @@ fn refuse_under_stop(daemon: &Daemon, parent: &Address) -> Result<()> {
                 format!("{ancestor} {how}: nothing new starts below it (`corral assign` gives it a new task)"),
             ));
         }
-        scope = ancestor.parent();
     }
     Ok(())
 }

@@ -201,7 +201,12 @@ pub fn clear_stale_locks(repo_path: &Path, branch: &str, before: std::time::Syst
     if let Ok(entries) = std::fs::read_dir(common.join("worktrees")) {
         candidates.extend(entries.flatten().map(|e| e.path().join("index.lock")));
     }
-    candidates
+    remove_older(candidates, before)
+}
+
+/// Removes each of `locks` last changed before `before`; returns those.
+fn remove_older(locks: Vec<PathBuf>, before: std::time::SystemTime) -> Vec<PathBuf> {
+    locks
         .into_iter()
         .filter(|lock| {
             std::fs::metadata(lock).and_then(|m| m.modified()).is_ok_and(|at| at < before)
@@ -227,13 +232,7 @@ pub fn clear_stale_agent_locks(
     if let Ok(repo) = open(repo_path) {
         candidates.push(repo.commondir().join("refs/heads").join(format!("{branch}.lock")));
     }
-    candidates
-        .into_iter()
-        .filter(|lock| {
-            std::fs::metadata(lock).and_then(|m| m.modified()).is_ok_and(|at| at < before)
-                && std::fs::remove_file(lock).is_ok()
-        })
-        .collect()
+    remove_older(candidates, before)
 }
 
 /// The commit a local branch points at.

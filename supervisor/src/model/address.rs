@@ -89,6 +89,12 @@ impl Address {
         Some(Address { segments })
     }
 
+    /// This address and each above it, `/root` left out: the agents whose
+    /// budgets, stops and settings reach an agent here.
+    pub fn agents_up(&self) -> impl Iterator<Item = Address> {
+        std::iter::successors(Some(self.clone()), Address::parent).take_while(|a| !a.is_root())
+    }
+
     /// Number of segments below `/root`: `/root/a` is 1.
     pub fn depth(&self) -> usize {
         self.segments.len()
@@ -183,6 +189,13 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agents_up_walks_to_below_root() {
+        let up: Vec<String> = Address::parse("/root/a/b").unwrap().agents_up().map(|a| a.to_string()).collect();
+        assert_eq!(up, ["/root/a/b", "/root/a"]);
+        assert_eq!(Address::root().agents_up().count(), 0);
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -118,14 +118,7 @@ pub fn print_report(report: &Report, json: bool) {
 /// reader that went away (`| head -1`, EPIPE) takes nothing more, and any
 /// other failure is said on stderr.
 pub(crate) fn out(text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            err(&format!("corral run: cannot write to stdout: {e}"))
-        }
-        _ => {}
-    }
+    crate::cli::out::write_outcome(format_args!("{text}"));
 }
 
 /// Writes `line` and a newline on stderr, as `eprintln!` does but without
