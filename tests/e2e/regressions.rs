@@ -452,11 +452,22 @@ fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them()
     // SAFETY: flock takes a descriptor open for the call and integers.
     let locked = |fd: std::os::fd::RawFd| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
     assert!(locked(lock.as_raw_fd()), "the test takes its lock");
-    // Handed down as a cron wrapper hands it: open across exec.
-    nix::fcntl::fcntl(lock.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    // Handed down as a cron wrapper hands it: open across exec, in that
+    // one child only (in this process it stays close-on-exec, so the
+    // commands other tests start meanwhile do not hold it too).
+    let fd = lock.as_raw_fd();
     let bin = corral_bin();
-    let out =
-        repo.command().args(["spawn", "held", "--", bin.to_str().unwrap(), "fake-agent", "hang"]).output().unwrap();
+    let mut spawn = repo.command();
+    spawn.args(["spawn", "held", "--", bin.to_str().unwrap(), "fake-agent", "hang"]);
+    // SAFETY: fcntl is async-signal-safe and touches only the flags of a
+    // descriptor open in the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut spawn, move || match libc::fcntl(fd, libc::F_SETFD, 0) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let out = spawn.output().unwrap();
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     drop(lock);
     let daemon = repo.daemon_pid().expect("a daemon runs");
@@ -471,7 +482,7 @@ fn the_daemon_and_monitors_keep_no_descriptor_of_the_command_that_started_them()
     }
     // The next cron run takes the lock.
     let again = std::fs::File::open(&lock_path).unwrap();
-    assert!(locked(again.as_raw_fd()), "the lock is free once the command that held it ended");
+    poll_until("the lock to be free once the command that held it ended", PATIENCE, || locked(again.as_raw_fd()));
     repo.corral_ok(&["stop", "held", "--grace", "0"]);
 }
 
